@@ -1,0 +1,82 @@
+"""One settings object, read from ``LLAVA_BATCH_*`` environment variables.
+
+Only the CLI and the worker bootstrap build it; everything else takes values as arguments.
+S3 endpoint and credentials are deliberately absent: boto3's own configuration chain
+(``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, profiles) owns them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Quantization(StrEnum):
+    none = "none"
+    int8 = "8bit"
+    int4 = "4bit"
+
+
+class DType(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def default_home() -> Path:
+    return Path.home() / ".llava-batch"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLAVA_BATCH_", extra="forbid")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str = ""
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = ""
+    queue: str = "llava-batch"
+
+    model: str = "tiny-llava"
+    quantization: Quantization = Quantization.none
+    dtype: DType = DType.auto
+    device: str = "auto"
+
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
+    max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
+    max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+
+    lease_seconds: Annotated[int, Field(ge=5)] = 600
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    sweep_interval_seconds: Annotated[int, Field(ge=1)] = 30
+    # Redis redelivers anything unacked this long; keep it far above the longest batch and
+    # let the lease (not the broker) decide who owns an item.
+    visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 43_200
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'llava-batch.sqlite3'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.home / "blobs")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.home / "models"
+
+
+def load_settings() -> Settings:
+    return Settings()

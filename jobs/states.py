@@ -1,0 +1,31 @@
+"""Job and item states; the names are a public contract (users poll them with SQL)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobKind(StrEnum):
+    caption = "caption"
+    extract = "extract"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    in_progress = "in_progress"
+    completed = "completed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class ItemStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_ITEM_STATES = frozenset({ItemStatus.succeeded, ItemStatus.failed, ItemStatus.cancelled})
+TERMINAL_JOB_STATES = frozenset({JobStatus.completed, JobStatus.cancelled, JobStatus.failed})

@@ -1,0 +1,199 @@
+"""Submit: validate, store inputs, insert job + items in ONE transaction, commit, THEN publish."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from jobs.db import Item, Job, SessionFactory, new_id, utcnow
+from jobs.dispatch import DispatchError, Publisher, publish_batches
+from jobs.errors import RequestError
+from jobs.sources import InputSpec, expand_sources
+from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.sweeper import mark_dispatched
+from storage import Blobs, StorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    kind: JobKind
+    sources: Sequence[str]
+    model: str
+    max_new_tokens: int
+    batch_size: int
+    prompt: str | None = None
+    name: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    item_count: int
+    dispatched: bool
+    existing: bool = False
+
+
+def submit_job(
+    request: SubmitRequest,
+    *,
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    publisher: Publisher,
+    max_prompt_chars: int,
+) -> SubmitResult:
+    prompt = request.prompt if request.prompt is not None else DEFAULT_CAPTION_PROMPT
+    check_prompt(prompt, max_prompt_chars, where="--prompt")
+    fingerprint = _fingerprint(request, prompt)
+    if request.idempotency_key:
+        existing = _find_by_key(session_factory, request.idempotency_key, fingerprint)
+        if existing is not None:
+            return existing
+    inputs = expand_sources(request.sources, blobs=blobs)
+    for spec in inputs:
+        if spec.prompt is not None:
+            check_prompt(spec.prompt, max_prompt_chars, where=spec.source)
+    stored = _store_inputs(inputs, blobs)
+
+    job_id = new_id()
+    params: dict[str, Any] = {
+        "max_new_tokens": request.max_new_tokens,
+        "batch_size": request.batch_size,
+        "fingerprint": fingerprint,
+    }
+    items = [
+        Item(
+            id=new_id(),
+            job_id=job_id,
+            seq=seq,
+            custom_id=spec.custom_id,
+            source=spec.source,
+            input_uri=uri,
+            input_sha256=sha256,
+            prompt=spec.prompt,
+            status=ItemStatus.queued,
+            attempts=0,
+        )
+        for seq, (spec, (uri, sha256)) in enumerate(zip(inputs, stored, strict=True))
+    ]
+    job = Job(
+        id=job_id,
+        name=request.name,
+        kind=request.kind,
+        status=JobStatus.queued,
+        prompt=prompt,
+        params=params,
+        model=request.model,
+        idempotency_key=request.idempotency_key,
+    )
+    try:
+        with session_factory.begin() as session:
+            session.add(job)
+            session.flush()  # the job row first: items reference it
+            session.add_all(items)
+    except IntegrityError:
+        if request.idempotency_key:  # lost a race with the same key
+            found = _find_by_key(session_factory, request.idempotency_key, fingerprint)
+            if found is not None:
+                return found
+        raise
+    log.info("job submitted job=%s items=%d", job_id, len(items))
+    dispatched = dispatch_job(
+        session_factory, publisher, job_id, [i.id for i in items], request.batch_size
+    )
+    return SubmitResult(job_id=job_id, item_count=len(items), dispatched=dispatched)
+
+
+def dispatch_job(
+    session_factory: SessionFactory,
+    publisher: Publisher,
+    job_id: str,
+    item_ids: list[str],
+    batch_size: int,
+) -> bool:
+    """Publishes after commit; on a dead broker the rows stay queued for the sweeper."""
+    try:
+        publish_batches(publisher, job_id, item_ids, batch_size)
+    except DispatchError as exc:
+        log.warning("dispatch pending job=%s: %s", job_id, exc)
+        return False
+    mark_dispatched(session_factory, item_ids, now=utcnow())
+    return True
+
+
+def check_prompt(prompt: str, max_chars: int, *, where: str) -> None:
+    if not prompt.strip():
+        raise RequestError(f"{where}: the prompt is empty.", code="empty_prompt")
+    if len(prompt) > max_chars:
+        raise RequestError(
+            f"{where}: the prompt has {len(prompt)} characters; the limit is {max_chars} "
+            "(LLAVA_BATCH_MAX_PROMPT_CHARS).",
+            code="prompt_too_long",
+        )
+    if "\x00" in prompt:
+        raise RequestError(f"{where}: the prompt contains a NUL byte.", code="invalid_prompt")
+
+
+def _store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
+    """Uploads local files content-addressed; objects in a user's bucket are read in place."""
+
+    def store(spec: InputSpec) -> tuple[str, str | None]:
+        if spec.local_path is None:
+            assert spec.uri is not None
+            return spec.uri, None
+        try:
+            data = spec.local_path.read_bytes()
+        except OSError as exc:
+            raise RequestError(
+                f"{spec.source}: cannot be read ({exc.strerror}).", code="source_unreadable"
+            ) from exc
+        try:
+            blob = blobs.put_content_addressed(data, suffix=spec.local_path.suffix.lower())
+        except StorageError as exc:
+            raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
+        return blob.uri, blob.sha256
+
+    # Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(store, inputs))
+
+
+def _fingerprint(request: SubmitRequest, prompt: str) -> str:
+    payload = {
+        "kind": request.kind,
+        "sources": list(request.sources),
+        "prompt": prompt,
+        "model": request.model,
+        "max_new_tokens": request.max_new_tokens,
+        "batch_size": request.batch_size,
+        "name": request.name,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _find_by_key(
+    session_factory: SessionFactory, key: str, fingerprint: str
+) -> SubmitResult | None:
+    with session_factory() as session:
+        job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+        if job is None:
+            return None
+        if job.params.get("fingerprint") != fingerprint:
+            raise RequestError(
+                f"The idempotency key {key!r} was already used for a different request.",
+                code="idempotency_conflict",
+            )
+        count = len(list(session.scalars(select(Item.id).where(Item.job_id == job.id))))
+        return SubmitResult(job_id=job.id, item_count=count, dispatched=True, existing=True)

@@ -1,0 +1,166 @@
+"""How the CLI shows things: rich for people, JSON for machines. Data goes to stdout,
+messages to stderr, so ``llava-batch submit … | tail -1`` is the job id.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import IO, Any, NoReturn
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from jobs.context import Context
+from jobs.queries import RESULT_FIELDS, JobProgress, find_job, iter_results, read_progress
+from jobs.states import TERMINAL_JOB_STATES, JobStatus
+from jobs.submit import SubmitResult
+from model.engine import TINY_MODELS
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_JOB_NOT_COMPLETED = 6
+
+TINY_WARNING = (
+    "note: model {model} is a tiny, randomly initialised model built offline: its captions are "
+    "noise. Set LLAVA_BATCH_MODEL=llava-hf/llava-1.5-7b-hf (or a local copy) for real ones."
+)
+
+
+class ResultFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    sys.exit(code)
+
+
+def first_line(exc: object) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    problems = [
+        f"LLAVA_BATCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+        for e in exc.errors()
+    ]
+    return "bad configuration: " + "; ".join(problems) + " [invalid_settings]"
+
+
+def warn_if_tiny(model: str) -> None:
+    if model in TINY_MODELS:
+        err.print(TINY_WARNING.format(model=model), markup=False)
+
+
+def show_submitted(result: SubmitResult, model: str, *, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps({"job_id": result.job_id, "items": result.item_count,
+                          "dispatched": result.dispatched, "existing": result.existing}))
+        return
+    warn_if_tiny(model)
+    if result.existing:
+        err.print(f"the idempotency key matches job {result.job_id}; nothing new submitted")
+    else:
+        err.print(f"submitted {result.item_count} item(s)")
+    if not result.dispatched:
+        err.print("dispatch pending: the broker is unreachable; the job is saved and queued, "
+                  "and the sweeper will dispatch it when the broker is back")
+    print(result.job_id)
+
+
+def show_progress(progress: JobProgress, *, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(progress.as_dict()))
+        return
+    rate = f"{progress.items_per_second:.2f} items/s" if progress.items_per_second else "-"
+    eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "-"
+    counts = ", ".join(f"{state} {n}" for state, n in progress.counts.items() if n)
+    out.print(f"job {progress.id}  {progress.kind}  [bold]{progress.status}[/bold]")
+    out.print(f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}")
+
+
+def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps([p.as_dict() for p in jobs]))
+        return
+    table = Table("job", "name", "kind", "status", "done", "failed", "created")
+    for p in jobs:
+        table.add_row(p.id, p.name or "", p.kind, p.status, f"{p.done}/{p.total}",
+                      str(p.counts.get("failed", 0)), p.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -> None:
+    """Polls until the job ends; a progress bar for people, nothing extra for machines."""
+    show_bar = not json_out and err.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, disable=not show_bar) as bar:
+        task = bar.add_task(job_id[:8], total=None)
+        while True:
+            with ctx.session_factory() as session:
+                progress = read_progress(session, find_job(session, job_id))
+            bar.update(task, total=progress.total, completed=progress.done,
+                       description=f"{job_id[:8]} {progress.status}")
+            if progress.status in TERMINAL_JOB_STATES:
+                break
+            time.sleep(interval)
+    show_progress(progress, json_out=json_out)
+
+
+def exit_code_for(ctx: Context, job_id: str) -> int:
+    with ctx.session_factory() as session:
+        status = find_job(session, job_id).status
+    return 0 if status == JobStatus.completed else EXIT_JOB_NOT_COMPLETED
+
+
+def write_results(session: Session, job_id: str, fmt: ResultFormat, output: str | None) -> None:
+    stream: IO[str]
+    with (open(output, "w", encoding="utf-8", newline="") if output else _stdout()) as stream:
+        rows = iter_results(session, job_id)
+        if fmt is ResultFormat.jsonl:
+            for row in rows:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(stream, fieldnames=RESULT_FIELDS)
+            writer.writeheader()
+            for row in rows:
+                result = row["result"]
+                if result is not None and not isinstance(result, str):
+                    row = {**row, "result": json.dumps(result, ensure_ascii=False)}
+                writer.writerow(row)
+
+
+def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
+    with ctx.session_factory() as session:
+        for row in iter_results(session, job_id):
+            if json_out:
+                print(json.dumps(row, ensure_ascii=False))
+            elif row["error_code"]:
+                out.print(f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}",
+                          markup=False)
+            else:
+                out.print(f"{row['input']}\t{row['result']}", markup=False)
+        progress = read_progress(session, find_job(session, job_id))
+    if not json_out:
+        warn_if_tiny(progress.model)
+        show_progress(progress, json_out=False)
+
+
+class _stdout:
+    """stdout as a context manager that is not closed on exit."""
+
+    def __enter__(self) -> IO[str]:
+        return sys.stdout
+
+    def __exit__(self, *_: Any) -> None:
+        sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Alembic migrations on ``jobs.db`` metadata; run with ``llava-batch db upgrade``."""

@@ -1,0 +1,92 @@
+"""The batch path on both databases with the fake engine: claim, fetch, generate, record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from jobs.db import Item, Job, SessionFactory
+from jobs.dispatch import CallbackPublisher
+from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.submit import SubmitRequest, submit_job
+from model.fake import FakeEngine
+from storage import Blobs
+from tests.helpers import make_resources, statuses, write_images
+from workers.local import run_job_locally
+from workers.pipeline import process_batch
+
+
+def _request(sources: list[str], **kw: object) -> SubmitRequest:
+    base: dict[str, object] = dict(kind=JobKind.caption, sources=sources, model="fake",
+                                   max_new_tokens=8, batch_size=4)
+    base.update(kw)
+    return SubmitRequest(**base)  # type: ignore[arg-type]
+
+
+def test_local_run_captions_every_image_and_completes_the_job(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path / "catalogue", 10)
+    engine = FakeEngine()
+    res = make_resources(session_factory, blobs, engine, batch_size=4)
+    result = run_job_locally(_request([str(tmp_path / "catalogue")]), res, max_prompt_chars=1000)
+    assert result.item_count == 10
+    assert engine.calls == [4, 4, 2]
+    with session_factory() as session:
+        job = session.get(Job, result.job_id)
+        assert job is not None and job.status == JobStatus.completed
+        assert job.started_at is not None and job.finished_at is not None
+        items = list(session.scalars(select(Item).where(Item.job_id == job.id).order_by(Item.seq)))
+    assert [i.source for i in items] == [str(p) for p in paths]
+    for item in items:
+        assert item.status == ItemStatus.succeeded
+        assert item.result_text and "caption" in item.result_text
+        assert item.attempts == 1 and item.lease_token is None and item.tokens_out
+        assert item.input_uri.startswith("file://") and item.input_sha256
+
+
+def test_corrupt_image_fails_only_its_own_item(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "cat", 3)
+    (tmp_path / "cat" / "img001.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    res = make_resources(session_factory, blobs, FakeEngine())
+    result = run_job_locally(_request([str(tmp_path / "cat")]), res, max_prompt_chars=1000)
+    assert statuses(session_factory, result.job_id) == ["succeeded", "failed", "succeeded"]
+    with session_factory() as session:
+        bad = session.scalars(select(Item).where(Item.status == ItemStatus.failed)).one()
+        job = session.get(Job, result.job_id)
+    assert bad.error_code == "image_decode_error" and bad.error_message
+    assert job is not None and job.status == JobStatus.completed
+
+
+def test_duplicate_message_claims_nothing_and_writes_once(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "cat", 3)
+    batches: list[list[str]] = []
+    result = submit_job(
+        _request([str(tmp_path / "cat")]), session_factory=session_factory, blobs=blobs,
+        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)), max_prompt_chars=1000,
+    )
+    engine = FakeEngine()
+    res = make_resources(session_factory, blobs, engine)
+    first = process_batch(batches[0], res)
+    second = process_batch(batches[0], res)
+    assert (first.claimed, first.recorded) == (3, 3)
+    assert (second.claimed, second.recorded) == (0, 0)
+    assert engine.calls == [3]
+    assert statuses(session_factory, result.job_id) == ["succeeded"] * 3
+
+
+def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "cat", 8)
+    engine = FakeEngine(oom_when_batch_over=2)
+    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    result = run_job_locally(_request([str(tmp_path / "cat")], batch_size=8), res,
+                             max_prompt_chars=1000)
+    assert statuses(session_factory, result.job_id) == ["succeeded"] * 8
+    assert engine.calls[0] == 8 and max(engine.calls[1:]) <= 4 and engine.calls.count(2) == 4

@@ -1,0 +1,54 @@
+"""The Celery app. Settings here are the ones that matter for GPU work (see DESIGN.md).
+
+``celery -A workers.celery_app worker`` works too, but ``llava-batch worker`` picks a CUDA-safe
+pool for you.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from celery import Celery
+
+from jobs.dispatch import SWEEP_TASK
+from jobs.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def build_celery_app(settings: Settings) -> Celery:
+    app = Celery("llava-batch", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        # Only JSON crosses the broker: a pickled message is refused, never executed.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # results live in SQL
+        task_default_queue=settings.queue,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers unacked messages after this; the lease protects against the rerun.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {"task": SWEEP_TASK, "schedule": float(settings.sweep_interval_seconds)}
+        },
+    )
+    return app
+
+
+def warn_if_insecure(broker_url: str) -> None:
+    parts = urlsplit(broker_url)
+    local = parts.hostname in (None, "localhost", "127.0.0.1", "::1")
+    if not local and not parts.password:
+        log.warning(
+            "the broker at %s has no password: anyone who reaches it can queue work",
+            parts.hostname,
+        )
+
+
+settings = load_settings()
+app = build_celery_app(settings)

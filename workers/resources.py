@@ -1,0 +1,78 @@
+"""Per-process resources, built once and handed in: session factory, blob access, the model.
+
+The model is loaded lazily on first use (or by the worker_ready warm-up), never per task and
+never in ``worker_process_init``, which must return within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from jobs.db import SessionFactory, make_engine, make_session_factory
+from jobs.settings import Settings
+from model.engine import Engine, EngineSpec
+from storage import Blobs, open_blobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerResources:
+    session_factory: SessionFactory
+    blobs: Blobs
+    engine_loader: Callable[[], Engine]
+    batch_size: int
+    max_new_tokens: int
+    lease_seconds: int
+    max_attempts: int
+    max_image_pixels: int
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _engine: Engine | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self.engine_loader()
+        return self._engine
+
+
+def build_engine_spec(settings: Settings) -> EngineSpec:
+    return EngineSpec(
+        model=settings.model,
+        dtype=settings.dtype.value,
+        device=settings.device,
+        quantization=settings.quantization.value,
+        cache_dir=settings.model_cache_dir,
+    )
+
+
+def load_transformers_engine(spec: EngineSpec) -> Engine:
+    from model.transformers_engine import load_engine  # torch is imported here, and only here
+
+    log.info("loading model %s (dtype=%s, device=%s, quantization=%s)",
+             spec.model, spec.dtype, spec.device, spec.quantization)
+    return load_engine(spec)
+
+
+def build_resources(
+    settings: Settings, *, engine_loader: Callable[[], Engine] | None = None
+) -> WorkerResources:
+    spec = build_engine_spec(settings)
+    return WorkerResources(
+        session_factory=make_session_factory(make_engine(settings.resolved_database_url)),
+        blobs=open_blobs(settings.resolved_storage_url),
+        engine_loader=engine_loader or (lambda: load_transformers_engine(spec)),
+        batch_size=settings.batch_size,
+        max_new_tokens=settings.max_new_tokens,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        max_image_pixels=settings.max_image_pixels,
+    )

@@ -1,0 +1,88 @@
+"""Thin Celery tasks: unpack ids, hand them to the pipeline with this process's resources."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutting_down
+
+from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
+from jobs.sweeper import sweep
+from model.errors import ModelLoadError
+from workers.celery_app import app, settings, warn_if_insecure
+from workers.pipeline import BatchReport, process_batch
+from workers.resources import WorkerResources, build_resources
+
+log = logging.getLogger(__name__)
+
+_resources: WorkerResources | None = None
+_resources_lock = threading.Lock()
+_stop = threading.Event()
+
+
+def get_resources() -> WorkerResources:
+    global _resources
+    if _resources is None:
+        with _resources_lock:
+            if _resources is None:
+                _resources = build_resources(settings)
+    return _resources
+
+
+@app.task(name=RUN_BATCH_TASK, ignore_result=True)
+def run_batch_task(job_id: str, item_ids: list[str]) -> dict[str, int]:
+    log.info("batch received job=%s items=%d", job_id, len(item_ids))
+    report: BatchReport = process_batch(item_ids, get_resources())
+    return report.__dict__
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep_task() -> dict[str, int]:
+    return run_sweep().__dict__
+
+
+def run_sweep() -> Any:
+    res = get_resources()
+    return sweep(
+        res.session_factory,
+        CeleryPublisher(settings.broker_url, settings.queue, app=app),
+        max_attempts=settings.max_attempts,
+        batch_size=settings.batch_size,
+    )
+
+
+def sweep_forever(interval: float) -> None:
+    while not _stop.wait(interval):
+        try:
+            run_sweep()
+        except Exception:  # the sweeper must outlive a bad pass (DB blip, broker down)
+            log.exception("sweep pass failed")
+
+
+@worker_ready.connect
+def _warm_up(**_: Any) -> None:
+    warn_if_insecure(settings.broker_url)
+    res = get_resources()
+    # Load the model before the first message so the first batch is not slow; a checkpoint
+    # that cannot load stops the worker here instead of failing every item.
+    try:
+        engine = res.engine
+    except ModelLoadError as exc:
+        log.critical("model cannot be loaded, stopping the worker: %s", exc)
+        os._exit(3)  # engine dead: let the supervisor see it rather than fail every item
+    log.info("worker ready model=%s", engine.name)
+    if app.conf.get("llava_batch_sweep", True):
+        threading.Thread(
+            target=sweep_forever,
+            args=(float(settings.sweep_interval_seconds),),
+            name="llava-batch-sweeper",
+            daemon=True,
+        ).start()
+
+
+@worker_shutting_down.connect
+def _stop_sweeper(**_: Any) -> None:
+    _stop.set()
