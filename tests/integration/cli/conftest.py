@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.services import free_port
+
+CLI = str(Path(sys.executable).parent / "llava-batch")
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAVA_BATCH_")}
+    env["LLAVA_BATCH_HOME"] = str(tmp_path / "home")
+    # A broker nobody listens on unless a test sets a real one.
+    env["LLAVA_BATCH_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    return env
+
+
+@pytest.fixture
+def run_cli(cli_env: dict[str, str]) -> RunCli:
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            **extra_env: str) -> subprocess.CompletedProcess[str]:
+        merged = {**cli_env, **(env or {}), **extra_env}
+        return subprocess.run([CLI, *args], capture_output=True, text=True, env=merged,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    return run
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -1,0 +1,196 @@
+"""Leases, fencing, the sweeper, cancel and retry — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from jobs.control import cancel_job, requeue_failed
+from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.dispatch import CallbackPublisher
+from jobs.errors import RequestError
+from jobs.lifecycle import ItemOutcome, claim_items, record_results
+from jobs.states import JobKind, JobStatus
+from jobs.submit import SubmitRequest, submit_job
+from jobs.sweeper import sweep
+from storage import Blobs
+from tests.helpers import statuses, write_images
+
+
+class ListPublisher:
+    def __init__(self, pending: int | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self._pending = pending
+
+    def publish(self, job_id: str, item_ids: Sequence[str]) -> None:
+        self.batches.append(list(item_ids))
+
+    def pending(self) -> int | None:
+        return self._pending
+
+
+def _submit(sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **kw: object) -> tuple[str, list[str]]:
+    write_images(tmp_path / "c", n)
+    publisher = ListPublisher()
+    fields: dict[str, object] = dict(kind=JobKind.caption, sources=[str(tmp_path / "c")],
+                                     model="fake", max_new_tokens=8, batch_size=100)
+    fields.update(kw)
+    result = submit_job(SubmitRequest(**fields), session_factory=sf, blobs=blobs,  # type: ignore[arg-type]
+                        publisher=publisher, max_prompt_chars=1000)
+    return result.job_id, [i for batch in publisher.batches for i in batch]
+
+
+def _ok(item_id: str, token: str) -> ItemOutcome:
+    return ItemOutcome(item_id, token, text="a caption", tokens_out=2)
+
+
+def test_late_write_of_a_worker_that_lost_its_lease_is_refused(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=1)
+    start = utcnow()
+    (first,) = claim_items(session_factory, ids, worker="A", lease_seconds=10, now=start)
+    report = sweep(session_factory, ListPublisher(), max_attempts=3, batch_size=8,
+                   now=start + timedelta(seconds=11))
+    assert report.requeued == 1
+    (second,) = claim_items(session_factory, ids, worker="B", lease_seconds=10)
+    assert second.lease_token != first.lease_token and second.attempts == 2
+    assert record_results(session_factory, [_ok(first.id, first.lease_token)]) == 0
+    assert record_results(session_factory, [_ok(second.id, second.lease_token)]) == 1
+    with session_factory() as session:
+        item = session.get(Item, ids[0])
+        assert item is not None and item.worker == "B" and item.status == "succeeded"
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.completed
+
+
+def test_item_that_keeps_losing_its_worker_ends_failed_worker_lost(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=1)
+    now = utcnow()
+    for attempt in range(1, 4):
+        claimed = claim_items(session_factory, ids, worker="w", lease_seconds=5, now=now)
+        assert [c.attempts for c in claimed] == [attempt]
+        now += timedelta(seconds=6)
+        sweep(session_factory, ListPublisher(), max_attempts=3, batch_size=8, now=now)
+    with session_factory() as session:
+        item = session.get(Item, ids[0])
+        job = session.get(Job, job_id)
+    assert item is not None and item.status == "failed" and item.error_code == "worker_lost"
+    assert job is not None and job.status == JobStatus.failed
+    assert claim_items(session_factory, ids, worker="w", lease_seconds=5) == []
+
+
+def test_sweeper_republishes_lost_messages_only_when_the_queue_is_empty(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    _, ids = _submit(session_factory, blobs, tmp_path, n=3)
+    later = utcnow() + timedelta(minutes=10)
+    busy = ListPublisher(pending=5)
+    sweep(session_factory, busy, max_attempts=3, batch_size=2, now=later)
+    assert busy.batches == []  # messages may still be in the queue: do not duplicate
+    empty = ListPublisher(pending=0)
+    sweep(session_factory, empty, max_attempts=3, batch_size=2, now=later)
+    assert sorted(i for b in empty.batches for i in b) == sorted(ids)
+    assert [len(b) for b in empty.batches] == [2, 1]
+    again = ListPublisher(pending=0)
+    sweep(session_factory, again, max_attempts=3, batch_size=2, now=later + timedelta(seconds=1))
+    assert again.batches == []  # just re-dispatched: not stale yet
+
+
+def test_undispatched_items_are_published_by_the_sweeper(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "c", 2)
+
+    def broker_down(_job: str, _ids: list[str]) -> None:
+        from jobs.dispatch import DispatchError
+
+        raise DispatchError("down")
+
+    result = submit_job(
+        SubmitRequest(kind=JobKind.caption, sources=[str(tmp_path / "c")], model="fake",
+                      max_new_tokens=8, batch_size=8),
+        session_factory=session_factory, blobs=blobs,
+        publisher=CallbackPublisher(broker_down), max_prompt_chars=1000,
+    )
+    assert not result.dispatched
+    assert statuses(session_factory, result.job_id) == ["queued", "queued"]
+    busy = ListPublisher(pending=7)  # even with a busy queue: these were never sent
+    sweep(session_factory, busy, max_attempts=3, batch_size=8)
+    assert len(busy.batches) == 1 and len(busy.batches[0]) == 2
+
+
+def test_cancel_keeps_finished_results_and_cancels_the_rest(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=4)
+    running = claim_items(session_factory, ids[:2], worker="w", lease_seconds=60)
+    record_results(session_factory, [_ok(running[0].id, running[0].lease_token)])
+    assert cancel_job(session_factory, job_id) == JobStatus.cancelling
+    assert claim_items(session_factory, ids[2:], worker="w", lease_seconds=60) == []
+    record_results(session_factory, [_ok(running[1].id, running[1].lease_token)])
+    assert statuses(session_factory, job_id) == ["succeeded", "succeeded", "cancelled", "cancelled"]
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert job is not None and job.status == JobStatus.cancelled
+
+
+def test_retry_requeues_only_failed_items(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=3)
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60)
+    record_results(session_factory, [
+        _ok(claimed[0].id, claimed[0].lease_token),
+        ItemOutcome(claimed[1].id, claimed[1].lease_token, error_code="image_decode_error",
+                    error_message="bad"),
+        _ok(claimed[2].id, claimed[2].lease_token),
+    ])
+    assert requeue_failed(session_factory, job_id) == [claimed[1].id]
+    assert statuses(session_factory, job_id) == ["succeeded", "queued", "succeeded"]
+    with session_factory() as session:
+        item = session.get(Item, claimed[1].id)
+        job = session.get(Job, job_id)
+    assert item is not None and item.error_code is None and item.attempts == 0
+    assert job is not None and job.status == JobStatus.in_progress
+
+
+def test_idempotency_key_returns_the_same_job_and_refuses_other_parameters(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, _ = _submit(session_factory, blobs, tmp_path, n=2, idempotency_key="k1")
+    again, _ = _submit(session_factory, blobs, tmp_path, n=2, idempotency_key="k1")
+    assert again == job_id
+    with pytest.raises(RequestError) as refused:
+        _submit(session_factory, blobs, tmp_path, n=2, idempotency_key="k1", prompt="other")
+    assert refused.value.code == "idempotency_conflict"
+    with session_factory() as session:
+        assert len(list(session.scalars(select(Job.id)))) == 1
+
+
+def test_concurrent_claims_never_share_an_item(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    _, ids = _submit(session_factory, blobs, tmp_path, n=24)
+    results: dict[str, list[str]] = {}
+
+    def claim(name: str) -> None:
+        got: list[str] = []
+        for _ in range(6):
+            got += [c.id for c in claim_items(session_factory, ids, worker=name, lease_seconds=60)]
+        results[name] = got
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [i for got in results.values() for i in got]
+    assert sorted(claimed) == sorted(ids)  # each item exactly once
