@@ -55,7 +55,11 @@ def build_engine_spec(settings: Settings) -> EngineSpec:
 
 
 def load_transformers_engine(spec: EngineSpec) -> Engine:
+    import transformers
+
     from model.transformers_engine import load_engine  # torch is imported here, and only here
+
+    transformers.utils.logging.disable_progress_bar()  # worker logs, not terminal bars
 
     log.info("loading model %s (dtype=%s, device=%s, quantization=%s)",
              spec.model, spec.dtype, spec.device, spec.quantization)

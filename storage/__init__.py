@@ -1,0 +1,35 @@
+"""Blob storage behind one small interface: S3 (boto3) and a local directory.
+
+Imports nothing of ours and keeps boto3 out of import time (it is loaded by build_s3_client).
+"""
+
+from storage.base import BlobStore, ObjectInfo
+from storage.blobs import Blobs, StoredBlob, open_blobs
+from storage.errors import (
+    AccessDeniedError,
+    InvalidUriError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from storage.local import LocalStore
+from storage.s3 import S3Store, build_s3_client
+from storage.uri import is_s3_uri, parse_s3_uri
+
+__all__ = [
+    "AccessDeniedError",
+    "BlobStore",
+    "Blobs",
+    "InvalidUriError",
+    "LocalStore",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "S3Store",
+    "StorageError",
+    "StoredBlob",
+    "TransientStorageError",
+    "build_s3_client",
+    "is_s3_uri",
+    "open_blobs",
+    "parse_s3_uri",
+]

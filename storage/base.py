@@ -1,0 +1,42 @@
+"""The one small interface every blob store implements (S3, local directory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object; listing never downloads content."""
+
+    uri: str  # full URI: s3://bucket/key or file:///abs/path
+    key: str  # key relative to the listed store (or bucket, for a foreign s3:// listing)
+    size: int
+    # S3 ETag without quotes; local files use a cheap f"{mtime_ns}-{size}" stamp (no hashing).
+    etag: str
+
+
+class BlobStore(Protocol):
+    """Keyed bytes. Keys are ``/``-separated and never contain ``..`` segments or NUL bytes."""
+
+    def uri_for(self, key: str) -> str:
+        """The full URI that names ``key`` in this store (no I/O)."""
+        ...
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Store ``data`` under ``key`` (replacing it atomically) and return its URI."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole content of ``key``; ObjectNotFoundError when it does not exist."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` names an object."""
+        ...
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (a string prefix, as in S3), lazily."""
+        ...

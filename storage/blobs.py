@@ -1,0 +1,127 @@
+"""Routing URIs to stores: our own input store plus read/list access to any s3:// bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from storage.base import BlobStore, ObjectInfo
+from storage.errors import InvalidUriError
+from storage.local import LocalStore
+from storage.s3 import S3Store, build_s3_client
+from storage.uri import is_s3_uri, parse_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# A suffix is cosmetic (callers pass Path.suffix, e.g. ".jpg", or odd ones like ".v2 final"):
+# refuse only what could add a path segment or break a key.
+_SUFFIX_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{0,32}")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Where content-addressed input bytes were stored, and what they hash to."""
+
+    uri: str
+    sha256: str
+    size: int
+
+
+class Blobs:
+    """Routes URIs to stores: our own input store (from STORAGE_URL) plus read/list access to
+    any s3:// bucket (a user's catalogue)."""
+
+    def __init__(
+        self, store: BlobStore, s3_client_factory: Callable[[], Any] = build_s3_client
+    ) -> None:
+        self._store = store
+        self._s3_client_factory = s3_client_factory
+        self._s3_client: S3Client | None = None
+        # Worker thread pools may race to build the client; build it exactly once.
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> BlobStore:
+        return self._store
+
+    def put_content_addressed(self, data: bytes, suffix: str = "") -> StoredBlob:
+        """Store ``data`` under its sha256; the same bytes submitted twice are stored once."""
+        if not _SUFFIX_RE.fullmatch(suffix):
+            raise InvalidUriError(f"{suffix!r} is not a valid file suffix.")
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"inputs/sha256/{digest[:2]}/{digest}{suffix}"
+        # Check-then-write races are harmless: concurrent writers store identical bytes.
+        if not self._store.exists(key):
+            self._store.write_bytes(key, data)
+        return StoredBlob(uri=self._store.uri_for(key), sha256=digest, size=len(data))
+
+    def read_uri(self, uri: str) -> bytes:
+        """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store."""
+        if is_s3_uri(uri):
+            bucket, key = parse_s3_uri(uri)
+            return S3Store(self._client(), bucket).read_bytes(key)
+        local, key = self._local_key(uri)
+        return local.read_bytes(key)
+
+    def list_uri(self, uri_prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``s3://bucket/prefix`` (keys relative to the bucket) or under a
+        ``file://`` directory inside our local store (keys relative to its root), lazily."""
+        if is_s3_uri(uri_prefix):
+            bucket, prefix = parse_s3_uri(uri_prefix)
+            return S3Store(self._client(), bucket).list_objects(prefix)
+        local, key = self._local_key(uri_prefix)
+        is_dir = key == "" or local.path_for(key).is_dir()
+        return local.list_objects(f"{key}/" if is_dir and key else key)
+
+    def _client(self) -> S3Client:
+        with self._lock:
+            if self._s3_client is None:
+                self._s3_client = self._s3_client_factory()
+            return self._s3_client
+
+    def _local_key(self, uri: str) -> tuple[LocalStore, str]:
+        # file:// is only ever honoured inside our own local store: a submitted URI must not
+        # turn the worker into a reader of arbitrary files on its machine.
+        if not isinstance(self._store, LocalStore):
+            raise InvalidUriError(f"{uri!r} is not readable: only s3:// URIs are.", uri=uri)
+        return self._store, self._store.key_for(parse_file_uri(uri))
+
+
+def parse_file_uri(uri: str) -> Path:
+    """The absolute local path named by a ``file://`` URI (as made by ``Path.as_uri()``)."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
+        raise InvalidUriError(f"{uri!r} is not a local file:// URI.", uri=uri)
+    if parts.query or parts.fragment or "\x00" in uri:
+        raise InvalidUriError(f"{uri!r} is not a plain file path.", uri=uri)
+    path = unquote(parts.path)
+    if "\x00" in path or not path.startswith("/"):
+        raise InvalidUriError(f"{uri!r} is not an absolute file path.", uri=uri)
+    return Path(path)
+
+
+def open_blobs(storage_url: str) -> Blobs:
+    """Blobs over ``s3://bucket/prefix`` or a local directory (path or file:// URL, created)."""
+    if not storage_url.strip():
+        raise InvalidUriError("The storage URL is empty.")
+    if is_s3_uri(storage_url):
+        bucket, prefix = parse_s3_uri(storage_url)
+        client = build_s3_client()
+        # One client for our store and for users' buckets alike.
+        return Blobs(S3Store(client, bucket, prefix), s3_client_factory=lambda: client)
+    if "://" in storage_url and not storage_url.lower().startswith("file://"):
+        raise InvalidUriError(f"{storage_url!r} is neither s3:// nor a local path.")
+    if storage_url.lower().startswith("file:"):
+        root = parse_file_uri(storage_url)
+    else:
+        root = Path(storage_url).expanduser()
+    store = LocalStore(root)
+    store.root.mkdir(parents=True, exist_ok=True)
+    return Blobs(store)

@@ -1,0 +1,138 @@
+"""Blob store in a local directory (single-machine mode and tests).
+
+The trust boundary is the key (or file:// URI) a user supplies: it must never reach outside
+``root``, whether through ``..``, an absolute path or a symlink.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from storage.base import BlobStore, ObjectInfo
+from storage.errors import AccessDeniedError, InvalidUriError, ObjectNotFoundError, StorageError
+from storage.uri import validate_key
+
+# Temp files are hidden and suffixed so listings can skip half-written objects.
+_TMP_SUFFIX = ".tmp"
+
+
+class LocalStore(BlobStore):
+    """Keys map to files under ``root``; writes are atomic (temp file + os.replace)."""
+
+    def __init__(self, root: Path) -> None:
+        # Resolved once so every containment check compares real paths.
+        self.root = Path(root).expanduser().resolve()
+
+    def path_for(self, key: str) -> Path:
+        """The file that holds ``key``; InvalidUriError if it would fall outside the root."""
+        validate_key(key, uri=key)
+        if key.startswith("/"):
+            raise InvalidUriError(f"{key!r} is an absolute path, not a key.", uri=key)
+        path = self.root / key
+        # resolve() follows symlinks, so a link inside root pointing elsewhere is caught here.
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidUriError(f"{key!r} points outside the store.", uri=key)
+        return path
+
+    def key_for(self, path: Path) -> str:
+        """The key of an absolute ``path`` inside the root; InvalidUriError otherwise."""
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise InvalidUriError(f"{path} is outside the store at {self.root}.", uri=str(path))
+        rel = resolved.relative_to(self.root).as_posix()
+        return "" if rel == "." else rel
+
+    def _object_path(self, key: str) -> Path:
+        if not key or key.endswith("/"):
+            raise InvalidUriError(f"{key!r} does not name an object.", uri=key)
+        return self.path_for(key)
+
+    def uri_for(self, key: str) -> str:
+        return self.path_for(key).as_uri()
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self._object_path(key)
+        uri = path.as_uri()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, data)
+        except PermissionError as exc:
+            raise AccessDeniedError(f"Writing {uri} was denied.", uri=uri) from exc
+        except OSError as exc:
+            raise StorageError(f"Writing {uri} failed: {exc.strerror}.", uri=uri) from exc
+        return uri
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._object_path(key)
+        uri = path.as_uri()
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectNotFoundError(f"{uri} does not exist.", uri=uri) from exc
+        except PermissionError as exc:
+            raise AccessDeniedError(f"Reading {uri} was denied.", uri=uri) from exc
+        except OSError as exc:
+            raise StorageError(f"Reading {uri} failed: {exc.strerror}.", uri=uri) from exc
+
+    def exists(self, key: str) -> bool:
+        path = self._object_path(key)
+        try:
+            return path.is_file()
+        except PermissionError as exc:
+            uri = path.as_uri()
+            raise AccessDeniedError(f"Checking {uri} was denied.", uri=uri) from exc
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Same string-prefix semantics as S3: "a/b" matches "a/b.jpg" and "a/b/c.jpg".
+        # Only the directory part of the prefix is walked, so listing stays proportional.
+        validate_key(prefix, uri=prefix)
+        directory, _, _ = prefix.rpartition("/")
+        start = self.path_for(directory) if directory else self.root
+        return (info for info in self._walk(start) if info.key.startswith(prefix))
+
+    def _walk(self, directory: Path) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except PermissionError as exc:
+            uri = directory.as_uri()
+            raise AccessDeniedError(f"Listing {uri} was denied.", uri=uri) from exc
+        for entry in entries:
+            # Symlinks are never followed: the store never creates them, and following one
+            # could list files outside the root.
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and not _is_temp(entry.name):
+                stat = entry.stat(follow_symlinks=False)
+                path = Path(entry.path)
+                yield ObjectInfo(
+                    uri=path.as_uri(),
+                    key=path.relative_to(self.root).as_posix(),
+                    size=stat.st_size,
+                    etag=f"{stat.st_mtime_ns}-{stat.st_size}",
+                )
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Readers see the old file or the new one, never a partial write; the temp file lives in
+    # the same directory so os.replace stays a same-filesystem rename.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+    # 0o666 filtered by the umask, like an ordinary open(); mkstemp would force 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,187 @@
+"""S3 (and S3-compatible) blob store over a shared boto3 client.
+
+boto3/botocore are imported lazily: importing ``storage`` must stay cheap because the CLI
+imports it on every start, and boto3 alone costs ~0.3 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from storage.base import BlobStore, ObjectInfo
+from storage.errors import (
+    AccessDeniedError,
+    InvalidUriError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from storage.uri import parse_s3_uri, validate_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
+_DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+# What is still failing after boto3's standard retry mode gave up: worth retrying later.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "InternalError",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
+
+
+def build_s3_client() -> S3Client:
+    """Build the one S3 client a process shares.
+
+    Endpoint, region and credentials come only from boto3's own chain (AWS_ENDPOINT_URL_S3,
+    AWS_ACCESS_KEY_ID, profiles…), never from variables of ours.
+    """
+    import boto3.session
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _translate(exc: Exception, uri: str) -> StorageError:
+    """Map a botocore error onto our error tree (called where botocore errors enter)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ParamValidationError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _NOT_FOUND_CODES or status == "404":
+            return ObjectNotFoundError(f"{uri} does not exist.", uri=uri)
+        if code in _DENIED_CODES or status == "403":
+            return AccessDeniedError(f"Access to {uri} was denied ({code or status}).", uri=uri)
+        if code in _TRANSIENT_CODES or status in _TRANSIENT_CODES:
+            return TransientStorageError(
+                f"S3 is temporarily unavailable for {uri} ({code or status}).", uri=uri
+            )
+        return StorageError(f"S3 refused the request for {uri} ({code or status}).", uri=uri)
+    # HTTPClientError covers read timeouts and broken response streams; ConnectionError covers
+    # EndpointConnectionError and connect timeouts.
+    if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
+        return TransientStorageError(f"S3 could not be reached for {uri}: {exc}.", uri=uri)
+    if isinstance(exc, ParamValidationError):
+        return InvalidUriError(f"{uri} is not a valid S3 location: {exc}.", uri=uri)
+    return StorageError(f"S3 request for {uri} failed: {exc}.", uri=uri)
+
+
+@contextmanager
+def _translating(uri: str) -> Iterator[None]:
+    # Imported here, not at module top: by the time a request runs, botocore is loaded anyway.
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, uri) from exc
+
+
+class S3Store(BlobStore):
+    """Keys live under ``s3://bucket/prefix/``; the client is built once and handed in."""
+
+    def __init__(
+        self, client: S3Client, bucket: str, prefix: str = "", *, page_size: int = 1000
+    ) -> None:
+        self._prefix = prefix.strip("/")
+        # Validates the bucket name and the prefix in one place.
+        parse_s3_uri(f"s3://{bucket}/{self._prefix}")
+        self.client = client
+        self.bucket = bucket
+        # Exposed so tests can force several pages without creating 1,000+ objects.
+        self._page_size = page_size
+
+    def _full_key(self, key: str) -> str:
+        validate_key(key, uri=key)
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _object_key(self, key: str) -> str:
+        # Reads and writes need an object name, not a prefix.
+        if not key or key.endswith("/"):
+            raise InvalidUriError(f"{key!r} does not name an object.", uri=key)
+        return self._full_key(key)
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full_key(key)}"
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        full = self._object_key(key)
+        uri = f"s3://{self.bucket}/{full}"
+        with _translating(uri):
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        return uri
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._object_key(key)
+        uri = f"s3://{self.bucket}/{full}"
+        with _translating(uri):
+            body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()  # return the connection to the pool even on a short read
+
+    def exists(self, key: str) -> bool:
+        full = self._object_key(key)
+        uri = f"s3://{self.bucket}/{full}"
+        try:
+            with _translating(uri):
+                self.client.head_object(Bucket=self.bucket, Key=full)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Not a generator itself, so a bad prefix fails at the call, not at first iteration.
+        full_prefix = self._full_key(prefix) if prefix else self._list_root()
+        return self._iter_objects(full_prefix)
+
+    def _list_root(self) -> str:
+        return f"{self._prefix}/" if self._prefix else ""
+
+    def _iter_objects(self, full_prefix: str) -> Iterator[ObjectInfo]:
+        # Keys are reported relative to the store prefix, so strip "prefix/".
+        strip = len(self._prefix) + 1 if self._prefix else 0
+        uri = f"s3://{self.bucket}/{full_prefix}"
+        with _translating(uri):
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+                PaginationConfig={"PageSize": self._page_size},
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    yield ObjectInfo(
+                        uri=f"s3://{self.bucket}/{key}",
+                        key=key[strip:],
+                        size=int(item.get("Size", 0)),
+                        etag=str(item.get("ETag", "")).strip('"'),
+                    )

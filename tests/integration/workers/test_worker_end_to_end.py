@@ -1,0 +1,59 @@
+"""A caption job through the real thing: CLI → S3 (moto server) → Redis → a Celery worker
+process with the tiny LLaVA resident → PostgreSQL, read back through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+
+from tests.helpers import image_bytes, write_images
+from tests.integration.conftest import CLI, StartWorker
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([CLI, *args], env=env, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def test_caption_job_end_to_end_through_a_real_worker(
+    service_env: dict[str, str], start_worker: StartWorker, tmp_path: Path, s3_bucket: str
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    for i in range(3):
+        s3.put_object(Bucket=s3_bucket, Key=f"catalogue/2026-11/p{i}.jpg",
+                      Body=image_bytes((60 + i, 40), seed=100 + i, fmt="JPEG"))
+    s3.put_object(Bucket=s3_bucket, Key="catalogue/2026-11/readme.txt", Body=b"not an image")
+    local = write_images(tmp_path / "local", 4)
+    local[2].write_bytes(local[2].read_bytes()[:60])  # a truncated PNG fails alone
+
+    cli(service_env, "db", "upgrade")
+    submitted = cli(service_env, "submit", "caption", str(tmp_path / "local"),
+                    f"s3://{s3_bucket}/catalogue/2026-11/", "--json")
+    job_id = json.loads(submitted.stdout)["job_id"]
+    assert json.loads(submitted.stdout)["items"] == 7
+
+    worker = start_worker(service_env)
+    done = cli(service_env, "status", job_id, "--watch", "--json", timeout=240)
+    status = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status["status"] == "completed", worker.log()
+    assert status["counts"]["succeeded"] == 6 and status["counts"]["failed"] == 1
+
+    rows = list(csv.DictReader(io.StringIO(cli(service_env, "results", job_id, "--format", "csv").stdout)))
+    by_input = {row["input"]: row for row in rows}
+    assert set(by_input) == {str(p) for p in local} | {
+        f"s3://{s3_bucket}/catalogue/2026-11/p{i}.jpg" for i in range(3)
+    }
+    assert by_input[str(local[2])]["error_code"] == "image_decode_error"
+    for source, row in by_input.items():
+        if source != str(local[2]):
+            assert row["status"] == "succeeded" and row["result"].strip(), row
+    log = worker.log()
+    assert log.count("loading model tiny-llava") == 1  # loaded once, reused by every batch
+    assert log.count("batch received") >= 2
