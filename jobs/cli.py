@@ -34,17 +34,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
-run_app = typer.Typer(help="Run a job in this process (no broker, no separate worker).",
-                      no_args_is_help=True)
+run_app = typer.Typer(
+    help="Run a job in this process (no broker, no separate worker).", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 
-Sources = Annotated[list[str], typer.Argument(help="Files, directories, s3:// prefixes or .jsonl manifests.")]
-Prompt = Annotated[str | None, typer.Option(help="Instruction for every item (default: a one-sentence caption).")]
-MaxNew = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per item.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Items per batch message.")]
+Sources = Annotated[
+    list[str], typer.Argument(help="Files, directories, s3:// prefixes or .jsonl manifests.")
+]
+Prompt = Annotated[
+    str | None, typer.Option(help="Instruction for every item (default: a one-sentence caption).")
+]
+MaxNew = Annotated[
+    int | None, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per item.")
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Items per batch message.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -65,14 +74,17 @@ def submit_caption(
     max_new_tokens: MaxNew = None,
     batch_size: BatchSize = None,
     name: Annotated[str | None, typer.Option(help="A name to find the job by.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same job: safe to repeat.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Same key, same job: safe to repeat.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
     json_out: Json = False,
 ) -> None:
     """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
     ctx = open_context()
-    request = _request(ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, name,
-                       idempotency_key)
+    request = _request(
+        ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, name, idempotency_key
+    )
     result = submit_job(
         request,
         session_factory=ctx.session_factory,
@@ -100,7 +112,9 @@ def run_caption(
 
     ctx = open_context()
     views.warn_if_tiny(ctx.settings.model)
-    request = _request(ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, None, None)
+    request = _request(
+        ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, None, None
+    )
     res = build_resources(ctx.settings)
     views.err.print(f"loading model {ctx.settings.model} …")
     _ = res.engine
@@ -112,7 +126,9 @@ def run_caption(
 @app.command("status")
 def status(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
-    watch: Annotated[bool, typer.Option("--watch", help="Show a progress bar until the job ends.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Show a progress bar until the job ends.")
+    ] = False,
     json_out: Json = False,
 ) -> None:
     """Job status, counts per item state, items/s and ETA."""
@@ -130,8 +146,12 @@ def status(
 @app.command("results")
 def results(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
-    fmt: Annotated[views.ResultFormat, typer.Option("--format", help="Output format.")] = views.ResultFormat.jsonl,
-    output: Annotated[str | None, typer.Option("-o", "--output", help="Write to this file.")] = None,
+    fmt: Annotated[
+        views.ResultFormat, typer.Option("--format", help="Output format.")
+    ] = views.ResultFormat.jsonl,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write to this file.")
+    ] = None,
 ) -> None:
     """One row per item: item_id, custom_id, input, status, result, error_code, error_message."""
     ctx = open_context()
@@ -170,27 +190,43 @@ def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix)."
     ids = requeue_failed(ctx.session_factory, job_id)
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     dispatched = dispatch_job(ctx.session_factory, publisher, job_id, ids, batch) if ids else True
-    views.err.print(f"job {job_id}: {len(ids)} failed item(s) re-queued"
-                    + ("" if dispatched else " (broker unreachable: the sweeper will dispatch)"))
+    views.err.print(
+        f"job {job_id}: {len(ids)} failed item(s) re-queued"
+        + ("" if dispatched else " (broker unreachable: the sweeper will dispatch)")
+    )
 
 
 @app.command("worker")
 def worker(
-    pool: Annotated[str, typer.Option(help="solo (one process per GPU; CUDA-safe) or threads.")] = "solo",
+    pool: Annotated[
+        str, typer.Option(help="solo (one process per GPU; CUDA-safe) or threads.")
+    ] = "solo",
     concurrency: Annotated[int, typer.Option(min=1, help="Threads, with --pool threads.")] = 1,
-    sweep_in_worker: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Also run the sweeper.")] = True,
+    sweep_in_worker: Annotated[
+        bool, typer.Option("--sweep/--no-sweep", help="Also run the sweeper.")
+    ] = True,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Start a GPU worker: loads the model once, then processes batches from the queue."""
     if pool not in ("solo", "threads"):
-        raise JobsError("--pool must be solo or threads: CUDA does not survive fork.", code="invalid_option")
+        raise JobsError(
+            "--pool must be solo or threads: CUDA does not survive fork.", code="invalid_option"
+        )
     open_context()  # settings and schema are checked before the model loads
     from workers.celery_app import app as celery_app
     from workers.celery_app import settings
 
     celery_app.conf.llava_batch_sweep = sweep_in_worker
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-            "-Q", settings.queue, "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        "-Q",
+        settings.queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     celery_app.worker_main(argv)
 
 
@@ -204,8 +240,12 @@ def sweep_command(
     ctx = open_context()
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     while True:
-        report = sweep(ctx.session_factory, publisher, max_attempts=ctx.settings.max_attempts,
-                       batch_size=ctx.settings.batch_size)
+        report = sweep(
+            ctx.session_factory,
+            publisher,
+            max_attempts=ctx.settings.max_attempts,
+            batch_size=ctx.settings.batch_size,
+        )
         views.err.print(f"sweep: {report}")
         if once:
             return
@@ -213,8 +253,14 @@ def sweep_command(
 
 
 def _request(
-    ctx: Context, kind: JobKind, sources: list[str], prompt: str | None, max_new_tokens: int | None,
-    batch_size: int | None, name: str | None, idempotency_key: str | None,
+    ctx: Context,
+    kind: JobKind,
+    sources: list[str],
+    prompt: str | None,
+    max_new_tokens: int | None,
+    batch_size: int | None,
+    name: str | None,
+    idempotency_key: str | None,
 ) -> SubmitRequest:
     return SubmitRequest(
         kind=kind,
@@ -229,8 +275,10 @@ def _request(
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="llava-batch", standalone_mode=False)
@@ -246,12 +294,17 @@ def main() -> None:
     except ValidationError as exc:
         views.fail(views.describe_settings_error(exc), 2)
     except OperationalError as exc:
-        views.fail(f"the database is unreachable: {views.first_line(exc.orig)} [database_unavailable]", 5)
+        views.fail(
+            f"the database is unreachable: {views.first_line(exc.orig)} [database_unavailable]", 5
+        )
     except KeyboardInterrupt:
         views.fail("interrupted", 130)
     except Exception as exc:
         if os.environ.get("LLAVA_BATCH_DEBUG"):
             raise
-        views.fail(f"internal error: {type(exc).__name__}: {views.first_line(exc)} "
-                   "(set LLAVA_BATCH_DEBUG=1 for a traceback)", 1)
+        views.fail(
+            f"internal error: {type(exc).__name__}: {views.first_line(exc)} "
+            "(set LLAVA_BATCH_DEBUG=1 for a traceback)",
+            1,
+        )
     sys.exit(code if isinstance(code, int) else 0)

@@ -68,7 +68,7 @@ class CeleryPublisher:
 
             client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
             try:
-                return int(client.llen(self.queue))  # type: ignore[arg-type]
+                return int(client.llen(self.queue))
             finally:
                 client.close()
         except Exception:

@@ -48,6 +48,4 @@ def check_schema(engine: Engine) -> None:
     current = current_revision(engine)
     if current != head_revision(engine):
         state = "has no llava-batch tables" if current is None else f"is at revision {current}"
-        raise SchemaMissingError(
-            f"The database {state}; run `llava-batch db upgrade` first."
-        )
+        raise SchemaMissingError(f"The database {state}; run `llava-batch db upgrade` first.")

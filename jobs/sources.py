@@ -14,9 +14,7 @@ from pathlib import Path
 from jobs.errors import RequestError
 from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -102,27 +100,31 @@ def _read_manifest(
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        entry = _parse_manifest_line(manifest, number, line)
-        target = str(entry["input"])
+        given, prompt, custom_id = _parse_manifest_line(manifest, number, line)
+        target = given
         if not is_s3_uri(target) and not Path(target).is_absolute():
             target = str(manifest.parent / target)
-        prompt, custom_id = entry.get("prompt"), entry.get("id")
         for spec in _expand_one(target, blobs=blobs, extensions=extensions):
             yield InputSpec(
-                source=str(entry["input"]) if spec.source == target else spec.source,
+                source=given if spec.source == target else spec.source,
                 local_path=spec.local_path,
                 uri=spec.uri,
                 prompt=prompt,
-                custom_id=None if custom_id is None else str(custom_id),
+                custom_id=custom_id,
             )
 
 
-def _parse_manifest_line(manifest: Path, number: int, line: str) -> dict[str, object]:
+def _parse_manifest_line(
+    manifest: Path, number: int, line: str
+) -> tuple[str, str | None, str | None]:
+    """Returns (input, prompt, custom id) of one manifest line."""
     where = f"{manifest}, line {number}"
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise RequestError(f"{where}: not valid JSON ({exc.msg}).", code="manifest_invalid") from exc
+        raise RequestError(
+            f"{where}: not valid JSON ({exc.msg}).", code="manifest_invalid"
+        ) from exc
     if not isinstance(entry, dict) or not isinstance(entry.get("input"), str):
         raise RequestError(
             f'{where}: expected an object with a string "input" field.', code="manifest_invalid"
@@ -131,7 +133,8 @@ def _parse_manifest_line(manifest: Path, number: int, line: str) -> dict[str, ob
         raise RequestError(f'{where}: "prompt" must be a string.', code="manifest_invalid")
     if "id" in entry and not isinstance(entry["id"], str | int):
         raise RequestError(f'{where}: "id" must be a string.', code="manifest_invalid")
-    return entry
+    custom_id = entry.get("id")
+    return entry["input"], entry.get("prompt"), None if custom_id is None else str(custom_id)
 
 
 def _check_unique_ids(inputs: Sequence[InputSpec]) -> None:

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher, publish_batches
@@ -43,7 +43,11 @@ def sweep(
     now = now or utcnow()
     requeued, lost = sweep_expired_leases(session_factory, max_attempts=max_attempts, now=now)
     republished = republish_queued(
-        session_factory, publisher, batch_size=batch_size, redispatch_after=redispatch_after, now=now
+        session_factory,
+        publisher,
+        batch_size=batch_size,
+        redispatch_after=redispatch_after,
+        now=now,
     )
     finalised = finalise_open_jobs(session_factory, now=now)
     report = SweepReport(requeued, lost, republished, finalised)
@@ -57,15 +61,16 @@ def sweep_expired_leases(
 ) -> tuple[int, int]:
     requeued = lost = 0
     with session_factory.begin() as session:
-        query = select(Item).where(
-            Item.status == ItemStatus.running, Item.lease_expires_at < now
-        )
+        query = select(Item).where(Item.status == ItemStatus.running, Item.lease_expires_at < now)
         if _is_postgres(session):
             query = query.with_for_update(skip_locked=True)
         for item in session.scalars(query):
             log.warning(
                 "lease expired item=%s job=%s worker=%s attempts=%d",
-                item.id, item.job_id, item.worker, item.attempts,
+                item.id,
+                item.job_id,
+                item.worker,
+                item.attempts,
             )
             item.lease_token = None
             item.lease_expires_at = None
@@ -101,7 +106,7 @@ def republish_queued(
     """
     stale = Item.dispatched_at < now - redispatch_after
     pending = publisher.pending()
-    condition = Item.dispatched_at.is_(None)
+    condition: ColumnElement[bool] = Item.dispatched_at.is_(None)
     if pending is None or pending == 0:
         condition = or_(condition, stale)
     with session_factory() as session:

@@ -64,8 +64,16 @@ def warn_if_tiny(model: str) -> None:
 
 def show_submitted(result: SubmitResult, model: str, *, json_out: bool) -> None:
     if json_out:
-        print(json.dumps({"job_id": result.job_id, "items": result.item_count,
-                          "dispatched": result.dispatched, "existing": result.existing}))
+        print(
+            json.dumps(
+                {
+                    "job_id": result.job_id,
+                    "items": result.item_count,
+                    "dispatched": result.dispatched,
+                    "existing": result.existing,
+                }
+            )
+        )
         return
     warn_if_tiny(model)
     if result.existing:
@@ -73,8 +81,10 @@ def show_submitted(result: SubmitResult, model: str, *, json_out: bool) -> None:
     else:
         err.print(f"submitted {result.item_count} item(s)")
     if not result.dispatched:
-        err.print("dispatch pending: the broker is unreachable; the job is saved and queued, "
-                  "and the sweeper will dispatch it when the broker is back")
+        err.print(
+            "dispatch pending: the broker is unreachable; the job is saved and queued, "
+            "and the sweeper will dispatch it when the broker is back"
+        )
     print(result.job_id)
 
 
@@ -86,7 +96,9 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "-"
     counts = ", ".join(f"{state} {n}" for state, n in progress.counts.items() if n)
     out.print(f"job {progress.id}  {progress.kind}  [bold]{progress.status}[/bold]")
-    out.print(f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}")
+    out.print(
+        f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}"
+    )
 
 
 def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
@@ -95,22 +107,39 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
         return
     table = Table("job", "name", "kind", "status", "done", "failed", "created")
     for p in jobs:
-        table.add_row(p.id, p.name or "", p.kind, p.status, f"{p.done}/{p.total}",
-                      str(p.counts.get("failed", 0)), p.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            p.id,
+            p.name or "",
+            p.kind,
+            p.status,
+            f"{p.done}/{p.total}",
+            str(p.counts.get("failed", 0)),
+            p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     out.print(table)
 
 
 def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -> None:
     """Polls until the job ends; a progress bar for people, nothing extra for machines."""
     show_bar = not json_out and err.is_terminal
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err, disable=not show_bar) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show_bar,
+    ) as bar:
         task = bar.add_task(job_id[:8], total=None)
         while True:
             with ctx.session_factory() as session:
                 progress = read_progress(session, find_job(session, job_id))
-            bar.update(task, total=progress.total, completed=progress.done,
-                       description=f"{job_id[:8]} {progress.status}")
+            bar.update(
+                task,
+                total=progress.total,
+                completed=progress.done,
+                description=f"{job_id[:8]} {progress.status}",
+            )
             if progress.status in TERMINAL_JOB_STATES:
                 break
             time.sleep(interval)
@@ -125,7 +154,7 @@ def exit_code_for(ctx: Context, job_id: str) -> int:
 
 def write_results(session: Session, job_id: str, fmt: ResultFormat, output: str | None) -> None:
     stream: IO[str]
-    with (open(output, "w", encoding="utf-8", newline="") if output else _stdout()) as stream:
+    with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as stream:
         rows = iter_results(session, job_id)
         if fmt is ResultFormat.jsonl:
             for row in rows:
@@ -146,8 +175,10 @@ def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
             if json_out:
                 print(json.dumps(row, ensure_ascii=False))
             elif row["error_code"]:
-                out.print(f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}",
-                          markup=False)
+                out.print(
+                    f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}",
+                    markup=False,
+                )
             else:
                 out.print(f"{row['input']}\t{row['result']}", markup=False)
         progress = read_progress(session, find_job(session, job_id))

@@ -74,4 +74,6 @@ def statuses(session_factory: SessionFactory, job_id: str) -> Sequence[str]:
     from jobs.db import Item
 
     with session_factory() as session:
-        return list(session.scalars(select(Item.status).where(Item.job_id == job_id).order_by(Item.seq)))
+        return list(
+            session.scalars(select(Item.status).where(Item.job_id == job_id).order_by(Item.seq))
+        )

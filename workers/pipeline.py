@@ -103,14 +103,18 @@ def run_batch(
     try:
         results = engine.generate(requests, max_new_tokens=max_new_tokens)
     except DeviceOutOfMemoryError as exc:
-        return _split_and_retry(engine, ready, default_max_new_tokens, exc, ItemErrorCode.out_of_memory)
+        return _split_and_retry(
+            engine, ready, default_max_new_tokens, exc, ItemErrorCode.out_of_memory
+        )
     except InputError as exc:
         if len(ready) == 1:
             return [_failed(ready[0].item, exc.code, exc.message)]
         return _split_and_retry(engine, ready, default_max_new_tokens, exc, exc.code)
     except Exception as exc:
         log.exception("generation failed for a batch of %d; isolating", len(ready))
-        return _split_and_retry(engine, ready, default_max_new_tokens, exc, ItemErrorCode.internal_error)
+        return _split_and_retry(
+            engine, ready, default_max_new_tokens, exc, ItemErrorCode.internal_error
+        )
     return [
         ItemOutcome(
             item_id=d.item.id,

@@ -59,10 +59,15 @@ def load_transformers_engine(spec: EngineSpec) -> Engine:
 
     from model.transformers_engine import load_engine  # torch is imported here, and only here
 
-    transformers.utils.logging.disable_progress_bar()  # worker logs, not terminal bars
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-    log.info("loading model %s (dtype=%s, device=%s, quantization=%s)",
-             spec.model, spec.dtype, spec.device, spec.quantization)
+    log.info(
+        "loading model %s (dtype=%s, device=%s, quantization=%s)",
+        spec.model,
+        spec.dtype,
+        spec.device,
+        spec.quantization,
+    )
     return load_engine(spec)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
-from jobs.sweeper import sweep
+from jobs.sweeper import SweepReport, sweep
 from model.errors import ModelLoadError
 from workers.celery_app import app, settings, warn_if_insecure
 from workers.pipeline import BatchReport, process_batch
@@ -36,15 +37,15 @@ def get_resources() -> WorkerResources:
 def run_batch_task(job_id: str, item_ids: list[str]) -> dict[str, int]:
     log.info("batch received job=%s items=%d", job_id, len(item_ids))
     report: BatchReport = process_batch(item_ids, get_resources())
-    return report.__dict__
+    return asdict(report)
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> dict[str, int]:
-    return run_sweep().__dict__
+    return asdict(run_sweep())
 
 
-def run_sweep() -> Any:
+def run_sweep() -> SweepReport:
     res = get_resources()
     return sweep(
         res.session_factory,

@@ -55,6 +55,7 @@ def test_cli_and_jobs_do_not_import_torch() -> None:
         "heavy = sorted(m for m in ('torch', 'transformers', 'boto3') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert out.stdout.strip() == ""

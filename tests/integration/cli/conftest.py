@@ -26,11 +26,19 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def run_cli(cli_env: dict[str, str]) -> RunCli:
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            **extra_env: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 120, **extra_env: str
+    ) -> subprocess.CompletedProcess[str]:
         merged = {**cli_env, **(env or {}), **extra_env}
-        return subprocess.run([CLI, *args], capture_output=True, text=True, env=merged,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [CLI, *args],
+            capture_output=True,
+            text=True,
+            env=merged,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
     return run
 
 

@@ -35,8 +35,14 @@ def test_invalid_manifest_line_reports_its_number(run_cli: RunCli, tmp_path: Pat
 
 def test_prompt_over_the_limit_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
     write_images(tmp_path / "c", 1)
-    result = run_cli("submit", "caption", str(tmp_path / "c"), "--prompt", "x" * 50,
-                     LLAVA_BATCH_MAX_PROMPT_CHARS="10")
+    result = run_cli(
+        "submit",
+        "caption",
+        str(tmp_path / "c"),
+        "--prompt",
+        "x" * 50,
+        LLAVA_BATCH_MAX_PROMPT_CHARS="10",
+    )
     assert_one_line_error(result, 2, "prompt_too_long")
 
 

@@ -34,14 +34,26 @@ class ListPublisher:
         return self._pending
 
 
-def _submit(sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **kw: object) -> tuple[str, list[str]]:
+def _submit(
+    sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **kw: object
+) -> tuple[str, list[str]]:
     write_images(tmp_path / "c", n)
     publisher = ListPublisher()
-    fields: dict[str, object] = dict(kind=JobKind.caption, sources=[str(tmp_path / "c")],
-                                     model="fake", max_new_tokens=8, batch_size=100)
+    fields: dict[str, object] = dict(
+        kind=JobKind.caption,
+        sources=[str(tmp_path / "c")],
+        model="fake",
+        max_new_tokens=8,
+        batch_size=100,
+    )
     fields.update(kw)
-    result = submit_job(SubmitRequest(**fields), session_factory=sf, blobs=blobs,  # type: ignore[arg-type]
-                        publisher=publisher, max_prompt_chars=1000)
+    result = submit_job(
+        SubmitRequest(**fields),
+        session_factory=sf,
+        blobs=blobs,  # type: ignore[arg-type]
+        publisher=publisher,
+        max_prompt_chars=1000,
+    )
     return result.job_id, [i for batch in publisher.batches for i in batch]
 
 
@@ -55,8 +67,13 @@ def test_late_write_of_a_worker_that_lost_its_lease_is_refused(
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=1)
     start = utcnow()
     (first,) = claim_items(session_factory, ids, worker="A", lease_seconds=10, now=start)
-    report = sweep(session_factory, ListPublisher(), max_attempts=3, batch_size=8,
-                   now=start + timedelta(seconds=11))
+    report = sweep(
+        session_factory,
+        ListPublisher(),
+        max_attempts=3,
+        batch_size=8,
+        now=start + timedelta(seconds=11),
+    )
     assert report.requeued == 1
     (second,) = claim_items(session_factory, ids, worker="B", lease_seconds=10)
     assert second.lease_token != first.lease_token and second.attempts == 2
@@ -115,10 +132,17 @@ def test_undispatched_items_are_published_by_the_sweeper(
         raise DispatchError("down")
 
     result = submit_job(
-        SubmitRequest(kind=JobKind.caption, sources=[str(tmp_path / "c")], model="fake",
-                      max_new_tokens=8, batch_size=8),
-        session_factory=session_factory, blobs=blobs,
-        publisher=CallbackPublisher(broker_down), max_prompt_chars=1000,
+        SubmitRequest(
+            kind=JobKind.caption,
+            sources=[str(tmp_path / "c")],
+            model="fake",
+            max_new_tokens=8,
+            batch_size=8,
+        ),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=CallbackPublisher(broker_down),
+        max_prompt_chars=1000,
     )
     assert not result.dispatched
     assert statuses(session_factory, result.job_id) == ["queued", "queued"]
@@ -147,12 +171,19 @@ def test_retry_requeues_only_failed_items(
 ) -> None:
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=3)
     claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60)
-    record_results(session_factory, [
-        _ok(claimed[0].id, claimed[0].lease_token),
-        ItemOutcome(claimed[1].id, claimed[1].lease_token, error_code="image_decode_error",
-                    error_message="bad"),
-        _ok(claimed[2].id, claimed[2].lease_token),
-    ])
+    record_results(
+        session_factory,
+        [
+            _ok(claimed[0].id, claimed[0].lease_token),
+            ItemOutcome(
+                claimed[1].id,
+                claimed[1].lease_token,
+                error_code="image_decode_error",
+                error_message="bad",
+            ),
+            _ok(claimed[2].id, claimed[2].lease_token),
+        ],
+    )
     assert requeue_failed(session_factory, job_id) == [claimed[1].id]
     assert statuses(session_factory, job_id) == ["succeeded", "queued", "succeeded"]
     with session_factory() as session:

@@ -18,8 +18,9 @@ from workers.pipeline import process_batch
 
 
 def _request(sources: list[str], **kw: object) -> SubmitRequest:
-    base: dict[str, object] = dict(kind=JobKind.caption, sources=sources, model="fake",
-                                   max_new_tokens=8, batch_size=4)
+    base: dict[str, object] = dict(
+        kind=JobKind.caption, sources=sources, model="fake", max_new_tokens=8, batch_size=4
+    )
     base.update(kw)
     return SubmitRequest(**base)  # type: ignore[arg-type]
 
@@ -67,8 +68,11 @@ def test_duplicate_message_claims_nothing_and_writes_once(
     write_images(tmp_path / "cat", 3)
     batches: list[list[str]] = []
     result = submit_job(
-        _request([str(tmp_path / "cat")]), session_factory=session_factory, blobs=blobs,
-        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)), max_prompt_chars=1000,
+        _request([str(tmp_path / "cat")]),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
+        max_prompt_chars=1000,
     )
     engine = FakeEngine()
     res = make_resources(session_factory, blobs, engine)
@@ -86,7 +90,8 @@ def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
     write_images(tmp_path / "cat", 8)
     engine = FakeEngine(oom_when_batch_over=2)
     res = make_resources(session_factory, blobs, engine, batch_size=8)
-    result = run_job_locally(_request([str(tmp_path / "cat")], batch_size=8), res,
-                             max_prompt_chars=1000)
+    result = run_job_locally(
+        _request([str(tmp_path / "cat")], batch_size=8), res, max_prompt_chars=1000
+    )
     assert statuses(session_factory, result.job_id) == ["succeeded"] * 8
     assert engine.calls[0] == 8 and max(engine.calls[1:]) <= 4 and engine.calls.count(2) == 4

@@ -14,8 +14,14 @@ from tests.integration.conftest import CLI, StartWorker
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([CLI, *args], env=env, capture_output=True, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, (args, result.stdout, result.stderr)
     return result
 
@@ -27,15 +33,24 @@ def test_caption_job_end_to_end_through_a_real_worker(
 
     s3 = boto3.client("s3")
     for i in range(3):
-        s3.put_object(Bucket=s3_bucket, Key=f"catalogue/2026-11/p{i}.jpg",
-                      Body=image_bytes((60 + i, 40), seed=100 + i, fmt="JPEG"))
+        s3.put_object(
+            Bucket=s3_bucket,
+            Key=f"catalogue/2026-11/p{i}.jpg",
+            Body=image_bytes((60 + i, 40), seed=100 + i, fmt="JPEG"),
+        )
     s3.put_object(Bucket=s3_bucket, Key="catalogue/2026-11/readme.txt", Body=b"not an image")
     local = write_images(tmp_path / "local", 4)
     local[2].write_bytes(local[2].read_bytes()[:60])  # a truncated PNG fails alone
 
     cli(service_env, "db", "upgrade")
-    submitted = cli(service_env, "submit", "caption", str(tmp_path / "local"),
-                    f"s3://{s3_bucket}/catalogue/2026-11/", "--json")
+    submitted = cli(
+        service_env,
+        "submit",
+        "caption",
+        str(tmp_path / "local"),
+        f"s3://{s3_bucket}/catalogue/2026-11/",
+        "--json",
+    )
     job_id = json.loads(submitted.stdout)["job_id"]
     assert json.loads(submitted.stdout)["items"] == 7
 
@@ -45,7 +60,9 @@ def test_caption_job_end_to_end_through_a_real_worker(
     assert status["status"] == "completed", worker.log()
     assert status["counts"]["succeeded"] == 6 and status["counts"]["failed"] == 1
 
-    rows = list(csv.DictReader(io.StringIO(cli(service_env, "results", job_id, "--format", "csv").stdout)))
+    rows = list(
+        csv.DictReader(io.StringIO(cli(service_env, "results", job_id, "--format", "csv").stdout))
+    )
     by_input = {row["input"]: row for row in rows}
     assert set(by_input) == {str(p) for p in local} | {
         f"s3://{s3_bucket}/catalogue/2026-11/p{i}.jpg" for i in range(3)
