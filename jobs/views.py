@@ -175,12 +175,10 @@ def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
             if json_out:
                 print(json.dumps(row, ensure_ascii=False))
             elif row["error_code"]:
-                out.print(
-                    f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}",
-                    markup=False,
-                )
+                # plain print: rich would expand the tab that separates source and result
+                print(f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}")
             else:
-                out.print(f"{row['input']}\t{row['result']}", markup=False)
+                print(f"{row['input']}\t{row['result']}")
         progress = read_progress(session, find_job(session, job_id))
     if not json_out:
         warn_if_tiny(progress.model)

@@ -1,0 +1,63 @@
+"""The embedded one-process mode, as the README's demo runs it, and the read-side commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tests.helpers import write_images
+from tests.integration.cli.conftest import RunCli
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_readme_demo_captions_the_sample_catalogue(run_cli: RunCli) -> None:
+    catalogue = ROOT / "tests" / "data" / "catalogue"
+    result = run_cli("run", "caption", str(catalogue), "--max-new-tokens", "6", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stdout.splitlines() if "\t" in line]
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(
+        str(p) for p in catalogue.iterdir()
+    )
+    assert all(line.split("\t")[1].strip() for line in lines)
+    assert "completed" in result.stdout
+    assert "captions are noise" in result.stderr  # the tiny model says what it is
+
+
+def test_manifest_prompts_ids_and_the_read_side(run_cli: RunCli, tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "imgs", 3)
+    (tmp_path / "m.jsonl").write_text(
+        "\n".join(
+            json.dumps({"input": f"imgs/{p.name}", "id": f"sku-{i}", "prompt": f"What is {i}?"})
+            for i, p in enumerate(paths)
+        )
+        + "\n"
+    )
+    run = run_cli("run", "caption", str(tmp_path / "m.jsonl"), "--json", timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["custom_id"] for r in rows] == ["sku-0", "sku-1", "sku-2"]
+    assert [r["input"] for r in rows] == [f"imgs/{p.name}" for p in paths]
+    job_id = run_cli("jobs", "--json").stdout
+    (job,) = json.loads(job_id)
+    assert job["status"] == "completed" and job["counts"]["succeeded"] == 3
+
+    status = json.loads(run_cli("status", job["job_id"][:8], "--json").stdout)
+    assert status["counts"]["succeeded"] == 3 and status["items_per_second"] > 0
+
+    out = tmp_path / "r.csv"
+    assert run_cli("results", job["job_id"], "--format", "csv", "-o", str(out)).returncode == 0
+    with out.open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["custom_id"] for r in table] == ["sku-0", "sku-1", "sku-2"]
+    assert list(table[0]) == [
+        "item_id",
+        "custom_id",
+        "input",
+        "status",
+        "result",
+        "error_code",
+        "error_message",
+    ]
