@@ -1,0 +1,109 @@
+"""The engine interface: what the rest of the system needs from a vision-language model.
+
+Kept free of torch and transformers on purpose: the CLI and ``jobs`` import these names, and the
+CLI must start fast and never import torch. Implementations live in ``model.transformers_engine``
+(the real one, imports torch) and ``model.fake`` (deterministic, for pipeline tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+__all__ = [
+    "DEVICES_HELP",
+    "DTYPES",
+    "QUANTIZATIONS",
+    "TINY_MODELS",
+    "Engine",
+    "EngineSpec",
+    "GenerationRequest",
+    "GenerationResult",
+    "default_cache_dir",
+]
+
+# Names that ``load_engine`` builds offline (randomly initialised) instead of fetching: they let
+# tests and local runs exercise the whole real loading/generation path with no download.
+TINY_MODELS: tuple[str, ...] = ("tiny-llava", "tiny-llava-next")
+
+DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+DEVICES_HELP = "auto|cpu|cuda|cuda:N"
+
+
+def default_cache_dir() -> Path:
+    """Where tiny checkpoints are built unless told otherwise."""
+    return Path.home() / ".cache" / "llava-batch"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One item to generate for.
+
+    ``image`` is already decoded to RGB (see ``model.images.decode_image``). ``prompt`` is only the
+    user's instruction text: the engine adds the chat template and the image token itself.
+    """
+
+    image: Image.Image
+    prompt: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one request produced. ``tokens_out`` counts generated tokens, not padding or eos."""
+
+    text: str
+    tokens_out: int
+
+
+class Engine(Protocol):
+    """A loaded model that captions/answers about images in batches."""
+
+    @property
+    def name(self) -> str:
+        """The model id or path as configured; recorded on jobs."""
+        ...
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+    ) -> list[GenerationResult]:
+        """Return exactly one result per request, in the same order.
+
+        Raises ``DeviceOutOfMemoryError`` when the batch does not fit; callers split and retry.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to build an engine; plain data so settings can produce it without importing torch.
+
+    ``model``: one of ``TINY_MODELS``, a hub id, or a local directory.
+    ``dtype``: ``auto`` means bfloat16 (or float16 where bf16 is unsupported) on CUDA, float32 on
+    CPU. ``device``: ``auto`` picks CUDA when available. ``quantization``: bitsandbytes 8/4-bit.
+    ``cache_dir``: where tiny checkpoints are built.
+    """
+
+    model: str = "tiny-llava"
+    dtype: str = "auto"
+    device: str = "auto"
+    quantization: str = "none"
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        # Fail at configuration time, with a message naming the bad value, not deep in loading.
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}"
+            )
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"device must be {DEVICES_HELP}, not {dev!r}")
+        if not self.model.strip():
+            raise ValueError("model must not be empty")

@@ -1,0 +1,47 @@
+"""The one error tree of the ``model`` package.
+
+Three kinds, as the design asks: engine-dead (``ModelLoadError``: the worker refuses to start),
+per-batch recoverable (``DeviceOutOfMemoryError``: the caller splits the batch and tries again)
+and per-item permanent (``InputError``: mark that item failed, keep going). Third-party errors
+(Pillow, torch, transformers) are wrapped where they enter this package, so callers never need to
+import torch to catch them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeviceOutOfMemoryError", "InputError", "ModelError", "ModelLoadError"]
+
+
+class ModelError(Exception):
+    """Base of every error raised on purpose by the ``model`` package."""
+
+
+class ModelLoadError(ModelError):
+    """The checkpoint cannot be loaded, or is refused as unsafe.
+
+    Raised for a missing/unreadable checkpoint, one that has only pickle weights (``.bin``/``.pt``)
+    and no ``.safetensors``, or one whose config asks for remote code (``auto_map``). Engine-dead:
+    the worker should refuse to start rather than fail every item.
+    """
+
+
+class DeviceOutOfMemoryError(ModelError):
+    """Generation ran out of device memory for this batch.
+
+    Wraps ``torch.OutOfMemoryError`` and the older "CUDA out of memory" ``RuntimeError``. The
+    engine is still usable: callers retry with smaller batches.
+    """
+
+
+class InputError(ModelError):
+    """One input item is unusable; permanent for that item only.
+
+    ``code`` is a stable machine-readable code (``empty_input``, ``image_decode_error``,
+    ``image_too_large``, ``unsupported_format``, ``prompt_too_long``) and ``message`` one human
+    sentence; both are stored on the failed item.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

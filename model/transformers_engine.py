@@ -1,0 +1,311 @@
+"""The real engine: a LLaVA-family checkpoint loaded once with transformers, generating in batches.
+
+Only safetensors weights are loaded and remote code is never trusted (design invariant 7). The
+tiny names in ``TINY_MODELS`` are built offline by ``model.tiny`` and then go through exactly the
+same loading code as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from model.checkpoints import check_local_checkpoint
+from model.engine import TINY_MODELS, EngineSpec, GenerationRequest, GenerationResult
+from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError
+from model.tiny import ensure_tiny_checkpoint
+
+__all__ = ["TransformersEngine", "load_engine", "neutralise_special_tokens"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# What a bad checkpoint raises while loading; wrapped so the worker reports one clear line.
+_LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    ImportError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    SafetensorError,
+)
+
+
+def load_engine(spec: EngineSpec) -> TransformersEngine:
+    """Load the checkpoint ``spec`` names; raise ``ModelLoadError`` with a one-line reason."""
+    source = _resolve_source(spec)
+    device = _resolve_device(spec.device)
+    dtype = _resolve_dtype(spec.dtype, device)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "dtype": dtype}
+    if spec.quantization != "none":
+        quant: dict[str, Any] = (
+            {"load_in_8bit": True}
+            if spec.quantization == "8bit"
+            else {
+                "load_in_4bit": True,
+                "bnb_4bit_compute_dtype": dtype,
+                "bnb_4bit_quant_type": "nf4",
+            }
+        )
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quant)  # type: ignore[no-untyped-call]
+        # bitsandbytes places weights while loading; a quantised model must never be .to()'d.
+        kwargs["device_map"] = {"": device}
+    try:
+        # transformers' loaders are loosely typed; the engine keeps them as Any internally.
+        processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            source, trust_remote_code=False
+        )
+        model: Any = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        if spec.quantization == "none":
+            model.to(device)  # inside the try: a model too big for the GPU is a load error
+        model.eval()
+        engine = TransformersEngine(spec.model, processor, model, device=device, dtype=dtype)
+    except _LOAD_ERRORS as exc:
+        raise ModelLoadError(f"cannot load model {spec.model!r}: {_one_line(exc)}") from exc
+    logger.info(
+        "loaded model %s from %s on %s as %s (quantization %s)",
+        spec.model,
+        source,
+        device,
+        dtype,
+        spec.quantization,
+    )
+    return engine
+
+
+class TransformersEngine:
+    """Implements ``model.engine.Engine`` over a transformers processor and model.
+
+    Greedy decoding (``do_sample=False``) so a batch gives the same text as each item alone
+    (exactly so in float32; half precision can differ slightly with padding).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        processor: ProcessorMixin,
+        model: PreTrainedModel,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self._name = name
+        self._processor: Any = processor  # processors are untyped; keep Any contained here
+        self._model: Any = model
+        self._device = device
+        self._dtype = dtype
+        tokenizer = self._processor.tokenizer
+        # Decoder-only batched generation must pad on the left, or new tokens follow padding.
+        tokenizer.padding_side = "left"
+        if not getattr(self._processor, "chat_template", None):
+            raise ModelLoadError(f"model {name!r} has no chat template in its processor")
+        self._image_token: str = getattr(self._processor, "image_token", "<image>")
+        self._image_token_id: int = tokenizer.convert_tokens_to_ids(self._image_token)
+        pad = tokenizer.pad_token_id
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._stop_ids = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        self._pad_id: int = pad if pad is not None else min(self._stop_ids)
+        self._stop_ids.add(self._pad_id)
+        # Strings the tokenizer turns into control tokens; user text must not contain them.
+        specials = {self._image_token, *tokenizer.all_special_tokens}
+        self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
+        self._image_tokens_max = self._measure_image_tokens()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def max_context(self) -> int:
+        """Tokens the language model can attend to (prompt, image tokens and generated)."""
+        config = self._model.config
+        text_config = getattr(config, "text_config", config)
+        return int(text_config.max_position_embeddings)
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """An upper bound on the tokens ``prompt`` takes, with the template and any image.
+
+        Image tokens are counted at their maximum for this model (LLaVA-NeXT's count depends on
+        the image's aspect ratio), so ``count + max_new_tokens <= max_context`` always fits.
+        """
+        return self._count_templated(self._build_prompt(prompt))
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+    ) -> list[GenerationResult]:
+        """One greedy result per request, in order.
+
+        Raises ``DeviceOutOfMemoryError`` on OOM, and ``InputError("prompt_too_long")`` when a
+        request's prompt plus ``max_new_tokens`` cannot fit in ``max_context`` (callers that
+        split failing batches isolate that item; ``count_prompt_tokens`` lets them check first).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if not requests:
+            return []
+        texts = [self._build_prompt(r.prompt) for r in requests]
+        for text in texts:
+            needed = self._count_templated(text) + max_new_tokens
+            if needed > self.max_context:
+                raise InputError(
+                    "prompt_too_long",
+                    f"The prompt needs up to {needed} tokens with {max_new_tokens} new tokens, "
+                    f"over the model's context of {self.max_context}.",
+                )
+        images = [r.image for r in requests]
+        try:
+            with torch.inference_mode():
+                inputs = self._prepare(images, texts)
+                output = self._model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    # A random (or confused) model may emit the image token, which the
+                    # processor would then count as an image placeholder; never generate it.
+                    suppress_tokens=[self._image_token_id],
+                    pad_token_id=self._pad_id,
+                )
+        except torch.OutOfMemoryError as exc:
+            self._release_memory()
+            raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            self._release_memory()
+            raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [self._decode(row) for row in new_tokens]
+
+    def _build_prompt(self, prompt: str) -> str:
+        safe = neutralise_special_tokens(prompt, self._special_strings)
+        conversation = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": safe}]}
+        ]
+        text: str = self._processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        return text
+
+    def _count_templated(self, text: str) -> int:
+        ids = self._processor.tokenizer(text, add_special_tokens=True)["input_ids"]
+        images = sum(1 for i in ids if i == self._image_token_id)
+        return len(ids) - images + images * self._image_tokens_max
+
+    def _prepare(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any]:
+        batch = self._processor(images=images, text=texts, padding=True, return_tensors="pt")
+        prepared: dict[str, Any] = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self._device)
+                # Only pixel values follow the model dtype; ids, masks and image sizes stay ints.
+                if value.is_floating_point():
+                    value = value.to(self._dtype)
+            prepared[key] = value
+        return prepared
+
+    def _decode(self, row: list[int]) -> GenerationResult:
+        # Generation stops at eos per row; shorter rows are then filled with pad.
+        count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
+        text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
+        return GenerationResult(text=str(text).strip(), tokens_out=count)
+
+    def _measure_image_tokens(self) -> int:
+        """The most image tokens one image can expand to, measured once with the processor.
+
+        LLaVA-NeXT's count depends on which grid an image maps to, and not only through the
+        grid's area (a tall grid adds a newline token per row), so every grid is probed.
+        """
+        pinpoints = getattr(self._processor.image_processor, "image_grid_pinpoints", None)
+        sizes = [(int(w), int(h)) for h, w in pinpoints] if pinpoints else [(336, 336)]
+        counts = []
+        for size in sizes:
+            probe = Image.new("RGB", size)
+            try:
+                batch = self._processor(
+                    images=[probe], text=[self._image_token], return_tensors="pt"
+                )
+            except _LOAD_ERRORS as exc:
+                message = f"model {self._name!r}: its processor fails on an image: {_one_line(exc)}"
+                raise ModelLoadError(message) from exc
+            counts.append(int((batch["input_ids"] == self._image_token_id).sum().item()))
+        return max(counts)
+
+    def _release_memory(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def neutralise_special_tokens(text: str, specials: Sequence[str]) -> str:
+    """Stop user text from producing control tokens, by putting a space after the first character.
+
+    A literal ``<image>`` in a prompt would otherwise become an extra image placeholder and break
+    the image-token count; ``</s>`` would end the prompt early. ``"<image>"`` becomes
+    ``"< image>"``: still readable to the model, but tokenised as ordinary text.
+    """
+    for special in specials:
+        if len(special) > 1 and special in text:
+            text = text.replace(special, f"{special[0]} {special[1:]}")
+    return text
+
+
+def _resolve_source(spec: EngineSpec) -> str:
+    if spec.model in TINY_MODELS:
+        try:
+            return str(ensure_tiny_checkpoint(spec.cache_dir, spec.model))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot build tiny model {spec.model!r}: {exc}") from exc
+    path = Path(spec.model).expanduser()
+    if path.is_dir():
+        check_local_checkpoint(path)
+        return str(path)
+    if path.exists() or spec.model.startswith(("/", ".", "~")):
+        raise ModelLoadError(f"model directory {spec.model!r} does not exist or is not a directory")
+    return spec.model  # a hub id; transformers enforces safetensors and no remote code itself
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type != "cuda":
+        return torch.float32  # half precision on CPU is slow and less exact
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _oom_message(batch_size: int, exc: BaseException) -> str:
+    return f"out of device memory generating a batch of {batch_size}: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
