@@ -25,6 +25,7 @@ from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import JobKind
 from jobs.submit import SubmitRequest, dispatch_job, submit_job
 from jobs.sweeper import sweep
+from model.errors import ModelLoadError
 
 app = typer.Typer(
     name="llava-batch",
@@ -215,6 +216,12 @@ def worker(
     open_context()  # settings and schema are checked before the model loads
     from workers.celery_app import app as celery_app
     from workers.celery_app import settings
+    from workers.tasks import get_resources
+
+    # Load before consuming: the solo/threads pool runs tasks in this very process, so the
+    # model stays resident, and a checkpoint that cannot load is one clear error, not a loop.
+    views.err.print(f"loading model {settings.model} …")
+    _ = get_resources().engine
 
     celery_app.conf.llava_batch_sweep = sweep_in_worker
     argv = [
@@ -291,6 +298,8 @@ def main() -> None:
         code = exc.exit_code
     except JobsError as exc:
         views.fail(f"{exc.message} [{exc.code}]", exc.exit_code)
+    except ModelLoadError as exc:
+        views.fail(f"the model cannot be loaded: {views.first_line(exc)} [model_load_error]", 7)
     except ValidationError as exc:
         views.fail(views.describe_settings_error(exc), 2)
     except OperationalError as exc:

@@ -46,6 +46,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for word in words:
-        assert word in lines[0], lines[0]
+        assert word in errors[0], errors[0]

@@ -82,3 +82,14 @@ def test_broker_down_message_is_human(run_cli: RunCli, tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "dispatch pending" in result.stderr
     assert result.stdout.strip().splitlines()[-1].count("-") == 4  # the job id, last line
+
+
+def test_worker_refuses_a_checkpoint_with_only_pickle_weights(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "pickled-llava"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (model_dir / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    result = run_cli("worker", LLAVA_BATCH_MODEL=str(model_dir))
+    assert_one_line_error(result, 7, "model_load_error", "safetensors")
