@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import timedelta
 from typing import Annotated
 
 import click
@@ -22,6 +23,7 @@ from jobs.control import cancel_job, requeue_failed
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import JobsError
 from jobs.queries import find_job, list_recent_jobs, read_progress
+from jobs.settings import UnknownSettingError
 from jobs.states import JobKind
 from jobs.submit import SubmitRequest, dispatch_job, submit_job
 from jobs.sweeper import sweep
@@ -252,6 +254,7 @@ def sweep_command(
             publisher,
             max_attempts=ctx.settings.max_attempts,
             batch_size=ctx.settings.batch_size,
+            redispatch_after=timedelta(seconds=ctx.settings.redispatch_after_seconds),
         )
         views.err.print(f"sweep: {report}")
         if once:
@@ -302,6 +305,8 @@ def main() -> None:
         views.fail(f"the model cannot be loaded: {views.first_line(exc)} [model_load_error]", 7)
     except ValidationError as exc:
         views.fail(views.describe_settings_error(exc), 2)
+    except UnknownSettingError as exc:
+        views.fail(f"bad configuration: {exc} [invalid_settings]", 2)
     except OperationalError as exc:
         views.fail(
             f"the database is unreachable: {views.first_line(exc.orig)} [database_unavailable]", 5

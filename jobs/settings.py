@@ -7,6 +7,9 @@ S3 endpoint and credentials are deliberately absent: boto3's own configuration c
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -54,9 +57,12 @@ class Settings(BaseSettings):
     lease_seconds: Annotated[int, Field(ge=5)] = 600
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     sweep_interval_seconds: Annotated[int, Field(ge=1)] = 30
+    # A queued item whose message went out this long ago, while the broker queue is empty, has
+    # lost its message (e.g. Redis restarted without persistence): the sweeper re-publishes it.
+    redispatch_after_seconds: Annotated[int, Field(ge=1)] = 120
     # Redis redelivers anything unacked this long; keep it far above the longest batch and
     # let the lease (not the broker) decide who owns an item.
-    visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 43_200
+    visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 43_200
 
     @field_validator("device")
     @classmethod
@@ -78,5 +84,26 @@ class Settings(BaseSettings):
         return self.home / "models"
 
 
+# Read outside the settings object (before it can be built, or by the test harness only).
+OTHER_VARIABLES = frozenset(
+    {"LLAVA_BATCH_DEBUG", "LLAVA_BATCH_LOG_LEVEL", "LLAVA_BATCH_TEST_FAULTS"}
+)
+
+
+class UnknownSettingError(ValueError):
+    """Raised for an LLAVA_BATCH_* variable that is not a setting (usually a typo)."""
+
+
+def check_unknown_variables(environ: Mapping[str, str]) -> None:
+    known = {f"LLAVA_BATCH_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    for variable in sorted(environ):
+        if variable.startswith("LLAVA_BATCH_") and variable not in known:
+            close = difflib.get_close_matches(variable, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UnknownSettingError(f"{variable} is not a llava-batch setting{hint}")
+
+
 def load_settings() -> Settings:
+    # A typo would otherwise be ignored silently and the default used instead.
+    check_unknown_variables(os.environ)
     return Settings()

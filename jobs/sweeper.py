@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, or_, select, update
 
 from jobs.db import Item, Job, SessionFactory, utcnow
-from jobs.dispatch import DispatchError, Publisher, publish_batches
+from jobs.dispatch import DispatchError, Publisher
 from jobs.errors import ItemErrorCode
 from jobs.lifecycle import _is_postgres, finalise_jobs
 from jobs.states import ItemStatus, JobStatus
@@ -111,19 +111,29 @@ def republish_queued(
         condition = or_(condition, stale)
     with session_factory() as session:
         rows = session.execute(
-            select(Item.job_id, Item.id)
+            select(Item.job_id, Item.id, Item.attempts)
             .join(Job, Job.id == Item.job_id)
             .where(Item.status == ItemStatus.queued, condition)
             .where(Job.status.in_((JobStatus.queued, JobStatus.in_progress)))
             .order_by(Item.job_id, Item.seq)
         ).all()
-    by_job: dict[str, list[str]] = defaultdict(list)
-    for job_id, item_id in rows:
-        by_job[job_id].append(item_id)
+    # An item that already lost a worker goes out alone: if it is what kills workers, it must
+    # not take the innocent items of its batch down with it again (and use up their attempts).
+    batches: list[tuple[str, list[str]]] = []
+    fresh: dict[str, list[str]] = defaultdict(list)
+    for job_id, item_id, attempts in rows:
+        if attempts:
+            batches.append((job_id, [item_id]))
+        else:
+            fresh[job_id].append(item_id)
+    for job_id, item_ids in fresh.items():
+        batches += [
+            (job_id, item_ids[i : i + batch_size]) for i in range(0, len(item_ids), batch_size)
+        ]
     published = 0
-    for job_id, item_ids in by_job.items():
+    for job_id, item_ids in batches:
         try:
-            publish_batches(publisher, job_id, item_ids, batch_size)
+            publisher.publish(job_id, item_ids)
         except DispatchError as exc:
             log.warning("republish failed job=%s: %s", job_id, exc)
             break

@@ -6,6 +6,7 @@ workers) reach the same S3 through the environment they inherit.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ def moto_server() -> Iterator[str]:
     """Endpoint URL of a moto S3 server on 127.0.0.1 (free port), exported via AWS_* vars."""
     from moto.server import ThreadedMotoServer
 
+    # One access-log line per request would bury the output of any failing test.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -71,6 +71,13 @@ def load_transformers_engine(spec: EngineSpec) -> Engine:
     return load_engine(spec)
 
 
+def _with_faults(engine: Engine) -> Engine:
+    from workers.faults import FaultyEngine, read_faults
+
+    faults = read_faults()
+    return engine if faults is None else FaultyEngine(engine, faults)
+
+
 def build_resources(
     settings: Settings, *, engine_loader: Callable[[], Engine] | None = None
 ) -> WorkerResources:
@@ -78,7 +85,7 @@ def build_resources(
     return WorkerResources(
         session_factory=make_session_factory(make_engine(settings.resolved_database_url)),
         blobs=open_blobs(settings.resolved_storage_url),
-        engine_loader=engine_loader or (lambda: load_transformers_engine(spec)),
+        engine_loader=engine_loader or (lambda: _with_faults(load_transformers_engine(spec))),
         batch_size=settings.batch_size,
         max_new_tokens=settings.max_new_tokens,
         lease_seconds=settings.lease_seconds,

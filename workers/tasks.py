@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
@@ -52,6 +53,7 @@ def run_sweep() -> SweepReport:
         CeleryPublisher(settings.broker_url, settings.queue, app=app),
         max_attempts=settings.max_attempts,
         batch_size=settings.batch_size,
+        redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
     )
 
 

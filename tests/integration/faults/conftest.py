@@ -1,0 +1,124 @@
+"""Shared pieces of the fault suite: short leases, a fast sweeper, row checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Engine
+
+from jobs.db import Item, Job
+from tests.integration.conftest import CLI
+
+
+@pytest.fixture
+def fault_env(service_env: dict[str, str]) -> dict[str, str]:
+    cli(service_env, "db", "upgrade")
+    return {
+        **service_env,
+        "LLAVA_BATCH_LEASE_SECONDS": "5",
+        "LLAVA_BATCH_SWEEP_INTERVAL_SECONDS": "1",
+        "LLAVA_BATCH_REDISPATCH_AFTER_SECONDS": "2",
+        "LLAVA_BATCH_MAX_NEW_TOKENS": "4",
+    }
+
+
+def with_faults(env: dict[str, str], **faults: object) -> dict[str, str]:
+    return {**env, "LLAVA_BATCH_TEST_FAULTS": json.dumps(faults)}
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def submit(env: dict[str, str], *sources: str) -> str:
+    out = cli(env, "submit", "caption", *sources, "--json").stdout
+    return str(json.loads(out)["job_id"])
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    status: str
+    attempts: int
+    worker: str | None
+    result_text: str | None
+    error_code: str | None
+    lease_token: str | None
+    finished_at: object
+
+
+@pytest.fixture
+def db(fault_env: dict[str, str]) -> Iterator[Engine]:
+    engine = create_engine(fault_env["LLAVA_BATCH_DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+def read_rows(db: Engine, job_id: str) -> list[Row]:
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(
+                Item.id,
+                Item.status,
+                Item.attempts,
+                Item.worker,
+                Item.result_text,
+                Item.error_code,
+                Item.lease_token,
+                Item.finished_at,
+            )
+            .where(Item.job_id == job_id)
+            .order_by(Item.seq)
+        ).all()
+    return [Row(*row) for row in rows]
+
+
+def job_status(db: Engine, job_id: str) -> str:
+    with db.connect() as conn:
+        return str(conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one())
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    on_fail: Callable[[], str] = lambda: "",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{on_fail()}")
+
+
+def assert_invariant(rows: list[Row], total: int) -> None:
+    """Every accepted item ends in exactly one terminal state with at most one result."""
+    assert len(rows) == total
+    assert len({r.id for r in rows}) == total
+    for r in rows:
+        assert r.status in ("succeeded", "failed", "cancelled"), r
+        assert r.lease_token is None, r
+        if r.status == "succeeded":
+            assert r.result_text is not None and r.error_code is None, r
+        if r.status == "failed":
+            assert r.error_code and r.result_text is None, r
+
+
+def images(tmp_path: Path, count: int, name: str = "imgs") -> str:
+    from tests.helpers import write_images
+
+    write_images(tmp_path / name, count)
+    return str(tmp_path / name)
