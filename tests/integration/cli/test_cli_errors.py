@@ -93,3 +93,23 @@ def test_worker_refuses_a_checkpoint_with_only_pickle_weights(
     (model_dir / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     result = run_cli("worker", LLAVA_BATCH_MODEL=str(model_dir))
     assert_one_line_error(result, 7, "model_load_error", "safetensors")
+
+
+def test_broker_credentials_never_reach_the_terminal(run_cli: RunCli, tmp_path: Path) -> None:
+    write_images(tmp_path / "c", 1)
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+    result = run_cli(
+        "submit",
+        "caption",
+        str(tmp_path / "c"),
+        LLAVA_BATCH_BROKER_URL=url,
+        LLAVA_BATCH_LOG_LEVEL="DEBUG",
+    )
+    assert result.returncode == 0
+    assert "dispatch pending" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_misspelt_setting_is_refused_with_a_suggestion(run_cli: RunCli) -> None:
+    result = run_cli("jobs", LLAVA_BATCH_BATCHSIZE="4")
+    assert_one_line_error(result, 2, "LLAVA_BATCH_BATCHSIZE", "LLAVA_BATCH_BATCH_SIZE")

@@ -83,7 +83,7 @@ def test_duplicate_message_and_redelivery_after_visibility_timeout_give_one_resu
     ids = _item_ids(db, job_id)
     publisher = CeleryPublisher(
         env["LLAVA_BATCH_BROKER_URL"],
-        env["LLAVA_BATCH_QUEUE"] if "LLAVA_BATCH_QUEUE" in env else "llava-batch",
+        env.get("LLAVA_BATCH_QUEUE", "llava-batch"),
     )
     publisher.publish(job_id, ids)  # the same batch, twice
     first = start_worker(env, "--no-sweep")
