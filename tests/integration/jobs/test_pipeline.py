@@ -11,7 +11,7 @@ from jobs.dispatch import CallbackPublisher
 from jobs.states import ItemStatus, JobKind, JobStatus
 from jobs.submit import SubmitRequest, submit_job
 from model.fake import FakeEngine
-from storage import Blobs
+from storage import Blobs, TransientStorageError
 from tests.helpers import make_resources, statuses, write_images
 from workers.local import run_job_locally
 from workers.pipeline import process_batch
@@ -95,3 +95,53 @@ def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
     )
     assert statuses(session_factory, result.job_id) == ["succeeded"] * 8
     assert engine.calls[0] == 8 and max(engine.calls[1:]) <= 4 and engine.calls.count(2) == 4
+
+
+class FlakyBlobs(Blobs):
+    """The real local store, with reads that time out a set number of times first."""
+
+    def __init__(self, inner: Blobs, failures: int) -> None:
+        super().__init__(inner.store)
+        self.failures = failures
+
+    def read_uri(self, uri: str) -> bytes:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientStorageError("S3 timed out (simulated)")
+        return super().read_uri(uri)
+
+
+def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "cat", 1)
+    batches: list[list[str]] = []
+    result = submit_job(
+        _request([str(tmp_path / "cat")]),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
+        max_prompt_chars=1000,
+    )
+    flaky = FlakyBlobs(blobs, failures=1)
+    res = make_resources(session_factory, flaky, FakeEngine(), max_attempts=2)
+    assert process_batch(batches[0], res).released == 1
+    assert statuses(session_factory, result.job_id) == ["queued"]
+    assert process_batch(batches[0], res).succeeded == 1  # second attempt reads fine
+
+    write_images(tmp_path / "cat2", 1)
+    batches.clear()
+    again = submit_job(
+        _request([str(tmp_path / "cat2")]),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
+        max_prompt_chars=1000,
+    )
+    always = FlakyBlobs(blobs, failures=99)
+    res = make_resources(session_factory, always, FakeEngine(), max_attempts=2)
+    process_batch(batches[0], res)
+    process_batch(batches[0], res)
+    with session_factory() as session:
+        item = session.scalars(select(Item).where(Item.job_id == again.job_id)).one()
+    assert (item.status, item.error_code, item.attempts) == ("failed", "storage_unavailable", 2)
