@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -18,15 +17,17 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from jobs import views
+from jobs.cli_schedules import schedule_app
 from jobs.context import Context, open_context
 from jobs.control import cancel_job, requeue_failed
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import JobsError
+from jobs.extraction import read_schema_file
+from jobs.maintenance import run_maintenance
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.settings import UnknownSettingError
 from jobs.states import JobKind
 from jobs.submit import SubmitRequest, dispatch_job, submit_job
-from jobs.sweeper import sweep
 from model.errors import ModelLoadError
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
+app.add_typer(schedule_app, name="schedule")
 
 Sources = Annotated[
     list[str], typer.Argument(help="Files, directories, s3:// prefixes or .jsonl manifests.")
@@ -70,24 +72,75 @@ def db_upgrade() -> None:
     views.err.print(f"database at revision {revision}")
 
 
+Name = Annotated[str | None, typer.Option(help="A name to find the job by.")]
+IdemKey = Annotated[str | None, typer.Option(help="Same key, same job: safe to repeat.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")]
+SchemaFile = Annotated[
+    str, typer.Option("--schema", help="JSON Schema file the output must validate against.")
+]
+Pages = Annotated[str, typer.Option(help='PDF pages: "all", "first", or like "1-3" / "1,3,5-7".')]
+Dpi = Annotated[int, typer.Option(help="PDF rendering resolution.")]
+
+
 @submit_app.command("caption")
 def submit_caption(
     sources: Sources,
     prompt: Prompt = None,
     max_new_tokens: MaxNew = None,
     batch_size: BatchSize = None,
-    name: Annotated[str | None, typer.Option(help="A name to find the job by.")] = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="Same key, same job: safe to repeat.")
-    ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    name: Name = None,
+    idempotency_key: IdemKey = None,
+    wait: Wait = False,
     json_out: Json = False,
 ) -> None:
     """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
     ctx = open_context()
     request = _request(
-        ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, name, idempotency_key
+        ctx,
+        JobKind.caption,
+        sources,
+        prompt,
+        max_new_tokens,
+        batch_size,
+        name=name,
+        idempotency_key=idempotency_key,
     )
+    _submit(ctx, request, wait=wait, json_out=json_out)
+
+
+@submit_app.command("extract")
+def submit_extract(
+    sources: Sources,
+    schema: SchemaFile,
+    prompt: Annotated[str | None, typer.Option(help="Extra instructions for the model.")] = None,
+    pages: Pages = "all",
+    dpi: Dpi = 144,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    name: Name = None,
+    idempotency_key: IdemKey = None,
+    wait: Wait = False,
+    json_out: Json = False,
+) -> None:
+    """Extract schema-valid JSON from PDFs and images (one merged result per document)."""
+    ctx = open_context()
+    request = _request(
+        ctx,
+        JobKind.extract,
+        sources,
+        prompt,
+        max_new_tokens,
+        batch_size,
+        name=name,
+        idempotency_key=idempotency_key,
+        schema=read_schema_file(schema),
+        pages=pages,
+        dpi=dpi,
+    )
+    _submit(ctx, request, wait=wait, json_out=json_out)
+
+
+def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:
     result = submit_job(
         request,
         session_factory=ctx.session_factory,
@@ -110,14 +163,43 @@ def run_caption(
     json_out: Json = False,
 ) -> None:
     """Caption images here and now: SQLite, local storage, an in-process worker."""
+    ctx = open_context()
+    request = _request(ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size)
+    _run_here(ctx, request, json_out=json_out)
+
+
+@run_app.command("extract")
+def run_extract(
+    sources: Sources,
+    schema: SchemaFile,
+    prompt: Annotated[str | None, typer.Option(help="Extra instructions for the model.")] = None,
+    pages: Pages = "all",
+    dpi: Dpi = 144,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    json_out: Json = False,
+) -> None:
+    """Extract schema-valid JSON here and now: SQLite, local storage, an in-process worker."""
+    ctx = open_context()
+    request = _request(
+        ctx,
+        JobKind.extract,
+        sources,
+        prompt,
+        max_new_tokens,
+        batch_size,
+        schema=read_schema_file(schema),
+        pages=pages,
+        dpi=dpi,
+    )
+    _run_here(ctx, request, json_out=json_out)
+
+
+def _run_here(ctx: Context, request: SubmitRequest, *, json_out: bool) -> None:
     from workers.local import run_job_locally
     from workers.resources import build_resources
 
-    ctx = open_context()
     views.warn_if_tiny(ctx.settings.model)
-    request = _request(
-        ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size, None, None
-    )
     res = build_resources(ctx.settings)
     views.err.print(f"loading model {ctx.settings.model} …")
     _ = res.engine
@@ -243,20 +325,14 @@ def worker(
 def sweep_command(
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
 ) -> None:
-    """Repair leases, re-publish lost messages, finalise jobs (every SWEEP_INTERVAL_SECONDS)."""
+    """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
 
     ctx = open_context()
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     while True:
-        report = sweep(
-            ctx.session_factory,
-            publisher,
-            max_attempts=ctx.settings.max_attempts,
-            batch_size=ctx.settings.batch_size,
-            redispatch_after=timedelta(seconds=ctx.settings.redispatch_after_seconds),
-        )
-        views.err.print(f"sweep: {report}")
+        report = run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings)
+        views.err.print(f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}")
         if once:
             return
         time.sleep(ctx.settings.sweep_interval_seconds)
@@ -269,8 +345,7 @@ def _request(
     prompt: str | None,
     max_new_tokens: int | None,
     batch_size: int | None,
-    name: str | None,
-    idempotency_key: str | None,
+    **extra: Any,
 ) -> SubmitRequest:
     return SubmitRequest(
         kind=kind,
@@ -279,8 +354,7 @@ def _request(
         model=ctx.settings.model,
         max_new_tokens=max_new_tokens or ctx.settings.max_new_tokens,
         batch_size=batch_size or ctx.settings.batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
+        **extra,
     )
 
 

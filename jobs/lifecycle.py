@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, SessionFactory, new_id, utcnow
+from jobs.db import Item, ItemPage, Job, SessionFactory, new_id, utcnow
+from jobs.extraction import PageOutcome
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ _CLOSED_JOB_STATES = (JobStatus.cancelling, JobStatus.cancelled)
 class ClaimedItem:
     id: str
     job_id: str
+    kind: str
     source: str
     input_uri: str
     prompt: str
@@ -44,6 +46,7 @@ class ItemOutcome:
     tokens_out: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    pages: tuple[PageOutcome, ...] = ()  # documents: one per rendered page
 
 
 def claim_items(
@@ -88,12 +91,12 @@ def claim_items(
             .execution_options(synchronize_session=False)
         )
         rows = session.execute(
-            select(Item, Job.prompt, Job.params)
+            select(Item, Job.prompt, Job.params, Job.kind)
             .join(Job, Job.id == Item.job_id)
             .where(Item.id.in_(ids), Item.lease_token == token)
             .order_by(Item.seq)
         ).all()
-        job_ids = {item.job_id for item, _, _ in rows}
+        job_ids = {item.job_id for item, _, _, _ in rows}
         session.execute(
             update(Job)
             .where(Job.id.in_(job_ids), Job.status == JobStatus.queued)
@@ -104,6 +107,7 @@ def claim_items(
             ClaimedItem(
                 id=item.id,
                 job_id=item.job_id,
+                kind=kind,
                 source=item.source,
                 input_uri=item.input_uri,
                 prompt=item.prompt if item.prompt is not None else (job_prompt or ""),
@@ -111,7 +115,7 @@ def claim_items(
                 lease_token=token,
                 params=dict(job_params or {}),
             )
-            for item, job_prompt, job_params in rows
+            for item, job_prompt, job_params, kind in rows
         ]
 
 
@@ -151,10 +155,26 @@ def record_results(
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 written += 1
+                session.add_all(_page_rows(outcome))
             else:
                 log.warning("lease lost, result dropped item=%s", outcome.item_id)
         finalise_jobs(session, job_ids, now=now)
     return written
+
+
+def _page_rows(outcome: ItemOutcome) -> list[ItemPage]:
+    return [
+        ItemPage(
+            item_id=outcome.item_id,
+            page_number=page.number,
+            result_text=page.text,
+            result_json=page.json,
+            error_code=page.error_code,
+            error_message=page.error_message,
+            tokens_out=page.tokens_out,
+        )
+        for page in outcome.pages
+    ]
 
 
 def release_items(

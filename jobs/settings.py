@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+    max_pdf_pages: Annotated[int, Field(ge=1)] = 50
 
     lease_seconds: Annotated[int, Field(ge=5)] = 600
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3

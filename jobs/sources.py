@@ -15,6 +15,7 @@ from jobs.errors import RequestError
 from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+DOCUMENT_EXTENSIONS = IMAGE_EXTENSIONS | {".pdf"}
 
 
 @dataclass(frozen=True)

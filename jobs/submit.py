@@ -12,11 +12,13 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import DispatchError, Publisher, publish_batches
 from jobs.errors import RequestError
-from jobs.sources import InputSpec, expand_sources
+from jobs.extraction import build_extraction_prompt, check_extraction
+from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS, InputSpec, expand_sources
 from jobs.states import ItemStatus, JobKind, JobStatus
 from jobs.sweeper import mark_dispatched
 from storage import Blobs, StorageError
@@ -36,6 +38,9 @@ class SubmitRequest:
     prompt: str | None = None
     name: str | None = None
     idempotency_key: str | None = None
+    schema: dict[str, Any] | None = None  # extraction only: the user's JSON Schema
+    pages: str = "all"  # extraction only: which PDF pages
+    dpi: int = 144  # extraction only: PDF rendering resolution
 
 
 @dataclass(frozen=True)
@@ -54,25 +59,62 @@ def submit_job(
     publisher: Publisher,
     max_prompt_chars: int,
 ) -> SubmitResult:
-    prompt = request.prompt if request.prompt is not None else DEFAULT_CAPTION_PROMPT
-    check_prompt(prompt, max_prompt_chars, where="--prompt")
-    fingerprint = _fingerprint(request, prompt)
+    check_request(request, max_prompt_chars)
+    fingerprint = _fingerprint(request)
     if request.idempotency_key:
         existing = _find_by_key(session_factory, request.idempotency_key, fingerprint)
         if existing is not None:
             return existing
-    inputs = expand_sources(request.sources, blobs=blobs)
+    extensions = DOCUMENT_EXTENSIONS if request.kind == JobKind.extract else IMAGE_EXTENSIONS
+    inputs = expand_sources(request.sources, blobs=blobs, extensions=extensions)
     for spec in inputs:
         if spec.prompt is not None:
             check_prompt(spec.prompt, max_prompt_chars, where=spec.source)
     stored = _store_inputs(inputs, blobs)
+    job, items = build_job(request, inputs, stored, fingerprint=fingerprint)
+    try:
+        with session_factory.begin() as session:
+            add_job(session, job, items)
+    except IntegrityError:
+        if request.idempotency_key:  # lost a race with the same key
+            found = _find_by_key(session_factory, request.idempotency_key, fingerprint)
+            if found is not None:
+                return found
+        raise
+    log.info("job submitted job=%s kind=%s items=%d", job.id, job.kind, len(items))
+    dispatched = dispatch_job(
+        session_factory, publisher, job.id, [i.id for i in items], request.batch_size
+    )
+    return SubmitResult(job_id=job.id, item_count=len(items), dispatched=dispatched)
 
+
+def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
+    """Everything about a request that can be refused before touching any input."""
+    if request.prompt is not None or request.kind == JobKind.caption:
+        check_prompt(request.prompt or DEFAULT_CAPTION_PROMPT, max_prompt_chars, where="--prompt")
+    if request.kind == JobKind.extract:
+        if request.schema is None:
+            raise RequestError("Extraction needs a JSON Schema (--schema).", code="schema_missing")
+        check_extraction(request.schema, request.pages, request.dpi)
+
+
+def build_job(
+    request: SubmitRequest,
+    inputs: Sequence[InputSpec],
+    stored: Sequence[tuple[str, str | None]],
+    *,
+    fingerprint: str | None = None,
+) -> tuple[Job, list[Item]]:
+    """The rows of a new job (not yet added to any session)."""
     job_id = new_id()
     params: dict[str, Any] = {
         "max_new_tokens": request.max_new_tokens,
         "batch_size": request.batch_size,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint or _fingerprint(request),
     }
+    if request.kind == JobKind.extract:
+        assert request.schema is not None
+        params.update(schema=request.schema, pages=request.pages, dpi=request.dpi)
     items = [
         Item(
             id=new_id(),
@@ -82,7 +124,7 @@ def submit_job(
             source=spec.source,
             input_uri=uri,
             input_sha256=sha256,
-            prompt=spec.prompt,
+            prompt=None if spec.prompt is None else _item_prompt(request, spec.prompt),
             status=ItemStatus.queued,
             attempts=0,
         )
@@ -93,27 +135,26 @@ def submit_job(
         name=request.name,
         kind=request.kind,
         status=JobStatus.queued,
-        prompt=prompt,
+        prompt=_item_prompt(request, request.prompt),
         params=params,
         model=request.model,
         idempotency_key=request.idempotency_key,
     )
-    try:
-        with session_factory.begin() as session:
-            session.add(job)
-            session.flush()  # the job row first: items reference it
-            session.add_all(items)
-    except IntegrityError:
-        if request.idempotency_key:  # lost a race with the same key
-            found = _find_by_key(session_factory, request.idempotency_key, fingerprint)
-            if found is not None:
-                return found
-        raise
-    log.info("job submitted job=%s items=%d", job_id, len(items))
-    dispatched = dispatch_job(
-        session_factory, publisher, job_id, [i.id for i in items], request.batch_size
-    )
-    return SubmitResult(job_id=job_id, item_count=len(items), dispatched=dispatched)
+    return job, items
+
+
+def add_job(session: Session, job: Job, items: Sequence[Item]) -> None:
+    session.add(job)
+    session.flush()  # the job row first: items reference it
+    session.add_all(items)
+
+
+def _item_prompt(request: SubmitRequest, instructions: str | None) -> str:
+    """The prompt the model gets: for extraction, built from the schema plus instructions."""
+    if request.kind == JobKind.extract:
+        assert request.schema is not None
+        return build_extraction_prompt(request.schema, instructions)
+    return instructions if instructions is not None else DEFAULT_CAPTION_PROMPT
 
 
 def dispatch_job(
@@ -170,11 +211,14 @@ def _store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, 
         return list(pool.map(store, inputs))
 
 
-def _fingerprint(request: SubmitRequest, prompt: str) -> str:
+def _fingerprint(request: SubmitRequest) -> str:
     payload = {
         "kind": request.kind,
         "sources": list(request.sources),
-        "prompt": prompt,
+        "prompt": request.prompt,
+        "schema": request.schema,
+        "pages": request.pages,
+        "dpi": request.dpi,
         "model": request.model,
         "max_new_tokens": request.max_new_tokens,
         "batch_size": request.batch_size,

@@ -31,7 +31,8 @@ EXIT_JOB_NOT_COMPLETED = 6
 
 TINY_WARNING = (
     "note: model {model} is a tiny, randomly initialised model built offline: its captions are "
-    "noise. Set LLAVA_BATCH_MODEL=llava-hf/llava-1.5-7b-hf (or a local copy) for real ones."
+    "noise (extracted fields too, though they still validate against the schema). Set "
+    "LLAVA_BATCH_MODEL=llava-hf/llava-1.5-7b-hf (or a local copy) for real ones."
 )
 
 
@@ -178,7 +179,9 @@ def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
                 # plain print: rich would expand the tab that separates source and result
                 print(f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}")
             else:
-                print(f"{row['input']}\t{row['result']}")
+                result = row["result"]
+                text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+                print(f"{row['input']}\t{text}")
         progress = read_progress(session, find_job(session, job_id))
     if not json_out:
         warn_if_tiny(progress.model)

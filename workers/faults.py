@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from model.engine import Engine, GenerationRequest, GenerationResult
 from model.errors import DeviceOutOfMemoryError
@@ -47,7 +48,11 @@ class FaultyEngine:
         return self._engine.name
 
     def generate(
-        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_new_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> list[GenerationResult]:
         marker = self.faults.kill_on_prompt
         if marker and any(marker in r.prompt for r in requests):
@@ -57,4 +62,6 @@ class FaultyEngine:
             raise DeviceOutOfMemoryError(f"fault: batch of {len(requests)} does not fit")
         if self.faults.generate_delay_s:
             time.sleep(self.faults.generate_delay_s)
-        return self._engine.generate(requests, max_new_tokens=max_new_tokens)
+        return self._engine.generate(
+            requests, max_new_tokens=max_new_tokens, json_schema=json_schema
+        )

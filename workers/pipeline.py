@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from jobs.errors import ItemErrorCode
 from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
-from model.engine import Engine, GenerationRequest
-from model.errors import DeviceOutOfMemoryError, InputError
-from model.images import decode_image
+from jobs.states import JobKind
+from model.errors import InputError
 from storage import StorageError, TransientStorageError
+from workers.generation import Generated, Unit, generate_units
+from workers.outcomes import build_outcome, failed
 from workers.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 
-# Decoding happens in threads (Pillow releases the GIL) so the next inputs are ready while the
-# model generates for the current ones.
+# Decoding happens in threads (Pillow and PDFium release the GIL) so the next inputs are ready
+# while the model generates for the current ones.
 _FETCH_THREADS = 8
 
 
@@ -41,8 +41,13 @@ class BatchReport:
 
 @dataclass(frozen=True)
 class Decoded:
+    """An input ready for the model: one image, or the rendered pages of a document."""
+
     item: ClaimedItem
-    image: Any  # PIL.Image.Image
+    units: tuple[Unit, ...]
+
+
+Fetched = Decoded | ItemOutcome | None
 
 
 def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
@@ -53,94 +58,90 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
         log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
         return BatchReport()
     deadline = time.monotonic() + res.lease_seconds
-    engine = res.engine
-    outcomes: list[ItemOutcome] = []
-    handed_back: list[ClaimedItem] = []
-    with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
-        futures = [pool.submit(fetch_input, item, res) for item in claimed]
-        for chunk in _chunks(list(zip(claimed, futures, strict=True)), res.batch_size):
-            ready: list[Decoded] = []
-            for item, future in chunk:
-                got = future.result()
-                if isinstance(got, Decoded):
-                    ready.append(got)
-                elif isinstance(got, ItemOutcome):
-                    outcomes.append(got)
-                else:
-                    handed_back.append(item)
-            outcomes.extend(run_batch(engine, ready, default_max_new_tokens=res.max_new_tokens))
+    outcomes, handed_back = run_batch(claimed, res)
     recorded = record_with_retry(res, outcomes, deadline=deadline)
     released = release_items(res.session_factory, handed_back) if handed_back else 0
-    failed = sum(1 for o in outcomes if o.error_code)
-    report = BatchReport(len(claimed), len(outcomes) - failed, failed, released, recorded)
+    failures = sum(1 for o in outcomes if o.error_code)
+    report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
     log.info("batch done job=%s %s", claimed[0].job_id, report)
     return report
 
 
-def fetch_input(item: ClaimedItem, res: WorkerResources) -> Decoded | ItemOutcome | None:
+def run_batch(
+    claimed: Sequence[ClaimedItem], res: WorkerResources
+) -> tuple[list[ItemOutcome], list[ClaimedItem]]:
+    """Fetches, decodes and generates; returns outcomes and the items to hand back."""
+    engine = res.engine
+    params = claimed[0].params  # one message holds items of one job
+    extract = claimed[0].kind == JobKind.extract
+    schema: Mapping[str, Any] | None = params.get("schema") if extract else None
+    max_new_tokens = int(params.get("max_new_tokens") or res.max_new_tokens)
+    outcomes: list[ItemOutcome] = []
+    handed_back: list[ClaimedItem] = []
+    pending: list[Decoded] = []
+    generated: dict[str, list[Generated]] = {}
+
+    def generate(ready: list[Decoded]) -> None:
+        units = [unit for decoded in ready for unit in decoded.units]
+        results = generate_units(
+            engine,
+            units,
+            batch_size=res.batch_size,
+            max_new_tokens=max_new_tokens,
+            json_schema=schema,
+        )
+        for result in results:
+            generated.setdefault(result.unit.item.id, []).append(result)
+        for decoded in ready:
+            outcomes.append(build_outcome(decoded.item, generated.pop(decoded.item.id), schema))
+
+    with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
+        futures = [pool.submit(fetch_input, item, res) for item in claimed]
+        for item, future in zip(claimed, futures, strict=True):
+            got = future.result()
+            if isinstance(got, Decoded):
+                pending.append(got)
+            elif isinstance(got, ItemOutcome):
+                outcomes.append(got)
+            else:
+                handed_back.append(item)
+            if sum(len(d.units) for d in pending) >= res.batch_size:
+                generate(pending)
+                pending = []
+        generate(pending)
+    return outcomes, handed_back
+
+
+def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
     """Reads and decodes one input. None means: hand the item back (transient failure)."""
     try:
         data = res.blobs.read_uri(item.input_uri)
-        return Decoded(item, decode_image(data, max_pixels=res.max_image_pixels))
+        return Decoded(item, decode_units(item, data, res))
     except TransientStorageError as exc:
         if item.attempts < res.max_attempts:
             log.warning("transient storage error, handing back item=%s: %s", item.id, exc)
             return None
-        return _failed(item, exc.code, str(exc))
+        return failed(item, exc.code, str(exc))
     except StorageError as exc:
-        return _failed(item, exc.code, str(exc))
+        return failed(item, exc.code, str(exc))
     except InputError as exc:
-        return _failed(item, exc.code, exc.message)
+        return failed(item, exc.code, exc.message)
 
 
-def run_batch(
-    engine: Engine, ready: Sequence[Decoded], *, default_max_new_tokens: int
-) -> list[ItemOutcome]:
-    if not ready:
-        return []
-    max_new_tokens = int(ready[0].item.params.get("max_new_tokens") or default_max_new_tokens)
-    requests = [GenerationRequest(image=d.image, prompt=d.item.prompt) for d in ready]
-    try:
-        results = engine.generate(requests, max_new_tokens=max_new_tokens)
-    except DeviceOutOfMemoryError as exc:
-        return _split_and_retry(
-            engine, ready, default_max_new_tokens, exc, ItemErrorCode.out_of_memory
-        )
-    except InputError as exc:
-        if len(ready) == 1:
-            return [_failed(ready[0].item, exc.code, exc.message)]
-        return _split_and_retry(engine, ready, default_max_new_tokens, exc, exc.code)
-    except Exception as exc:
-        log.exception("generation failed for a batch of %d; isolating", len(ready))
-        return _split_and_retry(
-            engine, ready, default_max_new_tokens, exc, ItemErrorCode.internal_error
-        )
-    return [
-        ItemOutcome(
-            item_id=d.item.id,
-            lease_token=d.item.lease_token,
-            text=result.text,
-            tokens_out=result.tokens_out,
-        )
-        for d, result in zip(ready, results, strict=True)
-    ]
+def decode_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[Unit, ...]:
+    from model.documents import is_pdf, render_pages
+    from model.images import decode_image
 
-
-def _split_and_retry(
-    engine: Engine, ready: Sequence[Decoded], default_max: int, exc: Exception, code: str
-) -> list[ItemOutcome]:
-    if len(ready) == 1:
-        message = (
-            "The model ran out of device memory on this item alone."
-            if code == ItemErrorCode.out_of_memory
-            else f"Generation failed: {type(exc).__name__}: {exc}"
+    if item.kind == JobKind.extract and is_pdf(data):
+        pages = render_pages(
+            data,
+            pages=str(item.params.get("pages") or "all"),
+            dpi=int(item.params.get("dpi") or 144),
+            max_pages=res.max_pdf_pages,
+            max_pixels=res.max_image_pixels,
         )
-        return [_failed(ready[0].item, code, message)]
-    middle = len(ready) // 2
-    log.warning("%s on a batch of %d; retrying halves", type(exc).__name__, len(ready))
-    return run_batch(engine, ready[:middle], default_max_new_tokens=default_max) + run_batch(
-        engine, ready[middle:], default_max_new_tokens=default_max
-    )
+        return tuple(Unit(item, page.number, page.image) for page in pages)
+    return (Unit(item, None, decode_image(data, max_pixels=res.max_image_pixels)),)
 
 
 def record_with_retry(
@@ -161,15 +162,3 @@ def record_with_retry(
             log.warning("database unreachable, retrying in %.1fs: %s", delay, exc.orig)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-
-
-def _failed(item: ClaimedItem, code: str, message: str) -> ItemOutcome:
-    log.info("item failed item=%s job=%s code=%s", item.id, item.job_id, code)
-    return ItemOutcome(item.id, item.lease_token, error_code=code, error_message=message)
-
-
-def _chunks(
-    pairs: list[tuple[ClaimedItem, Future[Decoded | ItemOutcome | None]]], size: int
-) -> Iterator[list[tuple[ClaimedItem, Future[Decoded | ItemOutcome | None]]]]:
-    for start in range(0, len(pairs), size):
-        yield pairs[start : start + size]

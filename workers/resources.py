@@ -31,6 +31,7 @@ class WorkerResources:
     lease_seconds: int
     max_attempts: int
     max_image_pixels: int
+    max_pdf_pages: int = 50
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,4 +92,5 @@ def build_resources(
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         max_image_pixels=settings.max_image_pixels,
+        max_pdf_pages=settings.max_pdf_pages,
     )

@@ -6,13 +6,12 @@ import logging
 import os
 import threading
 from dataclasses import asdict
-from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
-from jobs.sweeper import SweepReport, sweep
+from jobs.maintenance import MaintenanceReport, run_maintenance
 from model.errors import ModelLoadError
 from workers.celery_app import app, settings, warn_if_insecure
 from workers.pipeline import BatchReport, process_batch
@@ -46,15 +45,10 @@ def sweep_task() -> dict[str, int]:
     return asdict(run_sweep())
 
 
-def run_sweep() -> SweepReport:
+def run_sweep() -> MaintenanceReport:
     res = get_resources()
-    return sweep(
-        res.session_factory,
-        CeleryPublisher(settings.broker_url, settings.queue, app=app),
-        max_attempts=settings.max_attempts,
-        batch_size=settings.batch_size,
-        redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
-    )
+    publisher = CeleryPublisher(settings.broker_url, settings.queue, app=app)
+    return run_maintenance(res.session_factory, res.blobs, publisher, settings)
 
 
 def sweep_forever(interval: float) -> None:
