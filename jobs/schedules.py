@@ -167,13 +167,14 @@ def _fire(
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        seen = set(
-            session.execute(
+        seen = {
+            (key, etag)
+            for key, etag in session.execute(
                 select(ScheduleObject.key, ScheduleObject.etag).where(
                     ScheduleObject.schedule_id == schedule.id
                 )
-            ).tuples()
-        )
+            )
+        }
         new = [o for o in listed if (o.key, o.etag) not in seen]
         if not new:
             log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)

@@ -1,7 +1,8 @@
 """The vision-language model: loading a LLaVA-family checkpoint, batched generation, images.
 
-Importing this package (and ``model.engine``, ``model.errors``, ``model.images``, ``model.fake``)
-never imports torch or transformers, so the CLI stays fast. The real engine lives in
+Importing this package (and ``model.engine``, ``model.errors``, ``model.images``, ``model.fake``,
+``model.schema``, ``model.documents``) never imports torch or transformers, so the CLI stays
+fast. The real engine lives in
 ``model.transformers_engine`` and the offline tiny checkpoints in ``model.tiny``; import those
 only where the model actually runs (the worker).
 """
@@ -13,7 +14,13 @@ from model.engine import (
     GenerationRequest,
     GenerationResult,
 )
-from model.errors import DeviceOutOfMemoryError, InputError, ModelError, ModelLoadError
+from model.errors import (
+    DeviceOutOfMemoryError,
+    InputError,
+    ModelError,
+    ModelLoadError,
+    SchemaError,
+)
 
 __all__ = [
     "TINY_MODELS",
@@ -25,4 +32,5 @@ __all__ = [
     "InputError",
     "ModelError",
     "ModelLoadError",
+    "SchemaError",
 ]

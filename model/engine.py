@@ -7,10 +7,10 @@ CLI must start fast and never import torch. Implementations live in ``model.tran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -54,10 +54,16 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What one request produced. ``tokens_out`` counts generated tokens, not padding or eos."""
+    """What one request produced. ``tokens_out`` counts generated tokens, not padding or eos.
+
+    ``finished`` is False when generation stopped at ``max_new_tokens`` before the model ended
+    the text: for a JSON-constrained request the text is then an incomplete object, to be
+    reported as ``output_truncated``, never stored as a result.
+    """
 
     text: str
     tokens_out: int
+    finished: bool = True
 
 
 class Engine(Protocol):
@@ -69,11 +75,18 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_new_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> list[GenerationResult]:
         """Return exactly one result per request, in the same order.
 
-        Raises ``DeviceOutOfMemoryError`` when the batch does not fit; callers split and retry.
+        With ``json_schema`` (a user schema, see ``model.schema``) decoding is constrained by its
+        bounded form, and each finished result's text is one JSON object valid against it.
+        Raises ``DeviceOutOfMemoryError`` when the batch does not fit (callers split and retry)
+        and ``SchemaError`` when the schema is unsupported or cannot be compiled.
         """
         ...
 

@@ -9,7 +9,13 @@ import torch to catch them.
 
 from __future__ import annotations
 
-__all__ = ["DeviceOutOfMemoryError", "InputError", "ModelError", "ModelLoadError"]
+__all__ = [
+    "DeviceOutOfMemoryError",
+    "InputError",
+    "ModelError",
+    "ModelLoadError",
+    "SchemaError",
+]
 
 
 class ModelError(Exception):
@@ -37,11 +43,27 @@ class InputError(ModelError):
     """One input item is unusable; permanent for that item only.
 
     ``code`` is a stable machine-readable code (``empty_input``, ``image_decode_error``,
-    ``image_too_large``, ``unsupported_format``, ``prompt_too_long``) and ``message`` one human
+    ``image_too_large``, ``unsupported_format``, ``prompt_too_long``, ``pdf_encrypted``,
+    ``pdf_corrupt``, ``pdf_too_many_pages``) and ``message`` one human
     sentence; both are stored on the failed item.
     """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+
+
+class SchemaError(ModelError):
+    """An extraction JSON Schema is invalid, outside the supported subset, or cannot be compiled.
+
+    Raised by ``model.schema`` (at submit, before anything is written) and by an engine given
+    such a schema. ``code`` is always ``schema_invalid``; ``message`` is one sentence naming the
+    problem and where it is in the schema.
+    """
+
+    code = "schema_invalid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message

@@ -4,18 +4,27 @@ Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the re
 and the prompt), split on whitespace, cut to ``max_new_tokens`` words and re-joined with single
 spaces; ``tokens_out`` is its number of words. So a test can tell which image and prompt
 produced which result, and that results come back in request order.
+
+With ``json_schema``, each result's text is one compact JSON object valid against the schema and
+the same for every request: every property (required or not) filled with a placeholder of its
+type (see ``build_placeholder``). ``tokens_out`` is then the text's length in characters; a
+``max_new_tokens`` smaller than that gives the text cut there and ``finished=False``, like a real
+engine's truncated output.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from model.engine import GenerationRequest, GenerationResult
 from model.errors import DeviceOutOfMemoryError
+from model.schema import DATE_PATTERN, prepare_schema
 
-__all__ = ["FakeEngine"]
+__all__ = ["FakeEngine", "build_placeholder"]
 
 
 class FakeEngine:
@@ -46,10 +55,16 @@ class FakeEngine:
         return self._name
 
     def generate(
-        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_new_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> list[GenerationResult]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        # Like the real engine: an unsupported schema raises SchemaError before any work.
+        bounded = None if json_schema is None else prepare_schema(json_schema)
         with self._lock:
             self.calls.append(len(requests))
         if self.oom_when_batch_over is not None and len(requests) > self.oom_when_batch_over:
@@ -58,6 +73,9 @@ class FakeEngine:
             )
         if self.delay_s > 0:
             time.sleep(self.delay_s)
+        if bounded is not None:
+            text = json.dumps(build_placeholder(bounded), ensure_ascii=False)
+            return [_cut(text, max_new_tokens) for _ in requests]
         return [self._caption(request, max_new_tokens) for request in requests]
 
     @staticmethod
@@ -65,3 +83,41 @@ class FakeEngine:
         width, height = request.image.size
         words = f"caption of {width}x{height} image: {request.prompt}".split()[:max_new_tokens]
         return GenerationResult(text=" ".join(words), tokens_out=len(words))
+
+
+def build_placeholder(schema: Mapping[str, Any]) -> Any:
+    """A deterministic value valid against a bounded schema (from ``prepare_schema``).
+
+    The first ``enum`` value; "2024-01-31" for a date; otherwise a string of ``minLength`` (at
+    least 1) "x"s capped at ``maxLength``; a number or integer at 0 moved into
+    ``[minimum, maximum]``; ``true``; ``minItems`` (at least 1, capped at ``maxItems``) items;
+    an object with every property. For a list of types, the first.
+    """
+    if "enum" in schema:
+        return schema["enum"][0]
+    raw = schema.get("type", "null")
+    kind = raw if isinstance(raw, str) else raw[0]
+    if kind == "string":
+        if schema.get("pattern") == DATE_PATTERN:
+            return "2024-01-31"
+        length = min(max(int(schema.get("minLength", 1)), 1), int(schema.get("maxLength", 1)))
+        return "x" * length
+    if kind in ("number", "integer"):
+        value = min(max(0, schema.get("minimum", 0)), schema.get("maximum", 0))
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        count = min(max(int(schema.get("minItems", 1)), 1), int(schema.get("maxItems", 1)))
+        return [build_placeholder(schema["items"]) for _ in range(count)]
+    if kind == "object":
+        return {name: build_placeholder(sub) for name, sub in schema["properties"].items()}
+    return None
+
+
+def _cut(text: str, max_new_tokens: int) -> GenerationResult:
+    return GenerationResult(
+        text=text[:max_new_tokens],
+        tokens_out=min(len(text), max_new_tokens),
+        finished=len(text) <= max_new_tokens,
+    )

@@ -8,7 +8,8 @@ same loading code as a real checkpoint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from transformers import (
 
 from model.checkpoints import check_local_checkpoint
 from model.engine import TINY_MODELS, EngineSpec, GenerationRequest, GenerationResult
-from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError
+from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
+from model.schema import canonical_schema_json, prepare_schema
 from model.tiny import ensure_tiny_checkpoint
 
 __all__ = ["TransformersEngine", "load_engine", "neutralise_special_tokens"]
@@ -92,7 +94,9 @@ class TransformersEngine:
     """Implements ``model.engine.Engine`` over a transformers processor and model.
 
     Greedy decoding (``do_sample=False``) so a batch gives the same text as each item alone
-    (exactly so in float32; half precision can differ slightly with padding).
+    (exactly so in float32; half precision can differ slightly with padding). JSON-constrained
+    decoding uses xgrammar (imported on first use): one compiled grammar per distinct schema,
+    cached for the engine's life, and a fresh logits processor per ``generate`` call.
     """
 
     def __init__(
@@ -119,13 +123,20 @@ class TransformersEngine:
         pad = tokenizer.pad_token_id
         eos = self._model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
-        self._stop_ids = {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        self._eos_ids = sorted(
+            {int(i) for i in [*eos_ids, tokenizer.eos_token_id] if i is not None}
+        )
+        self._stop_ids = set(self._eos_ids)
         self._pad_id: int = pad if pad is not None else min(self._stop_ids)
         self._stop_ids.add(self._pad_id)
         # Strings the tokenizer turns into control tokens; user text must not contain them.
         specials = {self._image_token, *tokenizer.all_special_tokens}
         self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
         self._image_tokens_max = self._measure_image_tokens()
+        # Compiled grammars by canonical schema JSON; the compiler is built on first use.
+        self._grammar_lock = threading.Lock()
+        self._grammar_compiler: Any = None
+        self._grammars: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -147,16 +158,24 @@ class TransformersEngine:
         return self._count_templated(self._build_prompt(prompt))
 
     def generate(
-        self, requests: Sequence[GenerationRequest], *, max_new_tokens: int
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_new_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> list[GenerationResult]:
         """One greedy result per request, in order.
 
-        Raises ``DeviceOutOfMemoryError`` on OOM, and ``InputError("prompt_too_long")`` when a
+        With ``json_schema``, decoding is constrained to its bounded form (``model.schema``):
+        each result with ``finished`` True is one JSON object valid against the schema.
+        Raises ``DeviceOutOfMemoryError`` on OOM, ``SchemaError`` for a schema that is
+        unsupported or does not compile, and ``InputError("prompt_too_long")`` when a
         request's prompt plus ``max_new_tokens`` cannot fit in ``max_context`` (callers that
         split failing batches isolate that item; ``count_prompt_tokens`` lets them check first).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        grammar = None if json_schema is None else self._grammar_for(json_schema)
         if not requests:
             return []
         texts = [self._build_prompt(r.prompt) for r in requests]
@@ -169,6 +188,12 @@ class TransformersEngine:
                     f"over the model's context of {self.max_context}.",
                 )
         images = [r.image for r in requests]
+        extra: dict[str, Any] = {}
+        if grammar is not None:
+            from xgrammar.contrib.hf import LogitsProcessor
+
+            # One processor per call: it holds per-row matcher state for this batch only.
+            extra["logits_processor"] = [LogitsProcessor(grammar)]
         try:
             with torch.inference_mode():
                 inputs = self._prepare(images, texts)
@@ -181,6 +206,7 @@ class TransformersEngine:
                     # processor would then count as an image placeholder; never generate it.
                     suppress_tokens=[self._image_token_id],
                     pad_token_id=self._pad_id,
+                    **extra,
                 )
         except torch.OutOfMemoryError as exc:
             self._release_memory()
@@ -192,6 +218,47 @@ class TransformersEngine:
             raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         return [self._decode(row) for row in new_tokens]
+
+    def _grammar_for(self, json_schema: Mapping[str, Any]) -> Any:
+        """The compiled grammar for ``json_schema``'s bounded form, compiled once per schema."""
+        key = canonical_schema_json(json_schema)
+        with self._grammar_lock:
+            cached = self._grammars.get(key)
+            if cached is not None:
+                return cached
+            bounded = prepare_schema(json_schema)  # SchemaError for an unsupported schema
+            compiler = self._compiler()
+            try:
+                compiled = compiler.compile_json_schema(
+                    canonical_schema_json(bounded), any_whitespace=False, strict_mode=True
+                )
+            except (RuntimeError, ValueError) as exc:
+                raise SchemaError(
+                    f"The decoder cannot compile the schema: {_one_line(exc)}."
+                ) from exc
+            self._grammars[key] = compiled
+            return compiled
+
+    def _compiler(self) -> Any:
+        if self._grammar_compiler is None:
+            import xgrammar
+
+            info = xgrammar.TokenizerInfo.from_huggingface(
+                self._processor.tokenizer,
+                # The logits' width, which may exceed len(tokenizer) (llava-1.5: 32064 vs 32002).
+                vocab_size=self._logits_width(),
+                stop_token_ids=self._eos_ids,
+            )
+            self._grammar_compiler = xgrammar.GrammarCompiler(info)
+        return self._grammar_compiler
+
+    def _logits_width(self) -> int:
+        head = self._model.get_output_embeddings()
+        width = getattr(head, "out_features", None)
+        if width is None:
+            config = self._model.config
+            width = getattr(config, "text_config", config).vocab_size
+        return int(width)
 
     def _build_prompt(self, prompt: str) -> str:
         safe = neutralise_special_tokens(prompt, self._special_strings)
@@ -224,7 +291,8 @@ class TransformersEngine:
         # Generation stops at eos per row; shorter rows are then filled with pad.
         count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
         text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
-        return GenerationResult(text=str(text).strip(), tokens_out=count)
+        # No stop token in the row: it ran to max_new_tokens before the model ended it.
+        return GenerationResult(text=str(text).strip(), tokens_out=count, finished=count < len(row))
 
     def _measure_image_tokens(self) -> int:
         """The most image tokens one image can expand to, measured once with the processor.

@@ -77,3 +77,61 @@ def statuses(session_factory: SessionFactory, job_id: str) -> Sequence[str]:
         return list(
             session.scalars(select(Item.status).where(Item.job_id == job_id).order_by(Item.seq))
         )
+
+
+INVOICE_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "vendor": {"type": "string", "description": "Who issued the invoice", "maxLength": 40},
+        "number": {"type": "string", "description": "Invoice number", "maxLength": 20},
+        "date": {"type": "string", "format": "date"},
+        "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
+        "total": {"type": "number", "minimum": 0, "maximum": 1_000_000},
+        "paid": {"type": "boolean"},
+        "customer": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 30}},
+            "required": ["name"],
+        },
+        "line_items": {
+            "type": "array",
+            "maxItems": 3,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string", "maxLength": 30},
+                    "amount": {"type": "number", "minimum": 0, "maximum": 100_000},
+                },
+                "required": ["description", "amount"],
+            },
+        },
+    },
+    "required": ["vendor", "number", "currency", "total", "line_items"],
+}
+
+
+def write_pdf(path: Path, pages: int, *, title: str = "ACME Corp invoice INV-001") -> Path:
+    """A real PDF with text drawn on each page (known field values for a real model)."""
+    from PIL import ImageDraw
+
+    images = []
+    for number in range(1, pages + 1):
+        page = Image.new("RGB", (420, 560), "white")
+        draw = ImageDraw.Draw(page)
+        draw.text((24, 24), f"{title} - page {number} of {pages}", fill="black")
+        draw.text((24, 60), "Date: 2026-11-02   Currency: EUR", fill="black")
+        draw.text((24, 96), f"Widget {number}   {10 * number:.2f}", fill="black")
+        draw.text((24, 500), "Total: 60.00 EUR", fill="black")
+        images.append(page)
+    images[0].save(path, "PDF", save_all=True, append_images=images[1:])
+    return path
+
+
+def write_encrypted_pdf(path: Path, source: Path) -> Path:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(source))
+    writer.encrypt(user_password="secret", owner_password="owner")
+    with path.open("wb") as f:
+        writer.write(f)
+    return path

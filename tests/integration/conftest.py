@@ -13,6 +13,23 @@ import pytest
 CLI = str(Path(sys.executable).parent / "llava-batch")
 
 
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``llava-batch`` as a user would; with ``check``, it must succeed."""
+    result = subprocess.run(
+        [CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
 class Worker:
     """A real ``llava-batch worker`` process (Celery, solo pool, the tiny model)."""
 

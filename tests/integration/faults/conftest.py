@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import Item, Job
-from tests.integration.conftest import CLI
+from tests.integration.conftest import run_cli as cli
 
 
 @pytest.fixture
@@ -31,15 +30,6 @@ def fault_env(service_env: dict[str, str]) -> dict[str, str]:
 
 def with_faults(env: dict[str, str], **faults: object) -> dict[str, str]:
     return {**env, "LLAVA_BATCH_TEST_FAULTS": json.dumps(faults)}
-
-
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [CLI, *args], env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
-    )
-    if check:
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
 
 
 def submit(env: dict[str, str], *sources: str) -> str:

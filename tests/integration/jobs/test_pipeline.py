@@ -9,7 +9,7 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.states import ItemStatus, JobKind, JobStatus
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit import SubmitRequest, SubmitResult, submit_job
 from model.fake import FakeEngine
 from storage import Blobs, TransientStorageError
 from tests.helpers import make_resources, statuses, write_images
@@ -23,6 +23,22 @@ def _request(sources: list[str], **kw: object) -> SubmitRequest:
     )
     base.update(kw)
     return SubmitRequest(**base)  # type: ignore[arg-type]
+
+
+def _submit_images(
+    session_factory: SessionFactory, blobs: Blobs, directory: Path, count: int
+) -> tuple[SubmitResult, list[list[str]]]:
+    """Submits ``count`` new images; returns the result and the batches it published."""
+    write_images(directory, count)
+    batches: list[list[str]] = []
+    result = submit_job(
+        _request([str(directory)]),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
+        max_prompt_chars=1000,
+    )
+    return result, batches
 
 
 def test_local_run_captions_every_image_and_completes_the_job(
@@ -65,15 +81,7 @@ def test_corrupt_image_fails_only_its_own_item(
 def test_duplicate_message_claims_nothing_and_writes_once(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    write_images(tmp_path / "cat", 3)
-    batches: list[list[str]] = []
-    result = submit_job(
-        _request([str(tmp_path / "cat")]),
-        session_factory=session_factory,
-        blobs=blobs,
-        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
-        max_prompt_chars=1000,
-    )
+    result, batches = _submit_images(session_factory, blobs, tmp_path / "cat", 3)
     engine = FakeEngine()
     res = make_resources(session_factory, blobs, engine)
     first = process_batch(batches[0], res)
@@ -114,30 +122,14 @@ class FlakyBlobs(Blobs):
 def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    write_images(tmp_path / "cat", 1)
-    batches: list[list[str]] = []
-    result = submit_job(
-        _request([str(tmp_path / "cat")]),
-        session_factory=session_factory,
-        blobs=blobs,
-        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
-        max_prompt_chars=1000,
-    )
+    result, batches = _submit_images(session_factory, blobs, tmp_path / "cat", 1)
     flaky = FlakyBlobs(blobs, failures=1)
     res = make_resources(session_factory, flaky, FakeEngine(), max_attempts=2)
     assert process_batch(batches[0], res).released == 1
     assert statuses(session_factory, result.job_id) == ["queued"]
     assert process_batch(batches[0], res).succeeded == 1  # second attempt reads fine
 
-    write_images(tmp_path / "cat2", 1)
-    batches.clear()
-    again = submit_job(
-        _request([str(tmp_path / "cat2")]),
-        session_factory=session_factory,
-        blobs=blobs,
-        publisher=CallbackPublisher(lambda _j, ids: batches.append(ids)),
-        max_prompt_chars=1000,
-    )
+    again, batches = _submit_images(session_factory, blobs, tmp_path / "cat2", 1)
     always = FlakyBlobs(blobs, failures=99)
     res = make_resources(session_factory, always, FakeEngine(), max_attempts=2)
     process_batch(batches[0], res)

@@ -6,24 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 from pathlib import Path
 
 from tests.helpers import image_bytes, write_images
-from tests.integration.conftest import CLI, StartWorker
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [CLI, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, (args, result.stdout, result.stderr)
-    return result
+from tests.integration.conftest import StartWorker
+from tests.integration.conftest import run_cli as cli
 
 
 def test_caption_job_end_to_end_through_a_real_worker(

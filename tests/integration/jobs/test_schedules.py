@@ -1,0 +1,178 @@
+"""Schedules over an S3 prefix (moto server): new or replaced objects are processed once, a
+firing with nothing new creates no job, and racing schedulers never create the same job twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from jobs.db import Item, Job, Schedule, SessionFactory, utcnow
+from jobs.errors import RequestError
+from jobs.schedules import Template, add_schedule, fire_due_schedules
+from storage import Blobs, open_blobs
+from tests.helpers import INVOICE_SCHEMA, migrated_session_factory, write_pdf
+
+
+class Doorbell:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def publish(self, job_id: str, item_ids: Any) -> None:
+        self.batches.append(list(item_ids))
+
+    def pending(self) -> int | None:
+        return None
+
+
+@pytest.fixture
+def s3_blobs(moto_server: str, s3_bucket: str) -> Blobs:
+    return open_blobs(f"s3://{s3_bucket}/store")
+
+
+def _template() -> Template:
+    return Template(model="m", max_new_tokens=64, batch_size=8, schema=dict(INVOICE_SCHEMA))
+
+
+def _add(sf: SessionFactory, source: str, **kw: Any) -> Schedule:
+    fields: dict[str, Any] = dict(
+        name="invoices",
+        source=source,
+        template=_template(),
+        every="15m",
+        cron=None,
+        max_prompt_chars=4000,
+    )
+    fields.update(kw)
+    return add_schedule(sf, **fields)
+
+
+def _sources(sf: SessionFactory, job_id: str) -> list[str]:
+    with sf() as session:
+        return sorted(session.scalars(select(Item.source).where(Item.job_id == job_id)))
+
+
+def test_a_schedule_processes_new_and_replaced_objects_once(
+    session_factory: SessionFactory, s3_blobs: Blobs, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    pdf = write_pdf(tmp_path / "a.pdf", 1).read_bytes()
+    for name in ("a.pdf", "b.pdf"):
+        s3.put_object(Bucket=s3_bucket, Key=f"incoming/{name}", Body=pdf)
+    s3.put_object(Bucket=s3_bucket, Key="incoming/notes.txt", Body=b"ignored")
+    start = utcnow()
+    schedule = _add(session_factory, f"s3://{s3_bucket}/incoming/", now=start)
+    bell = Doorbell()
+    assert fire_due_schedules(session_factory, s3_blobs, bell, now=start) == []  # not due yet
+
+    first = fire_due_schedules(session_factory, s3_blobs, bell, now=start + timedelta(minutes=15))
+    assert len(first) == 1
+    assert _sources(session_factory, first[0]) == [
+        f"s3://{s3_bucket}/incoming/a.pdf",
+        f"s3://{s3_bucket}/incoming/b.pdf",
+    ]
+
+    later = start + timedelta(minutes=30)
+    assert fire_due_schedules(session_factory, s3_blobs, bell, now=later) == []  # nothing new
+
+    s3.put_object(Bucket=s3_bucket, Key="incoming/c.pdf", Body=pdf)  # added
+    s3.put_object(Bucket=s3_bucket, Key="incoming/a.pdf", Body=pdf + b"\n%changed")  # replaced
+    second = fire_due_schedules(session_factory, s3_blobs, bell, now=later + timedelta(minutes=15))
+    assert len(second) == 1
+    assert _sources(session_factory, second[0]) == [
+        f"s3://{s3_bucket}/incoming/a.pdf",
+        f"s3://{s3_bucket}/incoming/c.pdf",
+    ]
+    with session_factory() as session:
+        row = session.get(Schedule, schedule.id)
+        job = session.get(Job, second[0])
+    assert row is not None and row.last_job_id == second[0]
+    assert row.next_due_at == later + timedelta(minutes=30)
+    assert job is not None and job.kind == "extract" and job.params["schema"] == INVOICE_SCHEMA
+    assert len(bell.batches) == 2
+
+
+def test_paused_schedules_do_not_fire_and_bad_definitions_are_refused(
+    session_factory: SessionFactory, s3_blobs: Blobs, s3_bucket: str
+) -> None:
+    start = utcnow()
+    schedule = _add(
+        session_factory, f"s3://{s3_bucket}/x/", cron="*/5 * * * *", every=None, now=start
+    )
+    assert schedule.next_due_at > start and schedule.next_due_at.minute % 5 == 0
+    with session_factory.begin() as session:
+        session.get(Schedule, schedule.id).paused = True  # type: ignore[union-attr]
+    assert (
+        fire_due_schedules(session_factory, s3_blobs, Doorbell(), now=start + timedelta(hours=1))
+        == []
+    )
+    for kw, code in [
+        (dict(name="invoices"), "schedule_exists"),
+        (dict(name="b", every="soon"), "invalid_schedule"),
+        (dict(name="c", every=None, cron="not cron"), "invalid_schedule"),
+        (dict(name="d", cron="* * * * *"), "invalid_schedule"),
+        (dict(name="e", source="/local/dir"), "invalid_schedule"),
+    ]:
+        with pytest.raises(RequestError) as refused:
+            _add(session_factory, kw.pop("source", f"s3://{s3_bucket}/x/"), **kw)  # type: ignore[arg-type]
+        assert refused.value.code == code, kw
+
+
+_RACER = """
+import sys
+from datetime import datetime
+from jobs.db import make_engine, make_session_factory
+from jobs.schedules import fire_due_schedules
+from storage import open_blobs
+
+class Bell:
+    def publish(self, job_id, item_ids): pass
+    def pending(self): return None
+
+sf = make_session_factory(make_engine(sys.argv[1]))
+now = datetime.fromisoformat(sys.argv[3])
+while datetime.now(now.tzinfo) < datetime.fromisoformat(sys.argv[4]):
+    pass  # start together
+print(len(fire_due_schedules(sf, open_blobs(sys.argv[2]), Bell(), now=now)))
+"""
+
+
+def test_two_scheduler_processes_racing_create_one_job(
+    db_url: str, s3_blobs: Blobs, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    sf = migrated_session_factory(db_url)
+    pdf = write_pdf(tmp_path / "a.pdf", 1).read_bytes()
+    for i in range(5):
+        boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"in/{i}.pdf", Body=pdf)
+    start = utcnow()
+    _add(sf, f"s3://{s3_bucket}/in/", now=start)
+    due = (start + timedelta(minutes=20)).isoformat()
+    go = (utcnow() + timedelta(seconds=4)).isoformat()
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, db_url, f"s3://{s3_bucket}/store", due, go],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    created = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+        created.append(int(out.strip()))
+    assert sorted(created) == [0, 1]
+    with sf() as session:
+        jobs = list(session.scalars(select(Job)))
+        items = list(session.scalars(select(Item)))
+    assert len(jobs) == 1 and len(items) == 5

@@ -1,0 +1,59 @@
+"""JSON-constrained generation on the tiny checkpoints (random weights, CPU, xgrammar)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from test_model_schema import INVOICE
+
+from model.engine import GenerationRequest
+from model.errors import SchemaError
+from model.schema import build_extraction_prompt, validate_output
+from model.transformers_engine import TransformersEngine
+
+
+def _requests(n: int) -> list[GenerationRequest]:
+    prompt = build_extraction_prompt(INVOICE, "Read the invoice.")
+    return [
+        GenerationRequest(Image.new("RGB", (40 + 9 * i, 60 - 3 * i), (25 * i, 120, 90)), prompt)
+        for i in range(n)
+    ]
+
+
+def test_every_finished_constrained_output_validates(tiny_engine: TransformersEngine) -> None:
+    results = tiny_engine.generate(_requests(6), max_new_tokens=400, json_schema=INVOICE)
+    assert len(results) == 6
+    finished = [r for r in results if r.finished]
+    # A random model, bounded schema: every row ends well inside the budget.
+    assert len(finished) == 6
+    for result in finished:
+        obj = json.loads(result.text)
+        validate_output(INVOICE, obj)
+        assert 0 < result.tokens_out < 400
+
+
+def test_too_few_new_tokens_is_unfinished(tiny_engine: TransformersEngine) -> None:
+    results = tiny_engine.generate(_requests(2), max_new_tokens=6, json_schema=INVOICE)
+    assert [r.finished for r in results] == [False, False]
+    assert all(r.tokens_out == 6 for r in results)
+    for result in results:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(result.text)
+
+
+def test_unconstrained_results_report_finished(llava_engine: TransformersEngine) -> None:
+    results = llava_engine.generate(_requests(2), max_new_tokens=3)
+    assert all(r.finished == (r.tokens_out < 3) for r in results)
+
+
+def test_grammar_is_compiled_once_per_schema(llava_engine: TransformersEngine) -> None:
+    llava_engine.generate(_requests(1), max_new_tokens=4, json_schema=INVOICE)
+    first = llava_engine._grammar_for(INVOICE)
+    assert llava_engine._grammar_for(json.loads(json.dumps(INVOICE))) is first
+
+
+def test_unsupported_schema_raises_schema_error(llava_engine: TransformersEngine) -> None:
+    with pytest.raises(SchemaError):
+        llava_engine.generate(_requests(1), max_new_tokens=4, json_schema={"type": "object"})
