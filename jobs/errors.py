@@ -24,6 +24,7 @@ class ItemErrorCode(StrEnum):
     pdf_encrypted = "pdf_encrypted"
     pdf_corrupt = "pdf_corrupt"
     pdf_too_many_pages = "pdf_too_many_pages"
+    pdf_page_out_of_range = "pdf_page_out_of_range"
     output_truncated = "output_truncated"
     output_invalid = "output_invalid"
     storage_unavailable = "storage_unavailable"
