@@ -181,7 +181,8 @@ def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
             else:
                 result = row["result"]
                 text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-                print(f"{row['input']}\t{text}")
+                # one line per item: a caption's own line breaks would split it
+                print(f"{row['input']}\t{' '.join(text.split())}")
         progress = read_progress(session, find_job(session, job_id))
     if not json_out:
         warn_if_tiny(progress.model)
