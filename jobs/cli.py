@@ -80,6 +80,7 @@ SchemaFile = Annotated[
 ]
 Pages = Annotated[str, typer.Option(help='PDF pages: "all", "first", or like "1-3" / "1,3,5-7".')]
 Dpi = Annotated[int, typer.Option(help="PDF rendering resolution.")]
+Instructions = Annotated[str | None, typer.Option(help="Extra instructions for the model.")]
 
 
 @submit_app.command("caption")
@@ -112,7 +113,7 @@ def submit_caption(
 def submit_extract(
     sources: Sources,
     schema: SchemaFile,
-    prompt: Annotated[str | None, typer.Option(help="Extra instructions for the model.")] = None,
+    prompt: Instructions = None,
     pages: Pages = "all",
     dpi: Dpi = 144,
     max_new_tokens: MaxNew = None,
@@ -172,7 +173,7 @@ def run_caption(
 def run_extract(
     sources: Sources,
     schema: SchemaFile,
-    prompt: Annotated[str | None, typer.Option(help="Extra instructions for the model.")] = None,
+    prompt: Instructions = None,
     pages: Pages = "all",
     dpi: Dpi = 144,
     max_new_tokens: MaxNew = None,
