@@ -124,7 +124,10 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> float:
 
 
 def run_raw(paths: list[Path], engine: Engine, args: argparse.Namespace) -> float:
-    images = [decode_image(p.read_bytes()) for p in paths]
+    # Decoded ahead of time exactly as the worker decodes (reduced-scale JPEG included), so
+    # (b) is the engine alone on ready inputs.
+    side = getattr(engine, "input_side", None)
+    images = [decode_image(p.read_bytes(), min_side=side) for p in paths]
     prompt = "Describe this image in one sentence."
     start = time.perf_counter()
     for i in range(0, len(images), args.batch_size):

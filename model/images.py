@@ -37,7 +37,9 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
     """Return ``data`` decoded as an RGB image, upright per its EXIF orientation.
 
     Raises ``InputError`` with code ``empty_input`` (zero bytes), ``image_too_large`` (more than
@@ -45,11 +47,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     the header before any pixel is decoded), ``unsupported_format`` (recognisably not an image
     Pillow can read: text, SVG, PDF, HEIC) or ``image_decode_error`` (corrupt or truncated).
     Animated and multi-page images yield their first frame; alpha is composited on white.
+
+    ``min_side``: the smallest width and height the model needs. A JPEG much larger than that is
+    decoded at a reduced scale (DCT scaling, 1/2 to 1/8), never below ``min_side``: the model
+    resizes it down anyway, and full-size decoding is most of a worker's CPU time per photo.
     """
     if not data:
         raise InputError("empty_input", "The input is empty (zero bytes).")
     try:
         image = _open_first_frame(data, max_pixels)
+        if min_side and image.format == "JPEG":
+            image.draft(None, (min_side, min_side))
         # load() inside the try: truncation and most corruption only surface when the pixels
         # are actually decoded.
         image.load()

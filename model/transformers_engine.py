@@ -149,6 +149,21 @@ class TransformersEngine:
         text_config = getattr(config, "text_config", config)
         return int(text_config.max_position_embeddings)
 
+    @property
+    def input_side(self) -> int:
+        """The smallest image width and height that loses nothing for this model's processor.
+
+        LLaVA-NeXT tiles up to its largest grid pinpoint; LLaVA-1.5 resizes the shortest edge.
+        """
+        processor = self._processor.image_processor
+        pinpoints = getattr(processor, "image_grid_pinpoints", None)
+        if pinpoints:
+            return max(max(int(side) for side in point) for point in pinpoints)
+        size = getattr(processor, "size", None) or {}
+        crop = getattr(processor, "crop_size", None) or {}
+        sides = [size.get("shortest_edge"), size.get("height"), crop.get("height")]
+        return max(int(side) for side in sides if side) if any(sides) else 336
+
     def count_prompt_tokens(self, prompt: str) -> int:
         """An upper bound on the tokens ``prompt`` takes, with the template and any image.
 

@@ -141,7 +141,10 @@ def decode_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[
             max_pixels=res.max_image_pixels,
         )
         return tuple(Unit(item, page.number, page.image) for page in pages)
-    return (Unit(item, None, decode_image(data, max_pixels=res.max_image_pixels)),)
+    # Engines that know their input size let big JPEGs decode at a reduced scale.
+    min_side = getattr(res.engine, "input_side", None)
+    image = decode_image(data, max_pixels=res.max_image_pixels, min_side=min_side)
+    return (Unit(item, None, image),)
 
 
 def record_with_retry(
