@@ -88,13 +88,6 @@ class CallbackPublisher:
         return None
 
 
-def publish_batches(
-    publisher: Publisher, job_id: str, item_ids: Sequence[str], batch_size: int
-) -> None:
-    for start in range(0, len(item_ids), batch_size):
-        publisher.publish(job_id, item_ids[start : start + batch_size])
-
-
 def _redact(url: str) -> str:
     # Credentials never reach logs or the terminal.
     if "@" not in url:

@@ -177,6 +177,29 @@ def _page_rows(outcome: ItemOutcome) -> list[ItemPage]:
     ]
 
 
+def renew_lease(
+    session_factory: SessionFactory,
+    lease_token: str,
+    *,
+    lease_seconds: int,
+    now: datetime | None = None,
+) -> int:
+    """Extends the lease of items still running under ``lease_token``; returns how many.
+
+    A worker that is alive keeps its batch, however long generation takes; a paused or dead
+    one stops renewing and loses it.
+    """
+    now = now or utcnow()
+    with session_factory.begin() as session:
+        result = session.execute(
+            update(Item)
+            .where(Item.lease_token == lease_token, Item.status == ItemStatus.running)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def release_items(
     session_factory: SessionFactory,
     claimed: Iterable[ClaimedItem],

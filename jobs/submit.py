@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
-from jobs.dispatch import DispatchError, Publisher, publish_batches
+from jobs.dispatch import DispatchError, Publisher
 from jobs.errors import RequestError
 from jobs.extraction import build_extraction_prompt, check_extraction
 from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS, InputSpec, expand_sources
@@ -164,13 +164,19 @@ def dispatch_job(
     item_ids: list[str],
     batch_size: int,
 ) -> bool:
-    """Publishes after commit; on a dead broker the rows stay queued for the sweeper."""
-    try:
-        publish_batches(publisher, job_id, item_ids, batch_size)
-    except DispatchError as exc:
-        log.warning("dispatch pending job=%s: %s", job_id, exc)
-        return False
-    mark_dispatched(session_factory, item_ids, now=utcnow())
+    """Publishes after commit; on a dead broker the rows stay queued for the sweeper.
+
+    Each batch is marked dispatched as soon as it is out, so a sweep running meanwhile does not
+    send it again.
+    """
+    for start in range(0, len(item_ids), batch_size):
+        batch = item_ids[start : start + batch_size]
+        try:
+            publisher.publish(job_id, batch)
+        except DispatchError as exc:
+            log.warning("dispatch pending job=%s: %s", job_id, exc)
+            return False
+        mark_dispatched(session_factory, batch, now=utcnow())
     return True
 
 

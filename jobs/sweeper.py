@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher
@@ -21,6 +21,8 @@ from jobs.lifecycle import _is_postgres, finalise_jobs
 from jobs.states import ItemStatus, JobStatus
 
 log = logging.getLogger(__name__)
+
+_UNDISPATCHED_GRACE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,12 @@ def republish_queued(
     """
     stale = Item.dispatched_at < now - redispatch_after
     pending = publisher.pending()
-    condition: ColumnElement[bool] = Item.dispatched_at.is_(None)
+    # Never dispatched: a broker that was down at submit. The grace keeps the sweeper from
+    # racing a submit that is still publishing.
+    grace = min(redispatch_after, _UNDISPATCHED_GRACE)
+    condition: ColumnElement[bool] = and_(
+        Item.dispatched_at.is_(None), Item.created_at < now - grace
+    )
     if pending is None or pending == 0:
         condition = or_(condition, stale)
     with session_factory() as session:

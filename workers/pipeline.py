@@ -20,6 +20,7 @@ from jobs.states import JobKind
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
 from workers.generation import Generated, Unit, generate_units
+from workers.lease import LeaseKeeper
 from workers.outcomes import build_outcome, failed
 from workers.resources import WorkerResources
 
@@ -57,9 +58,11 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
     if not claimed:
         log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
         return BatchReport()
-    deadline = time.monotonic() + res.lease_seconds
-    outcomes, handed_back = run_batch(claimed, res)
-    recorded = record_with_retry(res, outcomes, deadline=deadline)
+    lease_token = claimed[0].lease_token  # one claim, one token for the batch
+    with LeaseKeeper(res.session_factory, lease_token, res.lease_seconds):
+        outcomes, handed_back = run_batch(claimed, res)
+        # Renewal goes on while writes are retried, so a database blip does not cost the lease.
+        recorded = record_with_retry(res, outcomes, deadline=time.monotonic() + res.lease_seconds)
     released = release_items(res.session_factory, handed_back) if handed_back else 0
     failures = sum(1 for o in outcomes if o.error_code)
     report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)

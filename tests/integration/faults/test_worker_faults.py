@@ -155,3 +155,16 @@ def test_a_paused_worker_cannot_overwrite_the_work_of_the_one_that_took_over(
         paused.signal(signal.SIGCONT)
     wait_for(lambda: "lease lost" in paused.log(), 30, "the late write to be refused", paused.log)
     assert read_rows(db, job_id) == [row]
+
+
+def test_a_batch_longer_than_its_lease_keeps_it_while_the_worker_is_alive(
+    fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
+) -> None:
+    env = with_faults(fault_env, generate_delay_s=9.0)  # lease is 5 s, sweeps every second
+    worker = start_worker(env)
+    job_id = submit(env, images(tmp_path, 2))
+    wait_for(lambda: job_status(db, job_id) == "completed", 60, "the job", worker.log)
+    rows = read_rows(db, job_id)
+    assert_invariant(rows, 2)
+    assert all(r.status == "succeeded" and r.attempts == 1 for r in rows)
+    assert "lease lost" not in worker.log() and "lease expired" not in worker.log()

@@ -148,6 +148,8 @@ def test_undispatched_items_are_published_by_the_sweeper(
     assert statuses(session_factory, result.job_id) == ["queued", "queued"]
     busy = ListPublisher(pending=7)  # even with a busy queue: these were never sent
     sweep(session_factory, busy, max_attempts=3, batch_size=8)
+    assert busy.batches == []  # not while the submit may still be publishing
+    sweep(session_factory, busy, max_attempts=3, batch_size=8, now=utcnow() + timedelta(seconds=11))
     assert len(busy.batches) == 1 and len(busy.batches[0]) == 2
 
 
