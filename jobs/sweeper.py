@@ -108,11 +108,13 @@ def republish_queued(
     """
     stale = Item.dispatched_at < now - redispatch_after
     pending = publisher.pending()
-    # Never dispatched: a broker that was down at submit. The grace keeps the sweeper from
-    # racing a submit that is still publishing.
+    # Not dispatched: handed back or re-queued after a lost lease (attempts > 0), or never sent
+    # because the broker was down at submit. A fresh item gets a grace, so the sweeper does not
+    # race a submit that is still publishing.
     grace = min(redispatch_after, _UNDISPATCHED_GRACE)
     condition: ColumnElement[bool] = and_(
-        Item.dispatched_at.is_(None), Item.created_at < now - grace
+        Item.dispatched_at.is_(None),
+        or_(Item.attempts > 0, Item.created_at < now - grace),
     )
     if pending is None or pending == 0:
         condition = or_(condition, stale)

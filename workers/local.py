@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
 
 from jobs.dispatch import CallbackPublisher, Publisher
 from jobs.submit import SubmitRequest, SubmitResult, submit_job
 from jobs.sweeper import sweep
-from workers.pipeline import BatchReport, process_batch
+from workers.pipeline import process_batch
 from workers.resources import WorkerResources
 
 log = logging.getLogger(__name__)
@@ -26,11 +25,7 @@ class InProcessQueue:
 
 
 def run_job_locally(
-    request: SubmitRequest,
-    res: WorkerResources,
-    *,
-    max_prompt_chars: int,
-    on_batch: Callable[[BatchReport], None] | None = None,
+    request: SubmitRequest, res: WorkerResources, *, max_prompt_chars: int
 ) -> SubmitResult:
     queue = InProcessQueue()
     submitted = submit_job(
@@ -40,16 +35,16 @@ def run_job_locally(
         publisher=queue.publisher,
         max_prompt_chars=max_prompt_chars,
     )
-    while queue.batches:
-        report = process_batch(queue.batches.popleft(), res)
-        if on_batch is not None:
-            on_batch(report)
-    sweep(
-        res.session_factory,
-        queue.publisher,
-        max_attempts=res.max_attempts,
-        batch_size=res.batch_size,
-    )
-    while queue.batches:  # anything the sweep found undispatched
-        process_batch(queue.batches.popleft(), res)
-    return submitted
+    # Work through the batches, then let a sweep re-queue what was handed back (a transient
+    # failure) and finalise the job; ends because every hand-back uses up an attempt.
+    while True:
+        while queue.batches:
+            process_batch(queue.batches.popleft(), res)
+        sweep(
+            res.session_factory,
+            queue.publisher,
+            max_attempts=res.max_attempts,
+            batch_size=res.batch_size,
+        )
+        if not queue.batches:
+            return submitted

@@ -137,3 +137,17 @@ def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
     with session_factory() as session:
         item = session.scalars(select(Item).where(Item.job_id == again.job_id)).one()
     assert (item.status, item.error_code, item.attempts) == ("failed", "storage_unavailable", 2)
+
+
+def test_local_run_retries_an_item_handed_back_by_a_transient_storage_error(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "cat", 2)
+    res = make_resources(session_factory, FlakyBlobs(blobs, failures=1), FakeEngine())
+    result = run_job_locally(_request([str(tmp_path / "cat")]), res, max_prompt_chars=1000)
+    assert statuses(session_factory, result.job_id) == ["succeeded", "succeeded"]
+    with session_factory() as session:
+        job = session.get(Job, result.job_id)
+        attempts = sorted(session.scalars(select(Item.attempts).where(Item.job_id == job.id)))  # type: ignore[union-attr]
+    assert job is not None and job.status == JobStatus.completed
+    assert attempts == [1, 2]
