@@ -70,7 +70,7 @@ def claim_items(
             .where(Item.id.in_(item_ids), Item.status == ItemStatus.queued)
             .where(Job.status.not_in(_CLOSED_JOB_STATES))
         )
-        if _is_postgres(session):
+        if is_postgres(session):
             candidates = candidates.with_for_update(of=Item, skip_locked=True)
         ids = list(session.scalars(candidates))
         if not ids:
@@ -275,9 +275,9 @@ def _job_ids_of(session: Session, item_ids: Sequence[str]) -> list[str]:
 def _lock_jobs(session: Session, job_ids: Sequence[str]) -> None:
     # Serialises finalisation per job on PostgreSQL: two workers finishing the last items of
     # one job at once would otherwise each see the other's items still running.
-    if job_ids and _is_postgres(session):
+    if job_ids and is_postgres(session):
         session.execute(select(Job.id).where(Job.id.in_(job_ids)).with_for_update())
 
 
-def _is_postgres(session: Session) -> bool:
+def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher
 from jobs.errors import ItemErrorCode
-from jobs.lifecycle import _is_postgres, finalise_jobs
+from jobs.lifecycle import finalise_jobs, is_postgres
 from jobs.states import ItemStatus, JobStatus
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def sweep_expired_leases(
     requeued = lost = 0
     with session_factory.begin() as session:
         query = select(Item).where(Item.status == ItemStatus.running, Item.lease_expires_at < now)
-        if _is_postgres(session):
+        if is_postgres(session):
             query = query.with_for_update(skip_locked=True)
         for item in session.scalars(query):
             log.warning(

@@ -82,7 +82,6 @@ def run_batch(
     outcomes: list[ItemOutcome] = []
     handed_back: list[ClaimedItem] = []
     pending: list[Decoded] = []
-    generated: dict[str, list[Generated]] = {}
 
     def generate(ready: list[Decoded]) -> None:
         units = [unit for decoded in ready for unit in decoded.units]
@@ -93,10 +92,10 @@ def run_batch(
             max_new_tokens=max_new_tokens,
             json_schema=schema,
         )
+        by_item: dict[str, list[Generated]] = {decoded.item.id: [] for decoded in ready}
         for result in results:
-            generated.setdefault(result.unit.item.id, []).append(result)
-        for decoded in ready:
-            outcomes.append(build_outcome(decoded.item, generated.pop(decoded.item.id), schema))
+            by_item[result.unit.item.id].append(result)
+        outcomes.extend(build_outcome(d.item, by_item[d.item.id], schema) for d in ready)
 
     with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
         futures = [pool.submit(fetch_input, item, res) for item in claimed]
