@@ -10,6 +10,7 @@ import torch to catch them.
 from __future__ import annotations
 
 __all__ = [
+    "INPUT_ERROR_CODES",
     "DeviceOutOfMemoryError",
     "InputError",
     "ModelError",
@@ -39,13 +40,31 @@ class DeviceOutOfMemoryError(ModelError):
     """
 
 
+INPUT_ERROR_CODES = frozenset(
+    {
+        "empty_input",  # zero bytes
+        "image_decode_error",  # corrupt or truncated image
+        "image_too_large",  # over the pixel limit of one image or page, or out of memory
+        "unsupported_format",  # not an image we read (text, SVG, HEIC, an unimplemented variant)
+        "prompt_too_long",  # the prompt and image do not fit the model's context
+        "pdf_encrypted",  # needs a password
+        "pdf_corrupt",  # not parseable, no pages, a page PDFium cannot load or render
+        "pdf_too_many_pages",  # more selected pages than allowed per document
+        "pdf_page_out_of_range",  # none of the selected pages exists
+        "document_too_large",  # the selected pages together are over the per-item pixel budget
+    }
+)
+
+
 class InputError(ModelError):
     """One input item is unusable; permanent for that item only.
 
-    ``code`` is a stable machine-readable code (``empty_input``, ``image_decode_error``,
-    ``image_too_large``, ``unsupported_format``, ``prompt_too_long``, ``pdf_encrypted``,
-    ``pdf_corrupt``, ``pdf_too_many_pages``) and ``message`` one human
-    sentence; both are stored on the failed item.
+    ``code`` is one of ``INPUT_ERROR_CODES`` (a stable machine-readable code) and ``message``
+    one human sentence; both are stored on the failed item. Decoding and rendering contain every
+    exception their libraries raise: corrupt bytes become ``image_decode_error`` or
+    ``pdf_corrupt``, a variant nobody implements ``unsupported_format``, and running out of
+    memory on one input ``image_too_large`` (or ``document_too_large``), never "corrupt": every
+    budget is checked before decoding, so such an input asks for more than its size says.
     """
 
     def __init__(self, code: str, message: str) -> None:

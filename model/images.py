@@ -14,23 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.errors import InputError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "read_image_size"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
-
-# Errors Pillow raises on malformed files. SyntaxError and struct errors come from some plugins'
-# header parsers; EOFError from truncated multi-frame files.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    IndexError,
-    TypeError,
-    KeyError,
-    ZeroDivisionError,
-    MemoryError,
-)
 
 # Containers that are images but that Pillow cannot read without extra plugins (HEIC/HEIF needs
 # pillow-heif): reported as unsupported rather than corrupt. Brands sit at bytes 8..12 of `ftyp`.
@@ -44,8 +30,10 @@ def decode_image(
 
     Raises ``InputError`` with code ``empty_input`` (zero bytes), ``image_too_large`` (more than
     ``max_pixels`` pixels, or than Pillow's ``Image.MAX_IMAGE_PIXELS`` bomb limit, judged from
-    the header before any pixel is decoded), ``unsupported_format`` (recognisably not an image
-    Pillow can read: text, SVG, PDF, HEIC) or ``image_decode_error`` (corrupt or truncated).
+    the header before any pixel is decoded; or decoding ran out of memory), ``unsupported_format``
+    (recognisably not an image Pillow can read: text, SVG, PDF, HEIC, or a variant Pillow does
+    not implement) or ``image_decode_error`` (corrupt or truncated: any other exception from
+    Pillow). Nothing else escapes but ``BaseException``s that are not ``Exception``s.
     Animated and multi-page images yield their first frame; alpha is composited on white.
 
     ``min_side``: the smallest width and height the model needs. A JPEG much larger than that is
@@ -65,17 +53,59 @@ def decode_image(
         return _to_rgb(image)
     except InputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Exception as exc:
+        raise _as_input_error(exc) from exc
+
+
+def read_image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Width and height of the image in ``data``, from its header alone (no pixel is decoded).
+
+    Lets a caller budget memory before paying for ``decode_image``. Raises what ``decode_image``
+    raises for the header: ``empty_input``, ``unsupported_format``, ``image_decode_error`` or
+    ``image_too_large`` (over ``max_pixels``); corruption further in surfaces only on decoding.
+    """
+    if not data:
+        raise InputError("empty_input", "The input is empty (zero bytes).")
+    try:
+        with _open_checked(data, max_pixels) as image:
+            width, height = image.size
+            return width, height
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _as_input_error(exc) from exc
+
+
+def _as_input_error(exc: Exception) -> InputError:
+    """What any exception while opening or decoding an image means for that item."""
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
         # The warning arrives as an exception only where warnings are errors (e.g. pytest -W).
-        raise _too_large(_one_line(exc)) from exc
-    except _DECODE_ERRORS as exc:
-        raise InputError(
-            "image_decode_error", f"The image could not be decoded: {_one_line(exc)}."
-        ) from exc
+        return _too_large(_one_line(exc))
+    if isinstance(exc, MemoryError):
+        # The header was within the pixel limit, so the file asks for more than its size says
+        # (a lying header, huge metadata or tiles): refused as too large, not called corrupt.
+        return _too_large("decoding it needs more memory than the worker can give it")
+    if isinstance(exc, NotImplementedError):
+        # A recognised format using a variant Pillow does not implement (e.g. a DDS pixel format).
+        return InputError(
+            "unsupported_format",
+            f"The image uses a format variant that cannot be read: {_one_line(exc)}.",
+        )
+    # Pillow's plugins raise far more than their documented errors on hostile bytes
+    # (struct.error, SyntaxError, IndexError, RuntimeError...): anything else is corrupt.
+    return InputError("image_decode_error", f"The image could not be decoded: {_one_line(exc)}.")
 
 
 def _open_first_frame(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only), refuse oversize images, and seek to the first frame."""
+    image = _open_checked(data, max_pixels)
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    return image
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse oversize images."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
@@ -97,8 +127,6 @@ def _open_first_frame(data: bytes, max_pixels: int) -> Image.Image:
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     if width * height > limit:
         raise _too_large(f"{width}x{height} is {width * height} pixels, over {limit}")
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
     return image
 
 

@@ -7,6 +7,7 @@ from storage.base import BlobStore, ObjectInfo
 from storage.blobs import Blobs, StoredBlob, open_blobs
 from storage.errors import (
     AccessDeniedError,
+    InputTooLargeError,
     InvalidUriError,
     ObjectNotFoundError,
     StorageError,
@@ -20,6 +21,7 @@ __all__ = [
     "AccessDeniedError",
     "BlobStore",
     "Blobs",
+    "InputTooLargeError",
     "InvalidUriError",
     "LocalStore",
     "ObjectInfo",

@@ -29,8 +29,13 @@ class BlobStore(Protocol):
         """Store ``data`` under ``key`` (replacing it atomically) and return its URI."""
         ...
 
-    def read_bytes(self, key: str) -> bytes:
-        """The whole content of ``key``; ObjectNotFoundError when it does not exist."""
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The whole content of ``key``; ObjectNotFoundError when it does not exist.
+
+        With ``max_bytes``, InputTooLargeError for an object over that many bytes: judged from
+        its stored size before reading, then while streaming (never holding more than the limit
+        plus one chunk).
+        """
         ...
 
     def exists(self, key: str) -> bool:

@@ -62,13 +62,17 @@ class Blobs:
             self._store.write_bytes(key, data)
         return StoredBlob(uri=self._store.uri_for(key), sha256=digest, size=len(data))
 
-    def read_uri(self, uri: str) -> bytes:
-        """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store."""
+    def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
+        """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.
+
+        ``max_bytes``: InputTooLargeError (code ``input_too_large``) for a larger object, judged
+        from its size before reading and while streaming it.
+        """
         if is_s3_uri(uri):
             bucket, key = parse_s3_uri(uri)
-            return S3Store(self._client(), bucket).read_bytes(key)
+            return S3Store(self._client(), bucket).read_bytes(key, max_bytes=max_bytes)
         local, key = self._local_key(uri)
-        return local.read_bytes(key)
+        return local.read_bytes(key, max_bytes=max_bytes)
 
     def list_uri(self, uri_prefix: str) -> Iterator[ObjectInfo]:
         """Objects under ``s3://bucket/prefix`` (keys relative to the bucket) or under a

@@ -42,3 +42,10 @@ class InvalidUriError(StorageError):
     the store root."""
 
     code = "invalid_uri"
+
+
+class InputTooLargeError(StorageError):
+    """The object is larger than the reader's byte limit (judged from its stat size or S3
+    ``ContentLength`` before reading, and again while streaming); permanent for that input."""
+
+    code = "input_too_large"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from storage.base import BlobStore, ObjectInfo
 from storage.errors import AccessDeniedError, InvalidUriError, ObjectNotFoundError, StorageError
+from storage.limits import check_size, read_limited
 from storage.uri import validate_key
 
 # Temp files are hidden and suffixed so listings can skip half-written objects.
@@ -65,11 +66,17 @@ class LocalStore(BlobStore):
             raise StorageError(f"Writing {uri} failed: {exc.strerror}.", uri=uri) from exc
         return uri
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._object_path(key)
         uri = path.as_uri()
         try:
-            return path.read_bytes()
+            if max_bytes is None:
+                return path.read_bytes()
+            # Unbuffered: reads land straight in the result, with no second buffer to copy.
+            with path.open("rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                check_size(size, max_bytes, uri)
+                return read_limited(f.read, expected=size, max_bytes=max_bytes, uri=uri)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFoundError(f"{uri} does not exist.", uri=uri) from exc
         except PermissionError as exc:

@@ -18,6 +18,7 @@ from storage.errors import (
     StorageError,
     TransientStorageError,
 )
+from storage.limits import check_size, read_limited
 from storage.uri import parse_s3_uri, validate_key
 
 if TYPE_CHECKING:
@@ -137,13 +138,19 @@ class S3Store(BlobStore):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
         return uri
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         full = self._object_key(key)
         uri = f"s3://{self.bucket}/{full}"
         with _translating(uri):
-            body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            body = response["Body"]
             try:
-                return body.read()
+                if max_bytes is None:
+                    return body.read()
+                # The headers are in; the body has not been read yet.
+                size = response.get("ContentLength")
+                check_size(size, max_bytes, uri)
+                return read_limited(body.read, expected=size, max_bytes=max_bytes, uri=uri)
             finally:
                 body.close()  # return the connection to the pool even on a short read
 

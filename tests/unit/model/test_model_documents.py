@@ -151,3 +151,100 @@ def test_is_pdf() -> None:
     assert is_pdf(make_pdf(1))
     assert not is_pdf(b"\x89PNG\r\n\x1a\n")
     assert not is_pdf(b"")
+
+
+def page_bomb(pages: int, side_pt: float) -> bytes:
+    """A tiny PDF of ``pages`` empty square pages of ``side_pt`` points."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument.new()
+    for _ in range(pages):
+        document.new_page(side_pt, side_pt).close()
+    buf = io.BytesIO()
+    document.save(buf)
+    document.close()
+    return buf.getvalue()
+
+
+@pytest.fixture
+def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts PDFium page renders (one entry per page rendered)."""
+    import pypdfium2 as pdfium
+
+    calls: list[int] = []
+    real = pdfium.PdfPage.render
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pdfium.PdfPage, "render", counting)
+    return calls
+
+
+def test_page_bomb_is_refused_from_page_sizes_before_rendering(render_calls: list[int]) -> None:
+    # The issue's bomb at a small scale: each page is under the per-page limit, the sum is not.
+    data = page_bomb(50, 3500)
+    assert len(data) < 20_000
+    with pytest.raises(InputError) as info:
+        render_pages(data, dpi=144, max_pixels=50_000_000, max_document_pixels=200_000_000)
+    assert info.value.code == "document_too_large"
+    message = info.value.message
+    assert "2450000000" in message and "200000000" in message
+    assert "LLAVA_BATCH_MAX_ITEM_PIXELS" in message
+    assert render_calls == []  # refused before a single page was rendered
+    # The default budget refuses it too.
+    with pytest.raises(InputError, match="document_too_large"):
+        render_pages(data)
+
+
+def test_document_budget_counts_only_selected_pages() -> None:
+    data = page_bomb(10, 100)  # 100x100 pixels a page at 72 dpi
+    with pytest.raises(InputError, match="document_too_large"):
+        render_pages(data, dpi=72, max_document_pixels=30_000)
+    assert len(render_pages(data, pages="1-3", dpi=72, max_document_pixels=30_000)) == 3
+
+
+def test_pages_are_rendered_one_at_a_time_when_asked(render_calls: list[int]) -> None:
+    pages = render_pages(make_pdf(3), dpi=36)
+    assert render_calls == []
+    assert len(pages) == 3 and [s.number for s in pages.sizes] == [1, 2, 3]
+    assert pages.pixels == 3 * (PAGE_SIZE[0] // 2) * (PAGE_SIZE[1] // 2)
+    iterator = iter(pages)
+    first = next(iterator)
+    assert (first.number, len(render_calls)) == (1, 1)
+    assert pages.render(3).number == 3 and len(render_calls) == 2
+    with pytest.raises(ValueError):
+        pages.render(4)
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [(RuntimeError("pdfium bug"), "pdf_corrupt"), (MemoryError(), "image_too_large")],
+)
+def test_any_exception_while_rendering_is_an_input_error(
+    monkeypatch: pytest.MonkeyPatch, raised: BaseException, code: str
+) -> None:
+    import pypdfium2 as pdfium
+
+    pages = render_pages(make_pdf(2), dpi=36)
+
+    def broken(self: object, *args: object, **kwargs: object) -> object:
+        raise raised
+
+    monkeypatch.setattr(pdfium.PdfPage, "render", broken)
+    with pytest.raises(InputError) as info:
+        list(pages)
+    assert info.value.code == code and "Page 1" in info.value.message
+
+
+def test_any_exception_while_opening_is_pdf_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pypdfium2 as pdfium
+
+    def broken(self: object) -> int:
+        raise OverflowError("page count")
+
+    monkeypatch.setattr(pdfium.PdfDocument, "__len__", broken)
+    with pytest.raises(InputError) as info:
+        render_pages(make_pdf(1))
+    assert info.value.code == "pdf_corrupt"

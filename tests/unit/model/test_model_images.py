@@ -182,3 +182,73 @@ def test_grayscale_and_bilevel_become_rgb() -> None:
         image = decode_image(_encode(Image.new(mode, (3, 3), 255), "PNG"))
         assert image.mode == "RGB"
         assert image.getpixel((1, 1)) == (255, 255, 255)
+
+
+# Escapes found by hand and by fuzzing: Pillow raised something other than the errors it
+# documents, and the exception left decode_image (stalling a worker's batch, killing a run).
+
+
+def test_gif_cut_at_a_frame_separator_is_a_decode_error() -> None:
+    # A valid GIF whose trailer ";" became "," (a next frame with no descriptor): Pillow raises
+    # struct.error while counting frames.
+    data = _encode(Image.new("P", (8, 8), 1), "GIF")
+    assert data.endswith(b";") and len(data) < 100
+    assert _code(data[:-1] + b",") == "image_decode_error"
+
+
+def _dds_header(fourcc: bytes) -> bytes:
+    """A DDS file header (128 bytes) with a compressed pixel format named by ``fourcc``."""
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + b"\0" * 44
+    pixel_format = struct.pack("<2I", 32, 0x4) + fourcc + b"\0" * 20  # DDPF_FOURCC
+    return b"DDS " + header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0)
+
+
+def test_dds_with_a_pixel_format_pillow_lacks_is_unsupported() -> None:
+    # DDS bytes saved under a .png name: Pillow identifies DDS, then raises NotImplementedError.
+    assert _code(_dds_header(b"ZZZZ") + b"\0" * 64) == "unsupported_format"
+
+
+def test_unexpected_exceptions_from_pillow_become_decode_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever a plugin raises next (here a RuntimeError from load()), it stays inside.
+    data = _encode(Image.new("RGB", (4, 4)), "PNG")
+
+    def broken_load(self: Image.Image) -> None:
+        raise RuntimeError("plugin bug")
+
+    monkeypatch.setattr("PIL.PngImagePlugin.PngImageFile.load", broken_load)
+    assert _code(data) == "image_decode_error"
+
+
+def test_memory_error_while_decoding_is_reported_as_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _encode(Image.new("RGB", (4, 4)), "PNG")
+
+    def no_memory(self: Image.Image) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr("PIL.PngImagePlugin.PngImageFile.load", no_memory)
+    with pytest.raises(InputError) as info:
+        decode_image(data)
+    assert info.value.code == "image_too_large"
+    assert "memory" in info.value.message
+
+
+def test_read_image_size_reads_the_header_only() -> None:
+    from model.images import read_image_size
+
+    assert read_image_size(_encode(Image.new("RGB", (33, 17)), "PNG")) == (33, 17)
+    # Pixel data missing entirely: the header is all it needs.
+    assert read_image_size(_png_header_only(3000, 2000)) == (3000, 2000)
+    for data, code in [
+        (b"", "empty_input"),
+        (b"plain text, not a picture", "unsupported_format"),
+        (bytes(range(256)), "image_decode_error"),
+        (_png_header_only(20_000, 20_000), "image_too_large"),
+        (_dds_header(b"ZZZZ"), "unsupported_format"),
+    ]:
+        with pytest.raises(InputError) as info:
+            read_image_size(data)
+        assert info.value.code == code
