@@ -106,17 +106,19 @@ def remove(name: NameArg) -> None:
 
 @schedule_app.command("run-now")
 def run_now(name: NameArg) -> None:
-    """Fire now: a job for the objects not processed before, or none if nothing is new."""
+    """Fire now, even if paused: a job for the objects not processed before, or none."""
     ctx = open_context()
     with ctx.session_factory() as session:
-        find_schedule(session, name)
+        paused = find_schedule(session, name).paused
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
+    # A paused schedule fires too (see fire_due_schedules) and says that it stays paused.
     created = fire_due_schedules(ctx.session_factory, ctx.blobs, publisher, names=[name])
+    still = " (the schedule stays paused)" if paused else ""
     if created:
-        views.err.print(f"schedule {name}: job created")
+        views.err.print(f"schedule {name}: job created{still}")
         print(created[0])
     else:
-        views.err.print(f"schedule {name}: nothing new, no job")
+        views.err.print(f"schedule {name}: nothing new, no job{still}")
 
 
 def _set_paused(name: str, paused: bool) -> None:

@@ -61,7 +61,9 @@ def find_job(session: Session, job_ref: str) -> Job:
     if job is not None:
         return job
     if len(job_ref) >= 4:
-        matches = list(session.scalars(select(Job).where(Job.id.startswith(job_ref)).limit(2)))
+        # autoescape: "%" and "_" in a prefix are characters to match, not LIKE wildcards.
+        prefix = Job.id.startswith(job_ref, autoescape=True)
+        matches = list(session.scalars(select(Job).where(prefix).limit(2)))
         if len(matches) == 1:
             return matches[0]
     raise JobNotFoundError(f"No job matches {job_ref!r}.")

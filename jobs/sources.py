@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jobs.errors import RequestError
+from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
 from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -25,6 +27,18 @@ class InputSpec:
     uri: str | None = None  # an object in a user's bucket, read in place
     prompt: str | None = None
     custom_id: str | None = None
+    size: int | None = None  # bytes, from stat or the listing: known before anything is read
+    version: str | None = None  # a local file's mtime (ns), an object's ETag
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What every step of one expansion shares."""
+
+    blobs: Blobs
+    extensions: frozenset[str]
+    max_input_bytes: int
+    manifests: tuple[Path, ...] = ()  # resolved manifests being read, outermost first
 
 
 def expand_sources(
@@ -32,94 +46,158 @@ def expand_sources(
     *,
     blobs: Blobs,
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
 ) -> list[InputSpec]:
+    """Every input the sources name, each checked from its size; refuses the request otherwise."""
+    walk = _Walk(blobs, extensions, max_input_bytes)
     inputs: list[InputSpec] = []
     for source in sources:
-        inputs.extend(_expand_one(source, blobs=blobs, extensions=extensions))
+        inputs.extend(_expand_one(source, walk))
     if not inputs:
         raise RequestError("No input files were found in the given sources.", code="no_inputs")
     _check_unique_ids(inputs)
     return inputs
 
 
-def _expand_one(source: str, *, blobs: Blobs, extensions: frozenset[str]) -> Iterator[InputSpec]:
-    if "\x00" in source:
-        raise RequestError("A source contains a NUL byte.", code="invalid_source")
+def _expand_one(source: str, walk: _Walk) -> Iterator[InputSpec]:
+    _check_source_text(source)
     if is_s3_uri(source):
-        yield from _expand_s3(source, blobs=blobs, extensions=extensions)
+        yield from _expand_s3(source, walk)
         return
     path = Path(source)
     if not path.exists():
         raise RequestError(f"{source}: no such file or directory.", code="source_not_found")
     if path.is_dir():
-        yield from _expand_directory(source, extensions)
+        yield from _expand_directory(source, walk)
     elif path.suffix.lower() == ".jsonl":
-        yield from _read_manifest(path, blobs=blobs, extensions=extensions)
+        yield from _read_manifest(path, walk)
     else:
-        yield InputSpec(source=source, local_path=path)
+        yield _local_file(source, path, walk)
 
 
-def _expand_s3(uri: str, *, blobs: Blobs, extensions: frozenset[str]) -> Iterator[InputSpec]:
+def _check_source_text(source: str) -> None:
+    # Sources end up in the database as they are: NUL and undecodable bytes (a file name that is
+    # not UTF-8 arrives as lone surrogates) would fail the insert after the blobs were stored.
+    if "\x00" in source:
+        raise RequestError("A source contains a NUL byte.", code="invalid_source")
+    if not is_utf8(source):
+        raise RequestError(
+            f"{printable(source)}: the name is not valid UTF-8; rename it.", code="invalid_source"
+        )
+
+
+def _local_file(source: str, path: Path, walk: _Walk) -> InputSpec:
+    """A local input, checked from its stat size: nothing is read here."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise RequestError(
+            f"{source}: cannot be read ({exc.strerror}).", code="source_unreadable"
+        ) from exc
+    if not stat.S_ISREG(info.st_mode):  # a device, FIFO or socket could be endless
+        raise RequestError(f"{source}: not a regular file.", code="invalid_source")
+    if info.st_size == 0:
+        raise RequestError(f"{source}: the file is empty (0 bytes).", code="empty_input")
+    _check_size(source, info.st_size, walk.max_input_bytes)
+    return InputSpec(
+        source=source, local_path=path, size=info.st_size, version=str(info.st_mtime_ns)
+    )
+
+
+def _check_size(source: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise RequestError(
+            f"{source}: {size} bytes is over the input limit of {limit} bytes "
+            "(LLAVA_BATCH_MAX_INPUT_BYTES).",
+            code="input_too_large",
+        )
+
+
+def _expand_s3(uri: str, walk: _Walk) -> Iterator[InputSpec]:
     try:
         parse_s3_uri(uri)
         found = False
-        for obj in blobs.list_uri(uri):
+        for obj in walk.blobs.list_uri(uri):
             # A prefix lists everything under it; only images are inputs. An exact key is an
-            # input whatever its name.
-            if obj.uri == uri or Path(obj.key).suffix.lower() in extensions:
+            # input whatever its name (but not a "folder/" marker).
+            exact = obj.uri == uri and not obj.key.endswith("/")
+            if exact or Path(obj.key).suffix.lower() in walk.extensions:
                 found = True
-                yield InputSpec(source=obj.uri, uri=obj.uri)
+                # The listing's size is checked before any cost is paid: an object over the limit
+                # is refused now. An empty one costs nothing and fails only its own item
+                # (empty_input), as any object that is emptied after submit would.
+                _check_size(obj.uri, obj.size, walk.max_input_bytes)
+                yield InputSpec(source=obj.uri, uri=obj.uri, size=obj.size, version=obj.etag)
     except StorageError as exc:
         raise RequestError(f"{uri}: {exc}", code=exc.code) from exc
     if not found:
         raise RequestError(f"{uri}: no image objects under this prefix.", code="no_inputs")
 
 
-def _expand_directory(source: str, extensions: frozenset[str]) -> Iterator[InputSpec]:
+def _expand_directory(source: str, walk: _Walk) -> Iterator[InputSpec]:
     root = Path(source).resolve()
     for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if path.suffix.lower() not in extensions:
+            if path.suffix.lower() not in walk.extensions:
                 continue
+            _check_source_text(str(path))
             if path.is_symlink() and not path.resolve().is_relative_to(root):
                 raise RequestError(
                     f"{path}: symbolic link points outside {source}; refusing to read it.",
                     code="symlink_escape",
                 )
-            yield InputSpec(source=str(path), local_path=path)
+            yield _local_file(str(path), path, walk)
 
 
-def _read_manifest(
-    manifest: Path, *, blobs: Blobs, extensions: frozenset[str]
-) -> Iterator[InputSpec]:
+def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise RequestError(f"{manifest}: not valid UTF-8.", code="manifest_invalid") from exc
+    inner = replace(walk, manifests=(*walk.manifests, manifest.resolve()))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        given, prompt, custom_id = _parse_manifest_line(manifest, number, line)
-        target = given
-        if not is_s3_uri(target) and not Path(target).is_absolute():
-            target = str(manifest.parent / target)
-        for spec in _expand_one(target, blobs=blobs, extensions=extensions):
-            yield InputSpec(
+        where = f"{manifest}, line {number}"
+        given, prompt, custom_id = _parse_manifest_line(where, line)
+        target = given if is_s3_uri(given) else _manifest_target(manifest, given, where, inner)
+        for spec in _expand_one(target, inner):
+            yield replace(
+                spec,
                 source=given if spec.source == target else spec.source,
-                local_path=spec.local_path,
-                uri=spec.uri,
                 prompt=prompt,
                 custom_id=custom_id,
             )
 
 
-def _parse_manifest_line(
-    manifest: Path, number: int, line: str
-) -> tuple[str, str | None, str | None]:
+def _manifest_target(manifest: Path, given: str, where: str, walk: _Walk) -> str:
+    """The local path a manifest entry names; it must resolve inside the manifest's folder (the
+    rule of ``symlink_escape``), so a manifest cannot make us read ``/etc/passwd``."""
+    if not given.strip():
+        raise RequestError(f'{where}: "input" is empty.', code="manifest_invalid")
+    _check_source_text(given)
+    path = manifest.parent / given  # an absolute ``given`` stays itself
+    folder = manifest.parent.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder):
+        raise RequestError(
+            f"{where}: {given} is outside the manifest's folder {folder}; a manifest may only "
+            "name files in its folder or below it.",
+            code="manifest_escape",
+        )
+    if resolved in walk.manifests:
+        raise RequestError(
+            f"{where}: {given} is a manifest already being read: manifests include each "
+            "other in a loop.",
+            code="manifest_invalid",
+        )
+    return str(path)
+
+
+def _parse_manifest_line(where: str, line: str) -> tuple[str, str | None, str | None]:
     """Returns (input, prompt, custom id) of one manifest line."""
-    where = f"{manifest}, line {number}"
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -135,7 +213,15 @@ def _parse_manifest_line(
     if "id" in entry and not isinstance(entry["id"], str | int):
         raise RequestError(f'{where}: "id" must be a string.', code="manifest_invalid")
     custom_id = entry.get("id")
-    return entry["input"], entry.get("prompt"), None if custom_id is None else str(custom_id)
+    if custom_id is not None:
+        custom_id = str(custom_id)
+        check_text(
+            custom_id,
+            what=f'{where}: "id"',
+            code="invalid_custom_id",
+            max_chars=MAX_CUSTOM_ID_CHARS,
+        )
+    return entry["input"], entry.get("prompt"), custom_id
 
 
 def _check_unique_ids(inputs: Sequence[InputSpec]) -> None:

@@ -1,0 +1,78 @@
+"""Limits a request is checked against at submit, each with one source of truth.
+
+Per-job options are bounded like the settings that default them (``jobs/settings.py``); ids,
+names and keys by the columns that store them (``jobs/db.py``). Both are checked in the request,
+so the database never has to refuse a value after inputs were stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import String
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from jobs.db import Item, Job
+from jobs.errors import RequestError
+from jobs.settings import Settings
+
+
+def _column_length(column: KeyedColumnElement[Any]) -> int:
+    assert isinstance(column.type, String) and column.type.length is not None
+    return column.type.length
+
+
+MAX_CUSTOM_ID_CHARS = _column_length(Item.__table__.c["custom_id"])
+MAX_NAME_CHARS = _column_length(Job.__table__.c["name"])
+MAX_IDEMPOTENCY_KEY_CHARS = _column_length(Job.__table__.c["idempotency_key"])
+DEFAULT_MAX_INPUT_BYTES: int = Settings.model_fields["max_input_bytes"].default
+
+
+def setting_bounds(name: str) -> tuple[int, int]:
+    """The (lowest, highest) value the setting ``name`` accepts."""
+    low = high = None
+    for constraint in Settings.model_fields[name].metadata:
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    assert isinstance(low, int) and isinstance(high, int), name
+    return low, high
+
+
+def check_option(option: str, value: int, setting: str) -> None:
+    """A per-job option (``--batch-size``) stays within the bounds of its setting."""
+    low, high = setting_bounds(setting)
+    if not low <= value <= high:
+        raise RequestError(
+            f"{option} {value} is out of range: it must be between {low} and {high}, like "
+            f"LLAVA_BATCH_{setting.upper()}.",
+            code="invalid_option",
+        )
+
+
+def is_utf8(text: str) -> bool:
+    """False for text with lone surrogates: an undecodable byte in a file name or argument."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes shown as ``\\xe9`` escapes, safe to print and store."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte decodes to, e.g. "\ud800" from JSON
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(value: str, *, what: str, code: str, max_chars: int) -> None:
+    """Text that every database stores as it is: UTF-8, no NUL, within its column."""
+    if "\x00" in value:
+        raise RequestError(f"{what} contains a NUL byte.", code=code)
+    if not is_utf8(value):
+        raise RequestError(f"{what} is not valid UTF-8 text: {printable(value)[:80]!r}.", code=code)
+    if len(value) > max_chars:
+        raise RequestError(
+            f"{what} has {len(value)} characters; the limit is {max_chars}.", code=code
+        )
