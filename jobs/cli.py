@@ -14,12 +14,13 @@ from typing import Annotated, Any
 import click
 import typer
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from jobs import views
 from jobs.cli_schedules import schedule_app
 from jobs.context import Context, open_context
-from jobs.control import cancel_job, requeue_failed
+from jobs.control import cancel_job, retry_job
+from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import JobsError
 from jobs.extraction import read_schema_file
@@ -27,7 +28,7 @@ from jobs.maintenance import run_maintenance
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.settings import UnknownSettingError
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, dispatch_job, submit_job
+from jobs.submit import SubmitRequest, submit_job
 from model.errors import ModelLoadError
 
 app = typer.Typer(
@@ -273,12 +274,11 @@ def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix)."
     with ctx.session_factory() as session:
         found = find_job(session, job)
         job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.batch_size)
-    ids = requeue_failed(ctx.session_factory, job_id)
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
-    dispatched = dispatch_job(ctx.session_factory, publisher, job_id, ids, batch) if ids else True
+    retried = retry_job(ctx.session_factory, publisher, job_id, batch_size=batch)
     views.err.print(
-        f"job {job_id}: {len(ids)} failed item(s) re-queued"
-        + ("" if dispatched else " (broker unreachable: the sweeper will dispatch)")
+        f"job {job_id}: {len(retried.item_ids)} failed item(s) re-queued"
+        + ("" if retried.dispatched else " (broker unreachable: the sweeper will dispatch)")
     )
 
 
@@ -331,12 +331,27 @@ def sweep_command(
 
     ctx = open_context()
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
+    interval = float(ctx.settings.sweep_interval_seconds)
+    backoff = 1.0
     while True:
-        report = run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings)
+        try:
+            report = run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings)
+        except DBAPIError as exc:
+            # A long-running repairer rides a database outage out, as the workers do.
+            if once or not is_retryable(exc):
+                raise
+            views.err.print(
+                f"sweep: the database is unreachable ({views.first_line(exc.orig)}); "
+                f"retrying in {backoff:.0f}s"
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, max(interval, 60.0))
+            continue
+        backoff = 1.0
         views.err.print(f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}")
         if once:
             return
-        time.sleep(ctx.settings.sweep_interval_seconds)
+        time.sleep(interval)
 
 
 def _request(
@@ -355,6 +370,7 @@ def _request(
         model=ctx.settings.model,
         max_new_tokens=max_new_tokens or ctx.settings.max_new_tokens,
         batch_size=batch_size or ctx.settings.batch_size,
+        max_input_bytes=ctx.settings.max_input_bytes,
         **extra,
     )
 

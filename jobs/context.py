@@ -21,11 +21,19 @@ class Context:
     blobs: Blobs
 
 
+def open_database(settings: Settings) -> Engine:
+    return make_engine(
+        settings.resolved_database_url,
+        lock_timeout_seconds=settings.db_lock_timeout_seconds,
+        idle_in_transaction_seconds=settings.db_idle_in_transaction_seconds,
+    )
+
+
 def open_context(*, check_schema: bool = True) -> Context:
     settings = load_settings()
     if not settings.database_url:
         settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = open_database(settings)
     if check_schema:
         if settings.database_url:
             check_schema_is_current(engine)

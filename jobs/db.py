@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from jobs.states import ItemStatus, JobStatus
@@ -102,6 +103,9 @@ class Item(Base):
     lease_token: Mapped[str | None] = mapped_column(String(36))
     worker: Mapped[str | None] = mapped_column(String(200))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # After a transient storage error the item waits until then; the blip costs no attempt.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result_text: Mapped[str | None] = mapped_column(Text)
     result_json: Mapped[Any | None] = mapped_column(JsonType)
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -165,12 +169,25 @@ class ScheduleObject(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, *, lock_timeout_seconds: float = 10, idle_in_transaction_seconds: float = 60
+) -> Engine:
+    """An engine whose waits are bounded.
+
+    PostgreSQL: a statement waits at most ``lock_timeout_seconds`` for a row lock (the error is
+    retryable), and a session left idle inside a transaction (a paused or dead client) is ended
+    after ``idle_in_transaction_seconds``, so it cannot hold locks that freeze other workers.
+    SQLite: writers wait for the database lock up to the same busy timeout.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    options = (
+        f"-c lock_timeout={int(lock_timeout_seconds * 1000)} "
+        f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_seconds * 1000)}"
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -180,6 +197,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+# SQLSTATE classes that say "try again", not "this row is wrong": connection exceptions (08),
+# rollbacks for serialization or deadlock (40), lock not available (55P03), operator
+# intervention such as an admin shutdown (57), and a session ended for idling in a transaction.
+_RETRYABLE_SQLSTATES = ("08", "40", "55P03", "57", "25P03")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a database error is about the connection or a lock, so the same work may
+    succeed if tried again (as opposed to a value the database refuses)."""
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return sqlstate.startswith(_RETRYABLE_SQLSTATES)
+    return False
 
 
 SessionFactory = sessionmaker[Session]

@@ -6,11 +6,20 @@ never an item.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from jobs.db import SessionFactory
+from jobs.lifecycle import undo_dispatch
+
 log = logging.getLogger(__name__)
+
+# What ``oldest_waiting`` answers for an empty queue: every message sent so far was delivered.
+QUEUE_EMPTY = datetime.max.replace(tzinfo=UTC)
 
 RUN_BATCH_TASK = "llava_batch.run_batch"
 SWEEP_TASK = "llava_batch.sweep"
@@ -23,10 +32,15 @@ class DispatchError(Exception):
 
 
 class Publisher(Protocol):
-    def publish(self, job_id: str, item_ids: Sequence[str]) -> None: ...
+    def publish(
+        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+    ) -> None:
+        """Sends one batch message; ``dispatched_at`` is the items' dispatch stamp."""
+        ...
 
-    def pending(self) -> int | None:
-        """Messages waiting in the broker, or None when that cannot be known."""
+    def oldest_waiting(self) -> datetime | None:
+        """The dispatch stamp of the oldest message still waiting in the broker queue;
+        ``QUEUE_EMPTY`` when none waits; None when that cannot be known."""
         ...
 
 
@@ -47,11 +61,16 @@ class CeleryPublisher:
             self._app.conf.update(task_serializer="json", accept_content=["json"])
         return self._app
 
-    def publish(self, job_id: str, item_ids: Sequence[str]) -> None:
+    def publish(
+        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+    ) -> None:
+        kwargs: dict[str, Any] = {"job_id": job_id, "item_ids": list(item_ids)}
+        if dispatched_at is not None:
+            kwargs["dispatched_at"] = dispatched_at.isoformat()
         try:
             self.app.send_task(
                 RUN_BATCH_TASK,
-                kwargs={"job_id": job_id, "item_ids": list(item_ids)},
+                kwargs=kwargs,
                 queue=self.queue,
                 serializer="json",
                 retry=True,
@@ -60,7 +79,7 @@ class CeleryPublisher:
         except Exception as exc:  # kombu raises many types for a dead broker
             raise DispatchError(f"The broker at {_redact(self.broker_url)} is unreachable") from exc
 
-    def pending(self) -> int | None:
+    def oldest_waiting(self) -> datetime | None:
         if not self.broker_url.startswith(("redis://", "rediss://")):
             return None
         try:
@@ -68,11 +87,13 @@ class CeleryPublisher:
 
             client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
             try:
-                return int(client.llen(self.queue))
+                # kombu pushes on the left and pops on the right: the oldest is the last.
+                raw = client.lindex(self.queue, -1)
             finally:
                 client.close()
         except Exception:
             return None
+        return QUEUE_EMPTY if raw is None else _stamp_of(raw)
 
 
 class CallbackPublisher:
@@ -81,10 +102,48 @@ class CallbackPublisher:
     def __init__(self, callback: Callable[[str, list[str]], None]) -> None:
         self._callback = callback
 
-    def publish(self, job_id: str, item_ids: Sequence[str]) -> None:
+    def publish(
+        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+    ) -> None:
         self._callback(job_id, list(item_ids))
 
-    def pending(self) -> int | None:
+    def oldest_waiting(self) -> datetime | None:
+        return None
+
+
+def dispatch_items(
+    session_factory: SessionFactory,
+    publisher: Publisher,
+    job_id: str,
+    item_ids: Sequence[str],
+    *,
+    batch_size: int,
+    stamp: datetime,
+) -> bool:
+    """Publishes items already stamped ``dispatched_at = stamp`` (in the transaction that made
+    them queued), in messages of ``batch_size``. On a dead broker the unsent items lose their
+    stamp, so the sweeper sends them as soon as it can; returns whether all went out."""
+    for start in range(0, len(item_ids), batch_size):
+        batch = item_ids[start : start + batch_size]
+        try:
+            publisher.publish(job_id, batch, dispatched_at=stamp)
+        except DispatchError as exc:
+            log.warning("dispatch pending job=%s: %s", job_id, exc)
+            undo_dispatch(session_factory, item_ids[start:], stamp=stamp)
+            return False
+    return True
+
+
+def _stamp_of(raw: bytes | str) -> datetime | None:
+    """The ``dispatched_at`` of a raw kombu message on Redis; None when it has none."""
+    try:
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        return datetime.fromisoformat(kwargs["dispatched_at"])
+    except Exception:  # a foreign or older message: its age cannot be told
         return None
 
 

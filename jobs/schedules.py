@@ -11,22 +11,28 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
-from jobs.dispatch import Publisher
+from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import JobsError, RequestError
+from jobs.limits import MAX_NAME_CHARS, check_text, is_utf8
 from jobs.sources import DOCUMENT_EXTENSIONS, InputSpec
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, add_job, build_job, check_request, dispatch_job
+from jobs.submit import SubmitRequest, add_job, build_job, check_request
 from storage import Blobs, ObjectInfo, StorageError, is_s3_uri
 
 log = logging.getLogger(__name__)
 
 _EVERY = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A schedule fires at least once a year and at most once a minute (cron's resolution; the
+# sweeper looks every LLAVA_BATCH_SWEEP_INTERVAL_SECONDS anyway).
+MIN_EVERY_SECONDS = 60
+MAX_EVERY_SECONDS = 366 * 86400
+_MAX_GAP = timedelta(seconds=MAX_EVERY_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,39 @@ class Template:
 
 def parse_every(text: str) -> int:
     match = _EVERY.match(text.strip().lower())
-    if not match or int(match.group(1)) == 0:
+    if not match or not match.group(1).strip("0"):
         raise RequestError(
             f"--every {text!r} is not a period: use a number and s, m, h or d, like 15m.",
             code="invalid_schedule",
         )
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    digits, unit = match.groups()
+    seconds = MAX_EVERY_SECONDS + 1 if len(digits) > 12 else int(digits) * _UNITS[unit]
+    if not MIN_EVERY_SECONDS <= seconds <= MAX_EVERY_SECONDS:
+        raise RequestError(
+            f"--every {text!r} is out of range: a period is between 1m and 366d.",
+            code="invalid_schedule",
+        )
+    return seconds
+
+
+def check_cron(cron: str, now: datetime) -> None:
+    """Five fields (minute hour day month weekday), firing at least once a year: a sixth field
+    would be seconds to croniter, and "0 0 31 2 *" would never fire."""
+    if len(cron.split()) != 5 or len(cron) > 200 or not croniter.is_valid(cron):
+        raise RequestError(
+            f"--cron {cron!r} is not a 5-field cron expression (minute hour day month weekday).",
+            code="invalid_schedule",
+        )
+    try:
+        times = croniter(cron, now)
+        first: datetime = times.get_next(datetime)
+        second: datetime = times.get_next(datetime)
+    except CroniterError:  # croniter gives up on dates that do not exist
+        first = second = now + 2 * _MAX_GAP
+    if first - now > _MAX_GAP or second - first > _MAX_GAP:
+        raise RequestError(
+            f"--cron {cron!r} does not fire at least once a year.", code="invalid_schedule"
+        )
 
 
 def next_due(schedule: Schedule, after: datetime) -> datetime:
@@ -87,9 +120,10 @@ def add_schedule(
     now = now or utcnow()
     if (every is None) == (cron is None):
         raise RequestError("Give exactly one of --every or --cron.", code="invalid_schedule")
-    if cron is not None and not croniter.is_valid(cron):
-        raise RequestError(f"--cron {cron!r} is not a cron expression.", code="invalid_schedule")
-    if not is_s3_uri(source):
+    check_text(name, what="The schedule name", code="invalid_name", max_chars=MAX_NAME_CHARS)
+    if cron is not None:
+        check_cron(cron, now)
+    if not is_s3_uri(source) or not is_utf8(source):
         raise RequestError("--source must be an s3://bucket/prefix/.", code="invalid_schedule")
     check_request(template.request(name, [source]), max_prompt_chars)
     schedule = Schedule(
@@ -129,11 +163,13 @@ def fire_due_schedules(
     """Fires every due (or the named) schedule once; returns the ids of the jobs created."""
     now = now or utcnow()
     with session_factory() as session:
-        query = select(Schedule).where(Schedule.paused.is_(False))
+        # Named (run-now) schedules fire even when paused: pausing stops the clock, not an
+        # operator who asks for one run, which is how a schedule is tried before it is resumed.
+        # A paused schedule stays paused (its next due time is recomputed on resume).
         query = (
-            query.where(Schedule.name.in_(names))
+            select(Schedule).where(Schedule.name.in_(names))
             if names
-            else query.where(Schedule.next_due_at <= now)
+            else select(Schedule).where(Schedule.paused.is_(False), Schedule.next_due_at <= now)
         )
         due = list(session.scalars(query))
     created = []
@@ -185,7 +221,7 @@ def _fire(
             inputs,
             [(o.uri, None) for o in new],
         )
-        add_job(session, job, items)
+        add_job(session, job, items, dispatched_at=now)
         session.add_all(
             ScheduleObject(schedule_id=schedule.id, key=o.key, etag=o.etag, job_id=job.id)
             for o in new
@@ -194,7 +230,10 @@ def _fire(
             update(Schedule).where(Schedule.id == schedule.id).values(last_job_id=job.id)
         )
     log.info("schedule %s fired job=%s items=%d", schedule.name, job.id, len(items))
-    dispatch_job(session_factory, publisher, job.id, [i.id for i in items], template.batch_size)
+    item_ids = [i.id for i in items]
+    dispatch_items(
+        session_factory, publisher, job.id, item_ids, batch_size=template.batch_size, stamp=now
+    )
     return job.id
 
 

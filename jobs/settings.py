@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000
     max_pdf_pages: Annotated[int, Field(ge=1)] = 50
+    # Pixels of one item: the sum over a document's selected pages, checked before rendering.
+    max_item_pixels: Annotated[int, Field(ge=1)] = 200_000_000
+    # Decoded pixels a worker holds ahead of the model (with at most two model batches of
+    # units): two batches of eight 12-MP photos, about 600 MB of RGB.
+    max_batch_pixels: Annotated[int, Field(ge=1)] = 200_000_000
+    # Inputs larger than this are refused: at submit from the file's stat size (or the S3
+    # listing's), by the worker before it reads (input_too_large).
+    max_input_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
 
     lease_seconds: Annotated[int, Field(ge=5)] = 600
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
@@ -61,6 +69,15 @@ class Settings(BaseSettings):
     # A queued item whose message went out this long ago, while the broker queue is empty, has
     # lost its message (e.g. Redis restarted without persistence): the sweeper re-publishes it.
     redispatch_after_seconds: Annotated[int, Field(ge=1)] = 120
+    # PostgreSQL: how long a statement waits for a row lock (then a retryable error), and how
+    # long a session may sit idle inside a transaction (a paused client) before it is ended.
+    db_lock_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10
+    db_idle_in_transaction_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60
+    # A transient storage error (throttling, timeout, S3 down) hands the item back to wait
+    # base * 2^n seconds, capped, without spending an attempt; after this many it fails.
+    storage_retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 5
+    storage_retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300
+    storage_retry_limit: Annotated[int, Field(ge=0, le=1000)] = 12
     # Redis redelivers anything unacked this long; keep it far above the longest batch and
     # let the lease (not the broker) decide who owns an item.
     visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 43_200

@@ -1,8 +1,9 @@
 """The sweeper: what makes the invariants hold after crashes and lost messages.
 
-One pass puts expired leases back in the queue (or fails them with ``worker_lost`` once the
-attempt limit is reached), re-publishes queued items whose message is missing, and finalises
-jobs whose items are all terminal. Safe to run from several processes at once.
+One pass takes back expired leases, cancels what a closing job still has queued, re-publishes
+queued items that have no message (or whose message is lost), and finalises jobs whose items
+are all terminal. Each step is a transition of ``jobs.lifecycle``; passes are safe to run from
+several processes at once.
 """
 
 from __future__ import annotations
@@ -12,23 +13,27 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
-
-from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.db import SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher
-from jobs.errors import ItemErrorCode
-from jobs.lifecycle import finalise_jobs, is_postgres
-from jobs.states import ItemStatus, JobStatus
+from jobs.hooks import reached
+from jobs.lifecycle import (
+    ToPublish,
+    cancel_stranded,
+    expire_leases,
+    finalise_jobs,
+    jobs_ready_to_finalise,
+    take_for_publishing,
+    undo_dispatch,
+)
 
 log = logging.getLogger(__name__)
-
-_UNDISPATCHED_GRACE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
 class SweepReport:
     requeued: int = 0
     failed_worker_lost: int = 0
+    cancelled: int = 0
     republished: int = 0
     finalised: int = 0
 
@@ -43,7 +48,8 @@ def sweep(
     now: datetime | None = None,
 ) -> SweepReport:
     now = now or utcnow()
-    requeued, lost = sweep_expired_leases(session_factory, max_attempts=max_attempts, now=now)
+    expired = expire_leases(session_factory, max_attempts=max_attempts, now=now)
+    cancelled = cancel_stranded(session_factory, now=now)
     republished = republish_queued(
         session_factory,
         publisher,
@@ -51,45 +57,17 @@ def sweep(
         redispatch_after=redispatch_after,
         now=now,
     )
-    finalised = finalise_open_jobs(session_factory, now=now)
-    report = SweepReport(requeued, lost, republished, finalised)
+    finalised = finalise_jobs(session_factory, jobs_ready_to_finalise(session_factory), now=now)
+    report = SweepReport(
+        expired.requeued,
+        expired.failed_worker_lost,
+        expired.cancelled + cancelled,
+        republished,
+        finalised,
+    )
     if report != SweepReport():
         log.info("sweep %s", report)
     return report
-
-
-def sweep_expired_leases(
-    session_factory: SessionFactory, *, max_attempts: int, now: datetime
-) -> tuple[int, int]:
-    requeued = lost = 0
-    with session_factory.begin() as session:
-        query = select(Item).where(Item.status == ItemStatus.running, Item.lease_expires_at < now)
-        if is_postgres(session):
-            query = query.with_for_update(skip_locked=True)
-        for item in session.scalars(query):
-            log.warning(
-                "lease expired item=%s job=%s worker=%s attempts=%d",
-                item.id,
-                item.job_id,
-                item.worker,
-                item.attempts,
-            )
-            item.lease_token = None
-            item.lease_expires_at = None
-            if item.attempts >= max_attempts:
-                item.status = ItemStatus.failed
-                item.error_code = ItemErrorCode.worker_lost
-                item.error_message = (
-                    f"The worker processing this item was lost {item.attempts} times; "
-                    "giving up (the input may crash the worker)."
-                )
-                item.finished_at = now
-                lost += 1
-            else:
-                item.status = ItemStatus.queued
-                item.dispatched_at = None
-                requeued += 1
-    return requeued, lost
 
 
 def republish_queued(
@@ -100,74 +78,43 @@ def republish_queued(
     redispatch_after: timedelta,
     now: datetime,
 ) -> int:
-    """Publishes queued items that were never dispatched, or whose message was lost.
+    """Publishes queued items that have no message, or whose message is lost.
 
-    A message counts as lost when the broker queue is empty while items dispatched more than
-    ``redispatch_after`` ago are still queued (e.g. Redis restarted without persistence).
-    Duplicates are harmless: the claim lets only one through.
+    No message: handed back, re-queued after a lost lease, or never sent (broker down at
+    submit). Lost: dispatched more than ``redispatch_after`` ago AND before the oldest message
+    still waiting in the broker (the queue is first in, first out, so anything sent before that
+    message was delivered; an item delivered but still queued lost its message). When the broker
+    cannot be asked, age alone decides. Duplicates are harmless: the claim lets one through.
     """
-    stale = Item.dispatched_at < now - redispatch_after
-    pending = publisher.pending()
-    # Not dispatched: handed back or re-queued after a lost lease (attempts > 0), or never sent
-    # because the broker was down at submit. A fresh item gets a grace, so the sweeper does not
-    # race a submit that is still publishing.
-    grace = min(redispatch_after, _UNDISPATCHED_GRACE)
-    condition: ColumnElement[bool] = and_(
-        Item.dispatched_at.is_(None),
-        or_(Item.attempts > 0, Item.created_at < now - grace),
-    )
-    if pending is None or pending == 0:
-        condition = or_(condition, stale)
-    with session_factory() as session:
-        rows = session.execute(
-            select(Item.job_id, Item.id, Item.attempts)
-            .join(Job, Job.id == Item.job_id)
-            .where(Item.status == ItemStatus.queued, condition)
-            .where(Job.status.in_((JobStatus.queued, JobStatus.in_progress)))
-            .order_by(Item.job_id, Item.seq)
-        ).all()
+    oldest_waiting = publisher.oldest_waiting()
+    stale_before = now - redispatch_after
+    if oldest_waiting is not None:
+        stale_before = min(stale_before, oldest_waiting)
+    taken = take_for_publishing(session_factory, stale_before=stale_before, now=now)
+    reached("republish:taken")
+    sent: set[str] = set()
+    for job_id, item_ids in _batches(taken, batch_size):
+        try:
+            publisher.publish(job_id, item_ids, dispatched_at=now)
+        except DispatchError as exc:
+            log.warning("republish failed job=%s: %s", job_id, exc)
+            unsent = [t.item_id for t in taken if t.item_id not in sent]
+            undo_dispatch(session_factory, unsent, stamp=now)
+            break
+        sent.update(item_ids)
+    return len(sent)
+
+
+def _batches(taken: list[ToPublish], batch_size: int) -> list[tuple[str, list[str]]]:
     # An item that already lost a worker goes out alone: if it is what kills workers, it must
     # not take the innocent items of its batch down with it again (and use up their attempts).
     batches: list[tuple[str, list[str]]] = []
     fresh: dict[str, list[str]] = defaultdict(list)
-    for job_id, item_id, attempts in rows:
-        if attempts:
-            batches.append((job_id, [item_id]))
+    for t in taken:
+        if t.attempts:
+            batches.append((t.job_id, [t.item_id]))
         else:
-            fresh[job_id].append(item_id)
-    for job_id, item_ids in fresh.items():
-        batches += [
-            (job_id, item_ids[i : i + batch_size]) for i in range(0, len(item_ids), batch_size)
-        ]
-    published = 0
-    for job_id, item_ids in batches:
-        try:
-            publisher.publish(job_id, item_ids)
-        except DispatchError as exc:
-            log.warning("republish failed job=%s: %s", job_id, exc)
-            break
-        mark_dispatched(session_factory, item_ids, now=now)
-        published += len(item_ids)
-    return published
-
-
-def mark_dispatched(session_factory: SessionFactory, item_ids: list[str], *, now: datetime) -> None:
-    with session_factory.begin() as session:
-        session.execute(
-            update(Item)
-            .where(Item.id.in_(item_ids), Item.status == ItemStatus.queued)
-            .values(dispatched_at=now)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def finalise_open_jobs(session_factory: SessionFactory, *, now: datetime) -> int:
-    with session_factory.begin() as session:
-        open_ids = list(
-            session.scalars(
-                select(Job.id).where(
-                    Job.status.in_((JobStatus.queued, JobStatus.in_progress, JobStatus.cancelling))
-                )
-            )
-        )
-        return finalise_jobs(session, open_ids, now=now)
+            fresh[t.job_id].append(t.item_id)
+    for job_id, ids in fresh.items():
+        batches += [(job_id, ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    return batches

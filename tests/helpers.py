@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
@@ -14,6 +15,58 @@ from jobs.migrate import upgrade_database
 from model.engine import Engine
 from storage import Blobs
 from workers.resources import WorkerResources
+
+
+class ListPublisher:
+    """A doorbell that remembers what it was asked to send; ``oldest`` is what the broker would
+    say of the oldest waiting message (None: it cannot tell)."""
+
+    def __init__(self, oldest: datetime | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.stamps: list[datetime | None] = []
+        self._oldest = oldest
+
+    def publish(
+        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+    ) -> None:
+        self.batches.append(list(item_ids))
+        self.stamps.append(dispatched_at)
+
+    def oldest_waiting(self) -> datetime | None:
+        return self._oldest
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [i for batch in self.batches for i in batch]
+
+
+def submit_captions(
+    sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **fields: object
+) -> tuple[str, list[str]]:
+    """Submits a caption job of ``n`` images with a publisher that only remembers; returns the
+    job id and the published item ids, in order."""
+    from jobs.states import JobKind
+    from jobs.submit import SubmitRequest, submit_job
+
+    write_images(tmp_path / "c", n)
+    publisher = ListPublisher()
+    request: dict[str, object] = dict(
+        kind=JobKind.caption,
+        sources=[str(tmp_path / "c")],
+        model="fake",
+        max_new_tokens=8,
+        batch_size=100,
+    )
+    request.update(fields)
+    result = submit_job(
+        SubmitRequest(**request),  # type: ignore[arg-type]
+        session_factory=sf,
+        blobs=blobs,
+        publisher=publisher,
+        max_prompt_chars=1000,
+    )
+    return result.job_id, publisher.item_ids
+
 
 SIZES = [(32, 32), (64, 48), (17, 90), (120, 40), (50, 50), (33, 77), (200, 150), (8, 8)]
 
@@ -54,6 +107,8 @@ def make_resources(
     lease_seconds: int = 60,
     max_attempts: int = 3,
     worker_name: str = "test-worker",
+    storage_retry_limit: int = 12,
+    storage_retry_base_seconds: float = 0.01,
 ) -> WorkerResources:
     return WorkerResources(
         session_factory=session_factory,
@@ -65,6 +120,9 @@ def make_resources(
         max_attempts=max_attempts,
         max_image_pixels=50_000_000,
         worker_name=worker_name,
+        storage_retry_limit=storage_retry_limit,
+        storage_retry_base_seconds=storage_retry_base_seconds,
+        storage_retry_max_seconds=storage_retry_base_seconds * 8,
     )
 
 

@@ -10,19 +10,26 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
+from jobs.db import is_retryable
+from jobs.errors import ItemErrorCode
 from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
 from jobs.states import JobKind
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
-from workers.generation import Generated, Unit, generate_units
+from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit, Ready
+from workers.generation import Generated, generate_units
 from workers.lease import LeaseKeeper
 from workers.outcomes import build_outcome, failed
 from workers.resources import WorkerResources
+
+if TYPE_CHECKING:
+    from model.documents import DocumentPages
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +47,8 @@ class BatchReport:
     recorded: int = 0
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """An input ready for the model: one image, or the rendered pages of a document."""
-
-    item: ClaimedItem
-    units: tuple[Unit, ...]
-
-
-Fetched = Decoded | ItemOutcome | None
-
-
 def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
-    claimed = claim_items(
-        res.session_factory, item_ids, worker=res.worker_name, lease_seconds=res.lease_seconds
-    )
+    claimed = claim_with_retry(res, item_ids)
     if not claimed:
         log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
         return BatchReport()
@@ -63,7 +57,16 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
         outcomes, handed_back = run_batch(claimed, res)
         # Renewal goes on while writes are retried, so a database blip does not cost the lease.
         recorded = record_with_retry(res, outcomes, deadline=time.monotonic() + res.lease_seconds)
-    released = release_items(res.session_factory, handed_back) if handed_back else 0
+    released = (
+        release_items(
+            res.session_factory,
+            handed_back,
+            retry_base_seconds=res.storage_retry_base_seconds,
+            retry_max_seconds=res.storage_retry_max_seconds,
+        )
+        if handed_back
+        else 0
+    )
     failures = sum(1 for o in outcomes if o.error_code)
     report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
     log.info("batch done job=%s %s", claimed[0].job_id, report)
@@ -73,7 +76,13 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
 def run_batch(
     claimed: Sequence[ClaimedItem], res: WorkerResources
 ) -> tuple[list[ItemOutcome], list[ClaimedItem]]:
-    """Fetches, decodes and generates; returns outcomes and the items to hand back."""
+    """Fetches, decodes and generates; returns outcomes and the items to hand back.
+
+    Inputs are read and decoded in a thread pool at most about two model batches ahead of the
+    model (``res.batch_size`` units and ``res.max_batch_pixels`` pixels each way; see
+    ``workers.ahead``), and a document's pages are rendered one by one into the model batches,
+    so the worker holds only what it is about to feed the model.
+    """
     engine = res.engine
     params = claimed[0].params  # one message holds items of one job
     extract = claimed[0].kind == JobKind.extract
@@ -81,46 +90,80 @@ def run_batch(
     max_new_tokens = int(params.get("max_new_tokens") or res.max_new_tokens)
     outcomes: list[ItemOutcome] = []
     handed_back: list[ClaimedItem] = []
-    pending: list[Decoded] = []
+    done: dict[str, list[Generated]] = {}  # units of items not complete yet, images dropped
+    ready: list[Ready] = []
 
-    def generate(ready: list[Decoded]) -> None:
-        units = [unit for decoded in ready for unit in decoded.units]
+    def finish(generated: Generated, units_of_item: int) -> None:
+        # Keep only what the outcome needs: a page image must not outlive its model batch.
+        generated = replace(generated, unit=replace(generated.unit, image=None))
+        item = generated.unit.item
+        units = done.setdefault(item.id, [])
+        units.append(generated)
+        if len(units) == units_of_item:
+            del done[item.id]
+            units.sort(key=lambda g: g.unit.page or 0)
+            outcomes.append(build_outcome(item, units, schema))
+
+    def generate(ahead: Lookahead) -> None:
+        nonlocal ready
+        batch, ready = ready, []
+        if not batch:
+            return
         results = generate_units(
             engine,
-            units,
+            [r.unit for r in batch],
             batch_size=res.batch_size,
             max_new_tokens=max_new_tokens,
             json_schema=schema,
         )
-        by_item: dict[str, list[Generated]] = {decoded.item.id: [] for decoded in ready}
-        for result in results:
-            by_item[result.unit.item.id].append(result)
-        outcomes.extend(build_outcome(d.item, by_item[d.item.id], schema) for d in ready)
+        for r, result in zip(batch, results, strict=True):
+            ahead.release(r.pixels)
+            finish(result, r.units_of_item)
 
-    with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
-        futures = [pool.submit(fetch_input, item, res) for item in claimed]
-        for item, future in zip(claimed, futures, strict=True):
-            got = future.result()
-            if isinstance(got, Decoded):
-                pending.append(got)
-            elif isinstance(got, ItemOutcome):
-                outcomes.append(got)
+    pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS)
+    try:
+        ahead = Lookahead(
+            claimed,
+            lambda item: fetch_input(item, res),
+            pool,
+            max_units=2 * res.batch_size,
+            max_pixels=res.max_batch_pixels,
+        )
+        for event in ahead:
+            if isinstance(event, ItemOutcome):
+                outcomes.append(event)
+            elif isinstance(event, HandBack):
+                handed_back.append(event.item)
+            elif isinstance(event, Flush):
+                generate(ahead)
+            elif event.error_code is not None:
+                ahead.release(event.pixels)
+                failed_unit = Generated(
+                    event.unit, error_code=event.error_code, error_message=event.error_message
+                )
+                finish(failed_unit, event.units_of_item)
             else:
-                handed_back.append(item)
-            if sum(len(d.units) for d in pending) >= res.batch_size:
-                generate(pending)
-                pending = []
-        generate(pending)
+                ready.append(event)
+                if len(ready) >= res.batch_size:
+                    generate(ahead)
+        generate(ahead)
+    finally:
+        # On an error (engine dead), do not decode what is queued just to throw it away.
+        pool.shutdown(wait=True, cancel_futures=True)
     return outcomes, handed_back
 
 
 def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
-    """Reads and decodes one input. None means: hand the item back (transient failure)."""
+    """Reads one input and checks it against its budgets; its units are decoded later, within
+    the worker's budget. None means: hand the item back (transient failure). Never raises:
+    anything unexpected is that item's ``internal_error``."""
     try:
-        data = res.blobs.read_uri(item.input_uri)
-        return Decoded(item, decode_units(item, data, res))
+        data = res.blobs.read_uri(item.input_uri, max_bytes=res.max_input_bytes)
+        return Planned(item, plan_units(item, data, res))
     except TransientStorageError as exc:
-        if item.attempts < res.max_attempts:
+        # Handed back with a growing wait and no attempt spent: an outage of minutes fails
+        # nothing; only one that outlasts every retry does.
+        if item.transient_failures < res.storage_retry_limit:
             log.warning("transient storage error, handing back item=%s: %s", item.id, exc)
             return None
         return failed(item, exc.code, str(exc))
@@ -128,11 +171,20 @@ def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
         return failed(item, exc.code, str(exc))
     except InputError as exc:
         return failed(item, exc.code, exc.message)
+    except Exception as exc:
+        log.exception("unexpected error fetching item=%s job=%s", item.id, item.job_id)
+        return failed(
+            item,
+            ItemErrorCode.internal_error,
+            f"Reading the input failed unexpectedly ({type(exc).__name__}: {exc}).",
+        )
 
 
-def decode_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[Unit, ...]:
+def plan_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[PlannedUnit, ...]:
+    """The units of one input with their cost in pixels, judged from headers and page sizes;
+    nothing is decoded or rendered here. Raises InputError for an input over its budgets."""
     from model.documents import is_pdf, render_pages
-    from model.images import decode_image
+    from model.images import decode_image, read_image_size
 
     if item.kind == JobKind.extract and is_pdf(data):
         pages = render_pages(
@@ -141,12 +193,46 @@ def decode_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[
             dpi=int(item.params.get("dpi") or 144),
             max_pages=res.max_pdf_pages,
             max_pixels=res.max_image_pixels,
+            max_document_pixels=res.max_item_pixels,
         )
-        return tuple(Unit(item, page.number, page.image) for page in pages)
+        return tuple(
+            PlannedUnit(item, size.number, size.pixels, partial(_render_page, pages, size.number))
+            for size in pages.sizes
+        )
+    max_pixels = min(res.max_image_pixels, res.max_item_pixels)
+    width, height = read_image_size(data, max_pixels=max_pixels)
     # Engines that know their input size let big JPEGs decode at a reduced scale.
     min_side = getattr(res.engine, "input_side", None)
-    image = decode_image(data, max_pixels=res.max_image_pixels, min_side=min_side)
-    return (Unit(item, None, image),)
+    decode = partial(decode_image, data, max_pixels=max_pixels, min_side=min_side)
+    return (PlannedUnit(item, None, width * height, decode),)
+
+
+def _render_page(pages: DocumentPages, number: int) -> Any:
+    return pages.render(number).image
+
+
+def claim_with_retry(res: WorkerResources, item_ids: Sequence[str]) -> list[ClaimedItem]:
+    """Claims, riding out a lock timeout or a database blip for a few seconds; past that the
+    message is dropped and the sweeper re-publishes its items by age."""
+    delay = 0.5
+    for attempt in range(4):
+        try:
+            return claim_items(
+                res.session_factory,
+                item_ids,
+                worker=res.worker_name,
+                lease_seconds=res.lease_seconds,
+            )
+        except DBAPIError as exc:
+            if not is_retryable(exc):
+                raise
+            if attempt == 3:
+                log.error("claim failed, the sweeper will re-publish: %s", exc.orig)
+                return []
+            log.warning("claim failed, retrying in %.1fs: %s", delay, exc.orig)
+            time.sleep(delay)
+            delay *= 2
+    return []
 
 
 def record_with_retry(
@@ -160,7 +246,9 @@ def record_with_retry(
     while True:
         try:
             return record_results(res.session_factory, outcomes)
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            if not is_retryable(exc):
+                raise
             if time.monotonic() + delay > deadline:
                 log.error("database unreachable until lease end; results dropped: %s", exc)
                 return 0

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobs.db import SessionFactory, make_engine, make_session_factory
+from jobs.context import open_database
+from jobs.db import SessionFactory, make_session_factory
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
@@ -32,6 +33,14 @@ class WorkerResources:
     max_attempts: int
     max_image_pixels: int
     max_pdf_pages: int = 50
+    # Budgets of the decode path (see jobs.settings): bytes read per input, pixels per item
+    # (a document's selected pages together), decoded pixels held ahead of the model.
+    max_input_bytes: int = 256 * 2**20
+    max_item_pixels: int = 200_000_000
+    max_batch_pixels: int = 200_000_000
+    storage_retry_base_seconds: float = 5
+    storage_retry_max_seconds: float = 300
+    storage_retry_limit: int = 12
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,7 +93,7 @@ def build_resources(
 ) -> WorkerResources:
     spec = build_engine_spec(settings)
     return WorkerResources(
-        session_factory=make_session_factory(make_engine(settings.resolved_database_url)),
+        session_factory=make_session_factory(open_database(settings)),
         blobs=open_blobs(settings.resolved_storage_url),
         engine_loader=engine_loader or (lambda: _with_faults(load_transformers_engine(spec))),
         batch_size=settings.batch_size,
@@ -93,4 +102,10 @@ def build_resources(
         max_attempts=settings.max_attempts,
         max_image_pixels=settings.max_image_pixels,
         max_pdf_pages=settings.max_pdf_pages,
+        max_input_bytes=settings.max_input_bytes,
+        max_item_pixels=settings.max_item_pixels,
+        max_batch_pixels=settings.max_batch_pixels,
+        storage_retry_base_seconds=settings.storage_retry_base_seconds,
+        storage_retry_max_seconds=settings.storage_retry_max_seconds,
+        storage_retry_limit=settings.storage_retry_limit,
     )

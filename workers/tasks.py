@@ -34,7 +34,10 @@ def get_resources() -> WorkerResources:
 
 
 @app.task(name=RUN_BATCH_TASK, ignore_result=True)
-def run_batch_task(job_id: str, item_ids: list[str]) -> dict[str, int]:
+def run_batch_task(
+    job_id: str, item_ids: list[str], dispatched_at: str | None = None
+) -> dict[str, int]:
+    # dispatched_at is read by the sweeper from messages still waiting, not here.
     log.info("batch received job=%s items=%d", job_id, len(item_ids))
     report: BatchReport = process_batch(item_ids, get_resources())
     return asdict(report)

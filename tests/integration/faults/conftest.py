@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import Item, Job
 from tests.integration.conftest import run_cli as cli
+from tests.integration.faults.proxy import CuttableProxy
 
 
 @pytest.fixture
@@ -26,6 +28,24 @@ def fault_env(service_env: dict[str, str]) -> dict[str, str]:
         "LLAVA_BATCH_REDISPATCH_AFTER_SECONDS": "2",
         "LLAVA_BATCH_MAX_NEW_TOKENS": "4",
     }
+
+
+@dataclass(frozen=True)
+class DbProxy:
+    """PostgreSQL behind a proxy the test can cut: ``url`` goes through it."""
+
+    proxy: CuttableProxy
+    url: str
+
+
+@pytest.fixture
+def db_proxy(fault_env: dict[str, str]) -> Iterator[DbProxy]:
+    url = urlsplit(fault_env["LLAVA_BATCH_DATABASE_URL"])
+    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    try:
+        yield DbProxy(proxy, url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl())
+    finally:
+        proxy.close()
 
 
 def with_faults(env: dict[str, str], **faults: object) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import boto3
 import redis
@@ -17,6 +16,7 @@ from jobs.dispatch import RUN_BATCH_TASK, CeleryPublisher
 from tests.helpers import image_bytes
 from tests.integration.conftest import StartWorker
 from tests.integration.faults.conftest import (
+    DbProxy,
     assert_invariant,
     cli,
     images,
@@ -26,7 +26,6 @@ from tests.integration.faults.conftest import (
     wait_for,
     with_faults,
 )
-from tests.integration.faults.proxy import CuttableProxy
 from tests.services import RedisServer
 
 
@@ -133,34 +132,31 @@ def test_pickled_message_is_refused_not_executed(
 
 
 def test_postgres_unreachable_during_result_writes(
-    fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
+    fault_env: dict[str, str],
+    start_worker: StartWorker,
+    db: Engine,
+    db_proxy: DbProxy,
+    tmp_path: Path,
 ) -> None:
-    url = urlsplit(fault_env["LLAVA_BATCH_DATABASE_URL"])
-    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+    proxy = db_proxy.proxy
     env = with_faults(
         {
             **fault_env,
-            "LLAVA_BATCH_DATABASE_URL": proxied,
+            "LLAVA_BATCH_DATABASE_URL": db_proxy.url,
             "LLAVA_BATCH_LEASE_SECONDS": "60",
             "LLAVA_BATCH_BATCH_SIZE": "4",
         },
         generate_delay_s=2.0,
     )
-    try:
-        job_id = submit(env, images(tmp_path, 4))
-        worker = start_worker(env)
-        wait_for(lambda: all(r.status == "running" for r in read_rows(db, job_id)), 60, "a claim")
-        proxy.cut()
-        wait_for(
-            lambda: "database unreachable, retrying" in worker.log(), 30, "a retry", worker.log
-        )
-        time.sleep(3)
-        proxy.restore()
-        wait_for(lambda: job_status(db, job_id) == "completed", 60, "the job", worker.log)
-        assert worker.process.poll() is None
-    finally:
-        proxy.close()
+    job_id = submit(env, images(tmp_path, 4))
+    worker = start_worker(env)
+    wait_for(lambda: all(r.status == "running" for r in read_rows(db, job_id)), 60, "a claim")
+    proxy.cut()
+    wait_for(lambda: "database unreachable, retrying" in worker.log(), 30, "a retry", worker.log)
+    time.sleep(3)
+    proxy.restore()
+    wait_for(lambda: job_status(db, job_id) == "completed", 60, "the job", worker.log)
+    assert worker.process.poll() is None
     rows = read_rows(db, job_id)
     assert_invariant(rows, 4)
     assert all(r.status == "succeeded" and r.attempts == 1 for r in rows)

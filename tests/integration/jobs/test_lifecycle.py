@@ -3,58 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from jobs.control import cancel_job, requeue_failed
 from jobs.db import Item, Job, SessionFactory, utcnow
-from jobs.dispatch import CallbackPublisher
+from jobs.dispatch import QUEUE_EMPTY, CallbackPublisher
 from jobs.errors import RequestError
-from jobs.lifecycle import ItemOutcome, claim_items, record_results
+from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results, requeue_failed
 from jobs.states import JobKind, JobStatus
 from jobs.submit import SubmitRequest, submit_job
 from jobs.sweeper import sweep
 from storage import Blobs
-from tests.helpers import statuses, write_images
+from tests.helpers import ListPublisher, statuses, submit_captions, write_images
 
-
-class ListPublisher:
-    def __init__(self, pending: int | None = None) -> None:
-        self.batches: list[list[str]] = []
-        self._pending = pending
-
-    def publish(self, job_id: str, item_ids: Sequence[str]) -> None:
-        self.batches.append(list(item_ids))
-
-    def pending(self) -> int | None:
-        return self._pending
-
-
-def _submit(
-    sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **kw: object
-) -> tuple[str, list[str]]:
-    write_images(tmp_path / "c", n)
-    publisher = ListPublisher()
-    fields: dict[str, object] = dict(
-        kind=JobKind.caption,
-        sources=[str(tmp_path / "c")],
-        model="fake",
-        max_new_tokens=8,
-        batch_size=100,
-    )
-    fields.update(kw)
-    result = submit_job(
-        SubmitRequest(**fields),
-        session_factory=sf,
-        blobs=blobs,  # type: ignore[arg-type]
-        publisher=publisher,
-        max_prompt_chars=1000,
-    )
-    return result.job_id, [i for batch in publisher.batches for i in batch]
+_submit = submit_captions
 
 
 def _ok(item_id: str, token: str) -> ItemOutcome:
@@ -104,24 +69,30 @@ def test_item_that_keeps_losing_its_worker_ends_failed_worker_lost(
     assert claim_items(session_factory, ids, worker="w", lease_seconds=5) == []
 
 
-def test_sweeper_republishes_lost_messages_only_when_the_queue_is_empty(
+def test_sweeper_republishes_by_age_behind_the_oldest_waiting_message(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
+    """Lost messages are found under steady load too: an item dispatched before the oldest
+    message still waiting (FIFO) was delivered, so if it is still queued its message is lost."""
     _, ids = _submit(session_factory, blobs, tmp_path, n=3)
     later = utcnow() + timedelta(minutes=10)
-    busy = ListPublisher(pending=5)
+    behind = ListPublisher(oldest=utcnow() - timedelta(minutes=1))  # ours may still wait
+    sweep(session_factory, behind, max_attempts=3, batch_size=2, now=later)
+    assert behind.batches == []
+    busy = ListPublisher(oldest=later - timedelta(seconds=30))  # the queue moved past ours
     sweep(session_factory, busy, max_attempts=3, batch_size=2, now=later)
-    assert busy.batches == []  # messages may still be in the queue: do not duplicate
-    empty = ListPublisher(pending=0)
-    sweep(session_factory, empty, max_attempts=3, batch_size=2, now=later)
-    assert sorted(i for b in empty.batches for i in b) == sorted(ids)
-    assert [len(b) for b in empty.batches] == [2, 1]
-    again = ListPublisher(pending=0)
+    assert sorted(busy.item_ids) == sorted(ids)
+    assert [len(b) for b in busy.batches] == [2, 1]
+    assert busy.stamps == [later, later]
+    again = ListPublisher(oldest=QUEUE_EMPTY)
     sweep(session_factory, again, max_attempts=3, batch_size=2, now=later + timedelta(seconds=1))
     assert again.batches == []  # just re-dispatched: not stale yet
+    unknown = ListPublisher(oldest=None)  # a broker that cannot be asked: age alone
+    sweep(session_factory, unknown, max_attempts=3, batch_size=2, now=later + timedelta(hours=1))
+    assert sorted(unknown.item_ids) == sorted(ids)
 
 
-def test_undispatched_items_are_published_by_the_sweeper(
+def test_undispatched_items_are_published_by_the_sweeper_at_once(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     write_images(tmp_path / "c", 2)
@@ -146,10 +117,8 @@ def test_undispatched_items_are_published_by_the_sweeper(
     )
     assert not result.dispatched
     assert statuses(session_factory, result.job_id) == ["queued", "queued"]
-    busy = ListPublisher(pending=7)  # even with a busy queue: these were never sent
+    busy = ListPublisher(oldest=utcnow() - timedelta(hours=1))  # even behind a long queue
     sweep(session_factory, busy, max_attempts=3, batch_size=8)
-    assert busy.batches == []  # not while the submit may still be publishing
-    sweep(session_factory, busy, max_attempts=3, batch_size=8, now=utcnow() + timedelta(seconds=11))
     assert len(busy.batches) == 1 and len(busy.batches[0]) == 2
 
 

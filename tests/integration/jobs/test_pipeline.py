@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -112,11 +113,11 @@ class FlakyBlobs(Blobs):
         super().__init__(inner.store)
         self.failures = failures
 
-    def read_uri(self, uri: str) -> bytes:
+    def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         if self.failures > 0:
             self.failures -= 1
             raise TransientStorageError("S3 timed out (simulated)")
-        return super().read_uri(uri)
+        return super().read_uri(uri, max_bytes=max_bytes)
 
 
 def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
@@ -124,19 +125,26 @@ def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
 ) -> None:
     result, batches = _submit_images(session_factory, blobs, tmp_path / "cat", 1)
     flaky = FlakyBlobs(blobs, failures=1)
-    res = make_resources(session_factory, flaky, FakeEngine(), max_attempts=2)
+    res = make_resources(session_factory, flaky, FakeEngine(), storage_retry_base_seconds=0.2)
     assert process_batch(batches[0], res).released == 1
     assert statuses(session_factory, result.job_id) == ["queued"]
-    assert process_batch(batches[0], res).succeeded == 1  # second attempt reads fine
+    assert process_batch(batches[0], res).claimed == 0  # backing off: not due yet
+    time.sleep(0.3)
+    assert process_batch(batches[0], res).succeeded == 1  # due again, and reads fine
+    with session_factory() as session:
+        item = session.scalars(select(Item).where(Item.job_id == result.job_id)).one()
+    assert (item.attempts, item.transient_failures) == (1, 1)  # the blip cost no attempt
 
     again, batches = _submit_images(session_factory, blobs, tmp_path / "cat2", 1)
     always = FlakyBlobs(blobs, failures=99)
-    res = make_resources(session_factory, always, FakeEngine(), max_attempts=2)
-    process_batch(batches[0], res)
-    process_batch(batches[0], res)
+    res = make_resources(session_factory, always, FakeEngine(), storage_retry_limit=2)
+    for _ in range(3):
+        process_batch(batches[0], res)
+        time.sleep(0.1)
     with session_factory() as session:
         item = session.scalars(select(Item).where(Item.job_id == again.job_id)).one()
-    assert (item.status, item.error_code, item.attempts) == ("failed", "storage_unavailable", 2)
+    assert (item.status, item.error_code, item.attempts) == ("failed", "storage_unavailable", 1)
+    assert item.transient_failures == 2
 
 
 def test_local_run_retries_an_item_handed_back_by_a_transient_storage_error(
@@ -150,4 +158,4 @@ def test_local_run_retries_an_item_handed_back_by_a_transient_storage_error(
         job = session.get(Job, result.job_id)
         attempts = sorted(session.scalars(select(Item.attempts).where(Item.job_id == job.id)))  # type: ignore[union-attr]
     assert job is not None and job.status == JobStatus.completed
-    assert attempts == [1, 2]
+    assert attempts == [1, 1]  # the hand-back refunds its attempt

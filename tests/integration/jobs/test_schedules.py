@@ -16,18 +16,9 @@ from jobs.db import Item, Job, Schedule, SessionFactory, utcnow
 from jobs.errors import RequestError
 from jobs.schedules import Template, add_schedule, fire_due_schedules
 from storage import Blobs, open_blobs
-from tests.helpers import INVOICE_SCHEMA, migrated_session_factory, write_pdf
+from tests.helpers import INVOICE_SCHEMA, ListPublisher, migrated_session_factory, write_pdf
 
-
-class Doorbell:
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-
-    def publish(self, job_id: str, item_ids: Any) -> None:
-        self.batches.append(list(item_ids))
-
-    def pending(self) -> int | None:
-        return None
+Doorbell = ListPublisher
 
 
 @pytest.fixture
@@ -133,8 +124,8 @@ from jobs.schedules import fire_due_schedules
 from storage import open_blobs
 
 class Bell:
-    def publish(self, job_id, item_ids): pass
-    def pending(self): return None
+    def publish(self, job_id, item_ids, dispatched_at=None): pass
+    def oldest_waiting(self): return None
 
 sf = make_session_factory(make_engine(sys.argv[1]))
 now = datetime.fromisoformat(sys.argv[3])
@@ -176,3 +167,57 @@ def test_two_scheduler_processes_racing_create_one_job(
         jobs = list(session.scalars(select(Job)))
         items = list(session.scalars(select(Item)))
     assert len(jobs) == 1 and len(items) == 5
+
+
+def test_timings_that_never_fire_or_fire_every_second_are_refused(
+    session_factory: SessionFactory,
+) -> None:
+    start = utcnow()
+    for every, cron in [
+        (None, "0 0 31 2 *"),  # February has no 31st: never fires
+        (None, "0 0 30 2 *"),
+        (None, "0 0 29 2 *"),  # leap days only: four years apart
+        (None, "* * * * * *"),  # six fields: croniter reads seconds, fires every second
+        (None, "*/5 * * * * 0"),
+        (None, "@daily"),
+        ("30000d", None),
+        ("99999999999999d", None),
+        ("9" * 5000 + "d", None),  # more digits than int() converts
+        ("367d", None),
+        ("30s", None),
+    ]:
+        with pytest.raises(RequestError) as refused:
+            _add(session_factory, "s3://bucket/x/", every=every, cron=cron, now=start)
+        assert refused.value.code == "invalid_schedule", (every, cron)
+        assert "\n" not in refused.value.message
+    with pytest.raises(RequestError) as refused:
+        _add(session_factory, "s3://bucket/x/", name="n" * 201, now=start)
+    assert refused.value.code == "invalid_name"
+    with session_factory() as session:
+        assert list(session.scalars(select(Schedule))) == []  # nothing written
+    # At the bounds: once a year, every 366 days, every minute.
+    _add(session_factory, "s3://bucket/x/", name="yearly", every=None, cron="0 0 1 1 *", now=start)
+    _add(session_factory, "s3://bucket/x/", name="longest", every="366d", now=start)
+    _add(session_factory, "s3://bucket/x/", name="shortest", every="1m", now=start)
+
+
+def test_run_now_fires_a_paused_schedule_which_stays_paused(
+    session_factory: SessionFactory, s3_blobs: Blobs, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    pdf = write_pdf(tmp_path / "a.pdf", 1).read_bytes()
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="inbox/a.pdf", Body=pdf)
+    start = utcnow()
+    schedule = _add(session_factory, f"s3://{s3_bucket}/inbox/", now=start)
+    with session_factory.begin() as session:
+        session.get(Schedule, schedule.id).paused = True  # type: ignore[union-attr]
+    bell = Doorbell()
+    later = start + timedelta(hours=1)
+    assert fire_due_schedules(session_factory, s3_blobs, bell, now=later) == []  # no clock
+    created = fire_due_schedules(session_factory, s3_blobs, bell, now=later, names=["invoices"])
+    assert len(created) == 1
+    assert _sources(session_factory, created[0]) == [f"s3://{s3_bucket}/inbox/a.pdf"]
+    with session_factory() as session:
+        row = session.get(Schedule, schedule.id)
+    assert row is not None and row.paused and row.last_job_id == created[0]

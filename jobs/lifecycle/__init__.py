@@ -1,0 +1,75 @@
+"""Item and job transitions: the one module that changes ``items.status`` and ``jobs.status``.
+
+Every transition is one conditional UPDATE that states what it expects (the state it saw, the
+lease token where there is one, the job's state), so a transition that lost a race changes
+nothing; none is a read followed by an unconditional write. The same statements run on
+PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
+
+| transition | items                                  | guard                                    |
+|------------|----------------------------------------|------------------------------------------|
+| submit     | - -> queued, dispatched_at set         | the insert's transaction; publish after  |
+| claim      | queued -> running, token, attempts+1   | job open, not_before due; waits on locks |
+| heartbeat  | lease extended                         | token = mine, running                    |
+| record     | running -> succeeded / failed          | token = mine; a bad row fails only itself |
+| hand back  | running -> queued (cancelled: closing) | token = mine; backoff, attempt refunded  |
+| expire     | running -> queued / failed / cancelled | running and lease_expires_at < now       |
+| cancel     | job -> cancelling; queued -> cancelled | job queued/in_progress                   |
+| retry      | failed -> queued (pages cleared)       | job not closing, a failed item exists    |
+| finalise   | job -> completed / failed / cancelled  | job unfinished, no queued/running item   |
+
+Invariants kept here (DESIGN.md):
+3. a claim moves only queued items of an open job, under a fresh lease token;
+4. results are written only under the writer's own token (fenced);
+5. every item ends in exactly one terminal state with at most one result; an item returned from
+   a closing job ends ``cancelled``, so a cancelled job always finalises;
+6. a row that cannot be stored fails only its own item.
+
+Finalisation never counts a job: it is an index probe (``NOT EXISTS`` queued/running) in its own
+short transaction; on PostgreSQL the job row is locked first and checked by a later statement, so
+the check sees a retry or cancel that held the lock.
+"""
+
+from jobs.lifecycle.claims import claim_items, release_items, renew_lease
+from jobs.lifecycle.common import (
+    CLOSING_JOB_STATES,
+    OPEN_JOB_STATES,
+    UNFINISHED_JOB_STATES,
+    ClaimedItem,
+    ItemOutcome,
+    is_postgres,
+)
+from jobs.lifecycle.finalise import count_items, finalise_jobs, jobs_ready_to_finalise
+from jobs.lifecycle.records import record_results
+from jobs.lifecycle.repairs import (
+    Expired,
+    ToPublish,
+    cancel_stranded,
+    expire_leases,
+    take_for_publishing,
+    undo_dispatch,
+)
+from jobs.lifecycle.requests import cancel_job, requeue_failed
+
+__all__ = [
+    "CLOSING_JOB_STATES",
+    "OPEN_JOB_STATES",
+    "UNFINISHED_JOB_STATES",
+    "ClaimedItem",
+    "Expired",
+    "ItemOutcome",
+    "ToPublish",
+    "cancel_job",
+    "cancel_stranded",
+    "claim_items",
+    "count_items",
+    "expire_leases",
+    "finalise_jobs",
+    "is_postgres",
+    "jobs_ready_to_finalise",
+    "record_results",
+    "release_items",
+    "renew_lease",
+    "requeue_failed",
+    "take_for_publishing",
+    "undo_dispatch",
+]

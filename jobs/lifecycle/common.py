@@ -1,0 +1,66 @@
+"""Shared pieces of the transitions: what a claim hands out, what a worker reports, and
+the SQL conditions every transition uses."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from jobs.db import Item, Job
+from jobs.extraction import PageOutcome
+from jobs.states import JobStatus
+
+log = logging.getLogger(__name__)
+
+OPEN_JOB_STATES = (JobStatus.queued, JobStatus.in_progress)
+CLOSING_JOB_STATES = (JobStatus.cancelling, JobStatus.cancelled)
+UNFINISHED_JOB_STATES = (JobStatus.queued, JobStatus.in_progress, JobStatus.cancelling)
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    id: str
+    job_id: str
+    kind: str
+    source: str
+    input_uri: str
+    prompt: str
+    attempts: int
+    lease_token: str
+    params: dict[str, Any] = field(default_factory=dict)
+    transient_failures: int = 0
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What a worker learned about one claimed item. No error code means success."""
+
+    item_id: str
+    lease_token: str
+    text: str | None = None
+    json: Any = None
+    tokens_out: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    pages: tuple[PageOutcome, ...] = ()  # documents: one per rendered page
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def job_of_item_is(*states: str) -> ColumnElement[bool]:
+    return select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states)).exists()
+
+
+def is_available(now: datetime) -> ColumnElement[bool]:
+    return or_(Item.not_before.is_(None), Item.not_before <= now)

@@ -1,0 +1,98 @@
+"""Finalise: a job ends when nothing of it is queued or running; never a count under a lock."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.hooks import reached
+from jobs.lifecycle.common import UNFINISHED_JOB_STATES, is_postgres
+from jobs.states import ItemStatus, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def finalise_jobs(
+    session_factory: SessionFactory, job_ids: Iterable[str], *, now: datetime | None = None
+) -> int:
+    """Ends each job whose items are all terminal, one short transaction per job.
+
+    Idempotent and safe beside anything: a job with a queued or running item is left alone.
+    Returns how many jobs it ended.
+    """
+    now = now or utcnow()
+    ended = 0
+    for job_id in sorted(set(job_ids)):
+        with session_factory.begin() as session:
+            ended += finalise_in_session(session, job_id, now=now)
+    return ended
+
+
+def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
+    if is_postgres(session):
+        # Lock first, check in a later statement: that statement's snapshot includes whatever
+        # a retry or cancel holding this lock committed (the check of a single UPDATE would not).
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    reached("finalise:locked")
+
+    def items_of_job(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+        return select(Item.id).where(Item.job_id == Job.id, condition).exists()
+
+    unfinished = items_of_job(Item.status.in_((ItemStatus.queued, ItemStatus.running)))
+    all_failed = and_(
+        items_of_job(Item.status == ItemStatus.failed),
+        ~items_of_job(Item.status != ItemStatus.failed),
+    )
+    status = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(UNFINISHED_JOB_STATES), ~unfinished)
+        .values(
+            status=case(
+                (Job.status == JobStatus.cancelling, JobStatus.cancelled),
+                (all_failed, JobStatus.failed),
+                else_=JobStatus.completed,
+            ),
+            finished_at=now,
+        )
+        .returning(Job.status)
+        .execution_options(synchronize_session=False)
+    )
+    if status is None:
+        return 0
+    log.info("job finished job=%s status=%s", job_id, status)
+    return 1
+
+
+def jobs_ready_to_finalise(
+    session_factory: SessionFactory, *, among: Iterable[str] | None = None, limit: int = 1000
+) -> list[str]:
+    """Unfinished jobs with no queued or running item (an index probe per job, no lock)."""
+    busy = (
+        select(Item.id)
+        .where(Item.job_id == Job.id, Item.status.in_((ItemStatus.queued, ItemStatus.running)))
+        .exists()
+    )
+    query = select(Job.id).where(Job.status.in_(UNFINISHED_JOB_STATES), ~busy).limit(limit)
+    if among is not None:
+        query = query.where(Job.id.in_(sorted(among)))
+    with session_factory() as session:
+        return list(session.scalars(query))
+
+
+def count_items(session: Session, job_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+    ).all()
+    return {str(status): int(n) for status, n in rows}

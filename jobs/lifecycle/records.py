@@ -1,0 +1,162 @@
+"""Record: a batch's outcomes written under their lease; a row that cannot be stored fails
+only its own item."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Table,
+    bindparam,
+    delete,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.orm import Session
+
+from jobs.db import Item, ItemPage, SessionFactory, is_retryable, utcnow
+from jobs.errors import ItemErrorCode
+from jobs.hooks import reached
+from jobs.lifecycle.common import ItemOutcome
+from jobs.lifecycle.finalise import finalise_jobs, jobs_ready_to_finalise
+from jobs.states import ItemStatus
+from jobs.storable import storable_json, storable_text
+
+log = logging.getLogger(__name__)
+
+
+# --- record -------------------------------------------------------------------------------------
+
+# Errors of one row's content (a value the database or its driver refuses, a failed
+# constraint); an error about the connection or a lock (``is_retryable``) is the caller's to retry.
+_ROW_ERRORS = (DBAPIError, StatementError, ValueError, TypeError)
+
+
+def record_results(
+    session_factory: SessionFactory, outcomes: Sequence[ItemOutcome], *, now: datetime | None = None
+) -> int:
+    """Writes outcomes, each only under its own lease token; returns how many were written.
+
+    All in one transaction; if a row's content is refused, each outcome is written alone and the
+    refused one is recorded as ``internal_error`` with the reason, so its batch-mates keep their
+    results. Then each touched job is finalised in a short transaction of its own.
+    """
+    now = now or utcnow()
+    if not outcomes:
+        return 0
+    try:
+        with session_factory.begin() as session:
+            job_ids = [_write_outcome(session, outcome, now) for outcome in outcomes]
+            reached("record:written")
+    except _ROW_ERRORS as exc:
+        if is_retryable(exc):
+            raise
+        log.warning("a result could not be stored; writing the batch row by row: %s", exc)
+        job_ids = [_write_alone(session_factory, outcome, now) for outcome in outcomes]
+    written = {job_id for job_id in job_ids if job_id is not None}
+    try:
+        # A read first: while a job has work left (nearly always) no write and no second
+        # commit. Run after our commit, so of two batches finishing a job at once, the later
+        # one's probe sees both.
+        done = jobs_ready_to_finalise(session_factory, among=written) if written else []
+        finalise_jobs(session_factory, done, now=now)
+    except DBAPIError as exc:  # the sweeper finalises it on its next pass
+        log.warning("finalising after a record failed (the sweeper will): %s", exc.orig)
+    return sum(1 for job_id in job_ids if job_id is not None)
+
+
+def _build_record_statement() -> Any:
+    # Built once: recording is the hot path, and a prebuilt Core statement with bind
+    # parameters skips most of the per-call statement building.
+    table: Table = Item.__table__  # type: ignore[assignment]
+    items = table.c
+    return (
+        update(table)
+        .where(
+            items.id == bindparam("b_id"),
+            items.lease_token == bindparam("b_token"),
+            items.status == ItemStatus.running,
+        )
+        .values(
+            status=bindparam("b_status", type_=items.status.type),
+            result_text=bindparam("b_text", type_=items.result_text.type),
+            result_json=bindparam("b_json", type_=items.result_json.type),
+            tokens_out=bindparam("b_tokens", type_=items.tokens_out.type),
+            error_code=bindparam("b_code", type_=items.error_code.type),
+            error_message=bindparam("b_message", type_=items.error_message.type),
+            finished_at=bindparam("b_now", type_=items.finished_at.type),
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(items.job_id)
+    )
+
+
+_RECORD = _build_record_statement()
+
+
+def _write_outcome(session: Session, outcome: ItemOutcome, now: datetime) -> str | None:
+    """Writes one outcome under its lease; returns its job id, or None when the lease is lost."""
+    failed = outcome.error_code is not None
+    job_id = session.execute(
+        _RECORD,
+        {
+            "b_id": outcome.item_id,
+            "b_token": outcome.lease_token,
+            "b_status": ItemStatus.failed if failed else ItemStatus.succeeded,
+            "b_text": storable_text(outcome.text),
+            "b_json": storable_json(outcome.json),
+            "b_tokens": outcome.tokens_out,
+            "b_code": outcome.error_code,
+            "b_message": storable_text(outcome.error_message),
+            "b_now": now,
+        },
+    ).scalar()
+    if job_id is None:
+        log.warning("lease lost, result dropped item=%s", outcome.item_id)
+        return None
+    if outcome.pages:
+        # Pages belong to this attempt only: whatever an earlier attempt left goes.
+        session.execute(delete(ItemPage).where(ItemPage.item_id == outcome.item_id))
+        session.add_all(_page_rows(outcome))
+        session.flush()
+    return str(job_id)
+
+
+def _write_alone(
+    session_factory: SessionFactory, outcome: ItemOutcome, now: datetime
+) -> str | None:
+    try:
+        with session_factory.begin() as session:
+            return _write_outcome(session, outcome, now)
+    except _ROW_ERRORS as exc:
+        if is_retryable(exc):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+        log.error("result refused by the database item=%s: %s", outcome.item_id, reason)
+        refused = ItemOutcome(
+            outcome.item_id,
+            outcome.lease_token,
+            error_code=ItemErrorCode.internal_error,
+            error_message=f"The result could not be stored: {reason}",
+        )
+        with session_factory.begin() as session:
+            return _write_outcome(session, refused, now)
+
+
+def _page_rows(outcome: ItemOutcome) -> list[ItemPage]:
+    return [
+        ItemPage(
+            item_id=outcome.item_id,
+            page_number=page.number,
+            result_text=storable_text(page.text),
+            result_json=storable_json(page.json),
+            error_code=page.error_code,
+            error_message=storable_text(page.error_message),
+            tokens_out=page.tokens_out,
+        )
+        for page in outcome.pages
+    ]

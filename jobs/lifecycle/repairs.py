@@ -1,0 +1,199 @@
+"""The sweeper's transitions: expired leases taken back, stranded items of closing jobs
+cancelled, and the right to publish items that have no message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    String,
+    case,
+    cast,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import aliased
+
+from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.errors import ItemErrorCode
+from jobs.hooks import reached
+from jobs.lifecycle.common import (
+    CLOSING_JOB_STATES,
+    OPEN_JOB_STATES,
+    is_postgres,
+    job_of_item_is,
+)
+from jobs.lifecycle.finalise import finalise_jobs
+from jobs.states import ItemStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Expired:
+    requeued: int = 0
+    failed_worker_lost: int = 0
+    cancelled: int = 0
+
+
+def expire_leases(
+    session_factory: SessionFactory, *, max_attempts: int, now: datetime | None = None
+) -> Expired:
+    """Takes back items whose lease ran out: re-queued, or ``worker_lost`` once the attempts
+    are used up, or ``cancelled`` when their job is being cancelled."""
+    now = now or utcnow()
+    closing = job_of_item_is(*CLOSING_JOB_STATES)
+    gave_up = Item.attempts >= max_attempts
+    lost_message = (
+        literal("The worker processing this item was lost ")
+        + cast(Item.attempts, String)
+        + literal(" times; giving up (the input may crash the worker).")
+    )
+    with session_factory.begin() as session:
+        inner = aliased(Item)
+        expired = select(inner.id).where(
+            inner.status == ItemStatus.running, inner.lease_expires_at < now
+        )
+        if is_postgres(session):
+            # A row locked by a live writer is its own business; the next pass looks again.
+            expired = expired.with_for_update(skip_locked=True)
+        reached("expire:begin")
+        rows = session.execute(
+            update(Item)
+            .where(
+                Item.id.in_(expired),
+                Item.status == ItemStatus.running,
+                Item.lease_expires_at < now,
+            )
+            .values(
+                status=case(
+                    (closing, ItemStatus.cancelled),
+                    (gave_up, ItemStatus.failed),
+                    else_=ItemStatus.queued,
+                ),
+                error_code=case(
+                    (closing, null()), (gave_up, ItemErrorCode.worker_lost), else_=null()
+                ),
+                error_message=case((closing, null()), (gave_up, lost_message), else_=null()),
+                finished_at=case((closing, now), (gave_up, now), else_=null()),
+                lease_token=None,
+                lease_expires_at=None,
+                dispatched_at=None,
+            )
+            .returning(Item.id, Item.job_id, Item.status, Item.worker, Item.attempts)
+            .execution_options(synchronize_session=False)
+        ).all()
+    for row in rows:
+        log.warning(
+            "lease expired item=%s job=%s worker=%s attempts=%d -> %s",
+            row.id,
+            row.job_id,
+            row.worker,
+            row.attempts,
+            row.status,
+        )
+    finalise_jobs(session_factory, {row.job_id for row in rows}, now=now)
+    return Expired(
+        requeued=sum(1 for r in rows if r.status == ItemStatus.queued),
+        failed_worker_lost=sum(1 for r in rows if r.status == ItemStatus.failed),
+        cancelled=sum(1 for r in rows if r.status == ItemStatus.cancelled),
+    )
+
+
+def cancel_stranded(session_factory: SessionFactory, *, now: datetime | None = None) -> int:
+    """Cancels queued items of closing jobs (a repair: normally cancel and hand-back do it)."""
+    now = now or utcnow()
+    with session_factory.begin() as session:
+        inner = aliased(Item)
+        stranded = select(inner.id).where(
+            inner.status == ItemStatus.queued,
+            select(Job.id)
+            .where(Job.id == inner.job_id, Job.status.in_(CLOSING_JOB_STATES))
+            .exists(),
+        )
+        if is_postgres(session):
+            stranded = stranded.with_for_update(skip_locked=True)
+        rows = session.execute(
+            update(Item)
+            .where(Item.id.in_(stranded), Item.status == ItemStatus.queued)
+            .values(status=ItemStatus.cancelled, finished_at=now)
+            .returning(Item.job_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    finalise_jobs(session_factory, {row.job_id for row in rows}, now=now)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class ToPublish:
+    job_id: str
+    item_id: str
+    attempts: int
+    seq: int
+
+
+def take_for_publishing(
+    session_factory: SessionFactory,
+    *,
+    stale_before: datetime,
+    now: datetime,
+    limit: int = 10_000,
+) -> list[ToPublish]:
+    """Stamps ``dispatched_at = now`` on queued items that have no message (never sent, handed
+    back, re-queued) or whose message is presumed lost (dispatched before ``stale_before``), and
+    returns them. The stamp is the right to publish: two sweepers never send the same items."""
+    unsent = or_(Item.dispatched_at.is_(None), Item.dispatched_at < stale_before)
+    with session_factory.begin() as session:
+        inner = aliased(Item)
+        candidates = (
+            select(inner.id)
+            .where(
+                inner.status == ItemStatus.queued,
+                or_(inner.dispatched_at.is_(None), inner.dispatched_at < stale_before),
+                or_(inner.not_before.is_(None), inner.not_before <= now),
+                select(Job.id)
+                .where(Job.id == inner.job_id, Job.status.in_(OPEN_JOB_STATES))
+                .exists(),
+            )
+            .limit(limit)
+        )
+        if is_postgres(session):
+            candidates = candidates.with_for_update(skip_locked=True)
+        rows = session.execute(
+            update(Item)
+            .where(Item.id.in_(candidates), Item.status == ItemStatus.queued, unsent)
+            .values(dispatched_at=now)
+            .returning(Item.job_id, Item.id, Item.attempts, Item.seq)
+            .execution_options(synchronize_session=False)
+        ).all()
+        reached("republish:stamped")
+    return sorted(
+        (ToPublish(r.job_id, r.id, r.attempts, r.seq) for r in rows),
+        key=lambda t: (t.job_id, t.seq),
+    )
+
+
+def undo_dispatch(
+    session_factory: SessionFactory, item_ids: Sequence[str], *, stamp: datetime
+) -> None:
+    """Clears our dispatch stamp from items whose message could not be sent, so the sweeper
+    sends them at once; a stamp someone else set since is left alone."""
+    if not item_ids:
+        return
+    with session_factory.begin() as session:
+        session.execute(
+            update(Item)
+            .where(
+                Item.id.in_(list(item_ids)),
+                Item.status == ItemStatus.queued,
+                Item.dispatched_at == stamp,
+            )
+            .values(dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )

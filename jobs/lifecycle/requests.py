@@ -1,0 +1,120 @@
+"""Cancel and retry: the transitions a user asks for."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import (
+    case,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.orm import aliased
+
+from jobs.db import Item, ItemPage, Job, SessionFactory, utcnow
+from jobs.errors import JobNotFoundError, JobsError
+from jobs.hooks import reached
+from jobs.lifecycle.common import CLOSING_JOB_STATES, OPEN_JOB_STATES, is_postgres
+from jobs.lifecycle.finalise import finalise_in_session
+from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def cancel_job(session_factory: SessionFactory, job_id: str, *, now: datetime | None = None) -> str:
+    """Cancels queued items now; running ones finish (their results are kept), and items handed
+    back later end cancelled. Returns the job's status afterwards."""
+    now = now or utcnow()
+    with session_factory.begin() as session:
+        status = session.scalar(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(OPEN_JOB_STATES))
+            .values(status=JobStatus.cancelling)
+            .returning(Job.status)
+            .execution_options(synchronize_session=False)
+        )
+        if status is None:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:
+                raise JobNotFoundError(f"No job {job_id}.")
+            if status in TERMINAL_JOB_STATES:
+                return status
+        reached("cancel:marked")
+        inner = aliased(Item)
+        queued = (
+            select(inner.id)
+            .where(inner.job_id == job_id, inner.status == ItemStatus.queued)
+            .order_by(inner.id)
+        )
+        if is_postgres(session):
+            queued = queued.with_for_update()
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(queued), Item.status == ItemStatus.queued)
+            .values(status=ItemStatus.cancelled, finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        finalise_in_session(session, job_id, now=now)
+        final = session.scalar(select(Job.status).where(Job.id == job_id))
+    log.info("job cancel requested job=%s status=%s", job_id, final)
+    return str(final)
+
+
+def requeue_failed(
+    session_factory: SessionFactory, job_id: str, *, now: datetime | None = None
+) -> list[str]:
+    """Puts a job's failed items back in the queue with a fresh attempt budget and no pages.
+
+    The items are stamped dispatched; the caller publishes them after this commits (and calls
+    ``undo_dispatch`` if it cannot)."""
+    now = now or utcnow()
+    has_failed = (
+        select(Item.id).where(Item.job_id == Job.id, Item.status == ItemStatus.failed).exists()
+    )
+    with session_factory.begin() as session:
+        reopened = session.scalar(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in(CLOSING_JOB_STATES), has_failed)
+            .values(
+                status=case(
+                    (Job.started_at.is_(None), JobStatus.queued), else_=JobStatus.in_progress
+                ),
+                finished_at=None,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        reached("retry:reopened")
+        if reopened is None:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:
+                raise JobNotFoundError(f"No job {job_id}.")
+            if status in CLOSING_JOB_STATES:
+                raise JobsError("A cancelled job cannot be retried.", code="job_cancelled")
+            return []
+        ids = list(
+            session.scalars(
+                update(Item)
+                .where(Item.job_id == job_id, Item.status == ItemStatus.failed)
+                .values(
+                    status=ItemStatus.queued,
+                    attempts=0,
+                    transient_failures=0,
+                    not_before=None,
+                    error_code=None,
+                    error_message=None,
+                    result_text=None,
+                    result_json=None,
+                    tokens_out=None,
+                    finished_at=None,
+                    dispatched_at=now,
+                )
+                .returning(Item.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.execute(delete(ItemPage).where(ItemPage.item_id.in_(ids)))
+    with session_factory() as session:
+        return list(session.scalars(select(Item.id).where(Item.id.in_(ids)).order_by(Item.seq)))
