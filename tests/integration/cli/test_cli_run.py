@@ -61,3 +61,28 @@ def test_manifest_prompts_ids_and_the_read_side(run_cli: RunCli, tmp_path: Path)
         "error_code",
         "error_message",
     ]
+
+
+def test_run_with_inputs_that_escaped_the_decoder_captions_the_rest(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Issue 9: a GIF that made Pillow raise struct.error, and DDS bytes named .png, killed
+    ``run`` with "internal error", printed nothing and left the job in_progress."""
+    import io
+
+    from PIL import Image
+
+    write_images(tmp_path / "dir", 2)
+    gif = io.BytesIO()
+    Image.new("P", (8, 8), 1).save(gif, format="GIF")
+    (tmp_path / "dir" / "cut.gif").write_bytes(gif.getvalue()[:-1] + b",")
+    dds = b"DDS " + b"\x7c\x00\x00\x00" + b"\x07\x10\x00\x00" + b"\x04\x00\x00\x00" * 2
+    (tmp_path / "dir" / "fake.png").write_bytes(dds + b"\x00" * 120)
+    result = run_cli("run", "caption", str(tmp_path / "dir"), "--json", timeout=300)
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    rows = {Path(r["input"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["img000.png"]["status"] == rows["img001.png"]["status"] == "succeeded"
+    assert rows["cut.gif"]["error_code"] == "image_decode_error"
+    assert rows["fake.png"]["error_code"] in ("unsupported_format", "image_decode_error")
+    (job,) = json.loads(run_cli("jobs", "--json").stdout)
+    assert job["status"] == "completed"
