@@ -10,6 +10,12 @@ at submit with these functions. Three schemas are in play:
   number and integer bounds, and every object ``additionalProperties: false``. The bounded schema
   accepts a subset of what the original accepts, so a completed constrained output is valid;
 - ``format: "date"`` is turned into an ISO ``YYYY-MM-DD`` pattern in the bounded copy.
+
+Internal ``$ref``s (pydantic's ``$defs``) are inlined first (``model.schema_refs``), so the
+bounds reach every use of a definition; ``anyOf`` branches (pydantic's ``Optional[T]`` is
+``anyOf [T, null]``) are bounded one by one; a ``pattern`` gets its bound inside the regular
+expression (``model.patterns``). ``default_max_new_tokens`` sizes an extraction's token budget
+from the bounded schema.
 """
 
 from __future__ import annotations
@@ -26,16 +32,24 @@ import jsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 
 from model.errors import SchemaError
+from model.patterns import PatternError, bound_pattern
+from model.schema_prompt import build_extraction_prompt
+from model.schema_refs import resolve_refs
+from model.schema_size import longest_output_chars
 
 __all__ = [
     "DATE_PATTERN",
     "DEFAULT_MAX_ITEMS",
     "DEFAULT_MAX_LENGTH",
     "DEFAULT_NUMBER_BOUND",
+    "EXTRACTION_TOKEN_CAP",
     "build_extraction_prompt",
     "canonical_schema_json",
     "check_schema_compiles",
+    "default_max_new_tokens",
+    "longest_output_chars",
     "prepare_schema",
+    "resolve_refs",
     "validate_output",
 ]
 
@@ -44,16 +58,22 @@ DEFAULT_MAX_ITEMS = 20
 # Numbers and integers without bounds get [-B, B]; the grammar then also limits fractions to a
 # few digits, so a number always ends.
 DEFAULT_NUMBER_BOUND = 1_000_000_000_000
+# The decoder's number grammar is exact up to here (beyond, it drops or cannot build numbers).
+MAX_NUMBER_BOUND = 10**18
+# The most tokens ``default_max_new_tokens`` gives; see there.
+EXTRACTION_TOKEN_CAP = 2048
 MAX_DEPTH = 8
 MAX_PROPERTIES = 200
-# A real calendar date (month 01-12, day valid for the month; 29 February only in years
-# divisible by 4), so what the grammar allows also passes jsonschema's "date" format check in
-# all but the century years 1900/2100.
+# A real calendar date (year 0001-9999, month 01-12, day valid for the month, 29 February only
+# in leap years), so what the grammar allows also passes jsonschema's "date" format check and
+# Python's ``date.fromisoformat`` (pydantic's ``date``).
+_YEAR = r"(\d{3}[1-9]|\d{2}[1-9]\d|\d[1-9]\d{2}|[1-9]\d{3})"
+_LEAP_YEAR = r"(\d{2}([02468][48]|[13579][26]|[2468]0)|([2468][048]|[13579][26]|0[48])00)"
 DATE_PATTERN = (
-    r"^(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
-    r"|\d{4}-(0[13-9]|1[0-2])-(29|30)"
-    r"|\d{4}-(0[13578]|1[02])-31"
-    r"|\d{2}([02468][048]|[13579][26])-02-29)$"
+    rf"^({_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
+    rf"|{_YEAR}-(0[13-9]|1[0-2])-(29|30)"
+    rf"|{_YEAR}-(0[13578]|1[02])-31"
+    rf"|{_LEAP_YEAR}-02-29)$"
 )
 
 _TYPES = ("string", "number", "integer", "boolean", "null", "array", "object")
@@ -62,12 +82,17 @@ _ANNOTATIONS = {"description", "title", "$schema", "examples", "default", "$comm
 _KEYWORDS = {
     "type",
     "enum",
+    "const",
+    "anyOf",
     "format",
+    "pattern",
     "required",
     "properties",
     "items",
     "minimum",
     "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
     "minLength",
     "maxLength",
     "minItems",
@@ -82,12 +107,14 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
     """Check ``schema`` is a supported JSON Schema and return its bounded copy for decoding.
 
     Supported: an object at the top level with ``properties``; ``type`` (one of string, number,
-    integer, boolean, null, array, object, or a list of them), ``enum`` (of JSON scalars),
-    ``format: "date"``, ``required``, ``properties``, ``items``, ``minimum``/``maximum``,
-    ``minLength``/``maxLength``, ``minItems``/``maxItems``, ``additionalProperties: false``, and
-    the annotations ``description``, ``title``, ``examples``, ``default``. Anything else
-    (``$ref``, ``pattern``, ``oneOf``, other formats, free-form objects, arrays without
-    ``items``) raises ``SchemaError`` naming the problem and where it is.
+    integer, boolean, null, array, object, or a list of them), ``enum``/``const`` (of JSON
+    scalars), ``format: "date"``, ``pattern`` (``model.patterns``' subset), ``required``,
+    ``properties``, ``items``, ``anyOf``, ``minimum``/``maximum`` and their ``exclusive``
+    forms, ``minLength``/``maxLength``, ``minItems``/``maxItems``, ``additionalProperties:
+    false``, internal ``$ref``s with ``$defs``/``definitions`` (inlined), and the annotations
+    ``description``, ``title``, ``examples``, ``default``. Anything else (external or recursive
+    ``$ref``, ``oneOf``/``allOf``, other formats, free-form objects, arrays without ``items``)
+    raises ``SchemaError`` naming the problem and where it is.
     """
     if not isinstance(schema, Mapping):
         raise SchemaError(f"The schema must be a JSON object, not {type(schema).__name__}.")
@@ -98,12 +125,35 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
         raise SchemaError(
             f"The schema is not valid JSON Schema at {where}: {exc.message}."
         ) from exc
-    if _types_of(schema, "$") != ["object"]:
+    bounded = copy.deepcopy(resolve_refs(schema))
+    if _types_of(bounded, "$") != ["object"]:
         raise SchemaError('The schema must describe an object at the top level ("type": "object").')
-    bounded = copy.deepcopy(dict(schema))
     counter = [0]
     _bound(bounded, "$", 0, counter)
     return bounded
+
+
+def default_max_new_tokens(schema: Mapping[str, Any], *, cap: int = EXTRACTION_TOKEN_CAP) -> int:
+    """The token budget for one extraction output when the user chose none: the longest output
+    the bounded schema allows, in characters, plus one for the end-of-sequence token, at most
+    ``cap``.
+
+    Why characters bound tokens: the decoder only emits tokens that add text, and a token is at
+    least one byte; the structure and numbers are ASCII, and free strings exclude quotes and
+    backslashes, so an output whose strings are ASCII takes at most one token per character in
+    any byte-level tokenizer (LLaMA/Mistral SentencePiece with byte fallback, GPT-style BPE).
+    Real text averages three to four characters per token, so real outputs use a fraction of
+    this; only non-ASCII text written one byte per token could exceed it. The cap
+    (``EXTRACTION_TOKEN_CAP``, 2048) keeps generous bounds (the defaults: 200 characters per
+    string, 20 items per array) from asking for more than a LLaVA-1.5 context (4096 tokens, 576
+    of them the image) has room for; it is far above what one page of a real document needs
+    (about 200-400 tokens for an invoice). The engine refuses a request whose prompt plus
+    budget exceeds the model's context (``prompt_too_long``): a caller that knows the model
+    passes ``cap=max_context - prompt_tokens``. Raises ``SchemaError`` like ``prepare_schema``.
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be at least 1, not {cap}")
+    return min(cap, longest_output_chars(prepare_schema(schema)) + 1)
 
 
 def canonical_schema_json(schema: Mapping[str, Any]) -> str:
@@ -150,26 +200,6 @@ def check_schema_compiles(schema: Mapping[str, Any], *, timeout_s: float = 120.0
     raise SchemaError(f"The decoder cannot compile the schema: {reason}.")
 
 
-def build_extraction_prompt(schema: Mapping[str, Any], instructions: str | None = None) -> str:
-    """The instruction text for one extraction: the fields to fill, then the user's instructions.
-
-    Lists every property (nested ones indented) with its type, whether it is required, its
-    allowed values and its description, and asks for one JSON object only.
-    """
-    lines = [
-        "Extract information from this document image as one JSON object with these fields:",
-        *_describe_properties(schema, 0),
-    ]
-    if instructions and instructions.strip():
-        lines += ["", f"Instructions: {instructions.strip()}"]
-    lines += [
-        "",
-        "Use null for a field that is not in the document, if null is allowed. "
-        "Answer with the JSON object only, no other text.",
-    ]
-    return "\n".join(lines)
-
-
 _NO_XGRAMMAR = 4
 _COMPILE_SCRIPT = f"""
 import sys
@@ -193,24 +223,24 @@ def _bound(node: dict[str, Any], where: str, depth: int, counter: list[int]) -> 
     unknown = sorted(set(node) - _KEYWORDS)
     if unknown:
         raise SchemaError(f"The schema uses unsupported keyword {unknown[0]!r} at {where}.")
+    if "anyOf" in node:
+        _bound_any_of(node, where, depth, counter)
+        return
+    if "const" in node:
+        if "enum" in node:
+            raise SchemaError(f'Use "const" or "enum", not both, at {where}.')
+        node["enum"] = [node.pop("const")]
     if "enum" in node:
         _check_enum(node, where)
     types = _types_of(node, where)
     if not types and "enum" not in node:
         raise SchemaError(f'The schema at {where} must have a "type" or an "enum".')
-    fmt = node.get("format")
-    if fmt is not None:
-        if fmt not in _FORMATS or "string" not in types:
-            raise SchemaError(f'Only "format": "date" on strings is supported, at {where}.')
-        del node["format"]
-        node["pattern"] = DATE_PATTERN
-    if "string" in types and "enum" not in node and fmt is None:
-        _pair(node, "minLength", "maxLength", where)
-        node.setdefault("maxLength", DEFAULT_MAX_LENGTH)
+    if "string" in types:
+        _bound_string(node, where)
+    elif "format" in node or "pattern" in node:
+        raise SchemaError(f'"format" and "pattern" are only allowed on strings, at {where}.')
     if "number" in types or "integer" in types:
-        _pair(node, "minimum", "maximum", where)
-        node.setdefault("minimum", -DEFAULT_NUMBER_BOUND)
-        node.setdefault("maximum", DEFAULT_NUMBER_BOUND)
+        _bound_number(node, where)
     if "array" in types:
         if not isinstance(node.get("items"), dict):
             raise SchemaError(f'The array at {where} must describe its elements with "items".')
@@ -223,6 +253,74 @@ def _bound(node: dict[str, Any], where: str, depth: int, counter: list[int]) -> 
         _bound_object(node, where, depth, counter)
     elif "properties" in node or "required" in node:
         raise SchemaError(f'"properties" and "required" are only allowed on objects, at {where}.')
+
+
+def _bound_any_of(node: dict[str, Any], where: str, depth: int, counter: list[int]) -> None:
+    """Bound each branch; the grammar takes the branches' union, so bounds hold whichever."""
+    others = sorted(set(node) - _ANNOTATIONS - {"anyOf"})
+    if others:
+        raise SchemaError(
+            f'"anyOf" may only stand next to annotations (description, title), '
+            f"not {others[0]!r}, at {where}."
+        )
+    for i, branch in enumerate(node["anyOf"]):
+        if not isinstance(branch, dict):
+            raise SchemaError(f"Branch {i} of the anyOf at {where} must be an object.")
+        _bound(branch, f"{where}.anyOf[{i}]", depth, counter)
+
+
+def _bound_string(node: dict[str, Any], where: str) -> None:
+    """A date becomes ``DATE_PATTERN``; a pattern gets its bound inside; else ``maxLength``.
+
+    The decoder ignores ``minLength``/``maxLength`` next to a pattern, so they leave the bounded
+    copy once the pattern keeps within them. With an ``enum`` the values are the bound.
+    """
+    fmt = node.get("format")
+    if fmt is not None:
+        if fmt not in _FORMATS:
+            raise SchemaError(f'Only "format": "date" on strings is supported, at {where}.')
+        if "pattern" in node:
+            raise SchemaError(f'"format" and "pattern" cannot be combined, at {where}.')
+        del node["format"]
+        node["pattern"] = DATE_PATTERN
+        node.pop("minLength", None)
+        node.pop("maxLength", None)
+    elif "enum" in node:
+        node.pop("pattern", None)
+    elif "pattern" in node:
+        _pair(node, "minLength", "maxLength", where)
+        try:
+            node["pattern"], _ = bound_pattern(
+                node["pattern"],
+                min_length=node.pop("minLength", None),
+                max_length=node.pop("maxLength", None),
+                default_max_length=DEFAULT_MAX_LENGTH,
+            )
+        except PatternError as exc:
+            raise SchemaError(f"The pattern at {where} is not supported: {exc}.") from exc
+    else:
+        _pair(node, "minLength", "maxLength", where)
+        node.setdefault("maxLength", DEFAULT_MAX_LENGTH)
+
+
+def _bound_number(node: dict[str, Any], where: str) -> None:
+    _pair(node, "minimum", "maximum", where)
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        value = node.get(key)
+        if value is not None and not abs(value) <= MAX_NUMBER_BOUND:
+            raise SchemaError(f"{key} at {where} is beyond ±1e18, which the decoder cannot hold.")
+    # (value, exclusive): at equal values the exclusive bound is the tighter one.
+    lows = [(node[k], k != "minimum") for k in ("minimum", "exclusiveMinimum") if k in node]
+    highs = [(node[k], k != "maximum") for k in ("maximum", "exclusiveMaximum") if k in node]
+    if lows and highs:
+        low, low_open = max(lows)
+        high, high_open = min(highs, key=lambda bound: (bound[0], not bound[1]))
+        if low > high or (low == high and (low_open or high_open)):
+            raise SchemaError(f"The bounds at {where} leave no number between them.")
+    if not lows:
+        node["minimum"] = -DEFAULT_NUMBER_BOUND
+    if not highs:
+        node["maximum"] = DEFAULT_NUMBER_BOUND
 
 
 def _bound_object(node: dict[str, Any], where: str, depth: int, counter: list[int]) -> None:
@@ -274,47 +372,3 @@ def _pair(node: Mapping[str, Any], low: str, high: str, where: str) -> None:
 
 def _path(parts: list[Any]) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
-
-
-def _describe_properties(node: Mapping[str, Any], indent: int) -> list[str]:
-    required = set(node.get("required", []))
-    lines: list[str] = []
-    for name, sub in node.get("properties", {}).items():
-        lines.append("  " * indent + f"- {name}: {_describe(sub, name in required)}")
-        lines += _describe_children(sub, indent + 1)
-    return lines
-
-
-def _describe_children(sub: Mapping[str, Any], indent: int) -> list[str]:
-    if "properties" in sub:
-        return _describe_properties(sub, indent)
-    items = sub.get("items")
-    if isinstance(items, Mapping) and "properties" in items:
-        return _describe_properties(items, indent)
-    return []
-
-
-def _describe(sub: Mapping[str, Any], required: bool) -> str:
-    kind = _type_text(sub) if "type" in sub else "value"
-    if "enum" in sub:
-        kind = f"{kind}, one of " + ", ".join(json.dumps(v) for v in sub["enum"])
-    text = f"{kind}, {'required' if required else 'optional'}"
-    description = sub.get("description")
-    if isinstance(description, str) and description.strip():
-        text += f" — {description.strip()}"
-    return text
-
-
-def _type_text(sub: Mapping[str, Any]) -> str:
-    raw = sub.get("type", "value")
-    types = [raw] if isinstance(raw, str) else list(raw)
-    words = []
-    for name in types:
-        if name == "string" and sub.get("format") == "date":
-            words.append("date (YYYY-MM-DD)")
-        elif name == "array":
-            items = sub.get("items", {})
-            words.append(f"list of {_type_text(items) if isinstance(items, Mapping) else 'value'}")
-        else:
-            words.append(name)
-    return " or ".join(words)

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from jobs.db import Item, ItemPage, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
+from jobs.extraction import merge_pages
 from jobs.states import JobKind
 from jobs.submit import SubmitRequest, submit_job
 from model.engine import Engine, EngineSpec
@@ -38,7 +40,30 @@ def _extract(sources: list[str], **kw: Any) -> SubmitRequest:
         schema=INVOICE_SCHEMA,
     )
     fields.update(kw)
-    return SubmitRequest(**fields)
+    return SubmitRequest.of(**fields)
+
+
+class Line(BaseModel):
+    description: str = Field(max_length=40)
+    amount: float = Field(ge=0, le=1_000_000)
+
+
+class Party(BaseModel):
+    name: str = Field(max_length=40)
+    vat_id: str | None = Field(default=None, pattern=r"^[A-Z]{2}\d+$", max_length=14)
+
+
+class PydanticInvoice(BaseModel):
+    """Nested models ($defs/$ref), Optional fields (anyOf with null), a pattern."""
+
+    seller: Party
+    buyer: Party | None = None
+    total: float | None = Field(default=None, ge=0, le=1_000_000)
+    lines: list[Line] = Field(max_length=5)
+    notes: list[str] | None = Field(default=None, max_length=3)
+
+
+PYDANTIC_SCHEMA: dict[str, Any] = PydanticInvoice.model_json_schema()
 
 
 def _items(sf: SessionFactory, job_id: str) -> dict[str, Item]:
@@ -168,3 +193,38 @@ def test_unusable_extraction_requests_are_refused_before_anything_is_written(
     assert refused.value.code == code
     with session_factory() as session:
         assert session.scalars(select(Job.id)).first() is None
+
+
+def test_merge_follows_refs_and_treats_optional_lists_as_lists() -> None:
+    pages = [
+        {"seller": {"name": ""}, "buyer": None, "lines": [{"description": "a", "amount": 1}]},
+        {"seller": {"name": "ACME"}, "total": 3, "lines": [], "notes": ["n1"]},
+        {"seller": {"name": "Other"}, "buyer": {"name": "Bob"}, "lines": [], "notes": None},
+        {"seller": {"name": "x"}, "lines": [{"description": "b", "amount": 2}], "notes": ["n2"]},
+    ]
+    merged = merge_pages(PYDANTIC_SCHEMA, pages)
+    assert merged == {
+        "seller": {"name": ""},  # an object is kept whole: the first page's
+        "buyer": {"name": "Bob"},
+        "total": 3,
+        "lines": [{"description": "a", "amount": 1}, {"description": "b", "amount": 2}],
+        "notes": ["n1", "n2"],  # Optional[list]: concatenated, nulls skipped
+    }
+    PydanticInvoice.model_validate(merged)
+    no_notes = merge_pages(PYDANTIC_SCHEMA, [{**pages[0], "notes": None}])
+    assert no_notes["notes"] is None  # every page said null: still null, not []
+
+
+def test_a_pydantic_schema_runs_through_the_pipeline(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    write_pdf(tmp_path / "invoice.pdf", 2)
+    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=2)
+    request = _extract([str(tmp_path / "invoice.pdf")], schema=PYDANTIC_SCHEMA)
+    result = run_job_locally(request, res, max_prompt_chars=4000)
+    item = _items(session_factory, result.job_id)["invoice.pdf"]
+    assert item.status == "succeeded", item.error_message
+    for page in _pages(session_factory, item.id):
+        PydanticInvoice.model_validate(page.result_json)
+    invoice = PydanticInvoice.model_validate(item.result_json)
+    assert len(invoice.lines) == 2  # one line per page, concatenated

@@ -6,11 +6,16 @@ import json
 
 import pytest
 from PIL import Image
-from test_model_schema import INVOICE
+from test_model_schema import INVOICE, PYDANTIC_INVOICE, Invoice, build_longest_text
 
 from model.engine import GenerationRequest
 from model.errors import SchemaError
-from model.schema import build_extraction_prompt, validate_output
+from model.schema import (
+    build_extraction_prompt,
+    default_max_new_tokens,
+    prepare_schema,
+    validate_output,
+)
 from model.transformers_engine import TransformersEngine
 
 
@@ -57,3 +62,32 @@ def test_grammar_is_compiled_once_per_schema(llava_engine: TransformersEngine) -
 def test_unsupported_schema_raises_schema_error(llava_engine: TransformersEngine) -> None:
     with pytest.raises(SchemaError):
         llava_engine.generate(_requests(1), max_new_tokens=4, json_schema={"type": "object"})
+
+
+def test_a_pydantic_schema_on_its_default_budget_finishes_and_validates(
+    tiny_engine: TransformersEngine,
+) -> None:
+    """Nested models ($ref), Optional fields (anyOf with null), a pattern: every output of the
+    random model ends inside the schema's default budget and is a valid ``Invoice``."""
+    budget = default_max_new_tokens(PYDANTIC_INVOICE)
+    prompt = build_extraction_prompt(PYDANTIC_INVOICE, "Read the invoice.")
+    requests = [
+        GenerationRequest(Image.new("RGB", (32 + 7 * i, 48), (60 * i, 90, 200)), prompt)
+        for i in range(4)
+    ]
+    results = tiny_engine.generate(requests, max_new_tokens=budget, json_schema=PYDANTIC_INVOICE)
+    assert [r.finished for r in results] == [True] * 4
+    for result in results:
+        assert result.tokens_out <= budget
+        invoice = Invoice.model_validate_json(result.text)
+        validate_output(PYDANTIC_INVOICE, json.loads(result.text))
+        assert invoice.currency in ("EUR", "USD", "GBP") and len(invoice.lines) <= 2
+
+
+def test_the_longest_output_fits_the_default_budget_in_the_tiny_tokenizer(
+    llava_engine: TransformersEngine,
+) -> None:
+    longest = build_longest_text(prepare_schema(PYDANTIC_INVOICE))
+    tokenizer = llava_engine._processor.tokenizer
+    tokens = tokenizer(longest, add_special_tokens=False)["input_ids"]
+    assert len(tokens) + 1 <= default_max_new_tokens(PYDANTIC_INVOICE)

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import pytest
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from model.engine import GenerationRequest
 from model.errors import ModelError, SchemaError
 from model.fake import FakeEngine
+from model.patterns import build_pattern_example
 from model.schema import (
+    DATE_PATTERN,
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_LENGTH,
+    EXTRACTION_TOKEN_CAP,
     build_extraction_prompt,
     check_schema_compiles,
+    default_max_new_tokens,
+    longest_output_chars,
     prepare_schema,
     validate_output,
 )
@@ -62,6 +71,81 @@ INVOICE: dict[str, Any] = {
 }
 
 
+class Address(BaseModel):
+    """Where the seller is."""
+
+    city: str = Field(max_length=20, description="City name")
+    postcode: str | None = Field(default=None, pattern=r"^\d{5}$")
+
+
+class Line(BaseModel):
+    item: str = Field(max_length=16, description="What was sold")
+    quantity: int = Field(ge=1, le=99)
+    unit_price: float | None = Field(default=None, ge=0, le=10000)
+
+
+class Invoice(BaseModel):
+    """An invoice as pydantic users write it: nested models ($defs/$ref, one used twice),
+    Optional fields (anyOf [T, null]), a pattern, a Literal, a date."""
+
+    vendor: str = Field(max_length=24, description="Name of the seller")
+    number: str = Field(pattern=r"^INV-\d+$", max_length=10, description="Invoice number")
+    date: datetime.date | None = Field(default=None, description="Issue date")
+    currency: Literal["EUR", "USD", "GBP"]
+    total: float = Field(ge=0, le=100000)
+    paid: bool | None = None
+    seller: Address = Field(description="Seller address")
+    billing: Address | None = None
+    lines: list[Line] = Field(max_length=2)
+
+
+PYDANTIC_INVOICE: dict[str, Any] = Invoice.model_json_schema()
+
+
+def build_longest_text(node: Mapping[str, Any]) -> str:
+    """The longest JSON text a bounded schema allows, written as the decoder writes it.
+
+    Numbers are written at the bound with the longer digits (the test schemas' bounds are whole
+    numbers), strings at their ``maxLength`` or their pattern's longest match.
+    """
+    if "anyOf" in node:
+        return max((build_longest_text(b) for b in node["anyOf"]), key=len)
+    if "enum" in node:
+        return max((json.dumps(v) for v in node["enum"]), key=len)
+    raw = node["type"]
+    return max(
+        (_longest_of(node, kind) for kind in ([raw] if isinstance(raw, str) else raw)), key=len
+    )
+
+
+def _longest_of(node: Mapping[str, Any], kind: str) -> str:
+    if kind == "string":
+        if "pattern" in node:
+            return json.dumps(build_pattern_example(node["pattern"], longest=True))
+        return json.dumps("W" * node["maxLength"])
+    if kind in ("number", "integer"):
+        bound = max((node["minimum"], node["maximum"]), key=lambda v: len(str(int(v))))
+        return str(int(bound)) + (".000000" if kind == "number" else "")
+    if kind == "array":
+        return "[" + ", ".join([build_longest_text(node["items"])] * node["maxItems"]) + "]"
+    if kind == "object":
+        members = [
+            f"{json.dumps(k)}: {build_longest_text(v)}" for k, v in node["properties"].items()
+        ]
+        return "{" + ", ".join(members) + "}"
+    return "false" if kind == "boolean" else "null"
+
+
+def read_readme_schema() -> dict[str, Any]:
+    """The example schema of the README's "Writing a schema" paragraph."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text[text.index("**Writing a schema.**") :]
+    block = re.search(r"```json\n(.*?)```", after, re.DOTALL)
+    assert block is not None
+    schema: dict[str, Any] = json.loads(block.group(1))
+    return schema
+
+
 def test_prepare_schema_bounds_every_open_ended_value() -> None:
     bounded = prepare_schema(INVOICE)
     props = bounded["properties"]
@@ -96,8 +180,73 @@ def test_prepare_schema_bounds_every_open_ended_value() -> None:
         ({"type": "array", "items": {"type": "string"}}, "top level"),
         ({"type": "object", "properties": {"a": {"type": "strin"}}}, "not valid JSON Schema"),
         ({"type": "object"}, "properties"),
-        ({"type": "object", "properties": {"a": {"$ref": "#/x"}}}, "'$ref'"),
-        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}, "pattern"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/x"}}}, "'#/x' at $.a points at no"),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "https://x.org/s.json"}}},
+            "inside the schema",
+        ),
+        (  # recursive: a tree of nodes cannot be bounded
+            {
+                "type": "object",
+                "properties": {"root": {"$ref": "#/$defs/Node"}},
+                "$defs": {
+                    "Node": {
+                        "type": "object",
+                        "properties": {
+                            "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}
+                        },
+                    }
+                },
+            },
+            "'#/$defs/Node' at $.root.children[] makes the schema recursive",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/A", "maxLength": 3}},
+                "$defs": {"A": {"type": "string"}},
+            },
+            "not 'maxLength', at $.a",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "anyOf": [{}]}}},
+            "not 'type', at $.a",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"anyOf": [{"type": "null"}, {"type": "string", "x": 1}]}},
+            },
+            "'x' at $.a.anyOf[1]",
+        ),
+        ({"type": "object", "properties": {"a": {"oneOf": [{"type": "null"}]}}}, "'oneOf'"),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}},
+            "pattern at $.a is not supported: only (…) and (?:…) groups",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string", "pattern": "^x+$", "minLength": 2}},
+            },
+            "shorter than minLength",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string", "format": "date", "pattern": "^2"}},
+            },
+            "cannot be combined",
+        ),
+        ({"type": "object", "properties": {"a": {"type": "integer", "pattern": "1"}}}, "strings"),
+        ({"type": "object", "properties": {"a": {"type": "number", "maximum": 1e19}}}, "1e18"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "number", "exclusiveMinimum": 1, "maximum": 1}},
+            },
+            "leave no number",
+        ),
         ({"type": "object", "properties": {"a": {"type": "array"}}}, "items"),
         ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}}, "date"),
         ({"type": "object", "properties": {"a": {"type": "object"}}}, "$.a"),
@@ -193,3 +342,130 @@ def test_schema_module_does_not_import_torch_or_xgrammar() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_a_pydantic_schema_is_accepted_and_bounded_through_refs_and_any_of() -> None:
+    text = json.dumps(PYDANTIC_INVOICE)
+    assert "$defs" in PYDANTIC_INVOICE and '"$ref"' in text and '"anyOf"' in text  # as generated
+    bounded = prepare_schema(PYDANTIC_INVOICE)
+    assert '"$ref"' not in json.dumps(bounded) and "$defs" not in bounded
+    props = bounded["properties"]
+    seller = props["seller"]
+    assert seller["description"] == "Seller address"  # the annotation next to the $ref wins
+    assert (
+        seller["additionalProperties"] is False and seller["properties"]["city"]["maxLength"] == 20
+    )
+    postcode = seller["properties"]["postcode"]["anyOf"]
+    assert postcode == [{"pattern": r"^\d{5}$", "type": "string"}, {"type": "null"}]
+    billing, null = props["billing"]["anyOf"]  # Optional[Address]: the same bounds, or null
+    assert null == {"type": "null"}
+    assert (
+        billing["additionalProperties"] is False and billing["properties"] == seller["properties"]
+    )
+    # The pattern carries the bound (the decoder ignores maxLength next to a pattern).
+    assert props["number"]["pattern"] == r"^INV-\d{1,6}$" and "maxLength" not in props["number"]
+    assert props["date"]["anyOf"][0] == {"type": "string", "pattern": DATE_PATTERN}
+    assert props["currency"]["enum"] == ["EUR", "USD", "GBP"]
+    lines = props["lines"]
+    assert lines["maxItems"] == 2 and lines["items"]["additionalProperties"] is False
+    price = lines["items"]["properties"]["unit_price"]["anyOf"][0]
+    assert (price["minimum"], price["maximum"]) == (0, 10000)
+    assert Invoice.model_json_schema() == PYDANTIC_INVOICE  # the original is untouched
+    check_schema_compiles(PYDANTIC_INVOICE)
+
+
+def test_optional_fields_without_bounds_get_the_default_bounds_inside_any_of() -> None:
+    class Note(BaseModel):
+        text: str | None = None
+        tags: list[str] | None = None
+        amount: float | None = Field(default=None, gt=0)
+
+    props = prepare_schema(Note.model_json_schema())["properties"]
+    assert props["text"]["anyOf"][0]["maxLength"] == DEFAULT_MAX_LENGTH
+    tags = props["tags"]["anyOf"][0]
+    assert (
+        tags["maxItems"] == DEFAULT_MAX_ITEMS and tags["items"]["maxLength"] == DEFAULT_MAX_LENGTH
+    )
+    amount = props["amount"]["anyOf"][0]
+    assert amount["exclusiveMinimum"] == 0 and "minimum" not in amount
+    assert amount["maximum"] > 0
+
+
+def test_the_prompt_follows_refs_and_names_optional_fields() -> None:
+    prompt = build_extraction_prompt(PYDANTIC_INVOICE, None)
+    for line in (
+        "- seller: object, required — Seller address",
+        "  - city: string, required — City name",
+        r"  - postcode: string matching ^\d{5}$ or null, optional",
+        "- billing: object or null, optional",
+        "- date: date (YYYY-MM-DD) or null, optional — Issue date",
+        r"- number: string matching ^INV-\d+$, required — Invoice number",
+        '- currency: string, one of "EUR", "USD", "GBP", required',
+        "  - unit_price: number or null, optional",
+    ):
+        assert line + "\n" in prompt, line
+
+
+def test_fake_engine_output_validates_against_the_pydantic_model() -> None:
+    requests = [GenerationRequest(Image.new("RGB", (8, 8)), "extract")]
+    [result] = FakeEngine().generate(requests, max_new_tokens=1000, json_schema=PYDANTIC_INVOICE)
+    assert result.finished
+    Invoice.model_validate_json(result.text)
+
+
+def test_the_default_budget_covers_the_longest_output_of_a_pydantic_schema() -> None:
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    bounded = prepare_schema(PYDANTIC_INVOICE)
+    longest = build_longest_text(bounded)
+    # The size model matches the decoder: the longest text it counts is one the grammar accepts.
+    grammar = xgrammar.Grammar.from_json_schema(
+        json.dumps(bounded), any_whitespace=False, strict_mode=True
+    )
+    assert _is_grammar_accept_string(grammar, longest)
+    assert len(longest) == longest_output_chars(bounded)
+    Invoice.model_validate_json(longest)
+    # One token per character at most (ASCII), plus the end of sequence.
+    assert default_max_new_tokens(PYDANTIC_INVOICE) == len(longest) + 1
+
+
+def test_the_default_budget_for_the_readme_schema_is_the_cap() -> None:
+    readme = read_readme_schema()
+    bounded = prepare_schema(readme)
+    longest = longest_output_chars(bounded)
+    # 50 line items of up to 80 characters each: far above what one page needs.
+    assert longest == len(build_longest_text(bounded)) == 6621
+    assert default_max_new_tokens(readme) == EXTRACTION_TOKEN_CAP == 2048
+    assert default_max_new_tokens(readme, cap=8192) == longest + 1
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "allows 6621 characters" in text and "at most 2048" in text  # the README's figures
+    small = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    assert default_max_new_tokens(small) == len('{"ok": false}') + 1
+
+
+def test_refs_through_definitions_and_at_the_root_are_inlined_and_blowups_refused() -> None:
+    schema = {
+        "$ref": "#/definitions/Doc",
+        "definitions": {
+            "Doc": {"type": "object", "properties": {"who": {"$ref": "#/definitions/Name"}}},
+            "Name": {"type": "string", "maxLength": 9},
+        },
+    }
+    assert prepare_schema(schema) == {
+        "type": "object",
+        "properties": {"who": {"type": "string", "maxLength": 9}},
+        "additionalProperties": False,
+    }
+    # Each level uses the one below twice: 2**12 copies once expanded.
+    defs: dict[str, Any] = {
+        f"L{i}": {
+            "type": "object",
+            "properties": {n: {"$ref": f"#/$defs/L{i + 1}"} for n in ("a", "b")},
+        }
+        for i in range(12)
+    }
+    defs["L12"] = {"type": "boolean"}
+    wide = {"type": "object", "properties": {"x": {"$ref": "#/$defs/L0"}}, "$defs": defs}
+    with pytest.raises(SchemaError, match="too large once its"):
+        prepare_schema(wide)
