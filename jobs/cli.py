@@ -1,20 +1,21 @@
-"""``llava-batch``: the command line. Only this module (and the worker bootstrap) reads settings.
+"""``llava-batch``: the commands that need no model. Only the CLI (and the worker bootstrap)
+reads settings.
 
-Never imports torch: commands that need the model import ``workers`` inside the function.
-Errors are one line on stderr with a meaningful exit code, never a traceback.
+``workers.cli`` builds on this app with the commands that need a model (``worker``, ``run``)
+and is the console script: ``jobs`` never imports ``workers``. Start-up is kept light:
+``--help`` and ``status`` import no alembic, jsonschema, pypdfium2 or xgrammar (and never
+torch), so what only submitting, scheduling or sweeping needs is imported inside those commands.
+Errors leave through one boundary (``jobs.cli_errors``): one line, an exit status from the one
+table (``jobs.errors.ExitCode``), never a traceback.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-from typing import Annotated, Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
-from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from jobs import views
 from jobs.cli_schedules import schedule_app
@@ -22,14 +23,12 @@ from jobs.context import Context, open_context
 from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
-from jobs.errors import JobsError
-from jobs.extraction import read_schema_file
-from jobs.maintenance import run_maintenance
+from jobs.errors import RequestError
 from jobs.queries import find_job, list_recent_jobs, read_progress
-from jobs.settings import UnknownSettingError
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, submit_job
-from model.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from jobs.submit import SubmitRequest
 
 app = typer.Typer(
     name="llava-batch",
@@ -39,14 +38,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
-run_app = typer.Typer(
-    help="Run a job in this process (no broker, no separate worker).", no_args_is_help=True
-)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
-app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        views.out.print(f"llava-batch {version('llava-batch')}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Batch captioning and extraction with LLaVA models."""
+
 
 Sources = Annotated[
     list[str], typer.Argument(help="Files, directories, s3:// prefixes or .jsonl manifests.")
@@ -97,15 +111,15 @@ def submit_caption(
 ) -> None:
     """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
     ctx = open_context()
-    request = _request(
+    request = build_request(
         ctx,
         JobKind.caption,
         sources,
-        prompt,
         max_new_tokens,
         batch_size,
         name=name,
         idempotency_key=idempotency_key,
+        prompt=prompt,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -126,23 +140,72 @@ def submit_extract(
 ) -> None:
     """Extract schema-valid JSON from PDFs and images (one merged result per document)."""
     ctx = open_context()
-    request = _request(
+    request = build_request(
         ctx,
         JobKind.extract,
         sources,
-        prompt,
         max_new_tokens,
         batch_size,
         name=name,
         idempotency_key=idempotency_key,
-        schema=read_schema_file(schema),
+        instructions=prompt,
+        schema=read_schema(schema),
         pages=pages,
         dpi=dpi,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
 
+Questions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-q",
+        "--question",
+        help="A question for every image (repeat for several); a manifest line's "
+        '"questions" replace them for its item.',
+    ),
+]
+AsConversation = Annotated[
+    bool,
+    typer.Option(
+        "--conversation",
+        help="Ask the questions as the turns of one chat: each answer is in the next one's "
+        "context.",
+    ),
+]
+
+
+@submit_app.command("ask")
+def submit_ask(
+    sources: Sources,
+    questions: Questions = None,
+    conversation: AsConversation = False,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    name: Name = None,
+    idempotency_key: IdemKey = None,
+    wait: Wait = False,
+    json_out: Json = False,
+) -> None:
+    """Ask questions about images: one answer per question, or a multi-turn conversation."""
+    ctx = open_context()
+    request = build_request(
+        ctx,
+        JobKind.ask,
+        sources,
+        max_new_tokens,
+        batch_size,
+        name=name,
+        idempotency_key=idempotency_key,
+        questions=questions or [],
+        conversation=conversation,
+    )
+    _submit(ctx, request, wait=wait, json_out=json_out)
+
+
 def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:
+    from jobs.submit import submit_job
+
     result = submit_job(
         request,
         session_factory=ctx.session_factory,
@@ -154,60 +217,6 @@ def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool)
     if wait:
         views.watch(ctx, result.job_id, json_out=json_out)
         raise typer.Exit(views.exit_code_for(ctx, result.job_id))
-
-
-@run_app.command("caption")
-def run_caption(
-    sources: Sources,
-    prompt: Prompt = None,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    json_out: Json = False,
-) -> None:
-    """Caption images here and now: SQLite, local storage, an in-process worker."""
-    ctx = open_context()
-    request = _request(ctx, JobKind.caption, sources, prompt, max_new_tokens, batch_size)
-    _run_here(ctx, request, json_out=json_out)
-
-
-@run_app.command("extract")
-def run_extract(
-    sources: Sources,
-    schema: SchemaFile,
-    prompt: Instructions = None,
-    pages: Pages = "all",
-    dpi: Dpi = 144,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    json_out: Json = False,
-) -> None:
-    """Extract schema-valid JSON here and now: SQLite, local storage, an in-process worker."""
-    ctx = open_context()
-    request = _request(
-        ctx,
-        JobKind.extract,
-        sources,
-        prompt,
-        max_new_tokens,
-        batch_size,
-        schema=read_schema_file(schema),
-        pages=pages,
-        dpi=dpi,
-    )
-    _run_here(ctx, request, json_out=json_out)
-
-
-def _run_here(ctx: Context, request: SubmitRequest, *, json_out: bool) -> None:
-    from workers.local import run_job_locally
-    from workers.resources import build_resources
-
-    views.warn_if_tiny(ctx.settings.model)
-    res = build_resources(ctx.settings)
-    views.err.print(f"loading model {ctx.settings.model} …")
-    _ = res.engine
-    result = run_job_locally(request, res, max_prompt_chars=ctx.settings.max_prompt_chars)
-    views.show_run_results(ctx, result.job_id, json_out=json_out)
-    raise typer.Exit(views.exit_code_for(ctx, result.job_id))
 
 
 @app.command("status")
@@ -244,7 +253,14 @@ def results(
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
-        views.write_results(session, job_id, fmt, output)
+        try:
+            views.write_results(session, job_id, fmt, output)
+        except OSError as exc:
+            if output is None:
+                raise
+            raise RequestError(
+                f"{output}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
+            ) from exc
 
 
 @app.command("jobs")
@@ -282,52 +298,14 @@ def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix)."
     )
 
 
-@app.command("worker")
-def worker(
-    pool: Annotated[
-        str, typer.Option(help="solo (one process per GPU; CUDA-safe) or threads.")
-    ] = "solo",
-    concurrency: Annotated[int, typer.Option(min=1, help="Threads, with --pool threads.")] = 1,
-    sweep_in_worker: Annotated[
-        bool, typer.Option("--sweep/--no-sweep", help="Also run the sweeper.")
-    ] = True,
-    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
-) -> None:
-    """Start a GPU worker: loads the model once, then processes batches from the queue."""
-    if pool not in ("solo", "threads"):
-        raise JobsError(
-            "--pool must be solo or threads: CUDA does not survive fork.", code="invalid_option"
-        )
-    open_context()  # settings and schema are checked before the model loads
-    from workers.celery_app import app as celery_app
-    from workers.celery_app import settings
-    from workers.tasks import get_resources
-
-    # Load before consuming: the solo/threads pool runs tasks in this very process, so the
-    # model stays resident, and a checkpoint that cannot load is one clear error, not a loop.
-    views.err.print(f"loading model {settings.model} …")
-    _ = get_resources().engine
-
-    celery_app.conf.llava_batch_sweep = sweep_in_worker
-    argv = [
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={concurrency}",
-        f"--loglevel={loglevel}",
-        "-Q",
-        settings.queue,
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    celery_app.worker_main(argv)
-
-
 @app.command("sweep")
 def sweep_command(
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
 ) -> None:
     """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
+
+    from jobs.maintenance import run_maintenance
 
     ctx = open_context()
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
@@ -354,62 +332,36 @@ def sweep_command(
         time.sleep(interval)
 
 
-def _request(
+def read_schema(path: str) -> dict[str, Any]:
+    """The ``--schema`` file, parsed (imported here: submitting needs it, ``--help`` does not)."""
+    from jobs.extraction import read_schema_file
+
+    return read_schema_file(path)
+
+
+def build_request(
     ctx: Context,
     kind: JobKind,
     sources: list[str],
-    prompt: str | None,
     max_new_tokens: int | None,
     batch_size: int | None,
-    **extra: Any,
+    *,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+    **params: Any,
 ) -> SubmitRequest:
-    return SubmitRequest(
-        kind=kind,
-        sources=sources,
-        prompt=prompt,
-        model=ctx.settings.model,
-        max_new_tokens=max_new_tokens or ctx.settings.max_new_tokens,
-        batch_size=batch_size or ctx.settings.batch_size,
+    """A request for ``kind`` with the kind's own parameters (``params``; None: its default)."""
+    from jobs.submit import SubmitRequest
+
+    return SubmitRequest.of(
+        kind,
+        sources,
+        ctx.settings.model,
+        name=name,
+        idempotency_key=idempotency_key,
         max_input_bytes=ctx.settings.max_input_bytes,
-        **extra,
+        default_max_new_tokens=ctx.settings.max_new_tokens,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size or ctx.settings.batch_size,
+        **params,
     )
-
-
-def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=sys.argv[1:], prog_name="llava-batch", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        views.fail("aborted", 130)
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except JobsError as exc:
-        views.fail(f"{exc.message} [{exc.code}]", exc.exit_code)
-    except ModelLoadError as exc:
-        views.fail(f"the model cannot be loaded: {views.first_line(exc)} [model_load_error]", 7)
-    except ValidationError as exc:
-        views.fail(views.describe_settings_error(exc), 2)
-    except UnknownSettingError as exc:
-        views.fail(f"bad configuration: {exc} [invalid_settings]", 2)
-    except OperationalError as exc:
-        views.fail(
-            f"the database is unreachable: {views.first_line(exc.orig)} [database_unavailable]", 5
-        )
-    except KeyboardInterrupt:
-        views.fail("interrupted", 130)
-    except Exception as exc:
-        if os.environ.get("LLAVA_BATCH_DEBUG"):
-            raise
-        views.fail(
-            f"internal error: {type(exc).__name__}: {views.first_line(exc)} "
-            "(set LLAVA_BATCH_DEBUG=1 for a traceback)",
-            1,
-        )
-    sys.exit(code if isinstance(code, int) else 0)

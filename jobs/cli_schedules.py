@@ -2,6 +2,9 @@
 
 Due schedules fire from the sweeper (``llava-batch sweep`` and every worker's sweeper thread);
 ``run-now`` fires one at once from this process.
+
+``jobs.schedules`` (croniter, which runs ``file`` in a subprocess when imported, and the whole
+submit path) is imported inside the commands that use it, so ``llava-batch --help`` stays light.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from jobs import views
 from jobs.context import open_context
 from jobs.db import Schedule, utcnow
 from jobs.dispatch import CeleryPublisher
-from jobs.extraction import read_schema_file
-from jobs.schedules import Template, add_schedule, find_schedule, fire_due_schedules, next_due
 
 schedule_app = typer.Typer(help="Recurring extraction over an S3 prefix.", no_args_is_help=True)
 NameArg = Annotated[str, typer.Argument(help="The schedule's name.")]
@@ -36,6 +37,9 @@ def add(
     dpi: Annotated[int, typer.Option(help="PDF rendering resolution.")] = 144,
 ) -> None:
     """Add a schedule; it fires at the next due time (UTC)."""
+    from jobs.extraction import read_schema_file
+    from jobs.schedules import Template, add_schedule
+
     ctx = open_context()
     template = Template(
         model=ctx.settings.model,
@@ -98,6 +102,8 @@ def resume(name: NameArg) -> None:
 @schedule_app.command("remove")
 def remove(name: NameArg) -> None:
     """Delete a schedule (its jobs stay)."""
+    from jobs.schedules import find_schedule
+
     ctx = open_context()
     with ctx.session_factory.begin() as session:
         session.delete(find_schedule(session, name))
@@ -107,6 +113,8 @@ def remove(name: NameArg) -> None:
 @schedule_app.command("run-now")
 def run_now(name: NameArg) -> None:
     """Fire now, even if paused: a job for the objects not processed before, or none."""
+    from jobs.schedules import find_schedule, fire_due_schedules
+
     ctx = open_context()
     with ctx.session_factory() as session:
         paused = find_schedule(session, name).paused
@@ -122,6 +130,8 @@ def run_now(name: NameArg) -> None:
 
 
 def _set_paused(name: str, paused: bool) -> None:
+    from jobs.schedules import find_schedule, next_due
+
     ctx = open_context()
     with ctx.session_factory.begin() as session:
         schedule = find_schedule(session, name)

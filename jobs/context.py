@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import SessionFactory, make_engine, make_session_factory
 from jobs.migrate import check_schema as check_schema_is_current
-from jobs.migrate import upgrade_database
+from jobs.migrate import is_current, upgrade_database
 from jobs.settings import Settings, load_settings
 from storage import Blobs, open_blobs
 
@@ -39,8 +39,9 @@ def open_context(*, check_schema: bool = True) -> Context:
             check_schema_is_current(engine)
         else:
             # The embedded default (a SQLite file under the home dir) sets itself up, so the
-            # first command on a fresh machine just works.
-            upgrade_database(engine)
+            # first command on a fresh machine just works; Alembic loads only when it must.
+            if not is_current(engine):
+                upgrade_database(engine)
     return Context(
         settings=settings,
         engine=engine,

@@ -20,7 +20,7 @@ import typer
 import yaml
 from sqlalchemy.engine import make_url
 
-import jobs.cli
+import workers.cli
 from jobs.settings import Settings
 from storage.uri import parse_s3_uri
 
@@ -252,7 +252,7 @@ def test_service_commands_are_real_cli_commands(services: dict[str, Any], name: 
     argv = argv_of(services[name])
     assert argv[0] == "llava-batch"
     # Typer 0.29 vendors its own click: a group is whatever has subcommands.
-    command: Any = typer.main.get_command(jobs.cli.app)
+    command: Any = typer.main.get_command(workers.cli.app)
     assert "worker" in command.commands  # the walk below really sees the CLI's commands
     path: list[str] = []
     rest = argv[1:]
@@ -320,8 +320,8 @@ def test_console_script_and_gpu_extras_are_in_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     target = project["scripts"]["llava-batch"]
     module, _, attr = target.partition(":")
-    assert (module, attr) == ("jobs.cli", "main")
-    assert callable(getattr(jobs.cli, attr))
+    assert (module, attr) == ("workers.cli", "main")
+    assert callable(getattr(workers.cli, attr))
     gpu = " ".join(project["optional-dependencies"]["gpu"])
     assert "bitsandbytes" in gpu and "accelerate" in gpu
 

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from jobs.db import Base, make_engine
-from jobs.migrate import current_revision, head_revision, upgrade_database
+from jobs.migrate import build_alembic_config, current_revision, head_revision, upgrade_database
 
 
 def test_migrations_match_the_declared_tables(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade_database(engine)
-    assert current_revision(engine) == head_revision(engine)
+    assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
     upgrade_database(engine)  # idempotent
+
+
+def test_head_revision_is_alembics(db_url: str) -> None:
+    """``head_revision`` reads the migration files without Alembic; it must agree with it."""
+    script = ScriptDirectory.from_config(build_alembic_config(db_url))
+    assert head_revision() == script.get_current_head()
+
+
+def test_a_database_without_tables_has_no_revision(db_url: str) -> None:
+    assert current_revision(make_engine(db_url)) is None

@@ -1,0 +1,173 @@
+"""The CLI's one error boundary: whatever reaches it leaves as one line on stderr,
+``error: <sentence> [<code>]``, with an exit status from ``jobs.errors.ExitCode`` (the one
+table). No traceback reaches the user unless ``LLAVA_BATCH_DEBUG`` asks for it.
+
+Usage errors (an unknown flag or command, a missing argument or value, a bare command) show the
+usage first and exit ``invalid_request`` (2). Only a genuine bug exits ``internal_error`` (1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TextIO, cast
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+# typer >= 0.26 vendors click as ``typer._click``: its parser raises these classes, not the
+# ``click`` package's (which celery installs too, so catching ``click.*`` caught nothing and
+# the first typo was an "internal error"). pyproject pins typer to the range this holds for.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+from jobs.errors import ExitCode, JobsError
+from jobs.settings import UnknownSettingError
+from jobs.views import err, first_line
+from model.errors import ModelLoadError, SchemaError
+from storage.errors import StorageError
+
+PROG = "llava-batch"
+
+
+class OutputClosedError(Exception):
+    """The reader of stdout went away (``llava-batch results JOB | head``).
+
+    Raised by the CLI's stdout in place of ``BrokenPipeError``, which typer and rich would
+    each turn into a silent exit 1. (Restoring SIGPIPE's default instead would also kill the
+    CLI silently when a database or broker socket breaks.)"""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the user sees of an error: one sentence, a stable code, an exit status."""
+
+    message: str
+    code: str
+    exit_code: ExitCode
+
+
+def describe(exc: BaseException) -> Failure:
+    """The one mapping from an exception that reached the CLI to what the user sees."""
+    if isinstance(exc, JobsError):
+        return Failure(exc.message, exc.code, exc.exit_code)  # typed ExitCode: from the table
+    if isinstance(exc, NoArgsIsHelpError):
+        return Failure(
+            "a command is missing: see the list above", "usage_error", ExitCode.invalid_request
+        )
+    if isinstance(exc, ClickException):
+        return Failure(exc.format_message(), "usage_error", ExitCode.invalid_request)
+    if isinstance(exc, ModelLoadError):
+        return Failure(
+            f"the model cannot be loaded: {first_line(exc)}",
+            "model_load_error",
+            ExitCode.model_load_error,
+        )
+    if isinstance(exc, SchemaError):
+        return Failure(exc.message, exc.code, ExitCode.invalid_request)
+    if isinstance(exc, StorageError):
+        return Failure(first_line(exc), exc.code, ExitCode.invalid_request)
+    if isinstance(exc, ValidationError):
+        return Failure(_settings_problems(exc), "invalid_settings", ExitCode.invalid_request)
+    if isinstance(exc, UnknownSettingError):
+        return Failure(f"bad configuration: {exc}", "invalid_settings", ExitCode.invalid_request)
+    if isinstance(exc, OperationalError):
+        return Failure(
+            f"the database is unreachable: {first_line(exc.orig)}",
+            "database_unavailable",
+            ExitCode.database_unavailable,
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("interrupted", "interrupted", ExitCode.interrupted)
+    if isinstance(exc, OutputClosedError):
+        return Failure("the output was closed by its reader", "interrupted", ExitCode.interrupted)
+    if isinstance(exc, typer.Abort):
+        return Failure("aborted", "interrupted", ExitCode.interrupted)
+    return Failure(
+        f"internal error: {type(exc).__name__}: {first_line(exc)} "
+        "(set LLAVA_BATCH_DEBUG=1 for a traceback)",
+        "internal_error",
+        ExitCode.internal_error,
+    )
+
+
+def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> NoReturn:
+    """Runs ``app`` as ``llava-batch`` and exits; the console script's whole body."""
+    logging.basicConfig(
+        level=os.environ.get("LLAVA_BATCH_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = typer.main.get_command(app)
+    argv = list(sys.argv[1:] if args is None else args)
+    sys.stdout = cast(TextIO, _GuardedStdout(sys.stdout))
+    try:
+        code = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+        sys.stdout.flush()
+    except (Exception, KeyboardInterrupt) as exc:
+        if (
+            os.environ.get("LLAVA_BATCH_DEBUG")
+            and describe(exc).exit_code is ExitCode.internal_error
+        ):
+            raise
+        fail(exc)
+    if code == ExitCode.interrupted:  # typer turns Ctrl-C into Exit(130), silently
+        fail(KeyboardInterrupt())
+    sys.exit(code if isinstance(code, int) else ExitCode.ok)
+
+
+def fail(exc: BaseException) -> NoReturn:
+    failure = describe(exc)
+    if isinstance(exc, OutputClosedError):
+        # Nothing more can reach the reader; this keeps the interpreter's last flush quiet.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    if isinstance(exc, UsageError):
+        _show_usage(exc)
+    err.print(f"error: {failure.message} [{failure.code}]", markup=False)
+    sys.exit(int(failure.exit_code))
+
+
+def _show_usage(exc: UsageError) -> None:
+    if isinstance(exc, NoArgsIsHelpError):
+        # The help itself: typer's rich help prints while the error is built; plain help is
+        # the error's message.
+        if exc.message and exc.message != "None":
+            err.print(exc.message, markup=False)
+        return
+    if exc.ctx is None:
+        return
+    err.print(exc.ctx.get_usage(), markup=False)
+    if exc.ctx.command.get_help_option(exc.ctx) is not None:
+        err.print(f"Try '{exc.ctx.command_path} --help' for help.", markup=False)
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    problems = [
+        f"LLAVA_BATCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+        for e in exc.errors()
+    ]
+    return "bad configuration: " + "; ".join(problems)
+
+
+class _GuardedStdout:
+    """stdout, with a closed pipe raised as ``OutputClosedError``; all else passes through."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError as exc:
+            raise OutputClosedError() from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError as exc:
+            raise OutputClosedError() from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -1,0 +1,115 @@
+"""The CLI starts fast: ``--help`` and ``status`` import no alembic, pypdfium2, jsonschema or
+xgrammar (and never torch or transformers), and an extract submit starts no subprocess to
+compile its schema (the worker compiles it, once per schema; submit checks it structurally)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import write_images
+from tests.integration.cli.conftest import RunCli
+
+HEAVY = ("alembic", "pypdfium2", "jsonschema", "xgrammar", "torch", "transformers")
+NEVER = ("xgrammar", "torch", "transformers")
+
+# Runs the real entry point in this process, then reports what it imported and whether it
+# started a subprocess. ``subprocess.Popen`` is wrapped before anything of ours is imported.
+PROBE = """
+import json, subprocess, sys
+from importlib.metadata import entry_points
+started = []
+class Recording(subprocess.Popen):
+    def __init__(self, args, *rest, **kwargs):
+        started.append(str(args))
+        super().__init__(args, *rest, **kwargs)
+subprocess.Popen = Recording
+(main,) = entry_points(group="console_scripts", name="llava-batch")
+watched = json.loads(sys.argv[2])
+sys.argv = ["llava-batch", *json.loads(sys.argv[1])]
+code = None
+try:
+    main.load()()
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in watched if m in sys.modules)
+print("PROBE " + json.dumps({"code": code, "heavy": heavy, "subprocesses": started}))
+"""
+
+
+def _probe(
+    cli_env: dict[str, str], *args: str, watch: tuple[str, ...] = HEAVY
+) -> dict[str, object]:
+    # Not from the repository root: a stale ``*.egg-info`` there would shadow the entry point.
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(watch)],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=Path(cli_env["LLAVA_BATCH_HOME"]).parent,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    assert lines, result.stdout + result.stderr
+    return dict(json.loads(lines[-1].removeprefix("PROBE ")))
+
+
+def test_help_imports_nothing_heavy(cli_env: dict[str, str]) -> None:
+    report = _probe(cli_env, "--help")
+    assert report["code"] in (0, None)
+    assert report["heavy"] == []
+
+
+def test_status_imports_nothing_heavy(
+    run_cli: RunCli, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    write_images(tmp_path / "c", 1)
+    submitted = run_cli("submit", "caption", str(tmp_path / "c"), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    report = _probe(cli_env, "status", job_id, "--json")
+    assert report["code"] in (0, None)
+    assert report["heavy"] == []
+
+
+def test_extract_submit_compiles_no_schema_in_a_subprocess(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    write_images(tmp_path / "docs", 1)
+    schema = tmp_path / "s.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"vendor": {"type": "string", "maxLength": 40}},
+                "required": ["vendor"],
+            }
+        )
+    )
+    report = _probe(
+        cli_env,
+        "submit",
+        "extract",
+        str(tmp_path / "docs"),
+        "--schema",
+        str(schema),
+        "--json",
+        watch=NEVER,
+    )
+    assert report["code"] in (0, None)
+    assert report["subprocesses"] == []
+    assert report["heavy"] == []
+
+
+def test_extract_submit_still_refuses_an_unsupported_schema(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "docs", 1)
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"x": {"type": "date"}}}))
+    result = run_cli("submit", "extract", str(tmp_path / "docs"), "--schema", str(schema))
+    assert result.returncode == 2, result.stderr
+    assert "schema_invalid" in result.stderr

@@ -1,0 +1,69 @@
+"""The README's exit-code and item-error-code tables are the code's, in both directions.
+
+The code is the one source: ``jobs.errors.ExitCode`` (every status the CLI can exit with) and
+``jobs.errors.ItemErrorCode`` (every code ``items.error_code`` can hold). Codes are read from
+the code at test time, so a code added there without a README row (or a row left behind after
+a code is removed) fails here. Every code another package puts on a failed item (storage's
+error classes, model's input errors) must be an ``ItemErrorCode``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from jobs.errors import ExitCode, ItemErrorCode
+from model.errors import INPUT_ERROR_CODES
+from storage.errors import StorageError
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+EXIT_CODES = "Exit codes (one table"
+ITEM_CODES = "## Error codes (in `items.error_code`)"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    """The rows (cells stripped, header and rule skipped) of the first table after ``marker``."""
+    lines = README[README.index(marker) :].splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))  # "\|" is a pipe in a cell
+        rows.append([cell.strip() for cell in cells])
+    return rows
+
+
+def test_exit_code_table_matches_the_code_both_ways() -> None:
+    documented = {int(row[0]) for row in _table_after(EXIT_CODES)}
+    assert documented == {int(code) for code in ExitCode}
+
+
+def test_every_exit_code_has_a_meaning_in_the_readme() -> None:
+    for row in _table_after(EXIT_CODES):
+        assert row[1], row
+
+
+def test_item_error_code_table_matches_the_code_both_ways() -> None:
+    rows = _table_after(ITEM_CODES)
+    documented = set()
+    for row in rows:
+        match = re.fullmatch(r"`([a-z_]+)`", row[0])
+        assert match and row[1], row
+        documented.add(match.group(1))
+    assert documented == {code.value for code in ItemErrorCode}
+
+
+def _subclasses(cls: type[StorageError]) -> set[type[StorageError]]:
+    found = {cls}
+    for sub in cls.__subclasses__():
+        found |= _subclasses(sub)
+    return found
+
+
+def test_every_code_a_failed_item_can_get_is_an_item_error_code() -> None:
+    storage_codes = {cls.code for cls in _subclasses(StorageError)}
+    known = {code.value for code in ItemErrorCode}
+    assert storage_codes <= known, storage_codes - known
+    assert set(INPUT_ERROR_CODES) <= known, set(INPUT_ERROR_CODES) - known
