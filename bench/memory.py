@@ -85,7 +85,7 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
     if scenario == "pdf":
         for i in range(args.documents):
             (inputs / f"bomb{i}.pdf").write_bytes(page_bomb(args.pages, args.side_pt, i))
-        request = SubmitRequest(
+        request = SubmitRequest.of(
             kind=JobKind.extract,
             sources=[str(inputs)],
             model="fake",
@@ -96,7 +96,7 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
     else:
         for i in range(args.images):
             (inputs / f"big{i:03d}.png").write_bytes(large_png(args.side_px, i))
-        request = SubmitRequest(
+        request = SubmitRequest.of(
             kind=JobKind.caption,
             sources=[str(inputs)],
             model="fake",

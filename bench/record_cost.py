@@ -27,6 +27,7 @@ from sqlalchemy import text  # noqa: E402
 from jobs.db import SessionFactory, make_engine, make_session_factory, new_id, utcnow  # noqa: E402
 from jobs.lifecycle import ItemOutcome, claim_items, record_results  # noqa: E402
 from jobs.migrate import upgrade_database  # noqa: E402
+from jobs.outcome import Outcome  # noqa: E402
 
 
 def make_job(sf: SessionFactory, size: int) -> list[str]:
@@ -63,7 +64,8 @@ def measure(sf: SessionFactory, ids: list[str], reps: int) -> list[float]:
         batch = ids[rep * 8 : rep * 8 + 8]
         claimed = claim_items(sf, batch, worker="bench", lease_seconds=600)
         outcomes = [
-            ItemOutcome(c.id, c.lease_token, text="a caption", tokens_out=3) for c in claimed
+            ItemOutcome(c.id, c.lease_token, Outcome(text="a caption", tokens_out=3))
+            for c in claimed
         ]
         start = time.perf_counter()
         assert record_results(sf, outcomes) == len(batch)

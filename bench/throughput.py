@@ -77,7 +77,7 @@ def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag
         max_attempts=3,
         max_image_pixels=50_000_000,
     )
-    request = SubmitRequest(
+    request = SubmitRequest.of(
         kind=JobKind.caption,
         sources=[str(images_dir)],
         model=engine.name,

@@ -97,6 +97,8 @@ class Item(Base):
     input_uri: Mapped[str] = mapped_column(Text)
     input_sha256: Mapped[str | None] = mapped_column(String(64))
     prompt: Mapped[str | None] = mapped_column(Text)
+    # What this item asks beyond its job's parameters, as its kind reads it (e.g. questions).
+    request: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -7,7 +7,23 @@ per-item codes (an item ends ``failed`` with that code; see ``ItemErrorCode``).
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
+
+
+class ExitCode(IntEnum):
+    """Every status ``llava-batch`` exits with: the one table. The README's table is checked
+    against this one in both directions; each error class below names its own status, and the
+    CLI's boundary (``jobs.cli_errors``) maps every foreign error onto one of these."""
+
+    ok = 0
+    internal_error = 1  # a genuine bug, and nothing else
+    invalid_request = 2  # usage errors, refused requests, bad configuration: nothing written
+    not_found = 3  # no such job (or schedule)
+    schema_missing = 4  # the database has no llava-batch tables yet
+    database_unavailable = 5
+    job_not_completed = 6  # --wait / run: the job ended failed or cancelled
+    model_load_error = 7  # the checkpoint is missing, pickle-only or wants remote code
+    interrupted = 130  # Ctrl-C, end of input at a prompt, or stdout's reader went away
 
 
 class ItemErrorCode(StrEnum):
@@ -29,17 +45,20 @@ class ItemErrorCode(StrEnum):
     document_too_large = "document_too_large"
     output_truncated = "output_truncated"
     output_invalid = "output_invalid"
+    schema_invalid = "schema_invalid"
     storage_unavailable = "storage_unavailable"
     out_of_memory = "out_of_memory"
     worker_lost = "worker_lost"
+    storage_error = "storage_error"  # the store failed in a way storage cannot classify
     internal_error = "internal_error"
 
 
 class JobsError(Exception):
-    """Base: something the caller should see as one line, with a stable code."""
+    """Base: a refusal the caller should see as one line, with a stable code. Never a bug, so
+    never ``internal_error``: raised as-is it means "refused; nothing was changed"."""
 
     code = "error"
-    exit_code = 1
+    exit_code = ExitCode.invalid_request
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -52,25 +71,37 @@ class RequestError(JobsError):
     """Raised at submit when the request is invalid; nothing has been written."""
 
     code = "invalid_request"
-    exit_code = 2
+    exit_code = ExitCode.invalid_request
 
 
-class JobNotFoundError(JobsError):
+class NotFoundError(JobsError):
+    """Raised when a name or id the caller gave matches nothing."""
+
+    code = "not_found"
+    exit_code = ExitCode.not_found
+
+
+class JobNotFoundError(NotFoundError):
     """Raised when a job id (or unique prefix) matches no job."""
 
     code = "job_not_found"
-    exit_code = 3
+
+
+class ScheduleNotFoundError(NotFoundError):
+    """Raised when a schedule name matches no schedule."""
+
+    code = "schedule_not_found"
 
 
 class SchemaMissingError(JobsError):
     """Raised when the database has no llava-batch tables yet."""
 
     code = "schema_missing"
-    exit_code = 4
+    exit_code = ExitCode.schema_missing
 
 
 class DatabaseUnavailableError(JobsError):
     """Raised when the database cannot be reached; transient, callers retry with backoff."""
 
     code = "database_unavailable"
-    exit_code = 5
+    exit_code = ExitCode.database_unavailable

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from jobs.errors import ItemErrorCode, RequestError
+from jobs.outcome import Outcome
 from model.documents import parse_page_spec
 from model.errors import SchemaError
-from model.schema import build_extraction_prompt, check_schema_compiles, prepare_schema
+from model.schema import (
+    build_extraction_prompt,
+    prepare_schema,
+    resolve_refs,
+)
 from model.schema import validate_output as validate_against_schema
 
 __all__ = [
-    "PageOutcome",
     "build_extraction_prompt",
     "check_extraction",
     "interpret_output",
@@ -27,18 +30,6 @@ __all__ = [
 ]
 
 MIN_DPI, MAX_DPI = 36, 600
-
-
-@dataclass(frozen=True)
-class PageOutcome:
-    """One page's result; documents keep these in ``item_pages``."""
-
-    number: int
-    text: str | None = None
-    json: Any = None
-    tokens_out: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
 
 
 def read_schema_file(path: str) -> dict[str, Any]:
@@ -57,9 +48,14 @@ def read_schema_file(path: str) -> dict[str, Any]:
 
 def check_extraction(schema: Mapping[str, Any], pages: str, dpi: int) -> None:
     """Refuses, before anything is written, what the worker could never honour."""
+    # Checked structurally, in this process: ``prepare_schema`` accepts only the JSON Schema
+    # subset the decoder compiles, and refuses the rest with the reason and where. The grammar
+    # itself is compiled by the worker, once per schema, with the model's tokenizer. Compiling
+    # here too would cost a Python subprocess (xgrammar imports torch, which the CLI never
+    # does) and about 2 s per submit; a schema the decoder still refuses fails its items with
+    # the decoder's reason, and never the worker.
     try:
         prepare_schema(schema)
-        check_schema_compiles(schema)
     except SchemaError as exc:
         raise RequestError(str(exc), code="schema_invalid") from exc
     try:
@@ -71,15 +67,15 @@ def check_extraction(schema: Mapping[str, Any], pages: str, dpi: int) -> None:
 
 
 def interpret_output(
-    schema: Mapping[str, Any], text: str, *, finished: bool, number: int, tokens_out: int
-) -> PageOutcome:
+    schema: Mapping[str, Any], text: str, *, finished: bool, number: int | None, tokens_out: int
+) -> Outcome:
     """Turns constrained model output into a validated object, or a per-page error.
 
     Output that ran out of tokens is never stored as a result, even if it happens to parse.
     """
     if not finished:
-        return PageOutcome(
-            number,
+        return Outcome(
+            page=number,
             text=text,
             tokens_out=tokens_out,
             error_code=ItemErrorCode.output_truncated,
@@ -90,28 +86,31 @@ def interpret_output(
         validate_against_schema(schema, obj)
     except (json.JSONDecodeError, jsonschema.ValidationError) as exc:
         message = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
-        return PageOutcome(
-            number,
+        return Outcome(
+            page=number,
             text=text,
             tokens_out=tokens_out,
             error_code=ItemErrorCode.output_invalid,
             error_message=f"The output does not match the schema: {message}.",
         )
-    return PageOutcome(number, text=text, json=obj, tokens_out=tokens_out)
+    return Outcome(page=number, text=text, json=obj, tokens_out=tokens_out)
 
 
 def merge_pages(schema: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One document-level object from its pages, in page order.
 
     Arrays (line items) are concatenated across pages; any other field takes its first
-    non-empty value (the vendor and total usually appear once).
+    non-empty value (the vendor and total usually appear once). ``$ref``s are followed, and a
+    field whose type or an ``anyOf`` branch is an array (``Optional[list[Line]]``) counts as an
+    array unless every page gave null: the pages' lists are concatenated, their nulls skipped.
     """
     merged: dict[str, Any] = {}
-    properties = schema.get("properties", {})
+    properties = resolve_refs(schema).get("properties", {})
     for name in properties:
         values = [obj[name] for obj in objects if name in obj]
-        if _is_array(properties[name]):
-            merged[name] = [entry for value in values if isinstance(value, list) for entry in value]
+        lists = [value for value in values if isinstance(value, list)]
+        if _is_array(properties[name]) and (lists or not values):
+            merged[name] = [entry for value in lists for entry in value]
             continue
         present = [v for v in values if v not in (None, "", [], {})]
         if present:
@@ -123,4 +122,6 @@ def merge_pages(schema: Mapping[str, Any], objects: Sequence[Mapping[str, Any]])
 
 def _is_array(node: Mapping[str, Any]) -> bool:
     kind = node.get("type")
-    return kind == "array" or (isinstance(kind, list) and "array" in kind)
+    if kind == "array" or (isinstance(kind, list) and "array" in kind):
+        return True
+    return any(isinstance(b, Mapping) and _is_array(b) for b in node.get("anyOf", []))

@@ -76,3 +76,18 @@ def check_text(value: str, *, what: str, code: str, max_chars: int) -> None:
         raise RequestError(
             f"{what} has {len(value)} characters; the limit is {max_chars}.", code=code
         )
+
+
+def check_prompt(prompt: str, max_chars: int, *, where: str) -> None:
+    if not prompt.strip():
+        raise RequestError(f"{where}: the prompt is empty.", code="empty_prompt")
+    if len(prompt) > max_chars:
+        raise RequestError(
+            f"{where}: the prompt has {len(prompt)} characters; the limit is {max_chars} "
+            "(LLAVA_BATCH_MAX_PROMPT_CHARS).",
+            code="prompt_too_long",
+        )
+    if "\x00" in prompt:
+        raise RequestError(f"{where}: the prompt contains a NUL byte.", code="invalid_prompt")
+    if not is_utf8(prompt):  # lone surrogates: undecodable bytes in an argument, or JSON escapes
+        raise RequestError(f"{where}: the prompt is not valid UTF-8 text.", code="invalid_prompt")

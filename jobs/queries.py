@@ -101,17 +101,6 @@ def list_recent_jobs(session: Session, *, limit: int = 20) -> list[JobProgress]:
     return [read_progress(session, job) for job in jobs]
 
 
-RESULT_FIELDS = (
-    "item_id",
-    "custom_id",
-    "input",
-    "status",
-    "result",
-    "error_code",
-    "error_message",
-)
-
-
 def iter_results(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[dict[str, Any]]:
     """One row per item in submission order; streamed so a 100k-item job fits in memory."""
     last_seq = -1

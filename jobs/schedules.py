@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
-from jobs.errors import JobsError, RequestError
+from jobs.errors import RequestError, ScheduleNotFoundError
 from jobs.limits import MAX_NAME_CHARS, check_text, is_utf8
 from jobs.sources import DOCUMENT_EXTENSIONS, InputSpec
 from jobs.states import JobKind
@@ -48,14 +48,14 @@ class Template:
     dpi: int = 144
 
     def request(self, name: str, sources: list[str]) -> SubmitRequest:
-        return SubmitRequest(
-            kind=JobKind.extract,
-            sources=sources,
-            model=self.model,
+        return SubmitRequest.of(
+            JobKind.extract,
+            sources,
+            self.model,
+            name=name,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-            prompt=self.prompt,
-            name=name,
+            instructions=self.prompt,
             schema=self.schema,
             pages=self.pages,
             dpi=self.dpi,
@@ -148,7 +148,7 @@ def add_schedule(
 def find_schedule(session: Session, name: str) -> Schedule:
     schedule = session.scalars(select(Schedule).where(Schedule.name == name)).one_or_none()
     if schedule is None:
-        raise JobsError(f"No schedule named {name!r}.", code="schedule_not_found")
+        raise ScheduleNotFoundError(f"No schedule named {name!r}.")
     return schedule
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
@@ -29,6 +30,10 @@ class InputSpec:
     custom_id: str | None = None
     size: int | None = None  # bytes, from stat or the listing: known before anything is read
     version: str | None = None  # a local file's mtime (ns), an object's ETag
+    # The manifest line's other fields, for the job's kind to read (e.g. "questions"), and
+    # where the line is, for its error messages.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    where: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
         if not line.strip():
             continue
         where = f"{manifest}, line {number}"
-        given, prompt, custom_id = _parse_manifest_line(where, line)
+        given, prompt, custom_id, extra = _parse_manifest_line(where, line)
         target = given if is_s3_uri(given) else _manifest_target(manifest, given, where, inner)
         for spec in _expand_one(target, inner):
             yield replace(
@@ -169,6 +174,8 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
                 source=given if spec.source == target else spec.source,
                 prompt=prompt,
                 custom_id=custom_id,
+                extra=extra,
+                where=where,
             )
 
 
@@ -196,8 +203,10 @@ def _manifest_target(manifest: Path, given: str, where: str, walk: _Walk) -> str
     return str(path)
 
 
-def _parse_manifest_line(where: str, line: str) -> tuple[str, str | None, str | None]:
-    """Returns (input, prompt, custom id) of one manifest line."""
+def _parse_manifest_line(
+    where: str, line: str
+) -> tuple[str, str | None, str | None, dict[str, Any]]:
+    """Returns (input, prompt, custom id, the other fields) of one manifest line."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -221,7 +230,8 @@ def _parse_manifest_line(where: str, line: str) -> tuple[str, str | None, str | 
             code="invalid_custom_id",
             max_chars=MAX_CUSTOM_ID_CHARS,
         )
-    return entry["input"], entry.get("prompt"), custom_id
+    extra = {k: v for k, v in entry.items() if k not in ("input", "prompt", "id")}
+    return entry["input"], entry.get("prompt"), custom_id, extra
 
 
 def _check_unique_ids(inputs: Sequence[InputSpec]) -> None:

@@ -8,6 +8,7 @@ from enum import StrEnum
 class JobKind(StrEnum):
     caption = "caption"
     extract = "extract"
+    ask = "ask"
 
 
 class JobStatus(StrEnum):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,39 +21,72 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
-from jobs.extraction import build_extraction_prompt, check_extraction
+from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_NAME_CHARS,
     check_option,
     check_text,
-    is_utf8,
 )
 from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS, InputSpec, expand_sources
-from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.states import ItemStatus, JobStatus
 from storage import Blobs, StorageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
-
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    kind: JobKind
+    """A request to run ``kind`` over ``sources``; ``params`` are the kind's typed parameters."""
+
+    kind: str
     sources: Sequence[str]
     model: str
-    max_new_tokens: int
-    batch_size: int
-    prompt: str | None = None
+    params: KindParams
     name: str | None = None
     idempotency_key: str | None = None
-    schema: dict[str, Any] | None = None  # extraction only: the user's JSON Schema
-    pages: str = "all"  # extraction only: which PDF pages
-    dpi: int = 144  # extraction only: PDF rendering resolution
     # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        sources: Sequence[str],
+        model: str,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        default_max_new_tokens: int = 64,
+        **params: Any,
+    ) -> SubmitRequest:
+        """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
+        None means "the default"); ones that do not validate are a request error. With no
+        ``max_new_tokens`` the kind chooses (``default_max_new_tokens``: the setting)."""
+        handler = get_kind(kind)
+        given = {key: value for key, value in params.items() if value is not None}
+        try:
+            typed = handler.params_type.model_validate(given)
+            if typed.max_new_tokens is None:
+                chosen = handler.default_max_new_tokens(typed, default_max_new_tokens)
+                typed = typed.model_copy(update={"max_new_tokens": chosen, "budget_chosen": True})
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or kind
+            raise RequestError(
+                f"{kind}: {where}: {problem['msg']}.", code="invalid_request"
+            ) from None
+        return cls(
+            kind=handler.name,
+            sources=list(sources),
+            model=model,
+            params=typed,
+            name=name,
+            idempotency_key=idempotency_key,
+            max_input_bytes=max_input_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +105,9 @@ def submit_job(
     publisher: Publisher,
     max_prompt_chars: int,
 ) -> SubmitResult:
+    kind = get_kind(request.kind)
     check_request(request, max_prompt_chars)
-    extensions = DOCUMENT_EXTENSIONS if request.kind == JobKind.extract else IMAGE_EXTENSIONS
+    extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS
     inputs = expand_sources(
         request.sources,
         blobs=blobs,
@@ -85,11 +120,18 @@ def submit_job(
         existing = _find_by_key(session_factory, request.idempotency_key, fingerprint)
         if existing is not None:
             return existing
-    for spec in inputs:
-        if spec.prompt is not None:
-            check_prompt(spec.prompt, max_prompt_chars, where=spec.source)
+    asks = [
+        kind.item_ask(
+            request.params,
+            spec.prompt,
+            spec.extra,
+            where=spec.where or spec.source,
+            max_prompt_chars=max_prompt_chars,
+        )
+        for spec in inputs
+    ]
     stored = _store_inputs(inputs, blobs)
-    job, items = build_job(request, inputs, stored, fingerprint=fingerprint)
+    job, items = build_job(request, inputs, stored, asks, fingerprint=fingerprint)
     stamp = utcnow()
     try:
         with session_factory.begin() as session:
@@ -106,7 +148,7 @@ def submit_job(
         publisher,
         job.id,
         [i.id for i in items],
-        batch_size=request.batch_size,
+        batch_size=request.params.batch_size,
         stamp=stamp,
     )
     return SubmitResult(job_id=job.id, item_count=len(items), dispatched=dispatched)
@@ -114,8 +156,9 @@ def submit_job(
 
 def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     """Everything about a request that can be refused before touching any input."""
-    check_option("--batch-size", request.batch_size, "batch_size")
-    check_option("--max-new-tokens", request.max_new_tokens, "max_new_tokens")
+    check_option("--batch-size", request.params.batch_size, "batch_size")
+    if request.params.max_new_tokens is not None:  # None: the worker's setting applies
+        check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
     if request.name is not None:
         check_text(request.name, what="--name", code="invalid_name", max_chars=MAX_NAME_CHARS)
     if request.idempotency_key is not None:
@@ -125,31 +168,25 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
             code="invalid_idempotency_key",
             max_chars=MAX_IDEMPOTENCY_KEY_CHARS,
         )
-    if request.prompt is not None or request.kind == JobKind.caption:
-        check_prompt(request.prompt or DEFAULT_CAPTION_PROMPT, max_prompt_chars, where="--prompt")
-    if request.kind == JobKind.extract:
-        if request.schema is None:
-            raise RequestError("Extraction needs a JSON Schema (--schema).", code="schema_missing")
-        check_extraction(request.schema, request.pages, request.dpi)
+    get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
 
 
 def build_job(
     request: SubmitRequest,
     inputs: Sequence[InputSpec],
     stored: Sequence[tuple[str, str | None]],
+    asks: Sequence[ItemAsk] | None = None,
     *,
     fingerprint: str | None = None,
 ) -> tuple[Job, list[Item]]:
     """The rows of a new job (not yet added to any session)."""
+    kind = get_kind(request.kind)
     job_id = new_id()
     params: dict[str, Any] = {
-        "max_new_tokens": request.max_new_tokens,
-        "batch_size": request.batch_size,
+        **request.params.model_dump(by_alias=True),
         "fingerprint": fingerprint or _fingerprint(request),
     }
-    if request.kind == JobKind.extract:
-        assert request.schema is not None
-        params.update(schema=request.schema, pages=request.pages, dpi=request.dpi)
+    asks = asks if asks is not None else [ItemAsk()] * len(inputs)
     items = [
         Item(
             id=new_id(),
@@ -159,18 +196,19 @@ def build_job(
             source=spec.source,
             input_uri=uri,
             input_sha256=sha256,
-            prompt=None if spec.prompt is None else _item_prompt(request, spec.prompt),
+            prompt=ask.prompt,
+            request=ask.request,
             status=ItemStatus.queued,
             attempts=0,
         )
-        for seq, (spec, (uri, sha256)) in enumerate(zip(inputs, stored, strict=True))
+        for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
     ]
     job = Job(
         id=job_id,
         name=request.name,
-        kind=request.kind,
+        kind=kind.name,
         status=JobStatus.queued,
-        prompt=_item_prompt(request, request.prompt),
+        prompt=kind.job_prompt(request.params),
         params=params,
         model=request.model,
         idempotency_key=request.idempotency_key,
@@ -186,29 +224,6 @@ def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at:
     session.add(job)
     session.flush()  # the job row first: items reference it
     session.add_all(items)
-
-
-def _item_prompt(request: SubmitRequest, instructions: str | None) -> str:
-    """The prompt the model gets: for extraction, built from the schema plus instructions."""
-    if request.kind == JobKind.extract:
-        assert request.schema is not None
-        return build_extraction_prompt(request.schema, instructions)
-    return instructions if instructions is not None else DEFAULT_CAPTION_PROMPT
-
-
-def check_prompt(prompt: str, max_chars: int, *, where: str) -> None:
-    if not prompt.strip():
-        raise RequestError(f"{where}: the prompt is empty.", code="empty_prompt")
-    if len(prompt) > max_chars:
-        raise RequestError(
-            f"{where}: the prompt has {len(prompt)} characters; the limit is {max_chars} "
-            "(LLAVA_BATCH_MAX_PROMPT_CHARS).",
-            code="prompt_too_long",
-        )
-    if "\x00" in prompt:
-        raise RequestError(f"{where}: the prompt contains a NUL byte.", code="invalid_prompt")
-    if not is_utf8(prompt):  # lone surrogates: undecodable bytes in an argument, or JSON escapes
-        raise RequestError(f"{where}: the prompt is not valid UTF-8 text.", code="invalid_prompt")
 
 
 def _store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
@@ -296,13 +311,8 @@ def _fingerprint(request: SubmitRequest, inputs: Sequence[InputSpec] | None = No
     payload = {
         "kind": request.kind,
         "sources": described,
-        "prompt": request.prompt,
-        "schema": request.schema,
-        "pages": request.pages,
-        "dpi": request.dpi,
+        "params": request.params.model_dump(by_alias=True),
         "model": request.model,
-        "max_new_tokens": request.max_new_tokens,
-        "batch_size": request.batch_size,
         "name": request.name,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -311,9 +321,9 @@ def _fingerprint(request: SubmitRequest, inputs: Sequence[InputSpec] | None = No
 def _describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
     def describe(spec: InputSpec) -> list[Any]:
         if spec.local_path is None:
-            return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id]
+            return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id, spec.extra]
         content = _sha256_of(spec) if hashed else f"{spec.size}-{spec.version}"
-        return [str(spec.local_path.resolve()), content, spec.prompt, spec.custom_id]
+        return [str(spec.local_path.resolve()), content, spec.prompt, spec.custom_id, spec.extra]
 
     if not hashed:
         return [describe(spec) for spec in inputs]

@@ -10,24 +10,25 @@ import sys
 import time
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.orm import Session
 
 from jobs.context import Context
-from jobs.queries import RESULT_FIELDS, JobProgress, find_job, iter_results, read_progress
+from jobs.errors import ExitCode
+from jobs.kinds import get_kind
+from jobs.queries import JobProgress, find_job, iter_results, read_progress
 from jobs.states import TERMINAL_JOB_STATES, JobStatus
-from jobs.submit import SubmitResult
 from model.engine import TINY_MODELS
+
+if TYPE_CHECKING:  # submitting pulls in what status and --help never need
+    from jobs.submit import SubmitResult
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_JOB_NOT_COMPLETED = 6
 
 TINY_WARNING = (
     "note: model {model} is a tiny, randomly initialised model built offline: its captions are "
@@ -41,21 +42,8 @@ class ResultFormat(StrEnum):
     csv = "csv"
 
 
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
-    sys.exit(code)
-
-
 def first_line(exc: object) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
-
-
-def describe_settings_error(exc: ValidationError) -> str:
-    problems = [
-        f"LLAVA_BATCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-        for e in exc.errors()
-    ]
-    return "bad configuration: " + "; ".join(problems) + " [invalid_settings]"
 
 
 def warn_if_tiny(model: str) -> None:
@@ -147,10 +135,10 @@ def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -
     show_progress(progress, json_out=json_out)
 
 
-def exit_code_for(ctx: Context, job_id: str) -> int:
+def exit_code_for(ctx: Context, job_id: str) -> ExitCode:
     with ctx.session_factory() as session:
         status = find_job(session, job_id).status
-    return 0 if status == JobStatus.completed else EXIT_JOB_NOT_COMPLETED
+    return ExitCode.ok if status == JobStatus.completed else ExitCode.job_not_completed
 
 
 def write_results(session: Session, job_id: str, fmt: ResultFormat, output: str | None) -> None:
@@ -161,13 +149,12 @@ def write_results(session: Session, job_id: str, fmt: ResultFormat, output: str 
             for row in rows:
                 stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            writer = csv.DictWriter(stream, fieldnames=RESULT_FIELDS)
+            # The kind lays its rows out: one per item, or one per question for ``ask``.
+            kind = get_kind(find_job(session, job_id).kind)
+            writer = csv.DictWriter(stream, fieldnames=kind.csv_fields())
             writer.writeheader()
             for row in rows:
-                result = row["result"]
-                if result is not None and not isinstance(result, str):
-                    row = {**row, "result": json.dumps(result, ensure_ascii=False)}
-                writer.writerow(row)
+                writer.writerows(kind.csv_rows(row))
 
 
 def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:

@@ -7,6 +7,7 @@ CLI must start fast and never import torch. Implementations live in ``model.tran
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "EngineSpec",
     "GenerationRequest",
     "GenerationResult",
+    "Turn",
     "default_cache_dir",
 ]
 
@@ -40,16 +42,50 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "llava-batch"
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One item to generate for.
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
-    ``image`` is already decoded to RGB (see ``model.images.decode_image``). ``prompt`` is only the
-    user's instruction text: the engine adds the chat template and the image token itself.
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation: ``role`` is system, user or assistant; plain text."""
+
+    role: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+
+
+@dataclass(frozen=True, init=False)
+class GenerationRequest:
+    """One generation: an image and a conversation about it, ending with a user turn.
+
+    ``image`` is already decoded to RGB (see ``model.images.decode_image``). The turns hold only
+    text: the engine applies the chat template and puts the image in the first user turn. A
+    plain string is a one-turn conversation (a caption or extraction prompt). Requests that
+    share one image object (several questions about a photo) let an engine encode it once.
     """
 
     image: Image.Image
-    prompt: str
+    conversation: tuple[Turn, ...]
+
+    def __init__(self, image: Image.Image, conversation: str | Sequence[Turn]) -> None:
+        turns = (
+            (Turn("user", conversation),) if isinstance(conversation, str) else tuple(conversation)
+        )
+        spoken = [t.role for t in turns if t.role != "system"]
+        if not spoken or spoken[-1] != "user":
+            raise ValueError("a conversation must end with a user turn")
+        if any(a == b for a, b in itertools.pairwise(spoken)):
+            raise ValueError("user and assistant turns must alternate")
+        object.__setattr__(self, "image", image)
+        object.__setattr__(self, "conversation", turns)
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn: what is being asked now."""
+        return self.conversation[-1].text
 
 
 @dataclass(frozen=True)
@@ -80,8 +116,13 @@ class Engine(Protocol):
         *,
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
+        fit_to_context: bool = False,
     ) -> list[GenerationResult]:
         """Return exactly one result per request, in the same order.
+
+        ``fit_to_context``: ``max_new_tokens`` is a default the caller chose, not a user's
+        number: shrink it to what the model's context leaves after the longest prompt, instead
+        of refusing the batch as too long.
 
         With ``json_schema`` (a user schema, see ``model.schema``) decoding is constrained by its
         bounded form, and each finished result's text is one JSON object valid against it.

@@ -1,9 +1,10 @@
 """A deterministic engine without torch, for fast tests of everything around the model.
 
-Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image size
-and the prompt), split on whitespace, cut to ``max_new_tokens`` words and re-joined with single
-spaces; ``tokens_out`` is its number of words. So a test can tell which image and prompt
-produced which result, and that results come back in request order.
+Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image
+size and its last user turn; a later turn of a conversation adds ``" (after N answers)"``),
+split on whitespace, cut to ``max_new_tokens`` words and re-joined with single spaces;
+``tokens_out`` is its number of words. So a test can tell which image and prompt produced which
+result, and that results come back in request order.
 
 With ``json_schema``, each result's text is one compact JSON object valid against the schema and
 the same for every request: every property (required or not) filled with a placeholder of its
@@ -22,6 +23,7 @@ from typing import Any
 
 from model.engine import GenerationRequest, GenerationResult
 from model.errors import DeviceOutOfMemoryError
+from model.patterns import build_pattern_example
 from model.schema import DATE_PATTERN, prepare_schema
 
 __all__ = ["FakeEngine", "build_placeholder"]
@@ -60,6 +62,7 @@ class FakeEngine:
         *,
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
+        fit_to_context: bool = False,  # no context to fit: every budget fits
     ) -> list[GenerationResult]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
@@ -81,7 +84,11 @@ class FakeEngine:
     @staticmethod
     def _caption(request: GenerationRequest, max_new_tokens: int) -> GenerationResult:
         width, height = request.image.size
-        words = f"caption of {width}x{height} image: {request.prompt}".split()[:max_new_tokens]
+        text = f"caption of {width}x{height} image: {request.prompt}"
+        earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
+        if earlier:  # a later turn of a conversation: say how much context it had
+            text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
+        words = text.split()[:max_new_tokens]
         return GenerationResult(text=" ".join(words), tokens_out=len(words))
 
 
@@ -91,8 +98,11 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
     The first ``enum`` value; "2024-01-31" for a date; otherwise a string of ``minLength`` (at
     least 1) "x"s capped at ``maxLength``; a number or integer at 0 moved into
     ``[minimum, maximum]``; ``true``; ``minItems`` (at least 1, capped at ``maxItems``) items;
-    an object with every property. For a list of types, the first.
+    an object with every property. For a list of types or ``anyOf``, the first; for another
+    ``pattern``, a short match.
     """
+    if "anyOf" in schema:
+        return build_placeholder(schema["anyOf"][0])
     if "enum" in schema:
         return schema["enum"][0]
     raw = schema.get("type", "null")
@@ -100,6 +110,8 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
     if kind == "string":
         if schema.get("pattern") == DATE_PATTERN:
             return "2024-01-31"
+        if "pattern" in schema:
+            return build_pattern_example(schema["pattern"])
         length = min(max(int(schema.get("minLength", 1)), 1), int(schema.get("maxLength", 1)))
         return "x" * length
     if kind in ("number", "integer"):

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from model.checkpoints import check_local_checkpoint
-from model.engine import TINY_MODELS, EngineSpec, GenerationRequest, GenerationResult
+from model.engine import TINY_MODELS, EngineSpec, GenerationRequest, GenerationResult, Turn
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
 from model.schema import canonical_schema_json, prepare_schema
 from model.tiny import ensure_tiny_checkpoint
@@ -164,13 +164,15 @@ class TransformersEngine:
         sides = [size.get("shortest_edge"), size.get("height"), crop.get("height")]
         return max(int(side) for side in sides if side) if any(sides) else 336
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        """An upper bound on the tokens ``prompt`` takes, with the template and any image.
+    def count_prompt_tokens(self, conversation: str | Sequence[Turn]) -> int:
+        """An upper bound on the tokens a conversation (or one prompt) takes, with the template
+        and its image.
 
         Image tokens are counted at their maximum for this model (LLaVA-NeXT's count depends on
         the image's aspect ratio), so ``count + max_new_tokens <= max_context`` always fits.
         """
-        return self._count_templated(self._build_prompt(prompt))
+        turns = (Turn("user", conversation),) if isinstance(conversation, str) else conversation
+        return self._count_templated(self._build_prompt(turns))
 
     def generate(
         self,
@@ -178,6 +180,7 @@ class TransformersEngine:
         *,
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
+        fit_to_context: bool = False,
     ) -> list[GenerationResult]:
         """One greedy result per request, in order.
 
@@ -186,14 +189,18 @@ class TransformersEngine:
         Raises ``DeviceOutOfMemoryError`` on OOM, ``SchemaError`` for a schema that is
         unsupported or does not compile, and ``InputError("prompt_too_long")`` when a
         request's prompt plus ``max_new_tokens`` cannot fit in ``max_context`` (callers that
-        split failing batches isolate that item; ``count_prompt_tokens`` lets them check first).
+        split failing batches isolate that item; ``count_prompt_tokens`` lets them check first);
+        with ``fit_to_context`` the budget shrinks to fit instead, down to one token.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         grammar = None if json_schema is None else self._grammar_for(json_schema)
         if not requests:
             return []
-        texts = [self._build_prompt(r.prompt) for r in requests]
+        texts = [self._build_prompt(r.conversation) for r in requests]
+        if fit_to_context:  # a chosen default, not the user's number: take what fits
+            longest = max(self._count_templated(text) for text in texts)
+            max_new_tokens = max(1, min(max_new_tokens, self.max_context - longest))
         for text in texts:
             needed = self._count_templated(text) + max_new_tokens
             if needed > self.max_context:
@@ -211,7 +218,8 @@ class TransformersEngine:
             extra["logits_processor"] = [LogitsProcessor(grammar)]
         try:
             with torch.inference_mode():
-                inputs = self._prepare(images, texts)
+                inputs = self._prepare_shared(images, texts) or self._prepare(images, texts)
+                prompt_width = inputs["input_ids"].shape[1]
                 output = self._model.generate(
                     **inputs,
                     max_new_tokens=max_new_tokens,
@@ -231,8 +239,44 @@ class TransformersEngine:
                 raise
             self._release_memory()
             raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        new_tokens = output[:, prompt_width:].tolist()
         return [self._decode(row) for row in new_tokens]
+
+    def _prepare_shared(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
+        """Model inputs for a batch whose requests share images (several questions about one
+        photo), each distinct image preprocessed and encoded once; None when none is shared or
+        the model cannot take pre-computed image features.
+
+        The processor runs over the distinct images (with one of their texts) to get pixel values
+        and each image's token count; every text then gets its image placeholder expanded to that
+        count, as the processor itself does, and is tokenised with the same defaults. The vision
+        tower's features go to ``generate`` as pre-computed encoder outputs, one per request,
+        exactly where the model would have put its own.
+        """
+        firsts: dict[int, int] = {}
+        rows = [firsts.setdefault(id(image), i) for i, image in enumerate(images)]
+        if len(firsts) == len(images) or not self._model._supports_mm_encoder_outputs():
+            return None
+        distinct = sorted(firsts.values())
+        where = {row: n for n, row in enumerate(distinct)}
+        own = self._prepare([images[i] for i in distinct], [texts[i] for i in distinct])
+        counts = (own["input_ids"] == self._image_token_id).sum(dim=1).tolist()
+        expanded = [
+            text.replace(self._image_token, self._image_token * counts[where[row]], 1)
+            for text, row in zip(texts, rows, strict=True)
+        ]
+        tokens = self._processor.tokenizer(expanded, padding=True, return_tensors="pt")
+        encoder_args = {"pixel_values": own["pixel_values"]}
+        if "image_sizes" in own:
+            encoder_args["image_sizes"] = own["image_sizes"]
+        encoded = self._model.base_model.get_image_features(**encoder_args, return_dict=True)
+        features = list(encoded.pooler_output)
+        encoded.pooler_output = [features[where[row]] for row in rows]
+        return {
+            "input_ids": tokens["input_ids"].to(self._device),
+            "attention_mask": tokens["attention_mask"].to(self._device),
+            "mm_encoder_outputs": {"image": encoded},
+        }
 
     def _grammar_for(self, json_schema: Mapping[str, Any]) -> Any:
         """The compiled grammar for ``json_schema``'s bounded form, compiled once per schema."""
@@ -275,13 +319,21 @@ class TransformersEngine:
             width = getattr(config, "text_config", config).vocab_size
         return int(width)
 
-    def _build_prompt(self, prompt: str) -> str:
-        safe = neutralise_special_tokens(prompt, self._special_strings)
-        conversation = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": safe}]}
-        ]
+    def _build_prompt(self, turns: Sequence[Turn]) -> str:
+        """The templated text of a conversation: the image goes with the first user turn, and
+        earlier answers are assistant turns, as in a real multi-turn chat."""
+        messages: list[dict[str, Any]] = []
+        image_placed = False
+        for turn in turns:
+            content: list[dict[str, Any]] = []
+            if turn.role == "user" and not image_placed:
+                content.append({"type": "image"})
+                image_placed = True
+            safe = neutralise_special_tokens(turn.text, self._special_strings)
+            content.append({"type": "text", "text": safe})
+            messages.append({"role": turn.role, "content": content})
         text: str = self._processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
+            messages, add_generation_prompt=True, tokenize=False
         )
         return text
 

@@ -59,7 +59,7 @@ def submit_captions(
     )
     request.update(fields)
     result = submit_job(
-        SubmitRequest(**request),  # type: ignore[arg-type]
+        SubmitRequest.of(**request),  # type: ignore[arg-type]
         session_factory=sf,
         blobs=blobs,
         publisher=publisher,

@@ -53,6 +53,7 @@ class FaultyEngine:
         *,
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
+        fit_to_context: bool = False,
     ) -> list[GenerationResult]:
         marker = self.faults.kill_on_prompt
         if marker and any(marker in r.prompt for r in requests):
@@ -63,5 +64,8 @@ class FaultyEngine:
         if self.faults.generate_delay_s:
             time.sleep(self.faults.generate_delay_s)
         return self._engine.generate(
-            requests, max_new_tokens=max_new_tokens, json_schema=json_schema
+            requests,
+            max_new_tokens=max_new_tokens,
+            json_schema=json_schema,
+            fit_to_context=fit_to_context,
         )

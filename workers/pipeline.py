@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +18,15 @@ from sqlalchemy.exc import DBAPIError
 
 from jobs.db import is_retryable
 from jobs.errors import ItemErrorCode
+from jobs.kinds import decode_params, get_kind
 from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
-from jobs.states import JobKind
+from jobs.outcome import Outcome
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
-from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit, Ready
-from workers.generation import Generated, generate_units
+from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit
+from workers.generation import Task, generate_tasks
 from workers.lease import LeaseKeeper
-from workers.outcomes import build_outcome, failed
+from workers.outcomes import failed
 from workers.resources import WorkerResources
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
         if handed_back
         else 0
     )
-    failures = sum(1 for o in outcomes if o.error_code)
+    failures = sum(1 for o in outcomes if o.outcome.failed)
     report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
     log.info("batch done job=%s %s", claimed[0].job_id, report)
     return report
@@ -81,44 +82,56 @@ def run_batch(
     Inputs are read and decoded in a thread pool at most about two model batches ahead of the
     model (``res.batch_size`` units and ``res.max_batch_pixels`` pixels each way; see
     ``workers.ahead``), and a document's pages are rendered one by one into the model batches,
-    so the worker holds only what it is about to feed the model.
+    so the worker holds only what it is about to feed the model. What to generate for a unit,
+    and what comes of it, is the job kind's (``jobs.kinds``): a caption, an extraction per page,
+    or several questions, asked independently or as the turns of one conversation.
     """
     engine = res.engine
-    params = claimed[0].params  # one message holds items of one job
-    extract = claimed[0].kind == JobKind.extract
-    schema: Mapping[str, Any] | None = params.get("schema") if extract else None
-    max_new_tokens = int(params.get("max_new_tokens") or res.max_new_tokens)
+    kind = get_kind(claimed[0].kind)  # one message holds items of one job
+    params = decode_params(kind, claimed[0].params)
+    schema = kind.json_schema(params)
+    max_new_tokens = params.max_new_tokens or res.max_new_tokens
     outcomes: list[ItemOutcome] = []
     handed_back: list[ClaimedItem] = []
-    done: dict[str, list[Generated]] = {}  # units of items not complete yet, images dropped
-    ready: list[Ready] = []
+    queue: list[Task] = []
+    units: dict[tuple[str, int | None], _UnitWork] = {}
+    items_done: dict[str, list[tuple[int, list[Outcome]]]] = {}
 
-    def finish(generated: Generated, units_of_item: int) -> None:
-        # Keep only what the outcome needs: a page image must not outlive its model batch.
-        generated = replace(generated, unit=replace(generated.unit, image=None))
-        item = generated.unit.item
-        units = done.setdefault(item.id, [])
-        units.append(generated)
-        if len(units) == units_of_item:
-            del done[item.id]
-            units.sort(key=lambda g: g.unit.page or 0)
-            outcomes.append(build_outcome(item, units, schema))
+    def finish_unit(item: ClaimedItem, page: int | None, got: list[Outcome], of: int) -> None:
+        done = items_done.setdefault(item.id, [])
+        done.append((page or 0, got))
+        if len(done) == of:
+            del items_done[item.id]
+            done.sort(key=lambda unit: unit[0])
+            result = kind.outcome(params, item, [got for _, got in done])
+            outcomes.append(ItemOutcome(item.id, item.lease_token, result))
 
     def generate(ahead: Lookahead) -> None:
-        nonlocal ready
-        batch, ready = ready, []
-        if not batch:
-            return
-        results = generate_units(
-            engine,
-            [r.unit for r in batch],
-            batch_size=res.batch_size,
-            max_new_tokens=max_new_tokens,
-            json_schema=schema,
-        )
-        for r, result in zip(batch, results, strict=True):
-            ahead.release(r.pixels)
-            finish(result, r.units_of_item)
+        nonlocal queue
+        while queue:
+            batch, queue = queue, []
+            results = generate_tasks(
+                engine,
+                batch,
+                batch_size=res.batch_size,
+                max_new_tokens=max_new_tokens,
+                json_schema=schema,
+                fit_to_context=params.budget_chosen,
+            )
+            for task, result in zip(batch, results, strict=True):
+                item, key = task.unit.item, (task.unit.item.id, task.unit.page)
+                work = units[key]
+                work.results[task.index] = result
+                follow = kind.follow_up(params, item, task.conversation, result)
+                if follow is not None:  # the next turn, in the context of this answer
+                    queue.append(Task(task.unit, task.index + 1, follow))
+                    continue
+                work.open -= 1
+                if work.open == 0:  # the unit is done: its image can go
+                    del units[key]
+                    ahead.release(work.pixels)
+                    got = [work.results[i] for i in sorted(work.results)]
+                    finish_unit(item, task.unit.page, got, work.units_of_item)
 
     pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS)
     try:
@@ -138,19 +151,36 @@ def run_batch(
                 generate(ahead)
             elif event.error_code is not None:
                 ahead.release(event.pixels)
-                failed_unit = Generated(
-                    event.unit, error_code=event.error_code, error_message=event.error_message
+                item, message = event.unit.item, event.error_message or event.error_code
+                if event.units_of_item == 1 and event.unit.page is None:
+                    outcomes.append(failed(item, event.error_code, message))
+                    continue
+                lost = Outcome(
+                    error_code=event.error_code, error_message=message, page=event.unit.page
                 )
-                finish(failed_unit, event.units_of_item)
+                finish_unit(item, event.unit.page, [lost], event.units_of_item)
             else:
-                ready.append(event)
-                if len(ready) >= res.batch_size:
+                requests = kind.first_requests(params, event.unit.item)
+                key = (event.unit.item.id, event.unit.page)
+                units[key] = _UnitWork(event.pixels, event.units_of_item, len(requests))
+                queue += [Task(event.unit, i, conv) for i, conv in enumerate(requests)]
+                if len(queue) >= res.batch_size:
                     generate(ahead)
         generate(ahead)
     finally:
         # On an error (engine dead), do not decode what is queued just to throw it away.
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes, handed_back
+
+
+@dataclass
+class _UnitWork:
+    """A unit being generated for: what it holds, and its tasks' results so far."""
+
+    pixels: int
+    units_of_item: int
+    open: int  # tasks whose last turn has not come back yet
+    results: dict[int, Outcome] = field(default_factory=dict)
 
 
 def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
@@ -186,11 +216,14 @@ def plan_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[Pl
     from model.documents import is_pdf, render_pages
     from model.images import decode_image, read_image_size
 
-    if item.kind == JobKind.extract and is_pdf(data):
+    kind = get_kind(item.kind)
+    rendering = kind.document_rendering(decode_params(kind, item.params))
+    if rendering is not None and is_pdf(data):
+        selection, dpi = rendering
         pages = render_pages(
             data,
-            pages=str(item.params.get("pages") or "all"),
-            dpi=int(item.params.get("dpi") or 144),
+            pages=selection,
+            dpi=dpi,
             max_pages=res.max_pdf_pages,
             max_pixels=res.max_image_pixels,
             max_document_pixels=res.max_item_pixels,

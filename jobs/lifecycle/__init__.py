@@ -35,7 +35,6 @@ from jobs.lifecycle.common import (
     OPEN_JOB_STATES,
     UNFINISHED_JOB_STATES,
     ClaimedItem,
-    ItemOutcome,
     is_postgres,
 )
 from jobs.lifecycle.finalise import count_items, finalise_jobs, jobs_ready_to_finalise
@@ -49,6 +48,7 @@ from jobs.lifecycle.repairs import (
     undo_dispatch,
 )
 from jobs.lifecycle.requests import cancel_job, requeue_failed
+from jobs.outcome import ItemOutcome
 
 __all__ = [
     "CLOSING_JOB_STATES",

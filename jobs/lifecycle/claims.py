@@ -93,6 +93,7 @@ def claim_items(
             lease_token=token,
             params=dict(job_params or {}),
             transient_failures=item.transient_failures,
+            request=item.request,
         )
         for item, job_prompt, job_params, kind in rows
     ]

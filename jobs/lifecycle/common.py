@@ -16,7 +16,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job
-from jobs.extraction import PageOutcome
 from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -38,20 +37,7 @@ class ClaimedItem:
     lease_token: str
     params: dict[str, Any] = field(default_factory=dict)
     transient_failures: int = 0
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """What a worker learned about one claimed item. No error code means success."""
-
-    item_id: str
-    lease_token: str
-    text: str | None = None
-    json: Any = None
-    tokens_out: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    pages: tuple[PageOutcome, ...] = ()  # documents: one per rendered page
+    request: dict[str, Any] | None = None  # what the item itself asks, beyond the job's params
 
 
 def is_postgres(session: Session) -> bool:

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, ItemPage, SessionFactory, is_retryable, utcnow
 from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
-from jobs.lifecycle.common import ItemOutcome
 from jobs.lifecycle.finalise import finalise_jobs, jobs_ready_to_finalise
+from jobs.outcome import ItemOutcome, Outcome
 from jobs.states import ItemStatus
 from jobs.storable import storable_json, storable_text
 
@@ -100,25 +100,25 @@ _RECORD = _build_record_statement()
 
 def _write_outcome(session: Session, outcome: ItemOutcome, now: datetime) -> str | None:
     """Writes one outcome under its lease; returns its job id, or None when the lease is lost."""
-    failed = outcome.error_code is not None
+    result = outcome.outcome
     job_id = session.execute(
         _RECORD,
         {
             "b_id": outcome.item_id,
             "b_token": outcome.lease_token,
-            "b_status": ItemStatus.failed if failed else ItemStatus.succeeded,
-            "b_text": storable_text(outcome.text),
-            "b_json": storable_json(outcome.json),
-            "b_tokens": outcome.tokens_out,
-            "b_code": outcome.error_code,
-            "b_message": storable_text(outcome.error_message),
+            "b_status": ItemStatus.failed if result.failed else ItemStatus.succeeded,
+            "b_text": storable_text(result.text),
+            "b_json": storable_json(result.json),
+            "b_tokens": result.tokens_out,
+            "b_code": result.error_code,
+            "b_message": storable_text(result.error_message),
             "b_now": now,
         },
     ).scalar()
     if job_id is None:
         log.warning("lease lost, result dropped item=%s", outcome.item_id)
         return None
-    if outcome.pages:
+    if result.pages:
         # Pages belong to this attempt only: whatever an earlier attempt left goes.
         session.execute(delete(ItemPage).where(ItemPage.item_id == outcome.item_id))
         session.add_all(_page_rows(outcome))
@@ -140,8 +140,10 @@ def _write_alone(
         refused = ItemOutcome(
             outcome.item_id,
             outcome.lease_token,
-            error_code=ItemErrorCode.internal_error,
-            error_message=f"The result could not be stored: {reason}",
+            Outcome(
+                error_code=ItemErrorCode.internal_error,
+                error_message=f"The result could not be stored: {reason}",
+            ),
         )
         with session_factory.begin() as session:
             return _write_outcome(session, refused, now)
@@ -151,12 +153,12 @@ def _page_rows(outcome: ItemOutcome) -> list[ItemPage]:
     return [
         ItemPage(
             item_id=outcome.item_id,
-            page_number=page.number,
+            page_number=page.page,
             result_text=storable_text(page.text),
             result_json=storable_json(page.json),
             error_code=page.error_code,
             error_message=storable_text(page.error_message),
             tokens_out=page.tokens_out,
         )
-        for page in outcome.pages
+        for page in outcome.outcome.pages
     ]

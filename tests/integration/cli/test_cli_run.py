@@ -86,3 +86,26 @@ def test_run_with_inputs_that_escaped_the_decoder_captions_the_rest(
     assert rows["fake.png"]["error_code"] in ("unsupported_format", "image_decode_error")
     (job,) = json.loads(run_cli("jobs", "--json").stdout)
     assert job["status"] == "completed"
+
+
+def test_run_ask_answers_every_question_and_refuses_none_before_loading(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "imgs", 2)
+    run = run_cli(
+        "run",
+        "ask",
+        str(tmp_path / "imgs"),
+        "-q",
+        "What is it?",
+        "-q",
+        "Colour?",
+        "--json",
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [[a["question"] for a in r["result"]] for r in rows] == [["What is it?", "Colour?"]] * 2
+    refused = run_cli("run", "ask", str(tmp_path / "imgs"))
+    assert refused.returncode == 2 and "[invalid_questions]" in refused.stderr
+    assert "loading model" not in refused.stderr

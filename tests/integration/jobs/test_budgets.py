@@ -32,7 +32,7 @@ def _request(kind: JobKind, directory: Path, **kw: Any) -> SubmitRequest:
     if kind == JobKind.extract:
         fields["schema"] = INVOICE_SCHEMA
     fields.update(kw)
-    return SubmitRequest(**fields)
+    return SubmitRequest.of(**fields)
 
 
 def _items(sf: SessionFactory, job_id: str) -> dict[str, Item]:

@@ -106,7 +106,7 @@ def test_hostile_files_fail_alone_and_odd_valid_images_succeed(
     for name, data in GOOD.items():
         (folder / name).write_bytes(data)
     res = make_resources(session_factory, blobs, tiny_engine, batch_size=6)  # type: ignore[arg-type]
-    request = SubmitRequest(
+    request = SubmitRequest.of(
         kind=JobKind.caption,
         sources=[str(folder)],
         model="tiny-llava",
@@ -147,7 +147,7 @@ def test_prompt_strings_are_stored_and_used_literally(
 ) -> None:
     (tmp_path / "a.png").write_bytes(image_bytes((20, 20), 1))
     res = make_resources(session_factory, blobs, tiny_engine)  # type: ignore[arg-type]
-    request = SubmitRequest(
+    request = SubmitRequest.of(
         kind=JobKind.caption,
         sources=[str(tmp_path / "a.png")],
         model="tiny-llava",
@@ -168,7 +168,7 @@ def _refused(
 ) -> str:
     with pytest.raises(RequestError) as refused:
         submit_job(
-            SubmitRequest(
+            SubmitRequest.of(
                 kind=JobKind.caption,
                 sources=sources,
                 model="m",

@@ -13,6 +13,7 @@ from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import QUEUE_EMPTY, CallbackPublisher
 from jobs.errors import RequestError
 from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results, requeue_failed
+from jobs.outcome import Outcome
 from jobs.states import JobKind, JobStatus
 from jobs.submit import SubmitRequest, submit_job
 from jobs.sweeper import sweep
@@ -23,7 +24,7 @@ _submit = submit_captions
 
 
 def _ok(item_id: str, token: str) -> ItemOutcome:
-    return ItemOutcome(item_id, token, text="a caption", tokens_out=2)
+    return ItemOutcome(item_id, token, Outcome(text="a caption", tokens_out=2))
 
 
 def test_late_write_of_a_worker_that_lost_its_lease_is_refused(
@@ -103,7 +104,7 @@ def test_undispatched_items_are_published_by_the_sweeper_at_once(
         raise DispatchError("down")
 
     result = submit_job(
-        SubmitRequest(
+        SubmitRequest.of(
             kind=JobKind.caption,
             sources=[str(tmp_path / "c")],
             model="fake",
@@ -149,8 +150,7 @@ def test_retry_requeues_only_failed_items(
             ItemOutcome(
                 claimed[1].id,
                 claimed[1].lease_token,
-                error_code="image_decode_error",
-                error_message="bad",
+                Outcome(error_code="image_decode_error", error_message="bad"),
             ),
             _ok(claimed[2].id, claimed[2].lease_token),
         ],

@@ -23,7 +23,7 @@ def _request(sources: list[str], **kw: object) -> SubmitRequest:
         kind=JobKind.caption, sources=sources, model="fake", max_new_tokens=8, batch_size=4
     )
     base.update(kw)
-    return SubmitRequest(**base)  # type: ignore[arg-type]
+    return SubmitRequest.of(**base)  # type: ignore[arg-type]
 
 
 def _submit_images(

@@ -27,7 +27,7 @@ def _request(sources: list[str], **kw: Any) -> SubmitRequest:
         kind=JobKind.caption, sources=sources, model="m", max_new_tokens=4, batch_size=4
     )
     fields.update(kw)
-    return SubmitRequest(**fields)
+    return SubmitRequest.of(**fields)
 
 
 def _submit(sf: SessionFactory, blobs: Blobs, request: SubmitRequest) -> SubmitResult:

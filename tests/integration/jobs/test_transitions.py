@@ -30,7 +30,6 @@ from jobs.db import (
     utcnow,
 )
 from jobs.dispatch import QUEUE_EMPTY
-from jobs.extraction import PageOutcome
 from jobs.hooks import pause_at
 from jobs.lifecycle import (
     ClaimedItem,
@@ -43,6 +42,7 @@ from jobs.lifecycle import (
     release_items,
     requeue_failed,
 )
+from jobs.outcome import Outcome
 from jobs.states import ItemStatus, JobStatus
 from jobs.sweeper import sweep
 from storage import Blobs
@@ -92,12 +92,12 @@ class Interleaving:
 
 
 def _ok(item: ClaimedItem, text: str = "a caption") -> ItemOutcome:
-    return ItemOutcome(item.id, item.lease_token, text=text, tokens_out=2)
+    return ItemOutcome(item.id, item.lease_token, Outcome(text=text, tokens_out=2))
 
 
 def _bad(item: ClaimedItem) -> ItemOutcome:
     return ItemOutcome(
-        item.id, item.lease_token, error_code="image_decode_error", error_message="x"
+        item.id, item.lease_token, Outcome(error_code="image_decode_error", error_message="x")
     )
 
 
@@ -279,12 +279,14 @@ def test_a_failed_document_item_can_be_retried_and_succeed(
     """Invariant 5: its earlier pages go with the retry; the new attempt's pages are stored."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
     doc, mate = claim_items(session_factory, ids, worker="w", lease_seconds=60)
-    page_failed = PageOutcome(1, error_code="output_truncated", error_message="cut")
+    page_failed = Outcome(page=1, error_code="output_truncated", error_message="cut")
     record_results(
         session_factory,
         [
             ItemOutcome(
-                doc.id, doc.lease_token, error_code="output_truncated", pages=(page_failed,)
+                doc.id,
+                doc.lease_token,
+                Outcome(error_code="output_truncated", pages=(page_failed,)),
             ),
             _ok(mate),
         ],
@@ -293,9 +295,10 @@ def test_a_failed_document_item_can_be_retried_and_succeed(
     with session_factory() as session:
         assert session.scalars(select(ItemPage).where(ItemPage.item_id == doc.id)).all() == []
     (again,) = claim_items(session_factory, [doc.id], worker="w", lease_seconds=60)
-    pages = tuple(PageOutcome(n, text="{}", json={}, tokens_out=1) for n in (1, 2))
+    pages = tuple(Outcome(page=n, text="{}", json={}, tokens_out=1) for n in (1, 2))
     written = record_results(
-        session_factory, [ItemOutcome(again.id, again.lease_token, text="{}", json={}, pages=pages)]
+        session_factory,
+        [ItemOutcome(again.id, again.lease_token, Outcome(text="{}", json={}, pages=pages))],
     )
     assert written == 1
     assert statuses(session_factory, job_id) == ["succeeded", "succeeded"]
@@ -313,8 +316,10 @@ def test_a_row_the_database_refuses_fails_only_its_own_item_and_nul_is_stripped(
     written = record_results(
         session_factory,
         [
-            ItemOutcome(nul.id, nul.lease_token, text="a\x00b", json={"k\x00": ["v\x00"]}),
-            ItemOutcome(unstorable.id, unstorable.lease_token, text="x", json={"set": {1, 2}}),
+            ItemOutcome(nul.id, nul.lease_token, Outcome(text="a\x00b", json={"k\x00": ["v\x00"]})),
+            ItemOutcome(
+                unstorable.id, unstorable.lease_token, Outcome(text="x", json={"set": {1, 2}})
+            ),
             _ok(fine),
         ],
     )

@@ -61,3 +61,45 @@ def test_caption_job_end_to_end_through_a_real_worker(
     log = worker.log()
     assert log.count("loading model tiny-llava") == 1  # loaded once, reused by every batch
     assert log.count("batch received") >= 2
+
+
+def test_ask_job_end_to_end_through_a_real_worker(
+    service_env: dict[str, str], start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """Questions per item from a manifest, a conversation of turns, one CSV row per answer."""
+    paths = write_images(tmp_path / "photos", 3)
+    manifest = tmp_path / "photos" / "ask.jsonl"
+    manifest.write_text(
+        "\n".join(
+            [
+                json.dumps({"input": paths[0].name, "id": "sku-0"}),
+                json.dumps({"input": paths[1].name, "questions": ["Which brand?"]}),
+                json.dumps({"input": paths[2].name}),
+            ]
+        )
+        + "\n"
+    )
+    cli(service_env, "db", "upgrade")
+    questions = ["What is it?", "And its colour?"]
+    args = ["submit", "ask", str(manifest), "-q", questions[0], "-q", questions[1]]
+    job_id = json.loads(cli(service_env, *args, "--conversation", "--json").stdout)["job_id"]
+    worker = start_worker(service_env)
+    done = cli(service_env, "status", job_id, "--watch", "--json", timeout=240)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed", worker.log()
+
+    lines = cli(service_env, "results", job_id, "--format", "jsonl").stdout.splitlines()
+    results = [json.loads(line) for line in lines]
+    assert [len(r["result"]) for r in results] == [2, 1, 2]
+    assert [a["question"] for a in results[0]["result"]] == questions
+    assert results[0]["custom_id"] == "sku-0"
+    table = list(
+        csv.DictReader(io.StringIO(cli(service_env, "results", job_id, "--format", "csv").stdout))
+    )
+    assert [(r["custom_id"], r["question_index"], r["question"]) for r in table] == [
+        ("sku-0", "0", questions[0]),
+        ("sku-0", "1", questions[1]),
+        ("", "0", "Which brand?"),
+        ("", "0", questions[0]),
+        ("", "1", questions[1]),
+    ]
+    assert all(r["status"] == "succeeded" for r in table)

@@ -20,8 +20,8 @@ from model.transformers_engine import TransformersEngine, load_engine, neutralis
 def _requests(n: int) -> list[GenerationRequest]:
     return [
         GenerationRequest(
-            image=Image.new("RGB", (30 + 13 * i, 50 - 4 * i), (20 * i, 90, 200 - 15 * i)),
-            prompt="describe the image" + " in detail" * i,
+            Image.new("RGB", (30 + 13 * i, 50 - 4 * i), (20 * i, 90, 200 - 15 * i)),
+            "describe the image" + " in detail" * i,
         )
         for i in range(n)
     ]

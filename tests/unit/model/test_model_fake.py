@@ -9,7 +9,7 @@ from model.fake import FakeEngine
 
 
 def _request(width: int, height: int, prompt: str) -> GenerationRequest:
-    return GenerationRequest(image=Image.new("RGB", (width, height)), prompt=prompt)
+    return GenerationRequest(Image.new("RGB", (width, height)), prompt)
 
 
 def test_results_are_deterministic_in_order_and_count_words() -> None:

@@ -33,7 +33,7 @@ def _mixed_requests() -> list[GenerationRequest]:
         # A gradient so images differ in content, not only in colour.
         for x in range(min(size[0], 20)):
             image.putpixel((x, 0), (x * 12, 255 - x * 12, 0))
-        requests.append(GenerationRequest(image=image, prompt=prompt))
+        requests.append(GenerationRequest(image, prompt))
     return requests
 
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from jobs.lifecycle import ClaimedItem, ItemOutcome
+from jobs.outcome import Outcome
 from model.errors import InputError
 from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit, Ready
 
@@ -116,7 +117,7 @@ def test_fetch_outcomes_hand_backs_and_decode_failures_are_events() -> None:
 
     def fetch(item: ClaimedItem) -> Fetched:
         if item.id == "item0":
-            return ItemOutcome(item.id, item.lease_token, error_code="input_not_found")
+            return ItemOutcome(item.id, item.lease_token, Outcome(error_code="input_not_found"))
         if item.id == "item1":
             return None
         decode = broken if item.id == "item2" else corrupt
@@ -129,7 +130,7 @@ def test_fetch_outcomes_hand_backs_and_decode_failures_are_events() -> None:
     kinds: dict[str, str | None] = {}
     for e in consumer.events:
         if isinstance(e, ItemOutcome):
-            kinds[e.item_id] = e.error_code
+            kinds[e.item_id] = e.outcome.error_code
         elif isinstance(e, HandBack):
             kinds[e.item.id] = "hand back"
         else:

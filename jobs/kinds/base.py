@@ -1,0 +1,134 @@
+"""What a job kind is: typed parameters and one handler.
+
+A handler checks a request at submit, says what each item asks (stored on the item), turns a
+claimed item into generation requests (conversations about its image, or about each page of a
+document), and turns what the model generated into the item's outcome. Everything that depends
+on the kind lives in the kind's module; the rest of the system asks the handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from jobs.lifecycle import ClaimedItem
+from jobs.outcome import Outcome
+from model.engine import Turn
+
+Conversation = tuple[Turn, ...]
+
+# The columns of ``results --format csv`` for a kind whose item is one row.
+RESULT_FIELDS = (
+    "item_id",
+    "custom_id",
+    "input",
+    "status",
+    "result",
+    "error_code",
+    "error_message",
+)
+
+
+class KindParams(BaseModel):
+    """Parameters every kind has. ``max_new_tokens`` is resolved at submit (the user's value or
+    the kind's default), so a worker never guesses it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    max_new_tokens: int | None = None  # None until submit resolves the kind's default
+    # True when the kind chose max_new_tokens (no --max-new-tokens): the engine may shrink it
+    # to what the model's context leaves, where a user's own number is refused if it cannot fit.
+    budget_chosen: bool = False
+    batch_size: int = 8  # items per message: dispatch's size, not the GPU's
+
+
+P = TypeVar("P", bound=KindParams)
+
+
+@dataclass(frozen=True)
+class ItemAsk:
+    """What one input asks, stored on its item: a prompt (``items.prompt``) and anything else
+    the kind reads back at claim (``items.request``)."""
+
+    prompt: str | None = None
+    request: dict[str, Any] | None = None
+
+
+class Kind(Protocol[P]):
+    name: ClassVar[str]
+    params_type: type[P]
+    reads_documents: ClassVar[bool]  # PDFs are inputs, each selected page a unit
+
+    def document_rendering(self, params: P) -> tuple[str, int] | None:
+        """For a kind that reads documents: which pages, at which dpi; otherwise None."""
+        ...
+
+    def check(self, params: P, *, max_prompt_chars: int) -> None:
+        """Refuses (RequestError) what the worker could never honour, before anything is
+        written."""
+        ...
+
+    def default_max_new_tokens(self, params: P, configured: int) -> int:
+        """Tokens to generate when the request names none (``configured``: the setting)."""
+        ...
+
+    def job_prompt(self, params: P) -> str | None:
+        """``jobs.prompt``: what every item is asked unless it asks its own."""
+        ...
+
+    def item_ask(
+        self,
+        params: P,
+        prompt: str | None,
+        extra: Mapping[str, Any],
+        *,
+        where: str,
+        max_prompt_chars: int,
+    ) -> ItemAsk:
+        """What one input line asks (its manifest ``prompt`` and other fields)."""
+        ...
+
+    def json_schema(self, params: P) -> Mapping[str, Any] | None:
+        """A schema that constrains decoding, or None."""
+        ...
+
+    def first_requests(self, params: P, item: ClaimedItem) -> list[Conversation]:
+        """The conversations to generate for one unit (an image, or one page) of ``item``."""
+        ...
+
+    def follow_up(
+        self, params: P, item: ClaimedItem, conversation: Conversation, answer: Outcome
+    ) -> Conversation | None:
+        """The next conversation once ``answer`` came for ``conversation``, or None."""
+        ...
+
+    def outcome(self, params: P, item: ClaimedItem, units: Sequence[Sequence[Outcome]]) -> Outcome:
+        """The item's outcome from each unit's generations (in unit, then request, order)."""
+        ...
+
+    def csv_fields(self) -> tuple[str, ...]: ...
+
+    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+        """The CSV rows of one results row."""
+        ...
+
+
+def one_row(row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    """A results row as one CSV row: a JSON result is written as JSON text."""
+    import json
+
+    result = row["result"]
+    if result is not None and not isinstance(result, str):
+        row = {**row, "result": json.dumps(result, ensure_ascii=False)}
+    yield dict(row)
+
+
+def generation_failed(generated: Outcome) -> Outcome:
+    return Outcome(
+        error_code=generated.error_code,
+        error_message=generated.error_message or generated.error_code,
+        tokens_out=generated.tokens_out,
+    )

@@ -1,0 +1,77 @@
+"""``caption``: one sentence (or whatever the prompt asks) about each image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from jobs.kinds.base import RESULT_FIELDS, Conversation, ItemAsk, KindParams, one_row
+from jobs.lifecycle import ClaimedItem
+from jobs.limits import check_prompt
+from jobs.outcome import Outcome
+from model.engine import Turn
+
+DEFAULT_PROMPT = "Describe this image in one sentence."
+
+
+class CaptionParams(KindParams):
+    prompt: str = DEFAULT_PROMPT
+
+
+class Caption:
+    name: ClassVar[str] = "caption"
+    params_type = CaptionParams
+    reads_documents: ClassVar[bool] = False
+
+    def check(self, params: CaptionParams, *, max_prompt_chars: int) -> None:
+        check_prompt(params.prompt, max_prompt_chars, where="--prompt")
+
+    def document_rendering(self, params: CaptionParams) -> tuple[str, int] | None:
+        return None
+
+    def default_max_new_tokens(self, params: CaptionParams, configured: int) -> int:
+        return configured
+
+    def job_prompt(self, params: CaptionParams) -> str | None:
+        return params.prompt
+
+    def item_ask(
+        self,
+        params: CaptionParams,
+        prompt: str | None,
+        extra: Mapping[str, Any],
+        *,
+        where: str,
+        max_prompt_chars: int,
+    ) -> ItemAsk:
+        if prompt is not None:
+            check_prompt(prompt, max_prompt_chars, where=where)
+        return ItemAsk(prompt=prompt)
+
+    def json_schema(self, params: CaptionParams) -> Mapping[str, Any] | None:
+        return None
+
+    def first_requests(self, params: CaptionParams, item: ClaimedItem) -> list[Conversation]:
+        return [(Turn("user", item.prompt or params.prompt),)]
+
+    def follow_up(
+        self, params: CaptionParams, item: ClaimedItem, conversation: Conversation, answer: Outcome
+    ) -> Conversation | None:
+        return None
+
+    def outcome(
+        self, params: CaptionParams, item: ClaimedItem, units: Sequence[Sequence[Outcome]]
+    ) -> Outcome:
+        ((generated,),) = units
+        if generated.failed:
+            return Outcome(
+                error_code=generated.error_code,
+                error_message=generated.error_message or generated.error_code,
+            )
+        return Outcome(text=generated.text, tokens_out=generated.tokens_out)
+
+    def csv_fields(self) -> tuple[str, ...]:
+        return RESULT_FIELDS
+
+    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+        return one_row(row)
