@@ -77,6 +77,9 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     model: Mapped[str] = mapped_column(String(500))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # Key/value labels the user gave (--meta), like a hosted batch API's metadata. The attribute
+    # is job_metadata: "metadata" is taken on declarative classes.
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JsonType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -112,7 +115,10 @@ class Item(Base):
     result_json: Mapped[Any | None] = mapped_column(JsonType)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)  # = completion_tokens (older name)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # "stop" | "length"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

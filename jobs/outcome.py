@@ -22,7 +22,8 @@ class Outcome:
 
     text: str | None = None
     json: Any = None
-    tokens_out: int | None = None
+    tokens_out: int | None = None  # completion tokens
+    tokens_in: int | None = None  # prompt tokens (text and image) the model read
     error_code: str | None = None
     error_message: str | None = None
     finished: bool = True

@@ -9,6 +9,7 @@ class JobKind(StrEnum):
     caption = "caption"
     extract = "extract"
     ask = "ask"
+    chat = "chat"
 
 
 class JobStatus(StrEnum):

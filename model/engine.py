@@ -25,6 +25,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Turn",
+    "check_conversation",
     "default_cache_dir",
 ]
 
@@ -57,6 +58,16 @@ class Turn:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
 
 
+def check_conversation(turns: Sequence[Turn]) -> None:
+    """Raises ValueError unless the user and assistant turns alternate and the last is the
+    user's (system turns may stand anywhere)."""
+    spoken = [t.role for t in turns if t.role != "system"]
+    if not spoken or spoken[-1] != "user":
+        raise ValueError("a conversation must end with a user turn")
+    if any(a == b for a, b in itertools.pairwise(spoken)):
+        raise ValueError("user and assistant turns must alternate")
+
+
 @dataclass(frozen=True, init=False)
 class GenerationRequest:
     """One generation: an image and a conversation about it, ending with a user turn.
@@ -74,11 +85,7 @@ class GenerationRequest:
         turns = (
             (Turn("user", conversation),) if isinstance(conversation, str) else tuple(conversation)
         )
-        spoken = [t.role for t in turns if t.role != "system"]
-        if not spoken or spoken[-1] != "user":
-            raise ValueError("a conversation must end with a user turn")
-        if any(a == b for a, b in itertools.pairwise(spoken)):
-            raise ValueError("user and assistant turns must alternate")
+        check_conversation(turns)
         object.__setattr__(self, "image", image)
         object.__setattr__(self, "conversation", turns)
 
@@ -100,6 +107,7 @@ class GenerationResult:
     text: str
     tokens_out: int
     finished: bool = True
+    tokens_in: int = 0  # prompt tokens the model read: text, template and image tokens
 
 
 class Engine(Protocol):

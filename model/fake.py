@@ -3,7 +3,8 @@
 Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image
 size and its last user turn; a later turn of a conversation adds ``" (after N answers)"``),
 split on whitespace, cut to ``max_new_tokens`` words and re-joined with single spaces;
-``tokens_out`` is its number of words. So a test can tell which image and prompt produced which
+``tokens_out`` is its number of words and ``tokens_in`` the conversation's words plus one for
+the image. So a test can tell which image and prompt produced which
 result, and that results come back in request order.
 
 With ``json_schema``, each result's text is one compact JSON object valid against the schema and
@@ -19,6 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from model.engine import GenerationRequest, GenerationResult
@@ -78,7 +80,7 @@ class FakeEngine:
             time.sleep(self.delay_s)
         if bounded is not None:
             text = json.dumps(build_placeholder(bounded), ensure_ascii=False)
-            return [_cut(text, max_new_tokens) for _ in requests]
+            return [replace(_cut(text, max_new_tokens), tokens_in=_read(r)) for r in requests]
         return [self._caption(request, max_new_tokens) for request in requests]
 
     @staticmethod
@@ -88,8 +90,15 @@ class FakeEngine:
         earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
         if earlier:  # a later turn of a conversation: say how much context it had
             text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
-        words = text.split()[:max_new_tokens]
-        return GenerationResult(text=" ".join(words), tokens_out=len(words))
+        every = text.split()
+        words = every[:max_new_tokens]
+        read = _read(request)
+        return GenerationResult(
+            text=" ".join(words),
+            tokens_out=len(words),
+            finished=len(every) <= max_new_tokens,  # cut short, as a real engine reports it
+            tokens_in=read,
+        )
 
 
 def build_placeholder(schema: Mapping[str, Any]) -> Any:
@@ -125,6 +134,11 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
     if kind == "object":
         return {name: build_placeholder(sub) for name, sub in schema["properties"].items()}
     return None
+
+
+def _read(request: GenerationRequest) -> int:
+    """Prompt "tokens": the conversation's words, and one for the image."""
+    return 1 + sum(len(turn.text.split()) for turn in request.conversation)
 
 
 def _cut(text: str, max_new_tokens: int) -> GenerationResult:

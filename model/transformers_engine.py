@@ -240,7 +240,8 @@ class TransformersEngine:
             self._release_memory()
             raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
         new_tokens = output[:, prompt_width:].tolist()
-        return [self._decode(row) for row in new_tokens]
+        read = inputs["attention_mask"].sum(dim=1).tolist()  # each prompt without its padding
+        return [self._decode(row, int(n)) for row, n in zip(new_tokens, read, strict=True)]
 
     def _prepare_shared(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
         """Model inputs for a batch whose requests share images (several questions about one
@@ -354,12 +355,17 @@ class TransformersEngine:
             prepared[key] = value
         return prepared
 
-    def _decode(self, row: list[int]) -> GenerationResult:
+    def _decode(self, row: list[int], tokens_in: int) -> GenerationResult:
         # Generation stops at eos per row; shorter rows are then filled with pad.
         count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
         text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
         # No stop token in the row: it ran to max_new_tokens before the model ended it.
-        return GenerationResult(text=str(text).strip(), tokens_out=count, finished=count < len(row))
+        return GenerationResult(
+            text=str(text).strip(),
+            tokens_out=count,
+            finished=count < len(row),
+            tokens_in=tokens_in,
+        )
 
     def _measure_image_tokens(self) -> int:
         """The most image tokens one image can expand to, measured once with the processor.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.errors import ItemErrorCode
+from jobs.kinds.base import Generation
 from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
 from model.engine import Engine, GenerationRequest, Turn
@@ -33,6 +34,7 @@ class Task:
     unit: Unit
     index: int
     conversation: tuple[Turn, ...]
+    generation: Generation
 
 
 def generate_tasks(
@@ -83,7 +85,13 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
         log.exception("generation failed for a batch of %d; isolating", len(tasks))
         return _split(engine, tasks, budget, exc, ItemErrorCode.internal_error)
     return [
-        Outcome(text=r.text, tokens_out=r.tokens_out, finished=r.finished, page=task.unit.page)
+        Outcome(
+            text=r.text,
+            tokens_out=r.tokens_out,
+            tokens_in=r.tokens_in,
+            finished=r.finished,
+            page=task.unit.page,
+        )
         for task, r in zip(tasks, results, strict=True)
     ]
 

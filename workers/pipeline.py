@@ -21,6 +21,7 @@ from jobs.errors import ItemErrorCode
 from jobs.kinds import decode_params, get_kind
 from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
 from jobs.outcome import Outcome
+from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
 from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit
@@ -89,8 +90,6 @@ def run_batch(
     engine = res.engine
     kind = get_kind(claimed[0].kind)  # one message holds items of one job
     params = decode_params(kind, claimed[0].params)
-    schema = kind.json_schema(params)
-    max_new_tokens = params.max_new_tokens or res.max_new_tokens
     outcomes: list[ItemOutcome] = []
     handed_back: list[ClaimedItem] = []
     queue: list[Task] = []
@@ -110,21 +109,14 @@ def run_batch(
         nonlocal queue
         while queue:
             batch, queue = queue, []
-            results = generate_tasks(
-                engine,
-                batch,
-                batch_size=res.batch_size,
-                max_new_tokens=max_new_tokens,
-                json_schema=schema,
-                fit_to_context=params.budget_chosen,
-            )
+            results = _generate_grouped(engine, batch, res.batch_size)
             for task, result in zip(batch, results, strict=True):
                 item, key = task.unit.item, (task.unit.item.id, task.unit.page)
                 work = units[key]
                 work.results[task.index] = result
                 follow = kind.follow_up(params, item, task.conversation, result)
                 if follow is not None:  # the next turn, in the context of this answer
-                    queue.append(Task(task.unit, task.index + 1, follow))
+                    queue.append(Task(task.unit, task.index + 1, follow, task.generation))
                     continue
                 work.open -= 1
                 if work.open == 0:  # the unit is done: its image can go
@@ -160,10 +152,13 @@ def run_batch(
                 )
                 finish_unit(item, event.unit.page, [lost], event.units_of_item)
             else:
-                requests = kind.first_requests(params, event.unit.item)
-                key = (event.unit.item.id, event.unit.page)
-                units[key] = _UnitWork(event.pixels, event.units_of_item, len(requests))
-                queue += [Task(event.unit, i, conv) for i, conv in enumerate(requests)]
+                item = event.unit.item
+                requests = kind.first_requests(params, item)
+                how = kind.generation(params, item, configured=res.max_new_tokens)
+                units[(item.id, event.unit.page)] = _UnitWork(
+                    event.pixels, event.units_of_item, len(requests)
+                )
+                queue += [Task(event.unit, i, conv, how) for i, conv in enumerate(requests)]
                 if len(queue) >= res.batch_size:
                     generate(ahead)
         generate(ahead)
@@ -171,6 +166,28 @@ def run_batch(
         # On an error (engine dead), do not decode what is queued just to throw it away.
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes, handed_back
+
+
+def _generate_grouped(engine: Engine, tasks: list[Task], batch_size: int) -> list[Outcome]:
+    """Generates every task, in model batches of tasks with the same settings (budget, schema);
+    returns their outcomes in the tasks' order."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, task in enumerate(tasks):
+        groups.setdefault(task.generation.key(), []).append(index)
+    results: list[Outcome | None] = [None] * len(tasks)
+    for indices in groups.values():
+        how = tasks[indices[0]].generation
+        outcomes = generate_tasks(
+            engine,
+            [tasks[i] for i in indices],
+            batch_size=batch_size,
+            max_new_tokens=how.max_new_tokens,
+            json_schema=how.json_schema,
+            fit_to_context=how.fit_to_context,
+        )
+        for i, outcome in zip(indices, outcomes, strict=True):
+            results[i] = outcome
+    return [r for r in results if r is not None]
 
 
 @dataclass

@@ -17,12 +17,14 @@ from jobs.errors import RequestError
 from jobs.kinds.ask import Ask, AskParams
 from jobs.kinds.base import Conversation, ItemAsk, Kind, KindParams
 from jobs.kinds.caption import Caption, CaptionParams
+from jobs.kinds.chat import Chat, ChatParams
 from jobs.kinds.extract import Extract, ExtractParams
 
 __all__ = [
     "KINDS",
     "AskParams",
     "CaptionParams",
+    "ChatParams",
     "Conversation",
     "ExtractParams",
     "ItemAsk",
@@ -32,7 +34,7 @@ __all__ = [
     "get_kind",
 ]
 
-KINDS: dict[str, Kind[Any]] = {kind.name: kind for kind in (Caption(), Extract(), Ask())}
+KINDS: dict[str, Kind[Any]] = {kind.name: kind for kind in (Caption(), Extract(), Ask(), Chat())}
 
 
 def get_kind(name: str) -> Kind[Any]:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from jobs.errors import RequestError
-from jobs.kinds.base import Conversation, ItemAsk, KindParams
+from jobs.kinds.base import Conversation, Generation, ItemAsk, KindParams, job_generation
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -84,8 +84,8 @@ class Ask:
             check_prompt(question, max_prompt_chars, where=f"{where}, question {number}")
         return ItemAsk(request={"questions": list(given)})
 
-    def json_schema(self, params: AskParams) -> Mapping[str, Any] | None:
-        return None
+    def generation(self, params: AskParams, item: ClaimedItem, *, configured: int) -> Generation:
+        return job_generation(params, configured, None)
 
     def questions(self, params: AskParams, item: ClaimedItem) -> list[str]:
         own = (item.request or {}).get("questions")
@@ -133,12 +133,15 @@ class Ask:
             else:
                 rows.append({"question": question, "answer": got.text})
         tokens = sum(a.tokens_out or 0 for a in answers)
+        read = sum(a.tokens_in or 0 for a in answers)
+        finished = all(a.finished for a in answers)
         if first_failure is None:
-            return Outcome(json=rows, tokens_out=tokens)
+            return Outcome(json=rows, tokens_out=tokens, tokens_in=read, finished=finished)
         index, failed = first_failure
         return Outcome(
             json=rows,
             tokens_out=tokens,
+            tokens_in=read,
             error_code=failed.error_code,
             error_message=f"Question {index + 1}: {failed.error_message or failed.error_code}",
         )

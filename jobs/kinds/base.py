@@ -32,6 +32,35 @@ RESULT_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class Generation:
+    """Settings of a generation call; tasks with equal settings share model batches.
+
+    ``fit_to_context``: the budget is a default the system chose, so the engine may shrink it to
+    what the model's context leaves; a number the user gave is refused if it cannot fit."""
+
+    max_new_tokens: int
+    json_schema: Mapping[str, Any] | None = None
+    fit_to_context: bool = False
+
+    def key(self) -> tuple[Any, ...]:
+        import json
+
+        schema = None if self.json_schema is None else json.dumps(self.json_schema, sort_keys=True)
+        return (self.max_new_tokens, schema, self.fit_to_context)
+
+
+def job_generation(
+    params: KindParams, configured: int, json_schema: Mapping[str, Any] | None = None
+) -> Generation:
+    """The generation settings of a kind whose every item is asked the same way."""
+    return Generation(
+        max_new_tokens=params.max_new_tokens or configured,
+        json_schema=json_schema,
+        fit_to_context=params.budget_chosen,
+    )
+
+
 class KindParams(BaseModel):
     """Parameters every kind has. ``max_new_tokens`` is resolved at submit (the user's value or
     the kind's default), so a worker never guesses it."""
@@ -91,8 +120,9 @@ class Kind(Protocol[P]):
         """What one input line asks (its manifest ``prompt`` and other fields)."""
         ...
 
-    def json_schema(self, params: P) -> Mapping[str, Any] | None:
-        """A schema that constrains decoding, or None."""
+    def generation(self, params: P, item: ClaimedItem, *, configured: int) -> Generation:
+        """How to generate for ``item``: its token budget (``configured``: the worker's setting,
+        for a job stored without one) and any schema constraining it."""
         ...
 
     def first_requests(self, params: P, item: ClaimedItem) -> list[Conversation]:

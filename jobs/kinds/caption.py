@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from jobs.kinds.base import RESULT_FIELDS, Conversation, ItemAsk, KindParams, one_row
+from jobs.kinds.base import (
+    RESULT_FIELDS,
+    Conversation,
+    Generation,
+    ItemAsk,
+    KindParams,
+    job_generation,
+    one_row,
+)
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -48,8 +56,10 @@ class Caption:
             check_prompt(prompt, max_prompt_chars, where=where)
         return ItemAsk(prompt=prompt)
 
-    def json_schema(self, params: CaptionParams) -> Mapping[str, Any] | None:
-        return None
+    def generation(
+        self, params: CaptionParams, item: ClaimedItem, *, configured: int
+    ) -> Generation:
+        return job_generation(params, configured, None)
 
     def first_requests(self, params: CaptionParams, item: ClaimedItem) -> list[Conversation]:
         return [(Turn("user", item.prompt or params.prompt),)]
@@ -68,7 +78,12 @@ class Caption:
                 error_code=generated.error_code,
                 error_message=generated.error_message or generated.error_code,
             )
-        return Outcome(text=generated.text, tokens_out=generated.tokens_out)
+        return Outcome(
+            text=generated.text,
+            tokens_out=generated.tokens_out,
+            tokens_in=generated.tokens_in,
+            finished=generated.finished,
+        )
 
     def csv_fields(self) -> tuple[str, ...]:
         return RESULT_FIELDS

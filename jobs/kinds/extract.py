@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field
 
 from jobs.errors import RequestError
-from jobs.kinds.base import RESULT_FIELDS, Conversation, ItemAsk, KindParams, one_row
+from jobs.kinds.base import (
+    RESULT_FIELDS,
+    Conversation,
+    Generation,
+    ItemAsk,
+    KindParams,
+    job_generation,
+    one_row,
+)
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -78,8 +86,10 @@ class Extract:
         check_prompt(prompt, max_prompt_chars, where=where)
         return ItemAsk(prompt=build_extraction_prompt(self._schema(params), prompt))
 
-    def json_schema(self, params: ExtractParams) -> Mapping[str, Any] | None:
-        return self._schema(params)
+    def generation(
+        self, params: ExtractParams, item: ClaimedItem, *, configured: int
+    ) -> Generation:
+        return job_generation(params, configured, self._schema(params))
 
     def first_requests(self, params: ExtractParams, item: ClaimedItem) -> list[Conversation]:
         return [(Turn("user", item.prompt or self.job_prompt(params) or ""),)]
@@ -94,6 +104,9 @@ class Extract:
     ) -> Outcome:
         from jobs.extraction import interpret_output, merge_pages
 
+        generated = [g for (g,) in units]
+        read = sum(g.tokens_in or 0 for g in generated)
+        finished = all(g.finished for g in generated)
         pages = [
             g
             if g.failed
@@ -104,7 +117,7 @@ class Extract:
                 number=g.page,
                 tokens_out=g.tokens_out or 0,
             )
-            for (g,) in units
+            for g in generated
         ]
         is_document = pages[0].page is not None
         kept = tuple(pages) if is_document else ()
@@ -118,10 +131,18 @@ class Extract:
             )
         tokens = sum(p.tokens_out or 0 for p in pages)
         if not is_document:
-            return Outcome(text=good[0].text, json=good[0].json, tokens_out=tokens)
+            return Outcome(
+                text=good[0].text,
+                json=good[0].json,
+                tokens_out=tokens,
+                tokens_in=read,
+                finished=finished,
+            )
         merged = merge_pages(self._schema(params), [p.json for p in good])
         raw = "\n".join(p.text or "" for p in pages)
-        return Outcome(text=raw, json=merged, tokens_out=tokens, pages=kept)
+        return Outcome(
+            text=raw, json=merged, tokens_out=tokens, tokens_in=read, finished=finished, pages=kept
+        )
 
     @staticmethod
     def _schema(params: ExtractParams) -> dict[str, Any]:

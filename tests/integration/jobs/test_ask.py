@@ -140,3 +140,50 @@ def test_ask_needs_questions(session_factory: SessionFactory, blobs: Blobs, tmp_
         assert refused.value.code == code
     with session_factory() as session:
         assert session.scalars(select(Job.id)).all() == []
+
+
+def test_chat_items_each_carry_their_own_conversation_budget_and_schema(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The chat kind (what an OpenAI-Batch line becomes): per item turns, max_tokens and schema;
+    items with different settings go to different model batches."""
+    paths = write_images(tmp_path, 3)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    lines = [
+        {"input": paths[0].name, "messages": [{"role": "user", "text": "Caption it."}]},
+        {
+            "input": paths[1].name,
+            "max_tokens": 3,
+            "messages": [
+                {"role": "system", "text": "Be brief."},
+                {"role": "user", "text": "What is it?"},
+                {"role": "assistant", "text": "A mug."},
+                {"role": "user", "text": "What colour?"},
+            ],
+        },
+        {"input": paths[2].name, "schema": schema, "messages": [{"role": "user", "text": "n?"}]},
+    ]
+    manifest = tmp_path / "chat.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    engine = FakeEngine()
+    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    request = SubmitRequest.of(JobKind.chat, [str(manifest)], "fake", batch_size=8)
+    result = run_job_locally(request, res, max_prompt_chars=1000)
+    assert sorted(engine.calls) == [1, 1, 1]  # three settings, three model batches
+    plain, turns, structured = _rows(session_factory, result.job_id)
+    assert plain.status == "succeeded" and plain.result_text.endswith("image: Caption it.")
+    assert turns.result_text == "caption of 64x48"  # cut to its own max_tokens
+    assert turns.finish_reason == "length" and plain.finish_reason == "stop"
+    assert structured.result_json == {"n": 0} and structured.completion_tokens
+    assert all(r.prompt_tokens for r in (plain, turns, structured))
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"input": paths[0].name, "messages": [{"role": "assistant", "text": "hi"}]})
+        + "\n"
+    )
+    with pytest.raises(RequestError) as refused:
+        run_job_locally(
+            SubmitRequest.of(JobKind.chat, [str(bad)], "fake"), res, max_prompt_chars=1000
+        )
+    assert refused.value.code == "manifest_invalid" and "user turn" in refused.value.message

@@ -72,4 +72,4 @@ def test_unknown_kinds_and_bad_parameters_are_request_errors() -> None:
     with pytest.raises(RequestError) as bad:
         _of(JobKind.extract, schema=INVOICE_SCHEMA, dpi="high")
     assert bad.value.code == "invalid_request" and "dpi" in bad.value.message
-    assert set(KINDS) == {"caption", "extract", "ask"}
+    assert set(KINDS) == {"caption", "extract", "ask", "chat"}

@@ -1,0 +1,157 @@
+"""``chat``: each item is its own chat request about its image, as an OpenAI-Batch line is: its
+messages (system, user and assistant turns), its token budget, and an optional JSON Schema the
+answer must follow. One user turn is a caption or a question; several turns are a conversation;
+a schema makes it an extraction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from jobs.errors import RequestError
+from jobs.kinds.base import (
+    RESULT_FIELDS,
+    Conversation,
+    Generation,
+    ItemAsk,
+    KindParams,
+    generation_failed,
+    one_row,
+)
+from jobs.lifecycle import ClaimedItem
+from jobs.limits import check_prompt
+from jobs.outcome import Outcome
+from model.engine import ROLES, Turn, check_conversation
+
+MAX_MESSAGES = 64
+
+
+class ChatParams(KindParams):
+    """Job-wide defaults; each item's own request (``items.request``) says the rest."""
+
+
+class Chat:
+    name: ClassVar[str] = "chat"
+    params_type = ChatParams
+    reads_documents: ClassVar[bool] = False
+
+    def check(self, params: ChatParams, *, max_prompt_chars: int) -> None:
+        return None  # every request is checked on its own line (item_ask)
+
+    def document_rendering(self, params: ChatParams) -> tuple[str, int] | None:
+        return None
+
+    def default_max_new_tokens(self, params: ChatParams, configured: int) -> int:
+        return configured
+
+    def job_prompt(self, params: ChatParams) -> str | None:
+        return None
+
+    def item_ask(
+        self,
+        params: ChatParams,
+        prompt: str | None,
+        extra: Mapping[str, Any],
+        *,
+        where: str,
+        max_prompt_chars: int,
+    ) -> ItemAsk:
+        """``extra`` holds the request: ``messages`` ([{"role", "text"}], the image going with
+        the first user turn), optional ``max_tokens`` and ``schema``."""
+        messages = extra.get("messages")
+        if not isinstance(messages, list) or not 0 < len(messages) <= MAX_MESSAGES:
+            raise RequestError(
+                f"{where}: a request needs 1 to {MAX_MESSAGES} messages.", code="manifest_invalid"
+            )
+        turns: list[dict[str, str]] = []
+        for number, message in enumerate(messages, start=1):
+            role = message.get("role") if isinstance(message, dict) else None
+            text = message.get("text") if isinstance(message, dict) else None
+            if role not in ROLES or not isinstance(text, str):
+                raise RequestError(
+                    f"{where}: message {number} needs a role ({', '.join(ROLES)}) and text.",
+                    code="manifest_invalid",
+                )
+            check_prompt(text, max_prompt_chars, where=f"{where}, message {number}")
+            turns.append({"role": str(role), "text": text})
+        try:
+            check_conversation([Turn(t["role"], t["text"]) for t in turns])
+        except ValueError as exc:
+            raise RequestError(f"{where}: {exc}.", code="manifest_invalid") from None
+        request: dict[str, Any] = {"messages": turns}
+        max_tokens = extra.get("max_tokens")
+        if max_tokens is not None:
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+                raise RequestError(
+                    f"{where}: max_tokens must be a positive integer.", code="manifest_invalid"
+                )
+            request["max_tokens"] = max_tokens
+        schema = extra.get("schema")
+        if schema is not None:
+            from jobs.extraction import check_extraction
+
+            if not isinstance(schema, dict):
+                raise RequestError(f"{where}: the schema must be an object.", code="schema_invalid")
+            try:
+                check_extraction(schema, "all", 144)
+            except RequestError as exc:
+                raise RequestError(f"{where}: {exc.message}", code=exc.code) from None
+            request["schema"] = schema
+        return ItemAsk(request=request)
+
+    def generation(self, params: ChatParams, item: ClaimedItem, *, configured: int) -> Generation:
+        own = item.request or {}
+        given = own.get("max_tokens")
+        schema = own.get("schema")
+        if given is not None:
+            return Generation(int(given), schema, fit_to_context=False)
+        if schema is not None:
+            from model.schema import default_max_new_tokens
+
+            return Generation(default_max_new_tokens(schema), schema, fit_to_context=True)
+        return Generation(
+            params.max_new_tokens or configured, None, fit_to_context=params.budget_chosen
+        )
+
+    def first_requests(self, params: ChatParams, item: ClaimedItem) -> list[Conversation]:
+        messages = (item.request or {}).get("messages") or []
+        return [tuple(Turn(m["role"], m["text"]) for m in messages)]
+
+    def follow_up(
+        self, params: ChatParams, item: ClaimedItem, conversation: Conversation, answer: Outcome
+    ) -> Conversation | None:
+        return None
+
+    def outcome(
+        self, params: ChatParams, item: ClaimedItem, units: Sequence[Sequence[Outcome]]
+    ) -> Outcome:
+        ((generated,),) = units
+        if generated.failed:
+            return generation_failed(generated)
+        schema = (item.request or {}).get("schema")
+        if schema is None:
+            return generated
+        from jobs.extraction import interpret_output
+
+        interpreted = interpret_output(
+            schema,
+            generated.text or "",
+            finished=generated.finished,
+            number=None,
+            tokens_out=generated.tokens_out or 0,
+        )
+        return Outcome(
+            text=interpreted.text,
+            json=interpreted.json,
+            tokens_out=generated.tokens_out,
+            tokens_in=generated.tokens_in,
+            finished=generated.finished,
+            error_code=interpreted.error_code,
+            error_message=interpreted.error_message,
+        )
+
+    def csv_fields(self) -> tuple[str, ...]:
+        return RESULT_FIELDS
+
+    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+        return one_row(row)
