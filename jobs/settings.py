@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     dtype: DType = DType.auto
     device: str = "auto"
 
+    # Items per batch message (dispatch's size; a job's --batch-size). The GPU micro-batch is
+    # the worker's own: gpu_batch_size, 0 meaning the engine's suggestion for its device.
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    gpu_batch_size: Annotated[int, Field(ge=0, le=1024)] = 0
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000

@@ -143,6 +143,11 @@ class TransformersEngine:
         return self._name
 
     @property
+    def suggested_batch_size(self) -> int:
+        """A first GPU micro-batch for this device; the worker halves it on out-of-memory."""
+        return 16 if self._device.type == "cuda" else 8
+
+    @property
     def max_context(self) -> int:
         """Tokens the language model can attend to (prompt, image tokens and generated)."""
         config = self._model.config

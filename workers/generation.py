@@ -15,6 +15,7 @@ from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
 from model.engine import Engine, GenerationRequest, Turn
 from model.errors import DeviceOutOfMemoryError, InputError, SchemaError
+from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,32 @@ def generate_tasks(
     engine: Engine,
     tasks: Sequence[Task],
     *,
-    batch_size: int,
+    micro_batch: MicroBatch,
     max_new_tokens: int,
     json_schema: Mapping[str, Any] | None,
     fit_to_context: bool = False,
 ) -> list[Outcome]:
-    """One outcome per task, in order; a page's outcome carries its page number."""
-    budget = _Budget(max_new_tokens, json_schema, fit_to_context)
-    results: list[Outcome] = []
-    for start in range(0, len(tasks), batch_size):
-        results += _generate(engine, tasks[start : start + batch_size], budget)
-    return results
+    """One outcome per task, in order; a page's outcome carries its page number. Tasks go to
+    the model ``micro_batch`` at a time, in an order that keeps padding small."""
+    budget = _Budget(max_new_tokens, json_schema, fit_to_context, micro_batch)
+    order = sorted(range(len(tasks)), key=lambda i: _padding_key(tasks[i]))
+    results: list[Outcome | None] = [None] * len(tasks)
+    start = 0
+    while start < len(order):
+        chosen = order[start : start + micro_batch.size_for(engine)]
+        outcomes = _generate(engine, [tasks[i] for i in chosen], budget)
+        for i, outcome in zip(chosen, outcomes, strict=True):
+            results[i] = outcome
+        start += len(chosen)
+    return [r for r in results if r is not None]
+
+
+def _padding_key(task: Task) -> tuple[float, int]:
+    """Tasks alike in image shape (LLaVA-NeXT's tile count follows the aspect ratio) and prompt
+    length share a batch, so left padding stays small."""
+    width, height = getattr(task.unit.image, "size", (1, 1))
+    aspect = round(width / max(height, 1), 1)
+    return (aspect, sum(len(turn.text) for turn in task.conversation))
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class _Budget:
     max_new_tokens: int
     json_schema: Mapping[str, Any] | None
     fit_to_context: bool
+    micro_batch: MicroBatch
 
 
 def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Outcome]:
@@ -78,6 +95,7 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
             for _ in tasks
         ]
     except DeviceOutOfMemoryError as exc:
+        budget.micro_batch.out_of_memory_at(len(tasks))
         return _split(engine, tasks, budget, exc, ItemErrorCode.out_of_memory)
     except InputError as exc:
         return _split(engine, tasks, budget, exc, exc.code)

@@ -2,6 +2,12 @@
 
 Used by ``llava-batch run``: submit with a publisher that queues batches in memory, then work
 through them here. The sweeper's finaliser runs at the end, as it would in a deployment.
+
+Submitting and working are two steps, so the CLI submits (which validates every input and
+writes the rows) before it loads the model, and so ``run --resume JOB`` works through what an
+interrupted run left queued. Between batches the loop asks ``should_stop``; a run that stops
+(or is stopped by an exception: a second Ctrl-C, a dead engine) leaves no item ``running``:
+whatever it still holds is handed back, queued for the next run.
 """
 
 from __future__ import annotations
@@ -9,30 +15,59 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher, Publisher
+from jobs.lifecycle import hand_back_claims
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus
 from jobs.submit import SubmitRequest, SubmitResult, submit_job
 from jobs.sweeper import sweep
-from workers.pipeline import process_batch
+from workers.pipeline import BatchReport, process_batch
 from workers.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 
+# Called after each batch with the ids it was given and what came of them.
+OnBatch = Callable[[Sequence[str], BatchReport], None]
+
 
 class InProcessQueue:
-    def __init__(self) -> None:
+    """Batch messages in memory, for one job: batches of other jobs (a sweep re-publishes every
+    open job's queued items) are left alone, for their own run or worker."""
+
+    def __init__(self, job_id: str | None = None) -> None:
+        self.job_id = job_id
         self.batches: deque[list[str]] = deque()
-        self.publisher: Publisher = CallbackPublisher(lambda _job, ids: self.batches.append(ids))
+        self.publisher: Publisher = CallbackPublisher(self._take)
+
+    def _take(self, job_id: str, item_ids: list[str]) -> None:
+        if self.job_id is None:  # submitting: the first job published is this queue's
+            self.job_id = job_id
+        if job_id == self.job_id:
+            self.batches.append(item_ids)
 
 
 def run_job_locally(
-    request: SubmitRequest, res: WorkerResources, *, max_prompt_chars: int
+    request: SubmitRequest,
+    res: WorkerResources,
+    *,
+    max_prompt_chars: int,
+    on_batch: OnBatch | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SubmitResult:
+    queue, submitted = submit_locally(request, res, max_prompt_chars=max_prompt_chars)
+    work_locally(submitted.job_id, res, queue, on_batch=on_batch, should_stop=should_stop)
+    return submitted
+
+
+def submit_locally(
+    request: SubmitRequest, res: WorkerResources, *, max_prompt_chars: int
+) -> tuple[InProcessQueue, SubmitResult]:
+    """Submits (validating every input; nothing is loaded) onto an in-memory queue."""
     queue = InProcessQueue()
     submitted = submit_job(
         request,
@@ -41,29 +76,79 @@ def run_job_locally(
         publisher=queue.publisher,
         max_prompt_chars=max_prompt_chars,
     )
+    queue.job_id = submitted.job_id
+    return queue, submitted
+
+
+def work_locally(
+    job_id: str,
+    res: WorkerResources,
+    queue: InProcessQueue | None = None,
+    *,
+    on_batch: OnBatch | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Works through the job here until it has finished (True) or ``should_stop`` says so
+    between batches (False: the rest stays queued). Without a ``queue`` (resuming), the first
+    sweep re-publishes what is queued."""
+    queue = queue or InProcessQueue(job_id)
+    stop = should_stop or (lambda: False)
+    try:
+        return _work(job_id, res, queue, on_batch, stop)
+    except BaseException:
+        # Ctrl-C twice, SIGTERM twice, a dead engine: what this process holds goes back now,
+        # not when its lease runs out. Recorded results are already committed.
+        try:
+            hand_back_claims(res.session_factory, job_id, worker=res.worker_name)
+        except Exception as exc:  # the lease is the safety net: the sweeper takes them back
+            log.warning("could not hand back the items of job=%s: %s", job_id, exc)
+        raise
+
+
+def _work(
+    job_id: str,
+    res: WorkerResources,
+    queue: InProcessQueue,
+    on_batch: OnBatch | None,
+    stop: Callable[[], bool],
+) -> bool:
     # Work through the batches, then let a sweep re-publish what was handed back (after its
     # storage backoff) and finalise the job. The in-memory queue is drained before each sweep,
     # so any queued item with a dispatch stamp has no message: re-publish at once.
     while True:
         while queue.batches:
-            process_batch(queue.batches.popleft(), res)
+            if stop():
+                return False
+            ids = queue.batches.popleft()
+            report = process_batch(ids, res)
+            if on_batch is not None:
+                on_batch(ids, report)
+        if stop():
+            return False
         sweep(
             res.session_factory,
             queue.publisher,
             max_attempts=res.max_attempts,
-            batch_size=res.batch_size,
+            batch_size=res.message_size,
             redispatch_after=timedelta(0),
         )
         if queue.batches:
             continue
-        wait = _seconds_to_wait(res.session_factory, submitted.job_id)
+        wait = _seconds_to_wait(res.session_factory, job_id)
         if wait is None:
-            return submitted
-        time.sleep(wait)
+            return True
+        _sleep_unless_stopped(wait, stop)
+
+
+def _sleep_unless_stopped(seconds: float, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
 
 
 def _seconds_to_wait(session_factory: SessionFactory, job_id: str) -> float | None:
-    """None once the job has finished; otherwise how long until a backed-off item is due."""
+    """None once the job has finished; otherwise how long until a backed-off item is due, or
+    until the lease of an item another process holds runs out (one a killed run left behind)."""
     with session_factory() as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))
         if status is None or status in TERMINAL_JOB_STATES:
@@ -73,6 +158,12 @@ def _seconds_to_wait(session_factory: SessionFactory, job_id: str) -> float | No
                 Item.job_id == job_id, Item.status == ItemStatus.queued
             )
         )
-    if due is None:
+        expires = session.scalar(
+            select(func.min(Item.lease_expires_at)).where(
+                Item.job_id == job_id, Item.status == ItemStatus.running
+            )
+        )
+    times = [t for t in (due, expires) if t is not None]
+    if not times:
         return 0.2
-    return min(max((due - utcnow()).total_seconds(), 0.05), 30.0)
+    return min(max((min(times) - utcnow()).total_seconds(), 0.05), 30.0)

@@ -27,6 +27,7 @@ from storage import StorageError, TransientStorageError
 from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit
 from workers.generation import Task, generate_tasks
 from workers.lease import LeaseKeeper
+from workers.microbatch import MicroBatch
 from workers.outcomes import failed
 from workers.resources import WorkerResources
 
@@ -81,7 +82,7 @@ def run_batch(
     """Fetches, decodes and generates; returns outcomes and the items to hand back.
 
     Inputs are read and decoded in a thread pool at most about two model batches ahead of the
-    model (``res.batch_size`` units and ``res.max_batch_pixels`` pixels each way; see
+    model (two micro-batches of units and ``res.max_batch_pixels`` pixels; see
     ``workers.ahead``), and a document's pages are rendered one by one into the model batches,
     so the worker holds only what it is about to feed the model. What to generate for a unit,
     and what comes of it, is the job kind's (``jobs.kinds``): a caption, an extraction per page,
@@ -109,7 +110,7 @@ def run_batch(
         nonlocal queue
         while queue:
             batch, queue = queue, []
-            results = _generate_grouped(engine, batch, res.batch_size)
+            results = _generate_grouped(engine, batch, res.micro_batch)
             for task, result in zip(batch, results, strict=True):
                 item, key = task.unit.item, (task.unit.item.id, task.unit.page)
                 work = units[key]
@@ -131,7 +132,7 @@ def run_batch(
             claimed,
             lambda item: fetch_input(item, res),
             pool,
-            max_units=2 * res.batch_size,
+            max_units=2 * res.micro_batch.size_for(engine),
             max_pixels=res.max_batch_pixels,
         )
         for event in ahead:
@@ -159,7 +160,7 @@ def run_batch(
                     event.pixels, event.units_of_item, len(requests)
                 )
                 queue += [Task(event.unit, i, conv, how) for i, conv in enumerate(requests)]
-                if len(queue) >= res.batch_size:
+                if len(queue) >= res.micro_batch.size_for(engine):
                     generate(ahead)
         generate(ahead)
     finally:
@@ -168,7 +169,7 @@ def run_batch(
     return outcomes, handed_back
 
 
-def _generate_grouped(engine: Engine, tasks: list[Task], batch_size: int) -> list[Outcome]:
+def _generate_grouped(engine: Engine, tasks: list[Task], micro_batch: MicroBatch) -> list[Outcome]:
     """Generates every task, in model batches of tasks with the same settings (budget, schema);
     returns their outcomes in the tasks' order."""
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -180,7 +181,7 @@ def _generate_grouped(engine: Engine, tasks: list[Task], batch_size: int) -> lis
         outcomes = generate_tasks(
             engine,
             [tasks[i] for i in indices],
-            batch_size=batch_size,
+            micro_batch=micro_batch,
             max_new_tokens=how.max_new_tokens,
             json_schema=how.json_schema,
             fit_to_context=how.fit_to_context,

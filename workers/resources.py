@@ -18,6 +18,7 @@ from jobs.db import SessionFactory, make_session_factory
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
+from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class WorkerResources:
     max_attempts: int
     max_image_pixels: int
     max_pdf_pages: int = 50
+    # The GPU micro-batch (the worker's; 0: the engine's suggestion for its device) and the
+    # size of the messages this process publishes itself (the embedded runner's sweeps).
+    gpu_batch_size: int = 0
+    message_size: int = 8
     # Budgets of the decode path (see jobs.settings): bytes read per input, pixels per item
     # (a document's selected pages together), decoded pixels held ahead of the model.
     max_input_bytes: int = 256 * 2**20
@@ -42,8 +47,12 @@ class WorkerResources:
     storage_retry_max_seconds: float = 300
     storage_retry_limit: int = 12
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    micro_batch: MicroBatch = field(init=False)
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.micro_batch = MicroBatch(self.gpu_batch_size or self.batch_size)
 
     @property
     def engine(self) -> Engine:
@@ -96,7 +105,9 @@ def build_resources(
         session_factory=make_session_factory(open_database(settings)),
         blobs=open_blobs(settings.resolved_storage_url),
         engine_loader=engine_loader or (lambda: _with_faults(load_transformers_engine(spec))),
-        batch_size=settings.batch_size,
+        batch_size=settings.gpu_batch_size,
+        gpu_batch_size=settings.gpu_batch_size,
+        message_size=settings.batch_size,
         max_new_tokens=settings.max_new_tokens,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,

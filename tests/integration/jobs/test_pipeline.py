@@ -159,3 +159,25 @@ def test_local_run_retries_an_item_handed_back_by_a_transient_storage_error(
         attempts = sorted(session.scalars(select(Item.attempts).where(Item.job_id == job.id)))  # type: ignore[union-attr]
     assert job is not None and job.status == JobStatus.completed
     assert attempts == [1, 1]  # the hand-back refunds its attempt
+
+
+def test_the_gpu_batch_is_the_workers_and_an_oom_limit_is_remembered(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Issue 11: a job's --batch-size sizes its messages, never the model batch; the worker's
+    micro-batch halves on out-of-memory once and stays there for later batches."""
+    write_images(tmp_path / "cat", 12)
+    engine = FakeEngine()
+    res = make_resources(session_factory, blobs, engine, batch_size=3)
+    run_job_locally(_request([str(tmp_path / "cat")], batch_size=12), res, max_prompt_chars=1000)
+    assert engine.calls == [3, 3, 3, 3]  # one message of 12, model batches of 3
+
+    write_images(tmp_path / "more", 16, prefix="m")
+    tight = FakeEngine(oom_when_batch_over=4)
+    res = make_resources(session_factory, blobs, tight, batch_size=8)
+    result = run_job_locally(
+        _request([str(tmp_path / "more")], batch_size=16), res, max_prompt_chars=1000
+    )
+    assert statuses(session_factory, result.job_id) == ["succeeded"] * 16
+    assert tight.calls == [8, 4, 4, 4, 4]  # one OOM at 8, then 4 from the start
+    assert res.micro_batch.size_for(tight) == 4
