@@ -123,8 +123,6 @@ def _work(
             report = process_batch(ids, res)
             if on_batch is not None:
                 on_batch(ids, report)
-        if stop():
-            return False
         sweep(
             res.session_factory,
             queue.publisher,
@@ -137,6 +135,8 @@ def _work(
         wait = _seconds_to_wait(res.session_factory, job_id)
         if wait is None:
             return True
+        if stop():  # after the sweep: a job whose last batch just ended is finalised, not left
+            return False
         _sleep_unless_stopped(wait, stop)
 
 

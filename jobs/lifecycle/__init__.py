@@ -12,6 +12,7 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | heartbeat  | lease extended                         | token = mine, running                    |
 | record     | running -> succeeded / failed          | token = mine; a bad row fails only itself |
 | hand back  | running -> queued (cancelled: closing) | token = mine; backoff, attempt refunded  |
+| stop       | running -> queued (cancelled: closing) | worker = mine (interrupted run), no wait |
 | expire     | running -> queued / failed / cancelled | running and lease_expires_at < now       |
 | cancel     | job -> cancelling; queued -> cancelled | job queued/in_progress                   |
 | retry      | failed -> queued (pages cleared)       | job not closing, a failed item exists    |
@@ -29,7 +30,7 @@ short transaction; on PostgreSQL the job row is locked first and checked by a la
 the check sees a retry or cancel that held the lock.
 """
 
-from jobs.lifecycle.claims import claim_items, release_items, renew_lease
+from jobs.lifecycle.claims import claim_items, hand_back_claims, release_items, renew_lease
 from jobs.lifecycle.common import (
     CLOSING_JOB_STATES,
     OPEN_JOB_STATES,
@@ -64,6 +65,7 @@ __all__ = [
     "count_items",
     "expire_leases",
     "finalise_jobs",
+    "hand_back_claims",
     "is_postgres",
     "jobs_ready_to_finalise",
     "record_results",

@@ -182,3 +182,40 @@ def release_items(
                 job_ids.add(row.job_id)
     finalise_jobs(session_factory, job_ids, now=now)
     return released
+
+
+def hand_back_claims(
+    session_factory: SessionFactory, job_id: str, *, worker: str, now: datetime | None = None
+) -> int:
+    """Hands back at once what ``worker`` still holds of a job it stops working on (an
+    interrupted ``llava-batch run``): running → queued with the attempt refunded and no backoff
+    (the item did nothing wrong), or ``cancelled`` when the job is being cancelled.
+
+    Guarded by state and worker: an item whose lease another worker has taken since (the
+    sweeper re-queued it, another claim stamped its own name) is not touched. Returns how many.
+    """
+    now = now or utcnow()
+    closing = job_of_item_is(*CLOSING_JOB_STATES)
+    with session_factory.begin() as session:
+        rows = session.execute(
+            update(Item)
+            .where(
+                Item.job_id == job_id,
+                Item.status == ItemStatus.running,
+                Item.worker == worker,
+            )
+            .values(
+                status=case((closing, ItemStatus.cancelled), else_=ItemStatus.queued),
+                finished_at=case((closing, now), else_=null()),
+                lease_token=None,
+                lease_expires_at=None,
+                dispatched_at=None,
+                attempts=Item.attempts - 1,
+            )
+            .returning(Item.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    if rows:
+        log.info("handed back job=%s worker=%s items=%d", job_id, worker, len(rows))
+        finalise_jobs(session_factory, {job_id}, now=now)
+    return len(rows)

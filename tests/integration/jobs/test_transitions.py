@@ -425,3 +425,40 @@ def test_a_writer_paused_inside_its_transaction_does_not_freeze_the_job(
     assert record_results(sf, [_ok(c) for c in batch_a]) == 2
     assert statuses(sf, job_id) == ["succeeded", "succeeded", "succeeded", "cancelled"]
     assert _job_status(sf, job_id) == JobStatus.cancelled
+
+
+# --- an interrupted run hands back what it holds -----------------------------------------------
+
+
+def test_an_interrupted_run_hands_back_only_its_own_items_at_once(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """``run`` stopped by a second Ctrl-C: its running items are queued again at once (the
+    attempt refunded, no lease to wait out); another worker's claim is not touched."""
+    from jobs.lifecycle import hand_back_claims
+
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=3)
+    claim_items(session_factory, ids[:2], worker="run:1", lease_seconds=600)
+    claim_items(session_factory, ids[2:], worker="other:2", lease_seconds=600)
+    assert hand_back_claims(session_factory, job_id, worker="run:1") == 2
+    with session_factory() as session:
+        rows = {i.id: i for i in session.scalars(select(Item).where(Item.job_id == job_id))}
+    for item_id in ids[:2]:
+        row = rows[item_id]
+        assert row.status == ItemStatus.queued and row.attempts == 0
+        assert row.lease_token is None and row.dispatched_at is None  # the sweeper sends it
+    assert rows[ids[2]].status == ItemStatus.running and rows[ids[2]].attempts == 1
+    assert hand_back_claims(session_factory, job_id, worker="run:1") == 0
+
+
+def test_a_hand_back_in_a_cancelled_job_ends_cancelled(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    from jobs.lifecycle import hand_back_claims
+
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
+    claim_items(session_factory, ids, worker="run:1", lease_seconds=600)
+    assert cancel_job(session_factory, job_id) == JobStatus.cancelling
+    assert hand_back_claims(session_factory, job_id, worker="run:1") == 2
+    assert statuses(session_factory, job_id) == ["cancelled", "cancelled"]
+    assert _job_status(session_factory, job_id) == JobStatus.cancelled
