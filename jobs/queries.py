@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import count_items
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens the model read (prompt: text, template and image tokens) and wrote."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,8 @@ class JobProgress:
     counts: dict[str, int]
     items_per_second: float | None
     eta_seconds: float | None
+    metadata: dict[str, str] | None = None
+    usage: Usage | None = None  # None: not summed (``jobs`` lists skip it: it reads every item)
 
     @property
     def total(self) -> int:
@@ -39,20 +60,30 @@ class JobProgress:
         return sum(n for state, n in self.counts.items() if state in TERMINAL_ITEM_STATES)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        shown = {
             "job_id": self.id,
             "name": self.name,
             "kind": self.kind,
             "status": self.status,
             "model": self.model,
+            "metadata": self.metadata,
             "counts": self.counts,
             "total": self.total,
+            # like a hosted batch object's: completed = succeeded items
+            "request_counts": {
+                "total": self.total,
+                "completed": self.counts.get(ItemStatus.succeeded, 0),
+                "failed": self.counts.get(ItemStatus.failed, 0),
+            },
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "items_per_second": self.items_per_second,
             "eta_seconds": self.eta_seconds,
         }
+        if self.usage is not None:
+            shown["usage"] = self.usage.as_dict()
+        return shown
 
 
 def find_job(session: Session, job_ref: str) -> Job:
@@ -69,7 +100,11 @@ def find_job(session: Session, job_ref: str) -> Job:
     raise JobNotFoundError(f"No job matches {job_ref!r}.")
 
 
-def read_progress(session: Session, job: Job, *, now: datetime | None = None) -> JobProgress:
+def read_progress(
+    session: Session, job: Job, *, now: datetime | None = None, usage: bool = True
+) -> JobProgress:
+    """Counts per item state, rate and ETA; with ``usage``, the job's token totals too (a sum
+    over all its items: ``watch`` polls without it)."""
     now = now or utcnow()
     counts = {state.value: 0 for state in ItemStatus}
     counts.update(count_items(session, job.id))
@@ -93,40 +128,112 @@ def read_progress(session: Session, job: Job, *, now: datetime | None = None) ->
         counts=counts,
         items_per_second=rate,
         eta_seconds=eta,
+        metadata=job.job_metadata or None,
+        usage=read_usage(session, job.id) if usage else None,
     )
 
 
-def list_recent_jobs(session: Session, *, limit: int = 20) -> list[JobProgress]:
-    jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))
-    return [read_progress(session, job) for job in jobs]
+def read_usage(session: Session, job_id: str) -> Usage:
+    """The job's token totals over all its items (failed ones too: their tokens were spent)."""
+    completion = func.coalesce(Item.completion_tokens, Item.tokens_out)  # older rows: tokens_out
+    prompt_sum, completion_sum = session.execute(
+        select(func.sum(Item.prompt_tokens), func.sum(completion)).where(Item.job_id == job_id)
+    ).one()
+    return Usage(int(prompt_sum or 0), int(completion_sum or 0))
 
 
-def iter_results(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[dict[str, Any]]:
-    """One row per item in submission order; streamed so a 100k-item job fits in memory."""
+def list_recent_jobs(
+    session: Session,
+    *,
+    limit: int = 20,
+    name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> list[JobProgress]:
+    """The latest jobs, newest first; only those named ``name`` and carrying every
+    ``metadata`` pair, when given."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    if name is not None:
+        query = query.where(Job.name == name)
+    dialect = session.get_bind().dialect.name
+    for key, value in (metadata or {}).items():
+        query = query.where(_metadata_matches(dialect, key, value))
+    jobs = list(session.scalars(query))
+    return [read_progress(session, job, usage=False) for job in jobs]
+
+
+def _metadata_matches(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """``jobs.metadata`` has ``key`` set to ``value``; any key, passed as a bound value (never
+    spliced into a JSON path)."""
+    if dialect == "postgresql":  # jsonb: metadata ->> :key = :value
+        matched: ColumnElement[bool] = Job.job_metadata[key].as_string() == value
+        return matched
+    pairs = func.json_each(Job.job_metadata).table_valued("key", "value")
+    return exists(select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value))
+
+
+def iter_items(
+    session: Session,
+    job_id: str,
+    *,
+    statuses: Collection[str] | None = None,
+    chunk: int = 1000,
+) -> Iterator[Item]:
+    """A job's items in submission order (only those in ``statuses``, when given), streamed:
+    one query of at most ``chunk`` rows at a time, each chunk let go (expunged) before the
+    next, so a 1M-item job never sits in memory."""
     last_seq = -1
     while True:
-        rows = list(
-            session.scalars(
-                select(Item)
-                .where(Item.job_id == job_id, Item.seq > last_seq)
-                .order_by(Item.seq)
-                .limit(chunk)
-            )
-        )
+        query = select(Item).where(Item.job_id == job_id, Item.seq > last_seq)
+        if statuses:
+            query = query.where(Item.status.in_(list(statuses)))
+        rows = list(session.scalars(query.order_by(Item.seq).limit(chunk)))
         if not rows:
             return
-        for item in rows:
-            yield {
-                "item_id": item.id,
-                "custom_id": item.custom_id,
-                "input": item.source,
-                "status": item.status,
-                "result": item.result_json if item.result_json is not None else item.result_text,
-                "error_code": item.error_code,
-                "error_message": item.error_message,
-            }
+        yield from rows
+        if len(rows) < chunk:  # the last chunk: no need to ask again
+            return
         last_seq = rows[-1].seq
-        session.expunge_all()
+        for item in rows:
+            session.expunge(item)
+        del rows
+
+
+def iter_results(
+    session: Session,
+    job_id: str,
+    *,
+    statuses: Collection[str] | None = None,
+    chunk: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """One row per item in submission order (see ``result_row``), streamed like
+    ``iter_items``."""
+    for item in iter_items(session, job_id, statuses=statuses, chunk=chunk):
+        yield result_row(item)
+
+
+def result_row(item: Item) -> dict[str, Any]:
+    """What ``results`` shows of one item (``--format jsonl``); ``usage`` is None until the
+    model ran for it."""
+    return {
+        "item_id": item.id,
+        "custom_id": item.custom_id,
+        "input": item.source,
+        "status": item.status,
+        "result": item.result_json if item.result_json is not None else item.result_text,
+        "error_code": item.error_code,
+        "error_message": item.error_message,
+        "finish_reason": item.finish_reason,
+        "usage": item_usage(item),
+    }
+
+
+def item_usage(item: Item) -> dict[str, int] | None:
+    """``{prompt_tokens, completion_tokens, total_tokens}`` of one item; None when nothing was
+    counted (the item never reached the model)."""
+    completion = item.completion_tokens if item.completion_tokens is not None else item.tokens_out
+    if item.prompt_tokens is None and completion is None:
+        return None
+    return Usage(item.prompt_tokens or 0, completion or 0).as_dict()
 
 
 def count_jobs(session: Session) -> int:

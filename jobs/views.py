@@ -4,12 +4,12 @@ messages to stderr, so ``llava-batch submit … | tail -1`` is the job id.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
-from collections.abc import Sequence
-from enum import StrEnum
+from collections.abc import Collection, Sequence
+from contextlib import ExitStack
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -18,9 +18,12 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from jobs.context import Context
-from jobs.errors import ExitCode
+from jobs.errors import ExitCode, RequestError
+from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
+from jobs.exports import open_result_writer
 from jobs.kinds import get_kind
-from jobs.queries import JobProgress, find_job, iter_results, read_progress
+from jobs.metadata import describe_metadata
+from jobs.queries import JobProgress, find_job, iter_items, read_progress
 from jobs.states import TERMINAL_JOB_STATES, JobStatus
 from model.engine import TINY_MODELS
 
@@ -35,11 +38,6 @@ TINY_WARNING = (
     "noise (extracted fields too, though they still validate against the schema). Set "
     "LLAVA_BATCH_MODEL=llava-hf/llava-1.5-7b-hf (or a local copy) for real ones."
 )
-
-
-class ResultFormat(StrEnum):
-    jsonl = "jsonl"
-    csv = "csv"
 
 
 def first_line(exc: object) -> str:
@@ -84,17 +82,26 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     rate = f"{progress.items_per_second:.2f} items/s" if progress.items_per_second else "-"
     eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "-"
     counts = ", ".join(f"{state} {n}" for state, n in progress.counts.items() if n)
-    out.print(f"job {progress.id}  {progress.kind}  [bold]{progress.status}[/bold]")
+    named = f"  {progress.name}" if progress.name else ""
+    out.print(f"job {progress.id}{named}  {progress.kind}  [bold]{progress.status}[/bold]")
     out.print(
         f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}"
     )
+    if progress.usage is not None and progress.usage.total_tokens:
+        u = progress.usage
+        out.print(
+            f"  tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion "
+            f"= {u.total_tokens}"
+        )
+    if progress.metadata:
+        out.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
 
 
 def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     if json_out:
         print(json.dumps([p.as_dict() for p in jobs]))
         return
-    table = Table("job", "name", "kind", "status", "done", "failed", "created")
+    table = Table("job", "name", "kind", "status", "done", "failed", "created", "metadata")
     for p in jobs:
         table.add_row(
             p.id,
@@ -104,6 +111,7 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
             f"{p.done}/{p.total}",
             str(p.counts.get("failed", 0)),
             p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            describe_metadata(p.metadata),
         )
     out.print(table)
 
@@ -122,7 +130,7 @@ def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -
         task = bar.add_task(job_id[:8], total=None)
         while True:
             with ctx.session_factory() as session:
-                progress = read_progress(session, find_job(session, job_id))
+                progress = read_progress(session, find_job(session, job_id), usage=False)
             bar.update(
                 task,
                 total=progress.total,
@@ -132,6 +140,8 @@ def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -
             if progress.status in TERMINAL_JOB_STATES:
                 break
             time.sleep(interval)
+    with ctx.session_factory() as session:  # once more, with the token totals
+        progress = read_progress(session, find_job(session, job_id))
     show_progress(progress, json_out=json_out)
 
 
@@ -141,39 +151,50 @@ def exit_code_for(ctx: Context, job_id: str) -> ExitCode:
     return ExitCode.ok if status == JobStatus.completed else ExitCode.job_not_completed
 
 
-def write_results(session: Session, job_id: str, fmt: ResultFormat, output: str | None) -> None:
-    stream: IO[str]
-    with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as stream:
-        rows = iter_results(session, job_id)
-        if fmt is ResultFormat.jsonl:
-            for row in rows:
-                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            # The kind lays its rows out: one per item, or one per question for ``ask``.
-            kind = get_kind(find_job(session, job_id).kind)
-            writer = csv.DictWriter(stream, fieldnames=kind.csv_fields())
-            writer.writeheader()
-            for row in rows:
-                writer.writerows(kind.csv_rows(row))
+def write_results(
+    session: Session,
+    job_id: str,
+    fmt: ResultFormat,
+    output: str | None,
+    *,
+    errors: str | None = None,
+    statuses: Collection[str] | None = None,
+    chunk: int = 1000,
+) -> None:
+    """Streams a job's results in ``fmt`` to ``output`` (None: stdout), ``chunk`` items per
+    query; ``errors``: a separate file for the failed items (``openai`` only); ``statuses``:
+    only items in these states."""
+    job = find_job(session, job_id)
+    if errors is not None and fmt is not ResultFormat.openai:
+        raise RequestError("--errors goes with --format openai.", code="invalid_option")
+    if (
+        errors is not None
+        and output is not None
+        and Path(errors).resolve() == Path(output).resolve()
+    ):
+        raise RequestError("--errors must name another file than -o.", code="invalid_output")
+    kind, model = get_kind(job.kind), job.model
+    with ExitStack() as files:
+        stream = files.enter_context(_open_output(output)) if output else sys.stdout
+        error_stream = files.enter_context(_open_output(errors)) if errors else None
+        writer = open_result_writer(fmt, stream, kind=kind, model=model, errors=error_stream)
+        for item in iter_items(session, job_id, statuses=statuses, chunk=chunk):
+            writer.write(item)
+        stream.flush()
+    if writer.skipped:
+        err.print(
+            f"note: {writer.skipped} item(s) not finished yet are not in the output; "
+            "export again when the job has ended"
+        )
 
 
-def show_run_results(ctx: Context, job_id: str, *, json_out: bool) -> None:
-    with ctx.session_factory() as session:
-        for row in iter_results(session, job_id):
-            if json_out:
-                print(json.dumps(row, ensure_ascii=False))
-            elif row["error_code"]:
-                # plain print: rich would expand the tab that separates source and result
-                print(f"{row['input']}\tFAILED {row['error_code']}: {row['error_message']}")
-            else:
-                result = row["result"]
-                text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-                # one line per item: a caption's own line breaks would split it
-                print(f"{row['input']}\t{' '.join(text.split())}")
-        progress = read_progress(session, find_job(session, job_id))
-    if not json_out:
-        warn_if_tiny(progress.model)
-        show_progress(progress, json_out=False)
+def _open_output(path: str) -> IO[str]:
+    try:
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise RequestError(
+            f"{path}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
+        ) from exc
 
 
 class _stdout:

@@ -60,6 +60,10 @@ def test_manifest_prompts_ids_and_the_read_side(run_cli: RunCli, tmp_path: Path)
         "result",
         "error_code",
         "error_message",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
     ]
 
 
