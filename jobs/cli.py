@@ -11,6 +11,7 @@ table (``jobs.errors.ExitCode``), never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,8 +25,10 @@ from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import RequestError
+from jobs.metadata import parse_meta
+from jobs.openai_batch import BatchFormat
 from jobs.queries import find_job, list_recent_jobs, read_progress
-from jobs.states import JobKind
+from jobs.states import ItemStatus, JobKind
 
 if TYPE_CHECKING:
     from jobs.submit import SubmitRequest
@@ -96,6 +99,15 @@ SchemaFile = Annotated[
 Pages = Annotated[str, typer.Option(help='PDF pages: "all", "first", or like "1-3" / "1,3,5-7".')]
 Dpi = Annotated[int, typer.Option(help="PDF rendering resolution.")]
 Instructions = Annotated[str | None, typer.Option(help="Extra instructions for the model.")]
+Meta = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--meta",
+        metavar="KEY=VALUE",
+        help="A label on the job, shown by status/jobs and matched by jobs --meta (repeat: up "
+        "to 16; key up to 64 characters, value up to 512).",
+    ),
+]
 
 
 @submit_app.command("caption")
@@ -106,6 +118,7 @@ def submit_caption(
     batch_size: BatchSize = None,
     name: Name = None,
     idempotency_key: IdemKey = None,
+    meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
 ) -> None:
@@ -119,6 +132,7 @@ def submit_caption(
         batch_size,
         name=name,
         idempotency_key=idempotency_key,
+        metadata=parse_meta(meta),
         prompt=prompt,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
@@ -135,6 +149,7 @@ def submit_extract(
     batch_size: BatchSize = None,
     name: Name = None,
     idempotency_key: IdemKey = None,
+    meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
 ) -> None:
@@ -148,6 +163,7 @@ def submit_extract(
         batch_size,
         name=name,
         idempotency_key=idempotency_key,
+        metadata=parse_meta(meta),
         instructions=prompt,
         schema=read_schema(schema),
         pages=pages,
@@ -184,6 +200,7 @@ def submit_ask(
     batch_size: BatchSize = None,
     name: Name = None,
     idempotency_key: IdemKey = None,
+    meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
 ) -> None:
@@ -197,8 +214,61 @@ def submit_ask(
         batch_size,
         name=name,
         idempotency_key=idempotency_key,
+        metadata=parse_meta(meta),
         questions=questions or [],
         conversation=conversation,
+    )
+    _submit(ctx, request, wait=wait, json_out=json_out)
+
+
+BatchFile = Annotated[
+    str,
+    typer.Argument(
+        help="A .jsonl file of chat requests: OpenAI-Batch lines (custom_id, method, url, body) "
+        'or our manifest lines ({"input", "messages", …}).'
+    ),
+]
+BatchFileFormat = Annotated[
+    BatchFormat,
+    typer.Option(
+        "--format",
+        "--input-format",
+        help="The file's format; auto: detected from its first line.",
+    ),
+]
+BatchMaxNew = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens", min=1, help="Tokens per request that gives no max_tokens of its own."
+    ),
+]
+
+
+@submit_app.command("batch")
+def submit_batch(
+    file: BatchFile,
+    fmt: BatchFileFormat = BatchFormat.auto,
+    max_new_tokens: BatchMaxNew = None,
+    batch_size: BatchSize = None,
+    name: Name = None,
+    idempotency_key: IdemKey = None,
+    meta: Meta = None,
+    wait: Wait = False,
+    json_out: Json = False,
+) -> None:
+    """Run an OpenAI-Batch JSONL file (or a chat manifest): one item per request; the file's
+    model is the job's."""
+    ctx = open_context()
+    request = build_request(
+        ctx,
+        JobKind.chat,
+        [file],
+        max_new_tokens,
+        batch_size,
+        name=name,
+        idempotency_key=idempotency_key,
+        metadata=parse_meta(meta),
+        input_format=fmt,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -227,7 +297,7 @@ def status(
     ] = False,
     json_out: Json = False,
 ) -> None:
-    """Job status, counts per item state, items/s and ETA."""
+    """Job status, counts per item state, items/s, ETA, token usage and metadata."""
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
@@ -248,30 +318,62 @@ def results(
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Write to this file.")
     ] = None,
+    errors: Annotated[
+        str | None,
+        typer.Option(
+            "--errors",
+            help="--format openai: write failed and cancelled items to this file (as an "
+            "OpenAI batch error file); without it they follow the successes in the output.",
+        ),
+    ] = None,
+    statuses: Annotated[
+        list[ItemStatus] | None,
+        typer.Option("--status", help="Only items in this state (repeat for several)."),
+    ] = None,
 ) -> None:
-    """One row per item: item_id, custom_id, input, status, result, error_code, error_message."""
+    """One row per item: item_id, custom_id, input, status, result, error_code, error_message,
+    finish_reason, usage; or the OpenAI Batch output format (--format openai)."""
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
+        target = output or errors
         try:
-            views.write_results(session, job_id, fmt, output)
+            views.write_results(
+                session,
+                job_id,
+                fmt,
+                output,
+                errors=errors,
+                statuses=[s.value for s in statuses or []],
+            )
         except OSError as exc:
-            if output is None:
+            if target is None:
                 raise
             raise RequestError(
-                f"{output}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
+                f"{target}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
             ) from exc
 
 
 @app.command("jobs")
 def jobs_list(
     limit: Annotated[int, typer.Option(min=1, help="How many recent jobs.")] = 20,
+    name: Annotated[str | None, typer.Option("--name", help="Only jobs with this name.")] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            metavar="KEY=VALUE",
+            help="Only jobs with this metadata pair (repeat: all must match).",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
-    """Recent jobs with their counts."""
+    """Recent jobs with their counts and metadata, newest first."""
     ctx = open_context()
+    wanted = parse_meta(meta)
     with ctx.session_factory() as session:
-        views.show_jobs(list_recent_jobs(session, limit=limit), json_out=json_out)
+        found = list_recent_jobs(session, limit=limit, name=name, metadata=wanted)
+        views.show_jobs(found, json_out=json_out)
 
 
 @app.command("cancel")
@@ -348,9 +450,11 @@ def build_request(
     *,
     name: str | None = None,
     idempotency_key: str | None = None,
+    metadata: Mapping[str, str] | None = None,
     **params: Any,
 ) -> SubmitRequest:
-    """A request for ``kind`` with the kind's own parameters (``params``; None: its default)."""
+    """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
+    ``metadata``: the parsed ``--meta`` options (``parse_meta``)."""
     from jobs.submit import SubmitRequest
 
     return SubmitRequest.of(
@@ -359,6 +463,7 @@ def build_request(
         ctx.settings.model,
         name=name,
         idempotency_key=idempotency_key,
+        metadata=metadata,
         max_input_bytes=ctx.settings.max_input_bytes,
         default_max_new_tokens=ctx.settings.max_new_tokens,
         max_new_tokens=max_new_tokens,

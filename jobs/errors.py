@@ -37,6 +37,7 @@ class ItemErrorCode(StrEnum):
     input_too_large = "input_too_large"
     input_access_denied = "input_access_denied"
     invalid_uri = "invalid_uri"
+    input_scheme_not_allowed = "input_scheme_not_allowed"  # http(s)://, file://…: never fetched
     prompt_too_long = "prompt_too_long"
     pdf_encrypted = "pdf_encrypted"
     pdf_corrupt = "pdf_corrupt"

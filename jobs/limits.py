@@ -25,6 +25,7 @@ def _column_length(column: KeyedColumnElement[Any]) -> int:
 MAX_CUSTOM_ID_CHARS = _column_length(Item.__table__.c["custom_id"])
 MAX_NAME_CHARS = _column_length(Job.__table__.c["name"])
 MAX_IDEMPOTENCY_KEY_CHARS = _column_length(Job.__table__.c["idempotency_key"])
+MAX_MODEL_CHARS = _column_length(Job.__table__.c["model"])
 DEFAULT_MAX_INPUT_BYTES: int = Settings.model_fields["max_input_bytes"].default
 
 

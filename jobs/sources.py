@@ -1,21 +1,31 @@
-"""Turns what the user typed (files, directories, s3:// prefixes, .jsonl manifests) into inputs.
+"""Turns what the user typed (files, directories, s3:// prefixes, .jsonl manifests) into inputs,
+and so reads ``submit batch``'s files (OpenAI-Batch JSONL: ``jobs.openai_batch``).
 
 Pure validation and listing: nothing is written here, so a refused request leaves no trace.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
-from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri
+from jobs.openai_batch import (
+    BatchFormat,
+    decode_data_uri,
+    detect_openai,
+    looks_like_openai,
+    parse_openai_line,
+)
+from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri, uri_scheme
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DOCUMENT_EXTENSIONS = IMAGE_EXTENSIONS | {".pdf"}
@@ -34,6 +44,25 @@ class InputSpec:
     # where the line is, for its error messages.
     extra: Mapping[str, Any] = field(default_factory=dict)
     where: str | None = None
+    # An input given inline (an OpenAI line's data: URI): stored content-addressed at submit.
+    content: bytes | None = None
+    suffix: str = ""  # of the stored blob, for ``content``
+    model: str | None = None  # the model an OpenAI-Batch line names
+    # (code, message): an input refused on its own (a URL never fetched); its item fails with
+    # it when a worker claims it, without reading anything, and the rest of the job runs.
+    input_error: tuple[str, str] | None = None
+
+
+# The key of ``items.request`` that holds an input refused on its own: {"code", "message"}.
+INPUT_ERROR = "input_error"
+
+
+def read_input_error(request: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The (code, message) an item's input was refused with at submit, if it was."""
+    refused = (request or {}).get(INPUT_ERROR)
+    if not isinstance(refused, dict):
+        return None
+    return str(refused.get("code")), str(refused.get("message"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,7 @@ class _Walk:
     extensions: frozenset[str]
     max_input_bytes: int
     manifests: tuple[Path, ...] = ()  # resolved manifests being read, outermost first
+    batch_format: BatchFormat | None = None  # ``submit batch``: how its .jsonl file is read
 
 
 def expand_sources(
@@ -52,11 +82,21 @@ def expand_sources(
     blobs: Blobs,
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    batch_format: BatchFormat | None = None,
 ) -> list[InputSpec]:
-    """Every input the sources name, each checked from its size; refuses the request otherwise."""
-    walk = _Walk(blobs, extensions, max_input_bytes)
+    """Every input the sources name, each checked from its size; refuses the request otherwise.
+
+    ``batch_format`` (``submit batch``): each source is a .jsonl file of chat requests, in
+    OpenAI-Batch format or ours, named or detected from its lines."""
+    walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format)
     inputs: list[InputSpec] = []
     for source in sources:
+        if batch_format is not None and (
+            is_s3_uri(source) or not source.lower().endswith(".jsonl")
+        ):
+            raise RequestError(
+                f"{printable(source)}: a batch is a local .jsonl file.", code="invalid_source"
+            )
         inputs.extend(_expand_one(source, walk))
     if not inputs:
         raise RequestError("No input files were found in the given sources.", code="no_inputs")
@@ -161,7 +201,11 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise RequestError(f"{manifest}: not valid UTF-8.", code="manifest_invalid") from exc
-    inner = replace(walk, manifests=(*walk.manifests, manifest.resolve()))
+    inner = replace(walk, manifests=(*walk.manifests, manifest.resolve()), batch_format=None)
+    openai = walk.batch_format == BatchFormat.openai
+    if openai or (walk.batch_format == BatchFormat.auto and detect_openai(lines)):
+        yield from _read_openai_batch(manifest, lines, inner)
+        return
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -177,6 +221,88 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
                 extra=extra,
                 where=where,
             )
+
+
+def _read_openai_batch(manifest: Path, lines: Sequence[str], walk: _Walk) -> Iterator[InputSpec]:
+    """Each request of an OpenAI-Batch file as one chat input; every line names one model."""
+    model: str | None = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{manifest}, line {number}"
+        parsed = parse_openai_line(line, where)
+        if model is None:
+            model = parsed.model
+        elif parsed.model != model:
+            raise RequestError(
+                f"{where}: the model {printable(parsed.model)!r} is not {printable(model)!r}, "
+                "the model of the lines before: one file, one model (one job).",
+                code="model_mismatch",
+            )
+        with _located(where):
+            spec = _openai_input(manifest, parsed.image_url, where, walk)
+        yield replace(
+            spec, custom_id=parsed.custom_id, model=model, extra=parsed.request, where=where
+        )
+
+
+def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpec:
+    """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
+    s3:// object (read in place), or a path in the file's folder; any other scheme is never
+    fetched and fails its own item."""
+    _check_source_text(url)
+    scheme = uri_scheme(url)
+    if scheme == "data":
+        data, suffix, mime = decode_data_uri(url, where, walk.max_input_bytes)
+        return InputSpec(
+            source=f"data:{mime};base64,... ({len(data)} bytes)",
+            content=data,
+            suffix=suffix,
+            size=len(data),
+            version=hashlib.sha256(data).hexdigest(),
+        )
+    if scheme == "s3":
+        return _s3_object(url, walk)
+    if scheme is not None:
+        message = (
+            f"{url[:200]}: {scheme}: URLs are never fetched (workers do not read inputs from the "
+            "network); give the image as a data: URI, an s3:// URI or a file next to the batch "
+            "file."
+        )
+        return InputSpec(source=url, uri=url, input_error=("input_scheme_not_allowed", message))
+    path = Path(_manifest_target(manifest, url, where, walk))
+    if not path.exists():
+        raise RequestError(f"{url}: no such file.", code="source_not_found")
+    if path.is_dir() or path.suffix.lower() == ".jsonl":
+        raise RequestError(f"{url}: an image_url names one image file.", code="manifest_invalid")
+    return _local_file(url, path, walk)
+
+
+def _s3_object(uri: str, walk: _Walk) -> InputSpec:
+    """The one object ``uri`` names (not a prefix), checked from its listing."""
+    try:
+        _, key = parse_s3_uri(uri)
+        if not key or key.endswith("/"):
+            raise RequestError(f"{uri}: names a prefix, not one image.", code="manifest_invalid")
+        # Keys list in order, so the key itself comes before any other key it is a prefix of.
+        found = next(iter(walk.blobs.list_uri(uri)), None)
+    except StorageError as exc:
+        raise RequestError(f"{uri}: {exc}", code=exc.code) from exc
+    if found is None or found.key != key:
+        raise RequestError(f"{uri}: no such object.", code="source_not_found")
+    _check_size(uri, found.size, walk.max_input_bytes)
+    return InputSpec(source=uri, uri=uri, size=found.size, version=found.etag)
+
+
+@contextmanager
+def _located(where: str) -> Iterator[None]:
+    """Refusals raised inside name the line they come from."""
+    try:
+        yield
+    except RequestError as exc:
+        if exc.message.startswith(where):
+            raise
+        raise RequestError(f"{where}: {exc.message}", code=exc.code) from None
 
 
 def _manifest_target(manifest: Path, given: str, where: str, walk: _Walk) -> str:
@@ -213,15 +339,27 @@ def _parse_manifest_line(
         raise RequestError(
             f"{where}: not valid JSON ({exc.msg}).", code="manifest_invalid"
         ) from exc
+    if looks_like_openai(entry):
+        raise RequestError(
+            f"{where}: an OpenAI-Batch request, not a manifest line: submit the file with "
+            "`llava-batch submit batch`.",
+            code="manifest_invalid",
+        )
     if not isinstance(entry, dict) or not isinstance(entry.get("input"), str):
         raise RequestError(
             f'{where}: expected an object with a string "input" field.', code="manifest_invalid"
         )
     if "prompt" in entry and not isinstance(entry["prompt"], str):
         raise RequestError(f'{where}: "prompt" must be a string.', code="manifest_invalid")
-    if "id" in entry and not isinstance(entry["id"], str | int):
-        raise RequestError(f'{where}: "id" must be a string.', code="manifest_invalid")
-    custom_id = entry.get("id")
+    for key in ("id", "custom_id"):  # custom_id, as OpenAI names it, is an alias of id
+        if key in entry and not isinstance(entry[key], str | int):
+            raise RequestError(f'{where}: "{key}" must be a string.', code="manifest_invalid")
+    if "id" in entry and "custom_id" in entry and str(entry["id"]) != str(entry["custom_id"]):
+        raise RequestError(
+            f'{where}: "id" and "custom_id" name the same thing; give one.',
+            code="manifest_invalid",
+        )
+    custom_id = entry.get("id", entry.get("custom_id"))
     if custom_id is not None:
         custom_id = str(custom_id)
         check_text(
@@ -230,7 +368,7 @@ def _parse_manifest_line(
             code="invalid_custom_id",
             max_chars=MAX_CUSTOM_ID_CHARS,
         )
-    extra = {k: v for k, v in entry.items() if k not in ("input", "prompt", "id")}
+    extra = {k: v for k, v in entry.items() if k not in ("input", "prompt", "id", "custom_id")}
     return entry["input"], entry.get("prompt"), custom_id, extra
 
 
@@ -241,6 +379,8 @@ def _check_unique_ids(inputs: Sequence[InputSpec]) -> None:
             continue
         if spec.custom_id in seen:
             raise RequestError(
-                f"The custom id {spec.custom_id!r} appears more than once.", code="duplicate_id"
+                f"{spec.where or spec.source}: the custom id {spec.custom_id!r} appears more "
+                "than once.",
+                code="duplicate_id",
             )
         seen.add(spec.custom_id)

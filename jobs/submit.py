@@ -6,10 +6,10 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,15 @@ from jobs.limits import (
     check_option,
     check_text,
 )
-from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS, InputSpec, expand_sources
+from jobs.metadata import check_metadata
+from jobs.openai_batch import BatchFormat
+from jobs.sources import (
+    DOCUMENT_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    INPUT_ERROR,
+    InputSpec,
+    expand_sources,
+)
 from jobs.states import ItemStatus, JobStatus
 from storage import Blobs, StorageError
 
@@ -46,8 +54,13 @@ class SubmitRequest:
     params: KindParams
     name: str | None = None
     idempotency_key: str | None = None
+    # --meta key=value labels (jobs.metadata), checked by jobs.metadata.check_metadata.
+    metadata: Mapping[str, str] | None = None
     # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
+    # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
+    input_format: BatchFormat | None = None
 
     @classmethod
     def of(
@@ -58,8 +71,10 @@ class SubmitRequest:
         *,
         name: str | None = None,
         idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         default_max_new_tokens: int = 64,
+        input_format: BatchFormat | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -85,7 +100,9 @@ class SubmitRequest:
             params=typed,
             name=name,
             idempotency_key=idempotency_key,
+            metadata=metadata,
             max_input_bytes=max_input_bytes,
+            input_format=input_format,
         )
 
 
@@ -113,7 +130,9 @@ def submit_job(
         blobs=blobs,
         extensions=extensions,
         max_input_bytes=request.max_input_bytes,
+        batch_format=request.input_format,
     )
+    request = _with_model_of(request, inputs)
     # A key matches what the sources resolve to, not the words typed (see _fingerprint).
     fingerprint = _fingerprint(request, inputs)
     if request.idempotency_key:
@@ -130,6 +149,7 @@ def submit_job(
         )
         for spec in inputs
     ]
+    asks = [_with_input_error(ask, spec) for ask, spec in zip(asks, inputs, strict=True)]
     stored = _store_inputs(inputs, blobs)
     job, items = build_job(request, inputs, stored, asks, fingerprint=fingerprint)
     stamp = utcnow()
@@ -154,6 +174,28 @@ def submit_job(
     return SubmitResult(job_id=job.id, item_count=len(items), dispatched=dispatched)
 
 
+def _with_model_of(request: SubmitRequest, inputs: Sequence[InputSpec]) -> SubmitRequest:
+    """The request, its model the one its inputs name (an OpenAI-Batch file's), if any."""
+    named = {spec.model for spec in inputs if spec.model is not None}
+    if len(named) > 1:
+        raise RequestError(
+            f"The inputs name {len(named)} models ({', '.join(sorted(named))}); a job has one.",
+            code="model_mismatch",
+        )
+    return replace(request, model=named.pop()) if named else request
+
+
+def _with_input_error(ask: ItemAsk, spec: InputSpec) -> ItemAsk:
+    """An input refused on its own (``InputSpec.input_error``) is recorded in its item's
+    request: the worker fails the item with it, without reading anything."""
+    if spec.input_error is None:
+        return ask
+    code, message = spec.input_error
+    return replace(
+        ask, request={**(ask.request or {}), INPUT_ERROR: {"code": code, "message": message}}
+    )
+
+
 def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     """Everything about a request that can be refused before touching any input."""
     check_option("--batch-size", request.params.batch_size, "batch_size")
@@ -168,6 +210,8 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
             code="invalid_idempotency_key",
             max_chars=MAX_IDEMPOTENCY_KEY_CHARS,
         )
+    if request.metadata is not None:
+        check_metadata(request.metadata)
     get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
 
 
@@ -213,6 +257,8 @@ def build_job(
         model=request.model,
         idempotency_key=request.idempotency_key,
     )
+    if request.metadata:  # none: SQL NULL, not a JSON null
+        job.job_metadata = dict(request.metadata)
     return job, items
 
 
@@ -232,6 +278,12 @@ def _store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, 
     budget = _ByteBudget(_BYTES_IN_FLIGHT)
 
     def store(spec: InputSpec) -> tuple[str, str | None]:
+        if spec.content is not None:  # an inline input (a data: URI), already in memory
+            try:
+                blob = blobs.put_content_addressed(spec.content, suffix=spec.suffix)
+            except StorageError as exc:
+                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
+            return blob.uri, blob.sha256
         if spec.local_path is None:
             assert spec.uri is not None
             return spec.uri, None
@@ -315,6 +367,8 @@ def _fingerprint(request: SubmitRequest, inputs: Sequence[InputSpec] | None = No
         "model": request.model,
         "name": request.name,
     }
+    if request.metadata:  # only when given: keys of jobs without metadata stay as they were
+        payload["metadata"] = dict(request.metadata)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

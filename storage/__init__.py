@@ -10,12 +10,13 @@ from storage.errors import (
     InputTooLargeError,
     InvalidUriError,
     ObjectNotFoundError,
+    SchemeNotAllowedError,
     StorageError,
     TransientStorageError,
 )
 from storage.local import LocalStore
 from storage.s3 import S3Store, build_s3_client
-from storage.uri import is_s3_uri, parse_s3_uri
+from storage.uri import is_s3_uri, parse_s3_uri, uri_scheme
 
 __all__ = [
     "AccessDeniedError",
@@ -27,6 +28,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFoundError",
     "S3Store",
+    "SchemeNotAllowedError",
     "StorageError",
     "StoredBlob",
     "TransientStorageError",
@@ -34,4 +36,5 @@ __all__ = [
     "is_s3_uri",
     "open_blobs",
     "parse_s3_uri",
+    "uri_scheme",
 ]

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from storage.base import BlobStore, ObjectInfo
-from storage.errors import InvalidUriError
+from storage.errors import InvalidUriError, SchemeNotAllowedError
 from storage.local import LocalStore
 from storage.s3 import S3Store, build_s3_client
-from storage.uri import is_s3_uri, parse_s3_uri
+from storage.uri import is_s3_uri, parse_s3_uri, uri_scheme
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -71,6 +71,13 @@ class Blobs:
         if is_s3_uri(uri):
             bucket, key = parse_s3_uri(uri)
             return S3Store(self._client(), bucket).read_bytes(key, max_bytes=max_bytes)
+        scheme = uri_scheme(uri)
+        if scheme not in (None, "file"):  # nothing is ever fetched from the network
+            raise SchemeNotAllowedError(
+                f"{uri[:200]!r}: {scheme}: URIs are never read (workers do not fetch inputs "
+                "from the network); only s3:// URIs and stored inputs are.",
+                uri=uri,
+            )
         local, key = self._local_key(uri)
         return local.read_bytes(key, max_bytes=max_bytes)
 

@@ -44,6 +44,13 @@ class InvalidUriError(StorageError):
     code = "invalid_uri"
 
 
+class SchemeNotAllowedError(InvalidUriError):
+    """A URI whose scheme no store reads (``https://``, ``ftp://``, …): inputs are never fetched
+    from the network; only ``s3://`` and our own stored inputs are read."""
+
+    code = "input_scheme_not_allowed"
+
+
 class InputTooLargeError(StorageError):
     """The object is larger than the reader's byte limit (judged from its stat size or S3
     ``ContentLength`` before reading, and again while streaming); permanent for that input."""

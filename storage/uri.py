@@ -12,11 +12,20 @@ _S3_SCHEME = "s3://"
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 # S3's own limit on key length, in UTF-8 bytes.
 _MAX_KEY_BYTES = 1024
+# RFC 3986's scheme, at least two characters so that a Windows drive ("C:") is not one.
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 def is_s3_uri(s: str) -> bool:
     """True when ``s`` uses the s3:// scheme (validity is checked by ``parse_s3_uri``)."""
     return s[: len(_S3_SCHEME)].lower() == _S3_SCHEME
+
+
+def uri_scheme(s: str) -> str | None:
+    """The scheme of ``s`` in lower case (``"s3"``, ``"https"``, ``"data"``), or None for a plain
+    path. A relative path whose first segment holds a colon needs a ``./`` in front."""
+    match = _SCHEME_RE.match(s)
+    return match.group(1).lower() if match else None
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

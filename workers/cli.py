@@ -16,6 +16,8 @@ import typer
 from jobs import views
 from jobs.cli import (
     AsConversation,
+    BatchFile,
+    BatchMaxNew,
     BatchSize,
     Dpi,
     Instructions,
@@ -33,15 +35,36 @@ from jobs.cli import (
 from jobs.cli_errors import run_cli
 from jobs.context import Context, open_context
 from jobs.errors import RequestError
+from jobs.openai_batch import BatchFormat
+from jobs.run_output import RunFormat
 from jobs.states import JobKind
 
 if TYPE_CHECKING:
     from jobs.submit import SubmitRequest
 
 run_app = typer.Typer(
-    help="Run a job in this process (no broker, no separate worker).", no_args_is_help=True
+    help="Run a job in this process (no broker, no separate worker), or resume one: "
+    "llava-batch run --resume JOB.",
+    no_args_is_help=True,
+    invoke_without_command=True,
 )
 app.add_typer(run_app, name="run")
+
+RunFmt = Annotated[
+    RunFormat | None,
+    typer.Option(
+        "--format",
+        help="Results as items finish: text (SOURCE<TAB>RESULT; the default), jsonl, csv or "
+        "openai.",
+    ),
+]
+Output = Annotated[
+    str | None, typer.Option("-o", "--output", help="Write the results to this file.")
+]
+Errors = Annotated[
+    str | None,
+    typer.Option("--errors", help="With --format openai: failed items go to this file."),
+]
 
 
 def main() -> NoReturn:
@@ -54,6 +77,9 @@ def run_caption(
     prompt: Prompt = None,
     max_new_tokens: MaxNew = None,
     batch_size: BatchSize = None,
+    fmt: RunFmt = None,
+    output: Output = None,
+    errors: Errors = None,
     json_out: Json = False,
 ) -> None:
     """Caption images here and now: SQLite, local storage, an in-process worker."""
@@ -61,7 +87,7 @@ def run_caption(
     request = build_request(
         ctx, JobKind.caption, sources, max_new_tokens, batch_size, prompt=prompt
     )
-    _run_here(ctx, request, json_out=json_out)
+    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
 
 @run_app.command("extract")
@@ -73,6 +99,9 @@ def run_extract(
     dpi: Dpi = 144,
     max_new_tokens: MaxNew = None,
     batch_size: BatchSize = None,
+    fmt: RunFmt = None,
+    output: Output = None,
+    errors: Errors = None,
     json_out: Json = False,
 ) -> None:
     """Extract schema-valid JSON here and now: SQLite, local storage, an in-process worker."""
@@ -88,7 +117,7 @@ def run_extract(
         pages=pages,
         dpi=dpi,
     )
-    _run_here(ctx, request, json_out=json_out)
+    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
 
 @run_app.command("ask")
@@ -98,6 +127,9 @@ def run_ask(
     conversation: AsConversation = False,
     max_new_tokens: MaxNew = None,
     batch_size: BatchSize = None,
+    fmt: RunFmt = None,
+    output: Output = None,
+    errors: Errors = None,
     json_out: Json = False,
 ) -> None:
     """Ask questions about images here and now: SQLite, local storage, an in-process worker."""
@@ -111,23 +143,94 @@ def run_ask(
         questions=questions or [],
         conversation=conversation,
     )
-    _run_here(ctx, request, json_out=json_out)
+    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
 
-def _run_here(ctx: Context, request: SubmitRequest, *, json_out: bool) -> None:
-    from jobs.submit import check_request
-    from workers.local import run_job_locally
-    from workers.resources import build_resources
+@run_app.command("batch")
+def run_batch(
+    file: BatchFile,
+    input_format: Annotated[
+        BatchFormat,
+        typer.Option(
+            "--input-format", help="The file's format; auto: detected from its first line."
+        ),
+    ] = BatchFormat.auto,
+    max_new_tokens: BatchMaxNew = None,
+    batch_size: BatchSize = None,
+    fmt: RunFmt = None,
+    output: Output = None,
+    errors: Errors = None,
+    json_out: Json = False,
+) -> None:
+    """Run an OpenAI-Batch JSONL file (or a chat manifest) here and now: one item per request;
+    --format openai writes the OpenAI Batch output."""
+    ctx = open_context()
+    request = build_request(
+        ctx, JobKind.chat, [file], max_new_tokens, batch_size, input_format=input_format
+    )
+    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
-    # A bad flag is refused before the model loads, not after.
-    check_request(request, ctx.settings.max_prompt_chars)
-    views.warn_if_tiny(ctx.settings.model)
-    res = build_resources(ctx.settings)
-    views.err.print(f"loading model {ctx.settings.model} …")
-    _ = res.engine
-    result = run_job_locally(request, res, max_prompt_chars=ctx.settings.max_prompt_chars)
-    views.show_run_results(ctx, result.job_id, json_out=json_out)
-    raise typer.Exit(views.exit_code_for(ctx, result.job_id))
+
+def _run_here(
+    ctx: Context,
+    request: SubmitRequest,
+    *,
+    json_out: bool = False,
+    fmt: RunFormat | None = None,
+    output: str | None = None,
+    errors: str | None = None,
+) -> None:
+    """Every ``run`` command's one path (``workers.run_command``): flags, output and inputs are
+    checked and the job submitted before the model loads; results stream as items finish,
+    progress shows on stderr, and Ctrl-C leaves the job resumable."""
+    from workers.run_command import choose_format, run_request
+
+    chosen = choose_format(fmt, json_out)
+    run_request(ctx, request, fmt=chosen, output=output, errors=errors)
+
+
+@run_app.callback()
+def run_group(
+    command: typer.Context,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="JOB",
+            help="Finish a job an interrupted run left (a finished item never runs again); "
+            "writes the job's whole output. Takes --format, -o, --errors and --json here.",
+        ),
+    ] = None,
+    fmt: RunFmt = None,
+    output: Output = None,
+    errors: Errors = None,
+    json_out: Json = False,
+) -> None:
+    """Run a job in this process (no broker, no separate worker), or resume one."""
+    given = fmt is not None or output is not None or errors is not None or json_out
+    if command.invoked_subcommand is not None:
+        if resume is not None:
+            raise RequestError(
+                "--resume JOB takes no command: llava-batch run --resume JOB.",
+                code="invalid_option",
+            )
+        if given:
+            raise RequestError(
+                "output options go after the command: llava-batch run caption SOURCE… "
+                "--format jsonl -o FILE.",
+                code="invalid_option",
+            )
+        return
+    if resume is None:
+        raise RequestError(
+            "a command is missing: llava-batch run caption|extract|ask SOURCE…, or "
+            "llava-batch run --resume JOB.",
+            code="usage_error",
+        )
+    from workers.run_command import choose_format, resume_job
+
+    ctx = open_context()
+    resume_job(ctx, resume, fmt=choose_format(fmt, json_out), output=output, errors=errors)
 
 
 @app.command("worker")

@@ -21,6 +21,7 @@ from jobs.errors import ItemErrorCode
 from jobs.kinds import decode_params, get_kind
 from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
 from jobs.outcome import Outcome
+from jobs.sources import read_input_error
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
@@ -205,6 +206,9 @@ def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
     """Reads one input and checks it against its budgets; its units are decoded later, within
     the worker's budget. None means: hand the item back (transient failure). Never raises:
     anything unexpected is that item's ``internal_error``."""
+    refused = read_input_error(item.request)
+    if refused is not None:  # refused at submit (a URL never fetched): nothing is read
+        return failed(item, *refused)
     try:
         data = res.blobs.read_uri(item.input_uri, max_bytes=res.max_input_bytes)
         return Planned(item, plan_units(item, data, res))

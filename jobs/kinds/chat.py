@@ -19,7 +19,7 @@ from jobs.kinds.base import (
     one_row,
 )
 from jobs.lifecycle import ClaimedItem
-from jobs.limits import check_prompt
+from jobs.limits import check_prompt, setting_bounds
 from jobs.outcome import Outcome
 from model.engine import ROLES, Turn, check_conversation
 
@@ -84,6 +84,13 @@ class Chat:
             if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
                 raise RequestError(
                     f"{where}: max_tokens must be a positive integer.", code="manifest_invalid"
+                )
+            _, highest = setting_bounds("max_new_tokens")
+            if max_tokens > highest:
+                raise RequestError(
+                    f"{where}: max_tokens {max_tokens} is over {highest}, the bound of "
+                    "LLAVA_BATCH_MAX_NEW_TOKENS.",
+                    code="invalid_option",
                 )
             request["max_tokens"] = max_tokens
         schema = extra.get("schema")

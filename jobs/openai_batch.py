@@ -1,0 +1,319 @@
+"""OpenAI-Batch JSONL, the input side: one chat-completions request per line, read as a ``chat``
+item (``jobs/kinds/chat.py``).
+
+A line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {"model",
+"messages", "max_tokens" | "max_completion_tokens", "response_format"?, "temperature"?, …}}``.
+Parsing is pure (no I/O): ``parse_openai_line`` turns a line into the chat item's fields and its
+one image reference; ``jobs.sources`` resolves the image (a ``data:`` URI, an ``s3://`` URI, a
+path next to the file) and refuses the whole file on any malformed line, with its number.
+
+What cannot be honoured is refused, never ignored: sampling (a ``temperature`` other than 0,
+``top_p`` other than 1, ``n`` other than 1, …), tools, streaming, ``json_object`` output
+(``unsupported_parameter``). Generation is greedy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from jobs.errors import RequestError
+from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_MODEL_CHARS, check_text
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+UNSUPPORTED = "unsupported_parameter"
+MALFORMED = "manifest_invalid"
+
+# Sampling and output options, each with the values that mean "greedy, one plain answer" (the
+# first is the one a refusal suggests); an empty list or object is neutral where () is listed.
+_SAMPLING = frozenset({"temperature", "top_p", "top_k", "min_p", "n"})
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "temperature": (0,),
+    "top_p": (1,),
+    "n": (1,),
+    "top_k": (0, -1),
+    "min_p": (0,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "repetition_penalty": (1,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "stream": (False,),
+    "stop": ("", ()),
+    "logit_bias": ((),),
+    "tools": ((),),
+    "functions": ((),),
+    "tool_choice": ("none", "auto"),
+    "function_call": ("none", "auto"),
+}
+# Fields that change nothing about what is generated here (greedy decoding needs no seed).
+_IGNORED = frozenset(
+    {"user", "metadata", "store", "seed", "service_tier", "parallel_tool_calls", "stream_options"}
+)
+_UNDERSTOOD = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "response_format"}
+)
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_IMAGE_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
+}
+
+
+class BatchFormat(StrEnum):
+    """How ``submit batch`` reads its file: detected from the first line, or named."""
+
+    auto = "auto"
+    openai = "openai"  # OpenAI-Batch JSONL
+    manifest = "manifest"  # our own manifest, each line a chat request (jobs/kinds/chat.py)
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One request: its custom id, model, image reference (as written) and the chat item's
+    fields (``messages`` as ``{"role", "text"}``, optional ``max_tokens`` and ``schema``)."""
+
+    custom_id: str
+    model: str
+    image_url: str
+    request: dict[str, Any]
+
+
+def looks_like_openai(entry: object) -> bool:
+    """True for a line shaped like an OpenAI-Batch request rather than a manifest line."""
+    return isinstance(entry, dict) and "input" not in entry and ("body" in entry or "url" in entry)
+
+
+def detect_openai(lines: Sequence[str]) -> bool:
+    """Whether a file is OpenAI-Batch JSONL, judged from its first non-empty line (a line that
+    is not JSON leaves it to the manifest parser, which reports it)."""
+    for line in lines:
+        if line.strip():
+            try:
+                return looks_like_openai(json.loads(line))
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
+def parse_openai_line(line: str, where: str) -> BatchLine:
+    """One line of an OpenAI-Batch file; RequestError (``manifest_invalid``,
+    ``unsupported_parameter``, ``invalid_custom_id``) otherwise."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"{where}: not valid JSON ({exc.msg}).", code=MALFORMED) from None
+    if not isinstance(entry, dict):
+        raise RequestError(f"{where}: expected a JSON object.", code=MALFORMED)
+    custom_id = entry.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise RequestError(f'{where}: "custom_id" must be a non-empty string.', code=MALFORMED)
+    check_text(
+        custom_id,
+        what=f"{where}: custom_id",
+        code="invalid_custom_id",
+        max_chars=MAX_CUSTOM_ID_CHARS,
+    )
+    if entry.get("method", "POST") != "POST":
+        raise RequestError(f'{where}: "method" must be "POST".', code=MALFORMED)
+    if not isinstance(entry.get("url"), str):
+        raise RequestError(f'{where}: "url" must be "{CHAT_COMPLETIONS}".', code=MALFORMED)
+    if entry["url"] != CHAT_COMPLETIONS:
+        raise RequestError(
+            f'{where}: "url" {entry.get("url")!r} is not supported; only {CHAT_COMPLETIONS} is.',
+            code=UNSUPPORTED,
+        )
+    body = entry.get("body")
+    if not isinstance(body, dict):
+        raise RequestError(f'{where}: "body" must be an object.', code=MALFORMED)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise RequestError(f'{where}: body "model" must be a non-empty string.', code=MALFORMED)
+    check_text(model, what=f"{where}: model", code=MALFORMED, max_chars=MAX_MODEL_CHARS)
+    _check_options(body, where)
+    image_url, messages = _messages(body.get("messages"), where)
+    request: dict[str, Any] = {"messages": messages}
+    max_tokens = _max_tokens(body, where)
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    schema = _schema(body.get("response_format"), where)
+    if schema is not None:
+        request["schema"] = schema
+    return BatchLine(custom_id=custom_id, model=model, image_url=image_url, request=request)
+
+
+def _check_options(body: Mapping[str, Any], where: str) -> None:
+    for key, value in body.items():
+        if key in _UNDERSTOOD or key in _IGNORED:
+            continue
+        if key not in _NEUTRAL:
+            raise RequestError(f"{where}: body {key!r} is not supported.", code=UNSUPPORTED)
+        if _is_neutral(value, _NEUTRAL[key]):
+            continue
+        shown = json.dumps(value)[:80]
+        if key in _SAMPLING:
+            raise RequestError(
+                f"{where}: {key} {shown} is refused: generation here is greedy (temperature 0) "
+                f"and never samples; remove {key} or set it to {_NEUTRAL[key][0]}.",
+                code=UNSUPPORTED,
+            )
+        raise RequestError(
+            f"{where}: {key} {shown} is refused: it is not supported here; remove it.",
+            code=UNSUPPORTED,
+        )
+
+
+def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, list | dict):
+        return not value and () in neutral
+    if isinstance(value, bool) or any(isinstance(n, bool) for n in neutral):
+        return any(n is value for n in neutral)  # True is not 1, False is not 0
+    return any(type(n) is not tuple and n == value for n in neutral)
+
+
+def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
+    """The chat turns and the one image (which must be in the first user message)."""
+    if not isinstance(given, list) or not given:
+        raise RequestError(f'{where}: body "messages" must be a non-empty list.', code=MALFORMED)
+    turns: list[dict[str, str]] = []
+    images: list[tuple[int, str]] = []  # (turn index, url)
+    for number, message in enumerate(given, start=1):
+        at = f"{where}, message {number}"
+        if not isinstance(message, dict):
+            raise RequestError(f"{at}: expected an object.", code=MALFORMED)
+        role = message.get("role")
+        if role not in _ROLES:
+            if isinstance(role, str) and role in ("tool", "function"):
+                raise RequestError(f"{at}: {role} messages are not supported.", code=UNSUPPORTED)
+            raise RequestError(
+                f"{at}: the role must be system, developer, user or assistant.", code=MALFORMED
+            )
+        if message.get("tool_calls") or message.get("function_call"):
+            raise RequestError(f"{at}: tool calls are not supported.", code=UNSUPPORTED)
+        texts, urls = _content(message.get("content"), at)
+        if urls and role != "user":
+            raise RequestError(f"{at}: an image must be in a user message.", code=MALFORMED)
+        images.extend((len(turns), url) for url in urls)
+        turns.append({"role": _ROLES[role], "text": "\n".join(texts)})
+    if len(images) != 1:
+        raise RequestError(
+            f"{where}: a request carries exactly one image (an image_url part in a user "
+            f"message); this one has {len(images)}.",
+            code=MALFORMED,
+        )
+    (index, url), first_user = (
+        images[0],
+        next(i for i, t in enumerate(turns) if t["role"] == "user"),
+    )
+    if index != first_user:
+        raise RequestError(
+            f"{where}: the image must be in the first user message (the chat template shows "
+            "it there).",
+            code=MALFORMED,
+        )
+    return url, turns
+
+
+def _content(content: Any, at: str) -> tuple[list[str], list[str]]:
+    """The text parts and image URLs of one message's content (a string or a list of parts)."""
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list) or not content:
+        raise RequestError(f"{at}: content must be a string or a list of parts.", code=MALFORMED)
+    texts: list[str] = []
+    urls: list[str] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url.strip():
+                raise RequestError(f'{at}: an image_url part needs a "url".', code=MALFORMED)
+            urls.append(url)
+        elif isinstance(kind, str) and kind != "text":
+            raise RequestError(f"{at}: {kind!r} parts are not supported.", code=UNSUPPORTED)
+        else:
+            raise RequestError(f'{at}: a part needs a "type" (and text).', code=MALFORMED)
+    return texts, urls
+
+
+def _max_tokens(body: Mapping[str, Any], where: str) -> int | None:
+    given = {k: body[k] for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None}
+    for key, value in given.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RequestError(f"{where}: {key} must be a positive integer.", code=MALFORMED)
+    if len(set(given.values())) > 1:
+        raise RequestError(
+            f"{where}: max_tokens and max_completion_tokens disagree.", code=MALFORMED
+        )
+    return next(iter(given.values()), None)
+
+
+def _schema(response_format: Any, where: str) -> dict[str, Any] | None:
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(
+                f'{where}: response_format json_schema needs a "schema" object.', code=MALFORMED
+            )
+        return schema
+    if kind == "json_object":
+        raise RequestError(
+            f"{where}: response_format json_object is refused: output is constrained by a "
+            'schema; give {"type": "json_schema", "json_schema": {"schema": …}} instead.',
+            code=UNSUPPORTED,
+        )
+    raise RequestError(
+        f"{where}: response_format must be text or json_schema.",
+        code=UNSUPPORTED if isinstance(kind, str) else MALFORMED,
+    )
+
+
+def decode_data_uri(url: str, where: str, max_bytes: int) -> tuple[bytes, str, str]:
+    """The bytes of a ``data:image/…;base64,`` URI, with a file suffix for its media type and
+    the media type; refused when malformed, empty or over ``max_bytes`` (judged from its length
+    before decoding)."""
+    header, comma, payload = url[len("data:") :].partition(",")
+    params = [p.strip().lower() for p in header.split(";")]
+    mime = params[0]
+    if not comma or not mime.startswith("image/") or "base64" not in params[1:]:
+        raise RequestError(f"{where}: a data: URI must be data:image/…;base64,… .", code=MALFORMED)
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise RequestError(
+            f"{where}: the data: image is over the input limit of {max_bytes} bytes "
+            "(LLAVA_BATCH_MAX_INPUT_BYTES).",
+            code="input_too_large",
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{where}: the data: URI is not valid base64.", code=MALFORMED) from None
+    if not data:
+        raise RequestError(f"{where}: the data: image is empty (0 bytes).", code="empty_input")
+    if len(data) > max_bytes:
+        raise RequestError(
+            f"{where}: the data: image has {len(data)} bytes, over the input limit of "
+            f"{max_bytes} bytes (LLAVA_BATCH_MAX_INPUT_BYTES).",
+            code="input_too_large",
+        )
+    return data, _IMAGE_SUFFIXES.get(mime, ""), mime
