@@ -14,6 +14,7 @@ what is left (a finished item is never run again) and writes the job's whole out
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -135,6 +136,10 @@ def _work_here(
         )
         raise
     if not finished:
+        # Stopping already: a late repeat of the signal must not turn the orderly exit (the
+        # counts, the resume hint, status 130) into a crash half-way through it.
+        for sig in Interrupts.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         _interrupted(ctx, job_id)
     _finish(ctx, job_id, out)
 

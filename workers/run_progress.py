@@ -174,9 +174,7 @@ class Interrupts:
 
     def __exit__(self, *_: object) -> None:
         for sig, previous in self._previous.items():
-            # Stopping already: a late repeat must not turn the orderly exit (the summary, the
-            # resume hint, status 130) into a crash half-way through it.
-            signal.signal(sig, signal.SIG_IGN if self.requested else previous)
+            signal.signal(sig, previous)
         self._previous.clear()
 
     def stop_requested(self) -> bool:
