@@ -8,7 +8,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from jobs.errors import RequestError
-from jobs.kinds.base import Conversation, Generation, ItemAsk, KindParams, job_generation
+from jobs.kinds.base import (
+    Conversation,
+    Generation,
+    ItemAsk,
+    KindDefaults,
+    KindParams,
+    job_generation,
+)
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -33,7 +40,7 @@ class AskParams(KindParams):
     conversation: bool = False
 
 
-class Ask:
+class Ask(KindDefaults[AskParams]):
     name: ClassVar[str] = "ask"
     params_type = AskParams
     reads_documents: ClassVar[bool] = False
@@ -46,15 +53,6 @@ class Ask:
             )
         for number, question in enumerate(params.questions, start=1):
             check_prompt(question, max_prompt_chars, where=f"question {number} (-q)")
-
-    def document_rendering(self, params: AskParams) -> tuple[str, int] | None:
-        return None
-
-    def default_max_new_tokens(self, params: AskParams, configured: int) -> int:
-        return configured
-
-    def job_prompt(self, params: AskParams) -> str | None:
-        return None  # the questions are in jobs.params
 
     def item_ask(
         self,

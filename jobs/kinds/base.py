@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -144,6 +144,31 @@ class Kind(Protocol[P]):
     def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         """The CSV rows of one results row."""
         ...
+
+
+class KindDefaults(Generic[P]):
+    """What most kinds answer alike: no documents, the configured budget, no job-wide prompt,
+    one conversation turn, one results row per item. A kind overrides what differs."""
+
+    def document_rendering(self, params: P) -> tuple[str, int] | None:
+        return None
+
+    def default_max_new_tokens(self, params: P, configured: int) -> int:
+        return configured
+
+    def job_prompt(self, params: P) -> str | None:
+        return None
+
+    def follow_up(
+        self, params: P, item: ClaimedItem, conversation: Conversation, answer: Outcome
+    ) -> Conversation | None:
+        return None
+
+    def csv_fields(self) -> tuple[str, ...]:
+        return RESULT_FIELDS
+
+    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+        return one_row(row)
 
 
 def one_row(row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from jobs.kinds.base import (
-    RESULT_FIELDS,
     Conversation,
     Generation,
     ItemAsk,
+    KindDefaults,
     KindParams,
     job_generation,
-    one_row,
 )
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
@@ -26,19 +25,13 @@ class CaptionParams(KindParams):
     prompt: str = DEFAULT_PROMPT
 
 
-class Caption:
+class Caption(KindDefaults[CaptionParams]):
     name: ClassVar[str] = "caption"
     params_type = CaptionParams
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: CaptionParams, *, max_prompt_chars: int) -> None:
         check_prompt(params.prompt, max_prompt_chars, where="--prompt")
-
-    def document_rendering(self, params: CaptionParams) -> tuple[str, int] | None:
-        return None
-
-    def default_max_new_tokens(self, params: CaptionParams, configured: int) -> int:
-        return configured
 
     def job_prompt(self, params: CaptionParams) -> str | None:
         return params.prompt
@@ -64,11 +57,6 @@ class Caption:
     def first_requests(self, params: CaptionParams, item: ClaimedItem) -> list[Conversation]:
         return [(Turn("user", item.prompt or params.prompt),)]
 
-    def follow_up(
-        self, params: CaptionParams, item: ClaimedItem, conversation: Conversation, answer: Outcome
-    ) -> Conversation | None:
-        return None
-
     def outcome(
         self, params: CaptionParams, item: ClaimedItem, units: Sequence[Sequence[Outcome]]
     ) -> Outcome:
@@ -84,9 +72,3 @@ class Caption:
             tokens_in=generated.tokens_in,
             finished=generated.finished,
         )
-
-    def csv_fields(self) -> tuple[str, ...]:
-        return RESULT_FIELDS
-
-    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-        return one_row(row)

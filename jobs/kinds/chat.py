@@ -5,18 +5,17 @@ a schema makes it an extraction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from jobs.errors import RequestError
 from jobs.kinds.base import (
-    RESULT_FIELDS,
     Conversation,
     Generation,
     ItemAsk,
+    KindDefaults,
     KindParams,
     generation_failed,
-    one_row,
 )
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt, setting_bounds
@@ -30,22 +29,13 @@ class ChatParams(KindParams):
     """Job-wide defaults; each item's own request (``items.request``) says the rest."""
 
 
-class Chat:
+class Chat(KindDefaults[ChatParams]):
     name: ClassVar[str] = "chat"
     params_type = ChatParams
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: ChatParams, *, max_prompt_chars: int) -> None:
         return None  # every request is checked on its own line (item_ask)
-
-    def document_rendering(self, params: ChatParams) -> tuple[str, int] | None:
-        return None
-
-    def default_max_new_tokens(self, params: ChatParams, configured: int) -> int:
-        return configured
-
-    def job_prompt(self, params: ChatParams) -> str | None:
-        return None
 
     def item_ask(
         self,
@@ -124,11 +114,6 @@ class Chat:
         messages = (item.request or {}).get("messages") or []
         return [tuple(Turn(m["role"], m["text"]) for m in messages)]
 
-    def follow_up(
-        self, params: ChatParams, item: ClaimedItem, conversation: Conversation, answer: Outcome
-    ) -> Conversation | None:
-        return None
-
     def outcome(
         self, params: ChatParams, item: ClaimedItem, units: Sequence[Sequence[Outcome]]
     ) -> Outcome:
@@ -156,9 +141,3 @@ class Chat:
             error_code=interpreted.error_code,
             error_message=interpreted.error_message,
         )
-
-    def csv_fields(self) -> tuple[str, ...]:
-        return RESULT_FIELDS
-
-    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-        return one_row(row)

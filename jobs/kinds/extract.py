@@ -3,20 +3,19 @@ Schema; a document's pages are kept (``item_pages``) and merged into the item's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
 from jobs.errors import RequestError
 from jobs.kinds.base import (
-    RESULT_FIELDS,
     Conversation,
     Generation,
     ItemAsk,
+    KindDefaults,
     KindParams,
     job_generation,
-    one_row,
 )
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
@@ -37,7 +36,7 @@ class ExtractParams(KindParams):
     dpi: int = DEFAULT_DPI
 
 
-class Extract:
+class Extract(KindDefaults[ExtractParams]):
     name: ClassVar[str] = "extract"
     params_type = ExtractParams
     reads_documents: ClassVar[bool] = True
@@ -94,11 +93,6 @@ class Extract:
     def first_requests(self, params: ExtractParams, item: ClaimedItem) -> list[Conversation]:
         return [(Turn("user", item.prompt or self.job_prompt(params) or ""),)]
 
-    def follow_up(
-        self, params: ExtractParams, item: ClaimedItem, conversation: Conversation, answer: Outcome
-    ) -> Conversation | None:
-        return None
-
     def outcome(
         self, params: ExtractParams, item: ClaimedItem, units: Sequence[Sequence[Outcome]]
     ) -> Outcome:
@@ -149,9 +143,3 @@ class Extract:
         if params.output_schema is None:  # refused at submit; never in a stored job
             raise RequestError("Extraction needs a JSON Schema (--schema).", code="schema_missing")
         return params.output_schema
-
-    def csv_fields(self) -> tuple[str, ...]:
-        return RESULT_FIELDS
-
-    def csv_rows(self, row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-        return one_row(row)
