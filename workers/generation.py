@@ -5,6 +5,7 @@ alone."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
 from model.engine import Engine, GenerationRequest, Turn
 from model.errors import DeviceOutOfMemoryError, InputError, SchemaError
+from workers import metrics
 from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
     if not tasks:
         return []
     requests = [GenerationRequest(t.unit.image, t.conversation) for t in tasks]
+    started = time.monotonic()
     try:
         results = engine.generate(
             requests,
@@ -102,6 +105,11 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
     except Exception as exc:
         log.exception("generation failed for a batch of %d; isolating", len(tasks))
         return _split(engine, tasks, budget, exc, ItemErrorCode.internal_error)
+    metrics.record_generate(
+        time.monotonic() - started,
+        tokens_out=sum(r.tokens_out for r in results),
+        tokens_in=sum(r.tokens_in for r in results),
+    )
     return [
         Outcome(
             text=r.text,

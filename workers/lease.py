@@ -8,6 +8,7 @@ from types import TracebackType
 
 from jobs.db import SessionFactory
 from jobs.lifecycle import renew_lease
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,5 +43,7 @@ class LeaseKeeper:
                     self._session_factory, self._token, lease_seconds=self._lease_seconds
                 )
                 log.debug("lease renewed token=%s items=%d", self._token, renewed)
+                metrics.record_lease_renewal(ok=True)
             except Exception as exc:  # the next beat tries again; the lease is the safety net
                 log.warning("lease renewal failed: %s", exc)
+                metrics.record_lease_renewal(ok=False)

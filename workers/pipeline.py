@@ -25,6 +25,7 @@ from jobs.sources import read_input_error
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
+from workers import metrics
 from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit
 from workers.generation import Task, generate_tasks
 from workers.lease import LeaseKeeper
@@ -57,6 +58,7 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
         log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
         return BatchReport()
     lease_token = claimed[0].lease_token  # one claim, one token for the batch
+    started = time.monotonic()
     with LeaseKeeper(res.session_factory, lease_token, res.lease_seconds):
         outcomes, handed_back = run_batch(claimed, res)
         # Renewal goes on while writes are retried, so a database blip does not cost the lease.
@@ -74,6 +76,9 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
     failures = sum(1 for o in outcomes if o.outcome.failed)
     report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
     log.info("batch done job=%s %s", claimed[0].job_id, report)
+    metrics.record_batch(
+        claimed[0].kind, time.monotonic() - started, report.succeeded, failures, released
+    )
     return report
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from jobs.db import SessionFactory, make_session_factory
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
+from workers import metrics
 from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class WorkerResources:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
+                    started = time.monotonic()
                     self._engine = self.engine_loader()
+                    metrics.record_model_load(time.monotonic() - started)
         return self._engine
 
 

@@ -13,6 +13,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
 from jobs.maintenance import MaintenanceReport, run_maintenance
 from model.errors import ModelLoadError
+from workers import metrics
 from workers.celery_app import app, settings, warn_if_insecure
 from workers.pipeline import BatchReport, process_batch
 from workers.resources import WorkerResources, build_resources
@@ -51,7 +52,9 @@ def sweep_task() -> dict[str, int]:
 def run_sweep() -> MaintenanceReport:
     res = get_resources()
     publisher = CeleryPublisher(settings.broker_url, settings.queue, app=app)
-    return run_maintenance(res.session_factory, res.blobs, publisher, settings)
+    report = run_maintenance(res.session_factory, res.blobs, publisher, settings)
+    metrics.record_sweep(report.sweep)
+    return report
 
 
 def sweep_forever(interval: float) -> None:
@@ -65,6 +68,10 @@ def sweep_forever(interval: float) -> None:
 @worker_ready.connect
 def _warm_up(**_: Any) -> None:
     warn_if_insecure(settings.broker_url)
+    metrics.watch_queue_depth(
+        settings.queue, metrics.redis_queue_depth(settings.broker_url, settings.queue)
+    )
+    metrics.start_metrics_server(settings.metrics_port)
     res = get_resources()
     # Load the model before the first message so the first batch is not slow; a checkpoint
     # that cannot load stops the worker here instead of failing every item.

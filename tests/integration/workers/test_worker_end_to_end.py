@@ -6,7 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import image_bytes, write_images
 from tests.integration.conftest import StartWorker
@@ -103,3 +107,64 @@ def test_ask_job_end_to_end_through_a_real_worker(
         ("", "1", questions[1]),
     ]
     assert all(r["status"] == "succeeded" for r in table)
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            start = int(probe.getsockname()[1])
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as check:
+                    check.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return start
+    raise AssertionError("no run of free ports")
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def test_two_workers_on_one_host_serve_prometheus_metrics_after_a_job(
+    service_env: dict[str, str], start_worker: StartWorker, tmp_path: Path
+) -> None:
+    local = write_images(tmp_path / "local", 4)
+    local[3].write_bytes(local[3].read_bytes()[:60])  # fails: image_decode_error
+    base = _free_ports(2)
+    env = {**service_env, "LLAVA_BATCH_METRICS_PORT": str(base), "LLAVA_BATCH_BATCH_SIZE": "2"}
+    cli(env, "db", "upgrade")
+    first = start_worker(env)
+    second = start_worker(env)  # same configured port: it takes the next one
+    assert f"metrics served on port {base} " in first.log()
+    assert f"metrics served on port {base + 1} " in second.log()
+
+    job_id = json.loads(cli(env, "submit", "caption", str(tmp_path / "local"), "--json").stdout)[
+        "job_id"
+    ]
+    done = cli(env, "status", job_id, "--watch", "--json", timeout=240)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed", first.log()
+
+    scrapes = [_scrape(base), _scrape(base + 1)]
+
+    def total(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return sum(scrape.get(key, 0.0) for scrape in scrapes)
+
+    assert total("llava_batch_items_total", kind="caption", status="succeeded") == 3
+    assert total("llava_batch_items_total", kind="caption", status="failed") == 1
+    assert total("llava_batch_batch_duration_seconds_count", kind="caption") >= 2
+    assert total("llava_batch_generate_duration_seconds_count") > 0
+    assert total("llava_batch_tokens_generated_total") > 0
+    assert total("llava_batch_prompt_tokens_total") > 0
+    for scrape in scrapes:  # each worker loaded its model and reads the queue from Redis
+        assert scrape[("llava_batch_model_load_seconds", frozenset())] > 0
+        assert scrape[("llava_batch_queue_depth", frozenset({("queue", "llava-batch")}))] == 0
