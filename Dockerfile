@@ -24,6 +24,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LLAVA_BATCH_HOME=/data \
     HF_HOME=/hf-cache
 
+# A C compiler at run time: constrained extraction on CUDA goes through xgrammar's triton
+# backend, which JIT-compiles a small C helper against Python's headers (which the python
+# image ships) the first time it runs. Without gcc that first extract job fails in the image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, in its own layer: it is the large one and changes least often.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -403,6 +404,14 @@ def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix)."
 @app.command("sweep")
 def sweep_command(
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    heartbeat_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--heartbeat-file",
+            help="Touch this file after every pass that reached the database (a container "
+            "healthcheck: the sweeper is alive while it is younger than a few intervals).",
+        ),
+    ] = None,
 ) -> None:
     """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
@@ -429,6 +438,8 @@ def sweep_command(
             continue
         backoff = 1.0
         views.err.print(f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}")
+        if heartbeat_file is not None:
+            heartbeat_file.touch()
         if once:
             return
         time.sleep(interval)

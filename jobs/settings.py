@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Redis redelivers anything unacked this long; keep it far above the longest batch and
     # let the lease (not the broker) decide who owns an item.
     visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 43_200
+    # Each worker serves Prometheus metrics on the first free port from this one up (several
+    # workers per host take 9464, 9465, …); 0 turns them off.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
 
     @field_validator("device")
     @classmethod

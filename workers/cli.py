@@ -243,6 +243,21 @@ def worker(
         bool, typer.Option("--sweep/--no-sweep", help="Also run the sweeper.")
     ] = True,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "-n",
+            "--hostname",
+            help="Celery node name; %h is the host name. Default: llava-batch-<pid>@%h, unique "
+            "per worker process, so several workers on one host all answer inspect ping.",
+        ),
+    ] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "-E", "--events", help="Send Celery task events (for Flower or celery events)."
+        ),
+    ] = False,
 ) -> None:
     """Start a GPU worker: loads the model once, then processes batches from the queue."""
     if pool not in ("solo", "threads"):
@@ -269,5 +284,16 @@ def worker(
         settings.queue,
         "--without-gossip",
         "--without-mingle",
+        f"--hostname={hostname or default_node_name()}",
     ]
+    if events:
+        argv.append("--task-events")
     celery_app.worker_main(argv)
+
+
+def default_node_name() -> str:
+    """``llava-batch-<pid>@%h``: two workers on one host (one per GPU) get two node names.
+    Celery's own default, ``celery@%h``, makes them one node to ``inspect ping``."""
+    import os
+
+    return f"llava-batch-{os.getpid()}@%h"

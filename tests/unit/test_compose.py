@@ -2,6 +2,11 @@
 
 Compose values are read the way Compose reads them: ``${VAR:-default}`` becomes its default (what
 a user without a .env file gets) and ``$$`` a literal ``$``.
+
+``data/compose-spec.json`` is the Compose Specification's JSON schema, copied unchanged from
+github.com/compose-spec/compose-spec (schema/compose-spec.json at commit 170098ba07d9, June 2026;
+Apache-2.0): no PyPI package ships it (compose-spec and compose-pydantic carry bindings and
+models, not the schema; docker-compose 1.29.2 carries a 2021 copy and obsolete pins).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import typer
 import yaml
@@ -28,9 +34,22 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+COMPOSE_SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 PREFIX = "LLAVA_BATCH_"
-REQUIRED_SERVICES = {"redis", "postgres", "minio", "minio-init", "migrate", "worker", "sweeper"}
-LONG_RUNNING = ("worker", "sweeper")
+REQUIRED_SERVICES = {
+    "redis",
+    "postgres",
+    "s3",
+    "s3-init",
+    "migrate",
+    "worker",
+    "worker-gpu1",
+    "sweeper",
+    "flower",
+}
+WORKERS = ("worker", "worker-gpu1")
+ONE_SHOTS = {"s3-init", "migrate"}
+LLAVA_SERVICES = ("s3-init", "migrate", *WORKERS, "sweeper", "cli")
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?-)?(?P<default>[^}]*)\}")
 
@@ -128,6 +147,17 @@ def test_compose_parses_and_has_the_required_services(services: dict[str, Any]) 
     assert not missing, f"missing services: {sorted(missing)}"
 
 
+def test_compose_file_matches_the_compose_spec_schema(compose: dict[str, Any]) -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    assert schema.get("title") == "Compose Specification"
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    # The validator really checks services: a misspelt key is refused.
+    broken = {**compose, "services": {**compose["services"], "redis": {"imagee": "redis:7"}}}
+    assert not validator.is_valid(broken)
+
+
 def test_every_variable_has_a_default(compose_text: str) -> None:
     for part in compose_text.split("$$"):
         for match in _VAR.finditer(part):
@@ -147,16 +177,17 @@ def test_shared_env_anchor_reaches_every_llava_batch_service(
     raw = yaml.safe_load(compose_text)
     shared = raw.get("x-llava-env")
     assert isinstance(shared, dict) and shared, "the x-llava-env anchor is missing"
-    for name in ("migrate", "worker", "sweeper", "cli"):
+    for name in LLAVA_SERVICES:
         env = env_of(services[name])
         for key in shared:
             assert key in env, f"{name} lacks {key} from x-llava-env"
 
 
+@pytest.mark.parametrize("name", [*WORKERS, "sweeper"])
 def test_worker_environment_builds_valid_settings(
-    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    env = env_of(services["worker"])
+    env = env_of(services[name])
     for key in [k for k in os.environ if k.startswith(PREFIX)]:
         monkeypatch.delenv(key)
     for key, value in env.items():
@@ -182,41 +213,112 @@ def test_database_url_points_at_the_postgres_service(services: dict[str, Any]) -
     assert (url.username, url.password, url.database) == ("llava", "llava", "llava")
 
 
-def test_broker_url_points_at_the_redis_service(services: dict[str, Any]) -> None:
-    broker = urlsplit(env_of(services["worker"])["LLAVA_BATCH_BROKER_URL"])
+def test_broker_url_points_at_the_redis_service_with_its_password(
+    services: dict[str, Any],
+) -> None:
+    url = env_of(services["worker"])["LLAVA_BATCH_BROKER_URL"]
+    broker = urlsplit(url)
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    redis_args = command_of(services["redis"])
+    password = redis_args[redis_args.index("--requirepass") + 1]
+    assert password and broker.password == password
+    assert env_of(services["redis"])["REDISCLI_AUTH"] == password  # the healthcheck logs in
+    assert env_of(services["flower"])["CELERY_BROKER_URL"] == url
+    for name in LLAVA_SERVICES:
+        assert env_of(services[name])["LLAVA_BATCH_BROKER_URL"] == url, name
 
 
-def test_infrastructure_images_and_healthchecks(services: dict[str, Any]) -> None:
+def test_infrastructure_images_are_pinned_and_published(services: dict[str, Any]) -> None:
     assert services["redis"]["image"].startswith("redis:7")
     assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["minio"]["image"].startswith("minio/minio")
-    assert services["minio-init"]["image"].startswith("minio/mc")
-    for name in ("redis", "postgres", "minio"):
-        test = services[name].get("healthcheck", {}).get("test")
-        assert test, f"{name} has no healthcheck"
+    # MinIO's images left Docker Hub in September 2026: none may come back by accident.
+    images = {name: str(service.get("image", "")) for name, service in services.items()}
+    assert not [name for name, image in images.items() if "minio" in image], images
+    assert re.fullmatch(r"chrislusf/seaweedfs:\d+\.\d+", images["s3"]), images["s3"]
+    assert re.fullmatch(r"mher/flower:\d+\.\d+\.\d+", images["flower"]), images["flower"]
+    for name, service in services.items():
+        if "build" not in service:  # ours is built here; every other image names a version
+            tag = images[name].rpartition(":")[2]
+            assert ":" in images[name] and tag != "latest", f"{name}: pin {images[name]}"
     volumes = services["postgres"].get("volumes") or []
     assert any(str(v).endswith(":/var/lib/postgresql/data") for v in volumes)
-    assert "--console-address" in command_of(services["minio"])
+    assert any(str(v).endswith(":/data") for v in services["s3"].get("volumes") or [])
 
 
-def test_worker_runs_solo_without_sweep_on_an_nvidia_gpu(services: dict[str, Any]) -> None:
-    worker = services["worker"]
-    argv = argv_of(worker)
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    long_running = [n for n in services if n not in ONE_SHOTS and n != "cli"]
+    assert {"redis", "postgres", "s3", *WORKERS, "sweeper", "flower"} <= set(long_running)
+    for name in long_running:
+        check = services[name].get("healthcheck") or {}
+        assert check.get("test"), f"{name} has no healthcheck"
+        assert not check.get("disable"), name
+        assert services[name].get("restart") == "unless-stopped", name
+    for name in ONE_SHOTS:
+        assert services[name].get("restart") == "no", name
+
+
+def test_s3_healthcheck_and_port(services: dict[str, Any]) -> None:
+    args = command_of(services["s3"])
+    assert args[0] == "server" and "-s3" in args and "-ip.bind=0.0.0.0" in args
+    port = int(next(a for a in args if a.startswith("-s3.port=")).split("=")[1])
+    assert port == 8333
+    test = " ".join(services["s3"]["healthcheck"]["test"])
+    assert f"http://localhost:{port}/healthz" in test
+
+
+def worker_args(service: dict[str, Any]) -> list[str]:
+    argv = argv_of(service)
     assert argv[:2] == ["llava-batch", "worker"]
-    args = " ".join(argv[2:]).replace("=", " ").split()
+    return " ".join(argv[2:]).replace("=", " ").split()
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_runs_solo_without_sweep_with_events_and_a_node_name(
+    services: dict[str, Any], name: str
+) -> None:
+    worker = services[name]
+    args = worker_args(worker)
     assert "--pool" in args and args[args.index("--pool") + 1] == "solo"
     assert "--no-sweep" in args
+    assert "-E" in args or "--events" in args  # Flower sees the tasks
+    node = args[args.index("-n") + 1]
+    assert node.endswith("@%h"), node  # one node per container: its host name
 
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert any(
-        d.get("driver") == "nvidia" and d.get("count") == 1 and "gpu" in d.get("capabilities", [])
-        for d in devices
-    ), devices
+    # The healthcheck pings exactly this worker's node, by the name it was given.
+    check = worker["healthcheck"]
+    test = " ".join(check["test"])
+    assert "celery -A workers.celery_app inspect ping" in test
+    assert f'-d "{node.replace("%h", "$HOSTNAME")}"' in test, test
+    assert check.get("start_period"), "the first start downloads the model"
 
     hf_home = env_of(worker).get("HF_HOME")
     assert hf_home, "the worker needs HF_HOME on a volume"
     assert any(str(v).split(":")[1] == hf_home for v in worker.get("volumes", []))
+    assert "HF_TOKEN" in env_of(worker), "gated checkpoints need HF_TOKEN passed through"
+    assert "${HF_TOKEN:-}" in COMPOSE.read_text(encoding="utf-8")
+
+
+def test_one_worker_per_gpu(services: dict[str, Any]) -> None:
+    gpus = []
+    for name in WORKERS:
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        (device,) = devices
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], device
+        assert "count" not in device, "count and device_ids exclude each other"
+        gpus.append(device["device_ids"])
+    assert gpus == [["0"], ["1"]], gpus
+    # The first worker starts by default; the second GPU is opt-in.
+    assert not services["worker"].get("profiles")
+    assert services["worker-gpu1"]["profiles"] == ["multi-gpu"]
+
+
+def test_flower_is_an_optional_profile(services: dict[str, Any]) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    auth = env_of(flower)["FLOWER_BASIC_AUTH"]
+    assert re.fullmatch(r"[^:]+:.+", auth), "Flower is reachable: keep a login on it"
+    assert any(str(p).startswith("127.0.0.1:") for p in flower.get("ports", []))
 
 
 def test_start_order(services: dict[str, Any]) -> None:
@@ -226,16 +328,17 @@ def test_start_order(services: dict[str, Any]) -> None:
         return {dep: spec.get("condition") for dep, spec in deps.items()}
 
     assert conditions("migrate")["postgres"] == "service_healthy"
-    assert conditions("minio-init")["minio"] == "service_healthy"
-    worker = conditions("worker")
-    assert worker["migrate"] == "service_completed_successfully"
-    assert worker["minio-init"] == "service_completed_successfully"
-    assert worker["redis"] == "service_healthy"
-    assert conditions("sweeper")["migrate"] == "service_completed_successfully"
+    assert conditions("s3-init")["s3"] == "service_healthy"
+    for name in (*WORKERS, "sweeper", "cli"):
+        deps = conditions(name)
+        assert deps["migrate"] == "service_completed_successfully", name
+        assert deps["s3-init"] == "service_completed_successfully", name
+        assert deps["redis"] == "service_healthy", name
 
 
 def test_sweeper_is_ours_not_celery_beat(services: dict[str, Any], compose_text: str) -> None:
-    assert argv_of(services["sweeper"]) == ["llava-batch", "sweep"]
+    argv = argv_of(services["sweeper"])
+    assert argv[:2] == ["llava-batch", "sweep"] and "--once" not in argv
     for name, service in services.items():
         argv = [*command_of(service), *map(str, service.get("entrypoint") or [])]
         assert "beat" not in argv and "-B" not in argv, f"{name} runs celery beat"
@@ -247,7 +350,18 @@ def test_cli_service_is_a_tool(services: dict[str, Any]) -> None:
     assert argv_of(cli) == ["llava-batch"]
 
 
-@pytest.mark.parametrize("name", ["migrate", "worker", "sweeper"])
+def test_sweeper_healthcheck_reads_the_heartbeat_it_writes(services: dict[str, Any]) -> None:
+    sweeper = services["sweeper"]
+    argv = argv_of(sweeper)
+    heartbeat = argv[argv.index("--heartbeat-file") + 1]
+    test = " ".join(sweeper["healthcheck"]["test"])
+    assert f"os.path.getmtime('{heartbeat}')" in test, test
+    # Older than a few passes: unhealthy (default interval, as the sweeper runs in compose).
+    stale = int(re.search(r"> (\d+)\)", test)[1])  # type: ignore[index]
+    assert stale >= 3 * Settings().sweep_interval_seconds
+
+
+@pytest.mark.parametrize("name", ["migrate", *WORKERS, "sweeper"])
 def test_service_commands_are_real_cli_commands(services: dict[str, Any], name: str) -> None:
     argv = argv_of(services[name])
     assert argv[0] == "llava-batch"
@@ -263,35 +377,54 @@ def test_service_commands_are_real_cli_commands(services: dict[str, Any], name: 
         command, path, rest = sub, [*path, rest[0]], rest[1:]
     # Parses the options without running anything: an unknown option raises.
     command.make_context(" ".join(["llava-batch", *path]), list(rest))
-    expected = {"migrate": ["db", "upgrade"], "worker": ["worker"], "sweeper": ["sweep"]}
-    assert path == expected[name]
+    expected = {"migrate": ["db", "upgrade"], "sweeper": ["sweep"]}
+    assert path == expected.get(name, ["worker"])
 
 
-def test_storage_bucket_is_the_one_minio_init_creates(services: dict[str, Any]) -> None:
-    bucket, _ = parse_s3_uri(env_of(services["worker"])["LLAVA_BATCH_STORAGE_URL"])
-    init = " ".join(command_of(services["minio-init"]))
-    created = re.findall(r"\bmc\s+mb\b[^&;|]*?\s\w+/([a-z0-9][a-z0-9.-]+)", init)
-    assert created == [bucket] == ["llava-batch"], (created, bucket)
+def test_s3_init_creates_the_storage_bucket_idempotently(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs s3-init's own script (the one string after ``python -c``) against moto, twice."""
+    from moto import mock_aws
+
+    init = services["s3-init"]
+    assert init["entrypoint"] == ["python", "-c"]
+    (script,) = command_of(init)
+    env = env_of(init)
+    bucket, _ = parse_s3_uri(env["LLAVA_BATCH_STORAGE_URL"])
+    assert bucket == "llava-batch"
+    monkeypatch.setenv("LLAVA_BATCH_STORAGE_URL", env["LLAVA_BATCH_STORAGE_URL"])
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)  # moto, not the s3 service
+    with mock_aws():
+        import boto3
+
+        exec(compile(script, "s3-init", "exec"), {})  # the compose file's own script
+        exec(compile(script, "s3-init", "exec"), {})  # a restart: no error
+        names = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+    assert names == [bucket]
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == f"created bucket {bucket}"
+    # us-east-1 answers a repeated CreateBucket with 200 (moto, AWS); others with an error code
+    # that the script treats as done.
+    assert second in (f"created bucket {bucket}", f"bucket exists {bucket}")
 
 
-def test_s3_goes_through_boto3_variables_to_minio(services: dict[str, Any]) -> None:
-    minio = services["minio"]
-    args = command_of(minio)
-    api_port = (
-        int(args[args.index("--address") + 1].rsplit(":", 1)[1]) if "--address" in args else 9000
-    )
-    minio_env = env_of(minio)
-    for name in ("migrate", "worker", "sweeper", "cli"):
+def test_s3_goes_through_boto3_variables_to_the_s3_service(services: dict[str, Any]) -> None:
+    s3 = services["s3"]
+    args = command_of(s3)
+    api_port = int(next(a for a in args if a.startswith("-s3.port=")).split("=")[1])
+    s3_env = env_of(s3)
+    for name in LLAVA_SERVICES:
         env = env_of(services[name])
         endpoint = urlsplit(env.get("AWS_ENDPOINT_URL_S3", ""))
-        assert (endpoint.hostname, endpoint.port) == ("minio", api_port), (name, endpoint)
-        assert env["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
-        assert env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+        assert (endpoint.hostname, endpoint.port) == ("s3", api_port), (name, endpoint)
+        assert env["AWS_ACCESS_KEY_ID"] == s3_env["AWS_ACCESS_KEY_ID"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == s3_env["AWS_SECRET_ACCESS_KEY"]
         assert env["AWS_DEFAULT_REGION"] == "us-east-1"
         ours = [k for k in env if ("S3" in k or "ENDPOINT" in k) and not k.startswith("AWS_")]
         assert not ours, f"{name}: S3 settings outside boto3's variables: {ours}"
-    init = " ".join(command_of(services["minio-init"]))
-    assert f"http://minio:{api_port}" in init
 
 
 # -- the image ------------------------------------------------------------------------------
@@ -308,6 +441,14 @@ def test_dockerfile_pins_torch_to_the_tested_version() -> None:
     installs = [rest for kw, rest in instructions if kw == "RUN" and "pip install" in rest]
     assert any('"$TORCH_SPEC"' in r for r in installs), "TORCH_SPEC is never installed"
     assert any('".[gpu]"' in r for r in installs), "the [gpu] extras are not installed"
+
+
+def test_image_has_a_c_compiler_for_triton() -> None:
+    """xgrammar's triton backend JIT-compiles a C helper on CUDA: extraction needs gcc."""
+    runs = [rest for kw, rest in dockerfile_instructions() if kw == "RUN"]
+    installs = [r for r in runs if "apt-get install" in r]
+    assert any(re.search(r"\b(gcc|build-essential)\b", r) for r in installs), installs
+    assert any("libc6-dev" in r or "build-essential" in r for r in installs), installs
 
 
 def test_image_runs_llava_batch_as_a_non_root_user() -> None:
