@@ -11,28 +11,28 @@ table (``jobs.errors.ExitCode``), never a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy.exc import DBAPIError
 
 from jobs import views
+from jobs.cli_options import Json
 from jobs.cli_schedules import schedule_app
-from jobs.context import Context, open_context
+from jobs.cli_submit import submit_app
+from jobs.context import open_context
 from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import RequestError
 from jobs.metadata import parse_meta
-from jobs.openai_batch import BatchFormat
 from jobs.queries import find_job, list_recent_jobs, read_progress
-from jobs.states import ItemStatus, JobKind
+from jobs.states import ItemStatus
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    pass
 
 app = typer.Typer(
     name="llava-batch",
@@ -41,7 +41,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(submit_app, name="submit")
 app.add_typer(db_app, name="db")
@@ -66,21 +65,6 @@ def _root(
     """Batch captioning and extraction with LLaVA models."""
 
 
-Sources = Annotated[
-    list[str], typer.Argument(help="Files, directories, s3:// prefixes or .jsonl manifests.")
-]
-Prompt = Annotated[
-    str | None, typer.Option(help="Instruction for every item (default: a one-sentence caption).")
-]
-MaxNew = Annotated[
-    int | None, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per item.")
-]
-BatchSize = Annotated[
-    int | None, typer.Option("--batch-size", min=1, help="Items per batch message.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the tables (PostgreSQL or SQLite)."""
@@ -89,205 +73,6 @@ def db_upgrade() -> None:
     ctx = open_context(check_schema=False)
     revision = upgrade_database(ctx.engine)
     views.err.print(f"database at revision {revision}")
-
-
-Name = Annotated[str | None, typer.Option(help="A name to find the job by.")]
-IdemKey = Annotated[str | None, typer.Option(help="Same key, same job: safe to repeat.")]
-Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")]
-SchemaFile = Annotated[
-    str, typer.Option("--schema", help="JSON Schema file the output must validate against.")
-]
-Pages = Annotated[str, typer.Option(help='PDF pages: "all", "first", or like "1-3" / "1,3,5-7".')]
-Dpi = Annotated[int, typer.Option(help="PDF rendering resolution.")]
-Instructions = Annotated[str | None, typer.Option(help="Extra instructions for the model.")]
-Meta = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--meta",
-        metavar="KEY=VALUE",
-        help="A label on the job, shown by status/jobs and matched by jobs --meta (repeat: up "
-        "to 16; key up to 64 characters, value up to 512).",
-    ),
-]
-
-
-@submit_app.command("caption")
-def submit_caption(
-    sources: Sources,
-    prompt: Prompt = None,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-) -> None:
-    """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.caption,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        prompt=prompt,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-@submit_app.command("extract")
-def submit_extract(
-    sources: Sources,
-    schema: SchemaFile,
-    prompt: Instructions = None,
-    pages: Pages = "all",
-    dpi: Dpi = 144,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-) -> None:
-    """Extract schema-valid JSON from PDFs and images (one merged result per document)."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.extract,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        instructions=prompt,
-        schema=read_schema(schema),
-        pages=pages,
-        dpi=dpi,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-Questions = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-q",
-        "--question",
-        help="A question for every image (repeat for several); a manifest line's "
-        '"questions" replace them for its item.',
-    ),
-]
-AsConversation = Annotated[
-    bool,
-    typer.Option(
-        "--conversation",
-        help="Ask the questions as the turns of one chat: each answer is in the next one's "
-        "context.",
-    ),
-]
-
-
-@submit_app.command("ask")
-def submit_ask(
-    sources: Sources,
-    questions: Questions = None,
-    conversation: AsConversation = False,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-) -> None:
-    """Ask questions about images: one answer per question, or a multi-turn conversation."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.ask,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        questions=questions or [],
-        conversation=conversation,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-BatchFile = Annotated[
-    str,
-    typer.Argument(
-        help="A .jsonl file of chat requests: OpenAI-Batch lines (custom_id, method, url, body) "
-        'or our manifest lines ({"input", "messages", …}).'
-    ),
-]
-BatchFileFormat = Annotated[
-    BatchFormat,
-    typer.Option(
-        "--format",
-        "--input-format",
-        help="The file's format; auto: detected from its first line.",
-    ),
-]
-BatchMaxNew = Annotated[
-    int | None,
-    typer.Option(
-        "--max-new-tokens", min=1, help="Tokens per request that gives no max_tokens of its own."
-    ),
-]
-
-
-@submit_app.command("batch")
-def submit_batch(
-    file: BatchFile,
-    fmt: BatchFileFormat = BatchFormat.auto,
-    max_new_tokens: BatchMaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-) -> None:
-    """Run an OpenAI-Batch JSONL file (or a chat manifest): one item per request; the file's
-    model is the job's."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.chat,
-        [file],
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        input_format=fmt,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:
-    from jobs.submit import submit_job
-
-    result = submit_job(
-        request,
-        session_factory=ctx.session_factory,
-        blobs=ctx.blobs,
-        publisher=CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue),
-        max_prompt_chars=ctx.settings.max_prompt_chars,
-    )
-    views.show_submitted(result, ctx.settings.model, json_out=json_out)
-    if wait:
-        views.watch(ctx, result.job_id, json_out=json_out)
-        raise typer.Exit(views.exit_code_for(ctx, result.job_id))
 
 
 @app.command("status")
@@ -443,41 +228,3 @@ def sweep_command(
         if once:
             return
         time.sleep(interval)
-
-
-def read_schema(path: str) -> dict[str, Any]:
-    """The ``--schema`` file, parsed (imported here: submitting needs it, ``--help`` does not)."""
-    from jobs.extraction import read_schema_file
-
-    return read_schema_file(path)
-
-
-def build_request(
-    ctx: Context,
-    kind: JobKind,
-    sources: list[str],
-    max_new_tokens: int | None,
-    batch_size: int | None,
-    *,
-    name: str | None = None,
-    idempotency_key: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-    **params: Any,
-) -> SubmitRequest:
-    """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
-    ``metadata``: the parsed ``--meta`` options (``parse_meta``)."""
-    from jobs.submit import SubmitRequest
-
-    return SubmitRequest.of(
-        kind,
-        sources,
-        ctx.settings.model,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=metadata,
-        max_input_bytes=ctx.settings.max_input_bytes,
-        default_max_new_tokens=ctx.settings.max_new_tokens,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size or ctx.settings.batch_size,
-        **params,
-    )

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from jobs import views
-from jobs.cli import (
+from jobs.cli import app
+from jobs.cli_errors import run_cli
+from jobs.cli_options import (
     AsConversation,
     BatchFile,
     BatchMaxNew,
@@ -28,11 +30,9 @@ from jobs.cli import (
     Questions,
     SchemaFile,
     Sources,
-    app,
     build_request,
     read_schema,
 )
-from jobs.cli_errors import run_cli
 from jobs.context import Context, open_context
 from jobs.errors import RequestError
 from jobs.openai_batch import BatchFormat
