@@ -10,7 +10,7 @@ import time
 from collections.abc import Collection, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -195,13 +195,3 @@ def _open_output(path: str) -> IO[str]:
         raise RequestError(
             f"{path}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
         ) from exc
-
-
-class _stdout:
-    """stdout as a context manager that is not closed on exit."""
-
-    def __enter__(self) -> IO[str]:
-        return sys.stdout
-
-    def __exit__(self, *_: Any) -> None:
-        sys.stdout.flush()

@@ -203,11 +203,11 @@ class TransformersEngine:
         if not requests:
             return []
         texts = [self._build_prompt(r.conversation) for r in requests]
+        counts = [self._count_templated(text) for text in texts]
         if fit_to_context:  # a chosen default, not the user's number: take what fits
-            longest = max(self._count_templated(text) for text in texts)
-            max_new_tokens = max(1, min(max_new_tokens, self.max_context - longest))
-        for text in texts:
-            needed = self._count_templated(text) + max_new_tokens
+            max_new_tokens = max(1, min(max_new_tokens, self.max_context - max(counts)))
+        for count in counts:
+            needed = count + max_new_tokens
             if needed > self.max_context:
                 raise InputError(
                     "prompt_too_long",

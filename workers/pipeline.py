@@ -97,6 +97,7 @@ def run_batch(
     engine = res.engine
     kind = get_kind(claimed[0].kind)  # one message holds items of one job
     params = decode_params(kind, claimed[0].params)
+    rendering = kind.document_rendering(params)
     outcomes: list[ItemOutcome] = []
     handed_back: list[ClaimedItem] = []
     queue: list[Task] = []
@@ -136,7 +137,7 @@ def run_batch(
     try:
         ahead = Lookahead(
             claimed,
-            lambda item: fetch_input(item, res),
+            lambda item: fetch_input(item, res, rendering),
             pool,
             max_units=2 * res.micro_batch.size_for(engine),
             max_pixels=res.max_batch_pixels,
@@ -207,7 +208,9 @@ class _UnitWork:
     results: dict[int, Outcome] = field(default_factory=dict)
 
 
-def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
+def fetch_input(
+    item: ClaimedItem, res: WorkerResources, rendering: tuple[str, int] | None = None
+) -> Fetched:
     """Reads one input and checks it against its budgets; its units are decoded later, within
     the worker's budget. None means: hand the item back (transient failure). Never raises:
     anything unexpected is that item's ``internal_error``."""
@@ -216,7 +219,7 @@ def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
         return failed(item, *refused)
     try:
         data = res.blobs.read_uri(item.input_uri, max_bytes=res.max_input_bytes)
-        return Planned(item, plan_units(item, data, res))
+        return Planned(item, plan_units(item, data, res, rendering))
     except TransientStorageError as exc:
         # Handed back with a growing wait and no attempt spent: an outage of minutes fails
         # nothing; only one that outlasts every retry does.
@@ -237,14 +240,19 @@ def fetch_input(item: ClaimedItem, res: WorkerResources) -> Fetched:
         )
 
 
-def plan_units(item: ClaimedItem, data: bytes, res: WorkerResources) -> tuple[PlannedUnit, ...]:
+def plan_units(
+    item: ClaimedItem,
+    data: bytes,
+    res: WorkerResources,
+    rendering: tuple[str, int] | None = None,
+) -> tuple[PlannedUnit, ...]:
     """The units of one input with their cost in pixels, judged from headers and page sizes;
-    nothing is decoded or rendered here. Raises InputError for an input over its budgets."""
+    nothing is decoded or rendered here. ``rendering``: the job kind's pages and dpi when it
+    reads documents (decoded once per batch by the caller). Raises InputError for an input over
+    its budgets."""
     from model.documents import is_pdf, render_pages
     from model.images import decode_image, read_image_size
 
-    kind = get_kind(item.kind)
-    rendering = kind.document_rendering(decode_params(kind, item.params))
     if rendering is not None and is_pdf(data):
         selection, dpi = rendering
         pages = render_pages(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     case,
     null,
     select,
@@ -133,6 +135,19 @@ def renew_lease(
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def _back_to_the_queue(closing: ColumnElement[bool], now: datetime) -> dict[str, Any]:
+    """A hand-back: running → queued with the attempt refunded (the item did nothing wrong),
+    or ``cancelled`` when its job is closing; no lease, no message."""
+    return {
+        "status": case((closing, ItemStatus.cancelled), else_=ItemStatus.queued),
+        "finished_at": case((closing, now), else_=null()),
+        "lease_token": None,
+        "lease_expires_at": None,
+        "dispatched_at": None,
+        "attempts": Item.attempts - 1,
+    }
+
+
 def release_items(
     session_factory: SessionFactory,
     claimed: Iterable[ClaimedItem],
@@ -165,12 +180,7 @@ def release_items(
                     Item.status == ItemStatus.running,
                 )
                 .values(
-                    status=case((closing, ItemStatus.cancelled), else_=ItemStatus.queued),
-                    finished_at=case((closing, now), else_=null()),
-                    lease_token=None,
-                    lease_expires_at=None,
-                    dispatched_at=None,
-                    attempts=Item.attempts - 1,
+                    **_back_to_the_queue(closing, now),
                     transient_failures=Item.transient_failures + 1,
                     not_before=now + timedelta(seconds=delay),
                 )
@@ -204,14 +214,7 @@ def hand_back_claims(
                 Item.status == ItemStatus.running,
                 Item.worker == worker,
             )
-            .values(
-                status=case((closing, ItemStatus.cancelled), else_=ItemStatus.queued),
-                finished_at=case((closing, now), else_=null()),
-                lease_token=None,
-                lease_expires_at=None,
-                dispatched_at=None,
-                attempts=Item.attempts - 1,
-            )
+            .values(**_back_to_the_queue(closing, now))
             .returning(Item.id)
             .execution_options(synchronize_session=False)
         ).all()

@@ -143,10 +143,10 @@ def test_an_unexpected_exception_is_that_items_internal_error(
     if where == "plan_units":
         real_plan = workers.pipeline.plan_units
 
-        def plan(item: Any, data: bytes, res: Any) -> Any:
+        def plan(item: Any, data: bytes, *rest: Any) -> Any:
             if data == victim:
                 raise RuntimeError("a bug while planning")
-            return real_plan(item, data, res)
+            return real_plan(item, data, *rest)
 
         monkeypatch.setattr(workers.pipeline, "plan_units", plan)
     else:
