@@ -19,6 +19,7 @@ import typer
 from sqlalchemy.exc import DBAPIError
 
 from jobs import views
+from jobs.cli_fleet import with_waiting
 from jobs.cli_options import Json
 from jobs.cli_schedules import schedule_app
 from jobs.cli_submit import submit_app
@@ -92,7 +93,7 @@ def status(
         return
     with ctx.session_factory() as session:
         progress = read_progress(session, find_job(session, job_id))
-    views.show_progress(progress, json_out=json_out)
+    views.show_progress(with_waiting(ctx, progress), json_out=json_out)
 
 
 @app.command("results")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jobs.context import Context
+from jobs.errors import RequestError
 from jobs.openai_batch import BatchFormat
 from jobs.states import JobKind
 
@@ -29,6 +30,14 @@ BatchSize = Annotated[
     int | None, typer.Option("--batch-size", min=1, help="Items per batch message.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="The model to run on (default: LLAVA_BATCH_MODEL, or the model an OpenAI-Batch "
+        "file names); only workers serving it take the job.",
+    ),
+]
 
 
 Name = Annotated[str | None, typer.Option(help="A name to find the job by.")]
@@ -110,16 +119,20 @@ def build_request(
     name: str | None = None,
     idempotency_key: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    model: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
-    ``metadata``: the parsed ``--meta`` options (``parse_meta``)."""
+    ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``."""
     from jobs.submit import SubmitRequest
 
+    if model is not None and not model.strip():
+        raise RequestError("--model must not be empty.", code="invalid_option")
     return SubmitRequest.of(
         kind,
         sources,
-        ctx.settings.model,
+        model or ctx.settings.model,
+        model_chosen=model is not None,
         name=name,
         idempotency_key=idempotency_key,
         metadata=metadata,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from jobs import views
+from jobs.cli_fleet import is_served
 from jobs.cli_options import (
     AsConversation,
     BatchFile,
@@ -20,6 +21,7 @@ from jobs.cli_options import (
     Json,
     MaxNew,
     Meta,
+    ModelName,
     Name,
     Pages,
     Prompt,
@@ -53,6 +55,7 @@ def submit_caption(
     meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
     ctx = open_context()
@@ -66,6 +69,7 @@ def submit_caption(
         idempotency_key=idempotency_key,
         metadata=parse_meta(meta),
         prompt=prompt,
+        model=model,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -84,6 +88,7 @@ def submit_extract(
     meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Extract schema-valid JSON from PDFs and images (one merged result per document)."""
     ctx = open_context()
@@ -100,6 +105,7 @@ def submit_extract(
         schema=read_schema(schema),
         pages=pages,
         dpi=dpi,
+        model=model,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -116,6 +122,7 @@ def submit_ask(
     meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Ask questions about images: one answer per question, or a multi-turn conversation."""
     ctx = open_context()
@@ -130,6 +137,7 @@ def submit_ask(
         metadata=parse_meta(meta),
         questions=questions or [],
         conversation=conversation,
+        model=model,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -145,6 +153,7 @@ def submit_batch(
     meta: Meta = None,
     wait: Wait = False,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Run an OpenAI-Batch JSONL file (or a chat manifest): one item per request; the file's
     model is the job's."""
@@ -159,6 +168,7 @@ def submit_batch(
         idempotency_key=idempotency_key,
         metadata=parse_meta(meta),
         input_format=fmt,
+        model=model,
     )
     _submit(ctx, request, wait=wait, json_out=json_out)
 
@@ -173,7 +183,8 @@ def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool)
         publisher=CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue),
         max_prompt_chars=ctx.settings.max_prompt_chars,
     )
-    views.show_submitted(result, ctx.settings.model, json_out=json_out)
+    served = is_served(ctx, result.model)
+    views.show_submitted(result, result.model, json_out=json_out, served=served)
     if wait:
         views.watch(ctx, result.job_id, json_out=json_out)
         raise typer.Exit(views.exit_code_for(ctx, result.job_id))

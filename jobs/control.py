@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.db import SessionFactory, utcnow
+from sqlalchemy import select
+
+from jobs.db import Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.lifecycle import cancel_job, requeue_failed
 
@@ -23,7 +25,9 @@ def retry_job(
 ) -> RetryResult:
     stamp = utcnow()
     ids = requeue_failed(session_factory, job_id, now=stamp)
+    with session_factory() as session:
+        model = session.execute(select(Job.model).where(Job.id == job_id)).scalar_one()
     dispatched = dispatch_items(
-        session_factory, publisher, job_id, ids, batch_size=batch_size, stamp=stamp
+        session_factory, publisher, job_id, ids, model=model, batch_size=batch_size, stamp=stamp
     )
     return RetryResult(ids, dispatched)

@@ -107,6 +107,10 @@ class Item(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_token: Mapped[str | None] = mapped_column(String(36))
     worker: Mapped[str | None] = mapped_column(String(200))
+    # What the claiming worker serves, stamped with its lease: the model that produced the result.
+    model: Mapped[str | None] = mapped_column(String(500))
+    model_revision: Mapped[str | None] = mapped_column(String(200))
+    quantization: Mapped[str | None] = mapped_column(String(16))
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # After a transient storage error the item waits until then; the blip costs no attempt.
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -122,6 +126,21 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkerRow(Base):
+    """A live worker and the model it serves, beaten every few seconds while it runs; submit and
+    status read it to tell a job that waits for a worker nobody runs."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_model_seen", "model", "seen_at"),)
+
+    node: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(500))
+    model_revision: Mapped[str | None] = mapped_column(String(200))
+    quantization: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ItemPage(Base):

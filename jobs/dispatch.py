@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jobs.db import SessionFactory
+from jobs.fleet import queue_for
 from jobs.lifecycle import undo_dispatch
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,26 @@ class DispatchError(Exception):
 
 class Publisher(Protocol):
     def publish(
-        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+        self,
+        job_id: str,
+        item_ids: Sequence[str],
+        *,
+        model: str,
+        dispatched_at: datetime | None = None,
     ) -> None:
-        """Sends one batch message; ``dispatched_at`` is the items' dispatch stamp."""
+        """Sends one batch message to the queue of ``model`` (the job's);
+        ``dispatched_at`` is the items' dispatch stamp."""
         ...
 
-    def oldest_waiting(self) -> datetime | None:
-        """The dispatch stamp of the oldest message still waiting in the broker queue;
+    def oldest_waiting(self, model: str) -> datetime | None:
+        """The dispatch stamp of the oldest message still waiting in ``model``'s queue;
         ``QUEUE_EMPTY`` when none waits; None when that cannot be known."""
         ...
 
 
 class CeleryPublisher:
-    """Publishes by task name, so the producer never imports the worker (or torch)."""
+    """Publishes by task name, so the producer never imports the worker (or torch); ``queue``
+    is the deployment's queue prefix, each model's messages go to ``queue_for(queue, model)``."""
 
     def __init__(self, broker_url: str, queue: str, *, app: Any = None) -> None:
         self.broker_url = broker_url
@@ -62,7 +70,12 @@ class CeleryPublisher:
         return self._app
 
     def publish(
-        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+        self,
+        job_id: str,
+        item_ids: Sequence[str],
+        *,
+        model: str,
+        dispatched_at: datetime | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"job_id": job_id, "item_ids": list(item_ids)}
         if dispatched_at is not None:
@@ -71,7 +84,7 @@ class CeleryPublisher:
             self.app.send_task(
                 RUN_BATCH_TASK,
                 kwargs=kwargs,
-                queue=self.queue,
+                queue=queue_for(self.queue, model),
                 serializer="json",
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
@@ -79,7 +92,7 @@ class CeleryPublisher:
         except Exception as exc:  # kombu raises many types for a dead broker
             raise DispatchError(f"The broker at {_redact(self.broker_url)} is unreachable") from exc
 
-    def oldest_waiting(self) -> datetime | None:
+    def oldest_waiting(self, model: str) -> datetime | None:
         if not self.broker_url.startswith(("redis://", "rediss://")):
             return None
         try:
@@ -88,7 +101,7 @@ class CeleryPublisher:
             client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
             try:
                 # kombu pushes on the left and pops on the right: the oldest is the last.
-                raw = client.lindex(self.queue, -1)
+                raw = client.lindex(queue_for(self.queue, model), -1)
             finally:
                 client.close()
         except Exception:
@@ -103,11 +116,16 @@ class CallbackPublisher:
         self._callback = callback
 
     def publish(
-        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+        self,
+        job_id: str,
+        item_ids: Sequence[str],
+        *,
+        model: str,
+        dispatched_at: datetime | None = None,
     ) -> None:
         self._callback(job_id, list(item_ids))
 
-    def oldest_waiting(self) -> datetime | None:
+    def oldest_waiting(self, model: str) -> datetime | None:
         return None
 
 
@@ -117,6 +135,7 @@ def dispatch_items(
     job_id: str,
     item_ids: Sequence[str],
     *,
+    model: str,
     batch_size: int,
     stamp: datetime,
 ) -> bool:
@@ -126,7 +145,7 @@ def dispatch_items(
     for start in range(0, len(item_ids), batch_size):
         batch = item_ids[start : start + batch_size]
         try:
-            publisher.publish(job_id, batch, dispatched_at=stamp)
+            publisher.publish(job_id, batch, model=model, dispatched_at=stamp)
         except DispatchError as exc:
             log.warning("dispatch pending job=%s: %s", job_id, exc)
             undo_dispatch(session_factory, item_ids[start:], stamp=stamp)

@@ -84,6 +84,7 @@ class CsvWriter(ResultWriter):
 
     def write(self, item: Item) -> None:
         row = result_row(item)
+        row.pop("model")  # one job, one model: status and the jobs table say which
         usage = row.pop("usage") or {}
         first = {"finish_reason": row.pop("finish_reason"), **usage}
         for index, line in enumerate(self._kind.csv_rows(row)):

@@ -50,6 +50,8 @@ class JobProgress:
     eta_seconds: float | None
     metadata: dict[str, str] | None = None
     usage: Usage | None = None  # None: not summed (``jobs`` lists skip it: it reads every item)
+    # Queued work and no live worker serving the job's model (None: not asked; see jobs.fleet).
+    waiting_for_worker: bool | None = None
 
     @property
     def total(self) -> int:
@@ -83,6 +85,8 @@ class JobProgress:
         }
         if self.usage is not None:
             shown["usage"] = self.usage.as_dict()
+        if self.waiting_for_worker is not None:
+            shown["waiting_for_worker"] = self.waiting_for_worker
         return shown
 
 
@@ -224,6 +228,7 @@ def result_row(item: Item) -> dict[str, Any]:
         "error_message": item.error_message,
         "finish_reason": item.finish_reason,
         "usage": item_usage(item),
+        "model": item.model,  # what produced it (None: no worker claimed it yet)
     }
 
 

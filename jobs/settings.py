@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Each worker serves Prometheus metrics on the first free port from this one up (several
     # workers per host take 9464, 9465, …); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    # Each worker writes "alive, serving MODEL" to the database this often; submit and status
+    # call a model unserved when no worker did for three periods.
+    worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
 
     @field_validator("device")
     @classmethod

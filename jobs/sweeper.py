@@ -22,6 +22,7 @@ from jobs.lifecycle import (
     expire_leases,
     finalise_jobs,
     jobs_ready_to_finalise,
+    models_with_open_jobs,
     take_for_publishing,
     undo_dispatch,
 )
@@ -86,16 +87,33 @@ def republish_queued(
     message was delivered; an item delivered but still queued lost its message). When the broker
     cannot be asked, age alone decides. Duplicates are harmless: the claim lets one through.
     """
-    oldest_waiting = publisher.oldest_waiting()
-    stale_before = now - redispatch_after
-    if oldest_waiting is not None:
-        stale_before = min(stale_before, oldest_waiting)
-    taken = take_for_publishing(session_factory, stale_before=stale_before, now=now)
-    reached("republish:taken")
+    sent = 0
+    for model in models_with_open_jobs(session_factory):
+        # Each model has its own broker queue, so "delivered" is told queue by queue.
+        oldest_waiting = publisher.oldest_waiting(model)
+        stale_before = now - redispatch_after
+        if oldest_waiting is not None:
+            stale_before = min(stale_before, oldest_waiting)
+        taken = take_for_publishing(
+            session_factory, model=model, stale_before=stale_before, now=now
+        )
+        reached("republish:taken")
+        sent += _publish_taken(session_factory, publisher, taken, model, batch_size, now)
+    return sent
+
+
+def _publish_taken(
+    session_factory: SessionFactory,
+    publisher: Publisher,
+    taken: list[ToPublish],
+    model: str,
+    batch_size: int,
+    now: datetime,
+) -> int:
     sent: set[str] = set()
     for job_id, item_ids in _batches(taken, batch_size):
         try:
-            publisher.publish(job_id, item_ids, dispatched_at=now)
+            publisher.publish(job_id, item_ids, model=model, dispatched_at=now)
         except DispatchError as exc:
             log.warning("republish failed job=%s: %s", job_id, exc)
             unsent = [t.item_id for t in taken if t.item_id not in sent]

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from jobs.cli_fleet import with_waiting
 from jobs.context import Context
 from jobs.errors import ExitCode, RequestError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
@@ -49,20 +50,25 @@ def warn_if_tiny(model: str) -> None:
         err.print(TINY_WARNING.format(model=model), markup=False)
 
 
-def show_submitted(result: SubmitResult, model: str, *, json_out: bool) -> None:
+def show_submitted(
+    result: SubmitResult, model: str, *, json_out: bool, served: bool | None = None
+) -> None:
+    """``served``: whether a live worker serves ``model`` (None: not asked)."""
     if json_out:
-        print(
-            json.dumps(
-                {
-                    "job_id": result.job_id,
-                    "items": result.item_count,
-                    "dispatched": result.dispatched,
-                    "existing": result.existing,
-                }
-            )
-        )
+        shown: dict[str, object] = {
+            "job_id": result.job_id,
+            "items": result.item_count,
+            "dispatched": result.dispatched,
+            "existing": result.existing,
+            "model": model,
+        }
+        if served is not None:
+            shown["waiting_for_worker"] = not served
+        print(json.dumps(shown))
         return
     warn_if_tiny(model)
+    if served is False:
+        err.print(f"warning: {no_worker_serves(model)}", markup=False)
     if result.existing:
         err.print(f"the idempotency key matches job {result.job_id}; nothing new submitted")
     else:
@@ -95,6 +101,15 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
         )
     if progress.metadata:
         out.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
+    if progress.waiting_for_worker:
+        out.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
+
+
+def no_worker_serves(model: str) -> str:
+    return (
+        f"no live worker serves the model {model}; its items wait until one starts "
+        f"(LLAVA_BATCH_MODEL={model} llava-batch worker)"
+    )
 
 
 def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
@@ -131,11 +146,13 @@ def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -
         while True:
             with ctx.session_factory() as session:
                 progress = read_progress(session, find_job(session, job_id), usage=False)
+            waiting = show_bar and with_waiting(ctx, progress).waiting_for_worker
+            shown = "waiting for a worker" if waiting else progress.status
             bar.update(
                 task,
                 total=progress.total,
                 completed=progress.done,
-                description=f"{job_id[:8]} {progress.status}",
+                description=f"{job_id[:8]} {shown}",
             )
             if progress.status in TERMINAL_JOB_STATES:
                 break

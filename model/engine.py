@@ -118,6 +118,12 @@ class Engine(Protocol):
         """The model id or path as configured; recorded on jobs."""
         ...
 
+    @property
+    def revision(self) -> str | None:
+        """Which version of ``name`` is loaded (a hub commit, or a fingerprint of a local
+        directory); None when unknown. Recorded on every item this engine produces."""
+        ...
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

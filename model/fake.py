@@ -58,6 +58,10 @@ class FakeEngine:
     def name(self) -> str:
         return self._name
 
+    @property
+    def revision(self) -> str | None:
+        return None
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

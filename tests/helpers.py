@@ -24,15 +24,22 @@ class ListPublisher:
     def __init__(self, oldest: datetime | None = None) -> None:
         self.batches: list[list[str]] = []
         self.stamps: list[datetime | None] = []
+        self.models: list[str] = []
         self._oldest = oldest
 
     def publish(
-        self, job_id: str, item_ids: Sequence[str], *, dispatched_at: datetime | None = None
+        self,
+        job_id: str,
+        item_ids: Sequence[str],
+        *,
+        model: str,
+        dispatched_at: datetime | None = None,
     ) -> None:
         self.batches.append(list(item_ids))
         self.stamps.append(dispatched_at)
+        self.models.append(model)
 
-    def oldest_waiting(self) -> datetime | None:
+    def oldest_waiting(self, model: str) -> datetime | None:
         return self._oldest
 
     @property

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 
 from jobs.dispatch import SWEEP_TASK
+from jobs.fleet import queue_for
 from jobs.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def build_celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # results live in SQL
-        task_default_queue=settings.queue,
+        # This worker's model's queue: it never takes another model's jobs.
+        task_default_queue=queue_for(settings.queue, settings.model),
         broker_connection_retry_on_startup=True,
         # Redis redelivers unacked messages after this; the lease protects against the rerun.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},

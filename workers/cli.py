@@ -25,6 +25,7 @@ from jobs.cli_options import (
     Instructions,
     Json,
     MaxNew,
+    ModelName,
     Pages,
     Prompt,
     Questions,
@@ -35,6 +36,7 @@ from jobs.cli_options import (
 )
 from jobs.context import Context, open_context
 from jobs.errors import RequestError
+from jobs.fleet import queue_for
 from jobs.openai_batch import BatchFormat
 from jobs.run_output import RunFormat
 from jobs.states import JobKind
@@ -81,11 +83,12 @@ def run_caption(
     output: Output = None,
     errors: Errors = None,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Caption images here and now: SQLite, local storage, an in-process worker."""
     ctx = open_context()
     request = build_request(
-        ctx, JobKind.caption, sources, max_new_tokens, batch_size, prompt=prompt
+        ctx, JobKind.caption, sources, max_new_tokens, batch_size, prompt=prompt, model=model
     )
     _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
@@ -103,6 +106,7 @@ def run_extract(
     output: Output = None,
     errors: Errors = None,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Extract schema-valid JSON here and now: SQLite, local storage, an in-process worker."""
     ctx = open_context()
@@ -116,6 +120,7 @@ def run_extract(
         schema=read_schema(schema),
         pages=pages,
         dpi=dpi,
+        model=model,
     )
     _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
@@ -131,6 +136,7 @@ def run_ask(
     output: Output = None,
     errors: Errors = None,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Ask questions about images here and now: SQLite, local storage, an in-process worker."""
     ctx = open_context()
@@ -142,6 +148,7 @@ def run_ask(
         batch_size,
         questions=questions or [],
         conversation=conversation,
+        model=model,
     )
     _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
@@ -161,12 +168,19 @@ def run_batch(
     output: Output = None,
     errors: Errors = None,
     json_out: Json = False,
+    model: ModelName = None,
 ) -> None:
     """Run an OpenAI-Batch JSONL file (or a chat manifest) here and now: one item per request;
     --format openai writes the OpenAI Batch output."""
     ctx = open_context()
     request = build_request(
-        ctx, JobKind.chat, [file], max_new_tokens, batch_size, input_format=input_format
+        ctx,
+        JobKind.chat,
+        [file],
+        max_new_tokens,
+        batch_size,
+        input_format=input_format,
+        model=model,
     )
     _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
@@ -281,7 +295,7 @@ def worker(
         f"--concurrency={concurrency}",
         f"--loglevel={loglevel}",
         "-Q",
-        settings.queue,
+        queue_for(settings.queue, settings.model),  # only the jobs of the model it serves
         "--without-gossip",
         "--without-mingle",
         f"--hostname={hostname or default_node_name()}",

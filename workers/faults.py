@@ -47,6 +47,10 @@ class FaultyEngine:
     def name(self) -> str:
         return self._engine.name
 
+    @property
+    def revision(self) -> str | None:
+        return self._engine.revision
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

@@ -290,6 +290,7 @@ def claim_with_retry(res: WorkerResources, item_ids: Sequence[str]) -> list[Clai
                 item_ids,
                 worker=res.worker_name,
                 lease_seconds=res.lease_seconds,
+                serving=res.serving,
             )
         except DBAPIError as exc:
             if not is_retryable(exc):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from jobs.context import open_database
 from jobs.db import SessionFactory, make_session_factory
+from jobs.fleet import Serving
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
@@ -49,6 +50,10 @@ class WorkerResources:
     storage_retry_max_seconds: float = 300
     storage_retry_limit: int = 12
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # The model this worker serves as jobs name it (LLAVA_BATCH_MODEL) and its quantisation;
+    # None (tests with a fake engine): claim any job's items, record no model.
+    model: str | None = None
+    quantization: str = "none"
     micro_batch: MicroBatch = field(init=False)
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,6 +70,13 @@ class WorkerResources:
                     self._engine = self.engine_loader()
                     metrics.record_model_load(time.monotonic() - started)
         return self._engine
+
+    @property
+    def serving(self) -> Serving | None:
+        """What this worker serves; loads the engine (its revision is known once loaded)."""
+        if self.model is None:
+            return None
+        return Serving(self.model, self.engine.revision, self.quantization)
 
 
 def build_engine_spec(settings: Settings) -> EngineSpec:
@@ -118,6 +130,8 @@ def build_resources(
         max_image_pixels=settings.max_image_pixels,
         max_pdf_pages=settings.max_pdf_pages,
         max_input_bytes=settings.max_input_bytes,
+        model=settings.model,
+        quantization=settings.quantization.value,
         max_item_pixels=settings.max_item_pixels,
         max_batch_pixels=settings.max_batch_pixels,
         storage_retry_base_seconds=settings.storage_retry_base_seconds,

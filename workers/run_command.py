@@ -65,7 +65,7 @@ def run_request(
     views.err.print(f"job {submitted.job_id}: {submitted.item_count} item(s)")
     _, kind, model = _job_facts(ctx, submitted.job_id)  # an OpenAI file names the job's model
     out = RunOutput(fmt, kind=get_kind(kind), model=model, output=output, errors=errors)
-    _work_here(ctx, res, submitted.job_id, queue, out)
+    _work_here(ctx, _serving(ctx, res, model), submitted.job_id, queue, out)
 
 
 def resume_job(
@@ -89,13 +89,16 @@ def resume_job(
         finally:
             out.close()
         _finish(ctx, job_id, out)
-    if model != ctx.settings.model:
-        views.err.print(
-            f"note: job {job_id} names the model {model}; this process runs "
-            f"{ctx.settings.model} (LLAVA_BATCH_MODEL)",
-            markup=False,
-        )
-    _work_here(ctx, build_resources(ctx.settings), job_id, InProcessQueue(job_id), out)
+    res = build_resources(ctx.settings.model_copy(update={"model": model}))
+    _work_here(ctx, res, job_id, InProcessQueue(job_id), out)
+
+
+def _serving(ctx: Context, res: WorkerResources, model: str) -> WorkerResources:
+    """Resources that serve ``model``: a job runs on the model it names (an OpenAI file's, or
+    --model), never on another one labelled with its name."""
+    if res.model == model:
+        return res
+    return build_resources(ctx.settings.model_copy(update={"model": model}))
 
 
 def _work_here(
@@ -106,8 +109,9 @@ def _work_here(
     finished = False
     try:
         with Interrupts() as interrupts, out:
-            views.warn_if_tiny(ctx.settings.model)
-            views.err.print(f"loading model {ctx.settings.model} …")
+            model = res.model or ctx.settings.model
+            views.warn_if_tiny(model)
+            views.err.print(f"loading model {model} …", markup=False)
             _ = res.engine
             counted = RunCounts(total=total, done=done, failed=failed)
             with RunProgress(views.err, counted, label=job_id[:8]) as progress:

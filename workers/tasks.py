@@ -11,6 +11,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutting_down
 
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
+from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
 from model.errors import ModelLoadError
 from workers import metrics
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 _resources: WorkerResources | None = None
 _resources_lock = threading.Lock()
 _stop = threading.Event()
+_node: str | None = None  # this worker's Celery node name, its key in the registry
 
 
 def get_resources() -> WorkerResources:
@@ -65,12 +67,25 @@ def sweep_forever(interval: float) -> None:
             log.exception("sweep pass failed")
 
 
+def beat_forever(node: str, interval: float) -> None:
+    """Keeps this worker in the registry (``jobs.fleet``) while it runs."""
+    res = get_resources()
+    while True:
+        try:
+            serving = res.serving
+            if serving is not None:
+                beat_worker(res.session_factory, node, serving)
+        except Exception:  # a missed beat is not fatal; three in a row make the worker "gone"
+            log.exception("worker heartbeat failed")
+        if _stop.wait(interval):
+            return
+
+
 @worker_ready.connect
-def _warm_up(**_: Any) -> None:
+def _warm_up(sender: Any = None, **_: Any) -> None:
     warn_if_insecure(settings.broker_url)
-    metrics.watch_queue_depth(
-        settings.queue, metrics.redis_queue_depth(settings.broker_url, settings.queue)
-    )
+    queue = queue_for(settings.queue, settings.model)
+    metrics.watch_queue_depth(queue, metrics.redis_queue_depth(settings.broker_url, queue))
     metrics.start_metrics_server(settings.metrics_port)
     res = get_resources()
     # Load the model before the first message so the first batch is not slow; a checkpoint
@@ -80,7 +95,15 @@ def _warm_up(**_: Any) -> None:
     except ModelLoadError as exc:
         log.critical("model cannot be loaded, stopping the worker: %s", exc)
         os._exit(3)  # engine dead: let the supervisor see it rather than fail every item
-    log.info("worker ready model=%s", engine.name)
+    log.info("worker ready model=%s queue=%s", engine.name, queue)
+    global _node
+    _node = getattr(sender, "hostname", None) or res.worker_name
+    threading.Thread(
+        target=beat_forever,
+        args=(_node, float(settings.worker_heartbeat_seconds)),
+        name="llava-batch-heartbeat",
+        daemon=True,
+    ).start()
     if app.conf.get("llava_batch_sweep", True):
         threading.Thread(
             target=sweep_forever,
@@ -93,3 +116,8 @@ def _warm_up(**_: Any) -> None:
 @worker_shutting_down.connect
 def _stop_sweeper(**_: Any) -> None:
     _stop.set()
+    if _node is not None and _resources is not None:
+        try:
+            forget_worker(_resources.session_factory, _node)
+        except Exception as exc:  # it drops out of "live" by itself after three heartbeats
+            log.warning("could not leave the worker registry: %s", exc)

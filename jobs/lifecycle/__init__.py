@@ -45,6 +45,7 @@ from jobs.lifecycle.repairs import (
     ToPublish,
     cancel_stranded,
     expire_leases,
+    models_with_open_jobs,
     take_for_publishing,
     undo_dispatch,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "hand_back_claims",
     "is_postgres",
     "jobs_ready_to_finalise",
+    "models_with_open_jobs",
     "record_results",
     "release_items",
     "renew_lease",

@@ -17,6 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
+from jobs.fleet import Serving
 from jobs.hooks import reached
 from jobs.lifecycle.common import (
     CLOSING_JOB_STATES,
@@ -25,6 +26,7 @@ from jobs.lifecycle.common import (
     is_available,
     is_postgres,
     job_of_item_is,
+    job_of_item_serves,
 )
 from jobs.lifecycle.finalise import finalise_jobs
 from jobs.states import ItemStatus, JobStatus
@@ -38,6 +40,7 @@ def claim_items(
     *,
     worker: str,
     lease_seconds: int,
+    serving: Serving | None = None,
     now: datetime | None = None,
 ) -> list[ClaimedItem]:
     """Moves still-queued items to running under one fresh lease token and returns them.
@@ -45,9 +48,19 @@ def claim_items(
     A duplicated or redelivered message finds nothing queued and gets an empty list. Rows that a
     producer, a sweeper or another claim holds locked are waited for (bounded by the lock
     timeout), never skipped: skipping them would drop the message's items until a redispatch.
+    With ``serving`` only items of jobs for that model are claimed (a message that reached the
+    wrong queue claims nothing; the sweeper re-publishes to the right one), and each claimed item
+    records the model, revision and quantisation that will produce it.
     """
     now = now or utcnow()
     token = new_id()
+    routed: dict[str, object] = {}
+    if serving is not None:
+        routed = {
+            "model": serving.model,
+            "model_revision": serving.revision,
+            "quantization": serving.quantization,
+        }
     with session_factory.begin() as session:
         reached("claim:begin")
         inner = aliased(Item)
@@ -65,6 +78,7 @@ def claim_items(
                 Item.status == ItemStatus.queued,
                 is_available(now),
                 job_of_item_is(*OPEN_JOB_STATES),
+                *([] if serving is None else [job_of_item_serves(serving.model)]),
             )
             .values(
                 status=ItemStatus.running,
@@ -74,6 +88,7 @@ def claim_items(
                 worker=worker,
                 started_at=now,
                 not_before=None,
+                **routed,
             )
             .execution_options(synchronize_session=False)
         )

@@ -48,5 +48,9 @@ def job_of_item_is(*states: str) -> ColumnElement[bool]:
     return select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states)).exists()
 
 
+def job_of_item_serves(model: str) -> ColumnElement[bool]:
+    return select(Job.id).where(Job.id == Item.job_id, Job.model == model).exists()
+
+
 def is_available(now: datetime) -> ColumnElement[bool]:
     return or_(Item.not_before.is_(None), Item.not_before <= now)

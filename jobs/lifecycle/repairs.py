@@ -138,16 +138,26 @@ class ToPublish:
     seq: int
 
 
+def models_with_open_jobs(session_factory: SessionFactory) -> list[str]:
+    """The models of the jobs that may still have items to publish (one broker queue each)."""
+    with session_factory() as session:
+        return sorted(
+            session.scalars(select(Job.model).where(Job.status.in_(OPEN_JOB_STATES)).distinct())
+        )
+
+
 def take_for_publishing(
     session_factory: SessionFactory,
     *,
+    model: str,
     stale_before: datetime,
     now: datetime,
     limit: int = 10_000,
 ) -> list[ToPublish]:
-    """Stamps ``dispatched_at = now`` on queued items that have no message (never sent, handed
-    back, re-queued) or whose message is presumed lost (dispatched before ``stale_before``), and
-    returns them. The stamp is the right to publish: two sweepers never send the same items."""
+    """Stamps ``dispatched_at = now`` on ``model``'s queued items that have no message (never
+    sent, handed back, re-queued) or whose message is presumed lost (dispatched before
+    ``stale_before``), and returns them. The stamp is the right to publish: two sweepers never
+    send the same items."""
     unsent = or_(Item.dispatched_at.is_(None), Item.dispatched_at < stale_before)
     with session_factory.begin() as session:
         inner = aliased(Item)
@@ -158,7 +168,11 @@ def take_for_publishing(
                 or_(inner.dispatched_at.is_(None), inner.dispatched_at < stale_before),
                 or_(inner.not_before.is_(None), inner.not_before <= now),
                 select(Job.id)
-                .where(Job.id == inner.job_id, Job.status.in_(OPEN_JOB_STATES))
+                .where(
+                    Job.id == inner.job_id,
+                    Job.status.in_(OPEN_JOB_STATES),
+                    Job.model == model,
+                )
                 .exists(),
             )
             .limit(limit)

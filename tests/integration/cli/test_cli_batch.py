@@ -64,7 +64,11 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
         )
         + "\n"
     )
-    run = run_cli("run", "batch", str(batch), "--json", timeout=300)
+    # The lines name acme/llava, which this machine cannot load: a job never runs on another
+    # model under that label. --model serves the file, unchanged, on the model chosen.
+    refused = run_cli("run", "batch", str(batch), "--json", timeout=300)
+    assert refused.returncode == 7 and "cannot load model 'acme/llava'" in refused.stderr
+    run = run_cli("run", "batch", str(batch), "--model", "tiny-llava", "--json", timeout=300)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     by_id = {row["custom_id"]: row for row in rows}
@@ -75,7 +79,9 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
     assert by_id["web-3"]["status"] == "failed"
     assert by_id["web-3"]["error_code"] == "input_scheme_not_allowed"
 
-    (job,) = json.loads(run_cli("jobs", "--json").stdout)
+    served, refused_job = json.loads(run_cli("jobs", "--json").stdout)  # newest first
+    assert (served["model"], refused_job["model"]) == ("tiny-llava", "acme/llava")
+    job = served
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
     written = run_cli(
         "results", job["job_id"], "--format", "openai", "-o", str(out), "--errors", str(errors)

@@ -167,4 +167,5 @@ def test_two_workers_on_one_host_serve_prometheus_metrics_after_a_job(
     assert total("llava_batch_prompt_tokens_total") > 0
     for scrape in scrapes:  # each worker loaded its model and reads the queue from Redis
         assert scrape[("llava_batch_model_load_seconds", frozenset())] > 0
-        assert scrape[("llava_batch_queue_depth", frozenset({("queue", "llava-batch")}))] == 0
+        queue = frozenset({("queue", "llava-batch.tiny-llava")})  # the model's own queue
+        assert scrape[("llava_batch_queue_depth", queue)] == 0

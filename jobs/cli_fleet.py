@@ -1,0 +1,28 @@
+"""What the CLI tells about the fleet: whether a live worker serves a job's model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from jobs.context import Context
+from jobs.fleet import live_workers
+from jobs.queries import JobProgress
+from jobs.states import ItemStatus, JobStatus
+
+
+def is_served(ctx: Context, model: str) -> bool:
+    """Whether a worker serving ``model`` beat within three heartbeats (the setting
+    ``LLAVA_BATCH_WORKER_HEARTBEAT_SECONDS``)."""
+    count = live_workers(
+        ctx.session_factory, model, heartbeat_seconds=ctx.settings.worker_heartbeat_seconds
+    )
+    return count > 0
+
+
+def with_waiting(ctx: Context, progress: JobProgress) -> JobProgress:
+    """``progress``, saying whether its queued items wait for a worker nobody runs."""
+    if progress.status not in (JobStatus.queued, JobStatus.in_progress):
+        return progress
+    if not progress.counts.get(ItemStatus.queued, 0):
+        return replace(progress, waiting_for_worker=False)
+    return replace(progress, waiting_for_worker=not is_served(ctx, progress.model))

@@ -1,0 +1,84 @@
+"""Which worker serves which model: one broker queue per model, and a registry of live workers.
+
+A job's model selects its queue; a worker consumes only the queue of the model it serves and
+claims only that model's items, so several models share one deployment without a job ever
+running on the wrong one. The registry is a table each worker beats every few seconds: the
+database is the system of record, and a producer can ask it without waiting on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+
+from jobs.db import SessionFactory, WorkerRow, utcnow
+
+log = logging.getLogger(__name__)
+
+# A worker is live while it beat within this many of its periods: one late beat is not a death.
+LIVE_PERIODS = 3
+# Rows of workers gone this long are dropped by the next beat of any worker.
+FORGET_AFTER = timedelta(days=7)
+
+
+def queue_for(base: str, model: str) -> str:
+    """The broker queue of ``model``'s jobs; ``base`` is the deployment's queue prefix."""
+    return f"{base}.{model}"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a worker runs: recorded on every item it claims, and in the registry."""
+
+    model: str
+    revision: str | None
+    quantization: str
+
+
+def beat_worker(
+    session_factory: SessionFactory, node: str, serving: Serving, *, now: datetime | None = None
+) -> None:
+    """Says ``node`` is alive and serves ``serving`` (insert or refresh its row)."""
+    now = now or utcnow()
+    values = {
+        "model": serving.model,
+        "model_revision": serving.revision,
+        "quantization": serving.quantization,
+        "seen_at": now,
+    }
+    with session_factory.begin() as session:
+        session.execute(delete(WorkerRow).where(WorkerRow.seen_at < now - FORGET_AFTER))
+        refreshed = session.execute(
+            update(WorkerRow).where(WorkerRow.node == node).values(**values)
+        )
+        if not refreshed.rowcount:  # type: ignore[attr-defined]
+            # Only this node's own thread writes this row, so no other insert races this one.
+            session.add(WorkerRow(node=node, started_at=now, **values))
+
+
+def forget_worker(session_factory: SessionFactory, node: str) -> None:
+    """Removes ``node`` from the registry (a clean shutdown)."""
+    with session_factory.begin() as session:
+        session.execute(delete(WorkerRow).where(WorkerRow.node == node))
+
+
+def live_workers(
+    session_factory: SessionFactory,
+    model: str,
+    *,
+    heartbeat_seconds: float,
+    now: datetime | None = None,
+) -> int:
+    """How many workers beat for ``model`` within the last ``LIVE_PERIODS`` heartbeats."""
+    now = now or utcnow()
+    since = now - timedelta(seconds=heartbeat_seconds * LIVE_PERIODS)
+    with session_factory() as session:
+        count = session.execute(
+            select(func.count())
+            .select_from(WorkerRow)
+            .where(WorkerRow.model == model, WorkerRow.seen_at >= since)
+        ).scalar_one()
+    return int(count)
