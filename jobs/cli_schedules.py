@@ -1,7 +1,10 @@
-"""``llava-batch schedule …``: recurring extraction over an S3 prefix.
+"""``llava-batch schedule …``: recurring jobs of any kind over what is new under an S3 prefix or
+a local folder.
 
-Due schedules fire from the sweeper (``llava-batch sweep`` and every worker's sweeper thread);
-``run-now`` fires one at once from this process.
+``schedule add NAME caption|extract|ask SOURCE (--every 15m | --cron "…")`` takes the options of
+``submit caption|extract|ask`` (the same types, checked the same way). Due schedules fire from
+the sweeper (``llava-batch sweep`` and every worker's sweeper thread); ``run-now`` fires one at
+once from this process.
 
 ``jobs.schedules`` (croniter, which runs ``file`` in a subprocess when imported, and the whole
 submit path) is imported inside the commands that use it, so ``llava-batch --help`` stays light.
@@ -10,56 +13,217 @@ submit path) is imported inside the commands that use it, so ``llava-batch --hel
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from sqlalchemy import select
+from typer.core import TyperGroup
 
 from jobs import views
+from jobs.cli_fleet import is_served
+from jobs.cli_options import (
+    AsConversation,
+    BatchSize,
+    Dpi,
+    Instructions,
+    MaxNew,
+    ModelName,
+    Pages,
+    Prompt,
+    Questions,
+    SchemaFile,
+    build_request,
+    read_schema,
+)
 from jobs.context import open_context
 from jobs.db import Schedule, utcnow
 from jobs.dispatch import CeleryPublisher
+from jobs.states import JobKind
 
-schedule_app = typer.Typer(help="Recurring extraction over an S3 prefix.", no_args_is_help=True)
+schedule_app = typer.Typer(
+    help="Recurring jobs over what is new under an S3 prefix or a local folder.",
+    no_args_is_help=True,
+)
 NameArg = Annotated[str, typer.Argument(help="The schedule's name.")]
+Source = Annotated[
+    str,
+    typer.Argument(
+        help="s3://bucket/prefix/, or a local folder (searched recursively, dot files and "
+        "symbolic links skipped; a relative path is taken from here). Each firing takes what "
+        "is new or changed since the last one."
+    ),
+]
+Every = Annotated[str | None, typer.Option(help="Fire every period: 15m, 1h, 1d (1m to 366d).")]
+Cron = Annotated[
+    str | None, typer.Option(help='Fire at the times of a cron expression (UTC): "*/15 * * * *".')
+]
 
 
-@schedule_app.command("add")
-def add(
-    name: NameArg,
-    source: Annotated[str, typer.Option(help="s3://bucket/prefix/ to watch.")],
-    schema: Annotated[str, typer.Option(help="JSON Schema file for the output.")],
-    every: Annotated[str | None, typer.Option(help="Period, like 15m, 1h, 1d.")] = None,
-    cron: Annotated[str | None, typer.Option(help='Cron expression, like "*/15 * * * *".')] = None,
-    prompt: Annotated[str | None, typer.Option(help="Extra instructions for the model.")] = None,
-    pages: Annotated[str, typer.Option(help='PDF pages: "all", "first", "1-3".')] = "all",
-    dpi: Annotated[int, typer.Option(help="PDF rendering resolution.")] = 144,
+class _AddGroup(TyperGroup):
+    """``schedule add NAME KIND SOURCE …``; also the form from before schedules had kinds,
+    ``schedule add NAME --source s3://… --schema FILE …``, which is ``add NAME extract s3://… …``:
+    the options it took are the extract command's, under the same names."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _without_source_option(args))
+
+
+def _without_source_option(args: list[str]) -> list[str]:
+    if "--help" in args or not any(a.split("=")[0] == "--source" for a in args):
+        return args
+    words: list[str] = []
+    options: list[str] = []
+    source = None
+    given = iter(args)
+    for arg in given:
+        if arg.split("=")[0] == "--source":
+            source = arg.partition("=")[2] if "=" in arg else next(given, "")
+        elif arg.startswith("-"):
+            options.append(arg)
+            if "=" not in arg:  # every option of the old form takes a value
+                options.append(next(given, ""))
+        else:
+            words.append(arg)
+    if len(words) != 1 or source is None:  # not the old form: let the parser say what is wrong
+        return args
+    return [words[0], "extract", source, *options]
+
+
+add_app = typer.Typer(cls=_AddGroup, no_args_is_help=True)
+schedule_app.add_typer(add_app, name="add")
+
+
+@add_app.callback()
+def add(name: NameArg) -> None:
+    """Add a schedule: `schedule add NAME caption|extract|ask SOURCE --every 15m`.
+
+    Each firing submits one job of that kind for what is new or changed under SOURCE since the
+    last one (nothing new: no job). The first fires at the next due time (UTC); `schedule
+    run-now NAME` tries it at once."""
+
+
+@add_app.command("caption")
+def add_caption(
+    cli: typer.Context,
+    source: Source,
+    every: Every = None,
+    cron: Cron = None,
+    prompt: Prompt = None,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    model: ModelName = None,
 ) -> None:
-    """Add a schedule; it fires at the next due time (UTC)."""
-    from jobs.extraction import read_schema_file
-    from jobs.schedules import Template, add_schedule
-
-    ctx = open_context()
-    template = Template(
-        model=ctx.settings.model,
-        max_new_tokens=ctx.settings.max_new_tokens,
-        batch_size=ctx.settings.batch_size,
-        schema=read_schema_file(schema),
+    """Caption the new images under SOURCE at every due time."""
+    _add(
+        cli,
+        JobKind.caption,
+        source,
+        every,
+        cron,
+        max_new_tokens,
+        batch_size,
+        model=model,
         prompt=prompt,
+    )
+
+
+@add_app.command("extract")
+def add_extract(
+    cli: typer.Context,
+    source: Source,
+    schema: SchemaFile,
+    every: Every = None,
+    cron: Cron = None,
+    prompt: Instructions = None,
+    pages: Pages = "all",
+    dpi: Dpi = 144,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    model: ModelName = None,
+) -> None:
+    """Extract schema-valid JSON from the new PDFs and images under SOURCE at every due time."""
+    _add(
+        cli,
+        JobKind.extract,
+        source,
+        every,
+        cron,
+        max_new_tokens,
+        batch_size,
+        model=model,
+        instructions=prompt,
+        schema=read_schema(schema),
         pages=pages,
         dpi=dpi,
+    )
+
+
+@add_app.command("ask")
+def add_ask(
+    cli: typer.Context,
+    source: Source,
+    every: Every = None,
+    cron: Cron = None,
+    questions: Questions = None,
+    conversation: AsConversation = False,
+    max_new_tokens: MaxNew = None,
+    batch_size: BatchSize = None,
+    model: ModelName = None,
+) -> None:
+    """Ask questions about the new images under SOURCE at every due time."""
+    _add(
+        cli,
+        JobKind.ask,
+        source,
+        every,
+        cron,
+        max_new_tokens,
+        batch_size,
+        model=model,
+        questions=questions or [],
+        conversation=conversation,
+    )
+
+
+def _add(
+    cli: typer.Context,
+    kind: JobKind,
+    source: str,
+    every: str | None,
+    cron: str | None,
+    max_new_tokens: int | None,
+    batch_size: int | None,
+    *,
+    model: str | None,
+    **params: Any,
+) -> None:
+    """Checks and stores the schedule; its jobs run on ``model`` (``--model``, else the
+    LLAVA_BATCH_MODEL of now), so they go to that model's queue like a submitted job's."""
+    from jobs.schedules import add_schedule
+
+    assert cli.parent is not None  # the `add NAME` group
+    name: str = cli.parent.params["name"]
+    ctx = open_context()
+    request = build_request(
+        ctx, kind, [source], max_new_tokens, batch_size, name=name, model=model, **params
     )
     schedule = add_schedule(
         ctx.session_factory,
         name=name,
         source=source,
-        template=template,
+        request=request,
         every=every,
         cron=cron,
         max_prompt_chars=ctx.settings.max_prompt_chars,
     )
-    views.err.print(f"schedule {name}: next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC")
+    views.warn_if_tiny(request.model)
+    if not is_served(ctx, request.model):
+        views.err.print(f"warning: {views.no_worker_serves(request.model)}", markup=False)
+    views.err.print(
+        f"schedule {name}: {kind} over {schedule.source} on {request.model}, "
+        f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
 
 
 @schedule_app.command("list")
@@ -73,10 +237,11 @@ def list_schedules(
     if json_out:
         print(json.dumps([_as_dict(s) for s in rows]))
         return
-    table = Table("name", "source", "every/cron", "paused", "last run", "last job", "next")
+    table = Table("name", "kind", "source", "every/cron", "paused", "last run", "last job", "next")
     for s in rows:
         table.add_row(
             s.name,
+            s.kind,
             s.source,
             s.cron or f"{s.every_seconds}s",
             "yes" if s.paused else "",
@@ -112,7 +277,7 @@ def remove(name: NameArg) -> None:
 
 @schedule_app.command("run-now")
 def run_now(name: NameArg) -> None:
-    """Fire now, even if paused: a job for the objects not processed before, or none."""
+    """Fire now, even if paused: a job for the inputs not processed before, or none."""
     from jobs.schedules import find_schedule, fire_due_schedules
 
     ctx = open_context()
@@ -148,6 +313,8 @@ def _when(value: object) -> str:
 def _as_dict(s: Schedule) -> dict[str, object]:
     return {
         "name": s.name,
+        "kind": s.kind,
+        "model": s.params.get("model"),
         "source": s.source,
         "every_seconds": s.every_seconds,
         "cron": s.cron,

@@ -1,28 +1,50 @@
-"""Scheduled extraction over an S3 prefix. Schedules live in the database, so they survive
-restarts; firing is claimed with a conditional UPDATE, so two schedulers never create the same
-job twice; an object counts as new when its key or its ETag is new.
+"""Schedules: a job of any kind (caption, extract, ask) over what is new under an S3 prefix or a
+local folder, at every due time. Schedules live in the database, so they survive restarts.
+
+A firing is claimed with a conditional UPDATE of the due time, so however many schedulers run
+(every worker's sweeper, ``llava-batch sweep``), one fires. It then makes one job of the inputs
+whose (key, version) it has not processed before (``jobs.schedule_sources``), through the rows
+and the dispatch of any submitted job (``build_job``, ``add_job``, ``dispatch_items``): the
+job's model picks its queue as a submitted job's does.
+
+The claim commits before the inputs are stored (copying a folder's new files into the blob store
+may take a while, and must not hold the row, or SQLite's write lock, meanwhile). A scheduler that
+dies in between only delays those inputs to the next due time: they are still new then. Two
+firings that overlap (a period shorter than one slow firing) cannot both record an input: the
+unique (schedule, key, version) constraint refuses the second one's transaction, job and all.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import CroniterError, croniter
+from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError, ScheduleNotFoundError
-from jobs.limits import MAX_NAME_CHARS, check_text, is_utf8
-from jobs.sources import DOCUMENT_EXTENSIONS, InputSpec
-from jobs.states import JobKind
-from jobs.submit import SubmitRequest, add_job, build_job, check_request
-from storage import Blobs, ObjectInfo, StorageError, is_s3_uri
+from jobs.kinds import ItemAsk, get_kind
+from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
+from jobs.schedule_sources import build_inputs, build_source, list_source
+from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS
+from jobs.submit import (
+    SubmitRequest,
+    add_job,
+    build_job,
+    check_request,
+    store_inputs,
+    with_input_error,
+)
+from storage import Blobs, ObjectInfo, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +55,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_EVERY_SECONDS = 60
 MAX_EVERY_SECONDS = 366 * 86400
 _MAX_GAP = timedelta(seconds=MAX_EVERY_SECONDS)
-
-
-@dataclass(frozen=True)
-class Template:
-    """What each firing submits, minus the sources."""
-
-    model: str
-    max_new_tokens: int
-    batch_size: int
-    schema: dict[str, Any]
-    prompt: str | None = None
-    pages: str = "all"
-    dpi: int = 144
-
-    def request(self, name: str, sources: list[str]) -> SubmitRequest:
-        return SubmitRequest.of(
-            JobKind.extract,
-            sources,
-            self.model,
-            name=name,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-            instructions=self.prompt,
-            schema=self.schema,
-            pages=self.pages,
-            dpi=self.dpi,
-        )
 
 
 def parse_every(text: str) -> int:
@@ -111,29 +106,34 @@ def add_schedule(
     *,
     name: str,
     source: str,
-    template: Template,
+    request: SubmitRequest,
     every: str | None,
     cron: str | None,
     max_prompt_chars: int,
     now: datetime | None = None,
 ) -> Schedule:
+    """Stores a schedule that submits ``request`` (its kind, model and parameters; the sources
+    and name are the schedule's) at every due time. The request is checked as ``submit`` checks
+    it, with the same codes; nothing is written when anything is refused."""
     now = now or utcnow()
     if (every is None) == (cron is None):
         raise RequestError("Give exactly one of --every or --cron.", code="invalid_schedule")
     check_text(name, what="The schedule name", code="invalid_name", max_chars=MAX_NAME_CHARS)
     if cron is not None:
         check_cron(cron, now)
-    if not is_s3_uri(source) or not is_utf8(source):
-        raise RequestError("--source must be an s3://bucket/prefix/.", code="invalid_schedule")
-    check_request(template.request(name, [source]), max_prompt_chars)
+    every_seconds = None if every is None else parse_every(every)
+    source = build_source(source)
+    request = replace(request, sources=[source], name=name, idempotency_key=None)
+    check_request(request, max_prompt_chars)
+    kind = get_kind(request.kind)
     schedule = Schedule(
         name=name,
-        kind=JobKind.extract,
+        kind=kind.name,
         source=source,
         cron=cron,
-        every_seconds=None if every is None else parse_every(every),
-        prompt=template.prompt,
-        params=_params(template),
+        every_seconds=every_seconds,
+        prompt=kind.job_prompt(request.params),  # what jobs.prompt will say
+        params=_stored(request),
         paused=False,
         next_due_at=now,
     )
@@ -152,6 +152,35 @@ def find_schedule(session: Session, name: str) -> Schedule:
     return schedule
 
 
+def read_request(schedule: Schedule) -> SubmitRequest:
+    """What ``schedule`` submits (its sources: each firing's); ValidationError or RequestError
+    for a row that no longer decodes (a kind this version does not have)."""
+    stored = schedule.params
+    kind = get_kind(schedule.kind)
+    if "request" in stored:
+        given = stored["request"]
+    else:  # a row written before schedules had kinds: extraction, its instructions in `prompt`
+        given = {k: v for k, v in stored.items() if k != "model"}
+        given["instructions"] = schedule.prompt
+    return SubmitRequest(
+        kind=kind.name,
+        sources=[],
+        model=stored["model"],
+        params=kind.params_type.model_validate(given),
+        name=schedule.name,
+        max_input_bytes=stored.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES),
+    )
+
+
+def _stored(request: SubmitRequest) -> dict[str, Any]:
+    return {
+        "model": request.model,
+        # The limit in force when the schedule was added: local files are checked at firing.
+        "max_input_bytes": request.max_input_bytes,
+        "request": request.params.model_dump(mode="json", by_alias=True),
+    }
+
+
 def fire_due_schedules(
     session_factory: SessionFactory,
     blobs: Blobs,
@@ -160,7 +189,10 @@ def fire_due_schedules(
     now: datetime | None = None,
     names: list[str] | None = None,
 ) -> list[str]:
-    """Fires every due (or the named) schedule once; returns the ids of the jobs created."""
+    """Fires every due (or the named) schedule once; returns the ids of the jobs created.
+
+    A due schedule whose source cannot be listed here (a folder on another machine, a bucket
+    out of reach) is left, unclaimed, to a scheduler that can; a named one raises instead."""
     now = now or utcnow()
     with session_factory() as session:
         # Named (run-now) schedules fire even when paused: pausing stops the clock, not an
@@ -174,7 +206,7 @@ def fire_due_schedules(
         due = list(session.scalars(query))
     created = []
     for schedule in due:
-        job_id = _fire(session_factory, blobs, publisher, schedule, now)
+        job_id = _fire(session_factory, blobs, publisher, schedule, now, strict=bool(names))
         if job_id:
             created.append(job_id)
     return created
@@ -186,23 +218,98 @@ def _fire(
     publisher: Publisher,
     schedule: Schedule,
     now: datetime,
+    *,
+    strict: bool,
 ) -> str | None:
     try:
-        listed = [o for o in blobs.list_uri(schedule.source) if _is_document(o)]
-    except StorageError as exc:
+        request = read_request(schedule)
+    except (RequestError, ValidationError) as exc:
+        if strict:
+            raise
+        if _claim(session_factory, schedule, now):  # once per due time, not every sweep
+            log.error("schedule %s cannot fire, its stored request: %s", schedule.name, exc)
+        return None
+    kind = get_kind(request.kind)
+    extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS
+    try:
+        listed = list_source(schedule.source, blobs, extensions)
+    except (RequestError, StorageError) as exc:
+        if strict:
+            raise
         log.warning("schedule %s cannot list %s: %s", schedule.name, schedule.source, exc)
         return None
-    template = Template(prompt=schedule.prompt, **schedule.params)
+    if not _claim(session_factory, schedule, now):
+        return None
+    new = _not_seen(session_factory, schedule, listed)
+    if not new:
+        log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
+        return None
+    try:
+        inputs = build_inputs(
+            schedule.source,
+            new,
+            blobs=blobs,
+            extensions=extensions,
+            max_input_bytes=request.max_input_bytes,
+        )
+        stored = store_inputs(inputs, blobs)  # local files, as submit stores them
+    except RequestError as exc:  # a file that changed while being stored: next time
+        if strict:
+            raise
+        log.warning("schedule %s: no job this time: %s", schedule.name, exc)
+        return None
+    asks = [with_input_error(ItemAsk(), spec) for spec in inputs]
+    request = replace(request, sources=[spec.source for spec in inputs])
+    job, items = build_job(request, inputs, stored, asks)
+    try:
+        with session_factory.begin() as session:
+            add_job(session, job, items, dispatched_at=now)
+            session.add_all(
+                ScheduleObject(schedule_id=schedule.id, key=o.key, etag=o.etag, job_id=job.id)
+                for o in new
+            )
+            session.flush()  # the unique version constraint speaks here, before the update
+            session.execute(
+                update(Schedule).where(Schedule.id == schedule.id).values(last_job_id=job.id)
+            )
+    except IntegrityError as exc:  # the firing before this one, slower than the period
+        log.warning(
+            "schedule %s: no job, an overlapping firing recorded these inputs first (%s)",
+            schedule.name,
+            exc.orig,
+        )
+        return None
+    log.info(
+        "schedule %s fired job=%s kind=%s items=%d", schedule.name, job.id, job.kind, len(items)
+    )
+    dispatch_items(
+        session_factory,
+        publisher,
+        job.id,
+        [i.id for i in items],
+        model=job.model,
+        batch_size=request.params.batch_size,
+        stamp=now,
+    )
+    return job.id
+
+
+def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -> bool:
+    """Only the scheduler whose UPDATE still sees the due time it read goes on."""
     with session_factory.begin() as session:
-        # The claim: only the scheduler whose UPDATE still sees the old due time goes on.
         claimed = session.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.next_due_at == schedule.next_due_at)
             .values(next_due_at=next_due(schedule, now), last_run_at=now)
             .execution_options(synchronize_session=False)
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return None
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _not_seen(
+    session_factory: SessionFactory, schedule: Schedule, listed: Sequence[ObjectInfo]
+) -> list[ObjectInfo]:
+    with session_factory() as session:
         seen = {
             (key, etag)
             for key, etag in session.execute(
@@ -211,42 +318,4 @@ def _fire(
                 )
             )
         }
-        new = [o for o in listed if (o.key, o.etag) not in seen]
-        if not new:
-            log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
-            return None
-        inputs = [InputSpec(source=o.uri, uri=o.uri) for o in new]
-        job, items = build_job(
-            template.request(schedule.name, [o.uri for o in new]),
-            inputs,
-            [(o.uri, None) for o in new],
-        )
-        add_job(session, job, items, dispatched_at=now)
-        session.add_all(
-            ScheduleObject(schedule_id=schedule.id, key=o.key, etag=o.etag, job_id=job.id)
-            for o in new
-        )
-        session.execute(
-            update(Schedule).where(Schedule.id == schedule.id).values(last_job_id=job.id)
-        )
-    log.info("schedule %s fired job=%s items=%d", schedule.name, job.id, len(items))
-    item_ids = [i.id for i in items]
-    dispatch_items(
-        session_factory, publisher, job.id, item_ids, batch_size=template.batch_size, stamp=now
-    )
-    return job.id
-
-
-def _is_document(obj: ObjectInfo) -> bool:
-    return any(obj.key.lower().endswith(ext) for ext in DOCUMENT_EXTENSIONS)
-
-
-def _params(template: Template) -> dict[str, Any]:
-    return {
-        "model": template.model,
-        "max_new_tokens": template.max_new_tokens,
-        "batch_size": template.batch_size,
-        "schema": template.schema,
-        "pages": template.pages,
-        "dpi": template.dpi,
-    }
+    return [o for o in listed if (o.key, o.etag) not in seen]

@@ -61,6 +61,8 @@ class SubmitRequest:
     # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
     # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
     input_format: BatchFormat | None = None
+    # The user named the model (--model): it serves every input, whatever a file's lines name.
+    model_chosen: bool = False
 
     @classmethod
     def of(
@@ -75,6 +77,7 @@ class SubmitRequest:
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         default_max_new_tokens: int = 64,
         input_format: BatchFormat | None = None,
+        model_chosen: bool = False,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -103,6 +106,7 @@ class SubmitRequest:
             metadata=metadata,
             max_input_bytes=max_input_bytes,
             input_format=input_format,
+            model_chosen=model_chosen,
         )
 
 
@@ -112,6 +116,7 @@ class SubmitResult:
     item_count: int
     dispatched: bool
     existing: bool = False
+    model: str = ""  # the job's: the one its workers serve
 
 
 def submit_job(
@@ -149,8 +154,8 @@ def submit_job(
         )
         for spec in inputs
     ]
-    asks = [_with_input_error(ask, spec) for ask, spec in zip(asks, inputs, strict=True)]
-    stored = _store_inputs(inputs, blobs)
+    asks = [with_input_error(ask, spec) for ask, spec in zip(asks, inputs, strict=True)]
+    stored = store_inputs(inputs, blobs)
     job, items = build_job(request, inputs, stored, asks, fingerprint=fingerprint)
     stamp = utcnow()
     try:
@@ -168,14 +173,20 @@ def submit_job(
         publisher,
         job.id,
         [i.id for i in items],
+        model=job.model,
         batch_size=request.params.batch_size,
         stamp=stamp,
     )
-    return SubmitResult(job_id=job.id, item_count=len(items), dispatched=dispatched)
+    return SubmitResult(
+        job_id=job.id, item_count=len(items), dispatched=dispatched, model=job.model
+    )
 
 
 def _with_model_of(request: SubmitRequest, inputs: Sequence[InputSpec]) -> SubmitRequest:
-    """The request, its model the one its inputs name (an OpenAI-Batch file's), if any."""
+    """The request, its model the one its inputs name (an OpenAI-Batch file's), if any and
+    unless the user chose one."""
+    if request.model_chosen:
+        return request
     named = {spec.model for spec in inputs if spec.model is not None}
     if len(named) > 1:
         raise RequestError(
@@ -185,7 +196,7 @@ def _with_model_of(request: SubmitRequest, inputs: Sequence[InputSpec]) -> Submi
     return replace(request, model=named.pop()) if named else request
 
 
-def _with_input_error(ask: ItemAsk, spec: InputSpec) -> ItemAsk:
+def with_input_error(ask: ItemAsk, spec: InputSpec) -> ItemAsk:
     """An input refused on its own (``InputSpec.input_error``) is recorded in its item's
     request: the worker fails the item with it, without reading anything."""
     if spec.input_error is None:
@@ -272,7 +283,7 @@ def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at:
     session.add_all(items)
 
 
-def _store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
+def store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
     """Uploads local files content-addressed; objects in a user's bucket are read in place."""
 
     budget = _ByteBudget(_BYTES_IN_FLIGHT)
@@ -412,4 +423,6 @@ def _find_by_key(
                 code="idempotency_conflict",
             )
         count = len(list(session.scalars(select(Item.id).where(Item.job_id == job.id))))
-        return SubmitResult(job_id=job.id, item_count=count, dispatched=True, existing=True)
+        return SubmitResult(
+            job_id=job.id, item_count=count, dispatched=True, existing=True, model=job.model
+        )

@@ -17,7 +17,7 @@ from jobs.errors import JobNotFoundError, RequestError
 from jobs.queries import find_job
 from jobs.sources import InputSpec
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, SubmitResult, _store_inputs, submit_job
+from jobs.submit import SubmitRequest, SubmitResult, store_inputs, submit_job
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes, write_images
 
@@ -249,6 +249,6 @@ def test_a_file_that_grew_after_its_size_was_checked_is_not_read_whole(
     path.write_bytes(b"x" * 1000)
     checked_at = InputSpec(source=str(path), local_path=path, size=10)
     with pytest.raises(RequestError) as refused:
-        _store_inputs([checked_at], blobs)
+        store_inputs([checked_at], blobs)
     assert refused.value.code == "source_changed"
     assert _stored_files(blobs) == []

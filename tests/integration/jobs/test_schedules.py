@@ -1,5 +1,7 @@
-"""Schedules over an S3 prefix (moto server): new or replaced objects are processed once, a
-firing with nothing new creates no job, and racing schedulers never create the same job twice."""
+"""Extraction schedules over an S3 prefix (moto server), as they were before schedules had kinds:
+new or replaced objects are processed once, a firing with nothing new creates no job, racing
+schedulers never create the same job twice, and rows stored before kinds still fire. Other kinds
+and local folders: test_schedule_kinds.py."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from jobs.db import Item, Job, Schedule, SessionFactory, utcnow
+from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
-from jobs.schedules import Template, add_schedule, fire_due_schedules
+from jobs.schedules import add_schedule, fire_due_schedules
+from jobs.submit import SubmitRequest
 from storage import Blobs, open_blobs
 from tests.helpers import INVOICE_SCHEMA, ListPublisher, migrated_session_factory, write_pdf
 
@@ -26,15 +29,17 @@ def s3_blobs(moto_server: str, s3_bucket: str) -> Blobs:
     return open_blobs(f"s3://{s3_bucket}/store")
 
 
-def _template() -> Template:
-    return Template(model="m", max_new_tokens=64, batch_size=8, schema=dict(INVOICE_SCHEMA))
+def _extract() -> SubmitRequest:
+    return SubmitRequest.of(
+        "extract", [], "m", max_new_tokens=64, batch_size=8, schema=dict(INVOICE_SCHEMA)
+    )
 
 
 def _add(sf: SessionFactory, source: str, **kw: Any) -> Schedule:
     fields: dict[str, Any] = dict(
         name="invoices",
         source=source,
-        template=_template(),
+        request=_extract(),
         every="15m",
         cron=None,
         max_prompt_chars=4000,
@@ -90,6 +95,56 @@ def test_a_schedule_processes_new_and_replaced_objects_once(
     assert len(bell.batches) == 2
 
 
+def test_an_extraction_schedule_stored_before_schedules_had_kinds_fires_as_it_did(
+    session_factory: SessionFactory, s3_blobs: Blobs, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Rows written by earlier versions: the parameters flat in ``params``, the instructions in
+    ``prompt``, and the (key, ETag) pairs they already processed."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    pdf = write_pdf(tmp_path / "a.pdf", 1).read_bytes()
+    for name in ("a.pdf", "b.pdf"):
+        s3.put_object(Bucket=s3_bucket, Key=f"old/{name}", Body=pdf)
+    etag = s3.head_object(Bucket=s3_bucket, Key="old/a.pdf")["ETag"].strip('"')
+    start = utcnow()
+    with session_factory.begin() as session:
+        row = Schedule(
+            name="legacy",
+            kind="extract",
+            source=f"s3://{s3_bucket}/old/",
+            every_seconds=900,
+            prompt="Totals in EUR.",
+            params={
+                "model": "m",
+                "max_new_tokens": 64,
+                "batch_size": 8,
+                "schema": INVOICE_SCHEMA,
+                "pages": "first",
+                "dpi": 100,
+            },
+            paused=False,
+            next_due_at=start,
+        )
+        session.add(row)
+        session.flush()
+        session.add(ScheduleObject(schedule_id=row.id, key="old/a.pdf", etag=etag, job_id="j0"))
+    bell = Doorbell()
+    (job_id,) = fire_due_schedules(session_factory, s3_blobs, bell, now=start)
+    assert _sources(session_factory, job_id) == [f"s3://{s3_bucket}/old/b.pdf"]
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+    assert job is not None and (job.kind, job.name, job.model) == ("extract", "legacy", "m")
+    assert job.params["schema"] == INVOICE_SCHEMA and job.params["instructions"] == "Totals in EUR."
+    assert (job.params["pages"], job.params["dpi"], job.params["max_new_tokens"]) == (
+        "first",
+        100,
+        64,
+    )
+    assert job.prompt is not None and "Totals in EUR." in job.prompt
+    assert bell.models == ["m"]
+
+
 def test_paused_schedules_do_not_fire_and_bad_definitions_are_refused(
     session_factory: SessionFactory, s3_blobs: Blobs, s3_bucket: str
 ) -> None:
@@ -109,7 +164,9 @@ def test_paused_schedules_do_not_fire_and_bad_definitions_are_refused(
         (dict(name="b", every="soon"), "invalid_schedule"),
         (dict(name="c", every=None, cron="not cron"), "invalid_schedule"),
         (dict(name="d", cron="* * * * *"), "invalid_schedule"),
-        (dict(name="e", source="/local/dir"), "invalid_schedule"),
+        (dict(name="e", source="/no/such/dir"), "source_not_found"),
+        (dict(name="f", source="https://example.com/x/"), "invalid_source"),
+        (dict(name="g", source="s3://b/x/"), "invalid_uri"),  # a one-letter bucket
     ]:
         with pytest.raises(RequestError) as refused:
             _add(session_factory, kw.pop("source", f"s3://{s3_bucket}/x/"), **kw)  # type: ignore[arg-type]
@@ -124,8 +181,8 @@ from jobs.schedules import fire_due_schedules
 from storage import open_blobs
 
 class Bell:
-    def publish(self, job_id, item_ids, dispatched_at=None): pass
-    def oldest_waiting(self): return None
+    def publish(self, job_id, item_ids, model, dispatched_at=None): pass
+    def oldest_waiting(self, model): return None
 
 sf = make_session_factory(make_engine(sys.argv[1]))
 now = datetime.fromisoformat(sys.argv[3])
