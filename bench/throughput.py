@@ -2,6 +2,8 @@
 
     python bench/throughput.py [--items 64] [--batch-size 8] [--max-new-tokens 16]
                                [--model tiny-llava] [--mode embedded|celery]
+    python bench/throughput.py --gpu [--check] ...   (bench/throughput_gpu.py: a full-size
+                               random LLaVA on CUDA against the physical limit)
 
 (a) system   submit → claim → fetch → decode → batched generate → record, through the real code:
              embedded mode (SQLite, local storage, in-process worker) or, with --mode celery, a
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
+from throughput_gpu import add_gpu_arguments, run_gpu_mode  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
 from jobs.states import JobKind  # noqa: E402
@@ -151,12 +154,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--items", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--items", type=int, help="default 64; 256 with --gpu")
+    parser.add_argument("--batch-size", type=int, help="default 8; 32 with --gpu")
+    parser.add_argument("--max-new-tokens", type=int, help="default 16; 60 with --gpu")
     parser.add_argument("--model", default="tiny-llava")
     parser.add_argument("--mode", choices=["embedded", "celery"], default="embedded")
+    add_gpu_arguments(parser)
     args = parser.parse_args()
+    gpu_defaults = (8, 4, 4) if args.check else (256, 32, 60)
+    defaults = gpu_defaults if args.gpu else (64, 8, 16)
+    args.items = args.items or defaults[0]
+    args.batch_size = args.batch_size or defaults[1]
+    args.max_new_tokens = args.max_new_tokens or defaults[2]
+    if args.check and not args.gpu:
+        parser.error("--check goes with --gpu")
+    if args.gpu:
+        raise SystemExit(
+            run_gpu_mode(args, make_images=make_images, run_raw=run_raw, run_embedded=run_embedded)
+        )
 
     settings = Settings(model=args.model)
     engine = load_transformers_engine(build_engine_spec(settings))
