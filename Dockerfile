@@ -24,12 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LLAVA_BATCH_HOME=/data \
     HF_HOME=/hf-cache
 
-# A C compiler at run time: constrained extraction on CUDA goes through xgrammar's triton
-# backend, which JIT-compiles a small C helper against Python's headers (which the python
-# image ships) the first time it runs. Without gcc that first extract job fails in the image.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
+# No C compiler: nothing JIT-compiles at run time. Constrained extraction (llguidance) computes
+# its masks in Rust and applies them with plain torch operations, on CPU and CUDA alike.
 
 # torch first, in its own layer: it is the large one and changes least often.
 RUN --mount=type=cache,target=/root/.cache/pip \

@@ -3,7 +3,7 @@ reads settings.
 
 ``workers.cli`` builds on this app with the commands that need a model (``worker``, ``run``)
 and is the console script: ``jobs`` never imports ``workers``. Start-up is kept light:
-``--help`` and ``status`` import no alembic, jsonschema, pypdfium2 or xgrammar (and never
+``--help`` and ``status`` import no alembic, jsonschema, pypdfium2 or llguidance (and never
 torch), so what only submitting, scheduling or sweeping needs is imported inside those commands.
 Errors leave through one boundary (``jobs.cli_errors``): one line, an exit status from the one
 table (``jobs.errors.ExitCode``), never a traceback.

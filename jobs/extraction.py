@@ -16,7 +16,7 @@ from model.documents import parse_page_spec
 from model.errors import SchemaError
 from model.schema import (
     build_extraction_prompt,
-    prepare_schema,
+    check_schema_compiles,
     resolve_refs,
 )
 from model.schema import validate_output as validate_against_schema
@@ -48,14 +48,12 @@ def read_schema_file(path: str) -> dict[str, Any]:
 
 def check_extraction(schema: Mapping[str, Any], pages: str, dpi: int) -> None:
     """Refuses, before anything is written, what the worker could never honour."""
-    # Checked structurally, in this process: ``prepare_schema`` accepts only the JSON Schema
-    # subset the decoder compiles, and refuses the rest with the reason and where. The grammar
-    # itself is compiled by the worker, once per schema, with the model's tokenizer. Compiling
-    # here too would cost a Python subprocess (xgrammar imports torch, which the CLI never
-    # does) and about 2 s per submit; a schema the decoder still refuses fails its items with
-    # the decoder's reason, and never the worker.
+    # ``prepare_schema`` accepts only the JSON Schema subset the decoder compiles, and refuses
+    # the rest with the reason and where; then the decoder (llguidance: no torch, milliseconds)
+    # compiles the grammar here too, so a schema it refuses is refused at submit, not per item.
+    # The worker compiles again, once per schema, with the model's tokenizer.
     try:
-        prepare_schema(schema)
+        check_schema_compiles(schema)
     except SchemaError as exc:
         raise RequestError(str(exc), code="schema_invalid") from exc
     try:

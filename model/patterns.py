@@ -1,19 +1,23 @@
 """JSON Schema ``pattern``: the regular expressions the decoder and the validator read alike.
 
-Two engines read a pattern: xgrammar turns it into the grammar that decoding follows, and
-jsonschema (Python's ``re``) validates the result. Only the subset both read the same way is
-accepted; a completed output must always validate. The decoder matches the whole string, the
-validator searches in it, so whatever the decoder writes the validator accepts. Supported:
-literals, ``.``, classes ``[…]`` and ``[^…]``, the escapes ``\\d \\w \\s``, ``\\t \\n \\r \\f \\v``,
-``\\xHH``, ``\\uHHHH`` and escaped punctuation, groups ``(…)`` and ``(?:…)``, ``|``, the repeats
-``* + ? {n} {n,} {n,m}`` (also lazy), and ``^`` / ``$`` at the ends of the pattern or of a
-top-level alternative. Refused, each with the reason: backreferences, lookaround, flags, word
-boundaries, Unicode property classes, and ``\\D \\W \\S`` (ASCII in the decoder, Unicode in the
-validator: they would let the decoder write characters the validator rejects).
+Two engines read a pattern: llguidance turns it into the grammar that decoding follows (Rust's
+regex syntax, ``\\d`` and ``\\w`` read as ASCII), and jsonschema (Python's ``re``) validates the
+result. Only the subset both read the same way is accepted; a completed output must always
+validate. The decoder matches the whole string (``model.constrained`` anchors the pattern at
+both ends), the validator searches in it, so whatever the decoder writes the validator accepts.
+Supported: literals, ``.``, classes ``[…]`` and ``[^…]``, the escapes ``\\d \\w \\s``,
+``\\t \\n \\r \\f \\v``, ``\\xHH``, ``\\uHHHH`` and escaped punctuation, groups ``(…)`` and
+``(?:…)``, ``|``, the repeats ``* + ? {n} {n,} {n,m}`` (also lazy), and ``^`` / ``$`` at the ends
+of the pattern or of a top-level alternative. The decoder writes no escapes in strings, so it
+never writes ``"``, ``\\`` or a control character, even where a pattern allows one. Refused,
+each with the reason: backreferences, lookaround, flags, word boundaries, Unicode property
+classes, and ``\\D \\W \\S`` (the decoder and the validator class non-ASCII characters
+differently: they would let the decoder write characters the validator rejects).
 
-The decoder ignores ``minLength``/``maxLength`` next to a pattern, so the bound that makes
-decoding end goes into the pattern itself: every open-ended repeat (``*``, ``+``, ``{n,}``) gets
-an upper bound, the largest that keeps the longest match within the string's limit.
+The bound that makes decoding end goes into the pattern itself, so the pattern alone says how
+long the string can be: every open-ended repeat (``*``, ``+``, ``{n,}``) gets an upper bound, the
+largest that keeps the longest match within the string's limit, and ``minLength``/``maxLength``
+must agree with the pattern's matches.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def bound_pattern(
     Open-ended repeats get the largest common upper bound that keeps the longest match within
     ``max_length`` (or ``default_max_length``). A pattern without open-ended repeats is kept as
     written. Raises ``PatternError`` for a pattern outside the subset, or one whose matches the
-    user's ``minLength``/``maxLength`` would not all allow (the decoder cannot apply both).
+    user's ``minLength``/``maxLength`` would not all allow.
     """
     tree = _Parser(pattern).parse()
     if not any(_open_ended(node) for branch in tree for node in branch):
@@ -96,14 +100,13 @@ def bound_pattern(
         low, high = _width_of(tree, best)
     if max_length is not None and high > max_length:
         raise PatternError(
-            f"it allows strings longer than maxLength ({max_length}), and the decoder cannot "
-            "apply both; bound the pattern's repeats instead (for example {1,"
-            f"{max_length}}})"
+            f"it allows strings longer than maxLength ({max_length}); bound the pattern's "
+            f"repeats instead (for example {{1,{max_length}}})"
         )
     if min_length is not None and low < min_length:
         raise PatternError(
-            f"it allows strings shorter than minLength ({min_length}), and the decoder cannot "
-            "apply both; require the length in the pattern instead"
+            f"it allows strings shorter than minLength ({min_length}); require the length in "
+            "the pattern instead"
         )
     return bounded, high
 
@@ -223,13 +226,13 @@ class _Parser:
         if char in _CLASS_ESCAPES:
             if negated_class:
                 raise PatternError(
-                    f"\\{char} inside [^…] is not supported: the decoder reads \\{char} as "
-                    "ASCII and the validator as Unicode; list the characters instead"
+                    f"\\{char} inside [^…] is not supported: the decoder and the validator read "
+                    f"\\{char} differently outside ASCII; list the characters instead"
                 )
         elif char in _CLASS_ESCAPES.upper():
             raise PatternError(
-                f"\\{char} is not supported: the decoder reads it as ASCII and the validator "
-                f"as Unicode, so they disagree; write a class such as [^0-9] instead"
+                f"\\{char} is not supported: the decoder and the validator read it differently "
+                "outside ASCII; write a class such as [^0-9] instead"
             )
         elif char in ("x", "u"):
             digits = 2 if char == "x" else 4

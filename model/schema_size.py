@@ -1,12 +1,14 @@
 """The longest output a bounded schema allows, in characters, as the constrained decoder writes it.
 
-The decoder (xgrammar, ``any_whitespace=False``) writes ``{"a": 1, "b": [1, 2]}``: ``": "``
-after a key and ``", "`` between members and items, nothing else. Counted at the maximum: every
-property present (optional ones too), strings at their ``maxLength`` (the decoder's free strings
-exclude ``"``, ``\\`` and line breaks, so nothing is escaped) or at the longest match of their
-``pattern``, arrays at ``maxItems``, numbers with every integer digit their bounds allow plus
-the six decimals the decoder allows, the longest ``enum`` value, the longest ``anyOf`` branch or
-``type`` in a list.
+The decoder (llguidance with ``model.constrained.DECODER_OPTIONS``) writes
+``{"a": 1, "b": [1, 2]}``: ``": "`` after a key and ``", "`` between members and items, nothing
+else. Counted at the maximum: every property present (optional ones too), strings at their
+``maxLength`` (the decoder's free and patterned strings hold no character that needs an
+escape: no ``"``, ``\\``, control character or DEL, so each character of a value is one
+character of output) or at the longest match of their ``pattern``, arrays at ``maxItems``,
+numbers with every integer digit their bounds allow plus the ``NUMBER_DECIMALS`` decimals the
+decoder allows, the longest ``enum`` value (as ``json.dumps`` writes it), the longest ``anyOf``
+branch or ``type`` in a list.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 from model.patterns import pattern_max_length
 
-__all__ = ["longest_output_chars"]
+__all__ = ["NUMBER_DECIMALS", "longest_output_chars"]
 
-# The decoder writes at most this many digits after a bounded number's decimal point.
+# The decoder writes at most this many digits after a number's decimal point (``model.constrained``
+# gives every number ``multipleOf`` 10**-NUMBER_DECIMALS).
 NUMBER_DECIMALS = 6
 
 

@@ -7,12 +7,15 @@ same loading code as a real checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import llguidance
+import llguidance.hf
 import torch
 from PIL import Image
 from safetensors import SafetensorError
@@ -25,6 +28,7 @@ from transformers import (
 )
 
 from model.checkpoints import check_local_checkpoint
+from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json
 from model.engine import TINY_MODELS, EngineSpec, GenerationRequest, GenerationResult, Turn
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
 from model.schema import canonical_schema_json, prepare_schema
@@ -76,7 +80,14 @@ def load_engine(spec: EngineSpec) -> TransformersEngine:
         if spec.quantization == "none":
             model.to(device)  # inside the try: a model too big for the GPU is a load error
         model.eval()
-        engine = TransformersEngine(spec.model, processor, model, device=device, dtype=dtype)
+        engine = TransformersEngine(
+            spec.model,
+            processor,
+            model,
+            device=device,
+            dtype=dtype,
+            revision=_revision_of(source, model),
+        )
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"cannot load model {spec.model!r}: {_one_line(exc)}") from exc
     logger.info(
@@ -95,7 +106,7 @@ class TransformersEngine:
 
     Greedy decoding (``do_sample=False``) so a batch gives the same text as each item alone
     (exactly so in float32; half precision can differ slightly with padding). JSON-constrained
-    decoding uses xgrammar (imported on first use): one compiled grammar per distinct schema,
+    decoding uses llguidance (``model.constrained``): one compiled grammar per distinct schema,
     cached for the engine's life, and a fresh logits processor per ``generate`` call.
     """
 
@@ -107,8 +118,10 @@ class TransformersEngine:
         *,
         device: torch.device,
         dtype: torch.dtype,
+        revision: str | None = None,
     ) -> None:
         self._name = name
+        self._revision = revision
         self._processor: Any = processor  # processors are untyped; keep Any contained here
         self._model: Any = model
         self._device = device
@@ -133,14 +146,18 @@ class TransformersEngine:
         specials = {self._image_token, *tokenizer.all_special_tokens}
         self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
         self._image_tokens_max = self._measure_image_tokens()
-        # Compiled grammars by canonical schema JSON; the compiler is built on first use.
+        # Compiled grammars by canonical schema JSON; the grammar tokenizer is built on first use.
         self._grammar_lock = threading.Lock()
-        self._grammar_compiler: Any = None
-        self._grammars: dict[str, Any] = {}
+        self._grammar_tokenizer: llguidance.LLTokenizer | None = None
+        self._grammars: dict[str, CompiledJson] = {}
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def revision(self) -> str | None:
+        return self._revision
 
     @property
     def suggested_batch_size(self) -> int:
@@ -217,10 +234,8 @@ class TransformersEngine:
         images = [r.image for r in requests]
         extra: dict[str, Any] = {}
         if grammar is not None:
-            from xgrammar.contrib.hf import LogitsProcessor
-
             # One processor per call: it holds per-row matcher state for this batch only.
-            extra["logits_processor"] = [LogitsProcessor(grammar)]
+            extra["logits_processor"] = [JsonLogitsProcessor([grammar] * len(requests))]
         try:
             with torch.inference_mode():
                 inputs = self._prepare_shared(images, texts) or self._prepare(images, texts)
@@ -284,7 +299,7 @@ class TransformersEngine:
             "mm_encoder_outputs": {"image": encoded},
         }
 
-    def _grammar_for(self, json_schema: Mapping[str, Any]) -> Any:
+    def _grammar_for(self, json_schema: Mapping[str, Any]) -> CompiledJson:
         """The compiled grammar for ``json_schema``'s bounded form, compiled once per schema."""
         key = canonical_schema_json(json_schema)
         with self._grammar_lock:
@@ -292,30 +307,25 @@ class TransformersEngine:
             if cached is not None:
                 return cached
             bounded = prepare_schema(json_schema)  # SchemaError for an unsupported schema
-            compiler = self._compiler()
-            try:
-                compiled = compiler.compile_json_schema(
-                    canonical_schema_json(bounded), any_whitespace=False, strict_mode=True
-                )
-            except (RuntimeError, ValueError) as exc:
-                raise SchemaError(
-                    f"The decoder cannot compile the schema: {_one_line(exc)}."
-                ) from exc
+            compiled = compile_json(bounded, self._llg_tokenizer())  # SchemaError too
             self._grammars[key] = compiled
             return compiled
 
-    def _compiler(self) -> Any:
-        if self._grammar_compiler is None:
-            import xgrammar
-
-            info = xgrammar.TokenizerInfo.from_huggingface(
-                self._processor.tokenizer,
-                # The logits' width, which may exceed len(tokenizer) (llava-1.5: 32064 vs 32002).
-                vocab_size=self._logits_width(),
-                stop_token_ids=self._eos_ids,
-            )
-            self._grammar_compiler = xgrammar.GrammarCompiler(info)
-        return self._grammar_compiler
+    def _llg_tokenizer(self) -> llguidance.LLTokenizer:
+        if self._grammar_tokenizer is None:
+            try:
+                self._grammar_tokenizer = llguidance.hf.from_tokenizer(
+                    self._processor.tokenizer,
+                    # The logits' width, which may exceed len(tokenizer) (llava-1.5: 32064 vs
+                    # 32002); the extra ids are never allowed.
+                    n_vocab=self._logits_width(),
+                    eos_token=self._eos_ids,
+                )
+            except ValueError as exc:  # a slow (Python) tokenizer: llguidance needs a fast one
+                raise SchemaError(
+                    f"Constrained decoding is not available for this model: {_one_line(exc)}."
+                ) from exc
+        return self._grammar_tokenizer
 
     def _logits_width(self) -> int:
         head = self._model.get_output_embeddings()
@@ -424,6 +434,24 @@ def _resolve_source(spec: EngineSpec) -> str:
     if path.exists() or spec.model.startswith(("/", ".", "~")):
         raise ModelLoadError(f"model directory {spec.model!r} does not exist or is not a directory")
     return spec.model  # a hub id; transformers enforces safetensors and no remote code itself
+
+
+def _revision_of(source: str, model: Any) -> str | None:
+    """A hub checkpoint's commit; for a local directory, a fingerprint of its config and of its
+    weight files' names and sizes (cheap: no weight is read), so a replaced checkpoint shows."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if isinstance(commit, str) and commit:
+        return commit
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(path.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size};".encode())
+    return f"local-{digest.hexdigest()[:12]}"
 
 
 def _resolve_device(device: str) -> torch.device:

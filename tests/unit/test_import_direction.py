@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"jobs", "model", "storage", "workers", "migrations"}
-GPU_STACK = {"torch", "transformers", "xgrammar", "bitsandbytes", "accelerate", "triton"}
+GPU_STACK = {"torch", "transformers", "bitsandbytes", "accelerate", "triton"}
 
 
 def _package_of(path: Path) -> str:

@@ -1,5 +1,5 @@
 """The CLI starts fast: ``--help`` and ``status`` import no alembic, pypdfium2, jsonschema or
-xgrammar (and never torch or transformers), and an extract submit starts no subprocess to
+llguidance (and never torch or transformers), and an extract submit starts no subprocess to
 compile its schema (the worker compiles it, once per schema; submit checks it structurally)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 from tests.helpers import write_images
 from tests.integration.cli.conftest import RunCli
 
-HEAVY = ("alembic", "pypdfium2", "jsonschema", "xgrammar", "torch", "transformers")
-NEVER = ("xgrammar", "torch", "transformers")
+HEAVY = ("alembic", "pypdfium2", "jsonschema", "llguidance", "torch", "transformers")
+# llguidance is not here: it imports no torch, and a submit may compile a schema with it.
+NEVER = ("torch", "transformers", "triton")
 
 # Runs the real entry point in this process, then reports what it imported and whether it
 # started a subprocess. ``subprocess.Popen`` is wrapped before anything of ours is imported.

@@ -1,4 +1,4 @@
-"""JSON-constrained generation on the tiny checkpoints (random weights, CPU, xgrammar)."""
+"""JSON-constrained generation on the tiny checkpoints (random weights, CPU, llguidance)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,15 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jsonschema
+import llguidance
 import pytest
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from model.constrained import build_json_grammar
 from model.engine import GenerationRequest
 from model.errors import ModelError, SchemaError
 from model.fake import FakeEngine
@@ -134,6 +136,29 @@ def _longest_of(node: Mapping[str, Any], kind: str) -> str:
         ]
         return "{" + ", ".join(members) + "}"
     return "false" if kind == "boolean" else "null"
+
+
+def grammar_accepts(bounded: Mapping[str, Any], text: str) -> bool:
+    """Whether the decoder's grammar for a bounded schema accepts ``text``, byte by byte."""
+    matcher = llguidance.LLMatcher(BYTES, build_json_grammar(bounded), log_level=0)
+    data = list(text.encode())
+    accepted: bool = matcher.try_consume_tokens(data) == len(data) and matcher.is_accepting()
+    return accepted
+
+
+class _ByteTokens:
+    """A tokenizer of one token per byte, and end-of-sequence as token 256."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens: ClassVar = [bytes([i]) for i in range(256)] + [b"</s>"]
+    special_token_ids: ClassVar = [256]
+
+    def __call__(self, text: bytes | str) -> list[int]:
+        return list(text if isinstance(text, bytes) else text.encode())
+
+
+BYTES = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens()))
 
 
 def read_readme_schema() -> dict[str, Any]:
@@ -333,10 +358,26 @@ def test_check_schema_compiles_accepts_a_supported_schema() -> None:
         check_schema_compiles({"type": "object", "properties": {}})
 
 
-def test_schema_module_does_not_import_torch_or_xgrammar() -> None:
+def test_schema_module_does_not_import_torch_or_llguidance() -> None:
     code = (
         "import sys, model.schema, model.documents\n"
-        "print(','.join(m for m in ('torch', 'transformers', 'xgrammar') if m in sys.modules))\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'llguidance') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_checking_that_a_schema_compiles_imports_no_torch_and_starts_no_process() -> None:
+    code = (
+        "import subprocess, sys\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('a subprocess was started')\n"
+        "subprocess.Popen = refuse\n"
+        "from model.schema import check_schema_compiles\n"
+        "check_schema_compiles({'type': 'object', 'properties': {'a': {'type': 'integer'}}})\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'triton') if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
@@ -414,16 +455,10 @@ def test_fake_engine_output_validates_against_the_pydantic_model() -> None:
 
 
 def test_the_default_budget_covers_the_longest_output_of_a_pydantic_schema() -> None:
-    import xgrammar
-    from xgrammar.testing import _is_grammar_accept_string
-
     bounded = prepare_schema(PYDANTIC_INVOICE)
     longest = build_longest_text(bounded)
     # The size model matches the decoder: the longest text it counts is one the grammar accepts.
-    grammar = xgrammar.Grammar.from_json_schema(
-        json.dumps(bounded), any_whitespace=False, strict_mode=True
-    )
-    assert _is_grammar_accept_string(grammar, longest)
+    assert grammar_accepts(bounded, longest)
     assert len(longest) == longest_output_chars(bounded)
     Invoice.model_validate_json(longest)
     # One token per character at most (ASCII), plus the end of sequence.
