@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError, ScheduleNotFoundError
+from jobs.input_store import store_inputs
 from jobs.kinds import ItemAsk, get_kind
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
 from jobs.schedule_sources import build_inputs, build_source, list_source
@@ -41,7 +42,6 @@ from jobs.submit import (
     add_job,
     build_job,
     check_request,
-    store_inputs,
     with_input_error,
 )
 from storage import Blobs, ObjectInfo, StorageError

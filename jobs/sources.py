@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +31,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 DOCUMENT_EXTENSIONS = IMAGE_EXTENSIONS | {".pdf"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a prefix of 100,000 objects is kept in memory
 class InputSpec:
     source: str  # exactly as the user gave it (or as found under a directory they gave)
     local_path: Path | None = None
@@ -88,8 +88,32 @@ def expand_sources(
 
     ``batch_format`` (``submit batch``): each source is a .jsonl file of chat requests, in
     OpenAI-Batch format or ours, named or detected from its lines."""
+    return list(
+        iter_sources(
+            sources,
+            blobs=blobs,
+            extensions=extensions,
+            max_input_bytes=max_input_bytes,
+            batch_format=batch_format,
+        )
+    )
+
+
+def iter_sources(
+    sources: Sequence[str],
+    *,
+    blobs: Blobs,
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    batch_format: BatchFormat | None = None,
+) -> Iterator[InputSpec]:
+    """``expand_sources`` one input at a time, so a million-line manifest or a huge prefix is
+    never held in memory here. Its refusals (a duplicate id, no inputs at all) come once the
+    sources are exhausted, as ``expand_sources``'s do: a caller writes nothing before that."""
     walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format)
-    inputs: list[InputSpec] = []
+    found = False
+    seen: set[str] = set()
+    duplicate: InputSpec | None = None
     for source in sources:
         if batch_format is not None and (
             is_s3_uri(source) or not source.lower().endswith(".jsonl")
@@ -97,11 +121,21 @@ def expand_sources(
             raise RequestError(
                 f"{printable(source)}: a batch is a local .jsonl file.", code="invalid_source"
             )
-        inputs.extend(_expand_one(source, walk))
-    if not inputs:
+        for spec in _expand_one(source, walk):
+            found = True
+            if spec.custom_id is not None and duplicate is None:
+                if spec.custom_id in seen:
+                    duplicate = spec
+                seen.add(spec.custom_id)
+            yield spec
+    if not found:
         raise RequestError("No input files were found in the given sources.", code="no_inputs")
-    _check_unique_ids(inputs)
-    return inputs
+    if duplicate is not None:
+        raise RequestError(
+            f"{duplicate.where or duplicate.source}: the custom id {duplicate.custom_id!r} "
+            "appears more than once.",
+            code="duplicate_id",
+        )
 
 
 def _expand_one(source: str, walk: _Walk) -> Iterator[InputSpec]:
@@ -196,17 +230,34 @@ def _expand_directory(source: str, walk: _Walk) -> Iterator[InputSpec]:
             yield _local_file(str(path), path, walk)
 
 
-def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
+def _manifest_lines(manifest: Path) -> Generator[str, None, None]:
+    """The lines of a manifest, read as they are used: a million lines are never all in memory."""
     try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
+        with manifest.open(encoding="utf-8", newline=None) as f:
+            for line in f:
+                yield line.rstrip("\n")
     except UnicodeDecodeError as exc:
         raise RequestError(f"{manifest}: not valid UTF-8.", code="manifest_invalid") from exc
+
+
+def _first_line(manifest: Path) -> list[str]:
+    """The first non-blank line of a manifest, if any: what ``detect_openai`` judges it by."""
+    lines = _manifest_lines(manifest)
+    try:
+        return [next(line for line in lines if line.strip())]
+    except StopIteration:
+        return []
+    finally:
+        lines.close()
+
+
+def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
     inner = replace(walk, manifests=(*walk.manifests, manifest.resolve()), batch_format=None)
     openai = walk.batch_format == BatchFormat.openai
-    if openai or (walk.batch_format == BatchFormat.auto and detect_openai(lines)):
-        yield from _read_openai_batch(manifest, lines, inner)
+    if openai or (walk.batch_format == BatchFormat.auto and detect_openai(_first_line(manifest))):
+        yield from _read_openai_batch(manifest, _manifest_lines(manifest), inner)
         return
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_manifest_lines(manifest), start=1):
         if not line.strip():
             continue
         where = f"{manifest}, line {number}"
@@ -223,7 +274,7 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
             )
 
 
-def _read_openai_batch(manifest: Path, lines: Sequence[str], walk: _Walk) -> Iterator[InputSpec]:
+def _read_openai_batch(manifest: Path, lines: Iterable[str], walk: _Walk) -> Iterator[InputSpec]:
     """Each request of an OpenAI-Batch file as one chat input; every line names one model."""
     model: str | None = None
     for number, line in enumerate(lines, start=1):
@@ -370,17 +421,3 @@ def _parse_manifest_line(
         )
     extra = {k: v for k, v in entry.items() if k not in ("input", "prompt", "id", "custom_id")}
     return entry["input"], entry.get("prompt"), custom_id, extra
-
-
-def _check_unique_ids(inputs: Sequence[InputSpec]) -> None:
-    seen: set[str] = set()
-    for spec in inputs:
-        if spec.custom_id is None:
-            continue
-        if spec.custom_id in seen:
-            raise RequestError(
-                f"{spec.where or spec.source}: the custom id {spec.custom_id!r} appears more "
-                "than once.",
-                code="duplicate_id",
-            )
-        seen.add(spec.custom_id)

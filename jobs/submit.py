@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
-from jobs.kinds import ItemAsk, KindParams, get_kind
+from jobs.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
+from jobs.input_store import UPLOAD_THREADS, store_with
+from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -36,10 +36,10 @@ from jobs.sources import (
     IMAGE_EXTENSIONS,
     INPUT_ERROR,
     InputSpec,
-    expand_sources,
+    iter_sources,
 )
 from jobs.states import ItemStatus, JobStatus
-from storage import Blobs, StorageError
+from storage import Blobs
 
 log = logging.getLogger(__name__)
 
@@ -127,67 +127,189 @@ def submit_job(
     publisher: Publisher,
     max_prompt_chars: int,
 ) -> SubmitResult:
+    """Two passes over the inputs, neither holding a big submission in memory: the first checks
+    everything that can refuse the request (nothing is written before it ends); the second
+    stores local inputs and inserts the rows in chunks, all in ONE transaction. Then publish."""
     kind = get_kind(request.kind)
     check_request(request, max_prompt_chars)
     extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS
-    inputs = expand_sources(
+    sources, max_input_bytes, batch_format = (
         request.sources,
-        blobs=blobs,
-        extensions=extensions,
-        max_input_bytes=request.max_input_bytes,
-        batch_format=request.input_format,
+        request.max_input_bytes,
+        request.input_format,
     )
-    request = _with_model_of(request, inputs)
-    # A key matches what the sources resolve to, not the words typed (see _fingerprint).
-    fingerprint = _fingerprint(request, inputs)
+
+    def expand() -> Iterator[InputSpec]:
+        return iter_sources(
+            sources,
+            blobs=blobs,
+            extensions=extensions,
+            max_input_bytes=max_input_bytes,
+            batch_format=batch_format,
+        )
+
+    checked = _check_inputs(request, expand(), max_prompt_chars)
+    request = checked.request
     if request.idempotency_key:
-        existing = _find_by_key(session_factory, request.idempotency_key, fingerprint)
+        existing = _find_by_key(session_factory, request.idempotency_key, checked.fingerprint)
         if existing is not None:
             return existing
-    asks = [
-        kind.item_ask(
-            request.params,
-            spec.prompt,
-            spec.extra,
-            where=spec.where or spec.source,
-            max_prompt_chars=max_prompt_chars,
-        )
-        for spec in inputs
-    ]
-    asks = [with_input_error(ask, spec) for ask, spec in zip(asks, inputs, strict=True)]
-    stored = store_inputs(inputs, blobs)
-    job, items = build_job(request, inputs, stored, asks, fingerprint=fingerprint)
+    inputs = checked.kept if checked.kept is not None else expand()
     stamp = utcnow()
     try:
         with session_factory.begin() as session:
-            add_job(session, job, items, dispatched_at=stamp)
+            job, item_ids = write_job(
+                session,
+                request,
+                inputs,
+                blobs,
+                fingerprint=checked.fingerprint,
+                dispatched_at=stamp,
+                max_prompt_chars=max_prompt_chars,
+            )
     except IntegrityError:
         if request.idempotency_key:  # lost a race with the same key
-            found = _find_by_key(session_factory, request.idempotency_key, fingerprint)
+            found = _find_by_key(session_factory, request.idempotency_key, checked.fingerprint)
             if found is not None:
                 return found
         raise
-    log.info("job submitted job=%s kind=%s items=%d", job.id, job.kind, len(items))
+    log.info("job submitted job=%s kind=%s items=%d", job.id, job.kind, len(item_ids))
     dispatched = dispatch_items(
         session_factory,
         publisher,
         job.id,
-        [i.id for i in items],
+        item_ids,
         model=job.model,
         batch_size=request.params.batch_size,
         stamp=stamp,
     )
     return SubmitResult(
-        job_id=job.id, item_count=len(items), dispatched=dispatched, model=job.model
+        job_id=job.id, item_count=len(item_ids), dispatched=dispatched, model=job.model
     )
 
 
-def _with_model_of(request: SubmitRequest, inputs: Sequence[InputSpec]) -> SubmitRequest:
+# Inputs kept in memory from the checking pass for the writing one; a bigger submission is
+# expanded again (its manifest read again, its prefix listed again) rather than held.
+_KEPT_INPUTS = 200_000
+# Inputs checked, described and stored together; item rows per multi-row INSERT.
+_CHUNK = 512
+_ROWS_PER_INSERT = 2_000
+
+
+@dataclass(frozen=True)
+class _Checked:
+    request: SubmitRequest  # its model the one its inputs name, if any
+    fingerprint: str
+    kept: list[InputSpec] | None  # None: too many to keep
+
+
+def _check_inputs(
+    request: SubmitRequest, inputs: Iterator[InputSpec], max_prompt_chars: int
+) -> _Checked:
+    """The first pass: every input expanded and asked for (each refusal raised here), the
+    fingerprint computed as it streams by; nothing is written."""
+    kind = get_kind(request.kind)
+    models: set[str] = set()
+    kept: list[InputSpec] | None = []
+    count = 0
+    with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as described:
+        for chunk in _chunks(inputs, _CHUNK):
+            for spec in chunk:
+                _ask_for(kind, request.params, spec, max_prompt_chars)
+                if spec.model is not None:
+                    models.add(spec.model)
+            for description in describe_inputs(chunk, hashed=bool(request.idempotency_key)):
+                separator = b", " if count else b""
+                described.write(separator + json.dumps(description, sort_keys=True).encode())
+                count += 1
+            if kept is not None:
+                kept.extend(chunk)
+                if len(kept) > _KEPT_INPUTS:
+                    kept = None
+        request = _with_model_of(request, models)
+        described.seek(0)
+        fingerprint = fingerprint_streamed(request, described)
+    return _Checked(request=request, fingerprint=fingerprint, kept=kept)
+
+
+def write_job(
+    session: Session,
+    request: SubmitRequest,
+    inputs: Iterable[InputSpec],
+    blobs: Blobs,
+    *,
+    fingerprint: str,
+    dispatched_at: datetime,
+    max_prompt_chars: int,
+) -> tuple[Job, list[str]]:
+    """Adds a new job and its items to ``session`` (the caller's one transaction), the items
+    already stamped dispatched, in multi-row INSERTs; local inputs are stored on the way.
+    Returns the job and its item ids in order."""
+    kind = get_kind(request.kind)
+    job, _ = build_job(request, [], [], fingerprint=fingerprint)
+    session.add(job)
+    session.flush()  # the job row first: items reference it
+    item_ids: list[str] = []
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        for chunk in _chunks(inputs, _CHUNK):
+            for spec, (uri, sha256) in zip(chunk, store_with(pool, chunk, blobs), strict=True):
+                ask = _ask_for(kind, request.params, spec, max_prompt_chars)
+                item_id = new_id()
+                item_ids.append(item_id)
+                rows.append(
+                    {
+                        "id": item_id,
+                        "job_id": job.id,
+                        "seq": len(item_ids) - 1,
+                        "custom_id": spec.custom_id,
+                        "source": spec.source,
+                        "input_uri": uri,
+                        "input_sha256": sha256,
+                        "prompt": ask.prompt,
+                        "request": ask.request,
+                        "status": ItemStatus.queued,
+                        "attempts": 0,
+                        "dispatched_at": dispatched_at,
+                    }
+                )
+            if len(rows) >= _ROWS_PER_INSERT:
+                session.execute(insert(Item), rows)
+                rows = []
+    if rows:
+        session.execute(insert(Item), rows)
+    return job, item_ids
+
+
+def _ask_for(
+    kind: Kind[Any], params: KindParams, spec: InputSpec, max_prompt_chars: int
+) -> ItemAsk:
+    ask = kind.item_ask(
+        params,
+        spec.prompt,
+        spec.extra,
+        where=spec.where or spec.source,
+        max_prompt_chars=max_prompt_chars,
+    )
+    return with_input_error(ask, spec)
+
+
+def _chunks(inputs: Iterable[InputSpec], size: int) -> Iterator[list[InputSpec]]:
+    chunk: list[InputSpec] = []
+    for spec in inputs:
+        chunk.append(spec)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
     """The request, its model the one its inputs name (an OpenAI-Batch file's), if any and
     unless the user chose one."""
     if request.model_chosen:
         return request
-    named = {spec.model for spec in inputs if spec.model is not None}
     if len(named) > 1:
         raise RequestError(
             f"The inputs name {len(named)} models ({', '.join(sorted(named))}); a job has one.",
@@ -239,7 +361,7 @@ def build_job(
     job_id = new_id()
     params: dict[str, Any] = {
         **request.params.model_dump(by_alias=True),
-        "fingerprint": fingerprint or _fingerprint(request),
+        "fingerprint": fingerprint or fingerprint_of(request),
     }
     asks = asks if asks is not None else [ItemAsk()] * len(inputs)
     items = [
@@ -283,133 +405,6 @@ def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at:
     session.add_all(items)
 
 
-def store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
-    """Uploads local files content-addressed; objects in a user's bucket are read in place."""
-
-    budget = _ByteBudget(_BYTES_IN_FLIGHT)
-
-    def store(spec: InputSpec) -> tuple[str, str | None]:
-        if spec.content is not None:  # an inline input (a data: URI), already in memory
-            try:
-                blob = blobs.put_content_addressed(spec.content, suffix=spec.suffix)
-            except StorageError as exc:
-                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
-            return blob.uri, blob.sha256
-        if spec.local_path is None:
-            assert spec.uri is not None
-            return spec.uri, None
-        size = spec.size if spec.size is not None else spec.local_path.stat().st_size
-        with budget.hold(size):
-            data = _read_input(spec, size)
-            try:
-                blob = blobs.put_content_addressed(data, suffix=spec.local_path.suffix.lower())
-            except StorageError as exc:
-                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
-        return blob.uri, blob.sha256
-
-    # Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(store, inputs))
-
-
-# Bytes of input held in memory by concurrent uploads; one larger input goes alone.
-_BYTES_IN_FLIGHT = 64 * 1024 * 1024
-
-
-def _read_input(spec: InputSpec, size: int) -> bytes:
-    """The bytes of a local input, never more than the ``size`` it was checked at (its stat
-    size, within LLAVA_BATCH_MAX_INPUT_BYTES): a file that grew meanwhile is refused, not read
-    whole."""
-    assert spec.local_path is not None
-    try:
-        with spec.local_path.open("rb") as f:
-            data = f.read(size + 1)
-    except OSError as exc:
-        raise RequestError(
-            f"{spec.source}: cannot be read ({exc.strerror}).", code="source_unreadable"
-        ) from exc
-    if len(data) != size:
-        raise RequestError(
-            f"{spec.source}: changed while it was being submitted; submit it again.",
-            code="source_changed",
-        )
-    return data
-
-
-class _ByteBudget:
-    """Bounds the bytes that concurrent uploads hold at once."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._held = 0
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def hold(self, size: int) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: self._held == 0 or self._held + size <= self._limit)
-            self._held += size
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._held -= size
-                self._changed.notify_all()
-
-
-def _fingerprint(request: SubmitRequest, inputs: Sequence[InputSpec] | None = None) -> str:
-    """What an idempotency key stands for: the parameters, and each input by where it resolves to
-    and by its content (a local file's sha256; an object's size and ETag).
-
-    The same words typed in another folder, or a replaced file, are another request
-    (``idempotency_conflict``), never the old job; files written again with the same bytes are the
-    same request. Only a request with a key is ever looked up, so only it pays for reading its
-    local inputs here (streamed); any other is described by sizes and mtimes.
-    """
-    described: list[Any] = (
-        list(request.sources)
-        if inputs is None
-        else _describe_inputs(inputs, hashed=bool(request.idempotency_key))
-    )
-    payload = {
-        "kind": request.kind,
-        "sources": described,
-        "params": request.params.model_dump(by_alias=True),
-        "model": request.model,
-        "name": request.name,
-    }
-    if request.metadata:  # only when given: keys of jobs without metadata stay as they were
-        payload["metadata"] = dict(request.metadata)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
-    def describe(spec: InputSpec) -> list[Any]:
-        if spec.local_path is None:
-            return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id, spec.extra]
-        content = _sha256_of(spec) if hashed else f"{spec.size}-{spec.version}"
-        return [str(spec.local_path.resolve()), content, spec.prompt, spec.custom_id, spec.extra]
-
-    if not hashed:
-        return [describe(spec) for spec in inputs]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(describe, inputs))
-
-
-def _sha256_of(spec: InputSpec) -> str:
-    assert spec.local_path is not None
-    digest = hashlib.sha256()
-    try:
-        with spec.local_path.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
-                digest.update(chunk)
-    except OSError as exc:
-        raise RequestError(
-            f"{spec.source}: cannot be read ({exc.strerror}).", code="source_unreadable"
-        ) from exc
-    return digest.hexdigest()
-
-
 def _find_by_key(
     session_factory: SessionFactory, key: str, fingerprint: str
 ) -> SubmitResult | None:
@@ -422,7 +417,7 @@ def _find_by_key(
                 f"The idempotency key {key!r} was already used for a different request.",
                 code="idempotency_conflict",
             )
-        count = len(list(session.scalars(select(Item.id).where(Item.job_id == job.id))))
+        count = session.scalar(select(func.count()).where(Item.job_id == job.id)) or 0
         return SubmitResult(
             job_id=job.id, item_count=count, dispatched=True, existing=True, model=job.model
         )

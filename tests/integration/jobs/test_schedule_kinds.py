@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
+from jobs.input_store import store_inputs
 from jobs.schedules import add_schedule, fire_due_schedules
-from jobs.submit import SubmitRequest, store_inputs, submit_job
+from jobs.submit import SubmitRequest, submit_job
 from storage import Blobs, open_blobs
 from tests.helpers import (
     INVOICE_SCHEMA,

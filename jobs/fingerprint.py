@@ -1,0 +1,76 @@
+"""What an idempotency key stands for: a digest of a request's parameters and of what its inputs
+resolve to, computed from a list or streamed from their descriptions (same digest either way)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, TYPE_CHECKING, Any
+
+from jobs.input_store import UPLOAD_THREADS, sha256_of
+from jobs.sources import InputSpec
+
+if TYPE_CHECKING:
+    from jobs.submit import SubmitRequest
+
+
+def fingerprint_of(request: SubmitRequest, inputs: Sequence[InputSpec] | None = None) -> str:
+    """What an idempotency key stands for: the parameters, and each input by where it resolves to
+    and by its content (a local file's sha256; an object's size and ETag).
+
+    The same words typed in another folder, or a replaced file, are another request
+    (``idempotency_conflict``), never the old job; files written again with the same bytes are the
+    same request. Only a request with a key is ever looked up, so only it pays for reading its
+    local inputs here (streamed); any other is described by sizes and mtimes.
+    """
+    described: list[Any] = (
+        list(request.sources)
+        if inputs is None
+        else describe_inputs(inputs, hashed=bool(request.idempotency_key))
+    )
+    payload = _payload(request, described)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _payload(request: SubmitRequest, sources: Any) -> dict[str, Any]:
+    payload = {
+        "kind": request.kind,
+        "sources": sources,
+        "params": request.params.model_dump(by_alias=True),
+        "model": request.model,
+        "name": request.name,
+    }
+    if request.metadata:  # only when given: keys of jobs without metadata stay as they were
+        payload["metadata"] = dict(request.metadata)
+    return payload
+
+
+# Stands for the inputs' descriptions in the payload, which are hashed as they are read back.
+_SOURCES = "\x00sources\x00"
+
+
+def fingerprint_streamed(request: SubmitRequest, described: IO[bytes]) -> str:
+    """``fingerprint_of`` of the inputs whose descriptions ``described`` holds (each JSON, sorted
+    keys, joined by ", "): the same digest, the whole JSON never built."""
+    text = json.dumps(_payload(request, _SOURCES), sort_keys=True)
+    head, tail = text.split(json.dumps(_SOURCES))
+    digest = hashlib.sha256(head.encode() + b"[")
+    while block := described.read(1024 * 1024):
+        digest.update(block)
+    digest.update(b"]" + tail.encode())
+    return digest.hexdigest()
+
+
+def describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
+    def describe(spec: InputSpec) -> list[Any]:
+        if spec.local_path is None:
+            return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id, spec.extra]
+        content = sha256_of(spec) if hashed else f"{spec.size}-{spec.version}"
+        return [str(spec.local_path.resolve()), content, spec.prompt, spec.custom_id, spec.extra]
+
+    if not hashed:
+        return [describe(spec) for spec in inputs]
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        return list(pool.map(describe, inputs))

@@ -1,0 +1,112 @@
+"""Storing a job's inputs: local files uploaded content-addressed, a few at a time within a byte
+budget; objects already in a user's bucket are referenced in place, never copied."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from jobs.errors import RequestError
+from jobs.sources import InputSpec
+from storage import Blobs, StorageError
+
+
+def store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
+    """Uploads local files content-addressed; objects in a user's bucket are read in place."""
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        return store_with(pool, inputs, blobs)
+
+
+def store_with(
+    pool: ThreadPoolExecutor, inputs: Sequence[InputSpec], blobs: Blobs
+) -> list[tuple[str, str | None]]:
+    budget = _ByteBudget(_BYTES_IN_FLIGHT)
+
+    def store(spec: InputSpec) -> tuple[str, str | None]:
+        if spec.content is not None:  # an inline input (a data: URI), already in memory
+            try:
+                blob = blobs.put_content_addressed(spec.content, suffix=spec.suffix)
+            except StorageError as exc:
+                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
+            return blob.uri, blob.sha256
+        if spec.local_path is None:
+            assert spec.uri is not None
+            return spec.uri, None
+        size = spec.size if spec.size is not None else spec.local_path.stat().st_size
+        with budget.hold(size):
+            data = _read_input(spec, size)
+            try:
+                blob = blobs.put_content_addressed(data, suffix=spec.local_path.suffix.lower())
+            except StorageError as exc:
+                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
+        return blob.uri, blob.sha256
+
+    if all(spec.content is None and spec.local_path is None for spec in inputs):
+        return [store(spec) for spec in inputs]  # nothing to upload: no threads
+    return list(pool.map(store, inputs))
+
+
+# Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.
+UPLOAD_THREADS = 8
+
+
+# Bytes of input held in memory by concurrent uploads; one larger input goes alone.
+_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+
+
+def _read_input(spec: InputSpec, size: int) -> bytes:
+    """The bytes of a local input, never more than the ``size`` it was checked at (its stat
+    size, within LLAVA_BATCH_MAX_INPUT_BYTES): a file that grew meanwhile is refused, not read
+    whole."""
+    assert spec.local_path is not None
+    try:
+        with spec.local_path.open("rb") as f:
+            data = f.read(size + 1)
+    except OSError as exc:
+        raise RequestError(
+            f"{spec.source}: cannot be read ({exc.strerror}).", code="source_unreadable"
+        ) from exc
+    if len(data) != size:
+        raise RequestError(
+            f"{spec.source}: changed while it was being submitted; submit it again.",
+            code="source_changed",
+        )
+    return data
+
+
+class _ByteBudget:
+    """Bounds the bytes that concurrent uploads hold at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._held == 0 or self._held + size <= self._limit)
+            self._held += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= size
+                self._changed.notify_all()
+
+
+def sha256_of(spec: InputSpec) -> str:
+    assert spec.local_path is not None
+    digest = hashlib.sha256()
+    try:
+        with spec.local_path.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+    except OSError as exc:
+        raise RequestError(
+            f"{spec.source}: cannot be read ({exc.strerror}).", code="source_unreadable"
+        ) from exc
+    return digest.hexdigest()
