@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import JobNotFoundError, RequestError
+from jobs.input_store import store_inputs
 from jobs.queries import find_job
 from jobs.sources import InputSpec
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, SubmitResult, store_inputs, submit_job
+from jobs.submit import SubmitRequest, SubmitResult, submit_job
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes, write_images
 
