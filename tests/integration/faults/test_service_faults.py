@@ -13,6 +13,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from jobs.dispatch import RUN_BATCH_TASK, CeleryPublisher
+from jobs.fleet import queue_for
 from tests.helpers import image_bytes
 from tests.integration.conftest import StartWorker
 from tests.integration.faults.conftest import (
@@ -84,7 +85,7 @@ def test_duplicate_message_and_redelivery_after_visibility_timeout_give_one_resu
         env["LLAVA_BATCH_BROKER_URL"],
         env.get("LLAVA_BATCH_QUEUE", "llava-batch"),
     )
-    publisher.publish(job_id, ids)  # the same batch, twice
+    publisher.publish(job_id, ids, model=env["LLAVA_BATCH_MODEL"])  # the same batch, twice
     first = start_worker(env, "--no-sweep")
     second = start_worker(env, "--no-sweep")
     wait_for(lambda: job_status(db, job_id) == "completed", 120, "the job", first.log)
@@ -113,7 +114,7 @@ def test_pickled_message_is_refused_not_executed(
     attacker.send_task(
         RUN_BATCH_TASK,
         kwargs={"job_id": job_id, "item_ids": _item_ids(db, job_id)},
-        queue="llava-batch",
+        queue=queue_for("llava-batch", fault_env["LLAVA_BATCH_MODEL"]),  # the worker's own queue
         serializer="pickle",
     )
     wait_for(
@@ -126,7 +127,7 @@ def test_pickled_message_is_refused_not_executed(
     assert [r.status for r in read_rows(db, job_id)] == ["queued", "queued"]
     assert worker.process.poll() is None  # still up; a JSON message still works:
     CeleryPublisher(fault_env["LLAVA_BATCH_BROKER_URL"], "llava-batch").publish(
-        job_id, _item_ids(db, job_id)
+        job_id, _item_ids(db, job_id), model=fault_env["LLAVA_BATCH_MODEL"]
     )
     wait_for(lambda: job_status(db, job_id) == "completed", 60, "the job", worker.log)
 
