@@ -8,15 +8,12 @@ database is the system of record, and a producer can ask it without waiting on t
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 
 from jobs.db import SessionFactory, WorkerRow, utcnow
-
-log = logging.getLogger(__name__)
 
 # A worker is live while it beat within this many of its periods: one late beat is not a death.
 LIVE_PERIODS = 3

@@ -89,15 +89,16 @@ def resume_job(
         finally:
             out.close()
         _finish(ctx, job_id, out)
-    res = build_resources(ctx.settings.model_copy(update={"model": model}))
-    _work_here(ctx, res, job_id, InProcessQueue(job_id), out)
+    _work_here(ctx, _resources_for(ctx, model), job_id, InProcessQueue(job_id), out)
 
 
 def _serving(ctx: Context, res: WorkerResources, model: str) -> WorkerResources:
     """Resources that serve ``model``: a job runs on the model it names (an OpenAI file's, or
     --model), never on another one labelled with its name."""
-    if res.model == model:
-        return res
+    return res if res.model == model else _resources_for(ctx, model)
+
+
+def _resources_for(ctx: Context, model: str) -> WorkerResources:
     return build_resources(ctx.settings.model_copy(update={"model": model}))
 
 

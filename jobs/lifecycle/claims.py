@@ -26,7 +26,6 @@ from jobs.lifecycle.common import (
     is_available,
     is_postgres,
     job_of_item_is,
-    job_of_item_serves,
 )
 from jobs.lifecycle.finalise import finalise_jobs
 from jobs.states import ItemStatus, JobStatus
@@ -77,8 +76,7 @@ def claim_items(
                 Item.id.in_(target),
                 Item.status == ItemStatus.queued,
                 is_available(now),
-                job_of_item_is(*OPEN_JOB_STATES),
-                *([] if serving is None else [job_of_item_serves(serving.model)]),
+                job_of_item_is(*OPEN_JOB_STATES, model=None if serving is None else serving.model),
             )
             .values(
                 status=ItemStatus.running,

@@ -44,12 +44,10 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def job_of_item_is(*states: str) -> ColumnElement[bool]:
-    return select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states)).exists()
-
-
-def job_of_item_serves(model: str) -> ColumnElement[bool]:
-    return select(Job.id).where(Job.id == Item.job_id, Job.model == model).exists()
+def job_of_item_is(*states: str, model: str | None = None) -> ColumnElement[bool]:
+    """The item's job is in one of ``states`` (and, given ``model``, is for that model)."""
+    job = select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states))
+    return (job if model is None else job.where(Job.model == model)).exists()
 
 
 def is_available(now: datetime) -> ColumnElement[bool]:
