@@ -118,7 +118,10 @@ def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> NoReturn:
     sys.exit(code if isinstance(code, int) else ExitCode.ok)
 
 
-def fail(exc: BaseException) -> NoReturn:
+def fail(exc: BaseException, *, now: bool = False) -> NoReturn:
+    """Prints the one-line error and exits with its code. ``now``: skip the interpreter's
+    shutdown, for a process whose threads are still inside native code (a model mid-batch)
+    and cannot be stopped; Python 3.11 ends such daemon threads in a way C++ code aborts on."""
     failure = describe(exc)
     if isinstance(exc, OutputClosedError):
         # Nothing more can reach the reader; this keeps the interpreter's last flush quiet.
@@ -126,6 +129,10 @@ def fail(exc: BaseException) -> NoReturn:
     if isinstance(exc, UsageError):
         _show_usage(exc)
     err.print(f"error: {failure.message} [{failure.code}]", markup=False)
+    if now:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(failure.exit_code))
     sys.exit(int(failure.exit_code))
 
 

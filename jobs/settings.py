@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # the worker's own: gpu_batch_size, 0 meaning the engine's suggestion for its device.
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
     gpu_batch_size: Annotated[int, Field(ge=0, le=1024)] = 0
+    # Messages a worker works on at once, sharing its one model: while one slot's batch
+    # generates, the next slot claims, decodes and preprocesses its own, and the one before
+    # records its results, so the model does not wait on the database or on decoding.
+    worker_slots: Annotated[int, Field(ge=1, le=8)] = 2
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000

@@ -134,6 +134,9 @@ class Engine(Protocol):
     ) -> list[GenerationResult]:
         """Return exactly one result per request, in the same order.
 
+        Several threads may call this at once (a worker's slots share one engine): an engine
+        serialises its own device work, and may prepare one batch while another generates.
+
         ``fit_to_context``: ``max_new_tokens`` is a default the caller chose, not a user's
         number: shrink it to what the model's context leaves after the longest prompt, instead
         of refusing the batch as too long.

@@ -147,9 +147,16 @@ class TransformersEngine:
         self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
         self._image_tokens_max = self._measure_image_tokens()
         # Compiled grammars by canonical schema JSON; the grammar tokenizer is built on first use.
-        self._grammar_lock = threading.Lock()
         self._grammar_tokenizer: llguidance.LLTokenizer | None = None
         self._grammars: dict[str, CompiledJson] = {}
+        # Several threads may call ``generate`` at once (a worker's slots share one resident
+        # model): host work (templating, tokenising, preprocessing images) runs under one lock,
+        # because a fast tokenizer is not safe to use from two threads at once, and device work
+        # under another, so one batch is prepared while another generates.
+        self._host_lock = threading.RLock()
+        self._device_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._prepared_waiting = 0
 
     @property
     def name(self) -> str:
@@ -194,7 +201,8 @@ class TransformersEngine:
         the image's aspect ratio), so ``count + max_new_tokens <= max_context`` always fits.
         """
         turns = (Turn("user", conversation),) if isinstance(conversation, str) else conversation
-        return self._count_templated(self._build_prompt(turns))
+        with self._host_lock:
+            return self._count_templated(self._build_prompt(turns))
 
     def generate(
         self,
@@ -219,8 +227,9 @@ class TransformersEngine:
         grammar = None if json_schema is None else self._grammar_for(json_schema)
         if not requests:
             return []
-        texts = [self._build_prompt(r.conversation) for r in requests]
-        counts = [self._count_templated(text) for text in texts]
+        with self._host_lock:
+            texts = [self._build_prompt(r.conversation) for r in requests]
+            counts = [self._count_templated(text) for text in texts]
         if fit_to_context:  # a chosen default, not the user's number: take what fits
             max_new_tokens = max(1, min(max_new_tokens, self.max_context - max(counts)))
         for count in counts:
@@ -237,20 +246,28 @@ class TransformersEngine:
             # One processor per call: it holds per-row matcher state for this batch only.
             extra["logits_processor"] = [JsonLogitsProcessor([grammar] * len(requests))]
         try:
-            with torch.inference_mode():
-                inputs = self._prepare_shared(images, texts) or self._prepare(images, texts)
-                prompt_width = inputs["input_ids"].shape[1]
-                output = self._model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    # A random (or confused) model may emit the image token, which the
-                    # processor would then count as an image placeholder; never generate it.
-                    suppress_tokens=[self._image_token_id],
-                    pad_token_id=self._pad_id,
-                    **extra,
-                )
+            with self._host_lock, torch.inference_mode():
+                inputs = self._shared_inputs(images, texts) or self._prepare(images, texts)
+            prompt_width = inputs["input_ids"].shape[1]
+            with self._waiting_lock:
+                self._prepared_waiting += 1
+            with self._device_lock:
+                with self._waiting_lock:
+                    self._prepared_waiting -= 1
+                with torch.inference_mode():
+                    if "pixel_values_shared" in inputs:
+                        inputs = self._encode_shared(inputs)
+                    output = self._model.generate(
+                        **inputs,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        num_beams=1,
+                        # A random (or confused) model may emit the image token, which the
+                        # processor would then count as an image placeholder; never generate it.
+                        suppress_tokens=[self._image_token_id],
+                        pad_token_id=self._pad_id,
+                        **extra,
+                    )
         except torch.OutOfMemoryError as exc:
             self._release_memory()
             raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
@@ -261,18 +278,25 @@ class TransformersEngine:
             raise DeviceOutOfMemoryError(_oom_message(len(requests), exc)) from exc
         new_tokens = output[:, prompt_width:].tolist()
         read = inputs["attention_mask"].sum(dim=1).tolist()  # each prompt without its padding
-        return [self._decode(row, int(n)) for row, n in zip(new_tokens, read, strict=True)]
+        with self._host_lock:
+            return [self._decode(row, int(n)) for row, n in zip(new_tokens, read, strict=True)]
 
-    def _prepare_shared(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
-        """Model inputs for a batch whose requests share images (several questions about one
-        photo), each distinct image preprocessed and encoded once; None when none is shared or
-        the model cannot take pre-computed image features.
+    @property
+    def prepared_waiting(self) -> int:
+        """Batches prepared on the host (templated, tokenised, images preprocessed and on the
+        device) that wait for the device while another batch generates."""
+        with self._waiting_lock:
+            return self._prepared_waiting
+
+    def _shared_inputs(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
+        """Host-side inputs for a batch whose requests share images (several questions about
+        one photo), each distinct image preprocessed once; None when none is shared or the
+        model cannot take pre-computed image features. ``_encode_shared`` finishes them on the
+        device.
 
         The processor runs over the distinct images (with one of their texts) to get pixel values
         and each image's token count; every text then gets its image placeholder expanded to that
-        count, as the processor itself does, and is tokenised with the same defaults. The vision
-        tower's features go to ``generate`` as pre-computed encoder outputs, one per request,
-        exactly where the model would have put its own.
+        count, as the processor itself does, and is tokenised with the same defaults.
         """
         firsts: dict[int, int] = {}
         rows = [firsts.setdefault(id(image), i) for i, image in enumerate(images)]
@@ -290,19 +314,32 @@ class TransformersEngine:
         encoder_args = {"pixel_values": own["pixel_values"]}
         if "image_sizes" in own:
             encoder_args["image_sizes"] = own["image_sizes"]
-        encoded = self._model.base_model.get_image_features(**encoder_args, return_dict=True)
-        features = list(encoded.pooler_output)
-        encoded.pooler_output = [features[where[row]] for row in rows]
         return {
             "input_ids": tokens["input_ids"].to(self._device),
             "attention_mask": tokens["attention_mask"].to(self._device),
+            "pixel_values_shared": encoder_args,
+            "rows": [where[row] for row in rows],
+        }
+
+    def _encode_shared(self, shared: dict[str, Any]) -> dict[str, Any]:
+        """Runs the vision tower once per distinct image and hands its features to
+        ``generate`` as pre-computed encoder outputs, one per request, exactly where the model
+        would have put its own."""
+        encoded = self._model.base_model.get_image_features(
+            **shared["pixel_values_shared"], return_dict=True
+        )
+        features = list(encoded.pooler_output)
+        encoded.pooler_output = [features[n] for n in shared["rows"]]
+        return {
+            "input_ids": shared["input_ids"],
+            "attention_mask": shared["attention_mask"],
             "mm_encoder_outputs": {"image": encoded},
         }
 
     def _grammar_for(self, json_schema: Mapping[str, Any]) -> CompiledJson:
         """The compiled grammar for ``json_schema``'s bounded form, compiled once per schema."""
         key = canonical_schema_json(json_schema)
-        with self._grammar_lock:
+        with self._host_lock:  # building the grammar tokenizer reads the HF tokenizer
             cached = self._grammars.get(key)
             if cached is not None:
                 return cached

@@ -9,6 +9,7 @@ the model load inside the commands that use them, so ``--help`` never imports to
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -250,9 +251,16 @@ def run_group(
 @app.command("worker")
 def worker(
     pool: Annotated[
-        str, typer.Option(help="solo (one process per GPU; CUDA-safe) or threads.")
-    ] = "solo",
-    concurrency: Annotated[int, typer.Option(min=1, help="Threads, with --pool threads.")] = 1,
+        str,
+        typer.Option(
+            help="threads (messages worked on at once share the one resident model, so the "
+            "next batch is claimed and decoded while one generates) or solo (one at a time)."
+        ),
+    ] = "threads",
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Slots, with --pool threads. Default: LLAVA_BATCH_WORKER_SLOTS."),
+    ] = None,
     sweep_in_worker: Annotated[
         bool, typer.Option("--sweep/--no-sweep", help="Also run the sweeper.")
     ] = True,
@@ -278,7 +286,10 @@ def worker(
         raise RequestError(
             "--pool must be solo or threads: CUDA does not survive fork.", code="invalid_option"
         )
-    open_context()  # settings and schema are checked before the model loads
+    ctx = open_context()  # settings and schema are checked before the model loads
+    slots = 1 if pool == "solo" else concurrency or ctx.settings.worker_slots
+    # The resources split their budgets between the slots the pool really runs.
+    os.environ["LLAVA_BATCH_WORKER_SLOTS"] = str(slots)
     from workers.celery_app import app as celery_app
     from workers.celery_app import settings
     from workers.tasks import get_resources
@@ -292,7 +303,7 @@ def worker(
     argv = [
         "worker",
         f"--pool={pool}",
-        f"--concurrency={concurrency}",
+        f"--concurrency={slots}",
         f"--loglevel={loglevel}",
         "-Q",
         queue_for(settings.queue, settings.model),  # only the jobs of the model it serves
@@ -308,6 +319,4 @@ def worker(
 def default_node_name() -> str:
     """``llava-batch-<pid>@%h``: two workers on one host (one per GPU) get two node names.
     Celery's own default, ``celery@%h``, makes them one node to ``inspect ping``."""
-    import os
-
     return f"llava-batch-{os.getpid()}@%h"

@@ -13,10 +13,12 @@ whatever it still holds is handed back, queued for the next run.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from queue import Empty, SimpleQueue
 
 from sqlalchemy import func, select
 
@@ -116,13 +118,8 @@ def _work(
     # storage backoff) and finalise the job. The in-memory queue is drained before each sweep,
     # so any queued item with a dispatch stamp has no message: re-publish at once.
     while True:
-        while queue.batches:
-            if stop():
-                return False
-            ids = queue.batches.popleft()
-            report = process_batch(ids, res)
-            if on_batch is not None:
-                on_batch(ids, report)
+        if not _drain(queue, res, on_batch, stop):
+            return False
         sweep(
             res.session_factory,
             queue.publisher,
@@ -138,6 +135,87 @@ def _work(
         if stop():  # after the sweep: a job whose last batch just ended is finalised, not left
             return False
         _sleep_unless_stopped(wait, stop)
+
+
+def _drain(
+    queue: InProcessQueue,
+    res: WorkerResources,
+    on_batch: OnBatch | None,
+    stop: Callable[[], bool],
+) -> bool:
+    """Works through the queued batches, ``res.slots`` at a time as a Celery worker's pool
+    does, so one batch is claimed and decoded while another generates; False when ``stop``
+    said so before a batch started (the batches in flight finish first).
+
+    Slots are daemon threads: a second Ctrl-C ends the run at once instead of waiting for
+    a batch in flight, whose items the caller hands back."""
+    done: SimpleQueue[tuple[list[str], BatchReport | BaseException]] = SimpleQueue()
+    running = 0
+    stopped = False
+    while True:
+        while not stopped and running < max(1, res.slots) and queue.batches:
+            if stop():
+                stopped = True
+                break
+            ids = queue.batches.popleft()
+            threading.Thread(
+                target=_run_slot, args=(ids, res, done), name="llava-batch-slot", daemon=True
+            ).start()
+            running += 1
+        if running == 0:
+            return not stopped
+        ids, got = _next_done(done)
+        running -= 1
+        if isinstance(got, BaseException):
+            _wait_for(done, running)  # a dead engine fails the others fast; let them end
+            raise got
+        if on_batch is not None:
+            on_batch(ids, got)
+
+
+_live_slots: set[threading.Thread] = set()
+_live_lock = threading.Lock()
+
+
+def slots_in_flight() -> int:
+    """Slot threads still working on a batch: after a second Ctrl-C the runner stops without
+    them, and the process must then end without the interpreter's shutdown (see
+    ``jobs.cli_errors.fail``), which would stop them inside the model's native code."""
+    with _live_lock:
+        return len(_live_slots)
+
+
+def _run_slot(
+    ids: list[str],
+    res: WorkerResources,
+    done: SimpleQueue[tuple[list[str], BatchReport | BaseException]],
+) -> None:
+    with _live_lock:
+        _live_slots.add(threading.current_thread())
+    try:
+        done.put((ids, process_batch(ids, res)))
+    except BaseException as exc:  # handed to the runner's thread, which raises it
+        done.put((ids, exc))
+    finally:
+        with _live_lock:
+            _live_slots.discard(threading.current_thread())
+
+
+def _next_done(
+    done: SimpleQueue[tuple[list[str], BatchReport | BaseException]],
+) -> tuple[list[str], BatchReport | BaseException]:
+    while True:  # wake up now and then: Ctrl-C reaches this thread between waits
+        try:
+            return done.get(timeout=0.2)
+        except Empty:
+            continue
+
+
+def _wait_for(
+    done: SimpleQueue[tuple[list[str], BatchReport | BaseException]], running: int
+) -> None:
+    for _ in range(running):
+        _next_done(done)
 
 
 def _sleep_unless_stopped(seconds: float, stop: Callable[[], bool]) -> None:

@@ -88,11 +88,11 @@ def run_batch(
     """Fetches, decodes and generates; returns outcomes and the items to hand back.
 
     Inputs are read and decoded in a thread pool at most about two model batches ahead of the
-    model (two micro-batches of units and ``res.max_batch_pixels`` pixels; see
-    ``workers.ahead``), and a document's pages are rendered one by one into the model batches,
-    so the worker holds only what it is about to feed the model. What to generate for a unit,
-    and what comes of it, is the job kind's (``jobs.kinds``): a caption, an extraction per page,
-    or several questions, asked independently or as the turns of one conversation.
+    model (``ahead_budget``; see ``workers.ahead``), and a document's pages are rendered one by
+    one into the model batches, so the worker holds only what it is about to feed the model.
+    What to generate for a unit, and what comes of it, is the job kind's (``jobs.kinds``): a
+    caption, an extraction per page, or several questions, asked independently or as the turns
+    of one conversation.
     """
     engine = res.engine
     kind = get_kind(claimed[0].kind)  # one message holds items of one job
@@ -135,12 +135,13 @@ def run_batch(
 
     pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS)
     try:
+        max_units, max_pixels = ahead_budget(res, res.micro_batch.size_for(engine))
         ahead = Lookahead(
             claimed,
             lambda item: fetch_input(item, res, rendering),
             pool,
-            max_units=2 * res.micro_batch.size_for(engine),
-            max_pixels=res.max_batch_pixels,
+            max_units=max_units,
+            max_pixels=max_pixels,
         )
         for event in ahead:
             if isinstance(event, ItemOutcome):
@@ -174,6 +175,19 @@ def run_batch(
         # On an error (engine dead), do not decode what is queued just to throw it away.
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes, handed_back
+
+
+def ahead_budget(res: WorkerResources, micro_batch: int) -> tuple[int, int]:
+    """What one slot may hold decoded ahead of the model: units and pixels.
+
+    The worker as a whole holds about two model batches: alone, a slot decodes its next batch
+    while its current one generates; with several slots, the other slots hold the next
+    batches, so each holds its share of two (at least one batch, so batches stay full), and
+    the pixel budget is split between them.
+    """
+    slots = max(1, res.slots)
+    units = max(micro_batch, -(-2 * micro_batch // slots))
+    return units, max(1, res.max_batch_pixels // slots)
 
 
 def _generate_grouped(engine: Engine, tasks: list[Task], micro_batch: MicroBatch) -> list[Outcome]:

@@ -41,6 +41,9 @@ class WorkerResources:
     # size of the messages this process publishes itself (the embedded runner's sweeps).
     gpu_batch_size: int = 0
     message_size: int = 8
+    # Messages worked on at once, sharing the model (LLAVA_BATCH_WORKER_SLOTS): the Celery
+    # pool's threads, or the embedded runner's. The budgets below are split between them.
+    slots: int = 1
     # Budgets of the decode path (see jobs.settings): bytes read per input, pixels per item
     # (a document's selected pages together), decoded pixels held ahead of the model.
     max_input_bytes: int = 256 * 2**20
@@ -124,6 +127,7 @@ def build_resources(
         batch_size=settings.gpu_batch_size,
         gpu_batch_size=settings.gpu_batch_size,
         message_size=settings.batch_size,
+        slots=settings.worker_slots,
         max_new_tokens=settings.max_new_tokens,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,

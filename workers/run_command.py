@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 from jobs import views
+from jobs.cli_errors import fail
 from jobs.context import Context
 from jobs.errors import ExitCode, RequestError
 from jobs.kinds import get_kind
@@ -28,7 +29,7 @@ from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.queries import find_job, read_progress
 from jobs.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
-from workers.local import InProcessQueue, submit_locally, work_locally
+from workers.local import InProcessQueue, slots_in_flight, submit_locally, work_locally
 from workers.pipeline import BatchReport
 from workers.resources import WorkerResources, build_resources
 from workers.run_progress import Interrupts, RunCounts, RunProgress
@@ -190,6 +191,8 @@ def _interrupted(ctx: Context, job_id: str) -> NoReturn:
         markup=False,
     )
     views.err.print(f"resume with: llava-batch run --resume {job_id}", markup=False)
+    if slots_in_flight():  # stopped at once: a batch still generates, its items handed back
+        fail(KeyboardInterrupt(), now=True)
     raise typer.Exit(ExitCode.interrupted)
 
 

@@ -280,12 +280,14 @@ def worker_args(service: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", WORKERS)
-def test_worker_runs_solo_without_sweep_with_events_and_a_node_name(
+def test_worker_runs_its_slots_without_sweep_with_events_and_a_node_name(
     services: dict[str, Any], name: str
 ) -> None:
     worker = services[name]
     args = worker_args(worker)
-    assert "--pool" in args and args[args.index("--pool") + 1] == "solo"
+    # The CLI's own pool (threads, LLAVA_BATCH_WORKER_SLOTS of them sharing the model), not
+    # solo, which works on one message at a time and leaves the GPU idle between them.
+    assert "--pool" not in args or args[args.index("--pool") + 1] == "threads"
     assert "--no-sweep" in args
     assert "-E" in args or "--events" in args  # Flower sees the tasks
     node = args[args.index("-n") + 1]

@@ -79,7 +79,9 @@ def _job_id_from_hint(stderr: str) -> str:
 def test_a_signal_finishes_the_batch_in_flight_and_leaves_the_job_resumable(
     cli_env: dict[str, str], run_cli: RunCli, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    write_images(tmp_path / "imgs", 8)
+    # Eight messages: the run's two slots have at most two in flight when the signal lands,
+    # so some are left to resume even when the signal is taken a batch or two late.
+    write_images(tmp_path / "imgs", 16)
     process, stderr_file = _start(
         cli_env, tmp_path, "run", "caption", str(tmp_path / "imgs"), "--batch-size", "2"
     )
@@ -111,14 +113,14 @@ def test_a_signal_finishes_the_batch_in_flight_and_leaves_the_job_resumable(
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads(line) for line in resumed.stdout.splitlines()]
     # The job's whole output, in submission order: the earlier results first, unchanged.
-    assert [Path(r["input"]).name for r in rows] == [f"img{i:03d}.png" for i in range(8)]
+    assert [Path(r["input"]).name for r in rows] == [f"img{i:03d}.png" for i in range(16)]
     assert all(r["status"] == "succeeded" for r in rows)
     after = _items(cli_env, job_id)
     for source, row in before.items():  # never run again: same result, same time, one attempt
         assert after[source] == row
         assert row["attempts"] == 1
     status = json.loads(run_cli("status", job_id, "--json").stdout)
-    assert status["status"] == "completed" and status["counts"]["succeeded"] == 8
+    assert status["status"] == "completed" and status["counts"]["succeeded"] == 16
 
 
 def test_a_second_ctrl_c_stops_at_once_and_hands_back_the_batch_in_flight(
@@ -151,8 +153,11 @@ def test_a_second_ctrl_c_stops_at_once_and_hands_back_the_batch_in_flight(
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     job_id = _job_id_from_hint(stderr)
-    statuses = sorted(row["status"] for row in _items(cli_env, job_id).values())
-    assert statuses == ["queued"] * 4 + ["succeeded"] * 2  # kept, and handed back
+    statuses = [row["status"] for row in _items(cli_env, job_id).values()]
+    # Kept (the first batch, and the other slot's if it ended first), and handed back (the
+    # batch in flight, and any not started): nothing left running.
+    assert len(statuses) == 6 and "running" not in statuses, statuses
+    assert statuses.count("succeeded") >= 2 and statuses.count("queued") >= 2, statuses
 
 
 def test_resume_of_a_finished_job_writes_its_output_and_loads_no_model(

@@ -169,3 +169,43 @@ def test_two_workers_on_one_host_serve_prometheus_metrics_after_a_job(
         assert scrape[("llava_batch_model_load_seconds", frozenset())] > 0
         queue = frozenset({("queue", "llava-batch.tiny-llava")})  # the model's own queue
         assert scrape[("llava_batch_queue_depth", queue)] == 0
+
+
+def test_a_worker_works_on_two_messages_at_once_sharing_its_model(
+    service_env: dict[str, str], start_worker: StartWorker, tmp_path: Path, pg_url: str
+) -> None:
+    """The default worker runs LLAVA_BATCH_WORKER_SLOTS (2) messages at once in one process,
+    one resident model between them: while one batch generates, the next is already claimed
+    (tests/integration/jobs/test_overlap.py pins down the order of the steps)."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    cli(service_env, "db", "upgrade")
+    write_images(tmp_path / "in", 8)  # two messages of four (LLAVA_BATCH_BATCH_SIZE=4)
+    slow = {**service_env, "LLAVA_BATCH_TEST_FAULTS": json.dumps({"generate_delay_s": 2.0})}
+    worker = start_worker(slow, "--no-sweep")
+    job_id = json.loads(
+        cli(service_env, "submit", "caption", str(tmp_path / "in"), "--json").stdout
+    )["job_id"]
+    db = create_engine(pg_url)
+    held: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and 2 not in held:
+            with db.connect() as conn:
+                held.add(
+                    conn.execute(
+                        text(
+                            "select count(distinct lease_token) from items "
+                            "where job_id = :job and status = 'running'"
+                        ),
+                        {"job": job_id},
+                    ).scalar_one()
+                )
+            time.sleep(0.05)
+    finally:
+        db.dispose()
+    assert 2 in held, f"never two messages claimed at once ({held})\n{worker.log()}"
+    done = cli(service_env, "status", job_id, "--watch", "--json", timeout=240)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed", worker.log()
