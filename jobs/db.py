@@ -83,6 +83,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set while a big submit is still writing the job's rows in chunks: the producer's lease,
+    # renewed by each chunk's commit, cleared by the last one (a small job is written in one
+    # transaction and never has it). While set, the job is not finalised however its items
+    # stand; once it runs out, the sweeper cancels the job (the producer died). Still set on a
+    # finished (cancelled) job: its submission stopped before all its inputs were written.
+    submit_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Item(Base):

@@ -13,7 +13,7 @@ from jobs.input_store import UPLOAD_THREADS, sha256_of
 from jobs.sources import InputSpec
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    from jobs.submit_request import SubmitRequest
 
 
 def fingerprint_of(request: SubmitRequest, inputs: Sequence[InputSpec] | None = None) -> str:

@@ -1,122 +1,56 @@
-"""Submit: validate, store inputs, insert job + items in ONE transaction, commit, THEN publish."""
+"""Submit: validate, store inputs, insert job + items, commit, THEN publish.
+
+A job of up to ``SUBMIT_CHUNK_ROWS`` items is written in ONE transaction; a bigger one in
+chunks, each published as soon as it commits (``jobs.submit_rows``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, SessionFactory, new_id, utcnow
+from jobs import submit_rows
+from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
-from jobs.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
-from jobs.input_store import UPLOAD_THREADS, store_with
-from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
-from jobs.limits import (
-    DEFAULT_MAX_INPUT_BYTES,
-    MAX_IDEMPOTENCY_KEY_CHARS,
-    MAX_NAME_CHARS,
-    check_option,
-    check_text,
-)
-from jobs.metadata import check_metadata
-from jobs.openai_batch import BatchFormat
+from jobs.fingerprint import describe_inputs, fingerprint_streamed
+from jobs.kinds import get_kind
 from jobs.sources import (
     DOCUMENT_EXTENSIONS,
     IMAGE_EXTENSIONS,
-    INPUT_ERROR,
     InputSpec,
     iter_sources,
 )
-from jobs.states import ItemStatus, JobStatus
+from jobs.states import TERMINAL_JOB_STATES
+from jobs.submit_request import SubmitRequest, SubmitResult, build_job, check_request
+from jobs.submit_rows import (
+    ask_for,
+    chunks,
+    insert_items,
+    with_input_error,
+    write_in_chunks,
+)
 from storage import Blobs
 
+__all__ = [
+    "SubmitRequest",
+    "SubmitResult",
+    "add_job",
+    "build_job",
+    "check_request",
+    "submit_job",
+    "with_input_error",
+    "write_job",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SubmitRequest:
-    """A request to run ``kind`` over ``sources``; ``params`` are the kind's typed parameters."""
-
-    kind: str
-    sources: Sequence[str]
-    model: str
-    params: KindParams
-    name: str | None = None
-    idempotency_key: str | None = None
-    # --meta key=value labels (jobs.metadata), checked by jobs.metadata.check_metadata.
-    metadata: Mapping[str, str] | None = None
-    # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
-    # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
-    input_format: BatchFormat | None = None
-    # The user named the model (--model): it serves every input, whatever a file's lines name.
-    model_chosen: bool = False
-
-    @classmethod
-    def of(
-        cls,
-        kind: str,
-        sources: Sequence[str],
-        model: str,
-        *,
-        name: str | None = None,
-        idempotency_key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-        default_max_new_tokens: int = 64,
-        input_format: BatchFormat | None = None,
-        model_chosen: bool = False,
-        **params: Any,
-    ) -> SubmitRequest:
-        """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
-        None means "the default"); ones that do not validate are a request error. With no
-        ``max_new_tokens`` the kind chooses (``default_max_new_tokens``: the setting)."""
-        handler = get_kind(kind)
-        given = {key: value for key, value in params.items() if value is not None}
-        try:
-            typed = handler.params_type.model_validate(given)
-            if typed.max_new_tokens is None:
-                chosen = handler.default_max_new_tokens(typed, default_max_new_tokens)
-                typed = typed.model_copy(update={"max_new_tokens": chosen, "budget_chosen": True})
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"]) or kind
-            raise RequestError(
-                f"{kind}: {where}: {problem['msg']}.", code="invalid_request"
-            ) from None
-        return cls(
-            kind=handler.name,
-            sources=list(sources),
-            model=model,
-            params=typed,
-            name=name,
-            idempotency_key=idempotency_key,
-            metadata=metadata,
-            max_input_bytes=max_input_bytes,
-            input_format=input_format,
-            model_chosen=model_chosen,
-        )
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    job_id: str
-    item_count: int
-    dispatched: bool
-    existing: bool = False
-    model: str = ""  # the job's: the one its workers serve
 
 
 def submit_job(
@@ -129,7 +63,9 @@ def submit_job(
 ) -> SubmitResult:
     """Two passes over the inputs, neither holding a big submission in memory: the first checks
     everything that can refuse the request (nothing is written before it ends); the second
-    stores local inputs and inserts the rows in chunks, all in ONE transaction. Then publish."""
+    stores local inputs and inserts the rows. Up to ``SUBMIT_CHUNK_ROWS`` items: in ONE
+    transaction, then publish. More: chunk by chunk, each published once it commits, so the
+    first batch is on its way while later rows are written (``jobs.submit_rows``)."""
     kind = get_kind(request.kind)
     check_request(request, max_prompt_chars)
     extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS
@@ -155,8 +91,12 @@ def submit_job(
         if existing is not None:
             return existing
     inputs = checked.kept if checked.kept is not None else expand()
-    stamp = utcnow()
     try:
+        if checked.count > submit_rows.SUBMIT_CHUNK_ROWS:
+            return _submit_in_chunks(
+                request, checked, inputs, session_factory, blobs, publisher, max_prompt_chars
+            )
+        stamp = utcnow()
         with session_factory.begin() as session:
             job, item_ids = write_job(
                 session,
@@ -188,12 +128,44 @@ def submit_job(
     )
 
 
+def _submit_in_chunks(
+    request: SubmitRequest,
+    checked: _Checked,
+    inputs: Iterable[InputSpec],
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    publisher: Publisher,
+    max_prompt_chars: int,
+) -> SubmitResult:
+    job, _ = build_job(request, [], [], fingerprint=checked.fingerprint)
+    written = write_in_chunks(
+        session_factory,
+        publisher,
+        job,
+        request,
+        inputs,
+        blobs,
+        max_prompt_chars=max_prompt_chars,
+    )
+    log.info(
+        "job submitted job=%s kind=%s items=%d complete=%s",
+        job.id,
+        job.kind,
+        written.item_count,
+        written.complete,
+    )
+    return SubmitResult(
+        job_id=job.id,
+        item_count=written.item_count,
+        dispatched=written.dispatched,
+        model=job.model,
+        complete=written.complete,
+    )
+
+
 # Inputs kept in memory from the checking pass for the writing one; a bigger submission is
 # expanded again (its manifest read again, its prefix listed again) rather than held.
 _KEPT_INPUTS = 200_000
-# Inputs checked, described and stored together; item rows per multi-row INSERT.
-_CHUNK = 512
-_ROWS_PER_INSERT = 2_000
 
 
 @dataclass(frozen=True)
@@ -201,6 +173,7 @@ class _Checked:
     request: SubmitRequest  # its model the one its inputs name, if any
     fingerprint: str
     kept: list[InputSpec] | None  # None: too many to keep
+    count: int  # how many inputs the checking pass saw
 
 
 def _check_inputs(
@@ -213,9 +186,9 @@ def _check_inputs(
     kept: list[InputSpec] | None = []
     count = 0
     with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as described:
-        for chunk in _chunks(inputs, _CHUNK):
+        for chunk in chunks(inputs, submit_rows._CHUNK):
             for spec in chunk:
-                _ask_for(kind, request.params, spec, max_prompt_chars)
+                ask_for(kind, request.params, spec, max_prompt_chars)
                 if spec.model is not None:
                     models.add(spec.model)
             for description in describe_inputs(chunk, hashed=bool(request.idempotency_key)):
@@ -229,7 +202,7 @@ def _check_inputs(
         request = _with_model_of(request, models)
         described.seek(0)
         fingerprint = fingerprint_streamed(request, described)
-    return _Checked(request=request, fingerprint=fingerprint, kept=kept)
+    return _Checked(request=request, fingerprint=fingerprint, kept=kept, count=count)
 
 
 def write_job(
@@ -245,64 +218,19 @@ def write_job(
     """Adds a new job and its items to ``session`` (the caller's one transaction), the items
     already stamped dispatched, in multi-row INSERTs; local inputs are stored on the way.
     Returns the job and its item ids in order."""
-    kind = get_kind(request.kind)
     job, _ = build_job(request, [], [], fingerprint=fingerprint)
     session.add(job)
     session.flush()  # the job row first: items reference it
-    item_ids: list[str] = []
-    rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-        for chunk in _chunks(inputs, _CHUNK):
-            for spec, (uri, sha256) in zip(chunk, store_with(pool, chunk, blobs), strict=True):
-                ask = _ask_for(kind, request.params, spec, max_prompt_chars)
-                item_id = new_id()
-                item_ids.append(item_id)
-                rows.append(
-                    {
-                        "id": item_id,
-                        "job_id": job.id,
-                        "seq": len(item_ids) - 1,
-                        "custom_id": spec.custom_id,
-                        "source": spec.source,
-                        "input_uri": uri,
-                        "input_sha256": sha256,
-                        "prompt": ask.prompt,
-                        "request": ask.request,
-                        "status": ItemStatus.queued,
-                        "attempts": 0,
-                        "dispatched_at": dispatched_at,
-                    }
-                )
-            if len(rows) >= _ROWS_PER_INSERT:
-                session.execute(insert(Item), rows)
-                rows = []
-    if rows:
-        session.execute(insert(Item), rows)
-    return job, item_ids
-
-
-def _ask_for(
-    kind: Kind[Any], params: KindParams, spec: InputSpec, max_prompt_chars: int
-) -> ItemAsk:
-    ask = kind.item_ask(
-        params,
-        spec.prompt,
-        spec.extra,
-        where=spec.where or spec.source,
+    item_ids = insert_items(
+        session,
+        job,
+        request,
+        inputs,
+        blobs,
+        dispatched_at=dispatched_at,
         max_prompt_chars=max_prompt_chars,
     )
-    return with_input_error(ask, spec)
-
-
-def _chunks(inputs: Iterable[InputSpec], size: int) -> Iterator[list[InputSpec]]:
-    chunk: list[InputSpec] = []
-    for spec in inputs:
-        chunk.append(spec)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    return job, item_ids
 
 
 def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
@@ -316,83 +244,6 @@ def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
             code="model_mismatch",
         )
     return replace(request, model=named.pop()) if named else request
-
-
-def with_input_error(ask: ItemAsk, spec: InputSpec) -> ItemAsk:
-    """An input refused on its own (``InputSpec.input_error``) is recorded in its item's
-    request: the worker fails the item with it, without reading anything."""
-    if spec.input_error is None:
-        return ask
-    code, message = spec.input_error
-    return replace(
-        ask, request={**(ask.request or {}), INPUT_ERROR: {"code": code, "message": message}}
-    )
-
-
-def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
-    """Everything about a request that can be refused before touching any input."""
-    check_option("--batch-size", request.params.batch_size, "batch_size")
-    if request.params.max_new_tokens is not None:  # None: the worker's setting applies
-        check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
-    if request.name is not None:
-        check_text(request.name, what="--name", code="invalid_name", max_chars=MAX_NAME_CHARS)
-    if request.idempotency_key is not None:
-        check_text(
-            request.idempotency_key,
-            what="--idempotency-key",
-            code="invalid_idempotency_key",
-            max_chars=MAX_IDEMPOTENCY_KEY_CHARS,
-        )
-    if request.metadata is not None:
-        check_metadata(request.metadata)
-    get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
-
-
-def build_job(
-    request: SubmitRequest,
-    inputs: Sequence[InputSpec],
-    stored: Sequence[tuple[str, str | None]],
-    asks: Sequence[ItemAsk] | None = None,
-    *,
-    fingerprint: str | None = None,
-) -> tuple[Job, list[Item]]:
-    """The rows of a new job (not yet added to any session)."""
-    kind = get_kind(request.kind)
-    job_id = new_id()
-    params: dict[str, Any] = {
-        **request.params.model_dump(by_alias=True),
-        "fingerprint": fingerprint or fingerprint_of(request),
-    }
-    asks = asks if asks is not None else [ItemAsk()] * len(inputs)
-    items = [
-        Item(
-            id=new_id(),
-            job_id=job_id,
-            seq=seq,
-            custom_id=spec.custom_id,
-            source=spec.source,
-            input_uri=uri,
-            input_sha256=sha256,
-            prompt=ask.prompt,
-            request=ask.request,
-            status=ItemStatus.queued,
-            attempts=0,
-        )
-        for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
-    ]
-    job = Job(
-        id=job_id,
-        name=request.name,
-        kind=kind.name,
-        status=JobStatus.queued,
-        prompt=kind.job_prompt(request.params),
-        params=params,
-        model=request.model,
-        idempotency_key=request.idempotency_key,
-    )
-    if request.metadata:  # none: SQL NULL, not a JSON null
-        job.job_metadata = dict(request.metadata)
-    return job, items
 
 
 def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at: datetime) -> None:
@@ -417,7 +268,22 @@ def _find_by_key(
                 f"The idempotency key {key!r} was already used for a different request.",
                 code="idempotency_conflict",
             )
+        lease = job.submit_lease_expires_at
+        if lease is not None and (job.status in TERMINAL_JOB_STATES or lease < utcnow()):
+            # Its submission stopped half-way (cancelled, or its producer died): returning it
+            # would pass a part of the inputs off as the whole request.
+            raise RequestError(
+                f"The idempotency key {key!r} names job {job.id}, whose submission stopped "
+                "before all its inputs were written (the job is, or will be, cancelled); "
+                "submit again with a new key.",
+                code="submit_incomplete",
+            )
         count = session.scalar(select(func.count()).where(Item.job_id == job.id)) or 0
         return SubmitResult(
-            job_id=job.id, item_count=count, dispatched=True, existing=True, model=job.model
+            job_id=job.id,
+            item_count=count,
+            dispatched=True,
+            existing=True,
+            model=job.model,
+            complete=lease is None,
         )

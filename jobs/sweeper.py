@@ -1,9 +1,10 @@
 """The sweeper: what makes the invariants hold after crashes and lost messages.
 
-One pass takes back expired leases, cancels what a closing job still has queued, re-publishes
-queued items that have no message (or whose message is lost), and finalises jobs whose items
-are all terminal. Each step is a transition of ``jobs.lifecycle``; passes are safe to run from
-several processes at once.
+One pass takes back expired leases, cancels jobs whose submission stopped half-written (their
+submit lease ran out), cancels what a closing job still has queued, re-publishes queued items
+that have no message (or whose message is lost), and finalises jobs whose rows are all written
+and whose items are all terminal. Each step is a transition of ``jobs.lifecycle``; passes are
+safe to run from several processes at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jobs.dispatch import DispatchError, Publisher
 from jobs.hooks import reached
 from jobs.lifecycle import (
     ToPublish,
+    abandon_submissions,
     cancel_stranded,
     expire_leases,
     finalise_jobs,
@@ -37,6 +39,7 @@ class SweepReport:
     cancelled: int = 0
     republished: int = 0
     finalised: int = 0
+    abandoned: int = 0  # jobs whose submission stopped half-written: cancelled
 
 
 def sweep(
@@ -50,6 +53,7 @@ def sweep(
 ) -> SweepReport:
     now = now or utcnow()
     expired = expire_leases(session_factory, max_attempts=max_attempts, now=now)
+    abandoned = abandon_submissions(session_factory, now=now)
     cancelled = cancel_stranded(session_factory, now=now)
     republished = republish_queued(
         session_factory,
@@ -65,6 +69,7 @@ def sweep(
         expired.cancelled + cancelled,
         republished,
         finalised,
+        len(abandoned),
     )
     if report != SweepReport():
         log.info("sweep %s", report)

@@ -8,6 +8,8 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | transition | items                                  | guard                                    |
 |------------|----------------------------------------|------------------------------------------|
 | submit     | - -> queued, dispatched_at set         | the insert's transaction; publish after  |
+| chunk      | - -> queued (a big job's next rows)    | job open and leased; renews/clears lease |
+| abandon    | job -> cancelling; queued -> cancelled | job open, submit lease run out           |
 | claim      | queued -> running, token, attempts+1   | job open, not_before due; waits on locks |
 | heartbeat  | lease extended                         | token = mine, running                    |
 | record     | running -> succeeded / failed          | token = mine; a bad row fails only itself |
@@ -16,7 +18,8 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | expire     | running -> queued / failed / cancelled | running and lease_expires_at < now       |
 | cancel     | job -> cancelling; queued -> cancelled | job queued/in_progress                   |
 | retry      | failed -> queued (pages cleared)       | job not closing, a failed item exists    |
-| finalise   | job -> completed / failed / cancelled  | job unfinished, no queued/running item   |
+| finalise   | job -> completed / failed / cancelled  | job unfinished and fully written (or     |
+|            |                                        | cancelling), no queued/running item      |
 
 Invariants kept here (DESIGN.md):
 3. a claim moves only queued items of an open job, under a fresh lease token;
@@ -50,6 +53,7 @@ from jobs.lifecycle.repairs import (
     undo_dispatch,
 )
 from jobs.lifecycle.requests import cancel_job, requeue_failed
+from jobs.lifecycle.submitting import abandon_submissions, continue_submission
 from jobs.outcome import ItemOutcome
 
 __all__ = [
@@ -60,9 +64,11 @@ __all__ = [
     "Expired",
     "ItemOutcome",
     "ToPublish",
+    "abandon_submissions",
     "cancel_job",
     "cancel_stranded",
     "claim_items",
+    "continue_submission",
     "count_items",
     "expire_leases",
     "finalise_jobs",

@@ -1,4 +1,5 @@
-"""Finalise: a job ends when nothing of it is queued or running; never a count under a lock."""
+"""Finalise: a job ends when all its rows are written and nothing of it is queued or running;
+never a count under a lock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     and_,
     case,
     func,
+    or_,
     select,
     update,
 )
@@ -43,6 +45,13 @@ def has_unfinished_item() -> ColumnElement[bool]:
     return has_item(Item.status.in_((ItemStatus.queued, ItemStatus.running)))
 
 
+def is_fully_written() -> ColumnElement[bool]:
+    """The job's rows are all written, or it is being cancelled: a producer still writing
+    chunks holds a submit lease, and no chunk is written into a job that is not open (the chunk
+    takes the job row first), so a cancelling job may end with the rows it has."""
+    return or_(Job.submit_lease_expires_at.is_(None), Job.status == JobStatus.cancelling)
+
+
 def finalise_jobs(
     session_factory: SessionFactory, job_ids: Iterable[str], *, now: datetime | None = None
 ) -> int:
@@ -72,7 +81,12 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
     )
     status = session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(UNFINISHED_JOB_STATES), ~has_unfinished_item())
+        .where(
+            Job.id == job_id,
+            Job.status.in_(UNFINISHED_JOB_STATES),
+            is_fully_written(),
+            ~has_unfinished_item(),
+        )
         .values(
             status=case(
                 (Job.status == JobStatus.cancelling, JobStatus.cancelled),
@@ -96,7 +110,7 @@ def jobs_ready_to_finalise(
     """Unfinished jobs with no queued or running item (an index probe per job, no lock)."""
     query = (
         select(Job.id)
-        .where(Job.status.in_(UNFINISHED_JOB_STATES), ~has_unfinished_item())
+        .where(Job.status.in_(UNFINISHED_JOB_STATES), is_fully_written(), ~has_unfinished_item())
         .limit(limit)
     )
     if among is not None:

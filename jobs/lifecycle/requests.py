@@ -11,7 +11,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from jobs.db import Item, ItemPage, Job, SessionFactory, utcnow
 from jobs.errors import JobNotFoundError, JobsError
@@ -42,24 +42,31 @@ def cancel_job(session_factory: SessionFactory, job_id: str, *, now: datetime | 
             if status in TERMINAL_JOB_STATES:
                 return status
         reached("cancel:marked")
-        inner = aliased(Item)
-        queued = (
-            select(inner.id)
-            .where(inner.job_id == job_id, inner.status == ItemStatus.queued)
-            .order_by(inner.id)
-        )
-        if is_postgres(session):
-            queued = queued.with_for_update()
-        session.execute(
-            update(Item)
-            .where(Item.id.in_(queued), Item.status == ItemStatus.queued)
-            .values(status=ItemStatus.cancelled, finished_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        finalise_in_session(session, job_id, now=now)
+        cancel_queued_items(session, job_id, now=now)
         final = session.scalar(select(Job.status).where(Job.id == job_id))
     log.info("job cancel requested job=%s status=%s", job_id, final)
     return str(final)
+
+
+def cancel_queued_items(session: Session, job_id: str, *, now: datetime) -> None:
+    """The rest of a cancel, in the caller's transaction that has just marked the job
+    ``cancelling`` (so holds its row): queued items end cancelled, then the job ends if
+    nothing of it runs."""
+    inner = aliased(Item)
+    queued = (
+        select(inner.id)
+        .where(inner.job_id == job_id, inner.status == ItemStatus.queued)
+        .order_by(inner.id)
+    )
+    if is_postgres(session):
+        queued = queued.with_for_update()
+    session.execute(
+        update(Item)
+        .where(Item.id.in_(queued), Item.status == ItemStatus.queued)
+        .values(status=ItemStatus.cancelled, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    finalise_in_session(session, job_id, now=now)
 
 
 def requeue_failed(

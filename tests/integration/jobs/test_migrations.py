@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -28,3 +30,34 @@ def test_head_revision_is_alembics(db_url: str) -> None:
 
 def test_a_database_without_tables_has_no_revision(db_url: str) -> None:
     assert current_revision(make_engine(db_url)) is None
+
+
+def test_0007_leaves_existing_jobs_fully_written_and_goes_back(db_url: str) -> None:
+    """0007 adds ``jobs.submit_lease_expires_at`` empty: every job written before it was written
+    in one transaction, so none may look half-written (never finalised) after the upgrade."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    config = build_alembic_config(db_url)
+
+    def to(revision: str, step: Any) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    to("0006", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'caption', 'in_progress', '{}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+    to("0007", command.upgrade)
+    with engine.connect() as connection:
+        lease = connection.execute(text("SELECT submit_lease_expires_at FROM jobs")).scalar()
+    assert lease is None
+    to("0006", command.downgrade)
+    assert current_revision(engine) == "0006"
+    to("head", command.upgrade)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from jobs import submit as submit_module
+from jobs import submit_rows
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
@@ -141,8 +142,8 @@ def _manifest(folder: Path, count: int, *, bad_line: int | None = None) -> Path:
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submit_module, "_CHUNK", 2)
-    monkeypatch.setattr(submit_module, "_ROWS_PER_INSERT", 3)
+    monkeypatch.setattr(submit_rows, "_CHUNK", 2)
+    monkeypatch.setattr(submit_rows, "_ROWS_PER_INSERT", 3)
     monkeypatch.setattr(submit_module, "_KEPT_INPUTS", 4)  # the inputs are expanded again
 
 

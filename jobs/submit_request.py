@@ -1,0 +1,170 @@
+"""A submit request and what it builds: the typed request, its checks that need no input, the
+job row it becomes, and what a submit returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.db import Item, Job, new_id
+from jobs.errors import RequestError
+from jobs.fingerprint import fingerprint_of
+from jobs.kinds import ItemAsk, KindParams, get_kind
+from jobs.limits import (
+    DEFAULT_MAX_INPUT_BYTES,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_NAME_CHARS,
+    check_option,
+    check_text,
+)
+from jobs.metadata import check_metadata
+from jobs.openai_batch import BatchFormat
+from jobs.sources import InputSpec
+from jobs.states import ItemStatus, JobStatus
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A request to run ``kind`` over ``sources``; ``params`` are the kind's typed parameters."""
+
+    kind: str
+    sources: Sequence[str]
+    model: str
+    params: KindParams
+    name: str | None = None
+    idempotency_key: str | None = None
+    # --meta key=value labels (jobs.metadata), checked by jobs.metadata.check_metadata.
+    metadata: Mapping[str, str] | None = None
+    # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
+    # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
+    input_format: BatchFormat | None = None
+    # The user named the model (--model): it serves every input, whatever a file's lines name.
+    model_chosen: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        sources: Sequence[str],
+        model: str,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        default_max_new_tokens: int = 64,
+        input_format: BatchFormat | None = None,
+        model_chosen: bool = False,
+        **params: Any,
+    ) -> SubmitRequest:
+        """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
+        None means "the default"); ones that do not validate are a request error. With no
+        ``max_new_tokens`` the kind chooses (``default_max_new_tokens``: the setting)."""
+        handler = get_kind(kind)
+        given = {key: value for key, value in params.items() if value is not None}
+        try:
+            typed = handler.params_type.model_validate(given)
+            if typed.max_new_tokens is None:
+                chosen = handler.default_max_new_tokens(typed, default_max_new_tokens)
+                typed = typed.model_copy(update={"max_new_tokens": chosen, "budget_chosen": True})
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or kind
+            raise RequestError(
+                f"{kind}: {where}: {problem['msg']}.", code="invalid_request"
+            ) from None
+        return cls(
+            kind=handler.name,
+            sources=list(sources),
+            model=model,
+            params=typed,
+            name=name,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            max_input_bytes=max_input_bytes,
+            input_format=input_format,
+            model_chosen=model_chosen,
+        )
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    item_count: int
+    dispatched: bool
+    existing: bool = False
+    model: str = ""  # the job's: the one its workers serve
+    # False: the job was cancelled while its rows were still being written (it holds only
+    # ``item_count`` of its inputs); for an existing job, another submit is still writing it.
+    complete: bool = True
+
+
+def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
+    """Everything about a request that can be refused before touching any input."""
+    check_option("--batch-size", request.params.batch_size, "batch_size")
+    if request.params.max_new_tokens is not None:  # None: the worker's setting applies
+        check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
+    if request.name is not None:
+        check_text(request.name, what="--name", code="invalid_name", max_chars=MAX_NAME_CHARS)
+    if request.idempotency_key is not None:
+        check_text(
+            request.idempotency_key,
+            what="--idempotency-key",
+            code="invalid_idempotency_key",
+            max_chars=MAX_IDEMPOTENCY_KEY_CHARS,
+        )
+    if request.metadata is not None:
+        check_metadata(request.metadata)
+    get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
+
+
+def build_job(
+    request: SubmitRequest,
+    inputs: Sequence[InputSpec],
+    stored: Sequence[tuple[str, str | None]],
+    asks: Sequence[ItemAsk] | None = None,
+    *,
+    fingerprint: str | None = None,
+) -> tuple[Job, list[Item]]:
+    """The rows of a new job (not yet added to any session)."""
+    kind = get_kind(request.kind)
+    job_id = new_id()
+    params: dict[str, Any] = {
+        **request.params.model_dump(by_alias=True),
+        "fingerprint": fingerprint or fingerprint_of(request),
+    }
+    asks = asks if asks is not None else [ItemAsk()] * len(inputs)
+    items = [
+        Item(
+            id=new_id(),
+            job_id=job_id,
+            seq=seq,
+            custom_id=spec.custom_id,
+            source=spec.source,
+            input_uri=uri,
+            input_sha256=sha256,
+            prompt=ask.prompt,
+            request=ask.request,
+            status=ItemStatus.queued,
+            attempts=0,
+        )
+        for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
+    ]
+    job = Job(
+        id=job_id,
+        name=request.name,
+        kind=kind.name,
+        status=JobStatus.queued,
+        prompt=kind.job_prompt(request.params),
+        params=params,
+        model=request.model,
+        idempotency_key=request.idempotency_key,
+    )
+    if request.metadata:  # none: SQL NULL, not a JSON null
+        job.job_metadata = dict(request.metadata)
+    return job, items
