@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
-from jobs.lifecycle import ItemOutcome
+from jobs.lifecycle import ItemOutcome, record_results
 from jobs.states import ItemStatus, JobKind, JobStatus
 from jobs.submit import SubmitRequest
 from model.engine import EngineSpec
@@ -29,6 +29,7 @@ from model.transformers_engine import TransformersEngine, load_engine
 from storage import Blobs
 from tests.helpers import make_resources, write_images
 from workers.local import run_job_locally
+from workers.resources import WorkerResources
 
 WAIT = 60  # seconds any one step may take on a slow, shared machine
 
@@ -76,12 +77,35 @@ def forward(engine: TransformersEngine) -> Iterator[Gate]:
         del model.generate  # the instance attribute goes; the class's method is back
 
 
-def _running_leases(sf: SessionFactory, job_id: str) -> dict[str, int]:
+def _job(
+    sf: SessionFactory,
+    blobs: Blobs,
+    engine: TransformersEngine,
+    tmp_path: Path,
+    *,
+    images: int,
+    slots: int,
+) -> tuple[WorkerResources, SubmitRequest]:
+    """Resources with ``slots`` sharing the engine, and a caption job in messages of eight."""
+    write_images(tmp_path / "in", images)
+    res = make_resources(sf, blobs, engine, batch_size=8)
+    res.slots = slots
+    request = SubmitRequest.of(
+        kind=JobKind.caption,
+        sources=[str(tmp_path / "in")],
+        model="tiny-llava",
+        max_new_tokens=4,
+        batch_size=8,
+    )
+    return res, request
+
+
+def _running_leases(sf: SessionFactory, job_id: str) -> dict[str | None, int]:
     with sf() as session:
         rows = session.execute(
             select(Item.lease_token).where(Item.job_id == job_id, Item.status == ItemStatus.running)
         ).all()
-    counts: dict[str, int] = {}
+    counts: dict[str | None, int] = {}
     for (token,) in rows:
         counts[token] = counts.get(token, 0) + 1
     return counts
@@ -104,20 +128,12 @@ def test_the_next_batch_is_ready_and_the_last_recorded_while_the_model_generates
     forward: Gate,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    write_images(tmp_path / "in", 24)
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
-    res.slots = 2
-    request = SubmitRequest.of(
-        kind=JobKind.caption,
-        sources=[str(tmp_path / "in")],
-        model="tiny-llava",
-        max_new_tokens=4,
-        batch_size=8,  # three messages of eight: one model batch each
-    )
+    # Three messages of eight: one model batch each.
+    res, request = _job(session_factory, blobs, engine, tmp_path, images=24, slots=2)
 
     # The first recording pauses too, so "N-1 is being recorded" is a window the test holds.
     recording = Gate(pause_call=1)
-    real_record = workers.pipeline.record_results
+    real_record = record_results  # what the pipeline calls, wrapped below
 
     recorded: list[str] = []
 
@@ -178,16 +194,7 @@ def test_one_slot_works_one_message_at_a_time(
 ) -> None:
     """The control: with one slot nothing of the next message is claimed while the model
     runs, which is what the overlap above changes."""
-    write_images(tmp_path / "in", 16)
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
-    res.slots = 1
-    request = SubmitRequest.of(
-        kind=JobKind.caption,
-        sources=[str(tmp_path / "in")],
-        model="tiny-llava",
-        max_new_tokens=4,
-        batch_size=8,
-    )
+    res, request = _job(session_factory, blobs, engine, tmp_path, images=16, slots=1)
     runner = threading.Thread(
         target=lambda: run_job_locally(request, res, max_prompt_chars=4000), daemon=True
     )

@@ -1,0 +1,216 @@
+"""The columns of ``bench/throughput.py``: each runs the same images and prompt one way and
+returns its wall seconds. ``BusyEngine`` times the model inside the system run."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from jobs.kinds.caption import DEFAULT_PROMPT
+from jobs.states import JobKind
+from jobs.submit import SubmitRequest
+from model.engine import Engine, GenerationRequest, GenerationResult
+from model.fake import FakeEngine
+from model.images import decode_image
+from workers.local import run_job_locally
+from workers.resources import build_resources
+
+# The caption kind's default, given explicitly to every column (and to the system's job).
+PROMPT = DEFAULT_PROMPT
+
+
+class BusyEngine:
+    """Implements ``model.engine.Engine`` around another engine, and measures the wall time
+    during which at least one ``generate`` call is in flight (the model's forward with its own
+    preprocessing): the union of the calls' intervals, not their sum, since a worker's slots
+    may call ``generate`` from two threads at once. Other attributes (``input_side``,
+    ``suggested_batch_size``, ``count_prompt_tokens``, …) go to the wrapped engine, so the
+    pipeline sees the same engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._since = 0.0
+        self.busy_seconds = 0.0
+        self.calls = 0
+        self.items = 0
+        self.first_start: float | None = None  # perf_counter of the first call's start
+        self.last_end = 0.0  # and of the last call's end
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def revision(self) -> str | None:
+        return self._engine.revision
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        max_new_tokens: int,
+        json_schema: Mapping[str, Any] | None = None,
+        fit_to_context: bool = False,
+    ) -> list[GenerationResult]:
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = time.perf_counter()
+                if self.first_start is None:
+                    self.first_start = self._since
+            self._in_flight += 1
+            self.calls += 1
+            self.items += len(requests)
+        try:
+            return self._engine.generate(
+                requests,
+                max_new_tokens=max_new_tokens,
+                json_schema=json_schema,
+                fit_to_context=fit_to_context,
+            )
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self.last_end = time.perf_counter()
+                    self.busy_seconds += self.last_end - self._since
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never recurse on our own attributes (copy, pickle)
+            raise AttributeError(name)
+        return getattr(self._engine, name)
+
+
+def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag: str) -> float:
+    """(a) The system, embedded: submit (SQLite, local storage) → in-process worker → rows."""
+    from jobs.context import open_database
+    from jobs.migrate import upgrade_database
+    from jobs.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-"))
+    # The product's own configuration (its defaults: worker slots, budgets), with the bench's
+    # batch sizes; the environment's LLAVA_BATCH_* apply too, as they would to `run`.
+    settings = Settings(
+        home=home,
+        database_url="",
+        storage_url="",
+        model=engine.name,
+        batch_size=args.batch_size,
+        gpu_batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    db = open_database(settings)
+    upgrade_database(db)
+    res = build_resources(settings, engine_loader=lambda: engine)
+    request = SubmitRequest.of(
+        kind=JobKind.caption,
+        sources=[str(images_dir)],
+        model=engine.name,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        prompt=PROMPT,
+    )
+    try:
+        start = time.perf_counter()
+        result = run_job_locally(request, res, max_prompt_chars=4000)
+        elapsed = time.perf_counter() - start
+    finally:
+        db.dispose()
+        shutil.rmtree(home, ignore_errors=True)  # a copy of every input: do not pile them up
+    assert result.item_count == args.items, result
+    return elapsed
+
+
+def run_celery(images_dir: Path, args: argparse.Namespace) -> float:
+    """(a) The system with a real ``llava-batch worker`` process and the DB, broker and storage
+    of LLAVA_BATCH_*: from the CLI submit to the last result in the database."""
+    cli = str(Path(sys.executable).parent / "llava-batch")
+    env = {
+        **os.environ,
+        "LLAVA_BATCH_BATCH_SIZE": str(args.batch_size),
+        "LLAVA_BATCH_GPU_BATCH_SIZE": str(args.batch_size),
+        "LLAVA_BATCH_MAX_NEW_TOKENS": str(args.max_new_tokens),
+        "LLAVA_BATCH_MODEL": args.model,
+    }
+    subprocess.run([cli, "db", "upgrade"], env=env, check=True)
+    log = open(Path(tempfile.mkdtemp()) / "worker.log", "w+b")  # noqa: SIM115
+    worker = subprocess.Popen([cli, "worker", "--no-sweep"], env=env, stdout=log, stderr=log)
+    try:
+        while b"worker ready" not in Path(log.name).read_bytes():
+            if worker.poll() is not None:
+                raise SystemExit(Path(log.name).read_text())
+            time.sleep(0.2)
+        start = time.perf_counter()
+        out = subprocess.run(
+            [cli, "submit", "caption", str(images_dir), "--prompt", PROMPT, "--json", "--wait"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert json.loads(out.stdout.splitlines()[0])["items"] == args.items
+    return elapsed
+
+
+def _full_decode(path: Path) -> Image.Image:
+    """What a script does: read the file, decode it at full size (no JPEG draft), RGB."""
+    return Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
+
+
+def run_plain(paths: list[Path], engine: Engine, args: argparse.Namespace) -> float:
+    """(b) The plain batched script: per batch, read and fully decode, then ``generate`` (which
+    preprocesses); serial, timed end to end."""
+    start = time.perf_counter()
+    for i in range(0, len(paths), args.batch_size):
+        batch = [GenerationRequest(_full_decode(p), PROMPT) for p in paths[i : i + args.batch_size]]
+        engine.generate(batch, max_new_tokens=args.max_new_tokens)
+    return time.perf_counter() - start
+
+
+def run_seed_loop(paths: list[Path], engine: Engine, args: argparse.Namespace) -> float:
+    """(c) The seed-style loop: read, fully decode and ``generate`` one image at a time."""
+    start = time.perf_counter()
+    for path in paths:
+        engine.generate(
+            [GenerationRequest(_full_decode(path), PROMPT)], max_new_tokens=args.max_new_tokens
+        )
+    return time.perf_counter() - start
+
+
+def run_raw(paths: list[Path], engine: Engine, args: argparse.Namespace) -> float:
+    """Information, not a target: ``generate`` alone over images decoded beforehand as the
+    worker decodes them (reduced-scale JPEG draft included). A ceiling no pipeline can beat."""
+    side = getattr(engine, "input_side", None)
+    images = [decode_image(p.read_bytes(), min_side=side) for p in paths]
+    start = time.perf_counter()
+    for i in range(0, len(images), args.batch_size):
+        batch = [GenerationRequest(image, PROMPT) for image in images[i : i + args.batch_size]]
+        engine.generate(batch, max_new_tokens=args.max_new_tokens)
+    return time.perf_counter() - start
+
+
+class StubEngine(FakeEngine):
+    """``model.fake.FakeEngine`` (answers at once) with the real engine's ``input_side``, so the
+    system path decodes as it does for the model: the CPU cost of the path without a model."""
+
+    def __init__(self, input_side: int | None) -> None:
+        super().__init__()
+        self.input_side = input_side
