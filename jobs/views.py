@@ -60,6 +60,7 @@ def show_submitted(
             "items": result.item_count,
             "dispatched": result.dispatched,
             "existing": result.existing,
+            "complete": result.complete,
             "model": model,
         }
         if served is not None:
@@ -71,6 +72,15 @@ def show_submitted(
         err.print(f"warning: {no_worker_serves(model)}", markup=False)
     if result.existing:
         err.print(f"the idempotency key matches job {result.job_id}; nothing new submitted")
+        if not result.complete:
+            err.print(
+                f"that job is still being submitted: {result.item_count} item(s) written so far"
+            )
+    elif not result.complete:
+        err.print(
+            f"the job was cancelled while it was being submitted: {result.item_count} item(s) "
+            "were written; the rest were not"
+        )
     else:
         err.print(f"submitted {result.item_count} item(s)")
     if not result.dispatched:
