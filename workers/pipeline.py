@@ -19,7 +19,14 @@ from sqlalchemy.exc import DBAPIError
 from jobs.db import is_retryable
 from jobs.errors import ItemErrorCode
 from jobs.kinds import decode_params, get_kind
-from jobs.lifecycle import ClaimedItem, ItemOutcome, claim_items, record_results, release_items
+from jobs.lifecycle import (
+    ClaimedItem,
+    ItemOutcome,
+    claim_items,
+    lost_a_worker,
+    record_results,
+    release_items,
+)
 from jobs.outcome import Outcome
 from jobs.sources import read_input_error
 from model.engine import Engine
@@ -53,6 +60,14 @@ class BatchReport:
 
 
 def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
+    # Beside other slots, unless an item of it lost a worker before (``workers.isolation``);
+    # the turn is taken before the claim, so a message waiting for it holds nothing.
+    alone = res.slots > 1 and lost_a_worker(res.session_factory, item_ids)
+    with res.isolation.turn(alone=alone):
+        return _process_batch(item_ids, res)
+
+
+def _process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
     claimed = claim_with_retry(res, item_ids)
     if not claimed:
         log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))

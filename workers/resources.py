@@ -21,6 +21,7 @@ from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
 from workers import metrics
+from workers.isolation import Isolation
 from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class WorkerResources:
     model: str | None = None
     quantization: str = "none"
     micro_batch: MicroBatch = field(init=False)
+    isolation: Isolation = field(default_factory=Isolation)
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -33,7 +33,13 @@ short transaction; on PostgreSQL the job row is locked first and checked by a la
 the check sees a retry or cancel that held the lock.
 """
 
-from jobs.lifecycle.claims import claim_items, hand_back_claims, release_items, renew_lease
+from jobs.lifecycle.claims import (
+    claim_items,
+    hand_back_claims,
+    lost_a_worker,
+    release_items,
+    renew_lease,
+)
 from jobs.lifecycle.common import (
     CLOSING_JOB_STATES,
     OPEN_JOB_STATES,
@@ -75,6 +81,7 @@ __all__ = [
     "hand_back_claims",
     "is_postgres",
     "jobs_ready_to_finalise",
+    "lost_a_worker",
     "models_with_open_jobs",
     "record_results",
     "release_items",

@@ -117,6 +117,23 @@ def claim_items(
     return claimed
 
 
+def lost_a_worker(session_factory: SessionFactory, item_ids: Sequence[str]) -> bool:
+    """Whether any of these items, still queued, has been claimed before: its worker was lost
+    (a hand-back refunds its attempt and a retry starts again from 0). Such an item may be what
+    kills workers, so a worker runs its message alone (``workers.isolation``). A read: no lock."""
+    with session_factory() as session:
+        found = session.scalar(
+            select(Item.id)
+            .where(
+                Item.id.in_(list(item_ids)),
+                Item.status == ItemStatus.queued,
+                Item.attempts > 0,
+            )
+            .limit(1)
+        )
+    return found is not None
+
+
 def _start_jobs(session_factory: SessionFactory, job_ids: Iterable[str], *, now: datetime) -> None:
     # Its own transaction: a claim holding item locks never waits for a job row (cancel takes
     # the job row first, then items; the two orders would deadlock).

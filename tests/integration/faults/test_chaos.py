@@ -79,7 +79,9 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
         },
         generate_delay_s=1.5,
     )
-    sizes = [20, 40, 20]  # the middle one is cancelled mid-way
+    # The middle one is cancelled mid-way: large enough that two workers of two slots each are
+    # still on it when the cancel lands.
+    sizes = [20, 80, 20]
     jobs = [submit(fault_env, images(tmp_path, n, name=f"set{i}")) for i, n in enumerate(sizes)]
     workers: list[Worker] = [start_worker(env, "--no-sweep") for _ in range(2)]
     sweeper = Sweeper(env, tmp_path / "sweeper.log")

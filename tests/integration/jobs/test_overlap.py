@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
@@ -28,7 +28,7 @@ from model.engine import EngineSpec
 from model.transformers_engine import TransformersEngine, load_engine
 from storage import Blobs
 from tests.helpers import make_resources, write_images
-from workers.local import run_job_locally
+from workers.local import run_job_locally, submit_locally, work_locally
 from workers.resources import WorkerResources
 
 WAIT = 60  # seconds any one step may take on a slow, shared machine
@@ -207,3 +207,36 @@ def test_one_slot_works_one_message_at_a_time(
     forward.opened.set()
     runner.join(WAIT * 2)
     assert not runner.is_alive()
+
+
+def test_a_message_whose_item_lost_a_worker_runs_alone(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    engine: TransformersEngine,
+    forward: Gate,
+) -> None:
+    """Invariant: an item that killed its worker does not take other items' attempts with it
+    again. The sweeper sends such an item out alone; beside it in the same process, another
+    slot's batch would die with it. So its message runs with no other message claimed."""
+    res, request = _job(session_factory, blobs, engine, tmp_path, images=16, slots=2)
+    queue, submitted = submit_locally(request, res, max_prompt_chars=4000)
+    suspects = queue.batches[1]
+    with session_factory.begin() as session:  # as if their worker had been lost once
+        session.execute(update(Item).where(Item.id.in_(suspects)).values(attempts=1))
+    runner = threading.Thread(
+        target=lambda: work_locally(submitted.job_id, res, queue), daemon=True
+    )
+    runner.start()
+
+    assert forward.reached.wait(WAIT)
+    # Whichever message got its turn first, the other has claimed nothing.
+    assert sorted(_running_leases(session_factory, submitted.job_id).values()) == [8]
+    assert engine.prepared_waiting == 0
+    forward.opened.set()
+    runner.join(WAIT * 2)
+    assert not runner.is_alive()
+    with session_factory() as session:
+        items = session.scalars(select(Item).where(Item.job_id == submitted.job_id)).all()
+    assert all(i.status == ItemStatus.succeeded for i in items)
+    assert sorted(i.attempts for i in items) == [1] * 8 + [2] * 8
