@@ -173,16 +173,16 @@ def _drain(
             on_batch(ids, got)
 
 
-_live_slots: set[threading.Thread] = set()
-_live_lock = threading.Lock()
+_in_flight = 0
+_in_flight_lock = threading.Lock()
 
 
 def slots_in_flight() -> int:
     """Slot threads still working on a batch: after a second Ctrl-C the runner stops without
     them, and the process must then end without the interpreter's shutdown (see
     ``jobs.cli_errors.fail``), which would stop them inside the model's native code."""
-    with _live_lock:
-        return len(_live_slots)
+    with _in_flight_lock:
+        return _in_flight
 
 
 def _run_slot(
@@ -190,15 +190,17 @@ def _run_slot(
     res: WorkerResources,
     done: SimpleQueue[tuple[list[str], BatchReport | BaseException]],
 ) -> None:
-    with _live_lock:
-        _live_slots.add(threading.current_thread())
+    global _in_flight
+    with _in_flight_lock:
+        _in_flight += 1
+    got: BatchReport | BaseException
     try:
-        done.put((ids, process_batch(ids, res)))
+        got = process_batch(ids, res)
     except BaseException as exc:  # handed to the runner's thread, which raises it
-        done.put((ids, exc))
-    finally:
-        with _live_lock:
-            _live_slots.discard(threading.current_thread())
+        got = exc
+    with _in_flight_lock:  # done before the runner hears of it: a slot it heard of is not live
+        _in_flight -= 1
+    done.put((ids, got))
 
 
 def _next_done(
