@@ -263,6 +263,27 @@ def test_the_pixel_budget_bounds_what_is_held_and_shrinks_model_batches(
     assert ahead.peak_pixels <= res.max_batch_pixels
 
 
+def test_two_slots_share_the_budget_of_about_two_model_batches(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, lookaheads: list[Lookahead]
+) -> None:
+    """With two slots, each holds one model batch and half the pixel budget, so the worker as
+    a whole holds about two model batches, as one slot alone does."""
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    for i in range(16):
+        Image.new("RGB", (100, 100), (i * 10, 0, 0)).save(catalogue / f"p{i:02d}.png")
+    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=4)
+    res.slots = 2
+    res.max_batch_pixels = 8 * 100 * 100
+    request = _request(JobKind.caption, catalogue, batch_size=8)
+    result = run_job_locally(request, res, max_prompt_chars=4000)
+    assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
+    assert len(lookaheads) == 2
+    for ahead in lookaheads:
+        assert (ahead.max_units, ahead.max_pixels) == (4, 4 * 100 * 100)
+        assert ahead.peak_units <= 4 and ahead.peak_pixels <= 4 * 100 * 100
+
+
 def test_a_single_input_over_the_batch_budget_still_goes_through(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
