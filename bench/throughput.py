@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -112,10 +114,15 @@ def run_once(
                 seconds["embedded"] = wall
                 seconds["system"] = run_celery(images_dir, args)
         elif column == "plain":
+            # The other columns are a user's script, with torch's own thread count (a system
+            # run leaves the worker's behind: one intra-op thread on the CPU).
+            torch.set_num_threads(args.torch_threads)
             seconds["plain"] = run_plain(paths, engine, args)
         elif column == "seed":
+            torch.set_num_threads(args.torch_threads)
             seconds["seed"] = run_seed_loop(paths, engine, args)
         else:
+            torch.set_num_threads(args.torch_threads)
             seconds["raw"] = run_raw(paths, engine, args)
         print(f"  {column:<7} {time.perf_counter() - started:7.1f} s", file=sys.stderr)
     return seconds
@@ -254,6 +261,7 @@ def main() -> None:
         )
 
     engine = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
+    args.torch_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         images_dir = Path(tmp) / "images"
         images_dir.mkdir()

@@ -72,8 +72,10 @@ class WorkerResources:
             with self._lock:
                 if self._engine is None:
                     started = time.monotonic()
-                    self._engine = self.engine_loader()
+                    engine = self.engine_loader()
                     metrics.record_model_load(time.monotonic() - started)
+                    _share_cores(engine)
+                    self._engine = engine
         return self._engine
 
     @property
@@ -82,6 +84,14 @@ class WorkerResources:
         if self.model is None:
             return None
         return Serving(self.model, self.engine.revision, self.quantization)
+
+
+def _share_cores(engine: Engine) -> None:
+    """A model on the CPU runs torch on one intra-op thread: the worker's slots and decode
+    threads are its parallelism (``TransformersEngine.limit_cpu_threads`` says why)."""
+    limit = getattr(engine, "limit_cpu_threads", None)
+    if callable(limit) and limit(1):
+        log.info("model on the CPU: torch uses one intra-op thread beside the worker's threads")
 
 
 def build_engine_spec(settings: Settings) -> EngineSpec:

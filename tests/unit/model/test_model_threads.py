@@ -1,15 +1,22 @@
 """TransformersEngine shared by threads, as a worker's slots share it: one batch is prepared
-on the host while another holds the device, and concurrent calls give what serial ones give."""
+on the host while another holds the device, concurrent calls give what serial ones give, and a
+worker on the CPU runs torch on one intra-op thread beside its own threads."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+import torch
 from PIL import Image
 
 from model.engine import GenerationRequest, Turn
+from model.fake import FakeEngine
 from model.transformers_engine import TransformersEngine
+from storage import open_blobs
+from tests.helpers import make_resources
 
 
 def _batch(seed: int) -> list[GenerationRequest]:
@@ -58,3 +65,61 @@ def test_concurrent_calls_give_what_serial_calls_give(tiny_engine: TransformersE
             )
         )
     assert concurrent == serial * 2
+
+
+@pytest.fixture
+def two_torch_threads() -> Iterator[None]:
+    """torch's thread count is the process's: start every test from two (a machine's default
+    on two cores or more) and put back what was there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _torch_threads_in_a_slot() -> int:
+    """What a slot thread (a new thread, as Celery's pool and the embedded runner start)
+    would run torch with."""
+    seen: list[int] = []
+    slot = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    slot.start()
+    slot.join()
+    return seen[0]
+
+
+def _worker_loads(engine: object, tmp_path_factory: pytest.TempPathFactory) -> None:
+    blobs = open_blobs(str(tmp_path_factory.mktemp("blobs")))
+    res = make_resources(None, blobs, engine)  # type: ignore[arg-type]  # no database needed
+    assert res.engine is engine
+
+
+def test_a_worker_on_the_cpu_runs_torch_on_one_intra_op_thread(
+    llava_engine: TransformersEngine,
+    two_torch_threads: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _torch_threads_in_a_slot() == 2
+    _worker_loads(llava_engine, tmp_path_factory)
+    # Two slots calling torch with pools of two threads each made every batch twice as slow.
+    assert _torch_threads_in_a_slot() == 1
+
+
+def test_an_operators_omp_num_threads_is_left_as_it_is(
+    llava_engine: TransformersEngine,
+    two_torch_threads: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert llava_engine.limit_cpu_threads(1) is False
+    _worker_loads(llava_engine, tmp_path_factory)
+    assert _torch_threads_in_a_slot() == 2
+
+
+def test_an_engine_without_the_limit_is_loaded_as_it_is(
+    two_torch_threads: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _worker_loads(FakeEngine(), tmp_path_factory)  # no torch in it: nothing to limit
+    assert _torch_threads_in_a_slot() == 2
