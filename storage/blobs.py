@@ -58,9 +58,11 @@ class Blobs:
         digest = hashlib.sha256(data).hexdigest()
         key = f"inputs/sha256/{digest[:2]}/{digest}{suffix}"
         # Check-then-write races are harmless: concurrent writers store identical bytes.
-        if not self._store.exists(key):
-            self._store.write_bytes(key, data)
-        return StoredBlob(uri=self._store.uri_for(key), sha256=digest, size=len(data))
+        if self._store.exists(key):
+            uri = self._store.uri_for(key)
+        else:
+            uri = self._store.write_bytes(key, data)
+        return StoredBlob(uri=uri, sha256=digest, size=len(data))
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.

@@ -58,8 +58,11 @@ class LocalStore(BlobStore):
         path = self._object_path(key)
         uri = path.as_uri()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
+            try:
+                _write_atomically(path, data)
+            except FileNotFoundError:  # its folder is new: a mkdir per write costs more
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(path, data)
         except PermissionError as exc:
             raise AccessDeniedError(f"Writing {uri} was denied.", uri=uri) from exc
         except OSError as exc:
