@@ -59,6 +59,11 @@ def test_messages_go_out_pipelined_in_order(
         envelope = json.loads(message)
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         sent.append(kwargs)
+        # What Celery shows of the arguments is a summary, not a repr of every id.
+        count = len(kwargs["item_ids"])
+        assert envelope["headers"]["kwargsrepr"] == (
+            f"{{'job_id': '{result.job_id}', 'item_ids': <{count} ids>}}"
+        )
     items = _items(session_factory, result.job_id)
     assert [len(k["item_ids"]) for k in sent] == [3, 3, 3, 1]
     assert [i for k in sent for i in k["item_ids"]] == [i.id for i in items]
