@@ -22,6 +22,7 @@ from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
 from workers import metrics
 from workers.isolation import Isolation
+from workers.malloc import cap_arenas
 from workers.microbatch import MicroBatch
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def _with_faults(engine: Engine) -> Engine:
 def build_resources(
     settings: Settings, *, engine_loader: Callable[[], Engine] | None = None
 ) -> WorkerResources:
+    cap_arenas()  # before the worker's threads start (workers/malloc.py says why)
     spec = build_engine_spec(settings)
     return WorkerResources(
         session_factory=make_session_factory(open_database(settings)),
