@@ -172,11 +172,11 @@ class TransformersEngine:
         whether it did. Nothing on a GPU, nor when the operator set ``OMP_NUM_THREADS``.
 
         A worker asks for one. Its slots and decode threads already keep the cores busy, and
-        torch's OpenMP pool is per calling thread: once a second thread (a slot, beside the
-        thread that loaded the model) runs torch, the pools stop spin-waiting and every small
-        op pays a wake-up. Measured on 2 cores with the tiny model: a batch took 93 ms from a
-        slot thread against 45 ms from the main thread, and 45 ms from the slot thread with
-        one intra-op thread, which is no slower alone either (``bench/throughput.py``).
+        torch's OpenMP pool is per calling thread: with a second thread (a slot, beside the
+        thread that loaded the model) running torch, there are more pool threads than cores
+        and every small op pays a wake-up. Measured on 2 cores with the tiny model: a batch
+        took 93 ms from a slot thread against 45 ms from the main thread, and 45 ms from the
+        slot thread with one intra-op thread, which is no slower alone either.
         """
         if self._device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
             return False

@@ -4,8 +4,8 @@ glibc gives threads their own malloc arenas, up to eight per core, and keeps wha
 once held. A worker runs many threads (its slots, a decode pool per message, lease keepers), so
 its resident memory crept up batch after batch: ``bench/steady_state.py`` measured +4.5 to
 +7.7 % over 5,000 items with the default, +1.7 % with two arenas (and no slower: 191 items/s
-against 135 to 164). Large buffers (decoded images, tensors) are mapped on their own and never
-come from an arena, so two arenas cost the decode threads little.
+against 135 to 164). Most large buffers (decoded images, tensors) are mapped on their own
+rather than taken from an arena, so two arenas cost the decode threads little.
 """
 
 from __future__ import annotations
