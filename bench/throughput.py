@@ -14,7 +14,8 @@ and warmed up first (``bench/throughput_columns.py`` holds the columns):
 (a) system        llava-batch end to end, from submit to the last result in the database:
                   embedded (SQLite, local storage, in-process worker: ``run_job_locally``) or,
                   with --mode celery, a real ``llava-batch worker`` process with the DB, broker
-                  and storage from LLAVA_BATCH_*.
+                  and storage from LLAVA_BATCH_* (and, as information, the same from the start
+                  of a ``llava-batch submit`` process).
 (b) plain script  what a user writes: per batch of --batch-size paths, read and fully decode
                   (``Image.open(...).convert("RGB")``), then ``generate`` (which preprocesses);
                   serial.
@@ -79,8 +80,13 @@ COLUMNS = ("system", "plain", "seed", "raw")
 
 def labels(args: argparse.Namespace) -> dict[str, str]:
     where = "Celery worker process" if args.mode == "celery" else "embedded"
+    cli = {
+        "cli": "info: (a) from the start of a `llava-batch submit` process (its Python start "
+        "included)"
+    }
     return {
         "system": f"(a) llava-batch, submit → worker → DB ({where})",
+        **(cli if args.mode == "celery" else {}),
         "plain": f"(b) plain batched script (full decode → `generate` batch {args.batch_size}, "
         "serial)",
         "seed": "(c) seed-style loop (one `generate` per image)",
@@ -112,7 +118,7 @@ def run_once(
             seconds["idle_tail"] = ended - busy.last_end
             if args.mode == "celery":  # the worker's model is out of reach: time it embedded
                 seconds["embedded"] = wall
-                seconds["system"] = run_celery(images_dir, args)
+                seconds.update(run_celery(images_dir, args))
         elif column == "plain":
             # The other columns are a user's script, with torch's own thread count (a system
             # run leaves the worker's behind: one intra-op thread on the CPU).
