@@ -95,6 +95,18 @@ class BusyEngine:
         return getattr(self._engine, name)
 
 
+def caption_request(images_dir: Path, model: str, args: argparse.Namespace) -> SubmitRequest:
+    """The system columns' job: the folder's images, the bench's prompt and sizes."""
+    return SubmitRequest.of(
+        kind=JobKind.caption,
+        sources=[str(images_dir)],
+        model=model,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        prompt=PROMPT,
+    )
+
+
 def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag: str) -> float:
     """(a) The system, embedded: submit (SQLite, local storage) → in-process worker → rows."""
     from jobs.context import open_database
@@ -116,14 +128,7 @@ def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag
     db = open_database(settings)
     upgrade_database(db)
     res = build_resources(settings, engine_loader=lambda: engine)
-    request = SubmitRequest.of(
-        kind=JobKind.caption,
-        sources=[str(images_dir)],
-        model=engine.name,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        prompt=PROMPT,
-    )
+    request = caption_request(images_dir, engine.name, args)
     try:
         start = time.perf_counter()
         result = run_job_locally(request, res, max_prompt_chars=4000)
@@ -182,17 +187,9 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
             if worker.poll() is not None:
                 raise SystemExit(Path(log.name).read_text())
             time.sleep(0.2)
-        request = SubmitRequest.of(
-            kind=JobKind.caption,
-            sources=[str(images_dir)],
-            model=args.model,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            prompt=PROMPT,
-        )
         start = time.perf_counter()
         result = submit_job(
-            request,
+            caption_request(images_dir, args.model, args),
             session_factory=session_factory,
             blobs=open_blobs(settings.resolved_storage_url),
             publisher=CeleryPublisher(settings.broker_url, settings.queue),
