@@ -1,16 +1,16 @@
 """bench/submit_scale.py's indexed listing: the S3 stand-in must list exactly what moto lists,
-page by page, or the bench would time a submit of the wrong objects."""
+page by page, or the bench would time a submit of the wrong objects. Against the moto server
+the integration tests use (in this process, so its backend can be indexed as the bench does)."""
 
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
@@ -23,18 +23,21 @@ finally:
 
 
 @pytest.fixture
-def filled() -> Iterator[tuple[Any, Any]]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
-        for bucket in ("bench", "other"):
-            client.create_bucket(Bucket=bucket)
-            # Keys before, inside and after the prefix, and a "folder" inside it.
-            for key in ["a/1", "cat", "catalogue/x/y.jpg", "catalogue0", "d/2"] + [
-                f"catalogue/{i:05d}.jpg" for i in range(2345)
-            ]:
-                backend.put_object(bucket, key, b"x")
-        yield client, backend
+def filled(s3_client: Any) -> Iterator[tuple[Any, Any, str, str]]:
+    """Two fresh buckets with the same keys on the moto server; the backend unindexed after."""
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    buckets = [f"test-{uuid.uuid4().hex[:20]}" for _ in range(2)]
+    for bucket in buckets:
+        s3_client.create_bucket(Bucket=bucket)
+        # Keys before, inside and after the prefix, and a "folder" inside it.
+        for key in ["a/1", "cat", "catalogue/x/y.jpg", "catalogue0", "d/2"] + [
+            f"catalogue/{i:05d}.jpg" for i in range(2345)
+        ]:
+            backend.put_object(bucket, key, b"x")
+    try:
+        yield s3_client, backend, buckets[0], buckets[1]
+    finally:
+        vars(backend).pop("list_objects_v2", None)  # the session's server lists as moto again
 
 
 def _pages(client: Any, bucket: str, **kwargs: Any) -> list[list[str]]:
@@ -59,11 +62,11 @@ def _pages(client: Any, bucket: str, **kwargs: Any) -> list[list[str]]:
     ],
 )
 def test_the_indexed_listing_gives_the_pages_moto_gives(
-    filled: tuple[Any, Any], kwargs: dict[str, Any]
+    filled: tuple[Any, Any, str, str], kwargs: dict[str, Any]
 ) -> None:
-    client, backend = filled
-    before = _pages(client, "bench", **kwargs)
-    submit_scale.index_listing(backend, "bench")
+    client, backend, bench, other = filled
+    before = _pages(client, bench, **kwargs)
+    submit_scale.index_listing(backend, bench)
     assert "list_objects_v2" in vars(backend)  # the instance answers now, not the class
-    assert _pages(client, "bench", **kwargs) == before
-    assert _pages(client, "other", **kwargs) == before  # other buckets: moto's own listing
+    assert _pages(client, bench, **kwargs) == before
+    assert _pages(client, other, **kwargs) == before  # other buckets: moto's own listing
