@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
+    Table,
+    Update,
+    bindparam,
     case,
     null,
+    or_,
     select,
     update,
 )
-from sqlalchemy.orm import aliased
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.fleet import Serving
@@ -23,7 +28,6 @@ from jobs.lifecycle.common import (
     CLOSING_JOB_STATES,
     OPEN_JOB_STATES,
     ClaimedItem,
-    is_available,
     is_postgres,
     job_of_item_is,
 )
@@ -53,68 +57,112 @@ def claim_items(
     """
     now = now or utcnow()
     token = new_id()
-    routed: dict[str, object] = {}
+    params: dict[str, Any] = {
+        "c_ids": list(item_ids),
+        "c_now": now,
+        "c_token": token,
+        "c_expires": now + timedelta(seconds=lease_seconds),
+        "c_worker": worker,
+    }
     if serving is not None:
-        routed = {
-            "model": serving.model,
-            "model_revision": serving.revision,
-            "quantization": serving.quantization,
+        params |= {
+            "c_model": serving.model,
+            "c_revision": serving.revision,
+            "c_quantization": serving.quantization,
         }
     with session_factory.begin() as session:
         reached("claim:begin")
-        inner = aliased(Item)
-        target = (
-            select(inner.id)
-            .where(inner.id.in_(list(item_ids)), inner.status == ItemStatus.queued)
-            .order_by(inner.id)  # one lock order for every claimer: no deadlock
-        )
-        if is_postgres(session):
-            target = target.with_for_update()
-        session.execute(
-            update(Item)
-            .where(
-                Item.id.in_(target),
-                Item.status == ItemStatus.queued,
-                is_available(now),
-                job_of_item_is(*OPEN_JOB_STATES, model=None if serving is None else serving.model),
-            )
-            .values(
-                status=ItemStatus.running,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Item.attempts + 1,
-                worker=worker,
-                started_at=now,
-                not_before=None,
-                **routed,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        rows = session.execute(
-            select(Item, Job.prompt, Job.params, Job.kind)
-            .join(Job, Job.id == Item.job_id)
-            .where(Item.lease_token == token)
-            .order_by(Item.seq)
-        ).all()
+        claim, claimed_rows = _claim_statements(is_postgres(session), routed=serving is not None)
+        session.execute(claim, params)
+        rows = session.execute(claimed_rows, {"c_token": token}).all()
     claimed = [
         ClaimedItem(
-            id=item.id,
-            job_id=item.job_id,
-            kind=kind,
-            source=item.source,
-            input_uri=item.input_uri,
-            prompt=item.prompt if item.prompt is not None else (job_prompt or ""),
-            attempts=item.attempts,
+            id=row.id,
+            job_id=row.job_id,
+            kind=row.kind,
+            source=row.source,
+            input_uri=row.input_uri,
+            prompt=row.prompt if row.prompt is not None else (row.job_prompt or ""),
+            attempts=row.attempts,
             lease_token=token,
-            params=dict(job_params or {}),
-            transient_failures=item.transient_failures,
-            request=item.request,
+            params=dict(row.params or {}),
+            transient_failures=row.transient_failures,
+            request=row.request,
         )
-        for item, job_prompt, job_params, kind in rows
+        for row in rows
     ]
-    if claimed:
-        _start_jobs(session_factory, {c.job_id for c in claimed}, now=now)
+    queued_jobs = {row.job_id for row in rows if row.job_status == JobStatus.queued}
+    if queued_jobs:  # the first claim of a job starts it; later claims need no write
+        _start_jobs(session_factory, queued_jobs, now=now)
     return claimed
+
+
+@cache
+def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[Any]]:
+    """The claim's UPDATE and the read of what it claimed, built once per shape: claiming is
+    the hot path, and a prebuilt Core statement with bind parameters skips the per-call
+    statement building (see ``_RECORD`` in ``jobs.lifecycle.records``)."""
+    item_table: Table = Item.__table__  # type: ignore[assignment]
+    job_table: Table = Job.__table__  # type: ignore[assignment]
+    items, jobs = item_table.c, job_table.c
+    inner = item_table.alias()
+    now = bindparam("c_now", type_=items.started_at.type)
+    target = (
+        select(inner.c.id)
+        .where(
+            inner.c.id.in_(bindparam("c_ids", expanding=True)), inner.c.status == ItemStatus.queued
+        )
+        .order_by(inner.c.id)  # one lock order for every claimer: no deadlock
+    )
+    if postgres:
+        target = target.with_for_update()
+    job_open = select(jobs.id).where(jobs.id == items.job_id, jobs.status.in_(OPEN_JOB_STATES))
+    values: dict[str, Any] = {
+        "status": ItemStatus.running,
+        "lease_token": bindparam("c_token", type_=items.lease_token.type),
+        "lease_expires_at": bindparam("c_expires", type_=items.lease_expires_at.type),
+        "attempts": items.attempts + 1,
+        "worker": bindparam("c_worker", type_=items.worker.type),
+        "started_at": now,
+        "not_before": None,
+    }
+    if routed:
+        job_open = job_open.where(jobs.model == bindparam("c_model", type_=jobs.model.type))
+        values |= {
+            "model": bindparam("c_model", type_=items.model.type),
+            "model_revision": bindparam("c_revision", type_=items.model_revision.type),
+            "quantization": bindparam("c_quantization", type_=items.quantization.type),
+        }
+    claim = (
+        update(item_table)
+        .where(
+            items.id.in_(target),
+            items.status == ItemStatus.queued,
+            or_(items.not_before.is_(None), items.not_before <= now),
+            job_open.exists(),
+        )
+        .values(values)
+    )
+    claimed_rows = (
+        select(
+            items.id,
+            items.job_id,
+            items.source,
+            items.input_uri,
+            items.prompt,
+            items.attempts,
+            items.transient_failures,
+            items.request,
+            jobs.prompt.label("job_prompt"),
+            jobs.params,
+            jobs.kind,
+            jobs.status.label("job_status"),
+        )
+        .join_from(item_table, job_table, jobs.id == items.job_id)
+        .where(items.lease_token == bindparam("c_token", type_=items.lease_token.type))
+        .order_by(items.seq)
+    )
+    return claim, claimed_rows
 
 
 def lost_a_worker(session_factory: SessionFactory, item_ids: Sequence[str]) -> bool:
@@ -122,16 +170,19 @@ def lost_a_worker(session_factory: SessionFactory, item_ids: Sequence[str]) -> b
     (a hand-back refunds its attempt and a retry starts again from 0). Such an item may be what
     kills workers, so a worker runs its message alone (``workers.isolation``). A read: no lock."""
     with session_factory() as session:
-        found = session.scalar(
-            select(Item.id)
-            .where(
-                Item.id.in_(list(item_ids)),
-                Item.status == ItemStatus.queued,
-                Item.attempts > 0,
-            )
-            .limit(1)
-        )
+        found = session.scalar(_LOST_A_WORKER, {"ids": list(item_ids)})
     return found is not None
+
+
+_LOST_A_WORKER = (  # built once: asked for every message a worker with several slots takes
+    select(Item.__table__.c.id)
+    .where(
+        Item.__table__.c.id.in_(bindparam("ids", expanding=True)),
+        Item.__table__.c.status == ItemStatus.queued,
+        Item.__table__.c.attempts > 0,
+    )
+    .limit(1)
+)
 
 
 def _start_jobs(session_factory: SessionFactory, job_ids: Iterable[str], *, now: datetime) -> None:

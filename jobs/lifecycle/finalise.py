@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cache
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
+    bindparam,
     case,
     func,
     or_,
@@ -108,15 +111,22 @@ def jobs_ready_to_finalise(
     session_factory: SessionFactory, *, among: Iterable[str] | None = None, limit: int = 1000
 ) -> list[str]:
     """Unfinished jobs with no queued or running item (an index probe per job, no lock)."""
-    query = (
-        select(Job.id)
-        .where(Job.status.in_(UNFINISHED_JOB_STATES), is_fully_written(), ~has_unfinished_item())
-        .limit(limit)
-    )
+    params: dict[str, object] = {"limit": limit}
     if among is not None:
-        query = query.where(Job.id.in_(sorted(among)))
+        params["among"] = sorted(among)
     with session_factory() as session:
-        return list(session.scalars(query))
+        return list(session.scalars(_ready_to_finalise(among=among is not None), params))
+
+
+@cache
+def _ready_to_finalise(*, among: bool) -> Select[str]:
+    # Built once: every recorded batch asks this of its job.
+    query = select(Job.id).where(
+        Job.status.in_(UNFINISHED_JOB_STATES), is_fully_written(), ~has_unfinished_item()
+    )
+    if among:
+        query = query.where(Job.id.in_(bindparam("among", expanding=True)))
+    return query.limit(bindparam("limit"))
 
 
 def count_items(session: Session, job_id: str) -> dict[str, int]:

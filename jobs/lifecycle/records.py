@@ -12,6 +12,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
+    select,
     update,
 )
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -48,9 +49,14 @@ def record_results(
     if not outcomes:
         return 0
     try:
-        with session_factory.begin() as session:
-            job_ids = [_write_outcome(session, outcome, now) for outcome in outcomes]
-            reached("record:written")
+        try:
+            with session_factory.begin() as session:
+                job_ids = _write_all(session, outcomes, now)
+                reached("record:written")
+        except _LeaseLost:  # rolled back: written row by row, so the others keep their results
+            with session_factory.begin() as session:
+                job_ids = [_write_outcome(session, outcome, now) for outcome in outcomes]
+                reached("record:written")
     except _ROW_ERRORS as exc:
         if is_retryable(exc):
             raise
@@ -66,6 +72,10 @@ def record_results(
     except DBAPIError as exc:  # the sweeper finalises it on its next pass
         log.warning("finalising after a record failed (the sweeper will): %s", exc.orig)
     return sum(1 for job_id in job_ids if job_id is not None)
+
+
+class _LeaseLost(Exception):
+    """An outcome's lease is gone (expired and taken, or cancelled): write row by row."""
 
 
 def _build_record_statement() -> Any:
@@ -94,40 +104,63 @@ def _build_record_statement() -> Any:
             lease_token=None,
             lease_expires_at=None,
         )
-        .returning(items.job_id)
     )
 
 
-_RECORD = _build_record_statement()
+_RECORD_MANY = _build_record_statement()
+_RECORD = _RECORD_MANY.returning(Item.__table__.c.job_id)
+_JOBS_OF_ITEMS = select(Item.__table__.c.id, Item.__table__.c.job_id).where(
+    Item.__table__.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def _write_all(
+    session: Session, outcomes: Sequence[ItemOutcome], now: datetime
+) -> list[str | None]:
+    """Writes every outcome in one statement (one round trip), then the job of each;
+    ``_LeaseLost`` when a lease is gone, to find out which row by row."""
+    result = session.execute(_RECORD_MANY, [_record_params(outcome, now) for outcome in outcomes])
+    if result.rowcount != len(outcomes):  # type: ignore[attr-defined]
+        raise _LeaseLost
+    for outcome in outcomes:
+        if outcome.outcome.pages:
+            _write_pages(session, outcome)
+    job_of = dict(session.execute(_JOBS_OF_ITEMS, {"ids": [o.item_id for o in outcomes]}).all())
+    return [str(job_of[outcome.item_id]) for outcome in outcomes]
+
+
+def _record_params(outcome: ItemOutcome, now: datetime) -> dict[str, Any]:
+    result = outcome.outcome
+    return {
+        "b_id": outcome.item_id,
+        "b_token": outcome.lease_token,
+        "b_status": ItemStatus.failed if result.failed else ItemStatus.succeeded,
+        "b_text": storable_text(result.text),
+        "b_json": storable_json(result.json),
+        "b_tokens": result.tokens_out,
+        "b_prompt_tokens": result.tokens_in,
+        "b_finish": None if result.failed else ("stop" if result.finished else "length"),
+        "b_code": result.error_code,
+        "b_message": storable_text(result.error_message),
+        "b_now": now,
+    }
+
+
+def _write_pages(session: Session, outcome: ItemOutcome) -> None:
+    # Pages belong to this attempt only: whatever an earlier attempt left goes.
+    session.execute(delete(ItemPage).where(ItemPage.item_id == outcome.item_id))
+    session.add_all(_page_rows(outcome))
+    session.flush()
 
 
 def _write_outcome(session: Session, outcome: ItemOutcome, now: datetime) -> str | None:
     """Writes one outcome under its lease; returns its job id, or None when the lease is lost."""
-    result = outcome.outcome
-    job_id = session.execute(
-        _RECORD,
-        {
-            "b_id": outcome.item_id,
-            "b_token": outcome.lease_token,
-            "b_status": ItemStatus.failed if result.failed else ItemStatus.succeeded,
-            "b_text": storable_text(result.text),
-            "b_json": storable_json(result.json),
-            "b_tokens": result.tokens_out,
-            "b_prompt_tokens": result.tokens_in,
-            "b_finish": None if result.failed else ("stop" if result.finished else "length"),
-            "b_code": result.error_code,
-            "b_message": storable_text(result.error_message),
-            "b_now": now,
-        },
-    ).scalar()
+    job_id = session.execute(_RECORD, _record_params(outcome, now)).scalar()
     if job_id is None:
         log.warning("lease lost, result dropped item=%s", outcome.item_id)
         return None
-    if result.pages:
-        # Pages belong to this attempt only: whatever an earlier attempt left goes.
-        session.execute(delete(ItemPage).where(ItemPage.item_id == outcome.item_id))
-        session.add_all(_page_rows(outcome))
-        session.flush()
+    if outcome.outcome.pages:
+        _write_pages(session, outcome)
     return str(job_id)
 
 
