@@ -80,8 +80,7 @@ class Blobs:
                 "from the network); only s3:// URIs and stored inputs are.",
                 uri=uri,
             )
-        local, key = self._local_key(uri)
-        return local.read_bytes(key, max_bytes=max_bytes)
+        return self._local_store(uri).read_file(parse_file_uri(uri), max_bytes=max_bytes)
 
     def list_uri(self, uri_prefix: str) -> Iterator[ObjectInfo]:
         """Objects under ``s3://bucket/prefix`` (keys relative to the bucket) or under a
@@ -100,11 +99,15 @@ class Blobs:
             return self._s3_client
 
     def _local_key(self, uri: str) -> tuple[LocalStore, str]:
+        local = self._local_store(uri)
+        return local, local.key_for(parse_file_uri(uri))
+
+    def _local_store(self, uri: str) -> LocalStore:
         # file:// is only ever honoured inside our own local store: a submitted URI must not
         # turn the worker into a reader of arbitrary files on its machine.
         if not isinstance(self._store, LocalStore):
             raise InvalidUriError(f"{uri!r} is not readable: only s3:// URIs are.", uri=uri)
-        return self._store, self._store.key_for(parse_file_uri(uri))
+        return self._store
 
 
 def parse_file_uri(uri: str) -> Path:

@@ -70,7 +70,19 @@ class LocalStore(BlobStore):
         return uri
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        path = self._object_path(key)
+        return self._read(self._object_path(key), max_bytes)
+
+    def read_file(self, path: Path, *, max_bytes: int | None = None) -> bytes:
+        """Bytes of the file at the absolute ``path`` (a ``file://`` URI's), which must lie
+        inside the root: one containment check, where the key's round trip would be two."""
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise InvalidUriError(f"{path} is outside the store at {self.root}.", uri=str(path))
+        if resolved == self.root:
+            raise InvalidUriError(f"{path} does not name an object.", uri=str(path))
+        return self._read(resolved, max_bytes)
+
+    def _read(self, path: Path, max_bytes: int | None) -> bytes:
         uri = path.as_uri()
         try:
             if max_bytes is None:

@@ -88,6 +88,7 @@ def test_read_uri_refuses_file_outside_root(blobs: Blobs, tmp_path: Path) -> Non
         "relative/path.jpg",
         "https://example.com/x.jpg",
         store.root.as_uri() + "/x.jpg?q=1",
+        store.root.as_uri(),  # the store itself is not an object
     ):
         with pytest.raises(InvalidUriError):
             blobs.read_uri(uri)
