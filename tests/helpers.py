@@ -11,7 +11,9 @@ from pathlib import Path
 from PIL import Image
 
 from jobs.db import SessionFactory, make_engine, make_session_factory
+from jobs.lifecycle import ItemOutcome
 from jobs.migrate import upgrade_database
+from jobs.outcome import Outcome
 from model.engine import Engine
 from storage import Blobs
 from workers.resources import WorkerResources
@@ -76,6 +78,11 @@ def submit_captions(
 
 
 SIZES = [(32, 32), (64, 48), (17, 90), (120, 40), (50, 50), (33, 77), (200, 150), (8, 8)]
+
+
+def caption_outcome(item_id: str, token: str) -> ItemOutcome:
+    """A caption's outcome for a claimed item, under its lease token."""
+    return ItemOutcome(item_id, token, Outcome(text="a caption", tokens_out=2))
 
 
 def image_bytes(size: tuple[int, int], seed: int, fmt: str = "PNG") -> bytes:

@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import event, select
 
 from jobs.db import Item, Job, SessionFactory, utcnow
-from jobs.lifecycle import ItemOutcome, claim_items, record_results
-from jobs.outcome import Outcome
+from jobs.lifecycle import claim_items, record_results
 from jobs.states import JobStatus
 from jobs.sweeper import sweep
 from storage import Blobs
 from tests.helpers import ListPublisher, submit_captions
+from tests.helpers import caption_outcome as _ok
 
 
 @contextmanager
@@ -34,10 +34,6 @@ def counting(session_factory: SessionFactory) -> Iterator[list[str]]:
         yield sent
     finally:
         event.remove(engine, "before_cursor_execute", note)
-
-
-def _ok(item_id: str, token: str) -> ItemOutcome:
-    return ItemOutcome(item_id, token, Outcome(text="a caption", tokens_out=2))
 
 
 def test_a_batch_costs_a_fixed_number_of_statements_whatever_its_size(

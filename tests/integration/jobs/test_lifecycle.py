@@ -19,12 +19,9 @@ from jobs.submit import SubmitRequest, submit_job
 from jobs.sweeper import sweep
 from storage import Blobs
 from tests.helpers import ListPublisher, statuses, submit_captions, write_images
+from tests.helpers import caption_outcome as _ok
 
 _submit = submit_captions
-
-
-def _ok(item_id: str, token: str) -> ItemOutcome:
-    return ItemOutcome(item_id, token, Outcome(text="a caption", tokens_out=2))
 
 
 def test_late_write_of_a_worker_that_lost_its_lease_is_refused(
