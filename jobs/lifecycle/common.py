@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    or_,
     select,
 )
 from sqlalchemy.orm import Session
@@ -44,11 +42,6 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def job_of_item_is(*states: str, model: str | None = None) -> ColumnElement[bool]:
-    """The item's job is in one of ``states`` (and, given ``model``, is for that model)."""
-    job = select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states))
-    return (job if model is None else job.where(Job.model == model)).exists()
-
-
-def is_available(now: datetime) -> ColumnElement[bool]:
-    return or_(Item.not_before.is_(None), Item.not_before <= now)
+def job_of_item_is(*states: str) -> ColumnElement[bool]:
+    """The item's job is in one of ``states``."""
+    return select(Job.id).where(Job.id == Item.job_id, Job.status.in_(states)).exists()
