@@ -40,11 +40,15 @@ class LocalStore(BlobStore):
 
     def key_for(self, path: Path) -> str:
         """The key of an absolute ``path`` inside the root; InvalidUriError otherwise."""
+        rel = self._inside(path).relative_to(self.root).as_posix()
+        return "" if rel == "." else rel
+
+    def _inside(self, path: Path) -> Path:
+        """``path`` resolved (symlinks followed); InvalidUriError if that is outside the root."""
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root):
             raise InvalidUriError(f"{path} is outside the store at {self.root}.", uri=str(path))
-        rel = resolved.relative_to(self.root).as_posix()
-        return "" if rel == "." else rel
+        return resolved
 
     def _object_path(self, key: str) -> Path:
         if not key or key.endswith("/"):
@@ -75,9 +79,7 @@ class LocalStore(BlobStore):
     def read_file(self, path: Path, *, max_bytes: int | None = None) -> bytes:
         """Bytes of the file at the absolute ``path`` (a ``file://`` URI's), which must lie
         inside the root: one containment check, where the key's round trip would be two."""
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root):
-            raise InvalidUriError(f"{path} is outside the store at {self.root}.", uri=str(path))
+        resolved = self._inside(path)
         if resolved == self.root:
             raise InvalidUriError(f"{path} does not name an object.", uri=str(path))
         return self._read(resolved, max_bytes)
