@@ -1,10 +1,11 @@
 """Fetching and decoding ahead of the model, in input order, within a budget.
 
 The model batch is the worker's unit of work; everything before it (reading bytes, decoding an
-image, rendering a page) happens in a thread pool so that batch N+1 is ready when batch N is
-done. Without a bound, a message of 120 large PNGs or a document of 50 huge pages is decoded
-whole before the model sees any of it. Here the cost of every unit is known before it is paid
-(an image's header, a page's size), and a unit is admitted for decoding only while the units
+image, rendering a page) happens in thread pools so that batch N+1 is ready when batch N is
+done: reading in ``pool``, decoding in ``decode_pool`` (the same pool when none is given).
+Without a bound, a message of 120 large PNGs or a document of 50 huge pages is decoded whole
+before the model sees any of it. Here the cost of every unit is known before it is paid (an
+image's header, a page's size), and a unit is admitted for decoding only while the units
 decoding or decoded, and not yet released by the model, stay within ``max_units`` and
 ``max_pixels``. A single unit larger than the pixel budget is still admitted once nothing else
 is held, so every input makes progress.
@@ -97,10 +98,12 @@ class Lookahead:
         *,
         max_units: int,
         max_pixels: int,
+        decode_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self._items = items
         self._fetch = fetch
         self._pool = pool
+        self._decode_pool = decode_pool or pool
         self.max_units = max(1, max_units)
         self.max_pixels = max_pixels
         self.held_units = 0
@@ -158,7 +161,7 @@ class Lookahead:
                     break
                 planned.popleft()
                 self._take(unit.pixels)
-                decoding.append((unit, self._pool.submit(_decode, unit, count)))
+                decoding.append((unit, self._decode_pool.submit(_decode, unit, count)))
             if decoding:
                 unit, done = decoding.popleft()
                 ready = done.result()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from storage import StorageError, TransientStorageError
 from workers import metrics
 from workers.ahead import Fetched, Flush, HandBack, Lookahead, Planned, PlannedUnit
 from workers.generation import Task, generate_tasks
+from workers.helpers import helper_pool
 from workers.lease import LeaseKeeper
 from workers.microbatch import MicroBatch
 from workers.outcomes import failed
@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Decoding happens in threads (Pillow and PDFium release the GIL) so the next inputs are ready
-# while the model generates for the current ones.
+# Reading inputs waits on storage (S3 round trips), so it has threads of its own; decoding is
+# CPU work, on the slot's few decode threads (``workers.helpers`` says why few). Both run while
+# the model generates for earlier inputs, at a lower priority than the model's thread.
 _FETCH_THREADS = 8
 
 
@@ -148,13 +149,15 @@ def run_batch(
                     got = [work.results[i] for i in sorted(work.results)]
                     finish_unit(item, task.unit.page, got, work.units_of_item)
 
-    pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS)
+    pool = helper_pool(_FETCH_THREADS, "llava-batch-fetch")
+    decode_pool = helper_pool(res.decode_threads, "llava-batch-decode")
     try:
         max_units, max_pixels = ahead_budget(res, res.micro_batch.size_for(engine))
         ahead = Lookahead(
             claimed,
             lambda item: fetch_input(item, res, rendering),
             pool,
+            decode_pool=decode_pool,
             max_units=max_units,
             max_pixels=max_pixels,
         )
@@ -188,6 +191,7 @@ def run_batch(
         generate(ahead)
     finally:
         # On an error (engine dead), do not decode what is queued just to throw it away.
+        decode_pool.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes, handed_back
 

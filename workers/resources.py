@@ -21,6 +21,7 @@ from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
 from workers import metrics
+from workers.helpers import decode_threads_per_slot
 from workers.isolation import Isolation
 from workers.malloc import cap_arenas
 from workers.microbatch import MicroBatch
@@ -46,6 +47,8 @@ class WorkerResources:
     # Messages worked on at once, sharing the model (LLAVA_BATCH_WORKER_SLOTS): the Celery
     # pool's threads, or the embedded runner's. The budgets below are split between them.
     slots: int = 1
+    # Decode threads of each slot (LLAVA_BATCH_DECODE_THREADS split between the slots).
+    decode_threads: int = 1
     # Budgets of the decode path (see jobs.settings): bytes read per input, pixels per item
     # (a document's selected pages together), decoded pixels held ahead of the model.
     max_input_bytes: int = 256 * 2**20
@@ -142,6 +145,7 @@ def build_resources(
         gpu_batch_size=settings.gpu_batch_size,
         message_size=settings.batch_size,
         slots=settings.worker_slots,
+        decode_threads=decode_threads_per_slot(settings.decode_threads, settings.worker_slots),
         max_new_tokens=settings.max_new_tokens,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,

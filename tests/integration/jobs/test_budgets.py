@@ -311,3 +311,58 @@ def test_document_pages_are_rendered_lazily_into_model_batches(
     assert engine.calls == [2, 2, 2, 2, 1]
     assert max(engine.ahead) <= 2 * 2, engine.ahead
     assert len(render_calls) == 9
+
+
+def test_decoding_runs_on_the_slots_few_threads_below_the_models_priority(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's thread must not queue behind decode threads for the GIL or a core
+    (workers.helpers): a slot decodes on ``decode_threads`` threads, never more at once, and on
+    Linux they run at a lower priority than the thread that calls the model."""
+    import os
+    import sys
+    import threading
+    import time
+
+    import model.images
+
+    lock = threading.Lock()
+    running = 0
+    seen: list[tuple[int, str, int]] = []  # concurrent decodes, thread name, its priority
+    real_decode = model.images.decode_image
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def watched(data: bytes, **kwargs: Any) -> Image.Image:
+        nonlocal running
+        with lock:
+            running += 1
+            seen.append((running, threading.current_thread().name, priority()))
+        time.sleep(0.01)  # long enough for every free decode thread to start one
+        with lock:
+            running -= 1
+        return real_decode(data, **kwargs)
+
+    class Engine(FakeEngine):
+        model_priority: int | None = None
+
+        def generate(self, requests: Sequence[GenerationRequest], **kwargs: Any) -> Any:
+            self.model_priority = priority()
+            return super().generate(requests, **kwargs)
+
+    monkeypatch.setattr(model.images, "decode_image", watched)
+    write_images(tmp_path / "catalogue", 16)
+    engine = Engine()
+    res = make_resources(session_factory, blobs, engine, batch_size=4)
+    res.decode_threads = 2
+    result = run_job_locally(
+        _request(JobKind.caption, tmp_path / "catalogue", batch_size=16), res, max_prompt_chars=4000
+    )
+    assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
+    assert len(seen) == 16
+    assert max(n for n, _, _ in seen) <= 2, seen
+    assert {name.split("_")[0] for _, name, _ in seen} == {"llava-batch-decode"}
+    if sys.platform == "linux":
+        assert engine.model_priority is not None
+        assert {p for _, _, p in seen} == {min(19, engine.model_priority + 10)}
