@@ -5,9 +5,9 @@ generates in 43 ms alone took 730 ms beside 16 busy decode threads and 240 to 29
 threads at a lower priority: each of the model's many small torch ops gives the GIL up and
 queues for it again, behind every runnable thread, and the scheduler shares a core evenly
 between runnable threads. So a worker decodes on few threads (about its cores, split between
-its slots), and those threads run at a lower priority than the model's, so the scheduler runs
-the model's thread first whenever both want a core. Decoding still has every core the model
-does not use: a lower priority only matters when a core is contended.
+its slots), and those threads run at a lower priority than the model's: on a contended core the
+scheduler gives the model's thread about ten times their share. Decoding still has every core
+the model does not use: a lower priority only matters when a core is contended.
 """
 
 from __future__ import annotations
