@@ -95,7 +95,13 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     except ModelLoadError as exc:
         log.critical("model cannot be loaded, stopping the worker: %s", exc)
         os._exit(3)  # engine dead: let the supervisor see it rather than fail every item
-    log.info("worker ready model=%s queue=%s", engine.name, queue)
+    log.info(
+        "worker ready model=%s queue=%s slots=%d decode_threads_per_slot=%d",
+        engine.name,
+        queue,
+        res.slots,
+        res.decode_threads,
+    )
     global _node
     _node = getattr(sender, "hostname", None) or res.worker_name
     threading.Thread(

@@ -183,8 +183,13 @@ def test_a_worker_works_on_two_messages_at_once_sharing_its_model(
 
     cli(service_env, "db", "upgrade")
     write_images(tmp_path / "in", 8)  # two messages of four (LLAVA_BATCH_BATCH_SIZE=4)
-    slow = {**service_env, "LLAVA_BATCH_TEST_FAULTS": json.dumps({"generate_delay_s": 2.0})}
+    slow = {
+        **service_env,
+        "LLAVA_BATCH_TEST_FAULTS": json.dumps({"generate_delay_s": 2.0}),
+        "LLAVA_BATCH_DECODE_THREADS": "4",  # the worker's total, split between its two slots
+    }
     worker = start_worker(slow, "--no-sweep")
+    assert "slots=2 decode_threads_per_slot=2" in worker.log(), worker.log()
     job_id = json.loads(
         cli(service_env, "submit", "caption", str(tmp_path / "in"), "--json").stdout
     )["job_id"]
