@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     # generates, the next slot claims, decodes and preprocesses its own, and the one before
     # records its results, so the model does not wait on the database or on decoding.
     worker_slots: Annotated[int, Field(ge=1, le=8)] = 2
-    # Threads a worker decodes inputs on, split between its slots; 0: its usable cores (at most
-    # four per slot). They run at a lower priority than the model's thread (workers.helpers).
+    # Threads a worker decodes inputs on, split between its slots (at least one each); 0: its
+    # usable cores, at most four per slot. They yield the CPU to the model (workers.helpers).
     decode_threads: Annotated[int, Field(ge=0, le=64)] = 0
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000

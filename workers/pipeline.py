@@ -103,7 +103,7 @@ def run_batch(
 ) -> tuple[list[ItemOutcome], list[ClaimedItem]]:
     """Fetches, decodes and generates; returns outcomes and the items to hand back.
 
-    Inputs are read and decoded in a thread pool at most about two model batches ahead of the
+    Inputs are read and decoded in thread pools at most about two model batches ahead of the
     model (``ahead_budget``; see ``workers.ahead``), and a document's pages are rendered one by
     one into the model batches, so the worker holds only what it is about to feed the model.
     What to generate for a unit, and what comes of it, is the job kind's (``jobs.kinds``): a

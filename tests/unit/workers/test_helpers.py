@@ -23,11 +23,13 @@ def _priority() -> int:
 @linux_only
 def test_helper_threads_run_below_the_thread_that_made_them() -> None:
     before = _priority()
+    if before > 19 - HELPER_NICENESS:
+        pytest.skip(f"this process already runs at nice {before}: no room below it to check")
     with helper_pool(2, "test-helper") as pool:
         names_and_priorities = set(
             pool.map(lambda _: (threading.current_thread().name, _priority()), range(8))
         )
-    assert {p for _, p in names_and_priorities} == {min(19, before + HELPER_NICENESS)}
+    assert {p for _, p in names_and_priorities} == {before + HELPER_NICENESS}
     assert all(name.startswith("test-helper") for name, _ in names_and_priorities)
     assert _priority() == before  # only the pool's threads, not the caller nor the process
 
