@@ -77,7 +77,8 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
     from jobs.dispatch import CallbackPublisher
     from jobs.migrate import upgrade_database
     from jobs.states import JobKind
-    from jobs.submit import SubmitRequest, submit_job
+    from jobs.submit.job import submit_job
+    from jobs.submit.request import SubmitRequest
     from storage import open_blobs
 
     inputs = home / "inputs"

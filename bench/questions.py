@@ -26,7 +26,7 @@ from throughput import make_images  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
 from jobs.states import JobKind  # noqa: E402
-from jobs.submit import SubmitRequest  # noqa: E402
+from jobs.submit.request import SubmitRequest  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from storage import open_blobs  # noqa: E402
 from workers.local import run_job_locally  # noqa: E402

@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
 from jobs.states import JobKind  # noqa: E402
-from jobs.submit import SubmitRequest  # noqa: E402
+from jobs.submit.request import SubmitRequest  # noqa: E402
 from workers.local import run_job_locally  # noqa: E402
 from workers.pipeline import BatchReport  # noqa: E402
 from workers.resources import build_resources  # noqa: E402

@@ -293,7 +293,8 @@ def submit_in_process(db_url: str, redis_url: str, queue: str, storage: Path) ->
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import CeleryPublisher
     from jobs.states import JobKind
-    from jobs.submit import SubmitRequest, submit_job
+    from jobs.submit.job import submit_job
+    from jobs.submit.request import SubmitRequest
     from storage import open_blobs
 
     timeline = Timeline()

@@ -21,7 +21,8 @@ from PIL import Image
 
 from jobs.kinds.caption import DEFAULT_PROMPT
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest
 from model.engine import Engine, GenerationRequest, GenerationResult
 from model.fake import FakeEngine
 from model.images import decode_image

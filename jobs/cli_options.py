@@ -10,11 +10,11 @@ import typer
 
 from jobs.context import Context
 from jobs.errors import RequestError
-from jobs.openai_batch import BatchFormat
 from jobs.states import JobKind
+from jobs.submit.openai_reader import BatchFormat
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
 
 Sources = Annotated[
@@ -124,7 +124,7 @@ def build_request(
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``."""
-    from jobs.submit import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
     if model is not None and not model.strip():
         raise RequestError("--model must not be empty.", code="invalid_option")

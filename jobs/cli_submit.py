@@ -35,11 +35,11 @@ from jobs.cli_options import (
 from jobs.context import Context, open_context
 from jobs.dispatch import CeleryPublisher
 from jobs.metadata import parse_meta
-from jobs.openai_batch import BatchFormat
 from jobs.states import JobKind
+from jobs.submit.openai_reader import BatchFormat
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
 submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
 
@@ -174,7 +174,7 @@ def submit_batch(
 
 
 def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:
-    from jobs.submit import submit_job
+    from jobs.submit.job import submit_job
 
     result = submit_job(
         request,

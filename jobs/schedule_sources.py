@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jobs.errors import RequestError
 from jobs.limits import is_utf8, printable
-from jobs.sources import InputSpec, expand_sources
+from jobs.submit.sources import InputSpec, expand_sources
 from storage import Blobs, LocalStore, ObjectInfo, StorageError, is_s3_uri, parse_s3_uri, uri_scheme
 
 log = logging.getLogger(__name__)

@@ -32,18 +32,13 @@ from sqlalchemy.orm import Session
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError, ScheduleNotFoundError
-from jobs.input_store import store_inputs
 from jobs.kinds import ItemAsk, get_kind
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
 from jobs.schedule_sources import build_inputs, build_source, list_source
-from jobs.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS
-from jobs.submit import (
-    SubmitRequest,
-    add_job,
-    build_job,
-    check_request,
-    with_input_error,
-)
+from jobs.submit.input_store import store_inputs
+from jobs.submit.job import add_job, with_input_error
+from jobs.submit.request import SubmitRequest, build_job, check_request
+from jobs.submit.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS
 from storage import Blobs, ObjectInfo, StorageError
 
 log = logging.getLogger(__name__)

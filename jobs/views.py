@@ -29,7 +29,7 @@ from jobs.states import TERMINAL_JOB_STATES, JobStatus
 from model.engine import TINY_MODELS
 
 if TYPE_CHECKING:  # submitting pulls in what status and --help never need
-    from jobs.submit import SubmitResult
+    from jobs.submit.request import SubmitResult
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

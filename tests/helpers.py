@@ -55,7 +55,8 @@ def submit_captions(
     """Submits a caption job of ``n`` images with a publisher that only remembers; returns the
     job id and the published item ids, in order."""
     from jobs.states import JobKind
-    from jobs.submit import SubmitRequest, submit_job
+    from jobs.submit.job import submit_job
+    from jobs.submit.request import SubmitRequest
 
     write_images(tmp_path / "c", n)
     publisher = ListPublisher()

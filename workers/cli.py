@@ -38,12 +38,12 @@ from jobs.cli_options import (
 from jobs.context import Context, open_context
 from jobs.errors import RequestError
 from jobs.fleet import queue_for
-from jobs.openai_batch import BatchFormat
 from jobs.run_output import RunFormat
 from jobs.states import JobKind
+from jobs.submit.openai_reader import BatchFormat
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
 run_app = typer.Typer(
     help="Run a job in this process (no broker, no separate worker), or resume one: "

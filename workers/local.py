@@ -26,7 +26,8 @@ from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher, Publisher
 from jobs.lifecycle import hand_back_claims
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest, SubmitResult
 from jobs.sweeper import sweep
 from workers.pipeline import BatchReport, process_batch
 from workers.resources import WorkerResources

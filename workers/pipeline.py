@@ -27,7 +27,7 @@ from jobs.lifecycle import (
     release_items,
 )
 from jobs.outcome import Outcome
-from jobs.sources import read_input_error
+from jobs.submit.sources import read_input_error
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError

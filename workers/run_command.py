@@ -35,7 +35,7 @@ from workers.resources import WorkerResources, build_resources
 from workers.run_progress import Interrupts, RunCounts, RunProgress
 
 if TYPE_CHECKING:
-    from jobs.submit import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
 
 def choose_format(fmt: RunFormat | None, json_out: bool) -> RunFormat:
@@ -57,7 +57,7 @@ def run_request(
     errors: str | None = None,
 ) -> NoReturn:
     """Submits ``request`` and runs it here; exits with the job's status (130: interrupted)."""
-    from jobs.submit import check_request
+    from jobs.submit.request import check_request
 
     check_request(request, ctx.settings.max_prompt_chars)
     check_run_output(fmt, output, errors)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobs.errors import RequestError
-from jobs.openai_batch import decode_data_uri, detect_openai, parse_openai_line
+from jobs.submit.openai_reader import decode_data_uri, detect_openai, parse_openai_line
 from storage import SchemeNotAllowedError, open_blobs, uri_scheme
 
 IMAGE = {"type": "image_url", "image_url": {"url": "photos/a.png", "detail": "low"}}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from jobs import views
-from jobs.submit import SubmitResult
+from jobs.submit.request import SubmitResult
 
 
 def _shown(capsys: pytest.CaptureFixture[str], result: SubmitResult, json_out: bool) -> str:

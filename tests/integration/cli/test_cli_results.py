@@ -13,7 +13,7 @@ from openai.types import BatchRequestCounts, CompletionUsage
 from openai.types.chat import ChatCompletion
 
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
 from storage import open_blobs
 from tests.helpers import make_resources, migrated_session_factory, write_images

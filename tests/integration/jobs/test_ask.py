@@ -16,7 +16,7 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory
 from jobs.errors import RequestError
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from jobs.views import ResultFormat, write_results
 from model.engine import GenerationRequest, GenerationResult
 from model.errors import InputError

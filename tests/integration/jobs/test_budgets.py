@@ -16,7 +16,7 @@ from sqlalchemy import select
 import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
 from jobs.states import ItemStatus, JobKind, JobStatus
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from model.engine import GenerationRequest, GenerationResult
 from model.fake import FakeEngine
 from storage import Blobs

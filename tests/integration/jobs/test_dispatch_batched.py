@@ -19,7 +19,8 @@ from jobs import dispatch as dispatch_module
 from jobs.db import Item, SessionFactory
 from jobs.dispatch import CeleryPublisher, DispatchError
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest, SubmitResult
 from storage import Blobs
 from tests.helpers import write_images
 from tests.services import free_port

@@ -15,7 +15,8 @@ from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
 from jobs.extraction import merge_pages
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest
 from model.engine import Engine, EngineSpec
 from model.fake import FakeEngine
 from model.schema import validate_output

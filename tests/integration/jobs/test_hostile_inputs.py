@@ -16,7 +16,8 @@ from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
 from model.transformers_engine import load_engine
 from storage import Blobs

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from jobs.errors import RequestError
 from jobs.kinds import KINDS, AskParams, CaptionParams, ExtractParams, decode_params, get_kind
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, build_job
+from jobs.submit.request import SubmitRequest, build_job
 from model.schema import default_max_new_tokens
 from tests.helpers import INVOICE_SCHEMA
 

@@ -15,7 +15,8 @@ from jobs.errors import RequestError
 from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results, requeue_failed
 from jobs.outcome import Outcome
 from jobs.states import JobKind, JobStatus
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest
 from jobs.sweeper import sweep
 from storage import Blobs
 from tests.helpers import ListPublisher, statuses, submit_captions, write_images

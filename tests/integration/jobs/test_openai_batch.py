@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.openai_batch import BatchFormat
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.openai_reader import BatchFormat
+from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes, make_resources, write_images

@@ -23,7 +23,7 @@ import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
 from jobs.lifecycle import ItemOutcome, record_results
 from jobs.states import ItemStatus, JobKind, JobStatus
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
 from model.transformers_engine import TransformersEngine, load_engine
 from storage import Blobs

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.states import ItemStatus, JobKind, JobStatus
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
 from storage import Blobs, TransientStorageError
 from tests.helpers import make_resources, statuses, write_images

@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import JobNotFoundError, RequestError
-from jobs.input_store import store_inputs
 from jobs.queries import find_job
-from jobs.sources import InputSpec
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit.input_store import store_inputs
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest, SubmitResult
+from jobs.submit.sources import InputSpec
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes, write_images
 

@@ -20,7 +20,7 @@ from jobs.errors import RequestError
 from jobs.metadata import check_metadata, parse_meta
 from jobs.queries import find_job, iter_results, list_recent_jobs, read_progress
 from jobs.states import JobKind
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from jobs.views import ResultFormat, write_results
 from model.fake import FakeEngine
 from storage import Blobs

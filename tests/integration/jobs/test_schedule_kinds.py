@@ -19,9 +19,10 @@ from sqlalchemy import func, select
 
 from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
-from jobs.input_store import store_inputs
 from jobs.schedules import add_schedule, fire_due_schedules
-from jobs.submit import SubmitRequest, submit_job
+from jobs.submit.input_store import store_inputs
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest
 from storage import Blobs, open_blobs
 from tests.helpers import (
     INVOICE_SCHEMA,

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
 from jobs.schedules import add_schedule, fire_due_schedules
-from jobs.submit import SubmitRequest
+from jobs.submit.request import SubmitRequest
 from storage import Blobs, open_blobs
 from tests.helpers import INVOICE_SCHEMA, ListPublisher, migrated_session_factory, write_pdf
 

@@ -22,7 +22,6 @@ import pytest
 import redis
 from sqlalchemy import event, func, select
 
-from jobs import submit_rows
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CeleryPublisher, Publisher
 from jobs.errors import RequestError
@@ -30,7 +29,9 @@ from jobs.hooks import pause_at
 from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results
 from jobs.outcome import Outcome
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobKind, JobStatus
-from jobs.submit import SubmitRequest, SubmitResult, submit_job
+from jobs.submit import rows as submit_rows
+from jobs.submit.job import submit_job
+from jobs.submit.request import SubmitRequest, SubmitResult
 from jobs.sweeper import sweep
 from storage import Blobs
 from tests.helpers import ListPublisher, write_images

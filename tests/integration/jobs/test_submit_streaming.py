@@ -10,24 +10,18 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from jobs import submit as submit_module
-from jobs import submit_rows
+from jobs.submit import job as submit_module
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
-from jobs.input_store import store_inputs
 from jobs.kinds import get_kind
-from jobs.sources import InputSpec, expand_sources, iter_sources
 from jobs.states import JobKind
-from jobs.submit import (
-    SubmitRequest,
-    add_job,
-    build_job,
-    submit_job,
-    with_input_error,
-    write_job,
-)
+from jobs.submit import rows as submit_rows
+from jobs.submit.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
+from jobs.submit.input_store import store_inputs
+from jobs.submit.job import add_job, submit_job, with_input_error, write_job
+from jobs.submit.request import SubmitRequest, build_job
+from jobs.submit.sources import InputSpec, expand_sources, iter_sources
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes
 

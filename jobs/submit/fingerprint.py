@@ -7,16 +7,28 @@ import hashlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
-from jobs.input_store import UPLOAD_THREADS, sha256_of
-from jobs.sources import InputSpec
-
-if TYPE_CHECKING:
-    from jobs.submit_request import SubmitRequest
+from jobs.submit.input_store import UPLOAD_THREADS, sha256_of
+from jobs.submit.sources import InputSpec
 
 
-def fingerprint_of(request: SubmitRequest, inputs: Sequence[InputSpec] | None = None) -> str:
+class Fingerprinted(Protocol):
+    """What a fingerprint reads of a request (``jobs.submit.request.SubmitRequest``): this module
+    sits below the request, which fingerprints itself at ``build_job``."""
+
+    @property
+    def sources(self) -> Sequence[str]: ...
+
+    @property
+    def idempotency_key(self) -> str | None: ...
+
+    def identity(self, sources: Any) -> dict[str, Any]:
+        """The request's fingerprinted fields, with ``sources`` standing for its inputs."""
+        ...
+
+
+def fingerprint_of(request: Fingerprinted, inputs: Sequence[InputSpec] | None = None) -> str:
     """What an idempotency key stands for: the parameters, and each input by where it resolves to
     and by its content (a local file's sha256; an object's size and ETag).
 
@@ -30,31 +42,18 @@ def fingerprint_of(request: SubmitRequest, inputs: Sequence[InputSpec] | None = 
         if inputs is None
         else describe_inputs(inputs, hashed=bool(request.idempotency_key))
     )
-    payload = _payload(request, described)
+    payload = request.identity(described)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _payload(request: SubmitRequest, sources: Any) -> dict[str, Any]:
-    payload = {
-        "kind": request.kind,
-        "sources": sources,
-        "params": request.params.model_dump(by_alias=True),
-        "model": request.model,
-        "name": request.name,
-    }
-    if request.metadata:  # only when given: keys of jobs without metadata stay as they were
-        payload["metadata"] = dict(request.metadata)
-    return payload
 
 
 # Stands for the inputs' descriptions in the payload, which are hashed as they are read back.
 _SOURCES = "\x00sources\x00"
 
 
-def fingerprint_streamed(request: SubmitRequest, described: IO[bytes]) -> str:
+def fingerprint_streamed(request: Fingerprinted, described: IO[bytes]) -> str:
     """``fingerprint_of`` of the inputs whose descriptions ``described`` holds (each JSON, sorted
     keys, joined by ", "): the same digest, the whole JSON never built."""
-    text = json.dumps(_payload(request, _SOURCES), sort_keys=True)
+    text = json.dumps(request.identity(_SOURCES), sort_keys=True)
     head, tail = text.split(json.dumps(_SOURCES))
     digest = hashlib.sha256(head.encode() + b"[")
     while block := described.read(1024 * 1024):

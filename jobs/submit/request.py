@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from jobs.db import Item, Job, new_id
 from jobs.errors import RequestError
-from jobs.fingerprint import fingerprint_of
 from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -21,9 +20,10 @@ from jobs.limits import (
     check_text,
 )
 from jobs.metadata import check_metadata
-from jobs.openai_batch import BatchFormat
-from jobs.sources import InputSpec
 from jobs.states import ItemStatus, JobStatus
+from jobs.submit.fingerprint import fingerprint_of
+from jobs.submit.openai_reader import BatchFormat
+from jobs.submit.sources import InputSpec
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,20 @@ class SubmitRequest:
     input_format: BatchFormat | None = None
     # The user named the model (--model): it serves every input, whatever a file's lines name.
     model_chosen: bool = False
+
+    def identity(self, sources: Any) -> dict[str, Any]:
+        """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
+        describing the inputs."""
+        payload = {
+            "kind": self.kind,
+            "sources": sources,
+            "params": self.params.model_dump(by_alias=True),
+            "model": self.model,
+            "name": self.name,
+        }
+        if self.metadata:  # only when given: keys of jobs without metadata stay as they were
+            payload["metadata"] = dict(self.metadata)
+        return payload
 
     @classmethod
     def of(

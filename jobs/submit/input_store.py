@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from jobs.errors import RequestError
-from jobs.sources import InputSpec
+from jobs.submit.sources import InputSpec
 from storage import Blobs, StorageError
 
 

@@ -1,5 +1,5 @@
 """Turns what the user typed (files, directories, s3:// prefixes, .jsonl manifests) into inputs,
-and so reads ``submit batch``'s files (OpenAI-Batch JSONL: ``jobs.openai_batch``).
+and so reads ``submit batch``'s files (OpenAI-Batch JSONL: ``jobs.submit.openai_reader``).
 
 Pure validation and listing: nothing is written here, so a refused request leaves no trace.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
-from jobs.openai_batch import (
+from jobs.submit.openai_reader import (
     BatchFormat,
     decode_data_uri,
     detect_openai,

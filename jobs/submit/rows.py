@@ -23,15 +23,15 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.hooks import reached
-from jobs.input_store import UPLOAD_THREADS, store_with
 from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
 from jobs.lifecycle import abandon_submissions, continue_submission
-from jobs.sources import INPUT_ERROR, InputSpec
 from jobs.states import ItemStatus
+from jobs.submit.input_store import UPLOAD_THREADS, store_with
+from jobs.submit.sources import INPUT_ERROR, InputSpec
 from storage import Blobs
 
 if TYPE_CHECKING:
-    from jobs.submit_request import SubmitRequest
+    from jobs.submit.request import SubmitRequest
 
 log = logging.getLogger(__name__)
 

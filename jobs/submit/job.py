@@ -1,7 +1,7 @@
 """Submit: validate, store inputs, insert job + items, commit, THEN publish.
 
 A job of up to ``SUBMIT_CHUNK_ROWS`` items is written in ONE transaction; a bigger one in
-chunks, each published as soon as it commits (``jobs.submit_rows``)."""
+chunks, each published as soon as it commits (``jobs.submit.rows``)."""
 
 from __future__ import annotations
 
@@ -16,26 +16,26 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs import submit_rows
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
-from jobs.fingerprint import describe_inputs, fingerprint_streamed
 from jobs.kinds import get_kind
-from jobs.sources import (
-    DOCUMENT_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    InputSpec,
-    iter_sources,
-)
 from jobs.states import TERMINAL_JOB_STATES
-from jobs.submit_request import SubmitRequest, SubmitResult, build_job, check_request
-from jobs.submit_rows import (
+from jobs.submit import rows as submit_rows
+from jobs.submit.fingerprint import describe_inputs, fingerprint_streamed
+from jobs.submit.request import SubmitRequest, SubmitResult, build_job, check_request
+from jobs.submit.rows import (
     ask_for,
     chunks,
     insert_items,
     with_input_error,
     write_in_chunks,
+)
+from jobs.submit.sources import (
+    DOCUMENT_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    InputSpec,
+    iter_sources,
 )
 from storage import Blobs
 
@@ -65,7 +65,7 @@ def submit_job(
     everything that can refuse the request (nothing is written before it ends); the second
     stores local inputs and inserts the rows. Up to ``SUBMIT_CHUNK_ROWS`` items: in ONE
     transaction, then publish. More: chunk by chunk, each published once it commits, so the
-    first batch is on its way while later rows are written (``jobs.submit_rows``)."""
+    first batch is on its way while later rows are written (``jobs.submit.rows``)."""
     kind = get_kind(request.kind)
     check_request(request, max_prompt_chars)
     extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS

@@ -4,8 +4,9 @@ item (``jobs/kinds/chat.py``).
 A line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {"model",
 "messages", "max_tokens" | "max_completion_tokens", "response_format"?, "temperature"?, …}}``.
 Parsing is pure (no I/O): ``parse_openai_line`` turns a line into the chat item's fields and its
-one image reference; ``jobs.sources`` resolves the image (a ``data:`` URI, an ``s3://`` URI, a
-path next to the file) and refuses the whole file on any malformed line, with its number.
+one image reference; ``jobs.submit.sources`` resolves the image (a ``data:`` URI, an
+``s3://`` URI, a path next to the file) and refuses the whole file on any malformed
+line, with its number.
 
 What cannot be honoured is refused, never ignored: sampling (a ``temperature`` other than 0,
 ``top_p`` other than 1, ``n`` other than 1, …), tools, streaming, ``json_object`` output
