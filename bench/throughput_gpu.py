@@ -5,11 +5,11 @@
     python bench/throughput.py --gpu --check     # the same plumbing on CPU, scaled down
 
 Builds (once, in ``--checkpoint-cache``) a checkpoint with the published shapes and random
-weights (``model.fullsize``), loads it for each precision through the project's loader
+weights (``bench/fullsize.py``), loads it for each precision through the project's loader
 (``EngineSpec`` → ``load_engine``; 4-bit is the project's bitsandbytes nf4 setting), and measures
 (a) the system path (submit → claim → fetch → decode → generate → record, embedded) and (b) the
 plain batched script (``generate`` over pre-decoded images), as in the CPU mode. It prints
-items/s, generated tokens/s and the share of the physical limit (``model.fullsize_limits``) for
+items/s, generated tokens/s and the share of the physical limit (``bench/fullsize_limits.py``) for
 the prompt and output lengths measured. ``--check`` runs everything up to the CUDA call on the
 CPU with a scaled-down checkpoint (same tokenizer, image size and token counts), so CI can test
 this path; its figures are not GPU figures.
@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fullsize_arch import FLAVOURS
+from fullsize_limits import GPUS, PRECISIONS, Gpu, find_gpu, physical_limit
+
 from model.engine import Engine, EngineSpec, GenerationRequest, GenerationResult, default_cache_dir
-from model.fullsize_arch import FLAVOURS
-from model.fullsize_limits import GPUS, PRECISIONS, Gpu, find_gpu, physical_limit
 
 NO_GPU_MESSAGE = (
     "bench/throughput.py --gpu: no CUDA GPU is present (torch.cuda.is_available() is False), "
@@ -184,7 +185,7 @@ def run_gpu_mode(
 
 
 def _checkpoint(args: argparse.Namespace, torch: Any) -> Path:
-    from model.fullsize import ensure_fullsize_checkpoint
+    from fullsize import ensure_fullsize_checkpoint  # imports torch
 
     cache = args.checkpoint_cache or default_cache_dir() / "fullsize"
     if args.check:
@@ -222,7 +223,7 @@ def _report(
         f"items={args.items} batch_size={args.batch_size} max_new_tokens={args.max_new_tokens}"
     )
     limit_name = gpu.name if gpu else "unknown GPU: pass --gpu-model"
-    print(f"physical limit on {limit_name} (prefill and decode overlapped; model.fullsize_limits)")
+    print(f"physical limit on {limit_name} (prefill and decode overlapped; fullsize_limits)")
     for m in measured:
         share = m.share_of_limit
         share_text = f"{100 * share:5.1f} % of {m.limit_items_per_s:.1f}" if share else "n/a"

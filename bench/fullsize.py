@@ -3,10 +3,11 @@
 A GPU benchmark needs the real model's cost, not its answers. This writes an ordinary Hugging
 Face directory (config.json, generation_config.json, sharded fp16 safetensors with an index,
 tokenizer, processor config, chat template) with the published configuration of
-``llava-hf/llava-1.5-7b-hf`` or ``llava-hf/llava-v1.6-mistral-7b-hf`` (``model.fullsize_arch``
-lists every number and its source) and RANDOMLY INITIALISED weights, so its text is noise. It is
-loaded by exactly the same code as a downloaded checkpoint (``load_engine`` with the directory as
-``EngineSpec.model``).
+``llava-hf/llava-1.5-7b-hf`` or ``llava-hf/llava-v1.6-mistral-7b-hf`` (``fullsize_arch`` lists
+every number and its source) and RANDOMLY INITIALISED weights, so its text is noise. It is loaded
+by exactly the same code as a downloaded checkpoint (``load_engine`` with the directory as
+``EngineSpec.model``). A benchmark tool, not part of the product: ``bench/throughput.py --gpu``
+and its tests use it.
 
 Memory: the model is only ever built on the meta device, for its parameter names and shapes;
 weights are drawn one tensor at a time, directly in fp16, and written shard by shard, so the
@@ -15,8 +16,8 @@ generator seeded from the seed and its name, so a rebuild is identical. A full 7
 about 14 GB; ``scale_architecture`` gives the same recipe at a fraction of the width and depth
 (real tokenizer, image size and token counts) for tests on a CPU.
 
-    python -m model.fullsize --flavour llava-1.5-7b --out DIR
-    python -m model.fullsize --flavour llava-1.5-7b --info     # counts and limits, builds nothing
+    python bench/fullsize.py --flavour llava-1.5-7b --out DIR
+    python bench/fullsize.py --flavour llava-1.5-7b --info     # counts and limits, builds nothing
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from typing import Any
 import tokenizers
 import torch
 import transformers
+from fullsize_arch import FLAVOURS, Architecture, count_parameters, scale_architecture
+from fullsize_assets import build_processor, build_tokenizer
+from fullsize_limits import GPUS, physical_limit
 from safetensors.torch import save_file
 from transformers import (
     CLIPVisionConfig,
@@ -49,10 +53,6 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
 )
-
-from model.fullsize_arch import FLAVOURS, Architecture, count_parameters, scale_architecture
-from model.fullsize_assets import build_processor, build_tokenizer
-from model.fullsize_limits import GPUS, physical_limit
 
 __all__ = [
     "FULLSIZE_VERSION",
@@ -265,7 +265,7 @@ def _recipe_hash(arch: Architecture) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m model.fullsize",
+        prog="bench/fullsize.py",
         description="Build a randomly initialised LLaVA checkpoint with the published shapes.",
     )
     parser.add_argument("--flavour", choices=sorted(FLAVOURS), default="llava-1.5-7b")

@@ -1,6 +1,6 @@
 """The physical limit of a LLaVA model on a GPU: FLOPs and bytes per image, turned into items/s.
 
-Pure arithmetic on an ``Architecture`` (``model.fullsize_arch``); no torch. It follows
+Pure arithmetic on an ``Architecture`` (``fullsize_arch``); no torch. It follows
 ``/work/shared/reference/performance-anchors.md`` §3, so its figures reproduce the anchors
 (LLaVA-1.5-7B captioning on one H100: about 85 img/s with prefill and decode overlapped, 55 with
 the phases in sequence; the anchors, which count the embedding table as matmul work, say 82/54).
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.fullsize_arch import Architecture, count_parameters
+from fullsize_arch import Architecture, count_parameters
 
 __all__ = [
     "GPUS",

@@ -17,12 +17,11 @@ import json
 import random
 from typing import Any
 
+from fullsize_arch import Architecture
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaTokenizer, LlavaNextProcessor, LlavaProcessor, ProcessorMixin
 from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
-
-from model.fullsize_arch import Architecture
 
 __all__ = ["CHAT_TEMPLATES", "build_processor", "build_tokenizer"]
 

@@ -1,6 +1,6 @@
 """The published shapes of the full-size LLaVA checkpoints, as plain data (no torch).
 
-``model.fullsize`` builds randomly initialised checkpoints from these; ``model.fullsize_limits``
+``bench/fullsize.py`` builds randomly initialised checkpoints from these; ``fullsize_limits``
 turns the same numbers into FLOPs, bytes and a physical throughput limit. The numbers mirror the
 ``config.json`` files on the Hugging Face hub, listed field by field below; the fields a
 ``config.json`` leaves out are the transformers defaults of the named sub-config class
@@ -24,7 +24,7 @@ a library default.
 Cross-checked against configs quoted in public code (the llava-1.5 ``config.json`` appears
 verbatim in several repositories' tests and logs) and against the published parameter counts:
 7,063,427,072 for LLaVA-1.5-7B (the hub's "7.06B"), 7,566,747,648 for LLaVA-NeXT-Mistral-7B
-("7.57B"). ``tests/unit/model/test_model_fullsize.py`` checks both on the meta device.
+("7.57B"). ``tests/unit/test_bench_fullsize.py`` checks both on the meta device.
 """
 
 from __future__ import annotations

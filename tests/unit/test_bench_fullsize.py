@@ -1,4 +1,4 @@
-"""Full-size random checkpoints (model.fullsize): the published shapes, the physical-limit
+"""Full-size random checkpoints (bench/fullsize.py): the published shapes, the physical-limit
 arithmetic, and the GPU benchmark's plumbing, all without building 14 GB on a CPU.
 
 The full configurations are checked on the meta device (no memory); a scaled-down variant built
@@ -22,17 +22,18 @@ from PIL import Image
 from safetensors import safe_open
 
 from model.engine import EngineSpec, GenerationRequest
-from model.fullsize import (
-    build_fullsize_config,
-    build_meta_model,
-    ensure_fullsize_checkpoint,
-    main,
-)
-from model.fullsize_arch import FLAVOURS, count_parameters, scale_architecture
-from model.fullsize_limits import GPUS, find_gpu, image_cost, physical_limit
 from model.transformers_engine import load_engine
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
+# The bench's scripts import each other by name; their folder is on the path only to import them.
+sys.path.insert(0, str(ROOT / "bench"))
+try:
+    from fullsize import build_fullsize_config, build_meta_model, ensure_fullsize_checkpoint, main
+    from fullsize_arch import FLAVOURS, count_parameters, scale_architecture
+    from fullsize_limits import GPUS, find_gpu, image_cost, physical_limit
+finally:
+    sys.path.remove(str(ROOT / "bench"))
+
 # Published parameter counts (the hub pages say 7.06B and 7.57B).
 PUBLISHED = {"llava-1.5-7b": 7_063_427_072, "llava-next-mistral-7b": 7_566_747_648}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
