@@ -1,10 +1,10 @@
-"""The README's exit-code and item-error-code tables are the code's, in both directions.
+"""The exit-code and item-error-code tables of docs/errors.md are the code's, in both directions.
 
 The code is the one source: ``jobs.errors.ExitCode`` (every status the CLI can exit with) and
 ``jobs.errors.ItemErrorCode`` (every code ``items.error_code`` can hold). Codes are read from
-the code at test time, so a code added there without a README row (or a row left behind after
-a code is removed) fails here. Every code another package puts on a failed item (storage's
-error classes, model's input errors) must be an ``ItemErrorCode``.
+the code at test time, so a code added there without a row in docs/errors.md (or a row left
+behind after a code is removed) fails here. Every code another package puts on a failed item
+(storage's error classes, model's input errors) must be an ``ItemErrorCode``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from model.errors import INPUT_ERROR_CODES
 from storage.errors import StorageError
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-EXIT_CODES = "Exit codes (one table"
-ITEM_CODES = "## Error codes (in `items.error_code`)"
+ERRORS_PAGE = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+EXIT_CODES = "\n## Exit codes\n"
+ITEM_CODES = "\n## Item error codes\n"
 
 
 def _table_after(marker: str) -> list[list[str]]:
     """The rows (cells stripped, header and rule skipped) of the first table after ``marker``."""
-    lines = README[README.index(marker) :].splitlines()[1:]
+    lines = ERRORS_PAGE[ERRORS_PAGE.index(marker) :].strip("\n").splitlines()[1:]
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
     for line in lines[start + 2 :]:
@@ -40,7 +40,7 @@ def test_exit_code_table_matches_the_code_both_ways() -> None:
     assert documented == {int(code) for code in ExitCode}
 
 
-def test_every_exit_code_has_a_meaning_in_the_readme() -> None:
+def test_every_exit_code_has_a_meaning_in_the_docs() -> None:
     for row in _table_after(EXIT_CODES):
         assert row[1], row
 

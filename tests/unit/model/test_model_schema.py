@@ -161,10 +161,13 @@ class _ByteTokens:
 BYTES = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens()))
 
 
-def read_readme_schema() -> dict[str, Any]:
-    """The example schema of the README's "Writing a schema" paragraph."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    after = text[text.index("**Writing a schema.**") :]
+EXTRACT_PAGE = ROOT / "docs" / "kinds" / "extract.md"
+
+
+def read_docs_schema() -> dict[str, Any]:
+    """The example schema of the "Writing a schema" section of docs/kinds/extract.md."""
+    text = EXTRACT_PAGE.read_text(encoding="utf-8")
+    after = text[text.index("\n## Writing a schema\n") :]
     block = re.search(r"```json\n(.*?)```", after, re.DOTALL)
     assert block is not None
     schema: dict[str, Any] = json.loads(block.group(1))
@@ -465,16 +468,16 @@ def test_the_default_budget_covers_the_longest_output_of_a_pydantic_schema() -> 
     assert default_max_new_tokens(PYDANTIC_INVOICE) == len(longest) + 1
 
 
-def test_the_default_budget_for_the_readme_schema_is_the_cap() -> None:
-    readme = read_readme_schema()
-    bounded = prepare_schema(readme)
+def test_the_default_budget_for_the_docs_schema_is_the_cap() -> None:
+    documented = read_docs_schema()
+    bounded = prepare_schema(documented)
     longest = longest_output_chars(bounded)
     # 50 line items of up to 80 characters each: far above what one page needs.
     assert longest == len(build_longest_text(bounded)) == 6621
-    assert default_max_new_tokens(readme) == EXTRACTION_TOKEN_CAP == 2048
-    assert default_max_new_tokens(readme, cap=8192) == longest + 1
-    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
-    assert "allows 6621 characters" in text and "at most 2048" in text  # the README's figures
+    assert default_max_new_tokens(documented) == EXTRACTION_TOKEN_CAP == 2048
+    assert default_max_new_tokens(documented, cap=8192) == longest + 1
+    text = " ".join(EXTRACT_PAGE.read_text(encoding="utf-8").split())
+    assert "allows 6621 characters" in text and "at most 2048" in text  # the page's figures
     small = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
     assert default_max_new_tokens(small) == len('{"ok": false}') + 1
 
