@@ -1,8 +1,9 @@
 """Errors of the jobs package.
 
-Each carries a stable ``code`` and one human sentence. Three kinds, as DESIGN.md says: a
-request error (refused at submit, nothing written), a transient error (retry with backoff), and
-per-item codes (an item ends ``failed`` with that code; see ``ItemErrorCode``).
+Each carries a stable ``code`` and one human sentence. Three kinds, as
+docs/design.md#errors-three-kinds says: a request error (refused at submit, nothing written), a
+transient error (retry with backoff), and per-item codes (an item ends ``failed`` with that
+code; see ``ItemErrorCode``).
 """
 
 from __future__ import annotations

@@ -21,12 +21,14 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | finalise   | job -> completed / failed / cancelled  | job unfinished and fully written (or     |
 |            |                                        | cancelling), no queued/running item      |
 
-Invariants kept here (DESIGN.md):
-3. a claim moves only queued items of an open job, under a fresh lease token;
-4. results are written only under the writer's own token (fenced);
-5. every item ends in exactly one terminal state with at most one result; an item returned from
-   a closing job ends ``cancelled``, so a cancelled job always finalises;
-6. a row that cannot be stored fails only its own item.
+Invariants kept here (docs/design.md#I3 and so on):
+- I3: a claim moves only queued items of an open job, under a fresh lease token;
+- I4: results are written only under the writer's own token (fenced);
+- I5: every item ends in exactly one terminal state with at most one result; an item returned
+  from a closing job ends ``cancelled``, so a cancelled job always finalises;
+- I6: a row that cannot be stored fails only its own item;
+- I8: every change of ``items.status`` and ``jobs.status`` is made here, as above;
+- I9: a job ends only when all its rows are written and none is queued or running.
 
 Finalisation never counts a job: it is an index probe (``NOT EXISTS`` queued/running) in its own
 short transaction; on PostgreSQL the job row is locked first and checked by a later statement, so

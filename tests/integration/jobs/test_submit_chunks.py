@@ -3,7 +3,8 @@ and PostgreSQL (real Redis where the broker matters).
 
 Each race is forced, not hoped for: a hook holds the producer at a real point (between two
 chunks, or inside a chunk's transaction) while the other side (a worker, the sweeper, a cancel,
-a second submit) runs in that window. Each test names the invariant of DESIGN.md it checks.
+a second submit) runs in that window. Each test names the invariant of docs/design.md it
+checks (invariant I9 is docs/design.md#I9).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def between() -> Iterator[Callable[[Callable[[int], None]], Between]]:
 def test_a_small_job_is_one_transaction_then_its_messages(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant 2 (commit, then publish), as before: a job of at most a chunk of rows is
+    """Invariant I2 (commit, then publish), as before: a job of at most a chunk of rows is
     written in ONE transaction, holds no submit lease, and is published after that commit."""
     commits: list[int] = []
     engine = session_factory.kw["bind"]
@@ -143,7 +144,7 @@ def test_a_small_job_is_one_transaction_then_its_messages(
 def test_the_first_message_is_on_redis_before_the_last_row_is_committed(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any, redis_url: str
 ) -> None:
-    """Invariant 2 chunk by chunk: every message names only committed rows, and the first one
+    """Invariant I2 chunk by chunk: every message names only committed rows, and the first one
     is on the broker while the rest of the job is still to be written."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
@@ -183,7 +184,7 @@ def _messages(client: Any, key: str) -> list[list[str]]:
 def test_a_job_is_not_finalised_while_its_rows_are_still_being_written(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant 5 and the status contract: between chunks a worker claims and records every
+    """Invariant I9 and the status contract: between chunks a worker claims and records every
     item written so far and the sweeper runs; the job stays in progress (never completed on a
     part of its items), and completes once the rest is written and done."""
 
@@ -209,7 +210,7 @@ def test_a_job_is_not_finalised_while_its_rows_are_still_being_written(
 def test_cancel_between_chunks_stops_the_submit_and_the_job_ends_cancelled(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant 5: a cancel between two chunks cancels what is queued, lets the running item
+    """Invariant I9: a cancel between two chunks cancels what is queued, lets the running item
     finish, and no later chunk is written; the job ends cancelled with every item terminal."""
     publisher = ListPublisher()
 
@@ -239,7 +240,7 @@ def test_cancel_between_chunks_stops_the_submit_and_the_job_ends_cancelled(
 def test_cancel_while_a_chunk_is_being_written_also_cancels_that_chunk(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5: a cancel that comes while a chunk's transaction holds the job row waits for
+    """Invariant I9: a cancel that comes while a chunk's transaction holds the job row waits for
     it (PostgreSQL: the row lock; SQLite: the one writer), then cancels its rows too; no queued
     item ever sits in a closing job, and the submit writes nothing after."""
     done: dict[str, Any] = {}
@@ -285,7 +286,7 @@ def test_a_producer_killed_between_chunks_leaves_a_job_the_sweeper_cancels(
     between: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Invariant 5, and no job half-written forever: a producer that dies without a word
+    """Invariants I5 and I9, no job half-written forever: a producer that dies without a word
     (kill -9: nothing of it runs after) leaves a job that is not finalised however its items
     stand, until its submit lease runs out; then the sweeper cancels it (queued items
     cancelled, the running one finishes). The same key is refused, never a second job."""
@@ -333,7 +334,7 @@ def test_a_producer_killed_between_chunks_leaves_a_job_the_sweeper_cancels(
 def test_an_interrupted_submit_cancels_its_own_job_at_once(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant 5: Ctrl-C between chunks cancels the half-written job right away (no wait for
+    """Invariant I9: Ctrl-C between chunks cancels the half-written job right away (no wait for
     the lease); every written item is terminal, and the job ends cancelled."""
 
     def interrupt(n: int) -> None:
@@ -350,7 +351,7 @@ def test_an_interrupted_submit_cancels_its_own_job_at_once(
 def test_a_producer_whose_lease_ran_out_stops_once_the_sweeper_cancelled_its_job(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant 5: the sweeper and a slow (not dead) producer agree through the job row: once
+    """Invariant I9: the sweeper and a slow (not dead) producer agree through the job row: once
     the job is abandoned, the producer writes no further chunk into it."""
 
     def sweep_late(n: int) -> None:
@@ -399,7 +400,7 @@ def test_the_same_key_during_a_submit_returns_the_job_being_written(
 def test_a_dead_broker_leaves_every_chunk_for_the_sweeper(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariants 1 and 2: with the broker down, every chunk is still committed, none is
+    """Invariants I1 and I2: with the broker down, every chunk is still committed, none is
     stamped dispatched, and the sweeper publishes them all."""
     dead = CeleryPublisher(f"redis://127.0.0.1:{free_port()}/0", "q")
     result = _submit(session_factory, blobs, tmp_path / "c", dead)

@@ -3,7 +3,7 @@
 Each race is forced, not hoped for: a hook pauses one side at a real point (inside its real
 transaction, holding its real locks) and the other side runs in that window; it either commits
 there or blocks on the first side's locks until the first side goes on. Each test names the
-invariant of DESIGN.md it checks.
+invariant of docs/design.md it checks (invariant I5 is docs/design.md#I5).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _reopen(sf: SessionFactory, job_id: str) -> None:
 def test_claim_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 3: a message's items are claimed, not skipped because someone else held their
+    """Invariant I3: a message's items are claimed, not skipped because someone else held their
     rows for an instant (the first-batch drop)."""
     _, ids = _submit(session_factory, blobs, tmp_path, n=4)
     later = utcnow() + timedelta(minutes=10)  # every message presumed lost
@@ -148,7 +148,7 @@ def test_claim_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
 def test_items_whose_worker_died_in_a_cancelled_job_end_cancelled(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5: every item ends terminal and a cancelled job finalises, even when its
+    """Invariant I5: every item ends terminal and a cancelled job finalises, even when its
     running batch's worker is kill -9ed after the cancel."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
     start = utcnow()
@@ -169,7 +169,7 @@ def test_items_whose_worker_died_in_a_cancelled_job_end_cancelled(
 def test_items_handed_back_in_a_cancelled_job_end_cancelled_even_mid_cancel(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5: a hand-back (storage error) racing the cancel still ends cancelled."""
+    """Invariant I5: a hand-back (storage error) racing the cancel still ends cancelled."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
     claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60)
     Interleaving("cancel:marked").run(
@@ -187,7 +187,7 @@ def test_items_handed_back_in_a_cancelled_job_end_cancelled_even_mid_cancel(
 def test_retry_racing_the_finaliser_never_leaves_a_finished_job_with_queued_items(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5: a finished job has no queued item; retried items run."""
+    """Invariant I5: a finished job has no queued item; retried items run."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
     a, b = claim_items(session_factory, ids, worker="w", lease_seconds=60)
     record_results(session_factory, [_ok(a), _bad(b)])
@@ -222,7 +222,7 @@ def test_cancel_racing_the_finaliser_reports_the_status_the_job_ends_in(
 def test_the_sweeper_never_overwrites_a_result_recorded_in_its_window(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariants 4 and 5: at most one result, never a succeeded item sent back."""
+    """Invariants I4 and I5: at most one result, never a succeeded item sent back."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=1)
     start = utcnow()
     (item,) = claim_items(session_factory, ids, worker="w", lease_seconds=10, now=start)
@@ -276,7 +276,7 @@ def test_cancel_beside_the_last_record_ends_as_it_says(
 def test_a_failed_document_item_can_be_retried_and_succeed(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5: its earlier pages go with the retry; the new attempt's pages are stored."""
+    """Invariant I5: its earlier pages go with the retry; the new attempt's pages are stored."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=2)
     doc, mate = claim_items(session_factory, ids, worker="w", lease_seconds=60)
     page_failed = Outcome(page=1, error_code="output_truncated", error_message="cut")
@@ -310,7 +310,7 @@ def test_a_failed_document_item_can_be_retried_and_succeed(
 def test_a_row_the_database_refuses_fails_only_its_own_item_and_nul_is_stripped(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 6: bad output costs its own item, not its batch-mates' results."""
+    """Invariant I6: bad output costs its own item, not its batch-mates' results."""
     job_id, ids = _submit(session_factory, blobs, tmp_path, n=3)
     nul, unstorable, fine = claim_items(session_factory, ids, worker="w", lease_seconds=60)
     written = record_results(
@@ -341,7 +341,7 @@ def test_a_row_the_database_refuses_fails_only_its_own_item_and_nul_is_stripped(
 def test_transient_storage_errors_back_off_without_spending_attempts(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 5 (bounded attempts) without burning them on an outage: with the default
+    """Invariant I5 (bounded attempts) without burning them on an outage: with the default
     settings, hand-backs span well over 3 minutes before the worker would give up."""
     from jobs.settings import Settings
 
@@ -396,7 +396,7 @@ def test_two_sweepers_never_publish_the_same_items(
 def test_a_writer_paused_inside_its_transaction_does_not_freeze_the_job(
     pg_url: str, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Invariant 4 keeps results safe; here: no lock of one worker stops the others. PostgreSQL
+    """Invariant I4 keeps results safe; here: no lock of one worker stops the others. PostgreSQL
     only: SQLite has one writer at a time by design (the embedded, one-process default)."""
     from tests.helpers import migrated_session_factory
 
