@@ -10,25 +10,13 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class Quantization(StrEnum):
-    none = "none"
-    int8 = "8bit"
-    int4 = "4bit"
-
-
-class DType(StrEnum):
-    auto = "auto"
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+from model.engine import check_device, check_dtype, check_quantization
 
 
 def default_home() -> Path:
@@ -45,9 +33,10 @@ class Settings(BaseSettings):
     queue: str = "llava-batch"
 
     model: str = "tiny-llava"
-    quantization: Quantization = Quantization.none
-    dtype: DType = DType.auto
-    device: str = "auto"
+    # Checked by the engine's own rules (model.engine), the one place they are written.
+    quantization: Annotated[str, AfterValidator(check_quantization)] = "none"
+    dtype: Annotated[str, AfterValidator(check_dtype)] = "auto"
+    device: Annotated[str, AfterValidator(check_device)] = "auto"
 
     # Items per batch message (dispatch's size; a job's --batch-size). The GPU micro-batch is
     # the worker's own: gpu_batch_size, 0 meaning the engine's suggestion for its device.
@@ -97,13 +86,6 @@ class Settings(BaseSettings):
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be auto, cpu, cuda or cuda:N")
 
     @property
     def resolved_database_url(self) -> str:

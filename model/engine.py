@@ -26,6 +26,9 @@ __all__ = [
     "GenerationResult",
     "Turn",
     "check_conversation",
+    "check_device",
+    "check_dtype",
+    "check_quantization",
     "default_cache_dir",
 ]
 
@@ -33,9 +36,32 @@ __all__ = [
 # tests and local runs exercise the whole real loading/generation path with no download.
 TINY_MODELS: tuple[str, ...] = ("tiny-llava", "tiny-llava-next")
 
+# What an engine may be asked to load with: the one place these are known and checked (the
+# settings validate LLAVA_BATCH_DTYPE, _QUANTIZATION and _DEVICE with the checks below).
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
 DEVICES_HELP = "auto|cpu|cuda|cuda:N"
+
+
+def check_dtype(value: str) -> str:
+    """``value`` if it is one of ``DTYPES``; else ValueError naming the choices and the value."""
+    if value not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {value!r}")
+    return value
+
+
+def check_quantization(value: str) -> str:
+    """``value`` if it is one of ``QUANTIZATIONS``; else ValueError naming them and the value."""
+    if value not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {value!r}")
+    return value
+
+
+def check_device(value: str) -> str:
+    """``value`` if it names a device (``DEVICES_HELP``); else ValueError naming the value."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(f"device must be {DEVICES_HELP}, not {value!r}")
 
 
 def default_cache_dir() -> Path:
@@ -167,14 +193,8 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         # Fail at configuration time, with a message naming the bad value, not deep in loading.
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(
-                f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}"
-            )
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ValueError(f"device must be {DEVICES_HELP}, not {dev!r}")
+        check_dtype(self.dtype)
+        check_quantization(self.quantization)
+        check_device(self.device)
         if not self.model.strip():
             raise ValueError("model must not be empty")

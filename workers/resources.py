@@ -101,9 +101,9 @@ def _share_cores(engine: Engine) -> None:
 def build_engine_spec(settings: Settings) -> EngineSpec:
     return EngineSpec(
         model=settings.model,
-        dtype=settings.dtype.value,
+        dtype=settings.dtype,
         device=settings.device,
-        quantization=settings.quantization.value,
+        quantization=settings.quantization,
         cache_dir=settings.model_cache_dir,
     )
 
@@ -153,7 +153,7 @@ def build_resources(
         max_pdf_pages=settings.max_pdf_pages,
         max_input_bytes=settings.max_input_bytes,
         model=settings.model,
-        quantization=settings.quantization.value,
+        quantization=settings.quantization,
         max_item_pixels=settings.max_item_pixels,
         max_batch_pixels=settings.max_batch_pixels,
         storage_retry_base_seconds=settings.storage_retry_base_seconds,
