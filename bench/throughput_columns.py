@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from jobs.kinds.caption import DEFAULT_PROMPT
 from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
-from model.engine import Engine, GenerationRequest, GenerationResult
+from model.engine import DelegatingEngine, Engine, GenerationRequest, GenerationResult
 from model.fake import FakeEngine
 from model.images import decode_image
 from workers.local import run_job_locally
@@ -33,7 +33,7 @@ from workers.resources import build_resources
 PROMPT = DEFAULT_PROMPT
 
 
-class BusyEngine:
+class BusyEngine(DelegatingEngine):
     """Implements ``model.engine.Engine`` around another engine, and measures the wall time
     during which at least one ``generate`` call is in flight (the model's forward with its own
     preprocessing): the union of the calls' intervals, not their sum, since a worker's slots
@@ -42,7 +42,7 @@ class BusyEngine:
     pipeline sees the same engine."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._since = 0.0
@@ -52,21 +52,8 @@ class BusyEngine:
         self.first_start: float | None = None  # perf_counter of the first call's start
         self.last_end = 0.0  # and of the last call's end
 
-    @property
-    def name(self) -> str:
-        return self._engine.name
-
-    @property
-    def revision(self) -> str | None:
-        return self._engine.revision
-
     def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        max_new_tokens: int,
-        json_schema: Mapping[str, Any] | None = None,
-        fit_to_context: bool = False,
+        self, requests: Sequence[GenerationRequest], **options: Any
     ) -> list[GenerationResult]:
         with self._lock:
             if self._in_flight == 0:
@@ -77,12 +64,7 @@ class BusyEngine:
             self.calls += 1
             self.items += len(requests)
         try:
-            return self._engine.generate(
-                requests,
-                max_new_tokens=max_new_tokens,
-                json_schema=json_schema,
-                fit_to_context=fit_to_context,
-            )
+            return super().generate(requests, **options)
         finally:
             with self._lock:
                 self._in_flight -= 1

@@ -30,7 +30,14 @@ from typing import Any
 from fullsize_arch import FLAVOURS
 from fullsize_limits import GPUS, PRECISIONS, Gpu, find_gpu, physical_limit
 
-from model.engine import Engine, EngineSpec, GenerationRequest, GenerationResult, default_cache_dir
+from model.engine import (
+    DelegatingEngine,
+    Engine,
+    EngineSpec,
+    GenerationRequest,
+    GenerationResult,
+    default_cache_dir,
+)
 
 NO_GPU_MESSAGE = (
     "bench/throughput.py --gpu: no CUDA GPU is present (torch.cuda.is_available() is False), "
@@ -74,29 +81,20 @@ class Measured:
         return None if not self.limit_items_per_s else self.items_per_s / self.limit_items_per_s
 
 
-class CountingEngine:
+class CountingEngine(DelegatingEngine):
     """An engine that counts what passes through it; everything else goes to the real one."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self.items = self.tokens_in = self.tokens_out = 0
-
-    @property
-    def name(self) -> str:
-        return self._engine.name
-
-    @property
-    def revision(self) -> str | None:
-        revision = getattr(self._engine, "revision", None)
-        return revision if isinstance(revision, str) else None
 
     def reset(self) -> None:
         self.items = self.tokens_in = self.tokens_out = 0
 
     def generate(
-        self, requests: Sequence[GenerationRequest], **kwargs: Any
+        self, requests: Sequence[GenerationRequest], **options: Any
     ) -> list[GenerationResult]:
-        results = self._engine.generate(requests, **kwargs)
+        results = super().generate(requests, **options)
         self.items += len(results)
         self.tokens_in += sum(r.tokens_in for r in results)
         self.tokens_out += sum(r.tokens_out for r in results)

@@ -20,6 +20,7 @@ __all__ = [
     "DTYPES",
     "QUANTIZATIONS",
     "TINY_MODELS",
+    "DelegatingEngine",
     "Engine",
     "EngineSpec",
     "GenerationRequest",
@@ -173,6 +174,31 @@ class Engine(Protocol):
         and ``SchemaError`` when the schema is unsupported or cannot be compiled.
         """
         ...
+
+
+class DelegatingEngine:
+    """An ``Engine`` around another that forwards ``name``, ``revision`` and ``generate`` to it:
+    the base of the wrappers that add to an engine (fault injection, a benchmark's timers). A
+    subclass overrides what it changes and calls ``super().generate(requests, **options)`` to
+    reach the wrapped engine, passing ``Engine.generate``'s keyword options on untouched.
+    Nothing else is forwarded: optional attributes (``input_side``, …) are hidden unless a
+    subclass passes them on itself."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def revision(self) -> str | None:
+        return self._engine.revision
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], **options: Any
+    ) -> list[GenerationResult]:
+        return self._engine.generate(requests, **options)
 
 
 @dataclass(frozen=True)

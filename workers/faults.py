@@ -13,11 +13,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from model.engine import Engine, GenerationRequest, GenerationResult
+from model.engine import DelegatingEngine, Engine, GenerationRequest, GenerationResult
 from model.errors import DeviceOutOfMemoryError
 
 log = logging.getLogger(__name__)
@@ -37,27 +37,16 @@ def read_faults(environ: dict[str, str] | None = None) -> Faults | None:
     return Faults(**json.loads(raw)) if raw else None
 
 
-class FaultyEngine:
+class FaultyEngine(DelegatingEngine):
+    """The real engine, with the faults of ``Faults`` injected before each ``generate``."""
+
     def __init__(self, engine: Engine, faults: Faults) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self.faults = faults
         log.warning("fault injection is ON: %s", faults)
 
-    @property
-    def name(self) -> str:
-        return self._engine.name
-
-    @property
-    def revision(self) -> str | None:
-        return self._engine.revision
-
     def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        max_new_tokens: int,
-        json_schema: Mapping[str, Any] | None = None,
-        fit_to_context: bool = False,
+        self, requests: Sequence[GenerationRequest], **options: Any
     ) -> list[GenerationResult]:
         marker = self.faults.kill_on_prompt
         if marker and any(marker in r.prompt for r in requests):
@@ -67,9 +56,4 @@ class FaultyEngine:
             raise DeviceOutOfMemoryError(f"fault: batch of {len(requests)} does not fit")
         if self.faults.generate_delay_s:
             time.sleep(self.faults.generate_delay_s)
-        return self._engine.generate(
-            requests,
-            max_new_tokens=max_new_tokens,
-            json_schema=json_schema,
-            fit_to_context=fit_to_context,
-        )
+        return super().generate(requests, **options)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 from PIL import Image
 
-from model.engine import Engine, GenerationRequest, GenerationResult
+from model.engine import DelegatingEngine, Engine, GenerationRequest, GenerationResult
 from model.errors import DeviceOutOfMemoryError
 from model.fake import FakeEngine
 
@@ -44,3 +47,24 @@ def test_records_batch_sizes_and_raises_oom_over_the_limit() -> None:
 def test_rejects_non_positive_max_new_tokens() -> None:
     with pytest.raises(ValueError):
         FakeEngine().generate([_request(1, 1, "x")], max_new_tokens=0)
+
+
+def test_a_delegating_engine_forwards_the_interface_and_its_options() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Recording(DelegatingEngine):  # overrides only what it changes
+        def generate(
+            self, requests: Sequence[GenerationRequest], **options: Any
+        ) -> list[GenerationResult]:
+            seen.append(options)
+            return super().generate(requests, **options)
+
+    inner = FakeEngine("inner", oom_when_batch_over=1)
+    engine: Engine = Recording(inner)
+    assert (engine.name, engine.revision) == ("inner", None)
+    [result] = engine.generate([_request(1, 1, "a b c")], max_new_tokens=2, fit_to_context=True)
+    assert result == inner.generate([_request(1, 1, "a b c")], max_new_tokens=2)[0]
+    assert seen == [{"max_new_tokens": 2, "fit_to_context": True}]
+    with pytest.raises(DeviceOutOfMemoryError):  # the wrapped engine's errors come through
+        engine.generate([_request(1, 1, "a"), _request(1, 1, "b")], max_new_tokens=1)
+    assert not hasattr(engine, "oom_when_batch_over")  # nothing else is forwarded
