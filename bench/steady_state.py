@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings(
         home=home,
         model="tiny-llava",
-        batch_size=args.batch_size,
+        message_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
     )
     from jobs.context import open_database

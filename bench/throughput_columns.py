@@ -104,7 +104,7 @@ def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag
         database_url="",
         storage_url="",
         model=engine.name,
-        batch_size=args.batch_size,
+        message_size=args.batch_size,
         gpu_batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
     )

@@ -14,7 +14,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 
 from jobs.db import Item, Job
 from jobs.errors import RequestError
-from jobs.settings import Settings
+from jobs.settings import Settings, variable_of
 
 
 def _column_length(column: KeyedColumnElement[Any]) -> int:
@@ -45,7 +45,7 @@ def check_option(option: str, value: int, setting: str) -> None:
     if not low <= value <= high:
         raise RequestError(
             f"{option} {value} is out of range: it must be between {low} and {high}, like "
-            f"LLAVA_BATCH_{setting.upper()}.",
+            f"{variable_of(setting)}.",
             code="invalid_option",
         )
 

@@ -30,7 +30,7 @@ def run_maintenance(
         session_factory,
         publisher,
         max_attempts=settings.max_attempts,
-        batch_size=settings.batch_size,
+        batch_size=settings.message_size,
         redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
     )
     created = fire_due_schedules(session_factory, blobs, publisher)

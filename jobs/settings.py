@@ -18,13 +18,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.engine import check_device, check_dtype, check_quantization
 
+PREFIX = "LLAVA_BATCH_"
+
 
 def default_home() -> Path:
     return Path.home() / ".llava-batch"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLAVA_BATCH_", extra="forbid")
+    # populate_by_name: a field read from a variable of another name (message_size) is still
+    # set by its own name in code, Settings(message_size=…).
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", populate_by_name=True)
 
     home: Path = Field(default_factory=default_home)
     database_url: str = ""
@@ -38,9 +42,10 @@ class Settings(BaseSettings):
     dtype: Annotated[str, AfterValidator(check_dtype)] = "auto"
     device: Annotated[str, AfterValidator(check_device)] = "auto"
 
-    # Items per batch message (dispatch's size; a job's --batch-size). The GPU micro-batch is
-    # the worker's own: gpu_batch_size, 0 meaning the engine's suggestion for its device.
-    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    # Items per batch message (dispatch's size; a job's --batch-size), read from the variable
+    # LLAVA_BATCH_BATCH_SIZE. The GPU micro-batch is the worker's own: gpu_batch_size, 0 meaning
+    # the engine's suggestion for its device.
+    message_size: Annotated[int, Field(ge=1, le=1024, validation_alias=f"{PREFIX}BATCH_SIZE")] = 8
     gpu_batch_size: Annotated[int, Field(ge=0, le=1024)] = 0
     # Messages a worker works on at once, sharing its one model: while one slot's batch
     # generates, the next slot claims, decodes and preprocesses its own, and the one before
@@ -110,10 +115,26 @@ class UnknownSettingError(ValueError):
     """Raised for an LLAVA_BATCH_* variable that is not a setting (usually a typo)."""
 
 
+def variable_of(name: str) -> str:
+    """The environment variable that sets ``name``: a field of ``Settings``, or the first part
+    of a settings validation error's ``loc`` (the variable itself, for a field that reads one of
+    another name: ``message_size`` is set by LLAVA_BATCH_BATCH_SIZE)."""
+    field = Settings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, str):
+        return alias
+    return name.upper() if name.upper().startswith(PREFIX) else PREFIX + name.upper()
+
+
+def setting_variables() -> frozenset[str]:
+    """The environment variables of the settings, one per field."""
+    return frozenset(variable_of(name) for name in Settings.model_fields)
+
+
 def check_unknown_variables(environ: Mapping[str, str]) -> None:
-    known = {f"LLAVA_BATCH_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    known = setting_variables() | OTHER_VARIABLES
     for variable in sorted(environ):
-        if variable.startswith("LLAVA_BATCH_") and variable not in known:
+        if variable.startswith(PREFIX) and variable not in known:
             close = difflib.get_close_matches(variable, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UnknownSettingError(f"{variable} is not a llava-batch setting{hint}")

@@ -143,7 +143,7 @@ def build_resources(
         engine_loader=engine_loader or (lambda: _with_faults(load_transformers_engine(spec))),
         batch_size=settings.gpu_batch_size,
         gpu_batch_size=settings.gpu_batch_size,
-        message_size=settings.batch_size,
+        message_size=settings.message_size,
         slots=settings.worker_slots,
         decode_threads=decode_threads_per_slot(settings.decode_threads, settings.worker_slots),
         max_new_tokens=settings.max_new_tokens,

@@ -120,7 +120,7 @@ class SubmitResult:
 
 def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     """Everything about a request that can be refused before touching any input."""
-    check_option("--batch-size", request.params.batch_size, "batch_size")
+    check_option("--batch-size", request.params.batch_size, "message_size")
     if request.params.max_new_tokens is not None:  # None: the worker's setting applies
         check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
     if request.name is not None:

@@ -28,7 +28,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 import workers.cli
-from jobs.settings import Settings
+from jobs.settings import Settings, setting_variables, variable_of
 from storage.uri import parse_s3_uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def argv_of(service: dict[str, Any]) -> list[str]:
 
 
 def field_env_names() -> set[str]:
-    return {PREFIX + name.upper() for name in Settings.model_fields}
+    return set(setting_variables())
 
 
 # -- the compose file -----------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_worker_environment_builds_valid_settings(
     settings = Settings()  # raises ValidationError on a bad value
 
     from_env = {key for key in env if key.startswith(PREFIX)}
-    assert {PREFIX + name.upper() for name in settings.model_fields_set} == from_env
+    assert {variable_of(name) for name in settings.model_fields_set} == from_env
     assert settings.model == "llava-hf/llava-1.5-7b-hf"
     assert "${LLAVA_BATCH_MODEL:-llava-hf/llava-1.5-7b-hf}" in COMPOSE.read_text(encoding="utf-8")
     assert str(settings.home) == "/data"
