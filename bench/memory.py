@@ -132,6 +132,7 @@ def child(home: Path, limit_gib: float, max_item_pixels: int | None) -> None:
     import importlib
 
     from jobs.db import make_engine, make_session_factory
+    from jobs.settings import Settings
     from model.fake import FakeEngine
     from storage import open_blobs
     from workers.pipeline import process_batch
@@ -142,18 +143,17 @@ def child(home: Path, limit_gib: float, max_item_pixels: int | None) -> None:
         importlib.import_module(name)
 
     batches = json.loads((home / "batches.json").read_text())
+    # One slot with one decode thread; the item budget only where one is asked for.
+    budget = {"max_item_pixels": max_item_pixels} if max_item_pixels else {}
+    settings = Settings(
+        gpu_batch_size=MODEL_BATCH, max_new_tokens=32, worker_slots=1, decode_threads=1, **budget
+    )
     res = WorkerResources(
+        settings=settings,
         session_factory=make_session_factory(make_engine(f"sqlite:///{home / 'bench.sqlite3'}")),
         blobs=open_blobs(str(home / "blobs")),
         engine_loader=FakeEngine,
-        batch_size=MODEL_BATCH,
-        max_new_tokens=32,
-        lease_seconds=600,
-        max_attempts=3,
-        max_image_pixels=50_000_000,
     )
-    if max_item_pixels:  # attribute, so the script also runs on code without this budget
-        res.max_item_pixels = max_item_pixels
     baseline = _rss_mib()
     start = time.perf_counter()
     outcome: dict[str, object] = {}

@@ -51,15 +51,17 @@ def run_ask(images: Path, engine: Engine, args: argparse.Namespace, questions: i
     home = Path(tempfile.mkdtemp(prefix="bench-ask-"))
     db = make_engine(f"sqlite:///{home / 'bench.sqlite3'}")
     upgrade_database(db)
+    settings = Settings(
+        gpu_batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        worker_slots=1,
+        decode_threads=1,
+    )
     res = WorkerResources(
+        settings=settings,
         session_factory=make_session_factory(db),
         blobs=open_blobs(str(home / "blobs")),
         engine_loader=lambda: engine,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        lease_seconds=600,
-        max_attempts=3,
-        max_image_pixels=50_000_000,
     )
     request = SubmitRequest.of(
         JobKind.ask,

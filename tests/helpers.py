@@ -7,13 +7,16 @@ import random
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from jobs.db import SessionFactory, make_engine, make_session_factory
 from jobs.lifecycle import ItemOutcome
 from jobs.migrate import upgrade_database
 from jobs.outcome import Outcome
+from jobs.settings import Settings
 from model.engine import Engine
 from storage import Blobs
 from workers.resources import WorkerResources
@@ -113,31 +116,54 @@ def migrated_session_factory(url: str) -> SessionFactory:
     return make_session_factory(engine)
 
 
+class _OwnSettings(Settings):
+    """Settings of their defaults and what a test passes, never the environment's."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def make_settings(**values: Any) -> Settings:
+    """``Settings`` of ``values`` over the defaults; LLAVA_BATCH_* variables are not read."""
+    return _OwnSettings(**values)
+
+
 def make_resources(
     session_factory: SessionFactory,
     blobs: Blobs,
     engine: Engine,
     *,
-    batch_size: int = 4,
-    lease_seconds: int = 60,
-    max_attempts: int = 3,
     worker_name: str = "test-worker",
-    storage_retry_limit: int = 12,
-    storage_retry_base_seconds: float = 0.01,
+    **settings: Any,
 ) -> WorkerResources:
+    """Resources around ``engine`` that claim any job's items (they serve no named model).
+    ``settings``: fields of ``Settings`` over the tests' own defaults: a GPU micro-batch of 4
+    (``gpu_batch_size``), one slot with one decode thread, 8 new tokens, a 60 s lease, and
+    storage retries from 0.01 s (``storage_retry_base_seconds``) up to eight times that."""
+    retry_base = settings.get("storage_retry_base_seconds", 0.01)
+    defaults: dict[str, Any] = dict(
+        gpu_batch_size=4,
+        worker_slots=1,
+        decode_threads=1,
+        max_new_tokens=8,
+        lease_seconds=60,
+        storage_retry_base_seconds=retry_base,
+        storage_retry_max_seconds=retry_base * 8,
+    )
     return WorkerResources(
+        settings=make_settings(**{**defaults, **settings}),
         session_factory=session_factory,
         blobs=blobs,
         engine_loader=lambda: engine,
-        batch_size=batch_size,
-        max_new_tokens=8,
-        lease_seconds=lease_seconds,
-        max_attempts=max_attempts,
-        max_image_pixels=50_000_000,
         worker_name=worker_name,
-        storage_retry_limit=storage_retry_limit,
-        storage_retry_base_seconds=storage_retry_base_seconds,
-        storage_retry_max_seconds=storage_retry_base_seconds * 8,
     )
 
 

@@ -124,8 +124,8 @@ def _work(
         sweep(
             res.session_factory,
             queue.publisher,
-            max_attempts=res.max_attempts,
-            batch_size=res.message_size,
+            max_attempts=res.settings.max_attempts,
+            batch_size=res.settings.message_size,
             redispatch_after=timedelta(0),
         )
         if queue.batches:
@@ -144,9 +144,9 @@ def _drain(
     on_batch: OnBatch | None,
     stop: Callable[[], bool],
 ) -> bool:
-    """Works through the queued batches, ``res.slots`` at a time as a Celery worker's pool
-    does, so one batch is claimed and decoded while another generates; False when ``stop``
-    said so before a batch started (the batches in flight finish first).
+    """Works through the queued batches, ``res.settings.worker_slots`` at a time as a Celery
+    worker's pool does, so one batch is claimed and decoded while another generates; False
+    when ``stop`` said so before a batch started (the batches in flight finish first).
 
     Slots are daemon threads: a second Ctrl-C ends the run at once instead of waiting for
     a batch in flight, whose items the caller hands back."""
@@ -154,7 +154,7 @@ def _drain(
     running = 0
     stopped = False
     while True:
-        while not stopped and running < max(1, res.slots) and queue.batches:
+        while not stopped and running < max(1, res.settings.worker_slots) and queue.batches:
             if stop():
                 stopped = True
                 break

@@ -63,7 +63,7 @@ class BatchReport:
 def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
     # Beside other slots, unless an item of it lost a worker before (``workers.isolation``);
     # the turn is taken before the claim, so a message waiting for it holds nothing.
-    alone = res.slots > 1 and lost_a_worker(res.session_factory, item_ids)
+    alone = res.settings.worker_slots > 1 and lost_a_worker(res.session_factory, item_ids)
     with res.isolation.turn(alone=alone):
         return _process_batch(item_ids, res)
 
@@ -75,16 +75,17 @@ def _process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport
         return BatchReport()
     lease_token = claimed[0].lease_token  # one claim, one token for the batch
     started = time.monotonic()
-    with LeaseKeeper(res.session_factory, lease_token, res.lease_seconds):
+    with LeaseKeeper(res.session_factory, lease_token, res.settings.lease_seconds):
         outcomes, handed_back = run_batch(claimed, res)
         # Renewal goes on while writes are retried, so a database blip does not cost the lease.
-        recorded = record_with_retry(res, outcomes, deadline=time.monotonic() + res.lease_seconds)
+        deadline = time.monotonic() + res.settings.lease_seconds
+        recorded = record_with_retry(res, outcomes, deadline=deadline)
     released = (
         release_items(
             res.session_factory,
             handed_back,
-            retry_base_seconds=res.storage_retry_base_seconds,
-            retry_max_seconds=res.storage_retry_max_seconds,
+            retry_base_seconds=res.settings.storage_retry_base_seconds,
+            retry_max_seconds=res.settings.storage_retry_max_seconds,
         )
         if handed_back
         else 0
@@ -150,7 +151,7 @@ def run_batch(
                     finish_unit(item, task.unit.page, got, work.units_of_item)
 
     pool = helper_pool(_FETCH_THREADS, "llava-batch-fetch")
-    decode_pool = helper_pool(res.decode_threads, "llava-batch-decode")
+    decode_pool = helper_pool(res.decode_threads_per_slot, "llava-batch-decode")
     try:
         max_units, max_pixels = ahead_budget(res, res.micro_batch.size_for(engine))
         ahead = Lookahead(
@@ -181,7 +182,7 @@ def run_batch(
             else:
                 item = event.unit.item
                 requests = kind.first_requests(params, item)
-                how = kind.generation(params, item, configured=res.max_new_tokens)
+                how = kind.generation(params, item, configured=res.settings.max_new_tokens)
                 units[(item.id, event.unit.page)] = _UnitWork(
                     event.pixels, event.units_of_item, len(requests)
                 )
@@ -204,9 +205,9 @@ def ahead_budget(res: WorkerResources, micro_batch: int) -> tuple[int, int]:
     batches, so each holds its share of two (at least one batch, so batches stay full), and
     the pixel budget is split between them.
     """
-    slots = max(1, res.slots)
+    slots = max(1, res.settings.worker_slots)
     units = max(micro_batch, -(-2 * micro_batch // slots))
-    return units, max(1, res.max_batch_pixels // slots)
+    return units, max(1, res.settings.max_batch_pixels // slots)
 
 
 def _generate_grouped(engine: Engine, tasks: list[Task], micro_batch: MicroBatch) -> list[Outcome]:
@@ -251,12 +252,12 @@ def fetch_input(
     if refused is not None:  # refused at submit (a URL never fetched): nothing is read
         return failed(item, *refused)
     try:
-        data = res.blobs.read_uri(item.input_uri, max_bytes=res.max_input_bytes)
+        data = res.blobs.read_uri(item.input_uri, max_bytes=res.settings.max_input_bytes)
         return Planned(item, plan_units(item, data, res, rendering))
     except TransientStorageError as exc:
         # Handed back with a growing wait and no attempt spent: an outage of minutes fails
         # nothing; only one that outlasts every retry does.
-        if item.transient_failures < res.storage_retry_limit:
+        if item.transient_failures < res.settings.storage_retry_limit:
             log.warning("transient storage error, handing back item=%s: %s", item.id, exc)
             return None
         return failed(item, exc.code, str(exc))
@@ -292,15 +293,15 @@ def plan_units(
             data,
             pages=selection,
             dpi=dpi,
-            max_pages=res.max_pdf_pages,
-            max_pixels=res.max_image_pixels,
-            max_document_pixels=res.max_item_pixels,
+            max_pages=res.settings.max_pdf_pages,
+            max_pixels=res.settings.max_image_pixels,
+            max_document_pixels=res.settings.max_item_pixels,
         )
         return tuple(
             PlannedUnit(item, size.number, size.pixels, partial(_render_page, pages, size.number))
             for size in pages.sizes
         )
-    max_pixels = min(res.max_image_pixels, res.max_item_pixels)
+    max_pixels = min(res.settings.max_image_pixels, res.settings.max_item_pixels)
     width, height = read_image_size(data, max_pixels=max_pixels)
     # Engines that know their input size let big JPEGs decode at a reduced scale.
     min_side = getattr(res.engine, "input_side", None)
@@ -322,7 +323,7 @@ def claim_with_retry(res: WorkerResources, item_ids: Sequence[str]) -> list[Clai
                 res.session_factory,
                 item_ids,
                 worker=res.worker_name,
-                lease_seconds=res.lease_seconds,
+                lease_seconds=res.settings.lease_seconds,
                 serving=res.serving,
             )
         except DBAPIError as exc:

@@ -1,4 +1,5 @@
-"""Per-process resources, built once and handed in: session factory, blob access, the model.
+"""Per-process resources, built once and handed in: the settings, whole, and what is built from
+them: session factory, blob access, the model.
 
 The model is loaded lazily on first use (or by the worker_ready warm-up), never per task and
 never in ``worker_process_init``, which must return within seconds.
@@ -21,7 +22,7 @@ from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
 from workers import metrics
-from workers.helpers import decode_threads_per_slot
+from workers.helpers import decode_threads_per_slot as split_decode_threads
 from workers.isolation import Isolation
 from workers.malloc import cap_arenas
 from workers.microbatch import MicroBatch
@@ -31,44 +32,48 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WorkerResources:
+    """A worker process's settings, whole (every limit, budget and size is read from them:
+    ``res.settings.max_image_pixels``), the handles built from them, and what is derived."""
+
+    settings: Settings
     session_factory: SessionFactory
     blobs: Blobs
     engine_loader: Callable[[], Engine]
-    batch_size: int
-    max_new_tokens: int
-    lease_seconds: int
-    max_attempts: int
-    max_image_pixels: int
-    max_pdf_pages: int = 50
-    # The GPU micro-batch (the worker's; 0: the engine's suggestion for its device) and the
-    # size of the messages this process publishes itself (the embedded runner's sweeps).
-    gpu_batch_size: int = 0
-    message_size: int = 8
-    # Messages worked on at once, sharing the model (LLAVA_BATCH_WORKER_SLOTS): the Celery
-    # pool's threads, or the embedded runner's. The budgets below are split between them.
-    slots: int = 1
-    # Decode threads of each slot (LLAVA_BATCH_DECODE_THREADS split between the slots).
-    decode_threads: int = 1
-    # Budgets of the decode path (see jobs.settings): bytes read per input, pixels per item
-    # (a document's selected pages together), decoded pixels held ahead of the model.
-    max_input_bytes: int = 256 * 2**20
-    max_item_pixels: int = 200_000_000
-    max_batch_pixels: int = 200_000_000
-    storage_retry_base_seconds: float = 5
-    storage_retry_max_seconds: float = 300
-    storage_retry_limit: int = 12
+    # Whether this worker serves settings.model (LLAVA_BATCH_MODEL): it claims only the items
+    # of jobs that name it and records it, its revision and quantisation on them. False (tests
+    # with a fake engine): it claims any job's items and records no model.
+    serves_model: bool = False
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # The model this worker serves as jobs name it (LLAVA_BATCH_MODEL) and its quantisation;
-    # None (tests with a fake engine): claim any job's items, record no model.
-    model: str | None = None
-    quantization: str = "none"
-    micro_batch: MicroBatch = field(init=False)
     isolation: Isolation = field(default_factory=Isolation)
+    # Derived from the settings. The GPU micro-batch: LLAVA_BATCH_GPU_BATCH_SIZE (0: the
+    # engine's suggestion for its device), halved after an out-of-memory error.
+    micro_batch: MicroBatch = field(init=False)
+    # Decode threads of each slot: LLAVA_BATCH_DECODE_THREADS split between the worker's
+    # LLAVA_BATCH_WORKER_SLOTS (the messages worked on at once, sharing the model).
+    decode_threads_per_slot: int = field(init=False)
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.micro_batch = MicroBatch(self.gpu_batch_size or self.batch_size)
+        self.micro_batch = MicroBatch(self.settings.gpu_batch_size)
+        self.decode_threads_per_slot = split_decode_threads(
+            self.settings.decode_threads, self.settings.worker_slots
+        )
+
+    @property
+    def model(self) -> str | None:
+        """The model this worker serves as jobs name it; None: any job's (``serves_model``)."""
+        return self.settings.model if self.serves_model else None
+
+    # Compatibility, until workers/tasks.py's warm-up log reads settings.worker_slots and
+    # decode_threads_per_slot (issue 21): remove then.
+    @property
+    def slots(self) -> int:
+        return self.settings.worker_slots
+
+    @property
+    def decode_threads(self) -> int:
+        return self.decode_threads_per_slot
 
     @property
     def engine(self) -> Engine:
@@ -87,7 +92,7 @@ class WorkerResources:
         """What this worker serves; loads the engine (its revision is known once loaded)."""
         if self.model is None:
             return None
-        return Serving(self.model, self.engine.revision, self.quantization)
+        return Serving(self.model, self.engine.revision, self.settings.quantization)
 
 
 def _share_cores(engine: Engine) -> None:
@@ -138,25 +143,9 @@ def build_resources(
     cap_arenas()  # before the worker's threads start (workers/malloc.py says why)
     spec = build_engine_spec(settings)
     return WorkerResources(
+        settings=settings,
         session_factory=make_session_factory(open_database(settings)),
         blobs=open_blobs(settings.resolved_storage_url),
         engine_loader=engine_loader or (lambda: _with_faults(load_transformers_engine(spec))),
-        batch_size=settings.gpu_batch_size,
-        gpu_batch_size=settings.gpu_batch_size,
-        message_size=settings.message_size,
-        slots=settings.worker_slots,
-        decode_threads=decode_threads_per_slot(settings.decode_threads, settings.worker_slots),
-        max_new_tokens=settings.max_new_tokens,
-        lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts,
-        max_image_pixels=settings.max_image_pixels,
-        max_pdf_pages=settings.max_pdf_pages,
-        max_input_bytes=settings.max_input_bytes,
-        model=settings.model,
-        quantization=settings.quantization,
-        max_item_pixels=settings.max_item_pixels,
-        max_batch_pixels=settings.max_batch_pixels,
-        storage_retry_base_seconds=settings.storage_retry_base_seconds,
-        storage_retry_max_seconds=settings.storage_retry_max_seconds,
-        storage_retry_limit=settings.storage_retry_limit,
+        serves_model=True,
     )

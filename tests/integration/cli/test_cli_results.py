@@ -37,7 +37,7 @@ def _finished_job(tmp_path: Path) -> tuple[dict[str, str], str]:
     blobs = open_blobs(str(tmp_path / "blobs"))
     request = SubmitRequest.of(JobKind.caption, [str(manifest)], "tiny-llava", batch_size=8)
     job_id = run_job_locally(
-        request, make_resources(sf, blobs, FakeEngine(), batch_size=8), max_prompt_chars=1000
+        request, make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8), max_prompt_chars=1000
     ).job_id
     env = {"LLAVA_BATCH_DATABASE_URL": url, "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs")}
     return env, job_id

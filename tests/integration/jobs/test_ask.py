@@ -53,7 +53,7 @@ def test_independent_questions_are_batched_over_each_image(
 ) -> None:
     write_images(tmp_path / "c", 2)
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
     result = run_job_locally(_ask([str(tmp_path / "c")]), res, max_prompt_chars=1000)
     assert engine.calls == [6]  # 2 images x 3 questions in one model batch
     for item in _rows(session_factory, result.job_id):
@@ -69,7 +69,7 @@ def test_a_conversation_asks_each_question_in_the_context_of_the_answers_before(
 ) -> None:
     write_images(tmp_path / "c", 2)
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
     request = _ask([str(tmp_path / "c")], conversation=True)
     result = run_job_locally(request, res, max_prompt_chars=1000)
     assert engine.calls == [2, 2, 2]  # turn by turn, both images' conversations together
@@ -91,7 +91,7 @@ def test_a_manifest_gives_each_item_its_own_questions(
         + json.dumps({"input": paths[1].name})
         + "\n"
     )
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=8)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     result = run_job_locally(_ask([str(manifest)]), res, max_prompt_chars=1000)
     own, default = _rows(session_factory, result.job_id)
     assert [a["question"] for a in own.result_json] == ["Only this?"]
@@ -108,7 +108,7 @@ def test_a_failed_question_is_reported_alone_and_fails_its_item(
 ) -> None:
     write_images(tmp_path / "c", 1)
     questions = ["What brand?", "REFUSE this one", "What colour?"]
-    res = make_resources(session_factory, blobs, PickyEngine(), batch_size=8)
+    res = make_resources(session_factory, blobs, PickyEngine(), gpu_batch_size=8)
     result = run_job_locally(
         _ask([str(tmp_path / "c")], questions=questions), res, max_prompt_chars=1000
     )
@@ -166,7 +166,7 @@ def test_chat_items_each_carry_their_own_conversation_budget_and_schema(
     manifest = tmp_path / "chat.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
     request = SubmitRequest.of(JobKind.chat, [str(manifest)], "fake", batch_size=8)
     result = run_job_locally(request, res, max_prompt_chars=1000)
     assert sorted(engine.calls) == [1, 1, 1]  # three settings, three model batches

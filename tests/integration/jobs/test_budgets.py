@@ -177,8 +177,8 @@ def test_input_over_the_byte_limit_fails_its_own_item(
     paths = write_images(catalogue, 3)
     sizes = {p.name: p.stat().st_size for p in paths}
     biggest = max(sizes, key=lambda name: sizes[name])
-    res = make_resources(session_factory, blobs, FakeEngine())
-    res.max_input_bytes = sorted(sizes.values())[-2]  # only the biggest is over
+    over = sorted(sizes.values())[-2]  # only the biggest is over
+    res = make_resources(session_factory, blobs, FakeEngine(), max_input_bytes=over)
     result = run_job_locally(_request(JobKind.caption, catalogue), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     assert (items[biggest].status, items[biggest].error_code) == ("failed", "input_too_large")
@@ -234,7 +234,7 @@ def test_one_large_message_is_decoded_at_most_two_model_batches_ahead(
     monkeypatch.setattr(model.images, "decode_image", counting)
     write_images(tmp_path / "catalogue", 40)
     engine = RecordingEngine(decoded, delay_s=0.02)
-    res = make_resources(session_factory, blobs, engine, batch_size=4)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=4)
     request = _request(JobKind.caption, tmp_path / "catalogue", batch_size=40)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert [i.status for i in _items(session_factory, result.job_id).values()] == ["succeeded"] * 40
@@ -253,14 +253,15 @@ def test_the_pixel_budget_bounds_what_is_held_and_shrinks_model_batches(
     for i in range(10):
         Image.new("RGB", (100, 100), (i * 20, 0, 0)).save(catalogue / f"p{i}.png")
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=4)
-    res.max_batch_pixels = 3 * 100 * 100
+    res = make_resources(
+        session_factory, blobs, engine, gpu_batch_size=4, max_batch_pixels=3 * 100 * 100
+    )
     request = _request(JobKind.caption, catalogue, batch_size=10)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
     assert engine.calls == [3, 3, 3, 1]
     [ahead] = lookaheads
-    assert ahead.peak_pixels <= res.max_batch_pixels
+    assert ahead.peak_pixels <= res.settings.max_batch_pixels
 
 
 def test_two_slots_share_the_budget_of_about_two_model_batches(
@@ -272,9 +273,14 @@ def test_two_slots_share_the_budget_of_about_two_model_batches(
     catalogue.mkdir()
     for i in range(16):
         Image.new("RGB", (100, 100), (i * 10, 0, 0)).save(catalogue / f"p{i:02d}.png")
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=4)
-    res.slots = 2
-    res.max_batch_pixels = 8 * 100 * 100
+    res = make_resources(
+        session_factory,
+        blobs,
+        FakeEngine(),
+        gpu_batch_size=4,
+        worker_slots=2,
+        max_batch_pixels=8 * 100 * 100,
+    )
     request = _request(JobKind.caption, catalogue, batch_size=8)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
@@ -289,8 +295,7 @@ def test_a_single_input_over_the_batch_budget_still_goes_through(
 ) -> None:
     write_images(tmp_path / "catalogue", 3)
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=4)
-    res.max_batch_pixels = 1
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=4, max_batch_pixels=1)
     request = _request(JobKind.caption, tmp_path / "catalogue")
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
@@ -304,7 +309,7 @@ def test_document_pages_are_rendered_lazily_into_model_batches(
     inbox.mkdir()
     write_pdf(inbox / "long.pdf", 9)
     engine = RecordingEngine(render_calls, delay_s=0.05)
-    res = make_resources(session_factory, blobs, engine, batch_size=2)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=2)
     result = run_job_locally(_request(JobKind.extract, inbox), res, max_prompt_chars=4000)
     [item] = _items(session_factory, result.job_id).values()
     assert item.status == ItemStatus.succeeded and item.result_json
@@ -354,8 +359,7 @@ def test_decoding_runs_on_the_slots_few_threads_below_the_models_priority(
     monkeypatch.setattr(model.images, "decode_image", watched)
     write_images(tmp_path / "catalogue", 16)
     engine = Engine()
-    res = make_resources(session_factory, blobs, engine, batch_size=4)
-    res.decode_threads = 2
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=4, decode_threads=2)
     result = run_job_locally(
         _request(JobKind.caption, tmp_path / "catalogue", batch_size=16), res, max_prompt_chars=4000
     )

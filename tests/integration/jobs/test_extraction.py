@@ -95,7 +95,7 @@ def test_documents_keep_page_results_and_get_one_merged_result(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     write_pdf(tmp_path / "invoice.pdf", 3)
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=2)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=2)
     result = run_job_locally(_extract([str(tmp_path / "invoice.pdf")]), res, max_prompt_chars=4000)
     item = _items(session_factory, result.job_id)["invoice.pdf"]
     assert item.status == "succeeded", item.error_message
@@ -117,7 +117,7 @@ def test_tiny_model_output_always_validates_or_fails_its_item(
     write_pdf(folder / "a.pdf", 2)
     for i in range(3):
         (folder / f"scan{i}.png").write_bytes(image_bytes((120 + 30 * i, 160), seed=i))
-    res = make_resources(session_factory, blobs, tiny, batch_size=4)
+    res = make_resources(session_factory, blobs, tiny, gpu_batch_size=4)
     result = run_job_locally(_extract([str(folder)], pages="all"), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     assert len(items) == 4
@@ -151,8 +151,7 @@ def test_bad_documents_fail_their_own_items(
     write_encrypted_pdf(folder / "locked.pdf", good)
     (folder / "broken.pdf").write_bytes(good.read_bytes()[:300])
     write_pdf(folder / "long.pdf", 4)
-    res = make_resources(session_factory, blobs, FakeEngine())
-    res.max_pdf_pages = 3
+    res = make_resources(session_factory, blobs, FakeEngine(), max_pdf_pages=3)
     result = run_job_locally(_extract([str(folder)]), res, max_prompt_chars=4000)
     codes = {
         name: (i.status, i.error_code) for name, i in _items(session_factory, result.job_id).items()
@@ -220,7 +219,7 @@ def test_a_pydantic_schema_runs_through_the_pipeline(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     write_pdf(tmp_path / "invoice.pdf", 2)
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=2)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=2)
     request = _extract([str(tmp_path / "invoice.pdf")], schema=PYDANTIC_SCHEMA)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     item = _items(session_factory, result.job_id)["invoice.pdf"]

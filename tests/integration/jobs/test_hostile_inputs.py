@@ -106,7 +106,7 @@ def test_hostile_files_fail_alone_and_odd_valid_images_succeed(
         (folder / name).write_bytes(data)
     for name, data in GOOD.items():
         (folder / name).write_bytes(data)
-    res = make_resources(session_factory, blobs, tiny_engine, batch_size=6)  # type: ignore[arg-type]
+    res = make_resources(session_factory, blobs, tiny_engine, gpu_batch_size=6)  # type: ignore[arg-type]
     request = SubmitRequest.of(
         kind=JobKind.caption,
         sources=[str(folder)],

@@ -136,7 +136,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
 
     monkeypatch.setattr(socket, "getaddrinfo", recording)
 
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=8)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     result = run_job_locally(_request(batch), res, max_prompt_chars=4000)
 
     assert not [host for host in looked_up if "example.com" in host]

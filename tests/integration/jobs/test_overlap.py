@@ -88,8 +88,7 @@ def _job(
 ) -> tuple[WorkerResources, SubmitRequest]:
     """Resources with ``slots`` sharing the engine, and a caption job in messages of eight."""
     write_images(tmp_path / "in", images)
-    res = make_resources(sf, blobs, engine, batch_size=8)
-    res.slots = slots
+    res = make_resources(sf, blobs, engine, gpu_batch_size=8, worker_slots=slots)
     request = SubmitRequest.of(
         kind=JobKind.caption,
         sources=[str(tmp_path / "in")],

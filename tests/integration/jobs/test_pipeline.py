@@ -48,7 +48,7 @@ def test_local_run_captions_every_image_and_completes_the_job(
 ) -> None:
     paths = write_images(tmp_path / "catalogue", 10)
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=4)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=4)
     result = run_job_locally(_request([str(tmp_path / "catalogue")]), res, max_prompt_chars=1000)
     assert result.item_count == 10
     assert engine.calls == [4, 4, 2]
@@ -99,7 +99,7 @@ def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
 ) -> None:
     write_images(tmp_path / "cat", 8)
     engine = FakeEngine(oom_when_batch_over=2)
-    res = make_resources(session_factory, blobs, engine, batch_size=8)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
     result = run_job_locally(
         _request([str(tmp_path / "cat")], batch_size=8), res, max_prompt_chars=1000
     )
@@ -169,13 +169,13 @@ def test_the_gpu_batch_is_the_workers_and_an_oom_limit_is_remembered(
     micro-batch halves on out-of-memory once and stays there for later batches."""
     write_images(tmp_path / "cat", 12)
     engine = FakeEngine()
-    res = make_resources(session_factory, blobs, engine, batch_size=3)
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=3)
     run_job_locally(_request([str(tmp_path / "cat")], batch_size=12), res, max_prompt_chars=1000)
     assert engine.calls == [3, 3, 3, 3]  # one message of 12, model batches of 3
 
     write_images(tmp_path / "more", 16, prefix="m")
     tight = FakeEngine(oom_when_batch_over=4)
-    res = make_resources(session_factory, blobs, tight, batch_size=8)
+    res = make_resources(session_factory, blobs, tight, gpu_batch_size=8)
     result = run_job_locally(
         _request([str(tmp_path / "more")], batch_size=16), res, max_prompt_chars=1000
     )

@@ -41,7 +41,7 @@ def _caption_job(sf: SessionFactory, blobs: Blobs, tmp_path: Path, **fields: Any
     request = SubmitRequest.of(
         JobKind.caption, [str(manifest)], "llava-hf/llava-1.5-7b-hf", batch_size=8, **fields
     )
-    res = make_resources(sf, blobs, FakeEngine(), batch_size=8)
+    res = make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8)
     return run_job_locally(request, res, max_prompt_chars=1000).job_id
 
 
@@ -118,7 +118,7 @@ def test_openai_content_of_json_results_is_the_json_text(
     ]
     manifest = tmp_path / "chat.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=8)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     chat = SubmitRequest.of(JobKind.chat, [str(manifest)], "m", batch_size=8)
     chat_id = run_job_locally(chat, res, max_prompt_chars=1000).job_id
     ask = SubmitRequest.of(JobKind.ask, [str(paths[0])], "m", questions=["Brand?", "Colour?"])
@@ -198,7 +198,7 @@ def test_ask_csv_puts_the_item_usage_on_its_first_row(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     write_images(tmp_path / "c", 2)
-    res = make_resources(session_factory, blobs, FakeEngine(), batch_size=8)
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     request = SubmitRequest.of(JobKind.ask, [str(tmp_path / "c")], "m", questions=["A?", "B?"])
     job_id = run_job_locally(request, res, max_prompt_chars=1000).job_id
     out = tmp_path / "ask.csv"
