@@ -18,6 +18,7 @@ from jobs.db import SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher
 from jobs.hooks import reached
 from jobs.lifecycle import (
+    Expired,
     ToPublish,
     abandon_submissions,
     cancel_stranded,
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SweepReport:
-    requeued: int = 0
-    failed_worker_lost: int = 0
-    cancelled: int = 0
+class SweepReport(Expired):
+    """What one pass did: ``Expired``'s counts for the leases it took back (``cancelled`` adds
+    the queued items of closing jobs), then items re-published and jobs finalised."""
+
     republished: int = 0
     finalised: int = 0
     abandoned: int = 0  # jobs whose submission stopped half-written: cancelled
@@ -64,12 +65,12 @@ def sweep(
     )
     finalised = finalise_jobs(session_factory, jobs_ready_to_finalise(session_factory), now=now)
     report = SweepReport(
-        expired.requeued,
-        expired.failed_worker_lost,
-        expired.cancelled + cancelled,
-        republished,
-        finalised,
-        len(abandoned),
+        requeued=expired.requeued,
+        failed_worker_lost=expired.failed_worker_lost,
+        cancelled=expired.cancelled + cancelled,
+        republished=republished,
+        finalised=finalised,
+        abandoned=len(abandoned),
     )
     if report != SweepReport():
         log.info("sweep %s", report)

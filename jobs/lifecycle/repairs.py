@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Expired:
+    """Items whose lease ran out, taken back: re-queued, failed ``worker_lost``, cancelled."""
+
     requeued: int = 0
     failed_worker_lost: int = 0
     cancelled: int = 0
