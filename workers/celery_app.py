@@ -1,12 +1,15 @@
-"""The Celery app. Settings here are the ones that matter for GPU work (see DESIGN.md).
+"""The Celery app, built by a function from one ``Settings``; the settings here are the ones
+that matter for GPU work (docs/design.md, "Dispatch, lease and sweeper").
 
-``celery -A workers.celery_app worker`` works too, but ``llava-batch worker`` picks a CUDA-safe
-pool for you.
+Nothing reads settings at import. ``celery -A workers.celery_app …`` (an operator's ``inspect
+ping``) gets ``app``, built from the environment on first access; ``llava-batch worker`` builds
+its own from the settings it was given, and picks a CUDA-safe pool.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -15,11 +18,23 @@ from jobs.dispatch import SWEEP_TASK
 from jobs.fleet import queue_for
 from jobs.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from workers.tasks import WorkerProcess
+
 log = logging.getLogger(__name__)
 
 
+def build_worker(settings: Settings, *, sweep: bool = True) -> tuple[Celery, WorkerProcess]:
+    """The app with this process's tasks bound to it (``workers.tasks.register``)."""
+    from workers.tasks import register
+
+    app = build_celery_app(settings)
+    return app, register(app, settings, sweep=sweep)
+
+
 def build_celery_app(settings: Settings) -> Celery:
-    app = Celery("llava-batch", broker=settings.broker_url, include=["workers.tasks"])
+    """The app's configuration, no tasks: what a client or ``inspect`` needs."""
+    app = Celery("llava-batch", broker=settings.broker_url)
     app.conf.update(
         # Only JSON crosses the broker: a pickled message is refused, never executed.
         task_serializer="json",
@@ -52,5 +67,14 @@ def warn_if_insecure(broker_url: str) -> None:
         )
 
 
-settings = load_settings()
-app = build_celery_app(settings)
+_built: list[Celery] = []
+
+
+def __getattr__(name: str) -> Celery:
+    """``workers.celery_app.app``, for ``celery -A workers.celery_app``: built from the
+    environment's settings when first asked for, never at import."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _built:
+        _built.append(build_worker(load_settings())[0])
+    return _built[0]

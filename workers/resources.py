@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jobs.context import open_database
-from jobs.db import SessionFactory, make_session_factory
+from jobs.db import SessionFactory, make_session_factory, open_database
 from jobs.fleet import Serving
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
@@ -64,16 +63,6 @@ class WorkerResources:
     def model(self) -> str | None:
         """The model this worker serves as jobs name it; None: any job's (``serves_model``)."""
         return self.settings.model if self.serves_model else None
-
-    # Compatibility, until workers/tasks.py's warm-up log reads settings.worker_slots and
-    # decode_threads_per_slot (issue 21): remove then.
-    @property
-    def slots(self) -> int:
-        return self.settings.worker_slots
-
-    @property
-    def decode_threads(self) -> int:
-        return self.decode_threads_per_slot
 
     @property
     def engine(self) -> Engine:

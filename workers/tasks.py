@@ -1,4 +1,9 @@
-"""Thin Celery tasks: unpack ids, hand them to the pipeline with this process's resources."""
+"""Thin Celery tasks: unpack ids, hand them to the pipeline with this process's resources.
+
+Nothing here runs at import: ``register`` binds the tasks and the worker's signals to one app
+built from one ``Settings`` (``workers.celery_app.build_worker``), and the process's resources
+(the model among them) are built on first use.
+"""
 
 from __future__ import annotations
 
@@ -8,122 +13,137 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
 from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
+from jobs.settings import Settings
 from model.errors import ModelLoadError
 from workers import metrics
-from workers.celery_app import app, settings, warn_if_insecure
 from workers.pipeline import BatchReport, process_batch
 from workers.resources import WorkerResources, build_resources
 
 log = logging.getLogger(__name__)
 
-_resources: WorkerResources | None = None
-_resources_lock = threading.Lock()
-_stop = threading.Event()
-_node: str | None = None  # this worker's Celery node name, its key in the registry
 
+class WorkerProcess:
+    """One worker process: its settings, its resources (built once, on first use), and the
+    heartbeat and sweeper threads it runs beside the Celery pool."""
 
-def get_resources() -> WorkerResources:
-    global _resources
-    if _resources is None:
-        with _resources_lock:
-            if _resources is None:
-                _resources = build_resources(settings)
-    return _resources
+    def __init__(self, app: Celery, settings: Settings, *, sweep: bool = True) -> None:
+        self.app = app
+        self.settings = settings
+        self.sweep = sweep  # also run the sweeper (llava-batch worker --no-sweep turns it off)
+        self._resources: WorkerResources | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._node: str | None = None  # this worker's Celery node name, its registry key
 
+    @property
+    def resources(self) -> WorkerResources:
+        if self._resources is None:
+            with self._lock:
+                if self._resources is None:
+                    self._resources = build_resources(self.settings)
+        return self._resources
 
-@app.task(name=RUN_BATCH_TASK, ignore_result=True)
-def run_batch_task(
-    job_id: str, item_ids: list[str], dispatched_at: str | None = None
-) -> dict[str, int]:
-    # dispatched_at is read by the sweeper from messages still waiting, not here.
-    log.info("batch received job=%s items=%d", job_id, len(item_ids))
-    report: BatchReport = process_batch(item_ids, get_resources())
-    return asdict(report)
+    def run_batch(self, item_ids: list[str]) -> BatchReport:
+        return process_batch(item_ids, self.resources)
 
+    def run_sweep(self) -> MaintenanceReport:
+        res = self.resources
+        publisher = CeleryPublisher(self.settings.broker_url, self.settings.queue, app=self.app)
+        report = run_maintenance(res.session_factory, res.blobs, publisher, self.settings)
+        metrics.record_sweep(report.sweep)
+        return report
 
-@app.task(name=SWEEP_TASK, ignore_result=True)
-def sweep_task() -> dict[str, int]:
-    return asdict(run_sweep())
+    def sweep_forever(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.run_sweep()
+            except Exception:  # the sweeper must outlive a bad pass (DB blip, broker down)
+                log.exception("sweep pass failed")
 
+    def beat_forever(self, node: str, interval: float) -> None:
+        """Keeps this worker in the registry (``jobs.fleet``) while it runs."""
+        res = self.resources
+        while True:
+            try:
+                serving = res.serving
+                if serving is not None:
+                    beat_worker(res.session_factory, node, serving)
+            except Exception:  # a missed beat is not fatal; three in a row make it "gone"
+                log.exception("worker heartbeat failed")
+            if self._stop.wait(interval):
+                return
 
-def run_sweep() -> MaintenanceReport:
-    res = get_resources()
-    publisher = CeleryPublisher(settings.broker_url, settings.queue, app=app)
-    report = run_maintenance(res.session_factory, res.blobs, publisher, settings)
-    metrics.record_sweep(report.sweep)
-    return report
+    def warm_up(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", self.app) is not self.app:
+            return  # another app's worker (only tests build several in one process)
+        from workers.celery_app import warn_if_insecure
 
-
-def sweep_forever(interval: float) -> None:
-    while not _stop.wait(interval):
+        settings = self.settings
+        warn_if_insecure(settings.broker_url)
+        queue = queue_for(settings.queue, settings.model)
+        metrics.watch_queue_depth(queue, metrics.redis_queue_depth(settings.broker_url, queue))
+        metrics.start_metrics_server(settings.metrics_port)
+        res = self.resources
+        # Load the model before the first message so the first batch is not slow; a
+        # checkpoint that cannot load stops the worker here instead of failing every item.
         try:
-            run_sweep()
-        except Exception:  # the sweeper must outlive a bad pass (DB blip, broker down)
-            log.exception("sweep pass failed")
-
-
-def beat_forever(node: str, interval: float) -> None:
-    """Keeps this worker in the registry (``jobs.fleet``) while it runs."""
-    res = get_resources()
-    while True:
-        try:
-            serving = res.serving
-            if serving is not None:
-                beat_worker(res.session_factory, node, serving)
-        except Exception:  # a missed beat is not fatal; three in a row make the worker "gone"
-            log.exception("worker heartbeat failed")
-        if _stop.wait(interval):
-            return
-
-
-@worker_ready.connect
-def _warm_up(sender: Any = None, **_: Any) -> None:
-    warn_if_insecure(settings.broker_url)
-    queue = queue_for(settings.queue, settings.model)
-    metrics.watch_queue_depth(queue, metrics.redis_queue_depth(settings.broker_url, queue))
-    metrics.start_metrics_server(settings.metrics_port)
-    res = get_resources()
-    # Load the model before the first message so the first batch is not slow; a checkpoint
-    # that cannot load stops the worker here instead of failing every item.
-    try:
-        engine = res.engine
-    except ModelLoadError as exc:
-        log.critical("model cannot be loaded, stopping the worker: %s", exc)
-        os._exit(3)  # engine dead: let the supervisor see it rather than fail every item
-    log.info(
-        "worker ready model=%s queue=%s slots=%d decode_threads_per_slot=%d",
-        engine.name,
-        queue,
-        res.slots,
-        res.decode_threads,
-    )
-    global _node
-    _node = getattr(sender, "hostname", None) or res.worker_name
-    threading.Thread(
-        target=beat_forever,
-        args=(_node, float(settings.worker_heartbeat_seconds)),
-        name="llava-batch-heartbeat",
-        daemon=True,
-    ).start()
-    if app.conf.get("llava_batch_sweep", True):
+            engine = res.engine
+        except ModelLoadError as exc:
+            log.critical("model cannot be loaded, stopping the worker: %s", exc)
+            os._exit(3)  # engine dead: let the supervisor see it rather than fail every item
+        log.info(
+            "worker ready model=%s queue=%s slots=%d decode_threads_per_slot=%d",
+            engine.name,
+            queue,
+            res.settings.worker_slots,
+            res.decode_threads_per_slot,
+        )
+        self._node = getattr(sender, "hostname", None) or res.worker_name
         threading.Thread(
-            target=sweep_forever,
-            args=(float(settings.sweep_interval_seconds),),
-            name="llava-batch-sweeper",
+            target=self.beat_forever,
+            args=(self._node, float(settings.worker_heartbeat_seconds)),
+            name="llava-batch-heartbeat",
             daemon=True,
         ).start()
+        if self.sweep:
+            threading.Thread(
+                target=self.sweep_forever,
+                args=(float(settings.sweep_interval_seconds),),
+                name="llava-batch-sweeper",
+                daemon=True,
+            ).start()
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+        if self._node is not None and self._resources is not None:
+            try:
+                forget_worker(self._resources.session_factory, self._node)
+            except Exception as exc:  # it drops out of "live" by itself after three beats
+                log.warning("could not leave the worker registry: %s", exc)
 
 
-@worker_shutting_down.connect
-def _stop_sweeper(**_: Any) -> None:
-    _stop.set()
-    if _node is not None and _resources is not None:
-        try:
-            forget_worker(_resources.session_factory, _node)
-        except Exception as exc:  # it drops out of "live" by itself after three heartbeats
-            log.warning("could not leave the worker registry: %s", exc)
+def register(app: Celery, settings: Settings, *, sweep: bool = True) -> WorkerProcess:
+    """Binds the tasks and the worker's signals to ``app``; returns the process they run in."""
+    process = WorkerProcess(app, settings, sweep=sweep)
+
+    @app.task(name=RUN_BATCH_TASK, ignore_result=True)
+    def run_batch_task(
+        job_id: str, item_ids: list[str], dispatched_at: str | None = None
+    ) -> dict[str, int]:
+        # dispatched_at is read by the sweeper from messages still waiting, not here.
+        log.info("batch received job=%s items=%d", job_id, len(item_ids))
+        return asdict(process.run_batch(item_ids))
+
+    @app.task(name=SWEEP_TASK, ignore_result=True)
+    def sweep_task() -> dict[str, int]:
+        return asdict(process.run_sweep())
+
+    worker_ready.connect(process.warm_up, weak=False)
+    worker_shutting_down.connect(process.stop, weak=False)
+    return process

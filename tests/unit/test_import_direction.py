@@ -1,8 +1,12 @@
-"""The layering in DESIGN.md, enforced on every import statement (inside functions too, relative
-imports resolved, ``importlib.import_module("…")`` included):
+"""The layering in docs/design.md ("Packages and import rules"), enforced on every import
+statement (inside functions too, relative imports resolved, ``importlib.import_module("…")``
+included):
 
 - ``model/`` and ``storage/`` import nothing of ours;
 - ``jobs/`` never imports ``workers/``, nor torch and its kin (it may use ``model``'s interfaces);
+- CLI code lives in ``jobs/cli/``: no other module imports it but ``workers/cli/``, the
+  composition root, which is so the only place that imports both it and the worker side;
+- no module reads settings when it is imported (they are built once and passed whole);
 - the CLI (``llava-batch``'s entry point, ``workers.cli``) never imports torch when it starts.
 """
 
@@ -56,11 +60,15 @@ def _called_name(func: ast.expr) -> str:
     return func.attr if isinstance(func, ast.Attribute) else ""
 
 
-def _violations(package: str, forbidden: set[str]) -> list[str]:
+def _violations(package: str, forbidden: set[str], *, outside: str | None = None) -> list[str]:
+    """Imports of a module under one of ``forbidden`` (dotted prefixes) by modules of
+    ``package``, except those under the folder ``outside``."""
     found = []
     for path in sorted((ROOT / package).rglob("*.py")):
+        if outside is not None and path.is_relative_to(ROOT / outside):
+            continue
         for line, module in _imports(path.read_text(encoding="utf-8"), _package_of(path)):
-            if module.split(".")[0] in forbidden:
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
                 found.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     return found
 
@@ -76,6 +84,62 @@ def test_jobs_never_imports_workers_anywhere() -> None:
 
 def test_jobs_never_imports_the_gpu_stack() -> None:
     assert _violations("jobs", GPU_STACK) == []
+
+
+def test_no_domain_module_imports_cli_code() -> None:
+    assert _violations("jobs", {"jobs.cli"}, outside="jobs/cli") == []
+
+
+def test_only_the_composition_root_imports_both_the_cli_and_the_worker_side() -> None:
+    assert _violations("workers", {"jobs.cli"}, outside="workers/cli") == []
+    for package in ("model", "storage", "migrations"):
+        assert _violations(package, {"jobs.cli"}) == []
+
+
+def test_the_checker_sees_cli_imports_by_prefix_only() -> None:
+    """``jobs.cli`` and ``jobs.cli.views`` are CLI code; ``jobs.client`` would not be."""
+    found = [
+        m
+        for _, m in _imports("import jobs.cli.views\nimport jobs.client\n", "jobs")
+        if any(m == f or m.startswith(f + ".") for f in {"jobs.cli"})
+    ]
+    assert found == ["jobs.cli.views"]
+
+
+# Settings that cannot be built: a module that reads them while it is imported fails to import.
+_UNREADABLE_SETTINGS = {"LLAVA_BATCH_MAX_ATTEMPTS": "not-a-number", "LLAVA_BATCH_NO_SUCH": "1"}
+
+
+def _import_everything(extra: str = "") -> subprocess.CompletedProcess[str]:
+    code = (
+        "import importlib, pkgutil\n"
+        "for top in ('storage', 'model', 'jobs', 'workers'):\n"
+        "    package = importlib.import_module(top)\n"
+        "    for info in pkgutil.walk_packages(package.__path__, top + '.'):\n"
+        "        importlib.import_module(info.name)\n" + extra
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAVA_BATCH_")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, **_UNREADABLE_SETTINGS},
+        timeout=240,
+    )
+
+
+def test_no_module_reads_settings_at_import_time() -> None:
+    """Every module of the product imports while the environment holds settings that cannot
+    be built; the same environment does refuse them when they are read (so this cannot pass
+    because nothing was read anyway)."""
+    read_then = "\nfrom jobs.settings import load_settings\nload_settings()\n"
+    imported = _import_everything()
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    read = _import_everything(read_then)
+    assert read.returncode != 0 and "LLAVA_BATCH_NO_SUCH" in read.stderr, read.stderr[-2000:]
 
 
 def test_the_checker_sees_every_kind_of_import() -> None:
@@ -106,8 +170,10 @@ def test_the_checker_sees_every_kind_of_import() -> None:
 def test_the_cli_and_jobs_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import workers.cli, jobs.cli, jobs.submit.job, jobs.sweeper, jobs.queries, jobs.control\n"
-        "import jobs.views, model, model.engine, model.errors, model.images, storage\n"
+        "import workers.cli, jobs.cli.app, jobs.submit.job, jobs.sweeper, jobs.queries\n"
+        "import jobs.control, jobs.cli.views, model, model.engine, model.errors, model.images\n"
+        "import storage\n"
+        "workers.cli.build_app()\n"
         f"heavy = sorted(m for m in {sorted(GPU_STACK | {'boto3'})!r} if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
