@@ -76,7 +76,6 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import CallbackPublisher
     from jobs.migrate import upgrade_database
-    from jobs.states import JobKind
     from jobs.submit.job import submit_job
     from jobs.submit.request import SubmitRequest
     from storage import open_blobs
@@ -87,7 +86,7 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
         for i in range(args.documents):
             (inputs / f"bomb{i}.pdf").write_bytes(page_bomb(args.pages, args.side_pt, i))
         request = SubmitRequest.of(
-            kind=JobKind.extract,
+            kind="extract",
             sources=[str(inputs)],
             model="fake",
             max_new_tokens=32,
@@ -98,7 +97,7 @@ def submit(home: Path, scenario: str, args: argparse.Namespace) -> list[list[str
         for i in range(args.images):
             (inputs / f"big{i:03d}.png").write_bytes(large_png(args.side_px, i))
         request = SubmitRequest.of(
-            kind=JobKind.caption,
+            kind="caption",
             sources=[str(inputs)],
             model="fake",
             max_new_tokens=8,

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from throughput import make_images  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
-from jobs.states import JobKind  # noqa: E402
 from jobs.submit.request import SubmitRequest  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from storage import open_blobs  # noqa: E402
@@ -64,7 +63,7 @@ def run_ask(images: Path, engine: Engine, args: argparse.Namespace, questions: i
         engine_loader=lambda: engine,
     )
     request = SubmitRequest.of(
-        JobKind.ask,
+        "ask",
         [str(images)],
         engine.name,
         questions=QUESTIONS[:questions],

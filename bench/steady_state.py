@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from jobs.settings import Settings  # noqa: E402
-from jobs.states import JobKind  # noqa: E402
 from jobs.submit.request import SubmitRequest  # noqa: E402
 from workers.local import run_job_locally  # noqa: E402
 from workers.pipeline import BatchReport  # noqa: E402
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         message_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
     )
-    from jobs.context import open_database
+    from jobs.db import open_database
     from jobs.migrate import upgrade_database
 
     upgrade_database(open_database(settings))
@@ -85,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     started = time.monotonic()
     request = SubmitRequest.of(
-        JobKind.caption,
+        "caption",
         [str(home / "images")],
         settings.model,
         max_new_tokens=args.max_new_tokens,

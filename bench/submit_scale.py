@@ -292,7 +292,6 @@ def submit_in_process(db_url: str, redis_url: str, queue: str, storage: Path) ->
 
     from jobs.db import make_engine, make_session_factory
     from jobs.dispatch import CeleryPublisher
-    from jobs.states import JobKind
     from jobs.submit.job import submit_job
     from jobs.submit.request import SubmitRequest
     from storage import open_blobs
@@ -315,7 +314,7 @@ def submit_in_process(db_url: str, redis_url: str, queue: str, storage: Path) ->
 
     blobs.list_uri = timed_list  # type: ignore[method-assign,assignment]
     publisher = TimedPublisher(CeleryPublisher(redis_url, queue), timeline)
-    request = SubmitRequest.of(JobKind.caption, [f"s3://{BUCKET}/{PREFIX}/"], MODEL)
+    request = SubmitRequest.of("caption", [f"s3://{BUCKET}/{PREFIX}/"], MODEL)
     timeline.start = time.perf_counter()
     timeline.cpu_start = time.process_time()
     result = submit_job(

@@ -20,7 +20,6 @@ from typing import Any
 from PIL import Image
 
 from jobs.kinds.caption import DEFAULT_PROMPT
-from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
 from model.engine import DelegatingEngine, Engine, GenerationRequest, GenerationResult
@@ -81,7 +80,7 @@ class BusyEngine(DelegatingEngine):
 def caption_request(images_dir: Path, model: str, args: argparse.Namespace) -> SubmitRequest:
     """The system columns' job: the folder's images, the bench's prompt and sizes."""
     return SubmitRequest.of(
-        kind=JobKind.caption,
+        kind="caption",
         sources=[str(images_dir)],
         model=model,
         max_new_tokens=args.max_new_tokens,
@@ -92,7 +91,7 @@ def caption_request(images_dir: Path, model: str, args: argparse.Namespace) -> S
 
 def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag: str) -> float:
     """(a) The system, embedded: submit (SQLite, local storage) → in-process worker → rows."""
-    from jobs.context import open_database
+    from jobs.db import open_database
     from jobs.migrate import upgrade_database
     from jobs.settings import Settings
 
@@ -133,8 +132,7 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     0.8 s here) are the CLI's, whatever the job's size."""
     from sqlalchemy import select
 
-    from jobs.context import open_database
-    from jobs.db import Job, make_session_factory
+    from jobs.db import Job, make_session_factory, open_database
     from jobs.dispatch import CeleryPublisher
     from jobs.settings import Settings
     from jobs.states import TERMINAL_JOB_STATES

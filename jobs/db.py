@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -30,6 +30,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from jobs.states import ItemStatus, JobStatus
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -252,6 +255,15 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 SessionFactory = sessionmaker[Session]
+
+
+def open_database(settings: Settings) -> Engine:
+    """The engine for the configured database, with its lock and idle limits."""
+    return make_engine(
+        settings.resolved_database_url,
+        lock_timeout_seconds=settings.db_lock_timeout_seconds,
+        idle_in_transaction_seconds=settings.db_idle_in_transaction_seconds,
+    )
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:

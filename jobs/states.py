@@ -5,13 +5,6 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class JobKind(StrEnum):
-    caption = "caption"
-    extract = "extract"
-    ask = "ask"
-    chat = "chat"
-
-
 class JobStatus(StrEnum):
     queued = "queued"
     in_progress = "in_progress"

@@ -57,14 +57,13 @@ def submit_captions(
 ) -> tuple[str, list[str]]:
     """Submits a caption job of ``n`` images with a publisher that only remembers; returns the
     job id and the published item ids, in order."""
-    from jobs.states import JobKind
     from jobs.submit.job import submit_job
     from jobs.submit.request import SubmitRequest
 
     write_images(tmp_path / "c", n)
     publisher = ListPublisher()
     request: dict[str, object] = dict(
-        kind=JobKind.caption,
+        kind="caption",
         sources=[str(tmp_path / "c")],
         model="fake",
         max_new_tokens=8,

@@ -181,7 +181,7 @@ _in_flight_lock = threading.Lock()
 def slots_in_flight() -> int:
     """Slot threads still working on a batch: after a second Ctrl-C the runner stops without
     them, and the process must then end without the interpreter's shutdown (see
-    ``jobs.cli_errors.fail``), which would stop them inside the model's native code."""
+    ``jobs.cli.errors.fail``), which would stop them inside the model's native code."""
     with _in_flight_lock:
         return _in_flight
 

@@ -5,7 +5,7 @@ reads settings.
 and is the console script: ``jobs`` never imports ``workers``. Start-up is kept light:
 ``--help`` and ``status`` import no alembic, jsonschema, pypdfium2 or llguidance (and never
 torch), so what only submitting, scheduling or sweeping needs is imported inside those commands.
-Errors leave through one boundary (``jobs.cli_errors``): one line, an exit status from the one
+Errors leave through one boundary (``jobs.cli.errors``): one line, an exit status from the one
 table (``jobs.errors.ExitCode``), never a traceback.
 """
 
@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from sqlalchemy.exc import DBAPIError
 
-from jobs import views
-from jobs.cli_fleet import with_waiting
-from jobs.cli_options import Json
-from jobs.cli_schedules import schedule_app
-from jobs.cli_submit import submit_app
-from jobs.context import open_context
+from jobs.cli import views
+from jobs.cli.commands import Commands
+from jobs.cli.context import open_context
+from jobs.cli.fleet import with_waiting
+from jobs.cli.options import Json
+from jobs.cli.schedules import build_schedule_app
+from jobs.cli.submit import build_submit_app
 from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
@@ -32,20 +33,25 @@ from jobs.metadata import parse_meta
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
 
-if TYPE_CHECKING:
-    pass
+commands = Commands()
 
-app = typer.Typer(
-    name="llava-batch",
-    help="Batch captioning and extraction with LLaVA models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-app.add_typer(submit_app, name="submit")
-app.add_typer(db_app, name="db")
-app.add_typer(schedule_app, name="schedule")
+
+def build_app() -> typer.Typer:
+    """The app of every command that needs no model; ``workers.cli`` adds the others."""
+    app = typer.Typer(
+        name="llava-batch",
+        help="Batch captioning and extraction with LLaVA models.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+    db_app.command("upgrade")(db_upgrade)
+    app.add_typer(build_submit_app(), name="submit")
+    app.add_typer(db_app, name="db")
+    app.add_typer(build_schedule_app(), name="schedule")
+    return commands.add_to(app)
 
 
 def _show_version(value: bool) -> None:
@@ -54,7 +60,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     show_version: Annotated[
         bool,
@@ -66,7 +71,6 @@ def _root(
     """Batch captioning and extraction with LLaVA models."""
 
 
-@db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the tables (PostgreSQL or SQLite)."""
     from jobs.migrate import upgrade_database
@@ -76,7 +80,7 @@ def db_upgrade() -> None:
     views.err.print(f"database at revision {revision}")
 
 
-@app.command("status")
+@commands.command("status")
 def status(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
     watch: Annotated[
@@ -96,7 +100,7 @@ def status(
     views.show_progress(with_waiting(ctx, progress), json_out=json_out)
 
 
-@app.command("results")
+@commands.command("results")
 def results(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
     fmt: Annotated[
@@ -141,7 +145,7 @@ def results(
             ) from exc
 
 
-@app.command("jobs")
+@commands.command("jobs")
 def jobs_list(
     limit: Annotated[int, typer.Option(min=1, help="How many recent jobs.")] = 20,
     name: Annotated[str | None, typer.Option("--name", help="Only jobs with this name.")] = None,
@@ -163,7 +167,7 @@ def jobs_list(
         views.show_jobs(found, json_out=json_out)
 
 
-@app.command("cancel")
+@commands.command("cancel")
 def cancel(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")]) -> None:
     """Cancel a job: queued items are cancelled, running ones finish, results are kept."""
     ctx = open_context()
@@ -172,13 +176,13 @@ def cancel(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).
     views.err.print(f"job {job_id}: {cancel_job(ctx.session_factory, job_id)}")
 
 
-@app.command("retry")
+@commands.command("retry")
 def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")]) -> None:
     """Re-queue only the failed items of a job."""
     ctx = open_context()
     with ctx.session_factory() as session:
         found = find_job(session, job)
-        job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.batch_size)
+        job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.message_size)
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     retried = retry_job(ctx.session_factory, publisher, job_id, batch_size=batch)
     views.err.print(
@@ -187,7 +191,7 @@ def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix)."
     )
 
 
-@app.command("sweep")
+@commands.command("sweep")
 def sweep_command(
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
     heartbeat_file: Annotated[

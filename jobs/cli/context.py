@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from jobs.db import SessionFactory, make_engine, make_session_factory
+from jobs.db import SessionFactory, make_session_factory, open_database
 from jobs.migrate import check_schema as check_schema_is_current
 from jobs.migrate import is_current, upgrade_database
 from jobs.settings import Settings, load_settings
@@ -19,14 +19,6 @@ class Context:
     engine: Engine
     session_factory: SessionFactory
     blobs: Blobs
-
-
-def open_database(settings: Settings) -> Engine:
-    return make_engine(
-        settings.resolved_database_url,
-        lock_timeout_seconds=settings.db_lock_timeout_seconds,
-        idle_in_transaction_seconds=settings.db_idle_in_transaction_seconds,
-    )
 
 
 def open_context(*, check_schema: bool = True) -> Context:

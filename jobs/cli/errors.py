@@ -24,9 +24,9 @@ from sqlalchemy.exc import OperationalError
 # the first typo was an "internal error"). pyproject pins typer to the range this holds for.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+from jobs.cli.views import err, first_line
 from jobs.errors import ExitCode, JobsError
-from jobs.settings import UnknownSettingError
-from jobs.views import err, first_line
+from jobs.settings import UnknownSettingError, variable_of
 from model.errors import ModelLoadError, SchemaError
 from storage.errors import StorageError
 
@@ -151,10 +151,7 @@ def _show_usage(exc: UsageError) -> None:
 
 
 def _settings_problems(exc: ValidationError) -> str:
-    problems = [
-        f"LLAVA_BATCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-        for e in exc.errors()
-    ]
+    problems = [f"{variable_of(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors()]
     return "bad configuration: " + "; ".join(problems)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from jobs.context import Context
+from jobs.cli.context import Context
 from jobs.fleet import live_workers
 from jobs.queries import JobProgress
 from jobs.states import ItemStatus, JobStatus

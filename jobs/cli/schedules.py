@@ -1,8 +1,9 @@
 """``llava-batch schedule …``: recurring jobs of any kind over what is new under an S3 prefix or
 a local folder.
 
-``schedule add NAME caption|extract|ask SOURCE (--every 15m | --cron "…")`` takes the options of
-``submit caption|extract|ask`` (the same types, checked the same way). Due schedules fire from
+``schedule add NAME KIND SOURCE (--every 15m | --cron "…")`` takes the options of ``submit
+KIND`` (declared once by the kind: ``jobs.cli.kind_commands``), for every kind that can be
+scheduled. Due schedules fire from
 the sweeper (``llava-batch sweep`` and every worker's sweeper thread); ``run-now`` fires one at
 once from this process.
 
@@ -20,31 +21,22 @@ from rich.table import Table
 from sqlalchemy import select
 from typer.core import TyperGroup
 
-from jobs import views
-from jobs.cli_fleet import is_served
-from jobs.cli_options import (
-    AsConversation,
-    BatchSize,
-    Dpi,
-    Instructions,
-    MaxNew,
-    ModelName,
-    Pages,
-    Prompt,
-    Questions,
-    SchemaFile,
-    build_request,
-    read_schema,
+from jobs.cli import views
+from jobs.cli.commands import Commands
+from jobs.cli.context import open_context
+from jobs.cli.fleet import is_served
+from jobs.cli.kind_commands import (
+    Family,
+    add_kind_commands,
+    parameter,
+    request_for,
+    shared_parameters,
 )
-from jobs.context import open_context
 from jobs.db import Schedule, utcnow
 from jobs.dispatch import CeleryPublisher
-from jobs.states import JobKind
+from jobs.kinds import Kind
 
-schedule_app = typer.Typer(
-    help="Recurring jobs over what is new under an S3 prefix or a local folder.",
-    no_args_is_help=True,
-)
+schedule_commands = Commands()
 NameArg = Annotated[str, typer.Argument(help="The schedule's name.")]
 Source = Annotated[
     str,
@@ -90,143 +82,66 @@ def _without_source_option(args: list[str]) -> list[str]:
     return [words[0], "extract", source, *options]
 
 
-add_app = typer.Typer(cls=_AddGroup, no_args_is_help=True)
-schedule_app.add_typer(add_app, name="add")
+def build_schedule_app() -> typer.Typer:
+    schedule_app = typer.Typer(
+        help="Recurring jobs over what is new under an S3 prefix or a local folder.",
+        no_args_is_help=True,
+    )
+    add_app = typer.Typer(cls=_AddGroup, no_args_is_help=True)
+    add_app.callback()(add)
+    add_kind_commands(add_app, _ADD)
+    schedule_app.add_typer(add_app, name="add")
+    return schedule_commands.add_to(schedule_app)
 
 
-@add_app.callback()
 def add(name: NameArg) -> None:
-    """Add a schedule: `schedule add NAME caption|extract|ask SOURCE --every 15m`.
+    """Add a schedule: `schedule add NAME KIND SOURCE --every 15m`.
 
     Each firing submits one job of that kind for what is new or changed under SOURCE since the
     last one (nothing new: no job). The first fires at the next due time (UTC); `schedule
     run-now NAME` tries it at once."""
 
 
-@add_app.command("caption")
-def add_caption(
-    cli: typer.Context,
-    source: Source,
-    every: Every = None,
-    cron: Cron = None,
-    prompt: Prompt = None,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    model: ModelName = None,
-) -> None:
-    """Caption the new images under SOURCE at every due time."""
-    _add(
-        cli,
-        JobKind.caption,
-        source,
-        every,
-        cron,
-        max_new_tokens,
-        batch_size,
-        model=model,
-        prompt=prompt,
-    )
-
-
-@add_app.command("extract")
-def add_extract(
-    cli: typer.Context,
-    source: Source,
-    schema: SchemaFile,
-    every: Every = None,
-    cron: Cron = None,
-    prompt: Instructions = None,
-    pages: Pages = "all",
-    dpi: Dpi = 144,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    model: ModelName = None,
-) -> None:
-    """Extract schema-valid JSON from the new PDFs and images under SOURCE at every due time."""
-    _add(
-        cli,
-        JobKind.extract,
-        source,
-        every,
-        cron,
-        max_new_tokens,
-        batch_size,
-        model=model,
-        instructions=prompt,
-        schema=read_schema(schema),
-        pages=pages,
-        dpi=dpi,
-    )
-
-
-@add_app.command("ask")
-def add_ask(
-    cli: typer.Context,
-    source: Source,
-    every: Every = None,
-    cron: Cron = None,
-    questions: Questions = None,
-    conversation: AsConversation = False,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    model: ModelName = None,
-) -> None:
-    """Ask questions about the new images under SOURCE at every due time."""
-    _add(
-        cli,
-        JobKind.ask,
-        source,
-        every,
-        cron,
-        max_new_tokens,
-        batch_size,
-        model=model,
-        questions=questions or [],
-        conversation=conversation,
-    )
-
-
-def _add(
-    cli: typer.Context,
-    kind: JobKind,
-    source: str,
-    every: str | None,
-    cron: str | None,
-    max_new_tokens: int | None,
-    batch_size: int | None,
-    *,
-    model: str | None,
-    **params: Any,
-) -> None:
-    """Checks and stores the schedule; its jobs run on ``model`` (``--model``, else the
-    LLAVA_BATCH_MODEL of now), so they go to that model's queue like a submitted job's."""
+def _add_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
+    """Checks and stores the schedule; its jobs run on ``--model``, else the LLAVA_BATCH_MODEL
+    of now, so they go to that model's queue like a submitted job's."""
     from jobs.schedules import add_schedule
 
+    cli: typer.Context = values["cli"]
     assert cli.parent is not None  # the `add NAME` group
     name: str = cli.parent.params["name"]
     ctx = open_context()
-    request = build_request(
-        ctx, kind, [source], max_new_tokens, batch_size, name=name, model=model, **params
-    )
+    request = request_for(ctx, kind, values, params, name=name)
     schedule = add_schedule(
         ctx.session_factory,
         name=name,
-        source=source,
+        source=values["source"],
         request=request,
-        every=every,
-        cron=cron,
+        every=values["every"],
+        cron=values["cron"],
         max_prompt_chars=ctx.settings.max_prompt_chars,
     )
     views.warn_if_tiny(request.model)
     if not is_served(ctx, request.model):
         views.err.print(f"warning: {views.no_worker_serves(request.model)}", markup=False)
     views.err.print(
-        f"schedule {name}: {kind} over {schedule.source} on {request.model}, "
+        f"schedule {name}: {kind.name} over {schedule.source} on {request.model}, "
         f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC"
     )
 
 
-@schedule_app.command("list")
+_ADD = Family(
+    help_of=lambda cli: cli.schedule,
+    first=lambda cli: [
+        parameter("cli", typer.Context),
+        parameter("source", Source),
+    ],
+    shared=shared_parameters(parameter("every", Every, None), parameter("cron", Cron, None)),
+    action=_add_kind,
+)
+
+
+@schedule_commands.command("list")
 def list_schedules(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -252,19 +167,19 @@ def list_schedules(
     views.out.print(table)
 
 
-@schedule_app.command("pause")
+@schedule_commands.command("pause")
 def pause(name: NameArg) -> None:
     """Stop firing until resumed."""
     _set_paused(name, True)
 
 
-@schedule_app.command("resume")
+@schedule_commands.command("resume")
 def resume(name: NameArg) -> None:
     """Fire again from the next due time."""
     _set_paused(name, False)
 
 
-@schedule_app.command("remove")
+@schedule_commands.command("remove")
 def remove(name: NameArg) -> None:
     """Delete a schedule (its jobs stay)."""
     from jobs.schedules import find_schedule
@@ -275,7 +190,7 @@ def remove(name: NameArg) -> None:
     views.err.print(f"schedule {name} removed")
 
 
-@schedule_app.command("run-now")
+@schedule_commands.command("run-now")
 def run_now(name: NameArg) -> None:
     """Fire now, even if paused: a job for the inputs not processed before, or none."""
     from jobs.schedules import find_schedule, fire_due_schedules

@@ -1,176 +1,71 @@
-"""``llava-batch submit …``: one command per job kind, and ``submit batch`` for OpenAI-Batch
-files. Submitting imports its machinery inside the commands, so ``--help`` stays light."""
+"""``llava-batch submit <kind>``: one command per job kind (``submit batch`` for OpenAI-Batch
+files), made from ``KINDS``. Submitting imports its machinery inside the command, so ``--help``
+stays light."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from jobs import views
-from jobs.cli_fleet import is_served
-from jobs.cli_options import (
-    AsConversation,
-    BatchFile,
-    BatchFileFormat,
-    BatchMaxNew,
-    BatchSize,
-    Dpi,
-    IdemKey,
-    Instructions,
-    Json,
-    MaxNew,
-    Meta,
-    ModelName,
-    Name,
-    Pages,
-    Prompt,
-    Questions,
-    SchemaFile,
-    Sources,
-    Wait,
-    build_request,
-    read_schema,
+from jobs.cli import views
+from jobs.cli.context import Context, open_context
+from jobs.cli.fleet import is_served
+from jobs.cli.kind_commands import (
+    Family,
+    add_kind_commands,
+    parameter,
+    request_for,
+    shared_parameters,
+    sources_parameter,
 )
-from jobs.context import Context, open_context
+from jobs.cli.options import (
+    IdemKey,
+    Json,
+    Meta,
+    Name,
+    Wait,
+)
 from jobs.dispatch import CeleryPublisher
+from jobs.kinds import Kind
 from jobs.metadata import parse_meta
-from jobs.states import JobKind
-from jobs.submit.openai_reader import BatchFormat
 
 if TYPE_CHECKING:
     from jobs.submit.request import SubmitRequest
 
-submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
+SHARED = shared_parameters(
+    parameter("name", Name, None),
+    parameter("idempotency_key", IdemKey, None),
+    parameter("meta", Meta, None),
+    parameter("wait", Wait, False),
+    parameter("json_out", Json, False),
+)
 
 
-@submit_app.command("caption")
-def submit_caption(
-    sources: Sources,
-    prompt: Prompt = None,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.caption,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        prompt=prompt,
-        model=model,
+def build_submit_app() -> typer.Typer:
+    submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
+    family = Family(
+        help_of=lambda cli: cli.submit,
+        first=lambda cli: [sources_parameter(cli)],
+        shared=SHARED,
+        action=_submit_kind,
     )
-    _submit(ctx, request, wait=wait, json_out=json_out)
+    add_kind_commands(submit_app, family)
+    return submit_app
 
 
-@submit_app.command("extract")
-def submit_extract(
-    sources: Sources,
-    schema: SchemaFile,
-    prompt: Instructions = None,
-    pages: Pages = "all",
-    dpi: Dpi = 144,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Extract schema-valid JSON from PDFs and images (one merged result per document)."""
+def _submit_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
     ctx = open_context()
-    request = build_request(
+    request = request_for(
         ctx,
-        JobKind.extract,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        instructions=prompt,
-        schema=read_schema(schema),
-        pages=pages,
-        dpi=dpi,
-        model=model,
+        kind,
+        values,
+        params,
+        name=values["name"],
+        idempotency_key=values["idempotency_key"],
+        metadata=parse_meta(values["meta"]),
     )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-@submit_app.command("ask")
-def submit_ask(
-    sources: Sources,
-    questions: Questions = None,
-    conversation: AsConversation = False,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Ask questions about images: one answer per question, or a multi-turn conversation."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.ask,
-        sources,
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        questions=questions or [],
-        conversation=conversation,
-        model=model,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
-
-
-@submit_app.command("batch")
-def submit_batch(
-    file: BatchFile,
-    fmt: BatchFileFormat = BatchFormat.auto,
-    max_new_tokens: BatchMaxNew = None,
-    batch_size: BatchSize = None,
-    name: Name = None,
-    idempotency_key: IdemKey = None,
-    meta: Meta = None,
-    wait: Wait = False,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Run an OpenAI-Batch JSONL file (or a chat manifest): one item per request; the file's
-    model is the job's."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.chat,
-        [file],
-        max_new_tokens,
-        batch_size,
-        name=name,
-        idempotency_key=idempotency_key,
-        metadata=parse_meta(meta),
-        input_format=fmt,
-        model=model,
-    )
-    _submit(ctx, request, wait=wait, json_out=json_out)
+    _submit(ctx, request, wait=values["wait"], json_out=values["json_out"])
 
 
 def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:

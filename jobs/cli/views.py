@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from jobs.cli_fleet import with_waiting
-from jobs.context import Context
+from jobs.cli.context import Context
+from jobs.cli.fleet import with_waiting
 from jobs.errors import ExitCode, RequestError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
 from jobs.exports import open_result_writer

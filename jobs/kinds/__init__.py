@@ -5,8 +5,10 @@ and one handler (``jobs.kinds.base.Kind``): check the request, say what each ite
 item into generation requests (conversations), and turn generations into the item's outcome.
 Nothing outside a kind's module branches on the kind.
 
-Adding a kind is one module with its parameters and handler, one line in ``KINDS``, a
-``submit``/``run`` command (jobs/cli.py, workers' CLI) and its tests.
+Adding a kind is its module (parameters, handler, and the options its commands take, declared
+once as ``cli``: ``jobs.kinds.options``), one line in ``KINDS``, its error codes
+(``jobs.errors``) and its page under ``docs/kinds/``. ``submit <kind>``, ``run <kind>`` and
+``schedule add <kind>`` are generated from ``KINDS`` (``jobs.cli.kind_commands``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from jobs.kinds.base import (
     KindParams,
     job_generation,
 )
+from jobs.kinds.options import KindCommands, Option
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -43,6 +44,29 @@ class AskParams(KindParams):
 class Ask(KindDefaults[AskParams]):
     name: ClassVar[str] = "ask"
     params_type = AskParams
+
+    cli: ClassVar[KindCommands] = KindCommands(
+        word="ask",
+        does="Ask questions about images",
+        submit="Ask questions about images: one answer per question, or a multi-turn conversation.",
+        schedule="Ask questions about the new images under SOURCE at every due time.",
+        options=(
+            Option(
+                "questions",
+                list[str] | None,
+                "A question for every image (repeat for several); a manifest line's "
+                '"questions" replace them for its item.',
+                flags=("-q", "--question"),
+            ),
+            Option(
+                "conversation",
+                bool,
+                "Ask the questions as the turns of one chat: each answer is in the next one's "
+                "context.",
+                default=False,
+            ),
+        ),
+    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: AskParams, *, max_prompt_chars: int) -> None:

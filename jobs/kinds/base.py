@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from jobs.kinds.options import KindCommands
 from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
 from model.engine import Turn
@@ -88,6 +89,7 @@ class ItemAsk:
 
 class Kind(Protocol[P]):
     name: ClassVar[str]
+    cli: ClassVar[KindCommands]  # its commands and their options (jobs.kinds.options)
     params_type: type[P]
     reads_documents: ClassVar[bool]  # PDFs are inputs, each selected page a unit
 

@@ -13,6 +13,7 @@ from jobs.kinds.base import (
     KindParams,
     job_generation,
 )
+from jobs.kinds.options import KindCommands, Option
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
@@ -28,6 +29,20 @@ class CaptionParams(KindParams):
 class Caption(KindDefaults[CaptionParams]):
     name: ClassVar[str] = "caption"
     params_type = CaptionParams
+
+    cli: ClassVar[KindCommands] = KindCommands(
+        word="caption",
+        does="Caption images",
+        submit="Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest.",
+        schedule="Caption the new images under SOURCE at every due time.",
+        options=(
+            Option(
+                "prompt",
+                str | None,
+                "Instruction for every item (default: a one-sentence caption).",
+            ),
+        ),
+    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: CaptionParams, *, max_prompt_chars: int) -> None:

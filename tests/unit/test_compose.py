@@ -375,7 +375,7 @@ def test_service_commands_are_real_cli_commands(services: dict[str, Any], name: 
     argv = argv_of(services[name])
     assert argv[0] == "llava-batch"
     # Typer 0.29 vendors its own click: a group is whatever has subcommands.
-    command: Any = typer.main.get_command(workers.cli.app)
+    command: Any = typer.main.get_command(workers.cli.build_app())
     assert "worker" in command.commands  # the walk below really sees the CLI's commands
     path: list[str] = []
     rest = argv[1:]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs import views
+from jobs.cli import views
 from jobs.submit.request import SubmitResult
 
 

@@ -1,57 +1,40 @@
-"""``llava-batch``, whole: the console script. The composition root for the commands that need a
-model (``worker``, ``run …``), built on ``jobs.cli``'s app, which holds every other command and
-never imports ``workers``.
+"""``llava-batch``, whole: the console script and the composition root. It adds the commands
+that need a model (``worker``, ``run <kind>``) to ``jobs.cli``'s app, which holds every other
+command; this package is the only place that imports both ``jobs.cli`` and the worker side.
 
-A new kind's one-process command is one more ``@run_app.command`` here (its ``submit`` twin lives
-in ``jobs.cli``). Imports stay light at module level, as in ``jobs.cli``: the pipeline, Celery and
-the model load inside the commands that use them, so ``--help`` never imports torch.
+The ``run`` commands are made from ``KINDS`` like ``submit``'s (``jobs.cli.kind_commands``).
+Imports stay light at module level: the pipeline, Celery and the model load inside the commands
+that use them (``workers.cli.run``), so ``--help`` never imports torch.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from jobs import views
-from jobs.cli import app
-from jobs.cli_errors import run_cli
-from jobs.cli_options import (
-    AsConversation,
-    BatchFile,
-    BatchMaxNew,
-    BatchSize,
-    Dpi,
-    Instructions,
-    Json,
-    MaxNew,
-    ModelName,
-    Pages,
-    Prompt,
-    Questions,
-    SchemaFile,
-    Sources,
-    build_request,
-    read_schema,
+from jobs.cli import views
+from jobs.cli.app import build_app as build_jobs_app
+from jobs.cli.context import Context, open_context
+from jobs.cli.errors import run_cli
+from jobs.cli.kind_commands import (
+    Family,
+    add_kind_commands,
+    parameter,
+    request_for,
+    shared_parameters,
+    sources_parameter,
 )
-from jobs.context import Context, open_context
+from jobs.cli.options import Json
+from jobs.cli.run_output import RunFormat
 from jobs.errors import RequestError
 from jobs.fleet import queue_for
-from jobs.run_output import RunFormat
-from jobs.states import JobKind
-from jobs.submit.openai_reader import BatchFormat
+from jobs.kinds import KINDS, Kind
 
 if TYPE_CHECKING:
     from jobs.submit.request import SubmitRequest
 
-run_app = typer.Typer(
-    help="Run a job in this process (no broker, no separate worker), or resume one: "
-    "llava-batch run --resume JOB.",
-    no_args_is_help=True,
-    invoke_without_command=True,
-)
-app.add_typer(run_app, name="run")
 
 RunFmt = Annotated[
     RunFormat | None,
@@ -70,120 +53,50 @@ Errors = Annotated[
 ]
 
 
+def build_app() -> typer.Typer:
+    """Every command: ``jobs.cli``'s, ``run <kind>`` for each kind, and ``worker``."""
+    app = build_jobs_app()
+    run_app = typer.Typer(
+        help="Run a job in this process (no broker, no separate worker), or resume one: "
+        "llava-batch run --resume JOB.",
+        no_args_is_help=True,
+        invoke_without_command=True,
+    )
+    run_app.callback()(run_group)
+    add_kind_commands(run_app, RUN)
+    app.add_typer(run_app, name="run")
+    app.command("worker")(worker)
+    return app
+
+
 def main() -> NoReturn:
-    run_cli(app)
+    run_cli(build_app())
 
 
-@run_app.command("caption")
-def run_caption(
-    sources: Sources,
-    prompt: Prompt = None,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    fmt: RunFmt = None,
-    output: Output = None,
-    errors: Errors = None,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Caption images here and now: SQLite, local storage, an in-process worker."""
+def _run_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
     ctx = open_context()
-    request = build_request(
-        ctx, JobKind.caption, sources, max_new_tokens, batch_size, prompt=prompt, model=model
-    )
-    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
-
-
-@run_app.command("extract")
-def run_extract(
-    sources: Sources,
-    schema: SchemaFile,
-    prompt: Instructions = None,
-    pages: Pages = "all",
-    dpi: Dpi = 144,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    fmt: RunFmt = None,
-    output: Output = None,
-    errors: Errors = None,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Extract schema-valid JSON here and now: SQLite, local storage, an in-process worker."""
-    ctx = open_context()
-    request = build_request(
+    request = request_for(ctx, kind, values, params)
+    _run_here(
         ctx,
-        JobKind.extract,
-        sources,
-        max_new_tokens,
-        batch_size,
-        instructions=prompt,
-        schema=read_schema(schema),
-        pages=pages,
-        dpi=dpi,
-        model=model,
+        request,
+        json_out=values["json_out"],
+        fmt=values["fmt"],
+        output=values["output"],
+        errors=values["errors"],
     )
-    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
 
 
-@run_app.command("ask")
-def run_ask(
-    sources: Sources,
-    questions: Questions = None,
-    conversation: AsConversation = False,
-    max_new_tokens: MaxNew = None,
-    batch_size: BatchSize = None,
-    fmt: RunFmt = None,
-    output: Output = None,
-    errors: Errors = None,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Ask questions about images here and now: SQLite, local storage, an in-process worker."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.ask,
-        sources,
-        max_new_tokens,
-        batch_size,
-        questions=questions or [],
-        conversation=conversation,
-        model=model,
-    )
-    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
-
-
-@run_app.command("batch")
-def run_batch(
-    file: BatchFile,
-    input_format: Annotated[
-        BatchFormat,
-        typer.Option(
-            "--input-format", help="The file's format; auto: detected from its first line."
-        ),
-    ] = BatchFormat.auto,
-    max_new_tokens: BatchMaxNew = None,
-    batch_size: BatchSize = None,
-    fmt: RunFmt = None,
-    output: Output = None,
-    errors: Errors = None,
-    json_out: Json = False,
-    model: ModelName = None,
-) -> None:
-    """Run an OpenAI-Batch JSONL file (or a chat manifest) here and now: one item per request;
-    --format openai writes the OpenAI Batch output."""
-    ctx = open_context()
-    request = build_request(
-        ctx,
-        JobKind.chat,
-        [file],
-        max_new_tokens,
-        batch_size,
-        input_format=input_format,
-        model=model,
-    )
-    _run_here(ctx, request, json_out=json_out, fmt=fmt, output=output, errors=errors)
+RUN = Family(
+    help_of=lambda cli: cli.run_help,
+    first=lambda cli: [sources_parameter(cli)],
+    shared=shared_parameters(
+        parameter("fmt", RunFmt, None),
+        parameter("output", Output, None),
+        parameter("errors", Errors, None),
+        parameter("json_out", Json, False),
+    ),
+    action=_run_kind,
+)
 
 
 def _run_here(
@@ -195,16 +108,15 @@ def _run_here(
     output: str | None = None,
     errors: str | None = None,
 ) -> None:
-    """Every ``run`` command's one path (``workers.run_command``): flags, output and inputs are
+    """Every ``run`` command's one path (``workers.cli.run``): flags, output and inputs are
     checked and the job submitted before the model loads; results stream as items finish,
     progress shows on stderr, and Ctrl-C leaves the job resumable."""
-    from workers.run_command import choose_format, run_request
+    from workers.cli.run import choose_format, run_request
 
     chosen = choose_format(fmt, json_out)
     run_request(ctx, request, fmt=chosen, output=output, errors=errors)
 
 
-@run_app.callback()
 def run_group(
     command: typer.Context,
     resume: Annotated[
@@ -238,17 +150,16 @@ def run_group(
         return
     if resume is None:
         raise RequestError(
-            "a command is missing: llava-batch run caption|extract|ask SOURCE…, or "
-            "llava-batch run --resume JOB.",
+            "a command is missing: llava-batch run KIND SOURCE… (KIND: "
+            f"{', '.join(k.cli.word for k in KINDS.values())}), or llava-batch run --resume JOB.",
             code="usage_error",
         )
-    from workers.run_command import choose_format, resume_job
+    from workers.cli.run import choose_format, resume_job
 
     ctx = open_context()
     resume_job(ctx, resume, fmt=choose_format(fmt, json_out), output=output, errors=errors)
 
 
-@app.command("worker")
 def worker(
     pool: Annotated[
         str,
@@ -289,17 +200,15 @@ def worker(
     ctx = open_context()  # settings and schema are checked before the model loads
     slots = 1 if pool == "solo" else concurrency or ctx.settings.worker_slots
     # The resources split their budgets between the slots the pool really runs.
-    os.environ["LLAVA_BATCH_WORKER_SLOTS"] = str(slots)
-    from workers.celery_app import app as celery_app
-    from workers.celery_app import settings
-    from workers.tasks import get_resources
+    settings = ctx.settings.model_copy(update={"worker_slots": slots})
+    from workers.celery_app import build_worker
 
+    celery_app, process = build_worker(settings, sweep=sweep_in_worker)
     # Load before consuming: the solo/threads pool runs tasks in this very process, so the
     # model stays resident, and a checkpoint that cannot load is one clear error, not a loop.
     views.err.print(f"loading model {settings.model} …")
-    _ = get_resources().engine
+    _ = process.resources.engine
 
-    celery_app.conf.llava_batch_sweep = sweep_in_worker
     argv = [
         "worker",
         f"--pool={pool}",

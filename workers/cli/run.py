@@ -3,8 +3,8 @@
 In order: every flag is checked, the output file is checked, the job is submitted (which
 validates every input and writes the rows) and only then is the model loaded, so a bad flag or a
 bad source never costs a model load. Then batches are worked through here (``workers.local``)
-while results stream to stdout or ``-o FILE`` in submission order (``jobs.run_output``) and the
-progress shows on stderr (``workers.run_progress``).
+while results stream to stdout or ``-o FILE`` in submission order (``jobs.cli.run_output``) and the
+progress shows on stderr (``jobs.cli.progress``).
 
 Ctrl-C or SIGTERM: the batch in flight finishes and is recorded, the rest stays queued, and the
 CLI prints how to resume; a second one stops at once, handing back what the run holds. Either
@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from jobs import views
-from jobs.cli_errors import fail
-from jobs.context import Context
+from jobs.cli import views
+from jobs.cli.context import Context
+from jobs.cli.errors import fail
+from jobs.cli.progress import Interrupts, RunCounts, RunProgress
+from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.errors import ExitCode, RequestError
 from jobs.kinds import get_kind
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.queries import find_job, read_progress
-from jobs.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 from workers.local import InProcessQueue, slots_in_flight, submit_locally, work_locally
 from workers.pipeline import BatchReport
 from workers.resources import WorkerResources, build_resources
-from workers.run_progress import Interrupts, RunCounts, RunProgress
 
 if TYPE_CHECKING:
     from jobs.submit.request import SubmitRequest

@@ -49,6 +49,7 @@ def test_prompt_over_the_limit_is_refused(run_cli: RunCli, tmp_path: Path) -> No
 def test_bad_setting_names_the_variable(run_cli: RunCli) -> None:
     result = run_cli("jobs", LLAVA_BATCH_BATCH_SIZE="0")
     assert_one_line_error(result, 2, "LLAVA_BATCH_BATCH_SIZE", "invalid_settings")
+    assert "LLAVA_BATCH_LLAVA_BATCH" not in result.stderr  # the variable, named once
 
 
 def test_unknown_job_exits_3(run_cli: RunCli) -> None:

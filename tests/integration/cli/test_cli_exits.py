@@ -1,5 +1,5 @@
 """One error boundary: usage errors exit 2 with the usage, ``--version`` works, and every exit
-status in ``jobs.errors.ExitCode`` (the one table, which the README copies) is reached end to
+status in ``jobs.errors.ExitCode`` (the one table, which docs/errors.md copies) is reached end to
 end through the installed ``llava-batch``, with one ``error: <sentence> [<code>]`` line."""
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from typing import Any
 from openai.types import BatchRequestCounts, CompletionUsage
 from openai.types.chat import ChatCompletion
 
-from jobs.states import JobKind
 from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
 from storage import open_blobs
@@ -35,7 +34,7 @@ def _finished_job(tmp_path: Path) -> tuple[dict[str, str], str]:
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     sf = migrated_session_factory(url)
     blobs = open_blobs(str(tmp_path / "blobs"))
-    request = SubmitRequest.of(JobKind.caption, [str(manifest)], "tiny-llava", batch_size=8)
+    request = SubmitRequest.of("caption", [str(manifest)], "tiny-llava", batch_size=8)
     job_id = run_job_locally(
         request, make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8), max_prompt_chars=1000
     ).job_id

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, Job, SessionFactory
 from jobs.errors import RequestError
-from jobs.states import JobKind
 from jobs.submit.request import SubmitRequest
-from jobs.views import ResultFormat, write_results
 from model.engine import GenerationRequest, GenerationResult
 from model.errors import InputError
 from model.fake import FakeEngine
@@ -40,7 +39,7 @@ class PickyEngine(FakeEngine):
 def _ask(sources: list[str], **kw: Any) -> SubmitRequest:
     fields: dict[str, Any] = dict(questions=QUESTIONS, max_new_tokens=32, batch_size=8)
     fields.update(kw)
-    return SubmitRequest.of(JobKind.ask, sources, "fake", **fields)
+    return SubmitRequest.of("ask", sources, "fake", **fields)
 
 
 def _rows(sf: SessionFactory, job_id: str) -> list[Item]:
@@ -167,7 +166,7 @@ def test_chat_items_each_carry_their_own_conversation_budget_and_schema(
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     engine = FakeEngine()
     res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
-    request = SubmitRequest.of(JobKind.chat, [str(manifest)], "fake", batch_size=8)
+    request = SubmitRequest.of("chat", [str(manifest)], "fake", batch_size=8)
     result = run_job_locally(request, res, max_prompt_chars=1000)
     assert sorted(engine.calls) == [1, 1, 1]  # three settings, three model batches
     plain, turns, structured = _rows(session_factory, result.job_id)
@@ -183,7 +182,5 @@ def test_chat_items_each_carry_their_own_conversation_budget_and_schema(
         + "\n"
     )
     with pytest.raises(RequestError) as refused:
-        run_job_locally(
-            SubmitRequest.of(JobKind.chat, [str(bad)], "fake"), res, max_prompt_chars=1000
-        )
+        run_job_locally(SubmitRequest.of("chat", [str(bad)], "fake"), res, max_prompt_chars=1000)
     assert refused.value.code == "manifest_invalid" and "user turn" in refused.value.message

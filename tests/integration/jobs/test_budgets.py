@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
-from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.states import ItemStatus, JobStatus
 from jobs.submit.request import SubmitRequest
 from model.engine import GenerationRequest, GenerationResult
 from model.fake import FakeEngine
@@ -25,11 +25,11 @@ from workers.ahead import Lookahead
 from workers.local import run_job_locally
 
 
-def _request(kind: JobKind, directory: Path, **kw: Any) -> SubmitRequest:
+def _request(kind: str, directory: Path, **kw: Any) -> SubmitRequest:
     fields: dict[str, Any] = dict(
         kind=kind, sources=[str(directory)], model="fake", max_new_tokens=400, batch_size=4
     )
-    if kind == JobKind.extract:
+    if kind == "extract":
         fields["schema"] = INVOICE_SCHEMA
     fields.update(kw)
     return SubmitRequest.of(**fields)
@@ -85,7 +85,7 @@ def test_page_bomb_fails_its_own_item_before_any_page_is_rendered(
     page_bomb(inbox / "bomb.pdf")
     write_pdf(inbox / "invoice.pdf", 2)
     res = make_resources(session_factory, blobs, FakeEngine())
-    result = run_job_locally(_request(JobKind.extract, inbox), res, max_prompt_chars=4000)
+    result = run_job_locally(_request("extract", inbox), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     bomb = items["bomb.pdf"]
     assert (bomb.status, bomb.error_code) == (ItemStatus.failed, "document_too_large")
@@ -118,7 +118,7 @@ def test_decoder_escapes_fail_only_their_items(
     (catalogue / "frames.gif").write_bytes(_gif_cut_at_a_frame_separator())
     (catalogue / "texture.png").write_bytes(_dds_with_unknown_pixel_format())
     res = make_resources(session_factory, blobs, FakeEngine())
-    result = run_job_locally(_request(JobKind.caption, catalogue), res, max_prompt_chars=4000)
+    result = run_job_locally(_request("caption", catalogue), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     assert items["frames.gif"].error_code == "image_decode_error"
     assert items["texture.png"].error_code == "unsupported_format"
@@ -161,7 +161,7 @@ def test_an_unexpected_exception_is_that_items_internal_error(
 
         monkeypatch.setattr(model.images, "decode_image", decode)
     res = make_resources(session_factory, blobs, FakeEngine())
-    result = run_job_locally(_request(JobKind.caption, catalogue), res, max_prompt_chars=4000)
+    result = run_job_locally(_request("caption", catalogue), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     bad = items["img001.png"]
     assert (bad.status, bad.error_code) == (ItemStatus.failed, "internal_error")
@@ -179,7 +179,7 @@ def test_input_over_the_byte_limit_fails_its_own_item(
     biggest = max(sizes, key=lambda name: sizes[name])
     over = sorted(sizes.values())[-2]  # only the biggest is over
     res = make_resources(session_factory, blobs, FakeEngine(), max_input_bytes=over)
-    result = run_job_locally(_request(JobKind.caption, catalogue), res, max_prompt_chars=4000)
+    result = run_job_locally(_request("caption", catalogue), res, max_prompt_chars=4000)
     items = _items(session_factory, result.job_id)
     assert (items[biggest].status, items[biggest].error_code) == ("failed", "input_too_large")
     assert sum(i.status == ItemStatus.succeeded for i in items.values()) == 2
@@ -235,7 +235,7 @@ def test_one_large_message_is_decoded_at_most_two_model_batches_ahead(
     write_images(tmp_path / "catalogue", 40)
     engine = RecordingEngine(decoded, delay_s=0.02)
     res = make_resources(session_factory, blobs, engine, gpu_batch_size=4)
-    request = _request(JobKind.caption, tmp_path / "catalogue", batch_size=40)
+    request = _request("caption", tmp_path / "catalogue", batch_size=40)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert [i.status for i in _items(session_factory, result.job_id).values()] == ["succeeded"] * 40
     assert engine.calls == [4] * 10
@@ -256,7 +256,7 @@ def test_the_pixel_budget_bounds_what_is_held_and_shrinks_model_batches(
     res = make_resources(
         session_factory, blobs, engine, gpu_batch_size=4, max_batch_pixels=3 * 100 * 100
     )
-    request = _request(JobKind.caption, catalogue, batch_size=10)
+    request = _request("caption", catalogue, batch_size=10)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
     assert engine.calls == [3, 3, 3, 1]
@@ -281,7 +281,7 @@ def test_two_slots_share_the_budget_of_about_two_model_batches(
         worker_slots=2,
         max_batch_pixels=8 * 100 * 100,
     )
-    request = _request(JobKind.caption, catalogue, batch_size=8)
+    request = _request("caption", catalogue, batch_size=8)
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
     assert len(lookaheads) == 2
@@ -296,7 +296,7 @@ def test_a_single_input_over_the_batch_budget_still_goes_through(
     write_images(tmp_path / "catalogue", 3)
     engine = FakeEngine()
     res = make_resources(session_factory, blobs, engine, gpu_batch_size=4, max_batch_pixels=1)
-    request = _request(JobKind.caption, tmp_path / "catalogue")
+    request = _request("caption", tmp_path / "catalogue")
     result = run_job_locally(request, res, max_prompt_chars=4000)
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
     assert engine.calls == [1, 1, 1]
@@ -310,7 +310,7 @@ def test_document_pages_are_rendered_lazily_into_model_batches(
     write_pdf(inbox / "long.pdf", 9)
     engine = RecordingEngine(render_calls, delay_s=0.05)
     res = make_resources(session_factory, blobs, engine, gpu_batch_size=2)
-    result = run_job_locally(_request(JobKind.extract, inbox), res, max_prompt_chars=4000)
+    result = run_job_locally(_request("extract", inbox), res, max_prompt_chars=4000)
     [item] = _items(session_factory, result.job_id).values()
     assert item.status == ItemStatus.succeeded and item.result_json
     assert engine.calls == [2, 2, 2, 2, 1]
@@ -361,7 +361,7 @@ def test_decoding_runs_on_the_slots_few_threads_below_the_models_priority(
     engine = Engine()
     res = make_resources(session_factory, blobs, engine, gpu_batch_size=4, decode_threads=2)
     result = run_job_locally(
-        _request(JobKind.caption, tmp_path / "catalogue", batch_size=16), res, max_prompt_chars=4000
+        _request("caption", tmp_path / "catalogue", batch_size=16), res, max_prompt_chars=4000
     )
     assert all(i.status == "succeeded" for i in _items(session_factory, result.job_id).values())
     assert len(seen) == 16

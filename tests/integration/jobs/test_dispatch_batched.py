@@ -18,7 +18,6 @@ from sqlalchemy import select
 from jobs import dispatch as dispatch_module
 from jobs.db import Item, SessionFactory
 from jobs.dispatch import CeleryPublisher, DispatchError
-from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
 from storage import Blobs
@@ -31,7 +30,7 @@ def _submit(
 ) -> SubmitResult:
     write_images(folder, n)
     return submit_job(
-        SubmitRequest.of(JobKind.caption, [str(folder)], "m", max_new_tokens=4, batch_size=3),
+        SubmitRequest.of("caption", [str(folder)], "m", max_new_tokens=4, batch_size=3),
         session_factory=session_factory,
         blobs=blobs,
         publisher=publisher,

@@ -14,7 +14,6 @@ from jobs.db import Item, ItemPage, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
 from jobs.extraction import merge_pages
-from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
 from model.engine import Engine, EngineSpec
@@ -33,7 +32,7 @@ from workers.local import run_job_locally
 
 def _extract(sources: list[str], **kw: Any) -> SubmitRequest:
     fields: dict[str, Any] = dict(
-        kind=JobKind.extract,
+        kind="extract",
         sources=sources,
         model="m",
         max_new_tokens=400,

@@ -15,7 +15,6 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
@@ -108,7 +107,7 @@ def test_hostile_files_fail_alone_and_odd_valid_images_succeed(
         (folder / name).write_bytes(data)
     res = make_resources(session_factory, blobs, tiny_engine, gpu_batch_size=6)  # type: ignore[arg-type]
     request = SubmitRequest.of(
-        kind=JobKind.caption,
+        kind="caption",
         sources=[str(folder)],
         model="tiny-llava",
         max_new_tokens=4,
@@ -149,7 +148,7 @@ def test_prompt_strings_are_stored_and_used_literally(
     (tmp_path / "a.png").write_bytes(image_bytes((20, 20), 1))
     res = make_resources(session_factory, blobs, tiny_engine)  # type: ignore[arg-type]
     request = SubmitRequest.of(
-        kind=JobKind.caption,
+        kind="caption",
         sources=[str(tmp_path / "a.png")],
         model="tiny-llava",
         max_new_tokens=4,
@@ -170,7 +169,7 @@ def _refused(
     with pytest.raises(RequestError) as refused:
         submit_job(
             SubmitRequest.of(
-                kind=JobKind.caption,
+                kind="caption",
                 sources=sources,
                 model="m",
                 max_new_tokens=4,

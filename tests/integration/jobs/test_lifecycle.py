@@ -14,7 +14,7 @@ from jobs.dispatch import QUEUE_EMPTY, CallbackPublisher
 from jobs.errors import RequestError
 from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results, requeue_failed
 from jobs.outcome import Outcome
-from jobs.states import JobKind, JobStatus
+from jobs.states import JobStatus
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
 from jobs.sweeper import sweep
@@ -103,7 +103,7 @@ def test_undispatched_items_are_published_by_the_sweeper_at_once(
 
     result = submit_job(
         SubmitRequest.of(
-            kind=JobKind.caption,
+            kind="caption",
             sources=[str(tmp_path / "c")],
             model="fake",
             max_new_tokens=8,

@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.states import JobKind
 from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import BatchFormat
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -59,7 +58,7 @@ def _data_uri(size: tuple[int, int] = (40, 30)) -> str:
 
 
 def _request(file: str, fmt: BatchFormat | None = BatchFormat.auto, **kw: Any) -> SubmitRequest:
-    return SubmitRequest.of(JobKind.chat, [file], "the-worker-model", input_format=fmt, **kw)
+    return SubmitRequest.of("chat", [file], "the-worker-model", input_format=fmt, **kw)
 
 
 def _submit(sf: SessionFactory, blobs: Blobs, request: SubmitRequest) -> SubmitResult:
@@ -259,7 +258,7 @@ def test_the_format_can_be_named_and_an_openai_line_is_not_a_manifest_line(
     )
     refused = _refused(session_factory, blobs, _request(openai, BatchFormat.manifest))
     assert refused.code == "manifest_invalid" and "submit batch" in refused.message
-    caption = SubmitRequest.of(JobKind.caption, [openai], "m")
+    caption = SubmitRequest.of("caption", [openai], "m")
     assert "submit batch" in _refused(session_factory, blobs, caption).message
     assert _refused(session_factory, blobs, _request(ours, BatchFormat.openai)).code == (
         "manifest_invalid"
@@ -295,10 +294,10 @@ def test_custom_id_is_an_alias_of_id_in_a_manifest(
         tmp_path / "m.jsonl",
         [{"input": "img000.png", "custom_id": "sku-1"}, {"input": "img001.png", "id": "sku-2"}],
     )
-    result = _submit(session_factory, blobs, SubmitRequest.of(JobKind.caption, [manifest], "m"))
+    result = _submit(session_factory, blobs, SubmitRequest.of("caption", [manifest], "m"))
     assert [i.custom_id for i in _items(session_factory, result.job_id)] == ["sku-1", "sku-2"]
 
     both = _write(tmp_path / "both.jsonl", [{"input": "img000.png", "id": "a", "custom_id": "b"}])
     with pytest.raises(RequestError) as conflicting:
-        _submit(session_factory, blobs, SubmitRequest.of(JobKind.caption, [both], "m"))
+        _submit(session_factory, blobs, SubmitRequest.of("caption", [both], "m"))
     assert conflicting.value.code == "manifest_invalid"

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 import workers.pipeline
 from jobs.db import Item, Job, SessionFactory
 from jobs.lifecycle import ItemOutcome, record_results
-from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.states import ItemStatus, JobStatus
 from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
 from model.transformers_engine import TransformersEngine, load_engine
@@ -90,7 +90,7 @@ def _job(
     write_images(tmp_path / "in", images)
     res = make_resources(sf, blobs, engine, gpu_batch_size=8, worker_slots=slots)
     request = SubmitRequest.of(
-        kind=JobKind.caption,
+        kind="caption",
         sources=[str(tmp_path / "in")],
         model="tiny-llava",
         max_new_tokens=4,

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
-from jobs.states import ItemStatus, JobKind, JobStatus
+from jobs.states import ItemStatus, JobStatus
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
@@ -21,7 +21,7 @@ from workers.pipeline import process_batch
 
 def _request(sources: list[str], **kw: object) -> SubmitRequest:
     base: dict[str, object] = dict(
-        kind=JobKind.caption, sources=sources, model="fake", max_new_tokens=8, batch_size=4
+        kind="caption", sources=sources, model="fake", max_new_tokens=8, batch_size=4
     )
     base.update(kw)
     return SubmitRequest.of(**base)  # type: ignore[arg-type]

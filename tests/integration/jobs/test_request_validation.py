@@ -15,7 +15,6 @@ from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import JobNotFoundError, RequestError
 from jobs.queries import find_job
-from jobs.states import JobKind
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -26,7 +25,7 @@ from tests.helpers import image_bytes, write_images
 
 def _request(sources: list[str], **kw: Any) -> SubmitRequest:
     fields: dict[str, Any] = dict(
-        kind=JobKind.caption, sources=sources, model="m", max_new_tokens=4, batch_size=4
+        kind="caption", sources=sources, model="m", max_new_tokens=4, batch_size=4
     )
     fields.update(kw)
     return SubmitRequest.of(**fields)

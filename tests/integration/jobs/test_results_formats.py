@@ -14,14 +14,13 @@ from openai.types import BatchRequestCounts, CompletionUsage
 from openai.types.chat import ChatCompletion
 from sqlalchemy import event, select
 
+from jobs.cli.views import ResultFormat, write_results
 from jobs.control import cancel_job
 from jobs.db import Item, Job, SessionFactory
 from jobs.errors import RequestError
 from jobs.metadata import check_metadata, parse_meta
 from jobs.queries import find_job, iter_results, list_recent_jobs, read_progress
-from jobs.states import JobKind
 from jobs.submit.request import SubmitRequest
-from jobs.views import ResultFormat, write_results
 from model.fake import FakeEngine
 from storage import Blobs
 from tests.helpers import make_resources, submit_captions, write_images
@@ -39,7 +38,7 @@ def _caption_job(sf: SessionFactory, blobs: Blobs, tmp_path: Path, **fields: Any
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     request = SubmitRequest.of(
-        JobKind.caption, [str(manifest)], "llava-hf/llava-1.5-7b-hf", batch_size=8, **fields
+        "caption", [str(manifest)], "llava-hf/llava-1.5-7b-hf", batch_size=8, **fields
     )
     res = make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8)
     return run_job_locally(request, res, max_prompt_chars=1000).job_id
@@ -119,9 +118,9 @@ def test_openai_content_of_json_results_is_the_json_text(
     manifest = tmp_path / "chat.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
-    chat = SubmitRequest.of(JobKind.chat, [str(manifest)], "m", batch_size=8)
+    chat = SubmitRequest.of("chat", [str(manifest)], "m", batch_size=8)
     chat_id = run_job_locally(chat, res, max_prompt_chars=1000).job_id
-    ask = SubmitRequest.of(JobKind.ask, [str(paths[0])], "m", questions=["Brand?", "Colour?"])
+    ask = SubmitRequest.of("ask", [str(paths[0])], "m", questions=["Brand?", "Colour?"])
     ask_id = run_job_locally(ask, res, max_prompt_chars=1000).job_id
 
     out = tmp_path / "chat.out.jsonl"
@@ -199,7 +198,7 @@ def test_ask_csv_puts_the_item_usage_on_its_first_row(
 ) -> None:
     write_images(tmp_path / "c", 2)
     res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
-    request = SubmitRequest.of(JobKind.ask, [str(tmp_path / "c")], "m", questions=["A?", "B?"])
+    request = SubmitRequest.of("ask", [str(tmp_path / "c")], "m", questions=["A?", "B?"])
     job_id = run_job_locally(request, res, max_prompt_chars=1000).job_id
     out = tmp_path / "ask.csv"
     _export(session_factory, job_id, ResultFormat.csv, out)

@@ -29,7 +29,7 @@ from jobs.errors import RequestError
 from jobs.hooks import pause_at
 from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results
 from jobs.outcome import Outcome
-from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobKind, JobStatus
+from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 from jobs.submit import rows as submit_rows
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -56,7 +56,7 @@ def _submit(
         write_images(folder, kw.pop("n", _INPUTS))
     kw.pop("n", None)
     request = SubmitRequest.of(
-        JobKind.caption, [str(folder)], "m", max_new_tokens=4, batch_size=_BATCH, **kw
+        "caption", [str(folder)], "m", max_new_tokens=4, batch_size=_BATCH, **kw
     )
     return submit_job(
         request, session_factory=sf, blobs=blobs, publisher=publisher, max_prompt_chars=1000
@@ -372,7 +372,8 @@ def test_a_producer_whose_lease_ran_out_stops_once_the_sweeper_cancelled_its_job
 def test_the_same_key_during_a_submit_returns_the_job_being_written(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Idempotency (README): one key, one job, its items once. A second submit with the key
+    """Idempotency (docs/cli.md#submit): one key, one job, its items once. A second submit
+    with the key
     while the first is between chunks gets that job (incomplete, so far); afterwards, the
     whole job."""
     folder = tmp_path / "c"

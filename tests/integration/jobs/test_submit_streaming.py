@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from jobs.submit import job as submit_module
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
 from jobs.kinds import get_kind
-from jobs.states import JobKind
+from jobs.submit import job as submit_module
 from jobs.submit import rows as submit_rows
 from jobs.submit.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
 from jobs.submit.input_store import store_inputs
@@ -41,7 +40,7 @@ _COLUMNS = (
 )
 
 
-def _request(sources: list[str], kind: str = JobKind.caption, **kw: Any) -> SubmitRequest:
+def _request(sources: list[str], kind: str = "caption", **kw: Any) -> SubmitRequest:
     return SubmitRequest.of(kind, sources, "m", max_new_tokens=4, batch_size=3, **kw)
 
 

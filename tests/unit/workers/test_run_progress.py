@@ -9,9 +9,9 @@ import signal
 import pytest
 from rich.console import Console
 
+from jobs.cli.progress import Interrupts, RunCounts, RunProgress
+from jobs.cli.run_output import RunFormat
 from jobs.exports import ResultFormat
-from jobs.run_output import RunFormat
-from workers.run_progress import Interrupts, RunCounts, RunProgress
 
 
 class Clock:
