@@ -72,7 +72,8 @@ TORCH_SPEC = "torch==2.13.0"
 
 
 def build_corpus() -> dict[str, dict[str, Any]]:
-    """The schemas of the project's tests (tests/unit/model/test_model_schema.py, the README)."""
+    """The schemas of the project's tests (tests/unit/model/test_model_schema.py) and of
+    docs/kinds/extract.md."""
     import datetime
     from typing import Literal
 
@@ -169,15 +170,16 @@ def build_corpus() -> dict[str, dict[str, Any]]:
         "optional": Note.model_json_schema(),
         "refs": refs,
         "patterns": patterns,
-        "readme": _read_readme_schema(),
+        "docs": _read_docs_schema(),
     }
 
 
-def _read_readme_schema() -> dict[str, Any]:
+def _read_docs_schema() -> dict[str, Any]:
+    """The example of docs/kinds/extract.md's "Writing a schema"."""
     import re
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    after = text[text.index("**Writing a schema.**") :]
+    text = (ROOT / "docs" / "kinds" / "extract.md").read_text(encoding="utf-8")
+    after = text[text.index("\n## Writing a schema\n") :]
     block = re.search(r"```json\n(.*?)```", after, re.DOTALL)
     assert block is not None
     schema: dict[str, Any] = json.loads(block.group(1))

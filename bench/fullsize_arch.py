@@ -18,7 +18,7 @@ a library default.
   RMSNorm eps 1e-5, rope theta 1e6, 32768 positions, no sliding window), vocab 32064; the same
   CLIP tower and projector; anyres tiling over ``image_grid_pinpoints`` 336x672, 672x336, 672x672,
   1008x336, 336x1008 and a learned image-newline vector. Chosen over the Vicuna variant because
-  it is the LLaVA-NeXT model the README's GPU section names; its config is quoted verbatim in
+  it is the LLaVA-NeXT model docs/deployment.md names; its config is quoted verbatim in
   NVIDIA TensorRT-LLM's LLaVA-NeXT test (``LLAVA_NEXT_7B_CONFIG``).
 
 Cross-checked against configs quoted in public code (the llava-1.5 ``config.json`` appears

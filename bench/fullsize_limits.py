@@ -24,7 +24,7 @@ Assumptions, each a choice a reader may disagree with:
   image costs max(all its compute, its decode HBM time). ``sequential``: static batches, phases
   one after another: prefill compute + decode time. This project batches statically, so
   ``sequential`` is what it could reach; ``overlapped`` is the hardware's limit and the figure
-  the README's target (≥ 25 %, about 20 img/s on an H100) is a fraction of.
+  docs/benchmarks.md's target (≥ 25 %, about 20 img/s on an H100) is a fraction of.
 """
 
 from __future__ import annotations

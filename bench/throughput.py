@@ -197,7 +197,7 @@ def summarise(runs: list[dict[str, float]], args: argparse.Namespace) -> dict[st
 
 
 def render(summary: dict[str, Any]) -> str:
-    """The markdown table and the target checks, as the README shows them."""
+    """The markdown table and the target checks, as docs/benchmarks.md shows them."""
     s = summary
     lines = [
         f"{s['items']} catalogue JPEGs ({s['images']}), model {s['model']}, "

@@ -12,9 +12,9 @@ from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
-    """Every status ``llava-batch`` exits with: the one table. The README's table is checked
-    against this one in both directions; each error class below names its own status, and the
-    CLI's boundary (``jobs.cli_errors``) maps every foreign error onto one of these."""
+    """Every status ``llava-batch`` exits with: the one table. The table in docs/errors.md is
+    checked against this one in both directions; each error class below names its own status,
+    and the CLI's boundary (``jobs.cli.errors``) maps every foreign error onto one of these."""
 
     ok = 0
     internal_error = 1  # a genuine bug, and nothing else
@@ -28,7 +28,7 @@ class ExitCode(IntEnum):
 
 
 class ItemErrorCode(StrEnum):
-    """Codes stored in ``items.error_code``; documented in the README, stable."""
+    """Codes stored in ``items.error_code``; documented in docs/errors.md, stable."""
 
     empty_input = "empty_input"
     image_decode_error = "image_decode_error"

@@ -2,7 +2,7 @@
 
 PostgreSQL ``text`` and ``jsonb`` refuse the NUL character (U+0000), which byte-fallback tokens
 can decode to; lone surrogates cannot be encoded as UTF-8 at all. Both are removed from results
-(documented in the README): a caption or a JSON value never needs them.
+(documented in docs/guarantees.md): a caption or a JSON value never needs them.
 """
 
 from __future__ import annotations

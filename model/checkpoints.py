@@ -1,6 +1,6 @@
 """Safety checks on a local checkpoint directory, made before transformers reads any of it.
 
-Design invariant 7: only safetensors weights load and remote code is never trusted. transformers
+docs/design.md#I7: only safetensors weights load and remote code is never trusted. transformers
 enforces both when asked (``use_safetensors=True``, ``trust_remote_code=False``); checking the
 directory first gives a clear refusal that names the reason, and guarantees that no pickle file
 is ever opened. Torch-free, so the CLI may use it to validate a configured model directory.

@@ -1,6 +1,6 @@
 """The real engine: a LLaVA-family checkpoint loaded once with transformers, generating in batches.
 
-Only safetensors weights are loaded and remote code is never trusted (design invariant 7). The
+Only safetensors weights are loaded and remote code is never trusted (docs/design.md#I7). The
 tiny names in ``TINY_MODELS`` are built offline by ``model.tiny`` and then go through exactly the
 same loading code as a real checkpoint.
 """

@@ -22,7 +22,7 @@ from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 
-# Logged (with the job id) when a submission is abandoned; the README documents it.
+# Logged (with the job id) when a submission is abandoned; docs/cli.md documents it.
 SUBMIT_ABANDONED = "submit_abandoned"
 
 

@@ -26,7 +26,8 @@ from tests.integration.faults.conftest import (
 def test_jobs_back_to_back_complete_promptly_with_no_sweeper_running(
     fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
 ) -> None:
-    """Invariant 3: every message's items are claimed when it arrives. Before, a claim that met
+    """Invariant I3 (docs/design.md#I3): every message's items are claimed when it arrives.
+    Before, a claim that met
     the producer's "mark dispatched" UPDATE skipped the locked rows and acked the message; with
     no sweeper, such a job never finished."""
     env = {**fault_env, "LLAVA_BATCH_REDISPATCH_AFTER_SECONDS": "3600"}
@@ -50,7 +51,8 @@ def test_jobs_back_to_back_complete_promptly_with_no_sweeper_running(
 def test_cancel_then_kill_9_then_a_new_worker_ends_cancelled(
     fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
 ) -> None:
-    """Invariant 5: items taken back from a dead worker of a cancelling job end cancelled, and
+    """Invariant I5 (docs/design.md#I5): items taken back from a dead worker of a cancelling
+    job end cancelled, and
     the job finalises (before: ``cancelling`` forever with items ``queued``)."""
     env = with_faults(fault_env, generate_delay_s=3.0)
     job_id = submit(env, images(tmp_path, 12))

@@ -18,7 +18,7 @@ from test_model_schema import (
     ROOT,
     build_longest_text,
     grammar_accepts,
-    read_readme_schema,
+    read_docs_schema,
 )
 
 from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json
@@ -85,7 +85,7 @@ def test_the_decoder_writes_what_the_size_model_counts(
 
 @pytest.mark.parametrize("name", ["invoice", "pydantic", "readme"])
 def test_the_longest_output_of_each_test_schema_is_accepted_and_counted(name: str) -> None:
-    schema = {"invoice": INVOICE, "pydantic": PYDANTIC_INVOICE}.get(name) or read_readme_schema()
+    schema = {"invoice": INVOICE, "pydantic": PYDANTIC_INVOICE}.get(name) or read_docs_schema()
     check_schema_compiles(schema)  # $ref/$defs, anyOf, pattern, format date, nested arrays
     bounded = prepare_schema(schema)
     longest = build_longest_text(bounded)
