@@ -1,15 +1,15 @@
 """The Celery app, built by a function from one ``Settings``; the settings here are the ones
 that matter for GPU work (docs/design.md, "Dispatch, lease and sweeper").
 
-Nothing reads settings at import. ``celery -A workers.celery_app …`` (an operator's ``inspect
-ping``) gets ``app``, built from the environment on first access; ``llava-batch worker`` builds
-its own from the settings it was given, and picks a CUDA-safe pool.
+Nothing reads settings at import. ``celery -A workers.celery_app inspect ping`` (an operator's
+check) gets ``app``, built from the environment on first access. A worker's app also has its
+tasks bound (``workers.tasks.build_worker``): ``llava-batch worker`` builds it from the settings
+it was given and picks a CUDA-safe pool.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -18,18 +18,7 @@ from jobs.dispatch import SWEEP_TASK
 from jobs.fleet import queue_for
 from jobs.settings import Settings, load_settings
 
-if TYPE_CHECKING:
-    from workers.tasks import WorkerProcess
-
 log = logging.getLogger(__name__)
-
-
-def build_worker(settings: Settings, *, sweep: bool = True) -> tuple[Celery, WorkerProcess]:
-    """The app with this process's tasks bound to it (``workers.tasks.register``)."""
-    from workers.tasks import register
-
-    app = build_celery_app(settings)
-    return app, register(app, settings, sweep=sweep)
 
 
 def build_celery_app(settings: Settings) -> Celery:
@@ -71,10 +60,10 @@ _built: list[Celery] = []
 
 
 def __getattr__(name: str) -> Celery:
-    """``workers.celery_app.app``, for ``celery -A workers.celery_app``: built from the
-    environment's settings when first asked for, never at import."""
+    """``workers.celery_app.app``, for ``celery -A workers.celery_app inspect …``: built from
+    the environment's settings when first asked for, never at import."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if not _built:
-        _built.append(build_worker(load_settings())[0])
+        _built.append(build_celery_app(load_settings()))
     return _built[0]

@@ -1,8 +1,9 @@
 """Thin Celery tasks: unpack ids, hand them to the pipeline with this process's resources.
 
 Nothing here runs at import: ``register`` binds the tasks and the worker's signals to one app
-built from one ``Settings`` (``workers.celery_app.build_worker``), and the process's resources
-(the model among them) are built on first use.
+built from one ``Settings`` (``build_worker``), and the process's resources (the model among
+them) are built on first use. ``celery -A workers.tasks worker`` works too (its app built from
+the environment on first access), but ``llava-batch worker`` picks a CUDA-safe pool for you.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from celery.signals import worker_ready, worker_shutting_down
 from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
 from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
-from jobs.settings import Settings
+from jobs.settings import Settings, load_settings
 from model.errors import ModelLoadError
 from workers import metrics
+from workers.celery_app import build_celery_app, warn_if_insecure
 from workers.pipeline import BatchReport, process_batch
 from workers.resources import WorkerResources, build_resources
 
@@ -82,8 +84,6 @@ class WorkerProcess:
     def warm_up(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", self.app) is not self.app:
             return  # another app's worker (only tests build several in one process)
-        from workers.celery_app import warn_if_insecure
-
         settings = self.settings
         warn_if_insecure(settings.broker_url)
         queue = queue_for(settings.queue, settings.model)
@@ -147,3 +147,22 @@ def register(app: Celery, settings: Settings, *, sweep: bool = True) -> WorkerPr
     worker_ready.connect(process.warm_up, weak=False)
     worker_shutting_down.connect(process.stop, weak=False)
     return process
+
+
+def build_worker(settings: Settings, *, sweep: bool = True) -> tuple[Celery, WorkerProcess]:
+    """A worker's app: the configuration (``workers.celery_app``) with the tasks bound."""
+    app = build_celery_app(settings)
+    return app, register(app, settings, sweep=sweep)
+
+
+_built: list[Celery] = []
+
+
+def __getattr__(name: str) -> Celery:
+    """``workers.tasks.app``, for ``celery -A workers.tasks worker``: built from the
+    environment's settings when first asked for, never at import."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _built:
+        _built.append(build_worker(load_settings())[0])
+    return _built[0]

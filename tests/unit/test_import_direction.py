@@ -106,6 +106,67 @@ def test_the_checker_sees_cli_imports_by_prefix_only() -> None:
     assert found == ["jobs.cli.views"]
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Our modules and the modules of ours each imports (lazily or for typing too)."""
+    modules: dict[str, Path] = {}
+    for top in ("jobs", "workers", "model", "storage"):
+        for path in (ROOT / top).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for _, module in _imports(path.read_text(encoding="utf-8"), _package_of(path)):
+            parts = module.split(".")
+            for end in range(len(parts), 0, -1):  # the module itself, or the package it is in
+                if ".".join(parts[:end]) in modules:
+                    found.add(".".join(parts[:end]))
+                    break
+        graph[name] = found - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, round and round (Tarjan)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in order:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], order[nxt])
+        if low[node] == order[node]:
+            group = []
+            while (top := stack.pop()) != node:
+                group.append(top)
+            if group:
+                found.append(sorted([*group, node]))
+
+    for node in sorted(graph):
+        if node not in order:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    """Counting every import, the lazy ones and those only for typing: a module that imports
+    one that imports it back is one piece split in two (as the fingerprint and the submit
+    request once were)."""
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
 # Settings that cannot be built: a module that reads them while it is imported fails to import.
 _UNREADABLE_SETTINGS = {"LLAVA_BATCH_MAX_ATTEMPTS": "not-a-number", "LLAVA_BATCH_NO_SUCH": "1"}
 

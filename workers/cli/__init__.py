@@ -201,7 +201,7 @@ def worker(
     slots = 1 if pool == "solo" else concurrency or ctx.settings.worker_slots
     # The resources split their budgets between the slots the pool really runs.
     settings = ctx.settings.model_copy(update={"worker_slots": slots})
-    from workers.celery_app import build_worker
+    from workers.tasks import build_worker
 
     celery_app, process = build_worker(settings, sweep=sweep_in_worker)
     # Load before consuming: the solo/threads pool runs tasks in this very process, so the

@@ -136,3 +136,10 @@ def test_every_kind_of_kinds_has_its_commands(runner: CliRunner) -> None:
     for kind in KINDS.values():
         assert kind.cli.word in submit and kind.cli.word in run
         assert (kind.cli.word in schedule) == (kind.cli.schedule is not None)
+
+
+def test_every_kind_has_its_docs_page() -> None:
+    """A kind is its module, its line in KINDS, its error codes and its page."""
+    docs = Path(__file__).resolve().parents[3] / "docs" / "kinds"
+    for kind in KINDS.values():
+        assert (docs / f"{kind.name}.md").is_file(), kind.name
