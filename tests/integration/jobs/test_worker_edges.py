@@ -1,6 +1,6 @@
 """The edges of a worker's transitions, on SQLite and PostgreSQL: a claim retried after it
-committed, a lease kept by its heartbeat through every slow step, and a record retried after its
-COMMIT's reply was lost.
+committed, a lease kept by its heartbeat through every slow step, a record retried after its
+COMMIT's reply was lost, and the one-process runner's sweep keeping to its own job.
 
 Each fault is forced at a named point of ``jobs/hooks.py``, never hoped for: one side is held at
 a real point (a real lock held in a real transaction, or a real commit just made) while the
@@ -13,21 +13,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from jobs.db import Item, Job, SessionFactory, make_engine, make_session_factory
+from jobs.db import Item, Job, SessionFactory, make_engine, make_session_factory, utcnow
 from jobs.hooks import pause_at
-from jobs.lifecycle import claim_items
+from jobs.lifecycle import claim_items, expire_leases, undo_dispatch
 from jobs.lifecycle.common import ClaimedItem
 from jobs.outcome import ItemOutcome, Outcome
 from jobs.states import ItemStatus, JobStatus
+from jobs.submit.request import SubmitRequest
 from jobs.sweeper import SweepReport, sweep
 from model.fake import FakeEngine
 from storage import Blobs
-from tests.helpers import ListPublisher, make_resources, submit_captions
+from tests.helpers import ListPublisher, make_resources, submit_captions, write_images
+from workers.local import run_job_locally
 from workers.pipeline import process_batch, record_with_retry
 
 
@@ -208,3 +211,46 @@ def test_a_record_whose_commit_reply_was_lost_writes_once_and_finalises_the_job(
         (ItemStatus.succeeded, f"caption {r.id}") for r in rows
     ]
     assert _job_status(session_factory, job_id) == JobStatus.completed
+
+
+# --- 3: the one-process runner's sweep keeps to its own job ----------------------------------
+
+
+def test_a_local_run_leaves_other_jobs_dispatch_and_leases_alone(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariants I1 and I2: a queued item's dispatch stamp is the right to publish it, and the
+    sweeper that stamps it must send it. ``run``'s sweep publishes into its own in-memory queue,
+    which delivers only its own job's messages, so it must take no other job's items: it used
+    to stamp every open job's queued items of every model and send none of them, so their own
+    sweeper then waited ``LLAVA_BATCH_REDISPATCH_AFTER_SECONDS`` after every pass. Another
+    job's expired lease is its own sweeper's to take back, too."""
+    other_id, other_ids = submit_captions(
+        session_factory, blobs, tmp_path / "other", n=3, model="llava-hf/llava-1.5-7b-hf"
+    )
+    # One message of the other job did not go out (its publish failed): no stamp.
+    with session_factory() as session:
+        stamp = session.scalar(select(Item.dispatched_at).where(Item.id == other_ids[0]))
+    assert stamp is not None
+    undo_dispatch(session_factory, other_ids[:1], stamp=stamp)
+    # Another item of it was claimed by a worker whose lease has run out.
+    start = utcnow() - timedelta(minutes=5)
+    claim_items(session_factory, other_ids[2:], worker="gone", lease_seconds=60, now=start)
+    before = _dispatch_state(session_factory, other_id)
+
+    write_images(tmp_path / "mine", 3)
+    res = make_resources(session_factory, blobs, FakeEngine())
+    request = SubmitRequest.of("caption", [str(tmp_path / "mine")], "fake", batch_size=2)
+    mine = run_job_locally(request, res, max_prompt_chars=1000)
+
+    assert _job_status(session_factory, mine.job_id) == JobStatus.completed
+    assert _dispatch_state(session_factory, other_id) == before
+    assert [s for s, _, _ in before] == [ItemStatus.queued, ItemStatus.queued, ItemStatus.running]
+    # What the run left alone is there for the other job's own sweeper to repair.
+    assert expire_leases(session_factory, max_attempts=3).requeued == 1
+
+
+def _dispatch_state(
+    sf: SessionFactory, job_id: str
+) -> list[tuple[str, datetime | None, datetime | None]]:
+    return [(r.status, r.dispatched_at, r.lease_expires_at) for r in _items(sf, job_id)]
