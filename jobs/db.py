@@ -206,18 +206,26 @@ class ScheduleObject(Base):
 
 
 def make_engine(
-    url: str, *, lock_timeout_seconds: float = 10, idle_in_transaction_seconds: float = 60
+    url: str,
+    *,
+    lock_timeout_seconds: float = 10,
+    idle_in_transaction_seconds: float = 60,
+    sqlite_busy_seconds: float = 30,
 ) -> Engine:
     """An engine whose waits are bounded.
 
     PostgreSQL: a statement waits at most ``lock_timeout_seconds`` for a row lock (the error is
     retryable), and a session left idle inside a transaction (a paused or dead client) is ended
     after ``idle_in_transaction_seconds``, so it cannot hold locks that freeze other workers.
-    SQLite: writers wait for the database lock up to the same busy timeout.
+    SQLite: writers wait for the database lock up to ``sqlite_busy_seconds`` (its one writer at
+    a time makes every wait a wait for the whole database, so it is longer by default).
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        busy = sqlite_busy_seconds
+        engine = create_engine(url, connect_args={"timeout": busy})
+        event.listen(
+            engine, "connect", lambda conn, _record: _sqlite_pragmas(conn, busy_seconds=busy)
+        )
         return engine
     options = (
         f"-c lock_timeout={int(lock_timeout_seconds * 1000)} "
@@ -226,12 +234,12 @@ def make_engine(
     return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, *, busy_seconds: float) -> None:
     # WAL lets the CLI read while a worker writes; foreign keys are off by default in SQLite.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
     cursor.close()
 
 

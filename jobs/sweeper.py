@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,19 +52,27 @@ def sweep(
     batch_size: int,
     redispatch_after: timedelta = timedelta(seconds=120),
     now: datetime | None = None,
+    job_id: str | None = None,
 ) -> SweepReport:
+    """One pass over every job, or, given ``job_id``, over that job only: the one-process
+    runner's sweep, whose publisher delivers its own job's messages only. A pass over every
+    job there would stamp other jobs' queued items dispatched (the right to publish them) and
+    send nothing, so their own sweeper would wait ``redispatch_after`` before sending them."""
     now = now or utcnow()
-    expired = expire_leases(session_factory, max_attempts=max_attempts, now=now)
-    abandoned = abandon_submissions(session_factory, now=now)
-    cancelled = cancel_stranded(session_factory, now=now)
+    among = None if job_id is None else [job_id]
+    expired = expire_leases(session_factory, max_attempts=max_attempts, now=now, among=among)
+    abandoned = abandon_submissions(session_factory, now=now, among=among)
+    cancelled = cancel_stranded(session_factory, now=now, among=among)
     republished = republish_queued(
         session_factory,
         publisher,
         batch_size=batch_size,
         redispatch_after=redispatch_after,
         now=now,
+        among=among,
     )
-    finalised = finalise_jobs(session_factory, jobs_ready_to_finalise(session_factory), now=now)
+    ready = jobs_ready_to_finalise(session_factory, among=among)
+    finalised = finalise_jobs(session_factory, ready, now=now)
     report = SweepReport(
         requeued=expired.requeued,
         failed_worker_lost=expired.failed_worker_lost,
@@ -84,6 +93,7 @@ def republish_queued(
     batch_size: int,
     redispatch_after: timedelta,
     now: datetime,
+    among: Collection[str] | None = None,
 ) -> int:
     """Publishes queued items that have no message, or whose message is lost.
 
@@ -94,14 +104,14 @@ def republish_queued(
     cannot be asked, age alone decides. Duplicates are harmless: the claim lets one through.
     """
     sent = 0
-    for model in models_with_open_jobs(session_factory):
+    for model in models_with_open_jobs(session_factory, among=among):
         # Each model has its own broker queue, so "delivered" is told queue by queue.
         oldest_waiting = publisher.oldest_waiting(model)
         stale_before = now - redispatch_after
         if oldest_waiting is not None:
             stale_before = min(stale_before, oldest_waiting)
         taken = take_for_publishing(
-            session_factory, model=model, stale_before=stale_before, now=now
+            session_factory, model=model, stale_before=stale_before, now=now, among=among
         )
         reached("republish:taken")
         sent += _publish_taken(session_factory, publisher, taken, model, batch_size, now)

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews the lease every third of its length from a background thread.
+    """Renews the lease every third of its length from a background thread, on a timer: not
+    when a step of the batch ends, so one step longer than the whole lease (a generate call)
+    keeps it. The pipeline enters it before the claim, with the token the claim will stamp
+    (renewing nothing until then), so the claim's own retries are covered too.
 
     If the process is paused (SIGSTOP) or dies, renewal stops with it and the sweeper takes the
     items back; a renewal that fails (database down) is retried at the next beat.

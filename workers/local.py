@@ -39,8 +39,8 @@ OnBatch = Callable[[Sequence[str], BatchReport], None]
 
 
 class InProcessQueue:
-    """Batch messages in memory, for one job: batches of other jobs (a sweep re-publishes every
-    open job's queued items) are left alone, for their own run or worker."""
+    """Batch messages in memory, for one job: a batch of another job is never taken (the
+    runner's sweep takes only its own job's items for publishing), and would be dropped."""
 
     def __init__(self, job_id: str | None = None) -> None:
         self.job_id = job_id
@@ -127,6 +127,7 @@ def _work(
             max_attempts=res.settings.max_attempts,
             batch_size=res.settings.message_size,
             redispatch_after=timedelta(0),
+            job_id=job_id,  # its publisher delivers this job's messages only: take no other's
         )
         if queue.batches:
             continue

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
-from jobs.db import is_retryable
+from jobs.db import is_retryable, new_id
 from jobs.errors import ItemErrorCode
+from jobs.hooks import reached
 from jobs.kinds import decode_params, get_kind
 from jobs.lifecycle import (
     ClaimedItem,
@@ -69,27 +70,23 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
 
 
 def _process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
-    claimed = claim_with_retry(res, item_ids)
-    if not claimed:
-        log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
-        return BatchReport()
-    lease_token = claimed[0].lease_token  # one claim, one token for the batch
+    # The message's lease token is chosen before the claim, so a retried claim is the same
+    # claim (``claim_with_retry``), and the heartbeat runs from before the claim to the last
+    # write: a slow step anywhere in between (a claim waiting out a locked job row, reading,
+    # decoding, generating, a record or hand-back retried through a database blip) never lets
+    # the lease of a live batch run out (docs/design.md#I4).
+    lease_token = new_id()
     started = time.monotonic()
     with LeaseKeeper(res.session_factory, lease_token, res.settings.lease_seconds):
+        claimed = claim_with_retry(res, item_ids, lease_token)
+        if not claimed:
+            log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
+            return BatchReport()
         outcomes, handed_back = run_batch(claimed, res)
-        # Renewal goes on while writes are retried, so a database blip does not cost the lease.
+        # Writes are retried while the database is unreachable, up to the lease's length.
         deadline = time.monotonic() + res.settings.lease_seconds
         recorded = record_with_retry(res, outcomes, deadline=deadline)
-    released = (
-        release_items(
-            res.session_factory,
-            handed_back,
-            retry_base_seconds=res.settings.storage_retry_base_seconds,
-            retry_max_seconds=res.settings.storage_retry_max_seconds,
-        )
-        if handed_back
-        else 0
-    )
+        released = release_with_retry(res, handed_back, deadline=deadline) if handed_back else 0
     failures = sum(1 for o in outcomes if o.outcome.failed)
     report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
     log.info("batch done job=%s %s", claimed[0].job_id, report)
@@ -313,9 +310,17 @@ def _render_page(pages: DocumentPages, number: int) -> Any:
     return pages.render(number).image
 
 
-def claim_with_retry(res: WorkerResources, item_ids: Sequence[str]) -> list[ClaimedItem]:
+def claim_with_retry(
+    res: WorkerResources, item_ids: Sequence[str], lease_token: str | None = None
+) -> list[ClaimedItem]:
     """Claims, riding out a lock timeout or a database blip for a few seconds; past that the
-    message is dropped and the sweeper re-publishes its items by age."""
+    message is dropped and the sweeper re-publishes its items by age.
+
+    Every try claims under the same ``lease_token`` (a fresh one if not given), so a try that
+    failed after the claim had committed (starting the job hit a lock timeout, the COMMIT's
+    reply was lost) is not a lost claim: the next try finds the items it already holds.
+    """
+    token = lease_token or new_id()
     delay = 0.5
     for attempt in range(4):
         try:
@@ -325,10 +330,12 @@ def claim_with_retry(res: WorkerResources, item_ids: Sequence[str]) -> list[Clai
                 worker=res.worker_name,
                 lease_seconds=res.settings.lease_seconds,
                 serving=res.serving,
+                lease_token=token,
             )
         except DBAPIError as exc:
             if not is_retryable(exc):
                 raise
+            reached("claim:retrying")
             if attempt == 3:
                 log.error("claim failed, the sweeper will re-publish: %s", exc.orig)
                 return []
@@ -343,17 +350,42 @@ def record_with_retry(
 ) -> int:
     """Records under the lease, retrying while the database is unreachable.
 
-    Past the lease deadline another worker may own the items; the sweeper re-queues them.
+    Past the lease deadline another worker may own the items; the sweeper re-queues them. A
+    retry after a write that did commit (its reply lost) writes nothing more: every row is
+    fenced by its lease token and ``running``; it still finalises the batch's jobs.
     """
+    return _with_retry(
+        "results", lambda: record_results(res.session_factory, outcomes), deadline=deadline
+    )
+
+
+def release_with_retry(
+    res: WorkerResources, handed_back: Sequence[ClaimedItem], *, deadline: float
+) -> int:
+    """Hands items back after a transient storage error, retried like the record (fenced the
+    same way, so a retry after a committed hand-back counts nothing twice)."""
+    return _with_retry(
+        "hand-back",
+        lambda: release_items(
+            res.session_factory,
+            handed_back,
+            retry_base_seconds=res.settings.storage_retry_base_seconds,
+            retry_max_seconds=res.settings.storage_retry_max_seconds,
+        ),
+        deadline=deadline,
+    )
+
+
+def _with_retry(what: str, write: Callable[[], int], *, deadline: float) -> int:
     delay = 0.5
     while True:
         try:
-            return record_results(res.session_factory, outcomes)
+            return write()
         except DBAPIError as exc:
             if not is_retryable(exc):
                 raise
             if time.monotonic() + delay > deadline:
-                log.error("database unreachable until lease end; results dropped: %s", exc)
+                log.error("database unreachable until lease end; %s dropped: %s", what, exc)
                 return 0
             log.warning("database unreachable, retrying in %.1fs: %s", delay, exc.orig)
             time.sleep(delay)

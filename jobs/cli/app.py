@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from jobs.cli import views
 from jobs.cli.commands import Commands
-from jobs.cli.context import open_context
+from jobs.cli.context import Context, open_context
 from jobs.cli.fleet import with_waiting
 from jobs.cli.options import Json
 from jobs.cli.schedules import build_schedule_app
@@ -208,7 +208,7 @@ def sweep_command(
 
     from jobs.maintenance import run_maintenance
 
-    ctx = open_context()
+    ctx = _open_waiting(once)
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     interval = float(ctx.settings.sweep_interval_seconds)
     backoff = 1.0
@@ -233,3 +233,26 @@ def sweep_command(
         if once:
             return
         time.sleep(interval)
+
+
+def _open_waiting(once: bool) -> Context:
+    """The sweeper's context, waiting (with backoff, a line each try) while the database is
+    unreachable: a sweeper started before its database (a container that comes up first, a
+    database restarted with the fleet) must not exit, since nothing else repairs what it does,
+    and once running it rides outages out the same way. ``--once`` fails fast (exit 5): a single
+    pass from cron or a script should report the outage, not hang."""
+    import time
+
+    backoff = 1.0
+    while True:
+        try:
+            return open_context()
+        except DBAPIError as exc:
+            if once or not is_retryable(exc):
+                raise
+            views.err.print(
+                f"sweep: the database is unreachable ({views.first_line(exc.orig)}); "
+                f"retrying in {backoff:.0f}s"
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)

@@ -26,8 +26,9 @@ ModelName = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="The model to run on (default: LLAVA_BATCH_MODEL, or the model an OpenAI-Batch "
-        "file names); only workers serving it take the job.",
+        help="The job's model (default: LLAVA_BATCH_MODEL; submit batch: the one the file "
+        "names). submit: only workers serving it take the job. run: the model this process "
+        "loads; a file's model name never is.",
     ),
 ]
 

@@ -22,7 +22,8 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 |            |                                        | cancelling), no queued/running item      |
 
 Invariants kept here (docs/design.md#I3 and so on):
-- I3: a claim moves only queued items of an open job, under a fresh lease token;
+- I3: a claim moves only queued items of an open job, under the message's lease token (a
+  retry of the claim uses it again and finds what the earlier try holds);
 - I4: results are written only under the writer's own token (fenced);
 - I5: every item ends in exactly one terminal state with at most one result; an item returned
   from a closing job ends ``cancelled``, so a cancelled job always finalises;

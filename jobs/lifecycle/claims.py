@@ -44,9 +44,10 @@ def claim_items(
     worker: str,
     lease_seconds: int,
     serving: Serving | None = None,
+    lease_token: str | None = None,
     now: datetime | None = None,
 ) -> list[ClaimedItem]:
-    """Moves still-queued items to running under one fresh lease token and returns them.
+    """Moves still-queued items to running under one lease token and returns them.
 
     A duplicated or redelivered message finds nothing queued and gets an empty list. Rows that a
     producer, a sweeper or another claim holds locked are waited for (bounded by the lock
@@ -54,9 +55,16 @@ def claim_items(
     With ``serving`` only items of jobs for that model are claimed (a message that reached the
     wrong queue claims nothing; the sweeper re-publishes to the right one), and each claimed item
     records the model, revision and quantisation that will produce it.
+
+    ``lease_token``: the message's own token (a fresh one if not given). A retry passes the same
+    one, and so is idempotent: the claim commits, then starting the job runs in a second
+    transaction, and when that fails (a lock timeout while a cancel holds the job row, a dropped
+    connection) or the claim's COMMIT reply is lost, the retry returns the items the first try
+    already holds under this token, instead of claiming nothing under a new one while they sit
+    ``running`` until their lease runs out (docs/design.md#I3).
     """
     now = now or utcnow()
-    token = new_id()
+    token = lease_token or new_id()
     params: dict[str, Any] = {
         "c_ids": list(item_ids),
         "c_now": now,
@@ -75,6 +83,7 @@ def claim_items(
         claim, claimed_rows = _claim_statements(is_postgres(session), routed=serving is not None)
         session.execute(claim, params)
         rows = session.execute(claimed_rows, {"c_token": token}).all()
+    reached("claim:committed")  # the items are ours; the job is not started yet
     claimed = [
         ClaimedItem(
             id=row.id,
@@ -91,8 +100,10 @@ def claim_items(
         )
         for row in rows
     ]
+    # The first claim of a job starts it; later claims need no write. A retry under the same
+    # token reads the job's status again, so it starts a job the first try did not.
     queued_jobs = {row.job_id for row in rows if row.job_status == JobStatus.queued}
-    if queued_jobs:  # the first claim of a job starts it; later claims need no write
+    if queued_jobs:
         _start_jobs(session_factory, queued_jobs, now=now)
     return claimed
 

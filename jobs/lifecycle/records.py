@@ -62,12 +62,19 @@ def record_results(
             raise
         log.warning("a result could not be stored; writing the batch row by row: %s", exc)
         job_ids = [_write_alone(session_factory, outcome, now) for outcome in outcomes]
-    written = {job_id for job_id in job_ids if job_id is not None}
+    reached("record:committed")  # committed: a test loses the COMMIT's reply here
+    touched = {job_id for job_id in job_ids if job_id is not None}
+    refused = [o.item_id for o, job_id in zip(outcomes, job_ids, strict=True) if job_id is None]
     try:
+        if refused:
+            # A row whose lease is gone: taken over, or written already by this batch's earlier
+            # try whose COMMIT reply was lost (the caller retries). Its job is probed too, so
+            # the retry finalises what the first try finished; the probe is safe beside anyone.
+            touched |= _jobs_of(session_factory, refused)
         # A read first: while a job has work left (nearly always) no write and no second
         # commit. Run after our commit, so of two batches finishing a job at once, the later
         # one's probe sees both.
-        done = jobs_ready_to_finalise(session_factory, among=written) if written else []
+        done = jobs_ready_to_finalise(session_factory, among=touched) if touched else []
         finalise_jobs(session_factory, done, now=now)
     except DBAPIError as exc:  # the sweeper finalises it on its next pass
         log.warning("finalising after a record failed (the sweeper will): %s", exc.orig)
@@ -112,6 +119,11 @@ _RECORD = _RECORD_MANY.returning(Item.__table__.c.job_id)
 _JOBS_OF_ITEMS = select(Item.__table__.c.id, Item.__table__.c.job_id).where(
     Item.__table__.c.id.in_(bindparam("ids", expanding=True))
 )
+
+
+def _jobs_of(session_factory: SessionFactory, item_ids: Sequence[str]) -> set[str]:
+    with session_factory() as session:
+        return {str(row.job_id) for row in session.execute(_JOBS_OF_ITEMS, {"ids": item_ids})}
 
 
 def _write_all(

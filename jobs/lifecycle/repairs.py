@@ -4,7 +4,7 @@ cancelled, and the right to publish items that have no message."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,10 +45,15 @@ class Expired:
 
 
 def expire_leases(
-    session_factory: SessionFactory, *, max_attempts: int, now: datetime | None = None
+    session_factory: SessionFactory,
+    *,
+    max_attempts: int,
+    now: datetime | None = None,
+    among: Collection[str] | None = None,
 ) -> Expired:
     """Takes back items whose lease ran out: re-queued, or ``worker_lost`` once the attempts
-    are used up, or ``cancelled`` when their job is being cancelled."""
+    are used up, or ``cancelled`` when their job is being cancelled. ``among``: only the items
+    of these jobs (the one-process runner's own)."""
     now = now or utcnow()
     closing = job_of_item_is(*CLOSING_JOB_STATES)
     gave_up = Item.attempts >= max_attempts
@@ -62,6 +67,8 @@ def expire_leases(
         expired = select(inner.id).where(
             inner.status == ItemStatus.running, inner.lease_expires_at < now
         )
+        if among is not None:
+            expired = expired.where(inner.job_id.in_(sorted(among)))
         if is_postgres(session):
             # A row locked by a live writer is its own business; the next pass looks again.
             expired = expired.with_for_update(skip_locked=True)
@@ -108,8 +115,14 @@ def expire_leases(
     )
 
 
-def cancel_stranded(session_factory: SessionFactory, *, now: datetime | None = None) -> int:
-    """Cancels queued items of closing jobs (a repair: normally cancel and hand-back do it)."""
+def cancel_stranded(
+    session_factory: SessionFactory,
+    *,
+    now: datetime | None = None,
+    among: Collection[str] | None = None,
+) -> int:
+    """Cancels queued items of closing jobs (a repair: normally cancel and hand-back do it).
+    ``among``: only the items of these jobs."""
     now = now or utcnow()
     with session_factory.begin() as session:
         inner = aliased(Item)
@@ -119,6 +132,8 @@ def cancel_stranded(session_factory: SessionFactory, *, now: datetime | None = N
             .where(Job.id == inner.job_id, Job.status.in_(CLOSING_JOB_STATES))
             .exists(),
         )
+        if among is not None:
+            stranded = stranded.where(inner.job_id.in_(sorted(among)))
         if is_postgres(session):
             stranded = stranded.with_for_update(skip_locked=True)
         rows = session.execute(
@@ -140,12 +155,16 @@ class ToPublish:
     seq: int
 
 
-def models_with_open_jobs(session_factory: SessionFactory) -> list[str]:
-    """The models of the jobs that may still have items to publish (one broker queue each)."""
+def models_with_open_jobs(
+    session_factory: SessionFactory, *, among: Collection[str] | None = None
+) -> list[str]:
+    """The models of the jobs that may still have items to publish (one broker queue each);
+    ``among``: of these jobs only."""
+    query = select(Job.model).where(Job.status.in_(OPEN_JOB_STATES))
+    if among is not None:
+        query = query.where(Job.id.in_(sorted(among)))
     with session_factory() as session:
-        return sorted(
-            session.scalars(select(Job.model).where(Job.status.in_(OPEN_JOB_STATES)).distinct())
-        )
+        return sorted(session.scalars(query.distinct()))
 
 
 def take_for_publishing(
@@ -155,11 +174,14 @@ def take_for_publishing(
     stale_before: datetime,
     now: datetime,
     limit: int = 10_000,
+    among: Collection[str] | None = None,
 ) -> list[ToPublish]:
     """Stamps ``dispatched_at = now`` on ``model``'s queued items that have no message (never
     sent, handed back, re-queued) or whose message is presumed lost (dispatched before
     ``stale_before``), and returns them. The stamp is the right to publish: two sweepers never
-    send the same items."""
+    send the same items, and a sweeper that stamps an item must publish it. ``among``: only the
+    items of these jobs (the one-process runner publishes its own job's only, so it takes no
+    other)."""
     unsent = or_(Item.dispatched_at.is_(None), Item.dispatched_at < stale_before)
     with session_factory.begin() as session:
         inner = aliased(Item)
@@ -179,6 +201,8 @@ def take_for_publishing(
             )
             .limit(limit)
         )
+        if among is not None:
+            candidates = candidates.where(inner.job_id.in_(sorted(among)))
         if is_postgres(session):
             candidates = candidates.with_for_update(skip_locked=True)
         rows = session.execute(

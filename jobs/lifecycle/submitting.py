@@ -9,6 +9,7 @@ rows are not all written yet, so the job is not finalised meanwhile (``is_fully_
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, select, update
@@ -50,10 +51,15 @@ def continue_submission(session: Session, job_id: str, *, lease_until: datetime 
 
 
 def abandon_submissions(
-    session_factory: SessionFactory, *, now: datetime | None = None, job_id: str | None = None
+    session_factory: SessionFactory,
+    *,
+    now: datetime | None = None,
+    job_id: str | None = None,
+    among: Collection[str] | None = None,
 ) -> list[str]:
     """Cancels open jobs whose submission stopped: their submit lease ran out (the producer
     died between chunks) or, given ``job_id``, that job if its producer gives up (interrupted).
+    ``among``: only these jobs are looked at (the one-process runner's own).
 
     A cancel like the user's: queued items end cancelled, running ones finish, the job ends
     ``cancelled``. Its lease stays set: the job holds only part of what was submitted.
@@ -64,6 +70,8 @@ def abandon_submissions(
     if job_id is None:
         stalled = Job.submit_lease_expires_at < now
         query = query.where(stalled)
+        if among is not None:
+            query = query.where(Job.id.in_(sorted(among)))
     else:
         query = query.where(Job.id == job_id)
     with session_factory() as session:

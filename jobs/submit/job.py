@@ -235,13 +235,23 @@ def write_job(
 
 def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
     """The request, its model the one its inputs name (an OpenAI-Batch file's), if any and
-    unless the user chose one."""
+    unless the user chose one. A request that runs here (``run``) keeps the model this process
+    serves: inputs naming another are refused, before anything is written or loaded."""
     if request.model_chosen:
         return request
     if len(named) > 1:
         raise RequestError(
             f"The inputs name {len(named)} models ({', '.join(sorted(named))}); a job has one.",
             code="model_mismatch",
+        )
+    if request.runs_here and named and named != {request.model}:
+        (name,) = named
+        raise RequestError(
+            f"The requests name the model {name!r} and this run serves {request.model!r} "
+            "(LLAVA_BATCH_MODEL); a file never chooses the model that is loaded. Run them on "
+            f"{request.model!r} with --model {request.model}, or load {name!r} with "
+            f"--model {name}.",
+            code="model_not_served",
         )
     return replace(request, model=named.pop()) if named else request
 

@@ -45,6 +45,10 @@ class SubmitRequest:
     input_format: BatchFormat | None = None
     # The user named the model (--model): it serves every input, whatever a file's lines name.
     model_chosen: bool = False
+    # ``run``: this process loads ``model`` (--model, else LLAVA_BATCH_MODEL) and runs the job
+    # on it. A file's model name is then only a label, and one that names another model is
+    # refused (``model_not_served``): an input file never chooses a model to load or download.
+    runs_here: bool = False
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``

@@ -125,16 +125,26 @@ def run_group(
             "--resume",
             metavar="JOB",
             help="Finish a job an interrupted run left (a finished item never runs again); "
-            "writes the job's whole output. Takes --format, -o, --errors and --json here.",
+            "writes the job's whole output. Takes --format, -o, --errors, --json and --model here.",
         ),
     ] = None,
     fmt: RunFmt = None,
     output: Output = None,
     errors: Errors = None,
     json_out: Json = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="--resume: the model to load (default: LLAVA_BATCH_MODEL); it must be the "
+            "job's. A job never chooses the model that is loaded.",
+        ),
+    ] = None,
 ) -> None:
     """Run a job in this process (no broker, no separate worker), or resume one."""
-    given = fmt is not None or output is not None or errors is not None or json_out
+    given = (
+        fmt is not None or output is not None or errors is not None or json_out or model is not None
+    )
     if command.invoked_subcommand is not None:
         if resume is not None:
             raise RequestError(
@@ -143,8 +153,8 @@ def run_group(
             )
         if given:
             raise RequestError(
-                "output options go after the command: llava-batch run caption SOURCE… "
-                "--format jsonl -o FILE.",
+                "options go after the command: llava-batch run caption SOURCE… "
+                "--format jsonl -o FILE --model MODEL.",
                 code="invalid_option",
             )
         return
@@ -157,7 +167,11 @@ def run_group(
     from workers.cli.run import choose_format, resume_job
 
     ctx = open_context()
-    resume_job(ctx, resume, fmt=choose_format(fmt, json_out), output=output, errors=errors)
+    if model is not None and not model.strip():
+        raise RequestError("--model must not be empty.", code="invalid_option")
+    resume_job(
+        ctx, resume, fmt=choose_format(fmt, json_out), output=output, errors=errors, model=model
+    )
 
 
 def worker(

@@ -6,6 +6,10 @@ bad source never costs a model load. Then batches are worked through here (``wor
 while results stream to stdout or ``-o FILE`` in submission order (``jobs.cli.run_output``) and the
 progress shows on stderr (``jobs.cli.progress``).
 
+The model loaded is the one the user chose: --model, else LLAVA_BATCH_MODEL. An input file's
+model name is a label: a file (or, on ``--resume``, a job) that names another model is refused
+(``model_not_served``) rather than loaded or downloaded.
+
 Ctrl-C or SIGTERM: the batch in flight finishes and is recorded, the rest stays queued, and the
 CLI prints how to resume; a second one stops at once, handing back what the run holds. Either
 way the exit status is 130 and no item is left ``running``. ``run --resume JOB`` works through
@@ -14,8 +18,10 @@ what is left (a finished item is never run again) and writes the job's whole out
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -59,14 +65,19 @@ def run_request(
     """Submits ``request`` and runs it here; exits with the job's status (130: interrupted)."""
     from jobs.submit.request import check_request
 
+    # This process loads the request's model (--model, else LLAVA_BATCH_MODEL) and nothing
+    # else: a file whose requests name another model is refused at submit (model_not_served),
+    # before anything is written, rather than loading or downloading what the file names.
+    request = replace(request, runs_here=True)
     check_request(request, ctx.settings.max_prompt_chars)
     check_run_output(fmt, output, errors)
-    res = build_resources(ctx.settings)
+    res = _resources_for(ctx, request.model)
     queue, submitted = submit_locally(request, res, max_prompt_chars=ctx.settings.max_prompt_chars)
     views.err.print(f"job {submitted.job_id}: {submitted.item_count} item(s)")
-    _, kind, model = _job_facts(ctx, submitted.job_id)  # an OpenAI file names the job's model
+    _, kind, model = _job_facts(ctx, submitted.job_id)
+    _check_served(ctx, submitted.job_id, model, served=request.model, chosen=True)
     out = RunOutput(fmt, kind=get_kind(kind), model=model, output=output, errors=errors)
-    _work_here(ctx, _serving(ctx, res, model), submitted.job_id, queue, out)
+    _work_here(ctx, res, submitted.job_id, queue, out)
 
 
 def resume_job(
@@ -76,13 +87,21 @@ def resume_job(
     fmt: RunFormat,
     output: str | None = None,
     errors: str | None = None,
+    model: str | None = None,
 ) -> NoReturn:
-    """Works through what an interrupted run left of a job; writes the job's whole output."""
+    """Works through what an interrupted run left of a job; writes the job's whole output.
+
+    It runs on ``model`` (--model), else LLAVA_BATCH_MODEL, and only if that is the job's
+    model: the model a job names (a file's, through ``submit batch``) is never loaded because
+    the job names it."""
     with ctx.session_factory() as session:
         job = find_job(session, job_ref)
-        job_id, kind_name, model, status = job.id, job.kind, job.model, job.status
+        job_id, kind_name, job_model, status = job.id, job.kind, job.model, job.status
     check_run_output(fmt, output, errors)
-    out = RunOutput(fmt, kind=get_kind(kind_name), model=model, output=output, errors=errors)
+    if status in OPEN_JOB_STATES:
+        served = model or ctx.settings.model
+        _check_served(ctx, job_id, job_model, served=served, chosen=model is not None)
+    out = RunOutput(fmt, kind=get_kind(kind_name), model=job_model, output=output, errors=errors)
     if status not in OPEN_JOB_STATES:  # nothing left to run: its output, and no model
         views.err.print(f"job {job_id} is {status}: nothing left to run")
         try:
@@ -90,13 +109,29 @@ def resume_job(
         finally:
             out.close()
         _finish(ctx, job_id, out)
-    _work_here(ctx, _resources_for(ctx, model), job_id, InProcessQueue(job_id), out)
+    _work_here(ctx, _resources_for(ctx, job_model), job_id, InProcessQueue(job_id), out)
 
 
-def _serving(ctx: Context, res: WorkerResources, model: str) -> WorkerResources:
-    """Resources that serve ``model``: a job runs on the model it names (an OpenAI file's, or
-    --model), never on another one labelled with its name."""
-    return res if res.model == model else _resources_for(ctx, model)
+def _check_served(ctx: Context, job_id: str, job_model: str, *, served: str, chosen: bool) -> None:
+    """A job runs only on its own model (docs/design.md#I10), and this process loads only the
+    model the user chose (--model) or configured (LLAVA_BATCH_MODEL): never one because a job
+    or its file names it."""
+    if job_model == served:
+        return
+    source = "--model" if chosen else "LLAVA_BATCH_MODEL"
+    raise RequestError(
+        f"job {job_id} is for the model {job_model!r} and this run serves {served!r} "
+        f"({source}); a job never chooses the model that is loaded. To load {job_model!r}: "
+        f"{_resume_command(ctx, job_id, job_model)}",
+        code="model_not_served",
+    )
+
+
+def _resume_command(ctx: Context, job_id: str, model: str) -> str:
+    """The command that resumes the job: with --model unless LLAVA_BATCH_MODEL is its model
+    (a resume loads only what the command or the setting names)."""
+    given = "" if model == ctx.settings.model else f" --model {shlex.quote(model)}"
+    return f"llava-batch run --resume {job_id}{given}"
 
 
 def _resources_for(ctx: Context, model: str) -> WorkerResources:
@@ -137,16 +172,15 @@ def _work_here(
     except KeyboardInterrupt:
         finished = False
     except Exception:  # the model cannot load, the engine died: the job waits, resumable
-        views.err.print(
-            f"job {job_id} is saved: llava-batch run --resume {job_id} continues it", markup=False
-        )
+        resume = _resume_command(ctx, job_id, res.model or ctx.settings.model)
+        views.err.print(f"job {job_id} is saved: {resume} continues it", markup=False)
         raise
     if not finished:
         # Stopping already: a late repeat of the signal must not turn the orderly exit (the
         # counts, the resume hint, status 130) into a crash half-way through it.
         for sig in Interrupts.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        _interrupted(ctx, job_id)
+        _interrupted(ctx, job_id, res.model or ctx.settings.model)
     _finish(ctx, job_id, out)
 
 
@@ -180,7 +214,7 @@ def _finish(ctx: Context, job_id: str, out: RunOutput) -> NoReturn:
     raise typer.Exit(views.exit_code_for(ctx, job_id))
 
 
-def _interrupted(ctx: Context, job_id: str) -> NoReturn:
+def _interrupted(ctx: Context, job_id: str, model: str) -> NoReturn:
     with ctx.session_factory() as session:
         counts = count_items(session, job_id)
     left = counts.get(ItemStatus.queued, 0) + counts.get(ItemStatus.running, 0)
@@ -190,7 +224,7 @@ def _interrupted(ctx: Context, job_id: str) -> NoReturn:
         f"{job_id}) and {left} left to run",
         markup=False,
     )
-    views.err.print(f"resume with: llava-batch run --resume {job_id}", markup=False)
+    views.err.print(f"resume with: {_resume_command(ctx, job_id, model)}", markup=False)
     if slots_in_flight():  # stopped at once: a batch still generates, its items handed back
         fail(KeyboardInterrupt(), now=True)
     raise typer.Exit(ExitCode.interrupted)

@@ -64,10 +64,8 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
         )
         + "\n"
     )
-    # The lines name acme/llava, which this machine cannot load: a job never runs on another
-    # model under that label. --model serves the file, unchanged, on the model chosen.
-    refused = run_cli("run", "batch", str(batch), "--json", timeout=300)
-    assert refused.returncode == 7 and "cannot load model 'acme/llava'" in refused.stderr
+    # The lines name acme/llava: a label, never what this run loads (see the test below).
+    # --model serves the file, unchanged, on the model chosen.
     run = run_cli("run", "batch", str(batch), "--model", "tiny-llava", "--json", timeout=300)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -79,9 +77,8 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
     assert by_id["web-3"]["status"] == "failed"
     assert by_id["web-3"]["error_code"] == "input_scheme_not_allowed"
 
-    served, refused_job = json.loads(run_cli("jobs", "--json").stdout)  # newest first
-    assert (served["model"], refused_job["model"]) == ("tiny-llava", "acme/llava")
-    job = served
+    (job,) = json.loads(run_cli("jobs", "--json").stdout)
+    assert job["model"] == "tiny-llava"
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
     written = run_cli(
         "results", job["job_id"], "--format", "openai", "-o", str(out), "--errors", str(errors)
@@ -93,6 +90,58 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
     assert failed["custom_id"] == "web-3" and failed["response"] is None
     assert failed["error"]["code"] == "input_scheme_not_allowed"
     assert "never fetched" in failed["error"]["message"]
+
+
+@pytest.mark.parametrize("named", ["hub", "folder"])
+def test_run_batch_never_loads_the_model_a_file_names(
+    run_cli: RunCli, tmp_path: Path, named: str
+) -> None:
+    """An input file never chooses a download: its lines' ``body.model`` (a hub repository or a
+    local folder) is a label, and only --model or LLAVA_BATCH_MODEL choose what loads. A file
+    naming another model is refused before anything is written or loaded, with the commands
+    that would run it; it used to be loaded (retrying the hub for minutes offline), and the job
+    was left behind when it could not be."""
+    write_images(tmp_path / "photos", 1)
+    model = "acme/llava" if named == "hub" else str(tmp_path / "weights")
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text(_line("a", "photos/img000.png", model=model) + "\n")
+
+    refused = run_cli("run", "batch", str(batch), "--json", timeout=300)
+
+    assert_one_line_error(
+        refused, 2, "[model_not_served]", "--model tiny-llava", f"--model {model}"
+    )
+    assert "loading model" not in refused.stderr
+    home = tmp_path / "home"
+    assert _rows(home, "jobs") == 0 and _rows(home, "items") == 0 and _blobs(home) == []
+
+
+def test_resume_never_loads_the_model_a_submitted_file_names(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """``submit batch`` makes the file's model the job's (its queue, for the workers serving
+    it); ``run --resume`` of that job loads LLAVA_BATCH_MODEL or --model only, and refuses a job
+    for another model, naming the command that would load it, instead of loading the model the
+    job names."""
+    write_images(tmp_path / "photos", 1)
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text(_line("a", "photos/img000.png") + "\n")
+    submitted = run_cli("submit", "batch", str(batch), "--json", timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+
+    for extra in ([], ["--model", "tiny-llava"]):
+        resumed = run_cli("run", "--resume", job_id, "--json", *extra, timeout=300)
+        assert_one_line_error(
+            resumed,
+            2,
+            "[model_not_served]",
+            f"llava-batch run --resume {job_id} --model acme/llava",
+        )
+        assert "loading model" not in resumed.stderr
+
+    status = json.loads(run_cli("status", job_id, "--json").stdout)
+    assert status["model"] == "acme/llava" and status["counts"]["queued"] == 1
 
 
 @pytest.mark.parametrize(

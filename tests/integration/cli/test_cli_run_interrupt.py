@@ -181,3 +181,26 @@ def test_resume_refusals(run_cli: RunCli) -> None:
     assert with_command.returncode == 2 and "[invalid_option]" in with_command.stderr
     bare_option = run_cli("run", "--json")
     assert bare_option.returncode == 2 and "[usage_error]" in bare_option.stderr
+
+
+def test_a_job_on_a_model_chosen_with_model_resumes_only_with_that_model(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Only --model or LLAVA_BATCH_MODEL choose what a run loads, on --resume too: the hint an
+    unfinished run prints carries the --model its job needs, and a resume without it is refused
+    (``model_not_served``) instead of loading the model the job names."""
+    write_images(tmp_path / "imgs", 2)
+    # A model this machine cannot load (offline): the job is saved, resumable.
+    first = run_cli("run", "caption", str(tmp_path / "imgs"), "--model", "acme/llava")
+    assert first.returncode == 7 and "cannot load model 'acme/llava'" in first.stderr
+    job_id = _job_id_from_hint(first.stderr)
+    assert f"llava-batch run --resume {job_id} --model acme/llava continues it" in first.stderr
+
+    refused = run_cli("run", "--resume", job_id)
+    assert refused.returncode == 2 and "[model_not_served]" in refused.stderr, refused.stderr
+    assert "loading model" not in refused.stderr
+
+    chosen = run_cli("run", "--resume", job_id, "--model", "acme/llava")
+    assert chosen.returncode == 7 and "cannot load model 'acme/llava'" in chosen.stderr
+    with_command = run_cli("run", "--model", "tiny-llava", "caption", str(tmp_path / "imgs"))
+    assert with_command.returncode == 2 and "[invalid_option]" in with_command.stderr

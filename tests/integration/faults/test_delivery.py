@@ -109,3 +109,45 @@ def test_standalone_sweeper_rides_out_a_database_outage(
     finally:
         sweeper.terminate()
         sweeper.wait(10)
+
+
+def test_standalone_sweeper_started_while_the_database_is_down_waits_for_it(
+    fault_env: dict[str, str], db: Engine, db_proxy: DbProxy, tmp_path: Path
+) -> None:
+    """Invariant I1 (docs/design.md#I1) needs a sweeper, so the sweeper must outlive what it
+    repairs from its first second: started while PostgreSQL is unreachable (a container that
+    comes up before its database), ``llava-batch sweep`` waits with backoff, saying so, and
+    sweeps once the database answers. It used to exit 5 at once. ``--once`` still fails fast:
+    a single pass from cron should report the outage, not hang."""
+    proxy = db_proxy.proxy
+    env = {**fault_env, "LLAVA_BATCH_DATABASE_URL": db_proxy.url}
+    proxy.cut()
+    once = run_cli(env, "sweep", "--once", check=False, timeout=60)
+    assert once.returncode == 5, once.stderr
+
+    heartbeat, log_path = tmp_path / "sweeper-heartbeat", tmp_path / "sweep.log"
+    with log_path.open("wb") as log:
+        sweeper = subprocess.Popen(
+            [CLI, "sweep", "--heartbeat-file", str(heartbeat)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(
+            lambda: "database is unreachable" in log_path.read_text(errors="replace"),
+            30,
+            "the outage to be noticed",
+            log_path.read_text,
+        )
+        time.sleep(3)
+        assert sweeper.poll() is None, log_path.read_text()
+        assert not heartbeat.exists()
+        proxy.restore()
+        wait_for(heartbeat.exists, 60, "a pass once the database answers", log_path.read_text)
+        assert sweeper.poll() is None
+        assert "sweep: SweepReport" in log_path.read_text(errors="replace")
+    finally:
+        sweeper.terminate()
+        sweeper.wait(10)
