@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import RequestError
-from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
+from jobs.limits import (
+    DEFAULT_MAX_INPUT_BYTES,
+    MAX_CUSTOM_ID_CHARS,
+    MAX_LINE_NESTING,
+    MAX_MANIFEST_NESTING,
+    check_text,
+    is_utf8,
+    printable,
+)
 from jobs.submit.openai_reader import (
     BatchFormat,
     decode_data_uri,
@@ -25,6 +33,7 @@ from jobs.submit.openai_reader import (
     looks_like_openai,
     parse_openai_line,
 )
+from model.nesting import NestingError, loads_bounded
 from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri, uri_scheme
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -377,6 +386,12 @@ def _manifest_target(manifest: Path, given: str, where: str, walk: _Walk) -> str
             "other in a loop.",
             code="manifest_invalid",
         )
+    if path.suffix.lower() == ".jsonl" and len(walk.manifests) >= MAX_MANIFEST_NESTING:
+        raise RequestError(
+            f"{where}: {given} is one manifest too many: a manifest may name a manifest "
+            f"(naming a manifest…) at most {MAX_MANIFEST_NESTING} deep.",
+            code="manifest_invalid",
+        )
     return str(path)
 
 
@@ -385,7 +400,11 @@ def _parse_manifest_line(
 ) -> tuple[str, str | None, str | None, dict[str, Any]]:
     """Returns (input, prompt, custom id, the other fields) of one manifest line."""
     try:
-        entry = json.loads(line)
+        entry = loads_bounded(line, MAX_LINE_NESTING)
+    except NestingError as exc:
+        raise RequestError(
+            f"{where}: the line is not supported: {exc}.", code="manifest_invalid"
+        ) from None
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"{where}: not valid JSON ({exc.msg}).", code="manifest_invalid"
