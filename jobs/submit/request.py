@@ -15,6 +15,7 @@ from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_MODEL_CHARS,
     MAX_NAME_CHARS,
     check_option,
     check_text,
@@ -123,6 +124,14 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     check_option("--batch-size", request.params.batch_size, "message_size")
     if request.params.max_new_tokens is not None:  # None: the worker's setting applies
         check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
+    # The model is stored in jobs.model and names a queue: PostgreSQL would refuse a longer one
+    # (or undecodable bytes from argv) only after the inputs were stored.
+    check_text(
+        request.model,
+        what="--model" if request.model_chosen else "The model (LLAVA_BATCH_MODEL)",
+        code="invalid_option",
+        max_chars=MAX_MODEL_CHARS,
+    )
     if request.name is not None:
         check_text(request.name, what="--name", code="invalid_name", max_chars=MAX_NAME_CHARS)
     if request.idempotency_key is not None:
