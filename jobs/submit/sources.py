@@ -40,6 +40,47 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 DOCUMENT_EXTENSIONS = IMAGE_EXTENSIONS | {".pdf"}
 
 
+@dataclass(frozen=True, slots=True)
+class InlineImage:
+    """Where a ``data:`` image of an OpenAI-Batch file is: its line, by byte offset.
+
+    Checking a file decodes each inline image once (to refuse a bad one, and to learn its size
+    and digest) and lets it go; storing it reads its line again. So neither pass holds more
+    than the lines in hand, however many images the file inlines (a 2.5 GB file was once held
+    whole while it was checked)."""
+
+    file: Path
+    offset: int  # where its line starts, in bytes
+    line_bytes: int  # the line's length: what reading it again holds, with the image
+    where: str
+    sha256: str
+    max_bytes: int
+
+    def read(self) -> bytes:
+        """The image's bytes, read again from its line; ``source_changed`` if they are not
+        the bytes that were checked."""
+        try:
+            with self.file.open("rb") as f:
+                f.seek(self.offset)
+                line = f.readline(self.line_bytes).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RequestError(
+                f"{self.where}: cannot be read again ({exc}).", code="source_unreadable"
+            ) from exc
+        changed = RequestError(
+            f"{self.where}: the file changed while it was being submitted; submit it again.",
+            code="source_changed",
+        )
+        try:
+            url = parse_openai_line(line, self.where).image_url
+            data, _, _ = decode_data_uri(url, self.where, self.max_bytes)
+        except RequestError:
+            raise changed from None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise changed
+        return data
+
+
 @dataclass(frozen=True, slots=True)  # slots: a prefix of 100,000 objects is kept in memory
 class InputSpec:
     source: str  # exactly as the user gave it (or as found under a directory they gave)
@@ -53,9 +94,10 @@ class InputSpec:
     # where the line is, for its error messages.
     extra: Mapping[str, Any] = field(default_factory=dict)
     where: str | None = None
-    # An input given inline (an OpenAI line's data: URI): stored content-addressed at submit.
-    content: bytes | None = None
-    suffix: str = ""  # of the stored blob, for ``content``
+    # An input given inline (an OpenAI line's data: URI): checked when its line is read, then
+    # read again from the file when it is stored, content-addressed; never held meanwhile.
+    inline: InlineImage | None = None
+    suffix: str = ""  # of the stored blob, for ``inline``
     model: str | None = None  # the model an OpenAI-Batch line names
     # (code, message): an input refused on its own (a URL never fetched); its item fails with
     # it when a worker claims it, without reading anything, and the rest of the job runs.
@@ -239,21 +281,31 @@ def _expand_directory(source: str, walk: _Walk) -> Iterator[InputSpec]:
             yield _local_file(str(path), path, walk)
 
 
-def _manifest_lines(manifest: Path) -> Generator[str, None, None]:
-    """The lines of a manifest, read as they are used: a million lines are never all in memory."""
+def _manifest_lines(manifest: Path) -> Generator[_Line, None, None]:
+    """The lines of a manifest, read as they are used (a million lines are never all in
+    memory), each with where it starts in the file, in bytes."""
     try:
-        with manifest.open(encoding="utf-8", newline=None) as f:
-            for line in f:
-                yield line.rstrip("\n")
+        with manifest.open("rb") as f:
+            offset = 0
+            for raw in f:
+                yield _Line(offset, len(raw), raw.decode("utf-8").rstrip("\r\n"))
+                offset += len(raw)
     except UnicodeDecodeError as exc:
         raise RequestError(f"{manifest}: not valid UTF-8.", code="manifest_invalid") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    offset: int  # in bytes, from the start of the file
+    length: int  # in bytes, its line break included
+    text: str  # without its line break
 
 
 def _first_line(manifest: Path) -> list[str]:
     """The first non-blank line of a manifest, if any: what ``detect_openai`` judges it by."""
     lines = _manifest_lines(manifest)
     try:
-        return [next(line for line in lines if line.strip())]
+        return [next(line.text for line in lines if line.text.strip())]
     except StopIteration:
         return []
     finally:
@@ -267,10 +319,10 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
         yield from _read_openai_batch(manifest, _manifest_lines(manifest), inner)
         return
     for number, line in enumerate(_manifest_lines(manifest), start=1):
-        if not line.strip():
+        if not line.text.strip():
             continue
         where = f"{manifest}, line {number}"
-        given, prompt, custom_id, extra = _parse_manifest_line(where, line)
+        given, prompt, custom_id, extra = _parse_manifest_line(where, line.text)
         target = given if is_s3_uri(given) else _manifest_target(manifest, given, where, inner)
         for spec in _expand_one(target, inner):
             yield replace(
@@ -283,14 +335,14 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
             )
 
 
-def _read_openai_batch(manifest: Path, lines: Iterable[str], walk: _Walk) -> Iterator[InputSpec]:
+def _read_openai_batch(manifest: Path, lines: Iterable[_Line], walk: _Walk) -> Iterator[InputSpec]:
     """Each request of an OpenAI-Batch file as one chat input; every line names one model."""
     model: str | None = None
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.text.strip():
             continue
         where = f"{manifest}, line {number}"
-        parsed = parse_openai_line(line, where)
+        parsed = parse_openai_line(line.text, where)
         if model is None:
             model = parsed.model
         elif parsed.model != model:
@@ -300,13 +352,13 @@ def _read_openai_batch(manifest: Path, lines: Iterable[str], walk: _Walk) -> Ite
                 code="model_mismatch",
             )
         with _located(where):
-            spec = _openai_input(manifest, parsed.image_url, where, walk)
+            spec = _openai_input(manifest, line, parsed.image_url, where, walk)
         yield replace(
             spec, custom_id=parsed.custom_id, model=model, extra=parsed.request, where=where
         )
 
 
-def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpec:
+def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk) -> InputSpec:
     """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
     s3:// object (read in place), or a path in the file's folder; any other scheme is never
     fetched and fails its own item."""
@@ -314,12 +366,16 @@ def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpe
     scheme = uri_scheme(url)
     if scheme == "data":
         data, suffix, mime = decode_data_uri(url, where, walk.max_input_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        inline = InlineImage(
+            manifest, line.offset, line.length, where, digest, walk.max_input_bytes
+        )
         return InputSpec(
             source=f"data:{mime};base64,... ({len(data)} bytes)",
-            content=data,
+            inline=inline,
             suffix=suffix,
             size=len(data),
-            version=hashlib.sha256(data).hexdigest(),
+            version=digest,
         )
     if scheme == "s3":
         return _s3_object(url, walk)
