@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
+from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
 from jobs.states import TERMINAL_JOB_STATES
 from jobs.submit import rows as submit_rows
@@ -74,6 +75,7 @@ def submit_job(
         request.max_input_bytes,
         request.input_format,
     )
+    policy = InputPolicy(request.input_prefixes)
 
     def expand() -> Iterator[InputSpec]:
         return iter_sources(
@@ -82,6 +84,7 @@ def submit_job(
             extensions=extensions,
             max_input_bytes=max_input_bytes,
             batch_format=batch_format,
+            policy=policy,
         )
 
     checked = _check_inputs(request, expand(), max_prompt_chars)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from jobs.db import Item, Job, new_id
 from jobs.errors import RequestError
+from jobs.input_policy import parse_entries
 from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -41,6 +42,8 @@ class SubmitRequest:
     metadata: Mapping[str, str] | None = None
     # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    # Also a limit: what an input may name, LLAVA_BATCH_INPUT_PREFIXES (jobs.input_policy).
+    input_prefixes: tuple[str, ...] = ()
     # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
     # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
     input_format: BatchFormat | None = None
@@ -72,6 +75,7 @@ class SubmitRequest:
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        input_prefixes: Sequence[str] = (),
         default_max_new_tokens: int = 64,
         input_format: BatchFormat | None = None,
         model_chosen: bool = False,
@@ -102,6 +106,7 @@ class SubmitRequest:
             idempotency_key=idempotency_key,
             metadata=metadata,
             max_input_bytes=max_input_bytes,
+            input_prefixes=parse_entries(list(input_prefixes)),
             input_format=input_format,
             model_chosen=model_chosen,
         )

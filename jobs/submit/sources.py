@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import RequestError
+from jobs.input_policy import ANYTHING, INPUT_NOT_ALLOWED, InputPolicy
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_CUSTOM_ID_CHARS,
@@ -125,6 +126,7 @@ class _Walk:
     max_input_bytes: int
     manifests: tuple[Path, ...] = ()  # resolved manifests being read, outermost first
     batch_format: BatchFormat | None = None  # ``submit batch``: how its .jsonl file is read
+    policy: InputPolicy = ANYTHING  # what an input may name (LLAVA_BATCH_INPUT_PREFIXES)
 
 
 def expand_sources(
@@ -134,6 +136,7 @@ def expand_sources(
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     batch_format: BatchFormat | None = None,
+    policy: InputPolicy = ANYTHING,
 ) -> list[InputSpec]:
     """Every input the sources name, each checked from its size; refuses the request otherwise.
 
@@ -146,6 +149,7 @@ def expand_sources(
             extensions=extensions,
             max_input_bytes=max_input_bytes,
             batch_format=batch_format,
+            policy=policy,
         )
     )
 
@@ -157,11 +161,15 @@ def iter_sources(
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     batch_format: BatchFormat | None = None,
+    policy: InputPolicy = ANYTHING,
 ) -> Iterator[InputSpec]:
     """``expand_sources`` one input at a time, so a million-line manifest or a huge prefix is
     never held in memory here. Its refusals (a duplicate id, no inputs at all) come once the
-    sources are exhausted, as ``expand_sources``'s do: a caller writes nothing before that."""
-    walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format)
+    sources are exhausted, as ``expand_sources``'s do: a caller writes nothing before that.
+
+    ``policy``: a source outside it refuses the request before anything is listed; an input a
+    file names outside it becomes an item that fails ``input_not_allowed`` on its own."""
+    walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format, policy=policy)
     found = False
     seen: set[str] = set()
     duplicate: InputSpec | None = None
@@ -172,6 +180,8 @@ def iter_sources(
             raise RequestError(
                 f"{printable(source)}: a batch is a local .jsonl file.", code="invalid_source"
             )
+        _check_source_text(source)
+        policy.check_source(source)
         for spec in _expand_one(source, walk):
             found = True
             if spec.custom_id is not None and duplicate is None:
@@ -323,6 +333,12 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
             continue
         where = f"{manifest}, line {number}"
         given, prompt, custom_id, extra = _parse_manifest_line(where, line.text)
+        if is_s3_uri(given) and not walk.policy.allows_s3(given):
+            # Refused on its own and never listed: its line becomes one failed item.
+            yield _not_allowed(
+                given, walk.policy, prompt=prompt, custom_id=custom_id, extra=extra, where=where
+            )
+            continue
         target = given if is_s3_uri(given) else _manifest_target(manifest, given, where, inner)
         for spec in _expand_one(target, inner):
             yield replace(
@@ -378,6 +394,8 @@ def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk
             version=digest,
         )
     if scheme == "s3":
+        if not walk.policy.allows_s3(url):
+            return _not_allowed(url, walk.policy)
         return _s3_object(url, walk)
     if scheme is not None:
         message = (
@@ -392,6 +410,14 @@ def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk
     if path.is_dir() or path.suffix.lower() == ".jsonl":
         raise RequestError(f"{url}: an image_url names one image file.", code="manifest_invalid")
     return _local_file(url, path, walk)
+
+
+def _not_allowed(uri: str, policy: InputPolicy, **fields: Any) -> InputSpec:
+    """An ``s3://`` input a file names outside ``LLAVA_BATCH_INPUT_PREFIXES``: an item that fails
+    ``input_not_allowed`` when claimed, without anything being listed or read."""
+    return InputSpec(
+        source=uri, uri=uri, input_error=(INPUT_NOT_ALLOWED, policy.refusal(uri)), **fields
+    )
 
 
 def _s3_object(uri: str, walk: _Walk) -> InputSpec:
