@@ -39,6 +39,7 @@ class ItemErrorCode(StrEnum):
     input_access_denied = "input_access_denied"
     invalid_uri = "invalid_uri"
     input_scheme_not_allowed = "input_scheme_not_allowed"  # http(s)://, file://…: never fetched
+    input_not_allowed = "input_not_allowed"  # outside LLAVA_BATCH_INPUT_PREFIXES
     prompt_too_long = "prompt_too_long"
     pdf_encrypted = "pdf_encrypted"
     pdf_corrupt = "pdf_corrupt"

@@ -14,7 +14,9 @@ from jobs.errors import ItemErrorCode, RequestError
 from jobs.outcome import Outcome
 from model.documents import parse_page_spec
 from model.errors import SchemaError
+from model.nesting import NestingError, loads_bounded
 from model.schema import (
+    MAX_SCHEMA_NESTING,
     build_extraction_prompt,
     check_schema_compiles,
     resolve_refs,
@@ -34,7 +36,11 @@ MIN_DPI, MAX_DPI = 36, 600
 
 def read_schema_file(path: str) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = loads_bounded(Path(path).read_text(encoding="utf-8"), MAX_SCHEMA_NESTING)
+    except NestingError as exc:
+        raise RequestError(
+            f"{path}: the schema is not supported: {exc}.", code="schema_invalid"
+        ) from None
     except OSError as exc:
         raise RequestError(
             f"{path}: cannot be read ({exc.strerror}).", code="schema_invalid"

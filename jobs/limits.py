@@ -15,6 +15,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from jobs.db import Item, Job
 from jobs.errors import RequestError
 from jobs.settings import Settings, variable_of
+from model.schema_refs import MAX_SCHEMA_NESTING
 
 
 def _column_length(column: KeyedColumnElement[Any]) -> int:
@@ -27,6 +28,12 @@ MAX_NAME_CHARS = _column_length(Job.__table__.c["name"])
 MAX_IDEMPOTENCY_KEY_CHARS = _column_length(Job.__table__.c["idempotency_key"])
 MAX_MODEL_CHARS = _column_length(Job.__table__.c["model"])
 DEFAULT_MAX_INPUT_BYTES: int = Settings.model_fields["max_input_bytes"].default
+# How deep one line of a manifest or OpenAI-Batch file may nest (``model.nesting``): room for a
+# schema as deep as a --schema file may be, inside the line's own levels (an OpenAI request's
+# body, response_format, json_schema). Deeper lines are refused before anything recurses.
+MAX_LINE_NESTING = MAX_SCHEMA_NESTING + 8
+# How many manifests deep a manifest may name another (each level holds an open file).
+MAX_MANIFEST_NESTING = 16
 
 
 def setting_bounds(name: str) -> tuple[int, int]:

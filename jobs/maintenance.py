@@ -33,5 +33,7 @@ def run_maintenance(
         batch_size=settings.message_size,
         redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
     )
-    created = fire_due_schedules(session_factory, blobs, publisher)
+    created = fire_due_schedules(
+        session_factory, blobs, publisher, input_prefixes=settings.input_prefixes
+    )
     return MaintenanceReport(report, len(created))

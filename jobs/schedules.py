@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError, ScheduleNotFoundError
+from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
 from jobs.schedule_sources import build_inputs, build_source, list_source
@@ -118,6 +119,7 @@ def add_schedule(
         check_cron(cron, now)
     every_seconds = None if every is None else parse_every(every)
     source = build_source(source)
+    InputPolicy(request.input_prefixes).check_source(source)
     request = replace(request, sources=[source], name=name, idempotency_key=None)
     check_request(request, max_prompt_chars)
     kind = get_kind(request.kind)
@@ -183,12 +185,16 @@ def fire_due_schedules(
     *,
     now: datetime | None = None,
     names: list[str] | None = None,
+    input_prefixes: Sequence[str] = (),
 ) -> list[str]:
     """Fires every due (or the named) schedule once; returns the ids of the jobs created.
 
     A due schedule whose source cannot be listed here (a folder on another machine, a bucket
-    out of reach) is left, unclaimed, to a scheduler that can; a named one raises instead."""
+    out of reach) is left, unclaimed, to a scheduler that can; a named one raises instead.
+    ``input_prefixes``: LLAVA_BATCH_INPUT_PREFIXES where it fires, checked at every firing (the
+    list may have narrowed since the schedule was added)."""
     now = now or utcnow()
+    policy = InputPolicy.of(input_prefixes)
     with session_factory() as session:
         # Named (run-now) schedules fire even when paused: pausing stops the clock, not an
         # operator who asks for one run, which is how a schedule is tried before it is resumed.
@@ -201,7 +207,7 @@ def fire_due_schedules(
         due = list(session.scalars(query))
     created = []
     for schedule in due:
-        job_id = _fire(session_factory, blobs, publisher, schedule, now, strict=bool(names))
+        job_id = _fire(session_factory, blobs, publisher, schedule, now, policy, strict=bool(names))
         if job_id:
             created.append(job_id)
     return created
@@ -213,9 +219,17 @@ def _fire(
     publisher: Publisher,
     schedule: Schedule,
     now: datetime,
+    policy: InputPolicy,
     *,
     strict: bool,
 ) -> str | None:
+    if not policy.allows(schedule.source):  # never listed
+        refusal = RequestError(policy.refusal(schedule.source), code=INPUT_NOT_ALLOWED)
+        if strict:
+            raise refusal
+        if _claim(session_factory, schedule, now):  # once per due time, not every sweep
+            log.error("schedule %s cannot fire: %s", schedule.name, refusal.message)
+        return None
     try:
         request = read_request(schedule)
     except (RequestError, ValidationError) as exc:

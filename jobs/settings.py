@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobs.input_policy import parse_entries
 from model.engine import check_device, check_dtype, check_quantization
 
 PREFIX = "LLAVA_BATCH_"
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     storage_url: str = ""
     queue: str = "llava-batch"
+    # What a user's input may name (jobs.input_policy): s3://bucket/prefix/ and local folders,
+    # separated by commas. Empty: anything the credentials can read, as before. NoDecode: the
+    # variable is a plain list, not JSON.
+    input_prefixes: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_entries)] = ()
 
     model: str = "tiny-llava"
     # Checked by the engine's own rules (model.engine), the one place they are written.

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from model.errors import InputError
@@ -234,14 +235,26 @@ def _contained(what: str, memory_code: str = "image_too_large") -> Iterator[None
 
 
 def _open(data: bytes) -> pdfium.PdfDocument:
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        if exc.err_code in (_ERR_PASSWORD, _ERR_SECURITY):
-            raise InputError(
-                "pdf_encrypted", "The PDF is password-protected and cannot be opened."
-            ) from exc
-        raise InputError("pdf_corrupt", f"The PDF cannot be read: {exc}") from exc
+    """The document in ``data``, which the caller keeps alive until it closes the document
+    (PDFium reads the buffer in place).
+
+    Loaded through PDFium's own call rather than ``pdfium.PdfDocument(data)``: that also refuses
+    a document that loads but has no pages, and then reads PDFium's last error, which only a
+    failed load sets, so a zero-page PDF took the code of whatever PDF failed before it in this
+    thread (``pdf_encrypted`` after an encrypted one). Here the last error is read only when the
+    load itself failed, and a document without pages is judged by ``_select``."""
+    raw = pdfium_c.FPDF_LoadMemDocument64(data, len(data), None)
+    if not raw:
+        code = pdfium_c.FPDF_GetLastError()
+        if code in (_ERR_PASSWORD, _ERR_SECURITY):
+            raise InputError("pdf_encrypted", "The PDF is password-protected and cannot be opened.")
+        reason = _LOAD_ERRORS.get(code, f"PDFium error {code}")
+        raise InputError("pdf_corrupt", f"The PDF cannot be read ({reason}).")
+    return pdfium.PdfDocument(raw)
+
+
+# PDFium's FPDF_ERR_* codes that a failed load can leave (password and security are above).
+_LOAD_ERRORS = {1: "unknown error", 2: "file error", 3: "not a PDF or corrupt", 6: "page error"}
 
 
 def _select(count: int, selection: tuple[int, ...] | None, spec: str, max_pages: int) -> list[int]:

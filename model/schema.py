@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from model.errors import SchemaError
 from model.patterns import PatternError, bound_pattern
 from model.schema_prompt import build_extraction_prompt
-from model.schema_refs import resolve_refs
+from model.schema_refs import MAX_SCHEMA_NESTING, check_schema_nesting, resolve_refs
 from model.schema_size import longest_output_chars
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_LENGTH",
     "DEFAULT_NUMBER_BOUND",
     "EXTRACTION_TOKEN_CAP",
+    "MAX_SCHEMA_NESTING",
     "build_extraction_prompt",
     "canonical_schema_json",
     "check_schema_compiles",
@@ -116,6 +117,7 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
     """
     if not isinstance(schema, Mapping):
         raise SchemaError(f"The schema must be a JSON object, not {type(schema).__name__}.")
+    check_schema_nesting(schema)  # before jsonschema recurses through it
     try:
         Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -14,11 +14,17 @@ from typing import Any
 from urllib.parse import unquote
 
 from model.errors import SchemaError
+from model.nesting import NestingError, check_nesting
 
-__all__ = ["MAX_SUBSCHEMAS", "resolve_refs"]
+__all__ = ["MAX_SCHEMA_NESTING", "MAX_SUBSCHEMAS", "check_schema_nesting", "resolve_refs"]
 
 # The expanded tree's size limit: a definition used many times is copied each time.
 MAX_SUBSCHEMAS = 2000
+# How deep a schema may nest, in JSON levels as written and in subschemas once its $refs are
+# followed (each hop counted). Far above what a supported schema needs (eight levels of fields,
+# ``model.schema.MAX_DEPTH``, are about 16 to 32 JSON levels), far below where jsonschema's
+# recursion, about ten frames a level, would exhaust Python's stack.
+MAX_SCHEMA_NESTING = 64
 # Where definitions live; dropped from the root once inlined.
 _DEFINITIONS = ("$defs", "definitions")
 # What may stand next to a "$ref" (pydantic adds a field's description there).
@@ -36,10 +42,20 @@ def resolve_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
     ``prepare_schema``. Raises ``SchemaError`` for an external, dangling or recursive ``$ref``,
     a ``$ref`` next to other keywords, or a tree over ``MAX_SUBSCHEMAS`` once expanded.
     """
+    check_schema_nesting(schema)
     root = dict(schema)
     root.pop("$id", None)
     defined = {key: root.pop(key) for key in _DEFINITIONS if key in root}
-    return _Resolver({**root, **defined}).resolve(root, "$", ())
+    return _Resolver({**root, **defined}).resolve(root, "$", (), 0)
+
+
+def check_schema_nesting(schema: Mapping[str, Any]) -> None:
+    """``SchemaError`` for a schema nested deeper than ``MAX_SCHEMA_NESTING`` JSON levels: it
+    is refused before anything recurses through it."""
+    try:
+        check_nesting(schema, MAX_SCHEMA_NESTING)
+    except NestingError as exc:
+        raise SchemaError(f"The schema is not supported: {exc}.") from None
 
 
 class _Resolver:
@@ -48,24 +64,31 @@ class _Resolver:
         self.count = 0
 
     def resolve(
-        self, node: Mapping[str, Any], where: str, stack: tuple[str, ...]
+        self, node: Mapping[str, Any], where: str, stack: tuple[str, ...], depth: int
     ) -> dict[str, Any]:
+        """``node`` with its $refs inlined; ``depth``: the subschemas and $ref hops above it."""
         self.count += 1
         if self.count > MAX_SUBSCHEMAS:
             raise SchemaError(
                 f"The schema is too large once its $refs are expanded "
                 f"(over {MAX_SUBSCHEMAS} subschemas)."
             )
+        # A chain of $refs (each pointing at the next) is flat as JSON but deep here.
+        if depth > MAX_SCHEMA_NESTING:
+            raise SchemaError(
+                f"The schema nests deeper than {MAX_SCHEMA_NESTING} subschemas once its $refs "
+                f"are followed, at {where}."
+            )
         if "$ref" in node:
-            return self._inline(node, where, stack)
+            return self._inline(node, where, stack, depth)
         out = dict(node)
         for key in _ONE:
             if isinstance(out.get(key), Mapping):
-                out[key] = self.resolve(out[key], f"{where}[]", stack)
+                out[key] = self.resolve(out[key], f"{where}[]", stack, depth + 1)
         for key in _MAP:
             if isinstance(out.get(key), Mapping):
                 out[key] = {
-                    name: self.resolve(sub, f"{where}.{name}", stack)
+                    name: self.resolve(sub, f"{where}.{name}", stack, depth + 1)
                     if isinstance(sub, Mapping)
                     else sub
                     for name, sub in out[key].items()
@@ -73,7 +96,7 @@ class _Resolver:
         for key in _LIST:
             if isinstance(out.get(key), list):
                 out[key] = [
-                    self.resolve(sub, f"{where}.{key}[{i}]", stack)
+                    self.resolve(sub, f"{where}.{key}[{i}]", stack, depth + 1)
                     if isinstance(sub, Mapping)
                     else sub
                     for i, sub in enumerate(out[key])
@@ -81,7 +104,7 @@ class _Resolver:
         return out
 
     def _inline(
-        self, node: Mapping[str, Any], where: str, stack: tuple[str, ...]
+        self, node: Mapping[str, Any], where: str, stack: tuple[str, ...], depth: int
     ) -> dict[str, Any]:
         ref = node["$ref"]
         if not isinstance(ref, str) or not ref.startswith("#"):
@@ -101,7 +124,7 @@ class _Resolver:
                 "cannot be bounded for decoding."
             )
         target = self._lookup(ref, where)
-        resolved = self.resolve(target, where, (*stack, ref))
+        resolved = self.resolve(target, where, (*stack, ref), depth + 1)
         resolved.update({key: value for key, value in node.items() if key != "$ref"})
         return resolved
 

@@ -20,6 +20,8 @@ from storage.uri import is_s3_uri, parse_s3_uri, uri_scheme
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+# Where put_content_addressed stores inputs, inside the store.
+_CONTENT_ADDRESSED = "inputs/sha256"
 # A suffix is cosmetic (callers pass Path.suffix, e.g. ".jpg", or odd ones like ".v2 final"):
 # refuse only what could add a path segment or break a key.
 _SUFFIX_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{0,32}")
@@ -56,13 +58,19 @@ class Blobs:
         if not _SUFFIX_RE.fullmatch(suffix):
             raise InvalidUriError(f"{suffix!r} is not a valid file suffix.")
         digest = hashlib.sha256(data).hexdigest()
-        key = f"inputs/sha256/{digest[:2]}/{digest}{suffix}"
+        key = f"{_CONTENT_ADDRESSED}/{digest[:2]}/{digest}{suffix}"
         # Check-then-write races are harmless: concurrent writers store identical bytes.
         if self._store.exists(key):
             uri = self._store.uri_for(key)
         else:
             uri = self._store.write_bytes(key, data)
         return StoredBlob(uri=uri, sha256=digest, size=len(data))
+
+    def holds(self, uri: str) -> bool:
+        """Whether ``uri`` names an input stored in our own store by ``put_content_addressed``
+        (what a submit stored), as opposed to any other object a URI can name."""
+        area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
+        return uri.startswith(area)
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from jobs.db import is_retryable, new_id
 from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
+from jobs.input_policy import INPUT_NOT_ALLOWED
 from jobs.kinds import decode_params, get_kind
 from jobs.lifecycle import (
     ClaimedItem,
@@ -248,6 +249,13 @@ def fetch_input(
     refused = read_input_error(item.request)
     if refused is not None:  # refused at submit (a URL never fetched): nothing is read
         return failed(item, *refused)
+    policy = res.input_policy
+    if policy.restricted and not policy.allows_read(
+        item.source, item.input_uri, res.blobs.holds(item.input_uri)
+    ):
+        # Submitted where the list was not in force (another CLI's settings): the deployment's
+        # credentials read only what its own list allows.
+        return failed(item, INPUT_NOT_ALLOWED, policy.refusal(item.input_uri))
     try:
         data = res.blobs.read_uri(item.input_uri, max_bytes=res.settings.max_input_bytes)
         return Planned(item, plan_units(item, data, res, rendering))

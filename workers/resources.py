@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from jobs.db import SessionFactory, make_session_factory, open_database
 from jobs.fleet import Serving
+from jobs.input_policy import InputPolicy
 from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
@@ -50,6 +51,8 @@ class WorkerResources:
     # Decode threads of each slot: LLAVA_BATCH_DECODE_THREADS split between the worker's
     # LLAVA_BATCH_WORKER_SLOTS (the messages worked on at once, sharing the model).
     decode_threads_per_slot: int = field(init=False)
+    # What an item's input may be read from: LLAVA_BATCH_INPUT_PREFIXES, and our own store.
+    input_policy: InputPolicy = field(init=False)
     _engine: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,6 +61,7 @@ class WorkerResources:
         self.decode_threads_per_slot = split_decode_threads(
             self.settings.decode_threads, self.settings.worker_slots
         )
+        self.input_policy = InputPolicy(self.settings.input_prefixes)
 
     @property
     def model(self) -> str | None:

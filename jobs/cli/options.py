@@ -75,6 +75,7 @@ def build_request(
         idempotency_key=idempotency_key,
         metadata=metadata,
         max_input_bytes=ctx.settings.max_input_bytes,
+        input_prefixes=ctx.settings.input_prefixes,
         default_max_new_tokens=ctx.settings.max_new_tokens,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size or ctx.settings.message_size,

@@ -200,7 +200,13 @@ def run_now(name: NameArg) -> None:
         paused = find_schedule(session, name).paused
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     # A paused schedule fires too (see fire_due_schedules) and says that it stays paused.
-    created = fire_due_schedules(ctx.session_factory, ctx.blobs, publisher, names=[name])
+    created = fire_due_schedules(
+        ctx.session_factory,
+        ctx.blobs,
+        publisher,
+        names=[name],
+        input_prefixes=ctx.settings.input_prefixes,
+    )
     still = " (the schedule stays paused)" if paused else ""
     if created:
         views.err.print(f"schedule {name}: job created{still}")

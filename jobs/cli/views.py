@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session
 
 from jobs.cli.context import Context
@@ -31,8 +32,12 @@ from model.engine import TINY_MODELS
 if TYPE_CHECKING:  # submitting pulls in what status and --help never need
     from jobs.submit.request import SubmitResult
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup and no emoji codes in anything printed: what is printed holds user text (file names,
+# job names, metadata, error sentences quoting them), which must come out as typed. With them,
+# "photo:x:.jpg" printed as "photo❌.jpg" and a job named "[/b]" made `status` fail. A style is
+# given as a rich Text, never as markup in a string.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 TINY_WARNING = (
     "note: model {model} is a tiny, randomly initialised model built offline: its captions are "
@@ -99,7 +104,9 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "-"
     counts = ", ".join(f"{state} {n}" for state, n in progress.counts.items() if n)
     named = f"  {progress.name}" if progress.name else ""
-    out.print(f"job {progress.id}{named}  {progress.kind}  [bold]{progress.status}[/bold]")
+    out.print(
+        Text.assemble(f"job {progress.id}{named}  {progress.kind}  ", (progress.status, "bold"))
+    )
     out.print(
         f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}"
     )

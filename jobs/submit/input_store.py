@@ -26,11 +26,16 @@ def store_with(
     budget = _ByteBudget(_BYTES_IN_FLIGHT)
 
     def store(spec: InputSpec) -> tuple[str, str | None]:
-        if spec.content is not None:  # an inline input (a data: URI), already in memory
-            try:
-                blob = blobs.put_content_addressed(spec.content, suffix=spec.suffix)
-            except StorageError as exc:
-                raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
+        if spec.inline is not None:  # a data: URI, read again from its line
+            # Its line is held while it is decoded, and the image with it.
+            with budget.hold(spec.inline.line_bytes + (spec.size or 0)):
+                data = spec.inline.read()
+                try:
+                    blob = blobs.put_content_addressed(data, suffix=spec.suffix)
+                except StorageError as exc:
+                    raise RequestError(
+                        f"Storing {spec.source} failed: {exc}", code=exc.code
+                    ) from exc
             return blob.uri, blob.sha256
         if spec.local_path is None:
             assert spec.uri is not None
@@ -44,7 +49,7 @@ def store_with(
                 raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
         return blob.uri, blob.sha256
 
-    if all(spec.content is None and spec.local_path is None for spec in inputs):
+    if all(spec.inline is None and spec.local_path is None for spec in inputs):
         return [store(spec) for spec in inputs]  # nothing to upload: no threads
     return list(pool.map(store, inputs))
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
+from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
 from jobs.states import TERMINAL_JOB_STATES
 from jobs.submit import rows as submit_rows
@@ -74,6 +75,7 @@ def submit_job(
         request.max_input_bytes,
         request.input_format,
     )
+    policy = InputPolicy(request.input_prefixes)
 
     def expand() -> Iterator[InputSpec]:
         return iter_sources(
@@ -82,6 +84,7 @@ def submit_job(
             extensions=extensions,
             max_input_bytes=max_input_bytes,
             batch_format=batch_format,
+            policy=policy,
         )
 
     checked = _check_inputs(request, expand(), max_prompt_chars)
@@ -163,9 +166,13 @@ def _submit_in_chunks(
     )
 
 
-# Inputs kept in memory from the checking pass for the writing one; a bigger submission is
-# expanded again (its manifest read again, its prefix listed again) rather than held.
-_KEPT_INPUTS = 200_000
+# Bytes of inputs kept in memory from the checking pass for the writing one, each input counted
+# by its description (its names, prompt and fields: what it holds) plus what the objects around
+# them cost; a bigger submission is expanded again (its manifest read again, its prefix listed
+# again) rather than held. A budget in bytes, not inputs: a count let a file of long requests
+# be held whole.
+_KEPT_BYTES = 64 * 1024 * 1024
+_KEPT_OVERHEAD = 512
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ def _check_inputs(
     kind = get_kind(request.kind)
     models: set[str] = set()
     kept: list[InputSpec] | None = []
-    count = 0
+    count = held = 0
     with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as described:
         for chunk in chunks(inputs, submit_rows._CHUNK):
             for spec in chunk:
@@ -193,11 +200,13 @@ def _check_inputs(
                     models.add(spec.model)
             for description in describe_inputs(chunk, hashed=bool(request.idempotency_key)):
                 separator = b", " if count else b""
-                described.write(separator + json.dumps(description, sort_keys=True).encode())
+                encoded = json.dumps(description, sort_keys=True).encode()
+                described.write(separator + encoded)
                 count += 1
+                held += len(encoded) + _KEPT_OVERHEAD
             if kept is not None:
                 kept.extend(chunk)
-                if len(kept) > _KEPT_INPUTS:
+                if held > _KEPT_BYTES:
                     kept = None
         request = _with_model_of(request, models)
         described.seek(0)

@@ -24,7 +24,8 @@ from enum import StrEnum
 from typing import Any
 
 from jobs.errors import RequestError
-from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_MODEL_CHARS, check_text
+from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_LINE_NESTING, MAX_MODEL_CHARS, check_text
+from model.nesting import NestingError, loads_bounded
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 UNSUPPORTED = "unsupported_parameter"
@@ -101,8 +102,8 @@ def detect_openai(lines: Sequence[str]) -> bool:
     for line in lines:
         if line.strip():
             try:
-                return looks_like_openai(json.loads(line))
-            except json.JSONDecodeError:
+                return looks_like_openai(loads_bounded(line, MAX_LINE_NESTING))
+            except (json.JSONDecodeError, NestingError):
                 return False
     return False
 
@@ -111,7 +112,9 @@ def parse_openai_line(line: str, where: str) -> BatchLine:
     """One line of an OpenAI-Batch file; RequestError (``manifest_invalid``,
     ``unsupported_parameter``, ``invalid_custom_id``) otherwise."""
     try:
-        entry = json.loads(line)
+        entry = loads_bounded(line, MAX_LINE_NESTING)
+    except NestingError as exc:
+        raise RequestError(f"{where}: the line is not supported: {exc}.", code=MALFORMED) from None
     except json.JSONDecodeError as exc:
         raise RequestError(f"{where}: not valid JSON ({exc.msg}).", code=MALFORMED) from None
     if not isinstance(entry, dict):

@@ -11,10 +11,12 @@ from pydantic import ValidationError
 
 from jobs.db import Item, Job, new_id
 from jobs.errors import RequestError
+from jobs.input_policy import parse_entries
 from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_MODEL_CHARS,
     MAX_NAME_CHARS,
     check_option,
     check_text,
@@ -40,6 +42,8 @@ class SubmitRequest:
     metadata: Mapping[str, str] | None = None
     # A limit, not part of the job (never fingerprinted): LLAVA_BATCH_MAX_INPUT_BYTES.
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    # Also a limit: what an input may name, LLAVA_BATCH_INPUT_PREFIXES (jobs.input_policy).
+    input_prefixes: tuple[str, ...] = ()
     # ``submit batch``: each source is a .jsonl file of requests (OpenAI-Batch or our manifest
     # format); an OpenAI file's model becomes the job's. None: sources as every kind reads them.
     input_format: BatchFormat | None = None
@@ -75,6 +79,7 @@ class SubmitRequest:
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        input_prefixes: Sequence[str] = (),
         default_max_new_tokens: int = 64,
         input_format: BatchFormat | None = None,
         model_chosen: bool = False,
@@ -105,6 +110,7 @@ class SubmitRequest:
             idempotency_key=idempotency_key,
             metadata=metadata,
             max_input_bytes=max_input_bytes,
+            input_prefixes=parse_entries(list(input_prefixes)),
             input_format=input_format,
             model_chosen=model_chosen,
         )
@@ -127,6 +133,14 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     check_option("--batch-size", request.params.batch_size, "message_size")
     if request.params.max_new_tokens is not None:  # None: the worker's setting applies
         check_option("--max-new-tokens", request.params.max_new_tokens, "max_new_tokens")
+    # The model is stored in jobs.model and names a queue: PostgreSQL would refuse a longer one
+    # (or undecodable bytes from argv) only after the inputs were stored.
+    check_text(
+        request.model,
+        what="--model" if request.model_chosen else "The model (LLAVA_BATCH_MODEL)",
+        code="invalid_option",
+        max_chars=MAX_MODEL_CHARS,
+    )
     if request.name is not None:
         check_text(request.name, what="--name", code="invalid_name", max_chars=MAX_NAME_CHARS)
     if request.idempotency_key is not None:

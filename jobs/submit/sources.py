@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import RequestError
-from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_CUSTOM_ID_CHARS, check_text, is_utf8, printable
+from jobs.input_policy import ANYTHING, INPUT_NOT_ALLOWED, InputPolicy
+from jobs.limits import (
+    DEFAULT_MAX_INPUT_BYTES,
+    MAX_CUSTOM_ID_CHARS,
+    MAX_LINE_NESTING,
+    MAX_MANIFEST_NESTING,
+    check_text,
+    is_utf8,
+    printable,
+)
 from jobs.submit.openai_reader import (
     BatchFormat,
     decode_data_uri,
@@ -25,10 +34,52 @@ from jobs.submit.openai_reader import (
     looks_like_openai,
     parse_openai_line,
 )
+from model.nesting import NestingError, loads_bounded
 from storage import Blobs, StorageError, is_s3_uri, parse_s3_uri, uri_scheme
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DOCUMENT_EXTENSIONS = IMAGE_EXTENSIONS | {".pdf"}
+
+
+@dataclass(frozen=True, slots=True)
+class InlineImage:
+    """Where a ``data:`` image of an OpenAI-Batch file is: its line, by byte offset.
+
+    Checking a file decodes each inline image once (to refuse a bad one, and to learn its size
+    and digest) and lets it go; storing it reads its line again. So neither pass holds more
+    than the lines in hand, however many images the file inlines (a 2.5 GB file was once held
+    whole while it was checked)."""
+
+    file: Path
+    offset: int  # where its line starts, in bytes
+    line_bytes: int  # the line's length: what reading it again holds, with the image
+    where: str
+    sha256: str
+    max_bytes: int
+
+    def read(self) -> bytes:
+        """The image's bytes, read again from its line; ``source_changed`` if they are not
+        the bytes that were checked."""
+        try:
+            with self.file.open("rb") as f:
+                f.seek(self.offset)
+                line = f.readline(self.line_bytes).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RequestError(
+                f"{self.where}: cannot be read again ({exc}).", code="source_unreadable"
+            ) from exc
+        changed = RequestError(
+            f"{self.where}: the file changed while it was being submitted; submit it again.",
+            code="source_changed",
+        )
+        try:
+            url = parse_openai_line(line, self.where).image_url
+            data, _, _ = decode_data_uri(url, self.where, self.max_bytes)
+        except RequestError:
+            raise changed from None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise changed
+        return data
 
 
 @dataclass(frozen=True, slots=True)  # slots: a prefix of 100,000 objects is kept in memory
@@ -44,9 +95,10 @@ class InputSpec:
     # where the line is, for its error messages.
     extra: Mapping[str, Any] = field(default_factory=dict)
     where: str | None = None
-    # An input given inline (an OpenAI line's data: URI): stored content-addressed at submit.
-    content: bytes | None = None
-    suffix: str = ""  # of the stored blob, for ``content``
+    # An input given inline (an OpenAI line's data: URI): checked when its line is read, then
+    # read again from the file when it is stored, content-addressed; never held meanwhile.
+    inline: InlineImage | None = None
+    suffix: str = ""  # of the stored blob, for ``inline``
     model: str | None = None  # the model an OpenAI-Batch line names
     # (code, message): an input refused on its own (a URL never fetched); its item fails with
     # it when a worker claims it, without reading anything, and the rest of the job runs.
@@ -74,6 +126,7 @@ class _Walk:
     max_input_bytes: int
     manifests: tuple[Path, ...] = ()  # resolved manifests being read, outermost first
     batch_format: BatchFormat | None = None  # ``submit batch``: how its .jsonl file is read
+    policy: InputPolicy = ANYTHING  # what an input may name (LLAVA_BATCH_INPUT_PREFIXES)
 
 
 def expand_sources(
@@ -83,6 +136,7 @@ def expand_sources(
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     batch_format: BatchFormat | None = None,
+    policy: InputPolicy = ANYTHING,
 ) -> list[InputSpec]:
     """Every input the sources name, each checked from its size; refuses the request otherwise.
 
@@ -95,6 +149,7 @@ def expand_sources(
             extensions=extensions,
             max_input_bytes=max_input_bytes,
             batch_format=batch_format,
+            policy=policy,
         )
     )
 
@@ -106,11 +161,15 @@ def iter_sources(
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     batch_format: BatchFormat | None = None,
+    policy: InputPolicy = ANYTHING,
 ) -> Iterator[InputSpec]:
     """``expand_sources`` one input at a time, so a million-line manifest or a huge prefix is
     never held in memory here. Its refusals (a duplicate id, no inputs at all) come once the
-    sources are exhausted, as ``expand_sources``'s do: a caller writes nothing before that."""
-    walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format)
+    sources are exhausted, as ``expand_sources``'s do: a caller writes nothing before that.
+
+    ``policy``: a source outside it refuses the request before anything is listed; an input a
+    file names outside it becomes an item that fails ``input_not_allowed`` on its own."""
+    walk = _Walk(blobs, extensions, max_input_bytes, batch_format=batch_format, policy=policy)
     found = False
     seen: set[str] = set()
     duplicate: InputSpec | None = None
@@ -121,6 +180,8 @@ def iter_sources(
             raise RequestError(
                 f"{printable(source)}: a batch is a local .jsonl file.", code="invalid_source"
             )
+        _check_source_text(source)
+        policy.check_source(source)
         for spec in _expand_one(source, walk):
             found = True
             if spec.custom_id is not None and duplicate is None:
@@ -230,21 +291,31 @@ def _expand_directory(source: str, walk: _Walk) -> Iterator[InputSpec]:
             yield _local_file(str(path), path, walk)
 
 
-def _manifest_lines(manifest: Path) -> Generator[str, None, None]:
-    """The lines of a manifest, read as they are used: a million lines are never all in memory."""
+def _manifest_lines(manifest: Path) -> Generator[_Line, None, None]:
+    """The lines of a manifest, read as they are used (a million lines are never all in
+    memory), each with where it starts in the file, in bytes."""
     try:
-        with manifest.open(encoding="utf-8", newline=None) as f:
-            for line in f:
-                yield line.rstrip("\n")
+        with manifest.open("rb") as f:
+            offset = 0
+            for raw in f:
+                yield _Line(offset, len(raw), raw.decode("utf-8").rstrip("\r\n"))
+                offset += len(raw)
     except UnicodeDecodeError as exc:
         raise RequestError(f"{manifest}: not valid UTF-8.", code="manifest_invalid") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    offset: int  # in bytes, from the start of the file
+    length: int  # in bytes, its line break included
+    text: str  # without its line break
 
 
 def _first_line(manifest: Path) -> list[str]:
     """The first non-blank line of a manifest, if any: what ``detect_openai`` judges it by."""
     lines = _manifest_lines(manifest)
     try:
-        return [next(line for line in lines if line.strip())]
+        return [next(line.text for line in lines if line.text.strip())]
     except StopIteration:
         return []
     finally:
@@ -258,10 +329,16 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
         yield from _read_openai_batch(manifest, _manifest_lines(manifest), inner)
         return
     for number, line in enumerate(_manifest_lines(manifest), start=1):
-        if not line.strip():
+        if not line.text.strip():
             continue
         where = f"{manifest}, line {number}"
-        given, prompt, custom_id, extra = _parse_manifest_line(where, line)
+        given, prompt, custom_id, extra = _parse_manifest_line(where, line.text)
+        if is_s3_uri(given) and not walk.policy.allows_s3(given):
+            # Refused on its own and never listed: its line becomes one failed item.
+            yield _not_allowed(
+                given, walk.policy, prompt=prompt, custom_id=custom_id, extra=extra, where=where
+            )
+            continue
         target = given if is_s3_uri(given) else _manifest_target(manifest, given, where, inner)
         for spec in _expand_one(target, inner):
             yield replace(
@@ -274,14 +351,14 @@ def _read_manifest(manifest: Path, walk: _Walk) -> Iterator[InputSpec]:
             )
 
 
-def _read_openai_batch(manifest: Path, lines: Iterable[str], walk: _Walk) -> Iterator[InputSpec]:
+def _read_openai_batch(manifest: Path, lines: Iterable[_Line], walk: _Walk) -> Iterator[InputSpec]:
     """Each request of an OpenAI-Batch file as one chat input; every line names one model."""
     model: str | None = None
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.text.strip():
             continue
         where = f"{manifest}, line {number}"
-        parsed = parse_openai_line(line, where)
+        parsed = parse_openai_line(line.text, where)
         if model is None:
             model = parsed.model
         elif parsed.model != model:
@@ -291,13 +368,13 @@ def _read_openai_batch(manifest: Path, lines: Iterable[str], walk: _Walk) -> Ite
                 code="model_mismatch",
             )
         with _located(where):
-            spec = _openai_input(manifest, parsed.image_url, where, walk)
+            spec = _openai_input(manifest, line, parsed.image_url, where, walk)
         yield replace(
             spec, custom_id=parsed.custom_id, model=model, extra=parsed.request, where=where
         )
 
 
-def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpec:
+def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk) -> InputSpec:
     """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
     s3:// object (read in place), or a path in the file's folder; any other scheme is never
     fetched and fails its own item."""
@@ -305,14 +382,20 @@ def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpe
     scheme = uri_scheme(url)
     if scheme == "data":
         data, suffix, mime = decode_data_uri(url, where, walk.max_input_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        inline = InlineImage(
+            manifest, line.offset, line.length, where, digest, walk.max_input_bytes
+        )
         return InputSpec(
             source=f"data:{mime};base64,... ({len(data)} bytes)",
-            content=data,
+            inline=inline,
             suffix=suffix,
             size=len(data),
-            version=hashlib.sha256(data).hexdigest(),
+            version=digest,
         )
     if scheme == "s3":
+        if not walk.policy.allows_s3(url):
+            return _not_allowed(url, walk.policy)
         return _s3_object(url, walk)
     if scheme is not None:
         message = (
@@ -327,6 +410,14 @@ def _openai_input(manifest: Path, url: str, where: str, walk: _Walk) -> InputSpe
     if path.is_dir() or path.suffix.lower() == ".jsonl":
         raise RequestError(f"{url}: an image_url names one image file.", code="manifest_invalid")
     return _local_file(url, path, walk)
+
+
+def _not_allowed(uri: str, policy: InputPolicy, **fields: Any) -> InputSpec:
+    """An ``s3://`` input a file names outside ``LLAVA_BATCH_INPUT_PREFIXES``: an item that fails
+    ``input_not_allowed`` when claimed, without anything being listed or read."""
+    return InputSpec(
+        source=uri, uri=uri, input_error=(INPUT_NOT_ALLOWED, policy.refusal(uri)), **fields
+    )
 
 
 def _s3_object(uri: str, walk: _Walk) -> InputSpec:
@@ -377,6 +468,12 @@ def _manifest_target(manifest: Path, given: str, where: str, walk: _Walk) -> str
             "other in a loop.",
             code="manifest_invalid",
         )
+    if path.suffix.lower() == ".jsonl" and len(walk.manifests) >= MAX_MANIFEST_NESTING:
+        raise RequestError(
+            f"{where}: {given} is one manifest too many: a manifest may name a manifest "
+            f"(naming a manifest…) at most {MAX_MANIFEST_NESTING} deep.",
+            code="manifest_invalid",
+        )
     return str(path)
 
 
@@ -385,7 +482,11 @@ def _parse_manifest_line(
 ) -> tuple[str, str | None, str | None, dict[str, Any]]:
     """Returns (input, prompt, custom id, the other fields) of one manifest line."""
     try:
-        entry = json.loads(line)
+        entry = loads_bounded(line, MAX_LINE_NESTING)
+    except NestingError as exc:
+        raise RequestError(
+            f"{where}: the line is not supported: {exc}.", code="manifest_invalid"
+        ) from None
     except json.JSONDecodeError as exc:
         raise RequestError(
             f"{where}: not valid JSON ({exc.msg}).", code="manifest_invalid"

@@ -137,7 +137,7 @@ def _manifest(folder: Path, count: int, *, bad_line: int | None = None) -> Path:
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submit_rows, "_CHUNK", 2)
     monkeypatch.setattr(submit_rows, "_ROWS_PER_INSERT", 3)
-    monkeypatch.setattr(submit_module, "_KEPT_INPUTS", 4)  # the inputs are expanded again
+    monkeypatch.setattr(submit_module, "_KEPT_BYTES", 1)  # the inputs are expanded again
 
 
 @pytest.mark.usefixtures("small_chunks")

@@ -141,6 +141,32 @@ def test_corrupt_pdf(mutate: object) -> None:
     assert info.value.code == "pdf_corrupt"
 
 
+def _zero_pages() -> bytes:
+    """A well-formed PDF whose page tree is empty: PDFium loads it, and sets no error."""
+    out = io.BytesIO()
+    PdfWriter().write(out)
+    return out.getvalue()
+
+
+def test_each_pdf_gets_its_own_code_whatever_failed_before_it() -> None:
+    # PDFium's last error is per thread and only a failed load sets it: a zero-page PDF read
+    # right after an encrypted one once took its pdf_encrypted.
+    encrypted, corrupt = _encrypt(make_pdf(1), "secret"), b"%PDF-1.4\n" + b"garbage " * 200
+    codes = []
+    for data in (_zero_pages(), encrypted, _zero_pages(), corrupt, _zero_pages(), encrypted):
+        with pytest.raises(InputError) as info:
+            render_pages(data)
+        codes.append((info.value.code, "no pages" in info.value.message))
+    assert codes == [
+        ("pdf_corrupt", True),
+        ("pdf_encrypted", False),
+        ("pdf_corrupt", True),
+        ("pdf_corrupt", False),
+        ("pdf_corrupt", True),
+        ("pdf_encrypted", False),
+    ]
+
+
 def test_empty_input() -> None:
     with pytest.raises(InputError) as info:
         render_pages(b"")

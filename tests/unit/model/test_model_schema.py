@@ -507,3 +507,39 @@ def test_refs_through_definitions_and_at_the_root_are_inlined_and_blowups_refuse
     wide = {"type": "object", "properties": {"x": {"$ref": "#/$defs/L0"}}, "$defs": defs}
     with pytest.raises(SchemaError, match="too large once its"):
         prepare_schema(wide)
+
+
+def _nested_fields(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        node = {"type": "object", "properties": {"a": node}}
+    return node
+
+
+def _ref_chain(length: int) -> dict[str, Any]:
+    defs: dict[str, Any] = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(length)}
+    defs[f"d{length}"] = {"type": "string"}
+    return {"type": "object", "properties": {"a": {"$ref": "#/$defs/d0"}}, "$defs": defs}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [_nested_fields(120), _nested_fields(5000), _ref_chain(900)],
+    ids=["fields-120-deep", "fields-5000-deep", "ref-chain-900"],
+)
+def test_schemas_too_deep_to_recurse_through_are_schema_errors(schema: dict[str, Any]) -> None:
+    # Before: RecursionError in jsonschema or in resolving the $refs (an internal error).
+    for use in (prepare_schema, build_extraction_prompt, default_max_new_tokens):
+        with pytest.raises(SchemaError, match="deeper than 64"):
+            use(schema)
+
+
+def test_a_schema_as_deep_as_the_subset_allows_still_passes_the_nesting_check() -> None:
+    # Optional objects (anyOf [object, null]) as deep as MAX_DEPTH allows: about 32 JSON levels.
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(7):
+        node = {"anyOf": [{"type": "object", "properties": {"a": node}}, {"type": "null"}]}
+    schema = {"type": "object", "properties": {"a": node}}
+    assert prepare_schema(schema)["type"] == "object"
+    refs = _ref_chain(40)  # a long but finite chain of aliases is fine
+    assert prepare_schema(refs)["properties"]["a"]["type"] == "string"
