@@ -26,6 +26,8 @@ def store_with(
     budget = _ByteBudget(_BYTES_IN_FLIGHT)
 
     def store(spec: InputSpec) -> tuple[str, str | None]:
+        if spec.input_error is not None:  # refused on its own: nothing of it is read
+            return spec.uri or spec.source, None
         if spec.content is not None:  # an inline input (a data: URI), already in memory
             try:
                 blob = blobs.put_content_addressed(spec.content, suffix=spec.suffix)
@@ -44,9 +46,13 @@ def store_with(
                 raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
         return blob.uri, blob.sha256
 
-    if all(spec.content is None and spec.local_path is None for spec in inputs):
+    if not any(_uploads(spec) for spec in inputs):
         return [store(spec) for spec in inputs]  # nothing to upload: no threads
     return list(pool.map(store, inputs))
+
+
+def _uploads(spec: InputSpec) -> bool:
+    return spec.input_error is None and (spec.content is not None or spec.local_path is not None)
 
 
 # Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.
