@@ -34,8 +34,10 @@ from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError, ScheduleNotFoundError
 from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
+from jobs.lifecycle import finalise_jobs
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
 from jobs.schedule_sources import build_inputs, build_source, list_source
+from jobs.states import ItemStatus
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import add_job, with_input_error
 from jobs.submit.request import SubmitRequest, build_job, check_request
@@ -291,11 +293,14 @@ def _fire(
     log.info(
         "schedule %s fired job=%s kind=%s items=%d", schedule.name, job.id, job.kind, len(items)
     )
+    queued = [i.id for i in items if i.status == ItemStatus.queued]
+    if not queued:  # every new input was refused on its own: no worker will end this job
+        finalise_jobs(session_factory, [job.id], now=now)
     dispatch_items(
         session_factory,
         publisher,
         job.id,
-        [i.id for i in items],
+        queued,
         model=job.model,
         batch_size=request.params.batch_size,
         stamp=now,

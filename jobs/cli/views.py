@@ -66,6 +66,7 @@ def show_submitted(
             "dispatched": result.dispatched,
             "existing": result.existing,
             "complete": result.complete,
+            "failed": result.failed,
             "model": model,
         }
         if served is not None:
@@ -88,7 +89,18 @@ def show_submitted(
         )
     else:
         err.print(f"submitted {result.item_count} item(s)")
-    if not result.dispatched:
+    if result.failed:
+        err.print(
+            f"{result.failed} of them failed at once, each with its own error (an empty input, "
+            f"one over the size limit): `llava-batch results {result.job_id} --status failed` "
+            "lists them"
+        )
+    if not result.dispatched and result.existing:
+        err.print(
+            "dispatch pending: some of its items were not published when it was submitted; "
+            "the sweeper will dispatch them when the broker is reachable"
+        )
+    elif not result.dispatched:
         err.print(
             "dispatch pending: the broker is unreachable; the job is saved and queued, "
             "and the sweeper will dispatch it when the broker is back"

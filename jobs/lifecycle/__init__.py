@@ -7,8 +7,10 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 
 | transition | items                                  | guard                                    |
 |------------|----------------------------------------|------------------------------------------|
-| submit     | - -> queued, dispatched_at set         | the insert's transaction; publish after  |
+| submit     | - -> queued, dispatched_at set; or     | the insert's transaction (inputs stored  |
+|            | failed (its input refused on its own)  | before it opens); publish after          |
 | chunk      | - -> queued (a big job's next rows)    | job open and leased; renews/clears lease |
+| submit beat| submit lease extended                  | job open and still leased                |
 | abandon    | job -> cancelling; queued -> cancelled | job open, submit lease run out           |
 | claim      | queued -> running, token, attempts+1   | job open, not_before due; waits on locks |
 | heartbeat  | lease extended                         | token = mine, running                    |
@@ -62,7 +64,11 @@ from jobs.lifecycle.repairs import (
     undo_dispatch,
 )
 from jobs.lifecycle.requests import cancel_job, requeue_failed
-from jobs.lifecycle.submitting import abandon_submissions, continue_submission
+from jobs.lifecycle.submitting import (
+    abandon_submissions,
+    continue_submission,
+    renew_submission,
+)
 from jobs.outcome import ItemOutcome
 
 __all__ = [
@@ -89,6 +95,7 @@ __all__ = [
     "record_results",
     "release_items",
     "renew_lease",
+    "renew_submission",
     "requeue_failed",
     "take_for_publishing",
     "undo_dispatch",

@@ -1,5 +1,6 @@
-"""A big submit's transitions: each chunk of rows renews (the last one clears) the job's submit
-lease, and a submission whose producer stopped is abandoned: the job is cancelled.
+"""A big submit's transitions: a heartbeat and each chunk of rows renew (the last chunk
+clears) the job's submit lease, and a submission whose producer stopped is abandoned: the job
+is cancelled.
 
 A small job is written in one transaction and never holds a lease. A big one is written in
 chunks, each committed (then published) on its own; ``jobs.submit_lease_expires_at`` says the
@@ -47,6 +48,29 @@ def continue_submission(session: Session, job_id: str, *, lease_until: datetime 
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
+    return renewed is not None
+
+
+def renew_submission(
+    session_factory: SessionFactory, job_id: str, *, lease_until: datetime
+) -> bool:
+    """The submit heartbeat: extends the job's submit lease to ``lease_until`` while its
+    producer stores and writes its rows, in a transaction of its own. False once there is
+    nothing to keep: the job is no longer open (cancelled, abandoned) or its last chunk cleared
+    the lease (on PostgreSQL a renewal that waited for that chunk's lock sees the cleared
+    lease and changes nothing)."""
+    with session_factory.begin() as session:
+        renewed = session.scalar(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status.in_(OPEN_JOB_STATES),
+                Job.submit_lease_expires_at.is_not(None),
+            )
+            .values(submit_lease_expires_at=lease_until)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
     return renewed is not None
 
 

@@ -66,7 +66,9 @@ def describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
     def describe(spec: InputSpec) -> list[Any]:
         if spec.local_path is None:
             return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id, spec.extra]
-        content = sha256_of(spec) if hashed else f"{spec.size}-{spec.version}"
+        # A refused input (empty, over the limit) is never read, not even to be hashed.
+        read = hashed and spec.input_error is None
+        content = sha256_of(spec) if read else f"{spec.size}-{spec.version}"
         return [str(spec.local_path.resolve()), content, spec.prompt, spec.custom_id, spec.extra]
 
     if not hashed:

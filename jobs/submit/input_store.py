@@ -26,6 +26,8 @@ def store_with(
     budget = _ByteBudget(_BYTES_IN_FLIGHT)
 
     def store(spec: InputSpec) -> tuple[str, str | None]:
+        if spec.input_error is not None:  # refused on its own: nothing of it is read
+            return spec.uri or spec.source, None
         if spec.inline is not None:  # a data: URI, read again from its line
             # Its line is held while it is decoded, and the image with it.
             with budget.hold(spec.inline.line_bytes + (spec.size or 0)):
@@ -49,9 +51,13 @@ def store_with(
                 raise RequestError(f"Storing {spec.source} failed: {exc}", code=exc.code) from exc
         return blob.uri, blob.sha256
 
-    if all(spec.inline is None and spec.local_path is None for spec in inputs):
+    if not any(_uploads(spec) for spec in inputs):
         return [store(spec) for spec in inputs]  # nothing to upload: no threads
     return list(pool.map(store, inputs))
+
+
+def _uploads(spec: InputSpec) -> bool:
+    return spec.input_error is None and (spec.inline is not None or spec.local_path is not None)
 
 
 # Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.

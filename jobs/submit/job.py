@@ -1,4 +1,4 @@
-"""Submit: validate, store inputs, insert job + items, commit, THEN publish.
+"""Submit: validate, store inputs, THEN insert job + items and commit, THEN publish.
 
 A job of up to ``SUBMIT_CHUNK_ROWS`` items is written in ONE transaction; a bigger one in
 chunks, each published as soon as it commits (``jobs.submit.rows``)."""
@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -21,14 +22,17 @@ from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
 from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
-from jobs.states import TERMINAL_JOB_STATES
+from jobs.lifecycle import finalise_jobs
+from jobs.states import TERMINAL_JOB_STATES, ItemStatus
 from jobs.submit import rows as submit_rows
 from jobs.submit.fingerprint import describe_inputs, fingerprint_streamed
 from jobs.submit.request import SubmitRequest, SubmitResult, build_job, check_request
 from jobs.submit.rows import (
     ask_for,
     chunks,
-    insert_items,
+    insert_rows,
+    prepare_rows,
+    stamp_queued,
     with_input_error,
     write_in_chunks,
 )
@@ -64,9 +68,11 @@ def submit_job(
 ) -> SubmitResult:
     """Two passes over the inputs, neither holding a big submission in memory: the first checks
     everything that can refuse the request (nothing is written before it ends); the second
-    stores local inputs and inserts the rows. Up to ``SUBMIT_CHUNK_ROWS`` items: in ONE
-    transaction, then publish. More: chunk by chunk, each published once it commits, so the
-    first batch is on its way while later rows are written (``jobs.submit.rows``)."""
+    stores local inputs and then inserts the rows (no transaction is open while inputs are
+    stored). Up to ``SUBMIT_CHUNK_ROWS`` items: in ONE transaction, then publish. More: chunk
+    by chunk, each published once it commits, so the first batch is on its way while later
+    rows are written (``jobs.submit.rows``). An input refused on its own (empty, over the byte
+    limit) does not refuse the request: its item is written failed."""
     kind = get_kind(request.kind)
     check_request(request, max_prompt_chars)
     extensions = DOCUMENT_EXTENSIONS if kind.reads_documents else IMAGE_EXTENSIONS
@@ -94,40 +100,51 @@ def submit_job(
         if existing is not None:
             return existing
     inputs = checked.kept if checked.kept is not None else expand()
+    write = _submit_in_chunks if checked.count > submit_rows.SUBMIT_CHUNK_ROWS else _submit_whole
     try:
-        if checked.count > submit_rows.SUBMIT_CHUNK_ROWS:
-            return _submit_in_chunks(
-                request, checked, inputs, session_factory, blobs, publisher, max_prompt_chars
-            )
-        stamp = utcnow()
-        with session_factory.begin() as session:
-            job, item_ids = write_job(
-                session,
-                request,
-                inputs,
-                blobs,
-                fingerprint=checked.fingerprint,
-                dispatched_at=stamp,
-                max_prompt_chars=max_prompt_chars,
-            )
+        return write(request, checked, inputs, session_factory, blobs, publisher, max_prompt_chars)
     except IntegrityError:
         if request.idempotency_key:  # lost a race with the same key
             found = _find_by_key(session_factory, request.idempotency_key, checked.fingerprint)
             if found is not None:
                 return found
         raise
-    log.info("job submitted job=%s kind=%s items=%d", job.id, job.kind, len(item_ids))
-    dispatched = dispatch_items(
-        session_factory,
-        publisher,
-        job.id,
-        item_ids,
-        model=job.model,
-        batch_size=request.params.batch_size,
-        stamp=stamp,
-    )
+
+
+def _submit_whole(
+    request: SubmitRequest,
+    checked: _Checked,
+    inputs: Iterable[InputSpec],
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    publisher: Publisher,
+    max_prompt_chars: int,
+) -> SubmitResult:
+    """A job of at most a chunk of rows: every input stored, then ONE short transaction (it
+    never waits on storage), then its messages."""
+    job, _ = build_job(request, [], [], fingerprint=checked.fingerprint)
+    rows = prepare_rows(job.id, request, inputs, blobs, max_prompt_chars=max_prompt_chars)
+    stamp = utcnow()
+    queued = stamp_queued(rows, stamp)
+    with session_factory.begin() as session:
+        write_job(session, job, rows)
+    failed = len(rows) - len(queued)
+    log.info("job submitted job=%s kind=%s items=%d failed=%d", job.id, job.kind, len(rows), failed)
+    dispatched = True
+    if queued:
+        dispatched = dispatch_items(
+            session_factory,
+            publisher,
+            job.id,
+            queued,
+            model=job.model,
+            batch_size=request.params.batch_size,
+            stamp=stamp,
+        )
+    else:  # every input was refused on its own: no worker's record will ever end this job
+        finalise_jobs(session_factory, [job.id])
     return SubmitResult(
-        job_id=job.id, item_count=len(item_ids), dispatched=dispatched, model=job.model
+        job_id=job.id, item_count=len(rows), dispatched=dispatched, model=job.model, failed=failed
     )
 
 
@@ -163,6 +180,7 @@ def _submit_in_chunks(
         dispatched=written.dispatched,
         model=job.model,
         complete=written.complete,
+        failed=written.failed,
     )
 
 
@@ -214,32 +232,13 @@ def _check_inputs(
     return _Checked(request=request, fingerprint=fingerprint, kept=kept, count=count)
 
 
-def write_job(
-    session: Session,
-    request: SubmitRequest,
-    inputs: Iterable[InputSpec],
-    blobs: Blobs,
-    *,
-    fingerprint: str,
-    dispatched_at: datetime,
-    max_prompt_chars: int,
-) -> tuple[Job, list[str]]:
-    """Adds a new job and its items to ``session`` (the caller's one transaction), the items
-    already stamped dispatched, in multi-row INSERTs; local inputs are stored on the way.
-    Returns the job and its item ids in order."""
-    job, _ = build_job(request, [], [], fingerprint=fingerprint)
+def write_job(session: Session, job: Job, rows: list[dict[str, Any]]) -> None:
+    """Adds a new job (``build_job``'s, not yet added to any session) and its item rows
+    (``prepare_rows``': inputs already stored, rows already stamped) to ``session``, the
+    caller's one transaction, in multi-row INSERTs."""
     session.add(job)
     session.flush()  # the job row first: items reference it
-    item_ids = insert_items(
-        session,
-        job,
-        request,
-        inputs,
-        blobs,
-        dispatched_at=dispatched_at,
-        max_prompt_chars=max_prompt_chars,
-    )
-    return job, item_ids
+    insert_rows(session, rows)
 
 
 def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
@@ -266,10 +265,12 @@ def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
 
 
 def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at: datetime) -> None:
-    """Adds the rows of a new job, its items already stamped dispatched: the caller publishes
-    right after this commits, so a claim never meets a producer still writing to its rows."""
+    """Adds the rows of a new job, its queued items already stamped dispatched: the caller
+    publishes them right after this commits, so a claim never meets a producer still writing
+    to its rows. (An item written failed has no message.)"""
     for item in items:
-        item.dispatched_at = dispatched_at
+        if item.status == ItemStatus.queued:
+            item.dispatched_at = dispatched_at
     session.add(job)
     session.flush()  # the job row first: items reference it
     session.add_all(items)
@@ -298,10 +299,21 @@ def _find_by_key(
                 code="submit_incomplete",
             )
         count = session.scalar(select(func.count()).where(Item.job_id == job.id)) or 0
+        # A queued item without a dispatch stamp has no message: the publish that should have
+        # sent it failed, and it waits for the sweeper.
+        undispatched = session.scalar(
+            select(Item.id)
+            .where(
+                Item.job_id == job.id,
+                Item.status == ItemStatus.queued,
+                Item.dispatched_at.is_(None),
+            )
+            .limit(1)
+        )
         return SubmitResult(
             job_id=job.id,
             item_count=count,
-            dispatched=True,
+            dispatched=undispatched is None,
             existing=True,
             model=job.model,
             complete=lease is None,

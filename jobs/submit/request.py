@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.db import Item, Job, new_id
+from jobs.db import Item, Job, new_id, utcnow
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
 from jobs.kinds import ItemAsk, KindParams, get_kind
@@ -120,12 +120,17 @@ class SubmitRequest:
 class SubmitResult:
     job_id: str
     item_count: int
+    # Every queued item has had its message sent. False: some wait for the sweeper (the broker
+    # did not take them, now or, for an existing job, when it was submitted).
     dispatched: bool
     existing: bool = False
     model: str = ""  # the job's: the one its workers serve
     # False: the job was cancelled while its rows were still being written (it holds only
     # ``item_count`` of its inputs); for an existing job, another submit is still writing it.
     complete: bool = True
+    # Items written failed at submit: their inputs were refused on their own (empty, over the
+    # byte limit, a URL never fetched). Counted for a new job only.
+    failed: int = 0
 
 
 def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
@@ -171,6 +176,7 @@ def build_job(
         "fingerprint": fingerprint or fingerprint_of(request),
     }
     asks = asks if asks is not None else [ItemAsk()] * len(inputs)
+    now = utcnow()
     items = [
         Item(
             id=new_id(),
@@ -182,8 +188,12 @@ def build_job(
             input_sha256=sha256,
             prompt=ask.prompt,
             request=ask.request,
-            status=ItemStatus.queued,
+            # An input refused on its own is terminal from the start (as ``item_rows`` writes it).
+            status=ItemStatus.queued if spec.input_error is None else ItemStatus.failed,
             attempts=0,
+            error_code=spec.input_error[0] if spec.input_error else None,
+            error_message=spec.input_error[1] if spec.input_error else None,
+            finished_at=now if spec.input_error else None,
         )
         for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
     ]

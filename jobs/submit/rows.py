@@ -1,16 +1,22 @@
-"""Writing a submitted job's item rows: a small job in the caller's one transaction, a big one
-in chunks, each committed and then published at once, so workers start on the first batch
-while later rows are still being written.
+"""Writing a submitted job's item rows: a small job in one transaction, a big one in chunks,
+each committed and then published at once, so workers start on the first batch while later rows
+are still being written.
+
+Every input is stored (content-addressed, so storing it again is harmless) BEFORE the
+transaction that writes its rows opens: a transaction never waits on storage, so a slow upload
+neither outlives PostgreSQL's idle-in-transaction limit nor holds SQLite's one write lock
+(docs/design.md#no-slow-work-inside-a-transaction).
 
 A big job holds a submit lease (``jobs.submit_lease_expires_at``) while its rows are written:
-each chunk's transaction renews it, the last one clears it, and until then the job is not
-finalised. If the producer stops (a crash, Ctrl-C), the sweeper cancels the job once the lease
-runs out; an interrupted producer cancels it at once itself.
+a heartbeat renews it while the producer works (uploads included), the last chunk clears it,
+and until then the job is not finalised. If the producer stops (a crash, Ctrl-C), the sweeper
+cancels the job once the lease runs out; an interrupted producer cancels it at once itself.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -24,7 +30,12 @@ from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.hooks import reached
 from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
-from jobs.lifecycle import abandon_submissions, continue_submission
+from jobs.lifecycle import (
+    abandon_submissions,
+    continue_submission,
+    finalise_jobs,
+    renew_submission,
+)
 from jobs.states import ItemStatus
 from jobs.submit.input_store import UPLOAD_THREADS, store_with
 from jobs.submit.sources import INPUT_ERROR, InputSpec
@@ -44,9 +55,9 @@ _ROWS_PER_INSERT = 2_000
 # INSERT each, large enough that a chunk's fixed cost (a job-row update, a COMMIT, a pipelined
 # publish) stays small next to its rows, and small enough to hold the job row only briefly.
 SUBMIT_CHUNK_ROWS = 2_000
-# How long a big submit may take to write its next chunk (storing its local inputs included)
-# before the sweeper takes it for dead and cancels the job: generous, because cancelling a live
-# but slow submit is worse than noticing a dead one a few minutes late.
+# How long a big submit's producer may go unheard (its heartbeat renews the lease every third
+# of this while it lives) before the sweeper takes it for dead and cancels the job: generous,
+# because cancelling a live submit is worse than noticing a dead one a few minutes late.
 SUBMIT_LEASE = timedelta(minutes=10)
 
 
@@ -55,42 +66,51 @@ class Written:
     item_count: int
     dispatched: bool
     complete: bool  # False: the job was cancelled while its rows were written
+    failed: int = 0  # items written failed: their inputs were refused on their own
 
 
-def insert_items(
-    session: Session,
-    job: Job,
+def prepare_rows(
+    job_id: str,
     request: SubmitRequest,
     inputs: Iterable[InputSpec],
     blobs: Blobs,
     *,
-    dispatched_at: datetime,
     max_prompt_chars: int,
-) -> list[str]:
-    """Adds the items of ``job`` (already flushed) to ``session``, the caller's one
-    transaction, stamped dispatched; local inputs are stored on the way. Returns their ids."""
-    item_ids: list[str] = []
+) -> list[dict[str, Any]]:
+    """The item rows of a small job, every input stored first: nothing here touches the
+    database, so the transaction that writes them never waits on storage."""
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         for chunk in chunks(inputs, _CHUNK):
-            new = item_rows(
+            rows += item_rows(
                 pool,
-                job.id,
+                job_id,
                 request,
                 chunk,
                 blobs,
-                first_seq=len(item_ids),
-                dispatched_at=dispatched_at,
+                first_seq=len(rows),
                 max_prompt_chars=max_prompt_chars,
             )
-            item_ids += [row["id"] for row in new]
-            rows += new
-            if len(rows) >= _ROWS_PER_INSERT:
-                session.execute(insert(Item), rows)
-                rows = []
-    if rows:
-        session.execute(insert(Item), rows)
-    return item_ids
+    return rows
+
+
+def stamp_queued(rows: list[dict[str, Any]], stamp: datetime | None) -> list[str]:
+    """Stamps the queued rows dispatched at ``stamp`` (None: the sweeper will dispatch them)
+    and returns their ids, the ones to publish; a row written failed has no message.
+
+    Stamped after the inputs are stored, just before the rows' transaction: a stamp taken
+    before a slow upload would make the rows look like a lost message to the sweeper the
+    moment they commit, and they would be published twice."""
+    queued = [row for row in rows if row["status"] == ItemStatus.queued]
+    for row in queued:
+        row["dispatched_at"] = stamp
+    return [row["id"] for row in queued]
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Adds ``rows`` to the caller's transaction, in multi-row INSERTs."""
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        session.execute(insert(Item), rows[start : start + _ROWS_PER_INSERT])
 
 
 def write_in_chunks(
@@ -104,18 +124,18 @@ def write_in_chunks(
     max_prompt_chars: int,
 ) -> Written:
     """Inserts ``job`` (not yet added to any session) and its items chunk by chunk, each chunk
-    in its own transaction and published as soon as it commits (commit, then publish, chunk by
-    chunk). Stops, writing nothing more, if the job is cancelled meanwhile. If this raises
-    after the first chunk committed, the job is cancelled (best effort; else the sweeper does
-    it once the lease runs out). An IntegrityError (the idempotency key taken) is raised by the
-    first chunk, before anything is committed."""
+    stored first, then written in its own transaction and published as soon as it commits
+    (commit, then publish, chunk by chunk). Stops, writing nothing more, if the job is
+    cancelled meanwhile. If this raises after the first chunk committed, the job is cancelled
+    (best effort; else the sweeper does it once the lease runs out). An IntegrityError (the
+    idempotency key taken) is raised by the first chunk, before anything is committed."""
     batch_size = request.params.batch_size
     rest = max(batch_size, SUBMIT_CHUNK_ROWS // batch_size * batch_size)
-    written, dispatching, committed = 0, True, False
+    written, failed, dispatching, committed = 0, 0, True, False
+    keeper = SubmitLeaseKeeper(session_factory, job.id)
     try:
-        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        with keeper, ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
             for chunk, last in _with_last(_sized(inputs, batch_size, rest)):
-                stamp = utcnow()
                 rows = item_rows(
                     pool,
                     job.id,
@@ -123,25 +143,20 @@ def write_in_chunks(
                     chunk,
                     blobs,
                     first_seq=written,
-                    dispatched_at=stamp if dispatching else None,
                     max_prompt_chars=max_prompt_chars,
                 )
+                stamp = utcnow()
+                ids = stamp_queued(rows, stamp if dispatching else None)
                 lease = None if last else utcnow() + SUBMIT_LEASE
-                with session_factory.begin() as session:
-                    if not committed:
-                        job.submit_lease_expires_at = lease
-                        session.add(job)
-                        session.flush()  # the job row first: items reference it
-                    elif not continue_submission(session, job.id, lease_until=lease):
-                        log.warning("submit stopped job=%s: the job was cancelled", job.id)
-                        return Written(written, dispatching, complete=False)
-                    for start in range(0, len(rows), _ROWS_PER_INSERT):
-                        session.execute(insert(Item), rows[start : start + _ROWS_PER_INSERT])
-                    reached("submit:chunk_written")  # inside the chunk's transaction
+                if not _commit_chunk(session_factory, job, rows, first=not committed, lease=lease):
+                    log.warning("submit stopped job=%s: the job was cancelled", job.id)
+                    return Written(written, dispatching, complete=False, failed=failed)
+                if not committed and not last:
+                    keeper.start()  # from here on the job exists and its lease must be kept
                 committed = True
                 written += len(rows)
-                if dispatching:
-                    ids = [row["id"] for row in rows]
+                failed += len(rows) - len(ids)
+                if dispatching and ids:
                     dispatching = dispatch_items(
                         session_factory,
                         publisher,
@@ -151,13 +166,78 @@ def write_in_chunks(
                         batch_size=batch_size,
                         stamp=stamp,
                     )
+                if last and not ids:
+                    # Nothing of this chunk is queued, so no worker's record will end the job.
+                    finalise_jobs(session_factory, [job.id])
                 if not last:
                     reached("submit:chunk_published")  # between two chunks: nothing held
     except BaseException:
-        if committed:
+        if committed:  # the keeper has stopped: nothing renews what is being cancelled
             _give_up(session_factory, job.id)
         raise
-    return Written(written, dispatching, complete=True)
+    return Written(written, dispatching, complete=True, failed=failed)
+
+
+def _commit_chunk(
+    session_factory: SessionFactory,
+    job: Job,
+    rows: list[dict[str, Any]],
+    *,
+    first: bool,
+    lease: datetime | None,
+) -> bool:
+    """One chunk's transaction: the job row (the first chunk inserts it, a later one renews or,
+    as the last, clears its lease), then the rows. False: the job is no longer open, and
+    nothing was written."""
+    with session_factory.begin() as session:
+        if first:
+            job.submit_lease_expires_at = lease
+            session.add(job)
+            session.flush()  # the job row first: items reference it
+        elif not continue_submission(session, job.id, lease_until=lease):
+            return False
+        insert_rows(session, rows)
+        reached("submit:chunk_written")  # inside the chunk's transaction
+    return True
+
+
+class SubmitLeaseKeeper:
+    """Renews a big submit's lease every third of ``SUBMIT_LEASE`` from a background thread,
+    while the producer stores and writes its chunks, so a slow upload never lets it lapse.
+
+    A producer that dies (kill -9) or is paused stops renewing with it, and the sweeper
+    abandons its job once the lease runs out; a renewal that fails (database down) is tried
+    again at the next beat. The keeper stops by itself once the job is no longer open or its
+    lease was cleared (the last chunk)."""
+
+    def __init__(self, session_factory: SessionFactory, job_id: str) -> None:
+        self._session_factory = session_factory
+        self._job_id = job_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> SubmitLeaseKeeper:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="submit-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        lease = SUBMIT_LEASE  # read once: tests shorten it
+        while not self._stop.wait(lease.total_seconds() / 3):
+            try:
+                if not renew_submission(
+                    self._session_factory, self._job_id, lease_until=utcnow() + lease
+                ):
+                    return
+            except Exception as exc:  # the next beat tries again; the lease is the safety net
+                log.warning("submit lease renewal failed job=%s: %s", self._job_id, exc)
 
 
 def _give_up(session_factory: SessionFactory, job_id: str) -> None:
@@ -178,17 +258,19 @@ def item_rows(
     blobs: Blobs,
     *,
     first_seq: int,
-    dispatched_at: datetime | None,
     max_prompt_chars: int,
 ) -> list[dict[str, Any]]:
     """The item rows of ``chunk`` (its local inputs stored first), numbered from
-    ``first_seq``; ``dispatched_at`` None: the sweeper will dispatch them."""
+    ``first_seq``, not yet stamped dispatched (``stamp_queued``). An input refused on its own
+    is written ``failed`` with its code: it is terminal from the start, so the job finishes
+    without any worker reading it."""
     kind = get_kind(request.kind)
     rows: list[dict[str, Any]] = []
     for offset, (spec, (uri, sha256)) in enumerate(
         zip(chunk, store_with(pool, chunk, blobs), strict=True)
     ):
         ask = ask_for(kind, request.params, spec, max_prompt_chars)
+        code, message = spec.input_error or (None, None)
         rows.append(
             {
                 "id": new_id(),
@@ -200,9 +282,12 @@ def item_rows(
                 "input_sha256": sha256,
                 "prompt": ask.prompt,
                 "request": ask.request,
-                "status": ItemStatus.queued,
+                "status": ItemStatus.queued if code is None else ItemStatus.failed,
                 "attempts": 0,
-                "dispatched_at": dispatched_at,
+                "dispatched_at": None,
+                "error_code": code,
+                "error_message": message,
+                "finished_at": None if code is None else utcnow(),
             }
         )
     return rows
@@ -221,7 +306,8 @@ def ask_for(kind: Kind[Any], params: KindParams, spec: InputSpec, max_prompt_cha
 
 def with_input_error(ask: ItemAsk, spec: InputSpec) -> ItemAsk:
     """An input refused on its own (``InputSpec.input_error``) is recorded in its item's
-    request: the worker fails the item with it, without reading anything."""
+    request too: a retried item is failed with it again by the worker, without reading
+    anything."""
     if spec.input_error is None:
         return ask
     code, message = spec.input_error

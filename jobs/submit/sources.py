@@ -86,7 +86,7 @@ class InlineImage:
 class InputSpec:
     source: str  # exactly as the user gave it (or as found under a directory they gave)
     local_path: Path | None = None
-    uri: str | None = None  # an object in a user's bucket, read in place
+    uri: str | None = None  # an object in a user's bucket, read in place (or a refused input's)
     prompt: str | None = None
     custom_id: str | None = None
     size: int | None = None  # bytes, from stat or the listing: known before anything is read
@@ -100,8 +100,9 @@ class InputSpec:
     inline: InlineImage | None = None
     suffix: str = ""  # of the stored blob, for ``inline``
     model: str | None = None  # the model an OpenAI-Batch line names
-    # (code, message): an input refused on its own (a URL never fetched); its item fails with
-    # it when a worker claims it, without reading anything, and the rest of the job runs.
+    # (code, message): an input refused on its own (empty, over the byte limit, a URL never
+    # fetched): nothing of it is read or stored, its item is written failed with it, and the
+    # rest of the job runs.
     input_error: tuple[str, str] | None = None
 
 
@@ -138,7 +139,8 @@ def expand_sources(
     batch_format: BatchFormat | None = None,
     policy: InputPolicy = ANYTHING,
 ) -> list[InputSpec]:
-    """Every input the sources name, each checked from its size; refuses the request otherwise.
+    """Every input the sources name; a request-level problem refuses the request, while an
+    input that is empty or over ``max_input_bytes`` only carries its ``input_error``.
 
     ``batch_format`` (``submit batch``): each source is a .jsonl file of chat requests, in
     OpenAI-Batch format or ours, named or detected from its lines."""
@@ -236,21 +238,33 @@ def _local_file(source: str, path: Path, walk: _Walk) -> InputSpec:
         ) from exc
     if not stat.S_ISREG(info.st_mode):  # a device, FIFO or socket could be endless
         raise RequestError(f"{source}: not a regular file.", code="invalid_source")
-    if info.st_size == 0:
-        raise RequestError(f"{source}: the file is empty (0 bytes).", code="empty_input")
-    _check_size(source, info.st_size, walk.max_input_bytes)
+    # An empty or oversized file is one bad input, not a bad request: it becomes an item that
+    # is written failed, and is never read or stored (``uri`` is what its row records).
+    refused = _size_error(source, info.st_size, walk.max_input_bytes, what="file")
     return InputSpec(
-        source=source, local_path=path, size=info.st_size, version=str(info.st_mtime_ns)
+        source=source,
+        local_path=path,
+        uri=str(path) if refused else None,
+        size=info.st_size,
+        version=str(info.st_mtime_ns),
+        input_error=refused,
     )
 
 
-def _check_size(source: str, size: int, limit: int) -> None:
+def _size_error(
+    source: str, size: int, limit: int, *, what: str = "object"
+) -> tuple[str, str] | None:
+    """The (code, message) an input of ``size`` bytes fails its own item with, if any: judged
+    from its stat size or its listing, before anything is read."""
+    if size == 0:
+        return "empty_input", f"{source}: the {what} is empty (0 bytes)."
     if size > limit:
-        raise RequestError(
+        return (
+            "input_too_large",
             f"{source}: {size} bytes is over the input limit of {limit} bytes "
             "(LLAVA_BATCH_MAX_INPUT_BYTES).",
-            code="input_too_large",
         )
+    return None
 
 
 def _expand_s3(uri: str, walk: _Walk) -> Iterator[InputSpec]:
@@ -263,11 +277,15 @@ def _expand_s3(uri: str, walk: _Walk) -> Iterator[InputSpec]:
             exact = obj.uri == uri and not obj.key.endswith("/")
             if exact or Path(obj.key).suffix.lower() in walk.extensions:
                 found = True
-                # The listing's size is checked before any cost is paid: an object over the limit
-                # is refused now. An empty one costs nothing and fails only its own item
-                # (empty_input), as any object that is emptied after submit would.
-                _check_size(obj.uri, obj.size, walk.max_input_bytes)
-                yield InputSpec(source=obj.uri, uri=obj.uri, size=obj.size, version=obj.etag)
+                # Judged from the listing's size before any cost is paid: an empty object or
+                # one over the limit fails only its own item.
+                yield InputSpec(
+                    source=obj.uri,
+                    uri=obj.uri,
+                    size=obj.size,
+                    version=obj.etag,
+                    input_error=_size_error(obj.uri, obj.size, walk.max_input_bytes),
+                )
     except StorageError as exc:
         raise RequestError(f"{uri}: {exc}", code=exc.code) from exc
     if not found:
@@ -432,8 +450,13 @@ def _s3_object(uri: str, walk: _Walk) -> InputSpec:
         raise RequestError(f"{uri}: {exc}", code=exc.code) from exc
     if found is None or found.key != key:
         raise RequestError(f"{uri}: no such object.", code="source_not_found")
-    _check_size(uri, found.size, walk.max_input_bytes)
-    return InputSpec(source=uri, uri=uri, size=found.size, version=found.etag)
+    return InputSpec(
+        source=uri,
+        uri=uri,
+        size=found.size,
+        version=found.etag,
+        input_error=_size_error(uri, found.size, walk.max_input_bytes),
+    )
 
 
 @contextmanager

@@ -34,3 +34,17 @@ def test_the_same_key_during_a_submit_says_the_job_is_still_being_written(
     whole = SubmitResult("job-1", item_count=9, dispatched=True)
     assert "submitted 9 item(s)" in _shown(capsys, whole, json_out=False)
     assert json.loads(_shown(capsys, whole, json_out=True))["complete"] is True
+
+
+def test_items_failed_at_submit_and_a_pending_dispatch_are_said(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    some_failed = SubmitResult("job-1", item_count=5, dispatched=True, failed=2)
+    text = " ".join(_shown(capsys, some_failed, json_out=False).split())
+    assert "submitted 5 item(s)" in text and "2 of them failed at once" in text
+    assert json.loads(_shown(capsys, some_failed, json_out=True))["failed"] == 2
+    # The same key, after a first submit whose broker was down: the sweeper still has to send.
+    pending = SubmitResult("job-1", item_count=5, dispatched=False, existing=True)
+    text = " ".join(_shown(capsys, pending, json_out=False).split())
+    assert "not published when it was submitted" in text and "unreachable;" not in text
+    assert json.loads(_shown(capsys, pending, json_out=True))["dispatched"] is False

@@ -89,15 +89,6 @@ CASES: list[tuple[str, Build, list[str], dict[str, str], str]] = [
         {},
         "manifest_invalid",
     ),
-    ("zero-bytes", _zero, [], {}, "empty_input"),
-    ("huge", _sparse, [], {}, "input_too_large"),
-    (
-        "limit-setting",
-        lambda d: [str(d)],
-        [],
-        {"LLAVA_BATCH_MAX_INPUT_BYTES": "10"},
-        "input_too_large",
-    ),
 ]
 
 
@@ -120,6 +111,30 @@ def test_hostile_submits_are_refused_and_write_nothing(
     home = tmp_path / "home"
     assert _rows(home, "jobs") == 0 and _rows(home, "items") == 0
     assert _blobs(home) == []
+
+
+def test_an_empty_or_oversized_file_is_no_refusal_it_fails_its_own_item(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """docs/design.md#I6 through the real CLI: ``submit caption photos/`` with a zero-byte file
+    and one over the limit (sparse, never read) among good ones exits 0; those two items are
+    failed from the start with their codes, the good ones are queued, and only they are
+    stored."""
+    folder = tmp_path / "catalogue"
+    write_images(folder, 2)
+    _zero(folder)
+    _sparse(folder)
+    result = run_cli("submit", "caption", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["items"], shown["failed"], shown["dispatched"]) == (4, 2, False)
+    status = json.loads(run_cli("status", shown["job_id"], "--json").stdout)
+    assert status["counts"]["failed"] == 2 and status["counts"]["queued"] == 2
+    home = tmp_path / "home"
+    assert _rows(home, "items") == 4 and len(_blobs(home)) == 2
+    text_out = run_cli("submit", "caption", str(folder))
+    assert text_out.returncode == 0
+    assert "2 of them failed at once" in " ".join(text_out.stderr.split())
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from jobs.submit.fingerprint import describe_inputs, fingerprint_of, fingerprint
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import add_job, submit_job, with_input_error, write_job
 from jobs.submit.request import SubmitRequest, build_job
+from jobs.submit.rows import prepare_rows, stamp_queued
 from jobs.submit.sources import InputSpec, expand_sources, iter_sources
 from storage import Blobs, LocalStore
 from tests.helpers import image_bytes
@@ -37,6 +38,9 @@ _COLUMNS = (
     "dispatched_at",
     "lease_token",
     "transient_failures",
+    "error_code",
+    "error_message",
+    "finished_at IS NULL",
 )
 
 
@@ -91,22 +95,18 @@ def test_write_job_inserts_the_rows_add_job_does(
     job, items = build_job(request, specs, store_inputs(specs, blobs), asks, fingerprint="f")
     with session_factory.begin() as session:
         add_job(session, job, items, dispatched_at=stamp)
+    written, _ = build_job(request, [], [], fingerprint="f")
+    rows = prepare_rows(written.id, request, iter(specs), blobs, max_prompt_chars=4000)
+    queued = stamp_queued(rows, stamp)
     with session_factory.begin() as session:
-        written, ids = write_job(
-            session,
-            request,
-            iter(specs),
-            blobs,
-            fingerprint="f",
-            dispatched_at=stamp,
-            max_prompt_chars=4000,
-        )
+        write_job(session, written, rows)
     assert _rows(session_factory, written.id) == _rows(session_factory, job.id)
+    assert queued == [row["id"] for row in rows[:3]]  # the refused input has no message
     with session_factory() as session:
         stored = session.scalars(
             select(Item.id).where(Item.job_id == written.id).order_by(Item.seq)
         ).all()
-        assert list(stored) == ids
+        assert list(stored) == [row["id"] for row in rows]
         new, old = session.get(Job, written.id), session.get(Job, job.id)
         assert new is not None and old is not None
         assert (new.kind, new.status, new.prompt, new.params, new.model) == (
