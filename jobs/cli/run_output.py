@@ -14,6 +14,7 @@ import os
 import sys
 from contextlib import ExitStack
 from enum import StrEnum
+from itertools import takewhile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -161,30 +162,32 @@ class FinishedItems:
     def write_finished(self) -> int:
         """Writes what has finished since the last call; returns how many items."""
         written, chunk = 0, 64  # a run usually finds one batch finished: read little first
-        with self._session_factory() as session:
-            while True:
-                items = list(
-                    session.scalars(
-                        select(Item)
-                        .where(Item.job_id == self._job_id, Item.seq > self._after)
-                        .order_by(Item.seq)
-                        .limit(chunk)
-                    )
-                )
-                for item in items:
-                    if item.status not in TERMINAL_ITEM_STATES:
-                        items = []
-                        break
-                    self._output.writer.write(item)
-                    self._after = item.seq
-                    written += 1
-                if len(items) < chunk:
-                    break
-                session.expunge_all()
-                chunk = min(chunk * 2, 1024)
+        while True:
+            # Read, then write: a slow reader of the output (a pipe, a full disk) must not hold
+            # a read transaction open (docs/design.md#no-slow-work-inside-a-transaction).
+            items = self._read_after(self._after, chunk)
+            finished = list(takewhile(lambda item: item.status in TERMINAL_ITEM_STATES, items))
+            for item in finished:
+                self._output.writer.write(item)
+                self._after = item.seq
+                written += 1
+            if len(finished) < chunk:  # the last rows, or one not finished yet
+                break
+            chunk = min(chunk * 2, 1024)
         self._output.flush()
         self.written += written
         return written
+
+    def _read_after(self, seq: int, limit: int) -> list[Item]:
+        with self._session_factory() as session:
+            return list(
+                session.scalars(
+                    select(Item)
+                    .where(Item.job_id == self._job_id, Item.seq > seq)
+                    .order_by(Item.seq)
+                    .limit(limit)
+                )
+            )
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -28,7 +28,7 @@ from jobs.submit.request import SubmitRequest, SubmitResult
 from jobs.sweeper import sweep
 from model.fake import FakeEngine
 from storage import Blobs
-from tests.helpers import make_resources, write_images
+from tests.helpers import ListPublisher, make_resources, write_images
 from tests.txguard import GuardedBlobs, GuardedPublisher, TransactionTracker, guarded_loader
 from workers.pipeline import process_batch
 
@@ -168,3 +168,42 @@ def test_a_sweep_asks_and_publishes_outside_every_transaction(
         statuses = set(session.scalars(select(Item.status)))
     assert statuses == {ItemStatus.queued}
     _clean(tracker, "ask the broker", "publish")
+
+
+class _GuardedOutput:
+    """A run's output whose every write asks the guard: a slow reader of stdout must not hold
+    the read transaction open."""
+
+    def __init__(self, tracker: TransactionTracker) -> None:
+        self.tracker = tracker
+        self.writer = self
+        self.items: list[str] = []
+
+    def write(self, item: Item) -> None:
+        self.tracker.check("write output")
+        self.items.append(item.id)
+
+    def flush(self) -> None:
+        self.tracker.check("write output")
+
+
+def test_a_run_writes_its_output_outside_every_transaction(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tracker: TransactionTracker,
+    tmp_path: Path,
+) -> None:
+    """docs/design.md#no-slow-work-inside-a-transaction, for `run`'s streamed output: the
+    finished items are read in a short transaction, then written."""
+    from jobs.cli.run_output import FinishedItems
+
+    folder = tmp_path / "r"
+    write_images(folder, 5)
+    submitted = _submit(session_factory, blobs, ListPublisher(), folder)
+    with session_factory() as session:
+        ids = list(session.scalars(select(Item.id).where(Item.job_id == submitted.job_id)))
+    process_batch(ids, make_resources(session_factory, blobs, FakeEngine()))
+    output = _GuardedOutput(tracker)
+    stream = FinishedItems(session_factory, submitted.job_id, output)  # type: ignore[arg-type]
+    assert stream.write_finished() == 5 and len(output.items) == 5
+    _clean(tracker, "write output")
