@@ -392,6 +392,9 @@ def _read_openai_batch(manifest: Path, lines: Iterable[_Line], walk: _Walk) -> I
         )
 
 
+_ITEM_SIZE_ERRORS = ("empty_input", "input_too_large")
+
+
 def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk) -> InputSpec:
     """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
     s3:// object (read in place), or a path in the file's folder; any other scheme is never
@@ -399,7 +402,13 @@ def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk
     _check_source_text(url)
     scheme = uri_scheme(url)
     if scheme == "data":
-        data, suffix, mime = decode_data_uri(url, where, walk.max_input_bytes)
+        try:
+            data, suffix, mime = decode_data_uri(url, where, walk.max_input_bytes)
+        except RequestError as exc:
+            if exc.code not in _ITEM_SIZE_ERRORS:  # a malformed line refuses the file
+                raise
+            # Empty or over the byte limit: like a listed file, it fails only its own item.
+            return InputSpec(source=f"{url[:40]}…", input_error=(exc.code, str(exc)))
         digest = hashlib.sha256(data).hexdigest()
         inline = InlineImage(
             manifest, line.offset, line.length, where, digest, walk.max_input_bytes

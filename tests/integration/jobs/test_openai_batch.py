@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
+from jobs.states import ItemStatus
 from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import BatchFormat
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -209,11 +210,6 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
             "line 2",
         ),
         (
-            [_line("a", [_image(_data_uri())]), _line("b", [_image("data:image/png;base64,")])],
-            "empty_input",
-            "line 2",
-        ),
-        (
             [_line("a", [_image("x.png")], max_tokens=100_000)],
             "invalid_option",
             "line 1",
@@ -226,7 +222,6 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
         "duplicate",
         "escape",
         "missing",
-        "empty-data",
         "max-tokens",
     ],
 )
@@ -301,3 +296,29 @@ def test_custom_id_is_an_alias_of_id_in_a_manifest(
     with pytest.raises(RequestError) as conflicting:
         _submit(session_factory, blobs, SubmitRequest.of("caption", [both], "m"))
     assert conflicting.value.code == "manifest_invalid"
+
+
+def test_an_empty_or_oversized_inline_image_fails_only_its_item(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I6 (docs/design.md#I6): a data: image that is empty or over the byte limit is
+    a bad input, not a bad file; its item is written failed, and the other lines run."""
+    big = _data_uri((400, 300))
+    file = _write(
+        tmp_path / "batch.jsonl",
+        [
+            _line("ok", [_image(_data_uri())]),
+            _line("empty", [_image("data:image/png;base64,")]),
+            _line("big", [_image(big)]),
+        ],
+    )
+    limit = len(base64.b64decode(big.split(",", 1)[1])) - 1
+    result = _submit(session_factory, blobs, _request(file, max_input_bytes=limit))
+    with session_factory() as session:
+        items = {
+            item.custom_id: item
+            for item in session.scalars(select(Item).where(Item.job_id == result.job_id))
+        }
+    assert items["ok"].status == ItemStatus.queued
+    assert (items["empty"].status, items["empty"].error_code) == ("failed", "empty_input")
+    assert (items["big"].status, items["big"].error_code) == ("failed", "input_too_large")
