@@ -11,16 +11,17 @@ table (``jobs.errors.ExitCode``), never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from sqlalchemy.exc import DBAPIError
 
 from jobs.cli import views
 from jobs.cli.commands import Commands
-from jobs.cli.context import Context, open_context
+from jobs.cli.context import open_context
 from jobs.cli.fleet import with_waiting
 from jobs.cli.options import Json
 from jobs.cli.schedules import build_schedule_app
@@ -32,6 +33,8 @@ from jobs.errors import RequestError
 from jobs.metadata import parse_meta
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
+
+T = TypeVar("T")
 
 commands = Commands()
 
@@ -208,25 +211,19 @@ def sweep_command(
 
     from jobs.maintenance import run_maintenance
 
-    ctx = _open_waiting(once)
+    # A sweeper started before its database (a container that comes up first, a database
+    # restarted with the fleet) must not exit, since nothing else repairs what it does, and once
+    # running it rides outages out the same way, as the workers do. ``--once`` fails fast
+    # (exit 5): a single pass from cron or a script should report the outage, not hang.
+    ctx = _until_reachable(open_context, once=once, cap=60.0)
     publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
     interval = float(ctx.settings.sweep_interval_seconds)
-    backoff = 1.0
     while True:
-        try:
-            report = run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings)
-        except DBAPIError as exc:
-            # A long-running repairer rides a database outage out, as the workers do.
-            if once or not is_retryable(exc):
-                raise
-            views.err.print(
-                f"sweep: the database is unreachable ({views.first_line(exc.orig)}); "
-                f"retrying in {backoff:.0f}s"
-            )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, max(interval, 60.0))
-            continue
-        backoff = 1.0
+        report = _until_reachable(
+            lambda: run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings),
+            once=once,
+            cap=max(interval, 60.0),
+        )
         views.err.print(f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}")
         if heartbeat_file is not None:
             heartbeat_file.touch()
@@ -235,18 +232,15 @@ def sweep_command(
         time.sleep(interval)
 
 
-def _open_waiting(once: bool) -> Context:
-    """The sweeper's context, waiting (with backoff, a line each try) while the database is
-    unreachable: a sweeper started before its database (a container that comes up first, a
-    database restarted with the fleet) must not exit, since nothing else repairs what it does,
-    and once running it rides outages out the same way. ``--once`` fails fast (exit 5): a single
-    pass from cron or a script should report the outage, not hang."""
+def _until_reachable(step: Callable[[], T], *, once: bool, cap: float) -> T:
+    """``step()``, tried again while the database is unreachable: a line each try, the wait
+    doubling from 1 s up to ``cap``. ``once``: the first failure is raised."""
     import time
 
     backoff = 1.0
     while True:
         try:
-            return open_context()
+            return step()
         except DBAPIError as exc:
             if once or not is_retryable(exc):
                 raise
@@ -255,4 +249,4 @@ def _open_waiting(once: bool) -> Context:
                 f"retrying in {backoff:.0f}s"
             )
             time.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
+            backoff = min(backoff * 2, cap)
