@@ -58,20 +58,9 @@ def renew_submission(
     producer stores and writes its rows, in a transaction of its own. False once there is
     nothing to keep: the job is no longer open (cancelled, abandoned) or its last chunk cleared
     the lease (on PostgreSQL a renewal that waited for that chunk's lock sees the cleared
-    lease and changes nothing)."""
+    lease and changes nothing): ``continue_submission``'s UPDATE."""
     with session_factory.begin() as session:
-        renewed = session.scalar(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status.in_(OPEN_JOB_STATES),
-                Job.submit_lease_expires_at.is_not(None),
-            )
-            .values(submit_lease_expires_at=lease_until)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-    return renewed is not None
+        return continue_submission(session, job_id, lease_until=lease_until)
 
 
 def abandon_submissions(
