@@ -92,12 +92,21 @@ class Job(Base):
     # stand; once it runs out, the sweeper cancels the job (the producer died). Still set on a
     # finished (cancelled) job: its submission stopped before all its inputs were written.
     submit_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Higher first: a queued item of a job of higher priority is claimed before any item of a
+    # lower one of the same model (jobs.lifecycle.claims.claim_next).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The completion window: once it passes, what has not started ends ``expired``.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completion_window_seconds: Mapped[int | None] = mapped_column(Integer)
+    # When a worker last took a batch of this job: fair share serves the longest-waiting first.
+    turn_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
-        Index("ix_items_job_status", "job_id", "status"),
+        # Also the claim's order inside a job: its next queued items by seq.
+        Index("ix_items_job_status_seq", "job_id", "status", "seq"),
         Index("ix_items_status_lease", "status", "lease_expires_at"),
     )
 

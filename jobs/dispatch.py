@@ -1,7 +1,11 @@
-"""Ringing the bell: publish batch messages (ids only) after the rows are committed.
+"""Ringing the bell: publish messages (ids only) after the rows are committed.
 
-The message is a doorbell, never the data: losing it costs latency (the sweeper re-publishes),
-never an item.
+A message is a doorbell, never the data: losing it costs latency (the sweeper rings again),
+never an item. Most messages name no item at all: a doorbell for a model says "there is work",
+and the worker that takes it claims the next batch of the next job in priority and turn order
+(``jobs.lifecycle.claim_next``), so a model's queue holds at most ``bell_limit`` doorbells
+however many items wait. Only an item that lost a worker is sent by name, alone
+(docs/design.md#I11).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jobs.db import SessionFactory
 from jobs.fleet import queue_for
 from jobs.lifecycle import undo_dispatch
+from jobs.settings import DEFAULT_DOORBELLS
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +52,52 @@ class Publisher(Protocol):
         ``dispatched_at`` is the items' dispatch stamp."""
         ...
 
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        """Sends ``count`` doorbells to ``model``'s queue (``job_id``: the job that rang, for
+        a publisher that serves one job; a worker claims by priority and turn whatever it)."""
+        ...
+
+    def waiting(self, model: str) -> int | None:
+        """How many messages wait in ``model``'s queue; None when that cannot be known."""
+        ...
+
     def oldest_waiting(self, model: str) -> datetime | None:
         """The dispatch stamp of the oldest message still waiting in ``model``'s queue;
         ``QUEUE_EMPTY`` when none waits; None when that cannot be known."""
         ...
+
+    @property
+    def bell_limit(self) -> int:
+        """The most doorbells worth having in one model's queue."""
+        ...
+
+
+DEFAULT_BELL_LIMIT = DEFAULT_DOORBELLS  # LLAVA_BATCH_DOORBELLS sets it for a bigger fleet
 
 
 class CeleryPublisher:
     """Publishes by task name, so the producer never imports the worker (or torch); ``queue``
     is the deployment's queue prefix, each model's messages go to ``queue_for(queue, model)``."""
 
-    def __init__(self, broker_url: str, queue: str, *, app: Any = None) -> None:
+    def __init__(
+        self, broker_url: str, queue: str, *, app: Any = None, bell_limit: int = DEFAULT_BELL_LIMIT
+    ) -> None:
         self.broker_url = broker_url
         self.queue = queue
         self._app = app
         self._held = threading.local()  # this thread's producer inside ``batched``
+        self._bell_limit = bell_limit
+
+    @property
+    def bell_limit(self) -> int:
+        return self._bell_limit
 
     @property
     def app(self) -> Any:
@@ -83,16 +119,36 @@ class CeleryPublisher:
         kwargs: dict[str, Any] = {"job_id": job_id, "item_ids": list(item_ids)}
         if dispatched_at is not None:
             kwargs["dispatched_at"] = dispatched_at.isoformat()
+        # What Celery shows of the arguments (events, logs): said here, rather than built by
+        # its saferepr of every id.
+        self._send(model, kwargs, f"{{'job_id': {job_id!r}, 'item_ids': <{len(item_ids)} ids>}}")
+
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"model": model}
+        if dispatched_at is not None:
+            kwargs["dispatched_at"] = dispatched_at.isoformat()
+        if count <= 0:
+            return
+        with self.batched() if count > 1 else nullcontext():
+            for _ in range(count):
+                self._send(model, kwargs, f"{{'model': {model!r}}}")
+
+    def _send(self, model: str, kwargs: dict[str, Any], kwargsrepr: str) -> None:
         try:
             self.app.send_task(
                 RUN_BATCH_TASK,
                 kwargs=kwargs,
                 queue=queue_for(self.queue, model),
                 serializer="json",
-                # What Celery shows of the arguments (events, logs): said here, rather than
-                # built by its saferepr of every id, which cost a tenth of a big submit's rows.
                 argsrepr="()",
-                kwargsrepr=f"{{'job_id': {job_id!r}, 'item_ids': <{len(item_ids)} ids>}}",
+                kwargsrepr=kwargsrepr,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
                 producer=getattr(self._held, "producer", None),
@@ -120,27 +176,67 @@ class CeleryPublisher:
             raise DispatchError(f"The broker at {_redact(self.broker_url)} is unreachable") from exc
 
     def oldest_waiting(self, model: str) -> datetime | None:
-        if not self.broker_url.startswith(("redis://", "rediss://")):
+        # kombu pushes on the left and pops on the right: the oldest is the last.
+        raw = self._ask_redis(lambda client, queue: client.lindex(queue, -1), model)
+        if raw is _UNKNOWN:
             return None
+        return QUEUE_EMPTY if raw is None else _stamp_of(raw)
+
+    def waiting(self, model: str) -> int | None:
+        length = self._ask_redis(lambda client, queue: client.llen(queue), model)
+        return None if length is _UNKNOWN else int(length)
+
+    def _ask_redis(self, ask: Callable[[Any, str], Any], model: str) -> Any:
+        if not self.broker_url.startswith(("redis://", "rediss://")):
+            return _UNKNOWN
         try:
             import redis
 
             client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
             try:
-                # kombu pushes on the left and pops on the right: the oldest is the last.
-                raw = client.lindex(queue_for(self.queue, model), -1)
+                return ask(client, queue_for(self.queue, model))
             finally:
                 client.close()
         except Exception:
-            return None
-        return QUEUE_EMPTY if raw is None else _stamp_of(raw)
+            return _UNKNOWN
+
+
+_UNKNOWN = object()  # what a broker that cannot be asked answers
 
 
 class CallbackPublisher:
-    """Hands batches to a function in this process: the embedded one-process mode and tests."""
+    """Hands batches to a function in this process: the embedded one-process mode and tests.
+    A doorbell reaches it as the job that rang (None: the sweeper's, for no job in particular)
+    and no item ids; ``waiting`` says how many are still waiting, where the caller knows."""
 
-    def __init__(self, callback: Callable[[str, list[str]], None]) -> None:
+    def __init__(
+        self,
+        callback: Callable[[str | None, list[str]], None],
+        *,
+        waiting: Callable[[], int] | None = None,
+        bell_limit: int = DEFAULT_BELL_LIMIT,
+    ) -> None:
         self._callback = callback
+        self._waiting = waiting
+        self._bell_limit = bell_limit
+
+    @property
+    def bell_limit(self) -> int:
+        return self._bell_limit
+
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        for _ in range(count):
+            self._callback(job_id, [])
+
+    def waiting(self, model: str) -> int | None:
+        return None if self._waiting is None else self._waiting()
 
     def publish(
         self,
@@ -162,6 +258,15 @@ MESSAGES_PER_ROUND_TRIP = 500
 _UNDO_CHUNK = 5_000
 
 
+def doorbells_to_send(publisher: Publisher, model: str, wanted: int) -> int:
+    """How many of ``wanted`` doorbells to send to ``model``'s queue: none past the
+    publisher's ``bell_limit`` counting those already waiting (all up to the limit where the
+    queue cannot be asked)."""
+    waiting = publisher.waiting(model)
+    room = publisher.bell_limit - (waiting or 0)
+    return max(0, min(wanted, room))
+
+
 def dispatch_items(
     session_factory: SessionFactory,
     publisher: Publisher,
@@ -172,25 +277,23 @@ def dispatch_items(
     batch_size: int,
     stamp: datetime,
 ) -> bool:
-    """Publishes items already stamped ``dispatched_at = stamp`` (in the transaction that made
-    them queued), in messages of ``batch_size``, pipelined where the publisher can. On a dead
-    broker the items of every message that may not have gone out lose their stamp, so the
-    sweeper sends them as soon as it can (twice is harmless: a claim finds nothing the second
-    time); returns whether all went out."""
-    batched: Callable[[], AbstractContextManager[None]] | None = getattr(publisher, "batched", None)
-    window = batch_size * (MESSAGES_PER_ROUND_TRIP if batched is not None else 1)
-    for start in range(0, len(item_ids), window):
-        end = min(start + window, len(item_ids))
-        try:
-            with batched() if batched is not None else nullcontext():
-                for first in range(start, end, batch_size):
-                    batch = item_ids[first : min(first + batch_size, end)]
-                    publisher.publish(job_id, batch, model=model, dispatched_at=stamp)
-        except DispatchError as exc:
-            log.warning("dispatch pending job=%s: %s", job_id, exc)
-            for undo in range(start, len(item_ids), _UNDO_CHUNK):
-                undo_dispatch(session_factory, item_ids[undo : undo + _UNDO_CHUNK], stamp=stamp)
-            return False
+    """Rings for items already stamped ``dispatched_at = stamp`` (in the transaction that made
+    them queued): a doorbell per batch of ``batch_size``, up to the model's ``bell_limit`` with
+    those already waiting; the workers that take them claim by priority and turn. On a dead
+    broker the items lose their stamp, so the sweeper rings for them as soon as it can (a
+    doorbell too many claims nothing); returns whether the doorbells went out."""
+    if not item_ids:
+        return True
+    wanted = -(-len(item_ids) // max(1, batch_size))
+    try:
+        publisher.ring(
+            model, doorbells_to_send(publisher, model, wanted), job_id=job_id, dispatched_at=stamp
+        )
+    except DispatchError as exc:
+        log.warning("dispatch pending job=%s: %s", job_id, exc)
+        for undo in range(0, len(item_ids), _UNDO_CHUNK):
+            undo_dispatch(session_factory, item_ids[undo : undo + _UNDO_CHUNK], stamp=stamp)
+        return False
     return True
 
 

@@ -52,6 +52,7 @@ class ItemErrorCode(StrEnum):
     storage_unavailable = "storage_unavailable"
     out_of_memory = "out_of_memory"
     worker_lost = "worker_lost"
+    batch_expired = "batch_expired"  # its job's completion window passed before it started
     storage_error = "storage_error"  # the store failed in a way storage cannot classify
     internal_error = "internal_error"
 

@@ -17,7 +17,6 @@ unique (schedule, key, version) constraint refuses the second one's transaction,
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
+from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
 from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
@@ -46,8 +46,6 @@ from storage import Blobs, ObjectInfo, StorageError
 
 log = logging.getLogger(__name__)
 
-_EVERY = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # A schedule fires at least once a year and at most once a minute (cron's resolution; the
 # sweeper looks every LLAVA_BATCH_SWEEP_INTERVAL_SECONDS anyway).
 MIN_EVERY_SECONDS = 60
@@ -56,20 +54,13 @@ _MAX_GAP = timedelta(seconds=MAX_EVERY_SECONDS)
 
 
 def parse_every(text: str) -> int:
-    match = _EVERY.match(text.strip().lower())
-    if not match or not match.group(1).strip("0"):
-        raise RequestError(
-            f"--every {text!r} is not a period: use a number and s, m, h or d, like 15m.",
-            code="invalid_schedule",
-        )
-    digits, unit = match.groups()
-    seconds = MAX_EVERY_SECONDS + 1 if len(digits) > 12 else int(digits) * _UNITS[unit]
-    if not MIN_EVERY_SECONDS <= seconds <= MAX_EVERY_SECONDS:
-        raise RequestError(
-            f"--every {text!r} is out of range: a period is between 1m and 366d.",
-            code="invalid_schedule",
-        )
-    return seconds
+    return parse_period(
+        text,
+        option="--every",
+        low=MIN_EVERY_SECONDS,
+        high=MAX_EVERY_SECONDS,
+        code="invalid_schedule",
+    )
 
 
 def check_cron(cron: str, now: datetime) -> None:

@@ -16,10 +16,26 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobs.durations import parse_window
+from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
 from model.engine import check_device, check_dtype, check_quantization
 
 PREFIX = "LLAVA_BATCH_"
+
+# Doorbells per model queue by default: more than the slots of a fleet of a few dozen GPUs,
+# and a few kilobytes of Redis.
+DEFAULT_DOORBELLS = 64
+
+
+def _window_or_none(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        parse_window(text, option="LLAVA_BATCH_COMPLETION_WINDOW")
+    except RequestError as exc:
+        raise ValueError(exc.message) from None
+    return text.strip()
 
 
 def default_home() -> Path:
@@ -78,6 +94,12 @@ class Settings(BaseSettings):
     # A queued item whose message went out this long ago, while the broker queue is empty, has
     # lost its message (e.g. Redis restarted without persistence): the sweeper re-publishes it.
     redispatch_after_seconds: Annotated[int, Field(ge=1)] = 120
+    # Doorbells a model's broker queue holds at most (jobs.dispatch): keep it above the
+    # fleet's slots (workers times LLAVA_BATCH_WORKER_SLOTS), or some slots wait for a doorbell.
+    doorbells: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_DOORBELLS
+    # A job's completion window when its submit names none (--completion-window): 90m, 24h,
+    # 7d. Empty: no window, a job waits as long as it takes.
+    completion_window: Annotated[str | None, AfterValidator(_window_or_none)] = None
     # PostgreSQL: how long a statement waits for a row lock (then a retryable error), and how
     # long a session may sit idle inside a transaction (a paused client) before it is ended.
     db_lock_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10
@@ -96,6 +118,11 @@ class Settings(BaseSettings):
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
+
+    @property
+    def completion_window_seconds(self) -> int | None:
+        """The default completion window in seconds; None: no window."""
+        return None if self.completion_window is None else parse_window(self.completion_window)
 
     @property
     def resolved_database_url(self) -> str:

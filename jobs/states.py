@@ -12,6 +12,8 @@ class JobStatus(StrEnum):
     cancelling = "cancelling"
     cancelled = "cancelled"
     failed = "failed"
+    # Its completion window passed: what had not started ended ``expired``; results kept.
+    expired = "expired"
 
 
 class ItemStatus(StrEnum):
@@ -20,7 +22,12 @@ class ItemStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    expired = "expired"  # not started before its job's completion window passed
 
 
-TERMINAL_ITEM_STATES = frozenset({ItemStatus.succeeded, ItemStatus.failed, ItemStatus.cancelled})
-TERMINAL_JOB_STATES = frozenset({JobStatus.completed, JobStatus.cancelled, JobStatus.failed})
+TERMINAL_ITEM_STATES = frozenset(
+    {ItemStatus.succeeded, ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired}
+)
+TERMINAL_JOB_STATES = frozenset(
+    {JobStatus.completed, JobStatus.cancelled, JobStatus.failed, JobStatus.expired}
+)

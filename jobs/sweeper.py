@@ -1,10 +1,11 @@
 """The sweeper: what makes the invariants hold after crashes and lost messages.
 
 One pass takes back expired leases, cancels jobs whose submission stopped half-written (their
-submit lease ran out), cancels what a closing job still has queued, re-publishes queued items
-that have no message (or whose message is lost), and finalises jobs whose rows are all written
-and whose items are all terminal. Each step is a transition of ``jobs.lifecycle``; passes are
-safe to run from several processes at once.
+submit lease ran out), cancels what a closing job still has queued, expires what has not
+started of jobs whose completion window passed, re-publishes items that lost a worker (each
+alone, by name) and rings for every model with work whose queue is short of doorbells, and
+finalises jobs whose rows are all written and whose items are all terminal. Each step is a
+transition of ``jobs.lifecycle``; passes are safe to run from several processes at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from jobs.db import SessionFactory, utcnow
-from jobs.dispatch import DispatchError, Publisher
+from jobs.dispatch import DispatchError, Publisher, doorbells_to_send
 from jobs.hooks import reached
 from jobs.lifecycle import (
     Expired,
@@ -24,9 +25,13 @@ from jobs.lifecycle import (
     abandon_submissions,
     cancel_stranded,
     expire_leases,
+    expire_windows,
     finalise_jobs,
     jobs_ready_to_finalise,
     models_with_open_jobs,
+    models_with_work,
+    stamp_rung,
+    started_since,
     take_for_publishing,
     undo_dispatch,
 )
@@ -42,6 +47,8 @@ class SweepReport(Expired):
     republished: int = 0
     finalised: int = 0
     abandoned: int = 0  # jobs whose submission stopped half-written: cancelled
+    expired: int = 0  # items not started when their job's completion window passed
+    rung: int = 0  # doorbells sent to queues short of them
 
 
 def sweep(
@@ -63,6 +70,7 @@ def sweep(
     expired = expire_leases(session_factory, max_attempts=max_attempts, now=now, among=among)
     abandoned = abandon_submissions(session_factory, now=now, among=among)
     cancelled = cancel_stranded(session_factory, now=now, among=among)
+    windows = expire_windows(session_factory, now=now, among=among)
     republished = republish_queued(
         session_factory,
         publisher,
@@ -70,6 +78,9 @@ def sweep(
         redispatch_after=redispatch_after,
         now=now,
         among=among,
+    )
+    rung = ring_for_work(
+        session_factory, publisher, redispatch_after=redispatch_after, now=now, among=among
     )
     ready = jobs_ready_to_finalise(session_factory, among=among)
     finalised = finalise_jobs(session_factory, ready, now=now)
@@ -80,6 +91,8 @@ def sweep(
         republished=republished,
         finalised=finalised,
         abandoned=len(abandoned),
+        expired=windows,
+        rung=rung,
     )
     if report != SweepReport():
         log.info("sweep %s", report)
@@ -116,6 +129,46 @@ def republish_queued(
         reached("republish:taken")
         sent += _publish_taken(session_factory, publisher, taken, model, batch_size, now)
     return sent
+
+
+def ring_for_work(
+    session_factory: SessionFactory,
+    publisher: Publisher,
+    *,
+    redispatch_after: timedelta,
+    now: datetime,
+    among: Collection[str] | None = None,
+) -> int:
+    """Makes sure every model with claimable work has doorbells: its queue is topped up to the
+    publisher's ``bell_limit``. Doorbells are lost with a flushed broker, a dropped message or
+    a worker that died holding one; a worker that claims work rings again, so a busy queue
+    keeps its count. Where the queue cannot be asked, the model is rung for only when none of
+    its items has started for ``redispatch_after``: its doorbells are presumed lost. Then the
+    items it rang for are stamped dispatched. Returns the doorbells sent."""
+    sent = 0
+    for model in models_with_work(session_factory, now=now, among=among):
+        count = doorbells_to_send(publisher, model, publisher.bell_limit)
+        if publisher.waiting(model) is None and not _stalled(
+            session_factory, model, now - redispatch_after, among
+        ):
+            continue
+        try:
+            publisher.ring(model, count, dispatched_at=now)
+        except DispatchError as exc:
+            log.warning("ringing failed model=%s: %s", model, exc)
+            continue
+        sent += count
+        stamp_rung(session_factory, model=model, now=now, among=among)
+    return sent
+
+
+def _stalled(
+    session_factory: SessionFactory,
+    model: str,
+    since: datetime,
+    among: Collection[str] | None,
+) -> bool:
+    return not started_since(session_factory, model=model, since=since, among=among)
 
 
 def _publish_taken(

@@ -23,14 +23,42 @@ from workers.resources import WorkerResources
 
 
 class ListPublisher:
-    """A doorbell that remembers what it was asked to send; ``oldest`` is what the broker would
-    say of the oldest waiting message (None: it cannot tell)."""
+    """A broker that remembers what it was asked to send: messages that name items
+    (``batches``) and doorbells (``rings``: model, job). ``oldest`` is what the broker would
+    say of the oldest waiting message (None: it cannot tell); ``waiting_count`` how many wait
+    (None: it cannot tell)."""
 
-    def __init__(self, oldest: datetime | None = None) -> None:
+    def __init__(
+        self,
+        oldest: datetime | None = None,
+        *,
+        waiting_count: int | None = None,
+        bell_limit: int = 64,
+    ) -> None:
         self.batches: list[list[str]] = []
         self.stamps: list[datetime | None] = []
         self.models: list[str] = []
+        self.rings: list[tuple[str, str | None]] = []
         self._oldest = oldest
+        self.waiting_count = waiting_count
+        self._bell_limit = bell_limit
+
+    @property
+    def bell_limit(self) -> int:
+        return self._bell_limit
+
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        self.rings += [(model, job_id)] * count
+
+    def waiting(self, model: str) -> int | None:
+        return self.waiting_count
 
     def publish(
         self,
@@ -56,7 +84,7 @@ def submit_captions(
     sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4, **fields: object
 ) -> tuple[str, list[str]]:
     """Submits a caption job of ``n`` images with a publisher that only remembers; returns the
-    job id and the published item ids, in order."""
+    job id and its queued item ids, in order (the doorbells it rang name none)."""
     from jobs.submit.job import submit_job
     from jobs.submit.request import SubmitRequest
 
@@ -77,7 +105,23 @@ def submit_captions(
         publisher=publisher,
         max_prompt_chars=1000,
     )
-    return result.job_id, publisher.item_ids
+    return result.job_id, queued_ids(sf, result.job_id)
+
+
+def queued_ids(sf: SessionFactory, job_id: str) -> list[str]:
+    """The job's queued items, by seq: what its doorbells will claim."""
+    from sqlalchemy import select
+
+    from jobs.db import Item
+
+    with sf() as session:
+        return list(
+            session.scalars(
+                select(Item.id)
+                .where(Item.job_id == job_id, Item.status == "queued")
+                .order_by(Item.seq)
+            )
+        )
 
 
 SIZES = [(32, 32), (64, 48), (17, 90), (120, 40), (50, 50), (33, 77), (200, 150), (8, 8)]

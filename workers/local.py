@@ -39,19 +39,28 @@ OnBatch = Callable[[Sequence[str], BatchReport], None]
 
 
 class InProcessQueue:
-    """Batch messages in memory, for one job: a batch of another job is never taken (the
-    runner's sweep takes only its own job's items for publishing), and would be dropped."""
+    """Messages in memory, for one job: doorbells (no ids; each claims that job's next batch)
+    and messages that name an item that lost a worker. A message of another job is never
+    taken (the runner's sweep is over its own job only), and would be dropped."""
 
-    def __init__(self, job_id: str | None = None) -> None:
+    def __init__(self, job_id: str | None = None, *, bell_limit: int = 4) -> None:
         self.job_id = job_id
         self.batches: deque[list[str]] = deque()
-        self.publisher: Publisher = CallbackPublisher(self._take)
+        self.bell_limit = bell_limit
+        self.publisher: Publisher = CallbackPublisher(
+            self._take, waiting=lambda: len(self.batches), bell_limit=bell_limit
+        )
 
-    def _take(self, job_id: str, item_ids: list[str]) -> None:
+    def _take(self, job_id: str | None, item_ids: list[str]) -> None:
         if self.job_id is None:  # submitting: the first job published is this queue's
             self.job_id = job_id
-        if job_id == self.job_id:
+        if job_id is None or job_id == self.job_id:  # None: the sweep rang, for this job
             self.batches.append(item_ids)
+
+    def ring_again(self) -> None:
+        """A doorbell that found work is replaced (``workers.tasks`` does the same)."""
+        if len(self.batches) < self.bell_limit:
+            self.batches.append([])
 
 
 def run_job_locally(
@@ -71,7 +80,7 @@ def submit_locally(
     request: SubmitRequest, res: WorkerResources, *, max_prompt_chars: int
 ) -> tuple[InProcessQueue, SubmitResult]:
     """Submits (validating every input; nothing is loaded) onto an in-memory queue."""
-    queue = InProcessQueue()
+    queue = InProcessQueue(bell_limit=_bell_limit(res))
     submitted = submit_job(
         request,
         session_factory=res.session_factory,
@@ -94,7 +103,7 @@ def work_locally(
     """Works through the job here until it has finished (True) or ``should_stop`` says so
     between batches (False: the rest stays queued). Without a ``queue`` (resuming), the first
     sweep re-publishes what is queued."""
-    queue = queue or InProcessQueue(job_id)
+    queue = queue or InProcessQueue(job_id, bell_limit=_bell_limit(res))
     stop = should_stop or (lambda: False)
     try:
         return _work(job_id, res, queue, on_batch, stop)
@@ -106,6 +115,11 @@ def work_locally(
         except Exception as exc:  # the lease is the safety net: the sweeper takes them back
             log.warning("could not hand back the items of job=%s: %s", job_id, exc)
         raise
+
+
+def _bell_limit(res: WorkerResources) -> int:
+    # Enough doorbells for every slot and one more each, to start as soon as one ends.
+    return 2 * max(1, res.settings.worker_slots)
 
 
 def _work(
@@ -161,7 +175,10 @@ def _drain(
                 break
             ids = queue.batches.popleft()
             threading.Thread(
-                target=_run_slot, args=(ids, res, done), name="llava-batch-slot", daemon=True
+                target=_run_slot,
+                args=(ids, queue.job_id, res, done),
+                name="llava-batch-slot",
+                daemon=True,
             ).start()
             running += 1
         if running == 0:
@@ -171,6 +188,8 @@ def _drain(
         if isinstance(got, BaseException):
             _wait_for(done, running)  # a dead engine fails the others fast; let them end
             raise got
+        if not ids and got.claimed:
+            queue.ring_again()
         if on_batch is not None:
             on_batch(ids, got)
 
@@ -189,6 +208,7 @@ def slots_in_flight() -> int:
 
 def _run_slot(
     ids: list[str],
+    job_id: str | None,
     res: WorkerResources,
     done: SimpleQueue[tuple[list[str], BatchReport | BaseException]],
 ) -> None:
@@ -197,7 +217,7 @@ def _run_slot(
         _in_flight += 1
     got: BatchReport | BaseException
     try:
-        got = process_batch(ids, res)
+        got = process_batch(ids, res, job_id=job_id)
     except BaseException as exc:  # handed to the runner's thread, which raises it
         got = exc
     with _in_flight_lock:  # done before the runner hears of it: a slot it heard of is not live

@@ -24,6 +24,7 @@ from jobs.lifecycle import (
     ClaimedItem,
     ItemOutcome,
     claim_items,
+    claim_next,
     lost_a_worker,
     record_results,
     release_items,
@@ -62,7 +63,15 @@ class BatchReport:
     recorded: int = 0
 
 
-def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
+def process_batch(
+    item_ids: Sequence[str], res: WorkerResources, *, job_id: str | None = None
+) -> BatchReport:
+    """One message: a doorbell (no ``item_ids``) claims the next batch in priority and turn
+    order (of ``job_id`` only, when given: the one-process runner's own job); a message that
+    names its items claims those."""
+    if not item_ids:
+        with res.isolation.turn(alone=False):  # a doorbell never takes an item that lost a worker
+            return _process_batch(item_ids, res, job_id=job_id)
     # Beside other slots, unless an item of it lost a worker before (``workers.isolation``);
     # the turn is taken before the claim, so a message waiting for it holds nothing.
     alone = res.settings.worker_slots > 1 and lost_a_worker(res.session_factory, item_ids)
@@ -70,7 +79,9 @@ def process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
         return _process_batch(item_ids, res)
 
 
-def _process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport:
+def _process_batch(
+    item_ids: Sequence[str], res: WorkerResources, *, job_id: str | None = None
+) -> BatchReport:
     # The message's lease token is chosen before the claim, so a retried claim is the same
     # claim (``claim_with_retry``), and the heartbeat runs from before the claim to the last
     # write: a slow step anywhere in between (a claim waiting out a locked job row, reading,
@@ -79,9 +90,9 @@ def _process_batch(item_ids: Sequence[str], res: WorkerResources) -> BatchReport
     lease_token = new_id()
     started = time.monotonic()
     with LeaseKeeper(res.session_factory, lease_token, res.settings.lease_seconds):
-        claimed = claim_with_retry(res, item_ids, lease_token)
+        claimed = claim_with_retry(res, item_ids, lease_token, job_id=job_id)
         if not claimed:
-            log.info("nothing to claim (duplicate or late message) items=%d", len(item_ids))
+            log.info("nothing to claim (no work, or a duplicate message) items=%d", len(item_ids))
             return BatchReport()
         outcomes, handed_back = run_batch(claimed, res)
         # Writes are retried while the database is unreachable, up to the lease's length.
@@ -319,10 +330,15 @@ def _render_page(pages: DocumentPages, number: int) -> Any:
 
 
 def claim_with_retry(
-    res: WorkerResources, item_ids: Sequence[str], lease_token: str | None = None
+    res: WorkerResources,
+    item_ids: Sequence[str],
+    lease_token: str | None = None,
+    *,
+    job_id: str | None = None,
 ) -> list[ClaimedItem]:
-    """Claims, riding out a lock timeout or a database blip for a few seconds; past that the
-    message is dropped and the sweeper re-publishes its items by age.
+    """Claims the named items, or for a doorbell (no ``item_ids``) the next batch in turn,
+    riding out a lock timeout or a database blip for a few seconds; past that the message is
+    dropped and the sweeper rings again (or re-publishes a named item by age).
 
     Every try claims under the same ``lease_token`` (a fresh one if not given), so a try that
     failed after the claim had committed (starting the job hit a lock timeout, the COMMIT's
@@ -332,6 +348,15 @@ def claim_with_retry(
     delay = 0.5
     for attempt in range(4):
         try:
+            if not item_ids:
+                return claim_next(
+                    res.session_factory,
+                    worker=res.worker_name,
+                    lease_seconds=res.settings.lease_seconds,
+                    serving=res.serving,
+                    job_id=job_id,
+                    lease_token=token,
+                )
             return claim_items(
                 res.session_factory,
                 item_ids,

@@ -17,7 +17,14 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
-from jobs.dispatch import RUN_BATCH_TASK, SWEEP_TASK, CeleryPublisher
+from jobs.db import utcnow
+from jobs.dispatch import (
+    RUN_BATCH_TASK,
+    SWEEP_TASK,
+    CeleryPublisher,
+    DispatchError,
+    doorbells_to_send,
+)
 from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
 from jobs.settings import Settings, load_settings
@@ -42,6 +49,7 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._node: str | None = None  # this worker's Celery node name, its registry key
+        self._publisher: CeleryPublisher | None = None
 
     @property
     def resources(self) -> WorkerResources:
@@ -51,13 +59,36 @@ class WorkerProcess:
                     self._resources = build_resources(self.settings)
         return self._resources
 
+    @property
+    def publisher(self) -> CeleryPublisher:
+        if self._publisher is None:
+            self._publisher = CeleryPublisher(
+                self.settings.broker_url,
+                self.settings.queue,
+                app=self.app,
+                bell_limit=self.settings.doorbells,
+            )
+        return self._publisher
+
     def run_batch(self, item_ids: list[str]) -> BatchReport:
-        return process_batch(item_ids, self.resources)
+        report = process_batch(item_ids, self.resources)
+        if not item_ids and report.claimed:
+            self.ring_again()
+        return report
+
+    def ring_again(self) -> None:
+        """A doorbell that found work rings once more, so a model's queue keeps its doorbells
+        while work lasts; one that found none is not replaced, and they die out."""
+        model = self.settings.model
+        try:
+            publisher = self.publisher
+            publisher.ring(model, doorbells_to_send(publisher, model, 1), dispatched_at=utcnow())
+        except DispatchError as exc:  # the sweeper rings for the queue later
+            log.warning("could not ring again model=%s: %s", model, exc)
 
     def run_sweep(self) -> MaintenanceReport:
         res = self.resources
-        publisher = CeleryPublisher(self.settings.broker_url, self.settings.queue, app=self.app)
-        report = run_maintenance(res.session_factory, res.blobs, publisher, self.settings)
+        report = run_maintenance(res.session_factory, res.blobs, self.publisher, self.settings)
         metrics.record_sweep(report.sweep)
         return report
 
@@ -134,11 +165,17 @@ def register(app: Celery, settings: Settings, *, sweep: bool = True) -> WorkerPr
 
     @app.task(name=RUN_BATCH_TASK, ignore_result=True)
     def run_batch_task(
-        job_id: str, item_ids: list[str], dispatched_at: str | None = None
+        job_id: str | None = None,
+        item_ids: list[str] | None = None,
+        dispatched_at: str | None = None,
+        model: str | None = None,
     ) -> dict[str, int]:
-        # dispatched_at is read by the sweeper from messages still waiting, not here.
-        log.info("batch received job=%s items=%d", job_id, len(item_ids))
-        return asdict(process.run_batch(item_ids))
+        # A doorbell names a model, and the claim picks the job; a message that names its items
+        # is an item that lost a worker (sent alone). dispatched_at is read by the sweeper from
+        # messages still waiting, not here.
+        if item_ids:
+            log.info("batch received job=%s items=%d", job_id, len(item_ids))
+        return asdict(process.run_batch(list(item_ids or [])))
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_task() -> dict[str, int]:

@@ -12,15 +12,20 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | chunk      | - -> queued (a big job's next rows)    | job open and leased; renews/clears lease |
 | submit beat| submit lease extended                  | job open and still leased                |
 | abandon    | job -> cancelling; queued -> cancelled | job open, submit lease run out           |
-| claim      | queued -> running, token, attempts+1   | job open, not_before due; waits on locks |
+| claim      | queued -> running, token, attempts+1   | job open, in window, not_before due; a   |
+|            | (named items, or the next job's next   | doorbell picks by priority, then turn    |
+|            | batch for a doorbell)                  |                                          |
 | heartbeat  | lease extended                         | token = mine, running                    |
 | record     | running -> succeeded / failed          | token = mine; a bad row fails only itself |
 | hand back  | running -> queued (cancelled: closing) | token = mine; backoff, attempt refunded  |
 | stop       | running -> queued (cancelled: closing) | worker = mine (interrupted run), no wait |
 | expire     | running -> queued / failed / cancelled | running and lease_expires_at < now       |
 | cancel     | job -> cancelling; queued -> cancelled | job queued/in_progress                   |
-| retry      | failed -> queued (pages cleared)       | job not closing, a failed item exists    |
+| retry      | failed/expired -> queued; new window   | job not closing, such an item exists     |
+| window     | queued -> expired (batch_expired)      | job open, expires_at passed              |
+| priority   | jobs.priority set                      | job unfinished                           |
 | finalise   | job -> completed / failed / cancelled  | job unfinished and fully written (or     |
+|            | / expired                              |                                          |
 |            |                                        | cancelling), no queued/running item      |
 
 Invariants kept here (docs/design.md#I3 and so on):
@@ -40,6 +45,7 @@ the check sees a retry or cancel that held the lock.
 
 from jobs.lifecycle.claims import (
     claim_items,
+    claim_next,
     hand_back_claims,
     lost_a_worker,
     release_items,
@@ -52,6 +58,13 @@ from jobs.lifecycle.common import (
     ClaimedItem,
     is_postgres,
 )
+from jobs.lifecycle.expiry import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    check_priority,
+    expire_windows,
+    set_priority,
+)
 from jobs.lifecycle.finalise import count_items, finalise_jobs, jobs_ready_to_finalise
 from jobs.lifecycle.records import record_results
 from jobs.lifecycle.repairs import (
@@ -60,10 +73,13 @@ from jobs.lifecycle.repairs import (
     cancel_stranded,
     expire_leases,
     models_with_open_jobs,
+    models_with_work,
+    stamp_rung,
+    started_since,
     take_for_publishing,
     undo_dispatch,
 )
-from jobs.lifecycle.requests import cancel_job, requeue_failed
+from jobs.lifecycle.requests import RETRYABLE_ITEM_STATES, cancel_job, requeue_failed
 from jobs.lifecycle.submitting import (
     abandon_submissions,
     continue_submission,
@@ -73,7 +89,10 @@ from jobs.outcome import ItemOutcome
 
 __all__ = [
     "CLOSING_JOB_STATES",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
     "OPEN_JOB_STATES",
+    "RETRYABLE_ITEM_STATES",
     "UNFINISHED_JOB_STATES",
     "ClaimedItem",
     "Expired",
@@ -82,21 +101,28 @@ __all__ = [
     "abandon_submissions",
     "cancel_job",
     "cancel_stranded",
+    "check_priority",
     "claim_items",
+    "claim_next",
     "continue_submission",
     "count_items",
     "expire_leases",
+    "expire_windows",
     "finalise_jobs",
     "hand_back_claims",
     "is_postgres",
     "jobs_ready_to_finalise",
     "lost_a_worker",
     "models_with_open_jobs",
+    "models_with_work",
     "record_results",
     "release_items",
     "renew_lease",
     "renew_submission",
     "requeue_failed",
+    "set_priority",
+    "stamp_rung",
+    "started_since",
     "take_for_publishing",
     "undo_dispatch",
 ]

@@ -13,8 +13,10 @@ from sqlalchemy import (
     Select,
     Table,
     Update,
+    and_,
     bindparam,
     case,
+    func,
     null,
     or_,
     select,
@@ -84,22 +86,7 @@ def claim_items(
         session.execute(claim, params)
         rows = session.execute(claimed_rows, {"c_token": token}).all()
     reached("claim:committed")  # the items are ours; the job is not started yet
-    claimed = [
-        ClaimedItem(
-            id=row.id,
-            job_id=row.job_id,
-            kind=row.kind,
-            source=row.source,
-            input_uri=row.input_uri,
-            prompt=row.prompt if row.prompt is not None else (row.job_prompt or ""),
-            attempts=row.attempts,
-            lease_token=token,
-            params=dict(row.params or {}),
-            transient_failures=row.transient_failures,
-            request=row.request,
-        )
-        for row in rows
-    ]
+    claimed = [_claimed_item(row, token) for row in rows]
     # The first claim of a job starts it; later claims need no write. A retry under the same
     # token reads the job's status again, so it starts a job the first try did not.
     queued_jobs = {row.job_id for row in rows if row.job_status == JobStatus.queued}
@@ -117,7 +104,7 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
     job_table: Table = Job.__table__  # type: ignore[assignment]
     items, jobs = item_table.c, job_table.c
     inner = item_table.alias()
-    now = bindparam("c_now", type_=items.started_at.type)
+    now: ColumnElement[datetime] = bindparam("c_now", type_=items.started_at.type)
     target = (
         select(inner.c.id)
         .where(
@@ -127,7 +114,9 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
     )
     if postgres:
         target = target.with_for_update()
-    job_open = select(jobs.id).where(jobs.id == items.job_id, jobs.status.in_(OPEN_JOB_STATES))
+    job_open = select(jobs.id).where(
+        jobs.id == items.job_id, jobs.status.in_(OPEN_JOB_STATES), within_window(jobs, now)
+    )
     values: dict[str, Any] = {
         "status": ItemStatus.running,
         "lease_token": bindparam("c_token", type_=items.lease_token.type),
@@ -139,6 +128,21 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
     }
     if routed:
         job_open = job_open.where(jobs.model == bindparam("c_model", type_=jobs.model.type))
+        # Strict priority holds for a message that names its items too (an item that lost a
+        # worker, sent alone): it waits while a job of higher priority has work to claim, and
+        # the sweeper sends it again (docs/design.md#fair-share-and-priority).
+        higher = job_table.alias()
+        job_open = job_open.where(
+            ~select(higher.c.id)
+            .where(
+                higher.c.model == jobs.model,
+                higher.c.status.in_(OPEN_JOB_STATES),
+                higher.c.priority > jobs.priority,
+                within_window(higher.c, now),
+                has_claimable(higher.c.id, now),
+            )
+            .exists()
+        )
         values |= {
             "model": bindparam("c_model", type_=items.model.type),
             "model_revision": bindparam("c_revision", type_=items.model_revision.type),
@@ -170,10 +174,215 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
             jobs.status.label("job_status"),
         )
         .join_from(item_table, job_table, jobs.id == items.job_id)
-        .where(items.lease_token == bindparam("c_token", type_=items.lease_token.type))
+        .where(
+            items.lease_token == bindparam("c_token", type_=items.lease_token.type),
+            # Running: read through the (status, lease_expires_at) index, which holds only
+            # the fleet's batches in flight, not a scan of every item by token.
+            items.status == ItemStatus.running,
+        )
         .order_by(items.seq)
     )
     return claim, claimed_rows
+
+
+def within_window(jobs: Any, now: Any) -> ColumnElement[bool]:
+    """The job's completion window has not passed (or it has none): its items may start."""
+    return or_(jobs.expires_at.is_(None), jobs.expires_at > now)
+
+
+def claimable(items: Any, now: Any) -> ColumnElement[bool]:
+    """A queued item a doorbell may take: due, and never lost a worker (such an item is sent
+    alone, by name, by the sweeper: docs/design.md#I11)."""
+    return and_(
+        items.status == ItemStatus.queued,
+        items.attempts == 0,
+        or_(items.not_before.is_(None), items.not_before <= now),
+    )
+
+
+def has_claimable(job_id: Any, now: Any) -> ColumnElement[bool]:
+    """Whether the job has a claimable item. Asked as ``min(seq) IS NOT NULL`` rather than
+    EXISTS for the reason ``jobs.lifecycle.finalise.has_item`` gives: it stays one probe of the
+    (job_id, status, seq) index per job, however many items the jobs hold."""
+    item_table: Table = Item.__table__  # type: ignore[assignment]
+    probe = item_table.alias()
+    return (
+        select(func.min(probe.c.seq))
+        .where(probe.c.job_id == job_id, claimable(probe.c, now))
+        .scalar_subquery()
+        .is_not(None)
+    )
+
+
+def claim_next(
+    session_factory: SessionFactory,
+    *,
+    worker: str,
+    lease_seconds: int,
+    serving: Serving | None = None,
+    job_id: str | None = None,
+    lease_token: str | None = None,
+    now: datetime | None = None,
+) -> list[ClaimedItem]:
+    """A doorbell's claim: the next batch of the next job in turn, chosen here in SQL.
+
+    The job is the open one of the worker's model (``serving``; any model without it), within
+    its completion window, with a claimable item, of the highest priority, and among those the
+    one served longest ago (``turn_at``; a job never served first): jobs alternate batch by
+    batch whatever their size or submit order. Its turn is stamped and it is started in the
+    same statement that picks it, then up to its ``--batch-size`` next queued items (by seq)
+    are claimed under one lease token, as ``claim_items`` claims a named batch. ``job_id``:
+    only that job (the one-process runner's own).
+
+    The job row is taken first, then its items: the order a cancel takes them in. On
+    PostgreSQL a job whose row another claim holds is skipped for the next one in turn, and
+    waited for only when no other job has work. A retry under the same ``lease_token``
+    returns what an earlier try holds under it (docs/design.md#I3).
+    """
+    now = now or utcnow()
+    token = lease_token or new_id()
+    with session_factory.begin() as session:
+        held = session.execute(_claimed_rows(), {"c_token": token}).all()
+        if held:  # a retry of a claim that committed: the same claim
+            return [_claimed_item(row, token) for row in held]
+        postgres = is_postgres(session)
+        params: dict[str, Any] = {"p_now": now}
+        if serving is not None:
+            params["p_model"] = serving.model
+        if job_id is not None:
+            params["p_job"] = job_id
+        reached("claim_next:begin")
+        shape = (serving is not None, job_id is not None)
+        picked = session.execute(_pick_statement(postgres, *shape, skip=postgres), params).first()
+        if picked is None and postgres:  # the only jobs with work are held: wait for one
+            picked = session.execute(_pick_statement(True, *shape, skip=False), params).first()
+        if picked is None:
+            return []
+        reached("claim_next:picked")
+        claim_params: dict[str, Any] = {
+            "c_job": picked.id,
+            "c_limit": _batch_size_of(picked.params),
+            "c_now": now,
+            "c_token": token,
+            "c_expires": now + timedelta(seconds=lease_seconds),
+            "c_worker": worker,
+        }
+        if serving is not None:
+            claim_params |= {
+                "c_model": serving.model,
+                "c_revision": serving.revision,
+                "c_quantization": serving.quantization,
+            }
+        session.execute(_next_items_statement(postgres, routed=serving is not None), claim_params)
+        rows = session.execute(_claimed_rows(), {"c_token": token}).all()
+    reached("claim_next:committed")
+    return [_claimed_item(row, token) for row in rows]
+
+
+_DEFAULT_BATCH_SIZE = 8  # a job written before its params held one (jobs.kinds.KindParams)
+
+
+def _batch_size_of(params: Any) -> int:
+    size = (params or {}).get("batch_size") if isinstance(params, dict) else None
+    return int(size) if isinstance(size, int) and size > 0 else _DEFAULT_BATCH_SIZE
+
+
+@cache
+def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -> Update:
+    """Takes the turn of the next job in priority and turn order: stamps ``turn_at`` and
+    starts it, returning its id and params."""
+    job_table: Table = Job.__table__  # type: ignore[assignment]
+    jobs = job_table.c
+    now: ColumnElement[datetime] = bindparam("p_now", type_=jobs.turn_at.type)
+    inner = job_table.alias()
+    pick = select(inner.c.id).where(
+        inner.c.status.in_(OPEN_JOB_STATES),
+        within_window(inner.c, now),
+        has_claimable(inner.c.id, now),
+    )
+    if routed:
+        pick = pick.where(inner.c.model == bindparam("p_model", type_=jobs.model.type))
+    if scoped:
+        pick = pick.where(inner.c.id == bindparam("p_job", type_=jobs.id.type))
+    pick = pick.order_by(
+        inner.c.priority.desc(),
+        inner.c.turn_at.asc().nulls_first(),
+        inner.c.created_at,
+        inner.c.id,
+    ).limit(1)
+    if postgres:
+        pick = pick.with_for_update(skip_locked=skip)
+    return (
+        update(job_table)
+        .where(jobs.id == pick.scalar_subquery(), jobs.status.in_(OPEN_JOB_STATES))
+        .values(
+            turn_at=now,
+            status=case(
+                (jobs.status == JobStatus.queued, JobStatus.in_progress), else_=jobs.status
+            ),
+            started_at=func.coalesce(jobs.started_at, now),
+        )
+        .returning(jobs.id, jobs.params)
+    )
+
+
+@cache
+def _next_items_statement(postgres: bool, *, routed: bool) -> Update:
+    """Claims the picked job's next claimable items, by seq, up to its batch size."""
+    item_table: Table = Item.__table__  # type: ignore[assignment]
+    items = item_table.c
+    inner = item_table.alias()
+    now: ColumnElement[datetime] = bindparam("c_now", type_=items.started_at.type)
+    target = (
+        select(inner.c.id)
+        .where(inner.c.job_id == bindparam("c_job", type_=items.job_id.type))
+        .where(claimable(inner.c, now))
+        .order_by(inner.c.seq)
+        .limit(bindparam("c_limit"))
+    )
+    if postgres:
+        # Another claimer's items are its own: take the next ones instead of waiting.
+        target = target.with_for_update(skip_locked=True)
+    values: dict[str, Any] = {
+        "status": ItemStatus.running,
+        "lease_token": bindparam("c_token", type_=items.lease_token.type),
+        "lease_expires_at": bindparam("c_expires", type_=items.lease_expires_at.type),
+        "attempts": items.attempts + 1,
+        "worker": bindparam("c_worker", type_=items.worker.type),
+        "started_at": now,
+        "not_before": None,
+    }
+    if routed:
+        values |= {
+            "model": bindparam("c_model", type_=items.model.type),
+            "model_revision": bindparam("c_revision", type_=items.model_revision.type),
+            "quantization": bindparam("c_quantization", type_=items.quantization.type),
+        }
+    return (
+        update(item_table)
+        .where(items.id.in_(target), items.status == ItemStatus.queued)
+        .values(values)
+    )
+
+
+def _claimed_rows() -> Select[Any]:
+    return _claim_statements(False, routed=False)[1]
+
+
+def _claimed_item(row: Any, token: str) -> ClaimedItem:
+    return ClaimedItem(
+        id=row.id,
+        job_id=row.job_id,
+        kind=row.kind,
+        source=row.source,
+        input_uri=row.input_uri,
+        prompt=row.prompt if row.prompt is not None else (row.job_prompt or ""),
+        attempts=row.attempts,
+        lease_token=token,
+        params=dict(row.params or {}),
+        transient_failures=row.transient_failures,
+        request=row.request,
+    )
 
 
 def lost_a_worker(session_factory: SessionFactory, item_ids: Sequence[str]) -> bool:

@@ -93,6 +93,9 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
         .values(
             status=case(
                 (Job.status == JobStatus.cancelling, JobStatus.cancelled),
+                # Its window passed with items not started: as a hosted batch ends, whatever
+                # else of it succeeded or failed (those results are kept).
+                (has_item(Item.status == ItemStatus.expired), JobStatus.expired),
                 (all_failed, JobStatus.failed),
                 else_=JobStatus.completed,
             ),

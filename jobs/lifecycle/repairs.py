@@ -23,6 +23,7 @@ from sqlalchemy.orm import aliased
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
+from jobs.lifecycle.claims import claimable, has_claimable, within_window
 from jobs.lifecycle.common import (
     CLOSING_JOB_STATES,
     OPEN_JOB_STATES,
@@ -176,12 +177,13 @@ def take_for_publishing(
     limit: int = 10_000,
     among: Collection[str] | None = None,
 ) -> list[ToPublish]:
-    """Stamps ``dispatched_at = now`` on ``model``'s queued items that have no message (never
-    sent, handed back, re-queued) or whose message is presumed lost (dispatched before
-    ``stale_before``), and returns them. The stamp is the right to publish: two sweepers never
-    send the same items, and a sweeper that stamps an item must publish it. ``among``: only the
-    items of these jobs (the one-process runner publishes its own job's only, so it takes no
-    other)."""
+    """Stamps ``dispatched_at = now`` on ``model``'s queued items that lost a worker (sent by
+    name, alone: docs/design.md#I11) and have no message (re-queued after a lost lease) or
+    whose message is presumed lost (dispatched before ``stale_before``), and returns them. The
+    stamp is the right to publish: two sweepers never send the same items, and a sweeper that
+    stamps an item must publish it. Every other queued item is claimed through a doorbell
+    (``ring_for_work``). ``among``: only the items of these jobs (the one-process runner
+    publishes its own job's only, so it takes no other)."""
     unsent = or_(Item.dispatched_at.is_(None), Item.dispatched_at < stale_before)
     with session_factory.begin() as session:
         inner = aliased(Item)
@@ -189,6 +191,7 @@ def take_for_publishing(
             select(inner.id)
             .where(
                 inner.status == ItemStatus.queued,
+                inner.attempts > 0,
                 or_(inner.dispatched_at.is_(None), inner.dispatched_at < stale_before),
                 or_(inner.not_before.is_(None), inner.not_before <= now),
                 select(Job.id)
@@ -196,6 +199,7 @@ def take_for_publishing(
                     Job.id == inner.job_id,
                     Job.status.in_(OPEN_JOB_STATES),
                     Job.model == model,
+                    within_window(Job, now),
                 )
                 .exists(),
             )
@@ -217,6 +221,80 @@ def take_for_publishing(
         (ToPublish(r.job_id, r.id, r.attempts, r.seq) for r in rows),
         key=lambda t: (t.job_id, t.seq),
     )
+
+
+def models_with_work(
+    session_factory: SessionFactory,
+    *,
+    now: datetime,
+    among: Collection[str] | None = None,
+) -> list[str]:
+    """The models that have a claimable item (one a doorbell may take) in an open job within
+    its window: the queues the sweeper makes sure have doorbells. A probe per open job."""
+    query = select(Job.model).where(
+        Job.status.in_(OPEN_JOB_STATES), within_window(Job, now), has_claimable(Job.id, now)
+    )
+    if among is not None:
+        query = query.where(Job.id.in_(sorted(among)))
+    with session_factory() as session:
+        return sorted(set(session.scalars(query)))
+
+
+def started_since(
+    session_factory: SessionFactory,
+    *,
+    model: str,
+    since: datetime,
+    among: Collection[str] | None = None,
+) -> bool:
+    """Whether a doorbell of ``model`` has claimed a batch after ``since`` (a job's turn is
+    stamped by every such claim): its doorbells are going round."""
+    query = (
+        select(Job.id)
+        .where(Job.status.in_(OPEN_JOB_STATES), Job.model == model, Job.turn_at > since)
+        .limit(1)
+    )
+    if among is not None:
+        query = query.where(Job.id.in_(sorted(among)))
+    with session_factory() as session:
+        return session.scalar(query) is not None
+
+
+def stamp_rung(
+    session_factory: SessionFactory,
+    *,
+    model: str,
+    now: datetime,
+    limit: int = 10_000,
+    among: Collection[str] | None = None,
+) -> int:
+    """Stamps ``dispatched_at`` on ``model``'s claimable items that have none (handed back,
+    or their doorbell never went out) once the sweeper has rung for them: the stamp is what a
+    re-submit reports as "dispatched" (``jobs.submit.job``). Returns how many."""
+    with session_factory.begin() as session:
+        inner = aliased(Item)
+        unstamped = (
+            select(inner.id)
+            .where(
+                claimable(inner, now),
+                inner.dispatched_at.is_(None),
+                select(Job.id)
+                .where(Job.id == inner.job_id, Job.status.in_(OPEN_JOB_STATES), Job.model == model)
+                .exists(),
+            )
+            .limit(limit)
+        )
+        if among is not None:
+            unstamped = unstamped.where(inner.job_id.in_(sorted(among)))
+        if is_postgres(session):
+            unstamped = unstamped.with_for_update(skip_locked=True)
+        count = session.execute(
+            update(Item)
+            .where(Item.id.in_(unstamped), Item.status == ItemStatus.queued)
+            .values(dispatched_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    return int(count or 0)
 
 
 def undo_dispatch(

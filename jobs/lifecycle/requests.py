@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     case,
@@ -69,18 +70,29 @@ def cancel_queued_items(session: Session, job_id: str, *, now: datetime) -> None
     finalise_in_session(session, job_id, now=now)
 
 
+RETRYABLE_ITEM_STATES = (ItemStatus.failed, ItemStatus.expired)
+
+
 def requeue_failed(
-    session_factory: SessionFactory, job_id: str, *, now: datetime | None = None
+    session_factory: SessionFactory,
+    job_id: str,
+    *,
+    only: Sequence[str] = RETRYABLE_ITEM_STATES,
+    now: datetime | None = None,
 ) -> list[str]:
-    """Puts a job's failed items back in the queue with a fresh attempt budget and no pages.
+    """Puts a job's failed and expired items (``only``: those states) back in the queue with a
+    fresh attempt budget and no pages; a job with a completion window gets a new one, from now.
 
     The items are stamped dispatched; the caller publishes them after this commits (and calls
     ``undo_dispatch`` if it cannot)."""
     now = now or utcnow()
-    has_failed = (
-        select(Item.id).where(Item.job_id == Job.id, Item.status == ItemStatus.failed).exists()
-    )
+    states = [ItemStatus(state) for state in only]
+    has_failed = select(Item.id).where(Item.job_id == Job.id, Item.status.in_(states)).exists()
     with session_factory.begin() as session:
+        # The window's length is the job's setting, never changed after submit: reading it
+        # first leaves the update below as conditional as before.
+        window = session.scalar(select(Job.completion_window_seconds).where(Job.id == job_id))
+        new_window = None if window is None else now + timedelta(seconds=window)
         reopened = session.scalar(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(CLOSING_JOB_STATES), has_failed)
@@ -89,6 +101,7 @@ def requeue_failed(
                     (Job.started_at.is_(None), JobStatus.queued), else_=JobStatus.in_progress
                 ),
                 finished_at=None,
+                expires_at=new_window,
             )
             .returning(Job.id)
             .execution_options(synchronize_session=False)
@@ -104,7 +117,7 @@ def requeue_failed(
         ids = list(
             session.scalars(
                 update(Item)
-                .where(Item.job_id == job_id, Item.status == ItemStatus.failed)
+                .where(Item.job_id == job_id, Item.status.in_(states))
                 .values(
                     status=ItemStatus.queued,
                     attempts=0,

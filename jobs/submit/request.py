@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from jobs.db import Item, Job, new_id, utcnow
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
 from jobs.kinds import ItemAsk, KindParams, get_kind
+from jobs.lifecycle.expiry import check_priority
 from jobs.limits import (
     DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -53,6 +55,10 @@ class SubmitRequest:
     # on it. A file's model name is then only a label, and one that names another model is
     # refused (``model_not_served``): an input file never chooses a model to load or download.
     runs_here: bool = False
+    # How the job shares the fleet; neither is part of what an idempotency key stands for
+    # (a priority changes while the job runs: ``llava-batch priority``).
+    priority: int = 0
+    completion_window_seconds: int | None = None  # None: no window
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -83,12 +89,15 @@ class SubmitRequest:
         default_max_new_tokens: int = 64,
         input_format: BatchFormat | None = None,
         model_chosen: bool = False,
+        priority: int = 0,
+        completion_window_seconds: int | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
         None means "the default"); ones that do not validate are a request error. With no
         ``max_new_tokens`` the kind chooses (``default_max_new_tokens``: the setting)."""
         handler = get_kind(kind)
+        check_priority(priority)
         given = {key: value for key, value in params.items() if value is not None}
         try:
             typed = handler.params_type.model_validate(given)
@@ -113,6 +122,8 @@ class SubmitRequest:
             input_prefixes=parse_entries(list(input_prefixes)),
             input_format=input_format,
             model_chosen=model_chosen,
+            priority=priority,
+            completion_window_seconds=completion_window_seconds,
         )
 
 
@@ -206,6 +217,13 @@ def build_job(
         params=params,
         model=request.model,
         idempotency_key=request.idempotency_key,
+        priority=request.priority,
+        completion_window_seconds=request.completion_window_seconds,
+        expires_at=(
+            None
+            if request.completion_window_seconds is None
+            else now + timedelta(seconds=request.completion_window_seconds)
+        ),
     )
     if request.metadata:  # none: SQL NULL, not a JSON null
         job.job_metadata = dict(request.metadata)
