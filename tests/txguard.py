@@ -154,6 +154,25 @@ class GuardedPublisher:
         self.tracker.check("publish")
         self.inner.publish(job_id, item_ids, model=model, dispatched_at=dispatched_at)
 
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        self.tracker.check("publish")
+        self.inner.ring(model, count, job_id=job_id, dispatched_at=dispatched_at)
+
+    def waiting(self, model: str) -> int | None:
+        self.tracker.check("ask the broker")
+        return self.inner.waiting(model)
+
+    @property
+    def bell_limit(self) -> int:
+        return self.inner.bell_limit
+
     def oldest_waiting(self, model: str) -> datetime | None:
         self.tracker.check("ask the broker")
         return self.inner.oldest_waiting(model)

@@ -341,8 +341,10 @@ def _next_items_statement(postgres: bool, *, routed: bool) -> Update:
         .limit(bindparam("c_limit"))
     )
     if postgres:
-        # Another claimer's items are its own: take the next ones instead of waiting.
-        target = target.with_for_update(skip_locked=True)
+        # Another claimer's items are its own: take the next ones instead of waiting. A CTE,
+        # because PostgreSQL may run a LIMIT subquery of an UPDATE's WHERE more than once, and
+        # take more than the limit; a CTE is run once.
+        target = select(target.with_for_update(skip_locked=True).cte("next_items").c.id)
     values: dict[str, Any] = {
         "status": ItemStatus.running,
         "lease_token": bindparam("c_token", type_=items.lease_token.type),
