@@ -107,6 +107,8 @@ class Item(Base):
     __table_args__ = (
         # Also the claim's order inside a job: its next queued items by seq.
         Index("ix_items_job_status_seq", "job_id", "status", "seq"),
+        # The model's recent rate (jobs.shares): a short range of each open job's items.
+        Index("ix_items_job_finished", "job_id", "finished_at"),
         Index("ix_items_status_lease", "status", "lease_expires_at"),
     )
 

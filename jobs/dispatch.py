@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from jobs.db import SessionFactory
 from jobs.fleet import queue_for
 from jobs.lifecycle import undo_dispatch
-from jobs.settings import DEFAULT_DOORBELLS
+from jobs.settings import DEFAULT_DOORBELLS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class CeleryPublisher:
         self._app = app
         self._held = threading.local()  # this thread's producer inside ``batched``
         self._bell_limit = bell_limit
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, app: Any = None) -> CeleryPublisher:
+        """The deployment's publisher: its broker, queue prefix and doorbell limit."""
+        return cls(settings.broker_url, settings.queue, app=app, bell_limit=settings.doorbells)
 
     @property
     def bell_limit(self) -> int:

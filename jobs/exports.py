@@ -102,7 +102,8 @@ class OpenAIWriter(ResultWriter):
         if item.status == ItemStatus.succeeded:
             line = build_openai_success(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-        elif item.status in (ItemStatus.failed, ItemStatus.cancelled):
+        elif item.status in (ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired):
+            # An expired item is written as OpenAI writes one: code ``batch_expired``.
             line = build_openai_error(item)
             self._errors.write(json.dumps(line, ensure_ascii=False) + "\n")
         else:  # queued or running: no output yet

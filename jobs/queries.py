@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
-from jobs.lifecycle import count_items
+from jobs.lifecycle import OPEN_JOB_STATES, count_items
+from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
 
@@ -52,6 +53,10 @@ class JobProgress:
     usage: Usage | None = None  # None: not summed (``jobs`` lists skip it: it reads every item)
     # Queued work and no live worker serving the job's model (None: not asked; see jobs.fleet).
     waiting_for_worker: bool | None = None
+    priority: int = 0
+    expires_at: datetime | None = None  # its completion window ends then (None: no window)
+    completion_window_seconds: int | None = None
+    turn: Turn | None = None  # its place in the claim order (None: not asked, or finished)
 
     @property
     def total(self) -> int:
@@ -82,7 +87,12 @@ class JobProgress:
             "finished_at": _iso(self.finished_at),
             "items_per_second": self.items_per_second,
             "eta_seconds": self.eta_seconds,
+            "priority": self.priority,
+            "completion_window_seconds": self.completion_window_seconds,
+            "expires_at": _iso(self.expires_at),
         }
+        if self.turn is not None:
+            shown["turn"] = self.turn.as_dict()
         if self.usage is not None:
             shown["usage"] = self.usage.as_dict()
         if self.waiting_for_worker is not None:
@@ -105,21 +115,32 @@ def find_job(session: Session, job_ref: str) -> Job:
 
 
 def read_progress(
-    session: Session, job: Job, *, now: datetime | None = None, usage: bool = True
+    session: Session,
+    job: Job,
+    *,
+    now: datetime | None = None,
+    usage: bool = True,
+    turn: bool = True,
 ) -> JobProgress:
     """Counts per item state, rate and ETA; with ``usage``, the job's token totals too (a sum
-    over all its items: ``watch`` polls without it)."""
+    over all its items: ``watch`` polls without it); with ``turn``, its place in the claim order
+    and an ETA from the model's recent rate and the job's share of it (``jobs.shares``)."""
     now = now or utcnow()
     counts = {state.value: 0 for state in ItemStatus}
     counts.update(count_items(session, job.id))
     done = sum(n for state, n in counts.items() if state in TERMINAL_ITEM_STATES)
+    remaining = counts[ItemStatus.queued] + counts[ItemStatus.running]
     rate = eta = None
     if job.started_at is not None and done:
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
         if elapsed > 0:
             rate = done / elapsed
-            remaining = counts[ItemStatus.queued] + counts[ItemStatus.running]
             eta = remaining / rate
+    place = None
+    if turn and job.status in OPEN_JOB_STATES:
+        place = read_turn(session, job, now=now)
+        shared_eta = eta_seconds(session, job, place, remaining, now=now)
+        eta = shared_eta if shared_eta is not None else eta
     return JobProgress(
         id=job.id,
         name=job.name,
@@ -134,6 +155,10 @@ def read_progress(
         eta_seconds=eta,
         metadata=job.job_metadata or None,
         usage=read_usage(session, job.id) if usage else None,
+        priority=job.priority or 0,
+        expires_at=job.expires_at,
+        completion_window_seconds=job.completion_window_seconds,
+        turn=place,
     )
 
 
@@ -162,7 +187,7 @@ def list_recent_jobs(
     for key, value in (metadata or {}).items():
         query = query.where(_metadata_matches(dialect, key, value))
     jobs = list(session.scalars(query))
-    return [read_progress(session, job, usage=False) for job in jobs]
+    return [read_progress(session, job, usage=False, turn=False) for job in jobs]
 
 
 def _metadata_matches(dialect: str, key: str, value: str) -> ColumnElement[bool]:

@@ -159,6 +159,8 @@ def read_request(schedule: Schedule) -> SubmitRequest:
         params=kind.params_type.model_validate(given),
         name=schedule.name,
         max_input_bytes=stored.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES),
+        priority=int(stored.get("priority", 0)),
+        completion_window_seconds=stored.get("completion_window_seconds"),
     )
 
 
@@ -168,6 +170,10 @@ def _stored(request: SubmitRequest) -> dict[str, Any]:
         # The limit in force when the schedule was added: local files are checked at firing.
         "max_input_bytes": request.max_input_bytes,
         "request": request.params.model_dump(mode="json", by_alias=True),
+        # How each firing's job shares the fleet: a scheduled extraction usually goes first,
+        # and its window starts when it fires.
+        "priority": request.priority,
+        "completion_window_seconds": request.completion_window_seconds,
     }
 
 

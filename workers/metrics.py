@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     REGISTRY,
@@ -71,6 +71,30 @@ QUEUE_DEPTH = Gauge(
     "Batch messages waiting in the broker queue, read at scrape time (NaN: broker unreachable).",
     ["queue"],
 )
+
+
+BACKLOG = Gauge(
+    f"{PREFIX}_backlog_items",
+    "Queued items of open jobs, per model and priority, read from the database by each sweep "
+    "pass (the broker holds a few doorbells, not the backlog).",
+    ["model", "priority"],
+)
+
+
+def record_backlog(rows: Iterable[tuple[str, int, int]]) -> None:
+    """Sets the backlog gauge from (model, priority, queued) rows; a series that is no longer
+    in them (its jobs ended) drops to 0."""
+    seen = set()
+    for model, priority, queued in rows:
+        BACKLOG.labels(model, str(priority)).set(queued)
+        seen.add((model, str(priority)))
+    for labels in list(_backlog_labels):
+        if labels not in seen:
+            BACKLOG.labels(*labels).set(0)
+    _backlog_labels.update(seen)
+
+
+_backlog_labels: set[tuple[str, str]] = set()
 
 
 def record_batch(kind: str, seconds: float, succeeded: int, failed: int, released: int) -> None:

@@ -28,6 +28,7 @@ from jobs.dispatch import (
 from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
 from jobs.settings import Settings, load_settings
+from jobs.shares import backlog
 from model.errors import ModelLoadError
 from workers import metrics
 from workers.celery_app import build_celery_app, warn_if_insecure
@@ -62,12 +63,7 @@ class WorkerProcess:
     @property
     def publisher(self) -> CeleryPublisher:
         if self._publisher is None:
-            self._publisher = CeleryPublisher(
-                self.settings.broker_url,
-                self.settings.queue,
-                app=self.app,
-                bell_limit=self.settings.doorbells,
-            )
+            self._publisher = CeleryPublisher.for_settings(self.settings, app=self.app)
         return self._publisher
 
     def run_batch(self, item_ids: list[str]) -> BatchReport:
@@ -90,6 +86,8 @@ class WorkerProcess:
         res = self.resources
         report = run_maintenance(res.session_factory, res.blobs, self.publisher, self.settings)
         metrics.record_sweep(report.sweep)
+        with res.session_factory() as session:
+            metrics.record_backlog(backlog(session))
         return report
 
     def sweep_forever(self, interval: float) -> None:

@@ -12,6 +12,7 @@ table (``jobs.errors.ExitCode``), never a traceback.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -30,6 +31,7 @@ from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
 from jobs.errors import RequestError
+from jobs.lifecycle.expiry import MAX_PRIORITY, MIN_PRIORITY, set_priority
 from jobs.metadata import parse_meta
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
@@ -179,19 +181,51 @@ def cancel(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).
     views.err.print(f"job {job_id}: {cancel_job(ctx.session_factory, job_id)}")
 
 
+class RetryOnly(StrEnum):
+    failed = "failed"
+    expired = "expired"
+
+
 @commands.command("retry")
-def retry(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")]) -> None:
-    """Re-queue only the failed items of a job."""
+def retry(
+    job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
+    only: Annotated[
+        RetryOnly | None,
+        typer.Option("--only", help="Re-queue only the failed, or only the expired, items."),
+    ] = None,
+) -> None:
+    """Re-queue the failed and expired items of a job (with a new completion window, if it has
+    one); the others keep their results."""
     ctx = open_context()
     with ctx.session_factory() as session:
         found = find_job(session, job)
         job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.message_size)
-    publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
-    retried = retry_job(ctx.session_factory, publisher, job_id, batch_size=batch)
+    publisher = CeleryPublisher.for_settings(ctx.settings)
+    states = (only.value,) if only is not None else ("failed", "expired")
+    retried = retry_job(ctx.session_factory, publisher, job_id, batch_size=batch, only=states)
     views.err.print(
-        f"job {job_id}: {len(retried.item_ids)} failed item(s) re-queued"
+        f"job {job_id}: {len(retried.item_ids)} {' or '.join(states)} item(s) re-queued"
         + ("" if retried.dispatched else " (broker unreachable: the sweeper will dispatch)")
     )
+
+
+# A negative priority is a value, not an option: `llava-batch priority JOB -5`.
+@commands.command("priority", context_settings={"ignore_unknown_options": True})
+def priority(
+    job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
+    value: Annotated[
+        int,
+        typer.Argument(
+            min=MIN_PRIORITY, max=MAX_PRIORITY, help="The new priority: higher first (0 default)."
+        ),
+    ],
+) -> None:
+    """Change a running job's priority: its next batches are claimed in the new order."""
+    ctx = open_context()
+    with ctx.session_factory() as session:
+        job_id = find_job(session, job).id
+    before = set_priority(ctx.session_factory, job_id, value)
+    views.err.print(f"job {job_id}: priority {before} -> {value}")
 
 
 @commands.command("sweep")
@@ -216,7 +250,7 @@ def sweep_command(
     # running it rides outages out the same way, as the workers do. ``--once`` fails fast
     # (exit 5): a single pass from cron or a script should report the outage, not hang.
     ctx = _until_reachable(open_context, once=once, cap=60.0)
-    publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
+    publisher = CeleryPublisher.for_settings(ctx.settings)
     interval = float(ctx.settings.sweep_interval_seconds)
     while True:
         report = _until_reachable(

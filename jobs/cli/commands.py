@@ -13,16 +13,18 @@ Command = Callable[..., Any]
 
 class Commands:
     def __init__(self) -> None:
-        self._written: list[tuple[str, Command]] = []
+        self._written: list[tuple[str, Command, dict[str, Any]]] = []
 
-    def command(self, name: str) -> Callable[[Command], Command]:
+    def command(self, name: str, **options: Any) -> Callable[[Command], Command]:
+        """Registers a command; ``options`` go to typer's ``command`` as they are."""
+
         def register(function: Command) -> Command:
-            self._written.append((name, function))
+            self._written.append((name, function, options))
             return function
 
         return register
 
     def add_to(self, app: typer.Typer) -> typer.Typer:
-        for name, function in self._written:
-            app.command(name)(function)
+        for name, function, options in self._written:
+            app.command(name, **options)(function)
         return app

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jobs.cli.context import Context
-from jobs.cli.options import BatchSize, MaxNew, ModelName, build_request
+from jobs.cli.options import (
+    BatchSize,
+    CompletionWindow,
+    MaxNew,
+    ModelName,
+    Priority,
+    build_request,
+)
 from jobs.kinds import KINDS, Kind
 from jobs.kinds.options import REQUIRED, KindCommands, Option
 
@@ -50,11 +57,13 @@ def parameter(
 
 def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
     """A family's shared options: the token budget and message size, the family's ``own``,
-    then ``--model``."""
+    then how the job shares the fleet, then ``--model``."""
     return (
         parameter("max_new_tokens", MaxNew, None),
         parameter("batch_size", BatchSize, None),
         *own,
+        parameter("priority", Priority, None),
+        parameter("completion_window", CompletionWindow, None),
         parameter("model", ModelName, None),
     )
 
@@ -82,6 +91,8 @@ def request_for(
         values["max_new_tokens"],
         values["batch_size"],
         model=values["model"],
+        priority=values["priority"],
+        completion_window=values["completion_window"],
         **request,
         **params,
     )

@@ -22,6 +22,25 @@ BatchSize = Annotated[
     int | None, typer.Option("--batch-size", min=1, help="Items per batch message.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Priority = Annotated[
+    int | None,
+    typer.Option(
+        "--priority",
+        min=-100,
+        max=100,
+        help="Higher first: a job's items are claimed before any of a lower priority on the "
+        "same model (default 0; -100 to 100). Change it later with llava-batch priority.",
+    ),
+]
+CompletionWindow = Annotated[
+    str | None,
+    typer.Option(
+        "--completion-window",
+        metavar="DURATION",
+        help="Items not started within this (90m, 24h, 7d) end expired; the rest keep their "
+        "results (default: LLAVA_BATCH_COMPLETION_WINDOW, none).",
+    ),
+]
 ModelName = Annotated[
     str | None,
     typer.Option(
@@ -58,14 +77,23 @@ def build_request(
     idempotency_key: str | None = None,
     metadata: Mapping[str, str] | None = None,
     model: str | None = None,
+    priority: int | None = None,
+    completion_window: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
-    ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``."""
+    ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
+    ``completion_window``: ``--completion-window`` as written (default: the setting)."""
+    from jobs.durations import parse_window
     from jobs.submit.request import SubmitRequest
 
     if model is not None and not model.strip():
         raise RequestError("--model must not be empty.", code="invalid_option")
+    window = (
+        parse_window(completion_window)
+        if completion_window is not None
+        else ctx.settings.completion_window_seconds
+    )
     return SubmitRequest.of(
         kind,
         sources,
@@ -79,5 +107,7 @@ def build_request(
         default_max_new_tokens=ctx.settings.max_new_tokens,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size or ctx.settings.message_size,
+        priority=priority or 0,
+        completion_window_seconds=window,
         **params,
     )

@@ -48,7 +48,9 @@ class TextWriter(ResultWriter):
 
     def write(self, item: Item) -> None:
         row = result_row(item)
-        if row["error_code"]:
+        if row["status"] == ItemStatus.expired:
+            shown = f"EXPIRED {row['error_code']}: {row['error_message']}"
+        elif row["error_code"]:
             shown = f"FAILED {row['error_code']}: {row['error_message']}"
         elif row["status"] == ItemStatus.cancelled:
             shown = "CANCELLED"

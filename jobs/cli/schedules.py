@@ -198,7 +198,7 @@ def run_now(name: NameArg) -> None:
     ctx = open_context()
     with ctx.session_factory() as session:
         paused = find_schedule(session, name).paused
-    publisher = CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue)
+    publisher = CeleryPublisher.for_settings(ctx.settings)
     # A paused schedule fires too (see fire_due_schedules) and says that it stays paused.
     created = fire_due_schedules(
         ctx.session_factory,

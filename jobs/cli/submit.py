@@ -75,7 +75,7 @@ def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool)
         request,
         session_factory=ctx.session_factory,
         blobs=ctx.blobs,
-        publisher=CeleryPublisher(ctx.settings.broker_url, ctx.settings.queue),
+        publisher=CeleryPublisher.for_settings(ctx.settings),
         max_prompt_chars=ctx.settings.max_prompt_chars,
     )
     served = is_served(ctx, result.model)

@@ -130,8 +130,27 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
         )
     if progress.metadata:
         out.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
+    sharing = describe_sharing(progress)
+    if sharing:
+        out.print(f"  {sharing}", markup=False)
     if progress.waiting_for_worker:
         out.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
+
+
+def describe_sharing(progress: JobProgress) -> str:
+    """Its priority, window and place in the claim order, in one line ("" when all default)."""
+    parts = []
+    if progress.priority:
+        parts.append(f"priority {progress.priority}")
+    if progress.expires_at is not None:
+        parts.append(f"window ends {progress.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    turn = progress.turn
+    if turn is not None and turn.position is not None:
+        place = f"turn {turn.position} of {turn.active_jobs}, share {turn.share:.0%}"
+        if turn.ahead:
+            place += f", {turn.ahead} item(s) of higher priority ahead"
+        parts.append(place)
+    return "  ".join(parts)
 
 
 def no_worker_serves(model: str) -> str:
@@ -145,13 +164,16 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     if json_out:
         print(json.dumps([p.as_dict() for p in jobs]))
         return
-    table = Table("job", "name", "kind", "status", "done", "failed", "created", "metadata")
+    table = Table(
+        "job", "name", "kind", "status", "priority", "done", "failed", "created", "metadata"
+    )
     for p in jobs:
         table.add_row(
             p.id,
             p.name or "",
             p.kind,
             p.status,
+            str(p.priority),
             f"{p.done}/{p.total}",
             str(p.counts.get("failed", 0)),
             p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
