@@ -241,10 +241,15 @@ def claim_next(
     """
     now = now or utcnow()
     token = lease_token or new_id()
-    with session_factory.begin() as session:
-        held = session.execute(_claimed_rows(), {"c_token": token}).all()
-        if held:  # a retry of a claim that committed: the same claim
+    if lease_token is not None:
+        # A retry of a claim that committed is the same claim. Read on its own: on SQLite a
+        # transaction that reads first cannot take the write lock once another writer has
+        # committed, so the claim's transaction starts with its write.
+        with session_factory() as session:
+            held = session.execute(_claimed_rows(), {"c_token": token}).all()
+        if held:
             return [_claimed_item(row, token) for row in held]
+    with session_factory.begin() as session:
         postgres = is_postgres(session)
         params: dict[str, Any] = {"p_now": now}
         if serving is not None:

@@ -53,19 +53,27 @@ def expire_windows(
 
 
 def _expire_job(session_factory: SessionFactory, job_id: str, now: datetime) -> int:
-    with session_factory.begin() as session:
-        still = select(Job.id).where(
+    past_window = (
+        select(Job.id)
+        .where(
             Job.id == job_id,
             Job.status.in_(OPEN_JOB_STATES),
             Job.expires_at.is_not(None),
             Job.expires_at <= now,
         )
+        .exists()
+    )
+    with session_factory.begin() as session:
         if is_postgres(session):
             # The job row first, then its items, as a cancel and a claim take them; a job that
-            # a retry or cancel holds now is looked at again by the next pass.
-            still = still.with_for_update(skip_locked=True)
-        if session.scalar(still) is None:
-            return 0
+            # a retry, cancel or claim holds now is looked at again by the next pass.
+            held = session.scalar(
+                select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True)
+            )
+            if held is None:
+                return 0
+        # SQLite: one statement, so the write lock is taken at once (a read first could not
+        # be upgraded once another writer committed).
         reached("expire_window:locked")
         inner = aliased(Item)
         queued = (
@@ -77,7 +85,7 @@ def _expire_job(session_factory: SessionFactory, job_id: str, now: datetime) -> 
             queued = queued.with_for_update()
         count = session.execute(
             update(Item)
-            .where(Item.id.in_(queued), Item.status == ItemStatus.queued)
+            .where(Item.id.in_(queued), Item.status == ItemStatus.queued, past_window)
             .values(
                 status=ItemStatus.expired,
                 error_code=ItemErrorCode.batch_expired,

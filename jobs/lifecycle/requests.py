@@ -88,11 +88,13 @@ def requeue_failed(
     now = now or utcnow()
     states = [ItemStatus(state) for state in only]
     has_failed = select(Item.id).where(Item.job_id == Job.id, Item.status.in_(states)).exists()
-    with session_factory.begin() as session:
-        # The window's length is the job's setting, never changed after submit: reading it
-        # first leaves the update below as conditional as before.
+    # The window's length is the job's setting, never changed after submit: reading it first
+    # leaves the update below as conditional as before. Read apart: on SQLite the transaction
+    # below must start with its write.
+    with session_factory() as session:
         window = session.scalar(select(Job.completion_window_seconds).where(Job.id == job_id))
-        new_window = None if window is None else now + timedelta(seconds=window)
+    new_window = None if window is None else now + timedelta(seconds=window)
+    with session_factory.begin() as session:
         reopened = session.scalar(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(CLOSING_JOB_STATES), has_failed)

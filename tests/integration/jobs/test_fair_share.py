@@ -1,0 +1,369 @@
+"""Sharing the fleet, on SQLite and PostgreSQL: a doorbell's claim takes the next batch of the
+next job in priority and turn order; a job past its completion window starts nothing more and
+ends ``expired``; and the window's expiry against every transition beside it, each race forced
+at a real point (``tests.interleaving``). Each test names the invariant of docs/design.md it
+checks (invariant I5 is docs/design.md#I5)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.dispatch import dispatch_items
+from jobs.errors import JobsError, RequestError
+from jobs.exports import OpenAIWriter
+from jobs.fleet import Serving
+from jobs.lifecycle import (
+    ClaimedItem,
+    ItemOutcome,
+    cancel_job,
+    claim_items,
+    claim_next,
+    expire_windows,
+    finalise_jobs,
+    record_results,
+    requeue_failed,
+    set_priority,
+)
+from jobs.outcome import Outcome
+from jobs.states import JobStatus
+from jobs.sweeper import sweep
+from storage import Blobs
+from tests.helpers import ListPublisher, statuses, submit_captions
+from tests.interleaving import Interleaving
+
+WINDOW = 60
+
+
+def _job(
+    sf: SessionFactory, blobs: Blobs, tmp_path: Path, name: str, n: int, **fields: object
+) -> tuple[str, list[str]]:
+    fields.setdefault("batch_size", 2)
+    return submit_captions(sf, blobs, tmp_path / name, n=n, **fields)
+
+
+def _next(sf: SessionFactory, *, now: datetime | None = None) -> list[ClaimedItem]:
+    return claim_next(sf, worker="w", lease_seconds=60, now=now)
+
+
+def _order(sf: SessionFactory, claims: int) -> list[str | None]:
+    """The job of each of ``claims`` doorbells in a row (None: it found nothing)."""
+    taken = [_next(sf) for _ in range(claims)]
+    return [batch[0].job_id if batch else None for batch in taken]
+
+
+def _ok(item: ClaimedItem) -> ItemOutcome:
+    return ItemOutcome(item.id, item.lease_token, Outcome(text="a caption", tokens_out=2))
+
+
+def _job_row(sf: SessionFactory, job_id: str) -> Job:
+    with sf() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _expires(sf: SessionFactory, job_id: str) -> datetime:
+    expires = _job_row(sf, job_id).expires_at
+    assert expires is not None
+    return expires
+
+
+# --- fair share -------------------------------------------------------------------------------
+
+
+def test_doorbells_alternate_between_jobs_batch_by_batch(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A small job submitted behind a big one gets the very next turn, whatever their sizes
+    and submit order: its one batch is not behind the big job's rest."""
+    big, _ = _job(session_factory, blobs, tmp_path, "big", 8)
+    assert _order(session_factory, 1) == [big]
+    small, _ = _job(session_factory, blobs, tmp_path, "small", 2)
+    assert _order(session_factory, 5) == [small, big, big, big, None]
+
+
+def test_two_big_jobs_take_turns(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    first, _ = _job(session_factory, blobs, tmp_path, "first", 6)
+    second, _ = _job(session_factory, blobs, tmp_path, "second", 6)
+    assert _order(session_factory, 7) == [first, second] * 3 + [None]
+
+
+def test_a_claim_takes_only_jobs_of_the_model_it_serves(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I10, for a doorbell: it picks among its own model's jobs only."""
+    other, _ = _job(session_factory, blobs, tmp_path, "other", 2, model="other-model")
+    mine, _ = _job(session_factory, blobs, tmp_path, "mine", 2)
+    serving = Serving(model="fake", revision=None, quantization="none")
+    got = claim_next(session_factory, worker="w", lease_seconds=60, serving=serving)
+    assert {c.job_id for c in got} == {mine}
+    assert claim_next(session_factory, worker="w", lease_seconds=60, serving=serving) == []
+    assert statuses(session_factory, other) == ["queued", "queued"]
+
+
+# --- priorities -------------------------------------------------------------------------------
+
+
+def test_a_higher_priority_is_claimed_before_any_lower_item(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
+    assert _order(session_factory, 1) == [low]
+    high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
+    assert _order(session_factory, 4) == [high, high, low, None]
+
+
+def test_a_named_message_waits_while_a_higher_priority_has_work(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Strict priority holds for an item sent by name (one that lost a worker) too: it claims
+    nothing while a job of higher priority of its model has work, and runs once that is
+    done."""
+    serving = Serving(model="fake", revision=None, quantization="none")
+    _, low_ids = _job(session_factory, blobs, tmp_path, "low", 1)
+    high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=1)
+    named = claim_items(session_factory, low_ids, worker="w", lease_seconds=60, serving=serving)
+    assert named == []
+    (batch,) = [claim_next(session_factory, worker="w", lease_seconds=60, serving=serving)]
+    assert {c.job_id for c in batch} == {high}
+    # The high job still runs, but has nothing left to claim: the named item may go.
+    named = claim_items(session_factory, low_ids, worker="w", lease_seconds=60, serving=serving)
+    assert [c.id for c in named] == low_ids
+
+
+def test_a_priority_changed_mid_run_reorders_the_next_claims(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    first, _ = _job(session_factory, blobs, tmp_path, "first", 4)
+    second, _ = _job(session_factory, blobs, tmp_path, "second", 4)
+    assert _order(session_factory, 1) == [first]
+    assert set_priority(session_factory, first, 3) == 0
+    assert _order(session_factory, 2) == [first, second]  # it took the rest of first
+    assert _job_row(session_factory, first).priority == 3
+    with pytest.raises(RequestError):
+        set_priority(session_factory, second, 101)
+
+
+def test_a_finished_jobs_priority_cannot_change(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, _ = _job(session_factory, blobs, tmp_path, "done", 2)
+    record_results(session_factory, [_ok(c) for c in _next(session_factory)])
+    assert _job_row(session_factory, job_id).status == JobStatus.completed
+    with pytest.raises(JobsError) as refused:
+        set_priority(session_factory, job_id, 1)
+    assert refused.value.code == "job_finished"
+
+
+# --- the completion window --------------------------------------------------------------------
+
+
+def test_a_job_past_its_window_starts_nothing_more_and_ends_expired(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I5 with a window: the running batch finishes and keeps its results, what had
+    not started ends ``expired`` (``batch_expired``), and the job ends ``expired``."""
+    job_id, _ = _job(session_factory, blobs, tmp_path, "w", 4, completion_window_seconds=WINDOW)
+    running = _next(session_factory)
+    later = _expires(session_factory, job_id) + timedelta(seconds=1)
+    assert _next(session_factory, now=later) == []
+    assert expire_windows(session_factory, now=later) == 2
+    assert _job_row(session_factory, job_id).status == JobStatus.in_progress  # one batch runs
+    assert record_results(session_factory, [_ok(c) for c in running]) == 2
+    job = _job_row(session_factory, job_id)
+    assert job.status == JobStatus.expired and job.finished_at is not None
+    with session_factory() as session:
+        rows = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq))
+        seen = [(r.status, r.error_code) for r in rows]
+    assert seen == [("succeeded", None)] * 2 + [("expired", "batch_expired")] * 2
+
+
+def test_a_job_whose_model_has_no_worker_expires_like_any_other(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, _ = _job(
+        session_factory, blobs, tmp_path, "w", 3, completion_window_seconds=WINDOW, model="none"
+    )
+    later = _expires(session_factory, job_id) + timedelta(seconds=1)
+    report = sweep(session_factory, ListPublisher(), max_attempts=3, batch_size=2, now=later)
+    assert report.expired == 3
+    assert _job_row(session_factory, job_id).status == JobStatus.expired
+
+
+def test_retry_requeues_expired_items_with_a_new_window(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, ids = _job(session_factory, blobs, tmp_path, "w", 2, completion_window_seconds=WINDOW)
+    expire_windows(session_factory, now=_expires(session_factory, job_id) + timedelta(seconds=1))
+    assert _job_row(session_factory, job_id).status == JobStatus.expired
+    assert requeue_failed(session_factory, job_id, only=("failed",)) == []
+    now = utcnow()
+    assert sorted(requeue_failed(session_factory, job_id, only=("expired",), now=now)) == sorted(
+        ids
+    )
+    job = _job_row(session_factory, job_id)
+    assert job.status == JobStatus.queued and job.expires_at == now + timedelta(seconds=WINDOW)
+    record_results(session_factory, [_ok(c) for c in _next(session_factory)])
+    assert _job_row(session_factory, job_id).status == JobStatus.completed
+
+
+def test_expired_items_go_to_the_openai_error_file_as_batch_expired(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id, _ = _job(session_factory, blobs, tmp_path, "w", 1, completion_window_seconds=WINDOW)
+    expire_windows(session_factory, now=_expires(session_factory, job_id) + timedelta(seconds=1))
+    out, errors = io.StringIO(), io.StringIO()
+    writer = OpenAIWriter(out, model="fake", errors=errors)
+    with session_factory() as session:
+        for item in session.scalars(select(Item).where(Item.job_id == job_id)):
+            writer.write(item)
+    (line,) = [json.loads(text) for text in errors.getvalue().splitlines()]
+    assert out.getvalue() == "" and line["error"]["code"] == "batch_expired"
+
+
+# --- the broker stops growing with the backlog --------------------------------------------------
+
+
+@pytest.mark.parametrize(("waiting", "rung"), [(None, 8), (0, 64), (60, 4), (64, 0), (90, 0)])
+def test_a_submit_rings_no_more_doorbells_than_the_model_needs(
+    session_factory: SessionFactory, waiting: int | None, rung: int
+) -> None:
+    """100 batches of items ring at most ``bell_limit`` doorbells, counting those waiting."""
+    publisher = ListPublisher(waiting_count=waiting, bell_limit=8 if waiting is None else 64)
+    went = dispatch_items(
+        session_factory,
+        publisher,
+        "job",
+        [f"item-{n}" for n in range(800)],
+        model="fake",
+        batch_size=8,
+        stamp=utcnow(),
+    )
+    assert went and len(publisher.rings) == rung and publisher.batches == []
+
+
+# --- the window against every transition beside it --------------------------------------------
+
+
+def _past_window(sf: SessionFactory, job_id: str) -> datetime:
+    return _expires(sf, job_id) + timedelta(seconds=1)
+
+
+def _windowed(sf: SessionFactory, blobs: Blobs, tmp_path: Path, n: int = 4) -> str:
+    job_id, _ = _job(sf, blobs, tmp_path, "w", n, completion_window_seconds=WINDOW)
+    return job_id
+
+
+def _ended_once(sf: SessionFactory, job_id: str) -> list[str]:
+    """Invariant I5: every item in exactly one terminal state (the list of them, by seq)."""
+    found = statuses(sf, job_id)
+    assert all(s in {"succeeded", "failed", "cancelled", "expired"} for s in found), found
+    return list(found)
+
+
+def test_expiry_beside_a_claim_expires_only_what_the_claim_did_not_take(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id = _windowed(session_factory, blobs, tmp_path)
+    later = _past_window(session_factory, job_id)
+    claimed, _ = Interleaving("claim_next:picked").run(
+        lambda: _next(session_factory),
+        lambda: expire_windows(session_factory, now=later),
+    )
+    expire_windows(session_factory, now=later)  # the pass after: whatever the first skipped
+    assert len(claimed) == 2
+    record_results(session_factory, [_ok(c) for c in claimed])
+    assert _ended_once(session_factory, job_id) == ["succeeded"] * 2 + ["expired"] * 2
+    assert _job_row(session_factory, job_id).status == JobStatus.expired
+
+
+def test_expiry_beside_the_last_record_ends_the_job_expired(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id = _windowed(session_factory, blobs, tmp_path)
+    claimed = _next(session_factory)
+    later = _past_window(session_factory, job_id)
+    written, _ = Interleaving("record:written").run(
+        lambda: record_results(session_factory, [_ok(c) for c in claimed]),
+        lambda: expire_windows(session_factory, now=later),
+    )
+    expire_windows(session_factory, now=later)
+    assert written == 2
+    assert _ended_once(session_factory, job_id) == ["succeeded"] * 2 + ["expired"] * 2
+    assert _job_row(session_factory, job_id).status == JobStatus.expired
+
+
+def test_a_cancel_in_the_expirys_window_ends_the_job_cancelled(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A cancel that comes while the window's expiry holds the job: each item ends once
+    (expired or cancelled, never both), and the job ends ``cancelled``, as it was asked."""
+    job_id = _windowed(session_factory, blobs, tmp_path)
+    later = _past_window(session_factory, job_id)
+    expired, said = Interleaving("expire_window:locked").run(
+        lambda: expire_windows(session_factory, now=later),
+        lambda: cancel_job(session_factory, job_id),
+    )
+    ended = _ended_once(session_factory, job_id)
+    assert ended.count("expired") == expired and len(ended) == 4
+    assert _job_row(session_factory, job_id).status in (JobStatus.cancelled, JobStatus.expired)
+    assert said in (JobStatus.cancelled, JobStatus.expired, JobStatus.cancelling)
+    assert _job_row(session_factory, job_id).status == (
+        JobStatus.expired if said == JobStatus.expired else JobStatus.cancelled
+    )
+
+
+def test_expiry_after_a_cancel_leaves_its_items_cancelled(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id = _windowed(session_factory, blobs, tmp_path)
+    later = _past_window(session_factory, job_id)
+    said, expired = Interleaving("cancel:marked").run(
+        lambda: cancel_job(session_factory, job_id),
+        lambda: expire_windows(session_factory, now=later),
+    )
+    assert expired == 0 and said == JobStatus.cancelled
+    assert _ended_once(session_factory, job_id) == ["cancelled"] * 4
+
+
+def test_a_retry_in_the_expirys_window_gets_a_new_window_and_nothing_expires(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id = _windowed(session_factory, blobs, tmp_path)
+    expire_windows(session_factory, now=_past_window(session_factory, job_id))
+    assert _job_row(session_factory, job_id).status == JobStatus.expired
+    now = utcnow()
+    retried, expired = Interleaving("retry:reopened").run(
+        lambda: requeue_failed(session_factory, job_id, now=now),
+        lambda: expire_windows(session_factory, now=now + timedelta(seconds=1)),
+    )
+    assert len(retried) == 4 and expired == 0
+    assert statuses(session_factory, job_id) == ["queued"] * 4
+    assert _job_row(session_factory, job_id).status == JobStatus.queued
+
+
+def test_a_finalise_beside_the_expiry_ends_the_job_once(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I9: the finaliser and the expiry's own finalise see each other's commits; the
+    job ends ``expired`` once, with every item ended."""
+    job_id = _windowed(session_factory, blobs, tmp_path, n=2)
+    later = _past_window(session_factory, job_id)
+    _, _expired = Interleaving("finalise:locked").run(
+        lambda: finalise_jobs(session_factory, [job_id], now=later),
+        lambda: expire_windows(session_factory, now=later),
+    )
+    expire_windows(session_factory, now=later)
+    assert _ended_once(session_factory, job_id) == ["expired"] * 2
+    finalise_jobs(session_factory, [job_id], now=later)
+    job = _job_row(session_factory, job_id)
+    assert job.status == JobStatus.expired and job.finished_at is not None
