@@ -367,3 +367,37 @@ def test_a_finalise_beside_the_expiry_ends_the_job_once(
     finalise_jobs(session_factory, [job_id], now=later)
     job = _job_row(session_factory, job_id)
     assert job.status == JobStatus.expired and job.finished_at is not None
+
+
+# --- observable -------------------------------------------------------------------------------
+
+
+def test_the_backlog_gauge_counts_queued_items_per_model_and_priority(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Read from the database, not the broker (which holds only doorbells); a series whose jobs
+    have ended drops to 0."""
+    from prometheus_client import REGISTRY
+
+    from jobs.shares import backlog
+    from workers import metrics
+
+    _job(session_factory, blobs, tmp_path, "a", 4)
+    urgent, _ = _job(session_factory, blobs, tmp_path, "b", 3, priority=2)
+    _job(session_factory, blobs, tmp_path, "c", 2, model="other")
+    _next(session_factory)  # two of the urgent job's items run (it goes first): not backlog
+    with session_factory() as session:
+        rows = sorted(backlog(session))
+    assert rows == [("fake", 0, 4), ("fake", 2, 1), ("other", 0, 2)]
+    metrics.record_backlog(rows)
+    value = REGISTRY.get_sample_value(
+        "llava_batch_backlog_items", {"model": "other", "priority": "0"}
+    )
+    assert value == 2
+    cancel_job(session_factory, urgent)
+    with session_factory() as session:
+        metrics.record_backlog(backlog(session))
+    assert (
+        REGISTRY.get_sample_value("llava_batch_backlog_items", {"model": "fake", "priority": "2"})
+        == 0
+    )

@@ -61,3 +61,49 @@ def test_0007_leaves_existing_jobs_fully_written_and_goes_back(db_url: str) -> N
     to("0006", command.downgrade)
     assert current_revision(engine) == "0006"
     to("head", command.upgrade)
+
+
+def test_0008_gives_existing_jobs_priority_0_and_no_window_and_goes_back(db_url: str) -> None:
+    """0008 adds the fair-share columns: a job written before it has priority 0, no window and
+    no turn yet (served first in its tie), and is claimable by a doorbell; and it goes back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from jobs.db import make_session_factory
+    from jobs.lifecycle import claim_next
+
+    engine = make_engine(db_url)
+    config = build_alembic_config(db_url)
+
+    def to(revision: str, step: Any) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    to("0007", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'caption', 'queued', '{\"batch_size\": 2}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+        for seq in range(3):
+            connection.execute(
+                text(
+                    "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                    "transient_failures, created_at) VALUES "
+                    f"('i{seq}', 'j', {seq}, 's', 'u', 'queued', 0, 0, CURRENT_TIMESTAMP)"
+                )
+            )
+    to("0008", command.upgrade)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT priority, expires_at, completion_window_seconds, turn_at FROM jobs")
+        ).one()
+    assert tuple(row) == (0, None, None, None)
+    claimed = claim_next(make_session_factory(engine), worker="w", lease_seconds=60)
+    assert [c.id for c in claimed] == ["i0", "i1"]
+    to("0007", command.downgrade)
+    assert current_revision(engine) == "0007"
+    to("head", command.upgrade)
