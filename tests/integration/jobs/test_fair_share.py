@@ -401,3 +401,38 @@ def test_the_backlog_gauge_counts_queued_items_per_model_and_priority(
         REGISTRY.get_sample_value("llava_batch_backlog_items", {"model": "fake", "priority": "2"})
         == 0
     )
+
+
+def test_the_eta_counts_the_share_of_each_job_of_its_priority(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The model finished 2 items in the last minute: a job of 4 beside a job of 2 of the same
+    priority needs its 4 and the other's 2 (they alternate); the job of 2 needs its 2 and 2 of
+    the other's; a job of higher priority puts its items ahead of both."""
+    from jobs.queries import read_progress
+
+    done, _ = _job(session_factory, blobs, tmp_path, "done", 2)
+    record_results(session_factory, [_ok(c) for c in _next(session_factory)])
+    four, _ = _job(session_factory, blobs, tmp_path, "four", 4)
+    two, _ = _job(session_factory, blobs, tmp_path, "two", 2)
+
+    def eta(job_id: str) -> float | None:
+        with session_factory() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return read_progress(session, job).eta_seconds
+
+    assert eta(four) == pytest.approx(6 / (2 / 60)) and eta(two) == pytest.approx(4 / (2 / 60))
+    _job(session_factory, blobs, tmp_path, "urgent", 3, priority=1)
+    assert eta(two) == pytest.approx(7 / (2 / 60))
+    with session_factory() as session:
+        job = session.get(Job, two)
+        assert job is not None
+        turn = read_progress(session, job).turn
+    assert turn is not None and (turn.position, turn.active_jobs, turn.share, turn.ahead) == (
+        3,
+        3,
+        0.0,
+        3,
+    )
+    assert done
