@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -109,6 +110,14 @@ class Item(Base):
         Index("ix_items_job_status_seq", "job_id", "status", "seq"),
         # The model's recent rate (jobs.shares): a short range of each open job's items.
         Index("ix_items_job_finished", "job_id", "finished_at"),
+        # Queued items with no dispatch stamp (their doorbell never went out, or handed back):
+        # few, and found by the sweeper every pass without reading the queued rest.
+        Index(
+            "ix_items_unstamped",
+            "job_id",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
         Index("ix_items_status_lease", "status", "lease_expires_at"),
     )
 

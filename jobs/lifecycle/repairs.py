@@ -273,14 +273,15 @@ def stamp_rung(
     re-submit reports as "dispatched" (``jobs.submit.job``). Returns how many."""
     with session_factory.begin() as session:
         inner = aliased(Item)
+        open_jobs = select(Job.id).where(Job.status.in_(OPEN_JOB_STATES), Job.model == model)
         unstamped = (
             select(inner.id)
             .where(
-                claimable(inner, now),
+                # Said as the partial index ix_items_unstamped says it, so it is the one read.
+                inner.status == ItemStatus.queued,
                 inner.dispatched_at.is_(None),
-                select(Job.id)
-                .where(Job.id == inner.job_id, Job.status.in_(OPEN_JOB_STATES), Job.model == model)
-                .exists(),
+                inner.job_id.in_(open_jobs),
+                claimable(inner, now),
             )
             .limit(limit)
         )

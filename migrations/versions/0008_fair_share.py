@@ -31,9 +31,19 @@ def upgrade() -> None:
     op.drop_index("ix_items_job_status", table_name="items")
     # What the model's fleet finished lately, for an ETA that accounts for the shares.
     op.create_index("ix_items_job_finished", "items", ["job_id", "finished_at"])
+    # Queued items with no dispatch stamp, for the sweeper's pass (jobs.lifecycle.stamp_rung).
+    unstamped = sa.text("status = 'queued' AND dispatched_at IS NULL")
+    op.create_index(
+        "ix_items_unstamped",
+        "items",
+        ["job_id"],
+        postgresql_where=unstamped,
+        sqlite_where=unstamped,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_items_unstamped", table_name="items")
     op.drop_index("ix_items_job_finished", table_name="items")
     op.create_index("ix_items_job_status", "items", ["job_id", "status"])
     op.drop_index("ix_items_job_status_seq", table_name="items")
