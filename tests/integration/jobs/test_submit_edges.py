@@ -1,10 +1,10 @@
 """A submit at the edges of its transitions, on SQLite and PostgreSQL: an upload that is slow
 (or held), a second submit with the same idempotency key in that window, a sweeper that runs
-beside a slow producer, a broker that did not take the first publish.
+beside a slow producer, a broker that did not take the first doorbells.
 
 Each race is forced at a real point: a blob store that holds or slows its uploads (a wrapper
 around ``Blobs``, storage is real), a publisher that lets the sweeper run just before its
-message goes out, and ``jobs.hooks`` points. Each test names the invariant of docs/design.md it
+doorbells go out, and ``jobs.hooks`` points. Each test names the invariant of docs/design.md it
 checks (invariant I9 is docs/design.md#I9).
 """
 
@@ -169,7 +169,7 @@ def test_the_same_key_during_a_held_upload_gets_one_job_and_never_waits_on_a_loc
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 11 inputs, messages of 2, chunks of 4 rows: the first chunk is the first message's 2 rows,
+    # 11 inputs, batches of 2, chunks of 4 rows: the first chunk is the first batch's 2 rows,
     # then 4, 4 and 1.
     monkeypatch.setattr(submit_rows, "SUBMIT_CHUNK_ROWS", 4)
 
