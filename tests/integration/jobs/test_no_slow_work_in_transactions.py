@@ -151,22 +151,35 @@ def test_a_sweep_asks_and_publishes_outside_every_transaction(
     guarded: GuardedBlobs,
     broker: GuardedPublisher,
     tracker: TransactionTracker,
+    redis_url: str,
     tmp_path: Path,
 ) -> None:
     """Invariant I1 at its edge: a sweep's steps are short transactions; the broker is asked
-    for its oldest message, and lost messages are re-published, outside them."""
+    how many messages wait and for its oldest one, items that lost a worker are re-published
+    by name, and the model's queue is rung for, all outside them."""
     folder = tmp_path / "c"
     write_images(folder, 4)
     submitted = _submit(session_factory, guarded, broker, folder)
+    redis.Redis.from_url(redis_url).delete(broker.inner.queue + ".m")  # the broker was flushed
     with session_factory.begin() as session:  # their messages were lost
         session.execute(
             update(Item).where(Item.job_id == submitted.job_id).values(dispatched_at=None)
         )
+        lost = list(
+            session.scalars(
+                select(Item.id).where(Item.job_id == submitted.job_id).order_by(Item.seq).limit(2)
+            )
+        )
+        session.execute(update(Item).where(Item.id.in_(lost)).values(attempts=1))  # lost a worker
     report = sweep(session_factory, broker, max_attempts=3, batch_size=2, now=utcnow())
-    assert report.republished == 4
+    # The two that lost a worker went out by name, each alone; the rest are rung for, the
+    # queue topped up to its limit counting those two.
+    assert (report.republished, report.rung) == (2, broker.bell_limit - 2)
+    assert broker.inner.waiting("m") == broker.bell_limit
     with session_factory() as session:
         statuses = set(session.scalars(select(Item.status)))
-    assert statuses == {ItemStatus.queued}
+        stamps = set(session.scalars(select(Item.dispatched_at)))
+    assert statuses == {ItemStatus.queued} and None not in stamps
     _clean(tracker, "ask the broker", "publish")
 
 

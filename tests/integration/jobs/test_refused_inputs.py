@@ -26,7 +26,7 @@ from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
 from storage import Blobs, LocalStore
-from tests.helpers import ListPublisher, image_bytes, make_resources, write_images
+from tests.helpers import ListPublisher, image_bytes, make_resources, queued_ids, write_images
 from workers.pipeline import process_batch
 
 
@@ -80,8 +80,9 @@ def test_an_empty_and_an_oversized_file_fail_alone_and_the_rest_runs(
 ) -> None:
     """Invariant I6 (and I5: every accepted item ends terminal): one zero-byte file and one over
     the byte limit among good ones do not refuse the folder. Their items are written failed
-    with their codes and one sentence, nothing of them is read or stored or published, a worker
-    runs the rest, and the job completes. The same key returns the same job."""
+    with their codes and one sentence, nothing of them is read or stored or rung for (no
+    doorbell claims them), workers answering the doorbells run the rest, and the job
+    completes. The same key returns the same job."""
     folder, limit = _folder(tmp_path)
     bell = ListPublisher()
     result = _submit(
@@ -99,7 +100,9 @@ def test_an_empty_and_an_oversized_file_fail_alone_and_the_rest_runs(
         assert "\n" not in (refused.error_message or "") and refused.finished_at is not None
         assert refused.dispatched_at is None and refused.input_sha256 is None
     good = [i.id for i in items if i.status == ItemStatus.queued]
-    assert len(good) == 3 and sorted(bell.item_ids) == sorted(good)
+    assert len(good) == 3 and queued_ids(session_factory, result.job_id) == good
+    assert bell.rings == [("m", result.job_id)] * 2  # a doorbell per batch of the 3 good ones
+    assert bell.batches == []
     assert _stored(blobs) == 3  # only the good inputs were stored
 
     again = _submit(
@@ -108,7 +111,8 @@ def test_an_empty_and_an_oversized_file_fail_alone_and_the_rest_runs(
     assert again.existing and again.job_id == result.job_id and again.dispatched
 
     res = make_resources(session_factory, blobs, FakeEngine())
-    assert process_batch(bell.item_ids, res).succeeded == 3
+    reports = [process_batch([], res) for _ in bell.rings]  # each doorbell: the next batch
+    assert [(r.claimed, r.succeeded) for r in reports] == [(2, 2), (1, 1)]
     assert _job(session_factory, result.job_id).status == JobStatus.completed
 
     # A retry re-queues the refused items; the worker fails them again without reading them.
@@ -130,7 +134,8 @@ def test_a_submit_whose_every_input_is_refused_ends_failed_at_once(
     (folder / "zero.png").write_bytes(b"")
     bell = ListPublisher()
     result = _submit(session_factory, blobs, [str(folder)], bell)
-    assert (result.item_count, result.failed) == (1, 1) and bell.batches == []
+    assert (result.item_count, result.failed) == (1, 1)
+    assert bell.rings == [] and bell.batches == []
     job = _job(session_factory, result.job_id)
     assert job.status == JobStatus.failed and job.finished_at is not None
 
@@ -141,9 +146,10 @@ def test_a_refused_input_in_the_last_chunk_lets_the_big_job_finish(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Invariants I5 and I9: a big job's last chunk holds only a refused input, and everything
-    before it is done while it is written; nothing queued is left for a worker's record to end
-    the job, so the submit ends it (completed), not the sweeper a pass later."""
+    """Invariants I5 and I9: a big job's last chunk holds only a refused input (and rings no
+    doorbell), and everything before it is done while it is written, by workers answering the
+    doorbells rung so far; nothing queued is left for a worker's record to end the job, so the
+    submit ends it (completed), not the sweeper a pass later."""
     monkeypatch.setattr(submit_rows, "SUBMIT_CHUNK_ROWS", 4)
     folder = tmp_path / "photos"
     write_images(folder, 6)  # chunks of 2, 4 and then the empty file alone
@@ -151,13 +157,18 @@ def test_a_refused_input_in_the_last_chunk_lets_the_big_job_finish(
     bell = ListPublisher()
     res = make_resources(session_factory, blobs, FakeEngine())
     done: list[int] = []
+    answered = 0
 
     def work_off() -> None:
-        done.append(process_batch(bell.item_ids[sum(done) :], res).succeeded)
+        nonlocal answered
+        for _ in bell.rings[answered:]:
+            done.append(process_batch([], res).succeeded)
+        answered = len(bell.rings)
 
     with pause_at("submit:chunk_published", work_off):
         result = _submit(session_factory, blobs, [str(folder)], bell)
-    assert result.complete and (result.item_count, result.failed) == (7, 1) and sum(done) == 6
+    assert result.complete and (result.item_count, result.failed) == (7, 1)
+    assert done == [2, 2, 2] and len(bell.rings) == 3  # doorbells: 1 and 2; none for the last
     assert _job(session_factory, result.job_id).status == JobStatus.completed
 
 
@@ -181,9 +192,11 @@ def test_objects_empty_or_over_the_limit_fail_alone_from_their_listing(
         (f"{prefix}empty.png", ItemStatus.failed, "empty_input"),
         (f"{prefix}ok.png", ItemStatus.queued, None),
     ]
-    assert bell.item_ids == [items[2].id]
+    assert bell.rings == [("m", result.job_id)] and bell.batches == []
+    assert queued_ids(session_factory, result.job_id) == [items[2].id]
     res = make_resources(session_factory, blobs, FakeEngine(), max_input_bytes=len(ok))
-    assert process_batch(bell.item_ids, res).succeeded == 1
+    report = process_batch([], res)  # the doorbell claims the good object's item only
+    assert (report.claimed, report.succeeded) == (1, 1)
     assert _job(session_factory, result.job_id).status == JobStatus.completed
 
 

@@ -1,5 +1,6 @@
-"""A big submit writes its rows in chunks, each committed and then published at once, on SQLite
-and PostgreSQL (real Redis where the broker matters).
+"""A big submit writes its rows in chunks, each committed and then rung for at once (its
+doorbells: messages that name no item; a worker's claim takes the next batch), on SQLite and
+PostgreSQL (real Redis where the broker matters).
 
 Each race is forced, not hoped for: a hook holds the producer at a real point (between two
 chunks, or inside a chunk's transaction) while the other side (a worker, the sweeper, a cancel,
@@ -15,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ import redis
 from sqlalchemy import event, func, select
 
 from jobs.db import Item, Job, SessionFactory
-from jobs.dispatch import CeleryPublisher, Publisher
+from jobs.dispatch import CeleryPublisher, Publisher, doorbells_to_send
 from jobs.errors import RequestError
 from jobs.hooks import pause_at
-from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results
+from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, claim_next, record_results
 from jobs.outcome import Outcome
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 from jobs.submit import rows as submit_rows
@@ -38,8 +39,8 @@ from storage import Blobs
 from tests.helpers import ListPublisher, write_images
 from tests.services import free_port
 
-# 11 inputs, messages of 2, chunks of 4 rows: the first chunk is the first message's 2 rows,
-# then 4, 4 and 1.
+# 11 inputs, batches of 2, chunks of 4 rows: the first chunk is the first batch's 2 rows,
+# then 4, 4 and 1; each chunk rings a doorbell per batch of its own: 1, 2, 2 and 1.
 _INPUTS, _BATCH, _CHUNK_ROWS = 11, 2, 4
 _CHUNKS = [2, 4, 4, 1]
 
@@ -82,10 +83,22 @@ def _work_off(sf: SessionFactory, ids: list[str] | None = None) -> int:
     return record_results(sf, outcomes)
 
 
-def _sweep(sf: SessionFactory, *, after: timedelta = timedelta(0)) -> Any:
+def _sweep(
+    sf: SessionFactory, *, after: timedelta = timedelta(0), publisher: Publisher | None = None
+) -> Any:
     from jobs.db import utcnow
 
-    return sweep(sf, ListPublisher(), max_attempts=3, batch_size=_BATCH, now=utcnow() + after)
+    return sweep(
+        sf, publisher or ListPublisher(), max_attempts=3, batch_size=_BATCH, now=utcnow() + after
+    )
+
+
+def _claim_all(sf: SessionFactory) -> list[list[str]]:
+    """Doorbells answered until one claims nothing: each claim's item ids, in claim order."""
+    batches = []
+    while claimed := claim_next(sf, worker="w", lease_seconds=60):
+        batches.append([c.id for c in claimed])
+    return batches
 
 
 class Between:
@@ -114,17 +127,18 @@ def between() -> Iterator[Callable[[Callable[[int], None]], Between]]:
 # --- the small job is unchanged ------------------------------------------------------------
 
 
-def test_a_small_job_is_one_transaction_then_its_messages(
+def test_a_small_job_is_one_transaction_then_its_doorbells(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
-    """Invariant I2 (commit, then publish), as before: a job of at most a chunk of rows is
-    written in ONE transaction, holds no submit lease, and is published after that commit."""
+    """Invariant I2 (commit, then ring), as before: a job of at most a chunk of rows is
+    written in ONE transaction, holds no submit lease, and its doorbells (one per batch) are
+    rung after that commit; they claim every item, in order."""
     commits: list[int] = []
     engine = session_factory.kw["bind"]
     publisher = ListPublisher()
 
     def listener(_conn: Any) -> None:
-        commits.append(len(publisher.batches))
+        commits.append(len(publisher.rings) + len(publisher.batches))
 
     event.listen(engine, "commit", listener)
     hook = between(lambda _n: None)
@@ -134,47 +148,66 @@ def test_a_small_job_is_one_transaction_then_its_messages(
         event.remove(engine, "commit", listener)
     assert hook.reached == 0 and result.complete and result.item_count == _CHUNK_ROWS
     assert commits == [0]  # one commit, before any message
-    assert _job(session_factory).submit_lease_expires_at is None
-    assert publisher.item_ids == [i.id for i in _items(session_factory)]
+    job = _job(session_factory)
+    assert job.submit_lease_expires_at is None
+    assert publisher.rings == [("m", job.id)] * (_CHUNK_ROWS // _BATCH) and not publisher.batches
+    items = _items(session_factory)
+    assert {i.dispatched_at for i in items} != {None}
+    assert _claim_all(session_factory) == [[i.id for i in items[:2]], [i.id for i in items[2:]]]
 
 
-# --- the first message goes out before the last row is written ------------------------------
+# --- the first doorbell goes out before the last row is written -----------------------------
 
 
 def test_the_first_message_is_on_redis_before_the_last_row_is_committed(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any, redis_url: str
 ) -> None:
-    """Invariant I2 chunk by chunk: every message names only committed rows, and the first one
-    is on the broker while the rest of the job is still to be written."""
+    """Invariant I2 chunk by chunk: every doorbell is rung after the rows it rings for are
+    committed, and the first one is on the broker (a real Redis list) while the rest of the job
+    is still to be written; a worker answering it then claims the first chunk's rows."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
-    seen: list[tuple[int, int, set[str]]] = []  # (messages on Redis, rows committed, ids)
+    seen: list[tuple[int, int]] = []  # (doorbells on Redis, rows committed)
+    first_claim: list[str] = []
 
-    def look(_n: int) -> None:
-        sent = _messages(client, f"{queue}.m")
-        seen.append((len(sent), len(_items(session_factory)), {i for m in sent for i in m}))
+    def look(n: int) -> None:
+        seen.append((len(_doorbells(client, f"{queue}.m")), len(_items(session_factory))))
         job = _job(session_factory)
         assert job.submit_lease_expires_at is not None and job.status not in TERMINAL_JOB_STATES
+        if n == 1:  # a worker takes the first doorbell's batch while the rest is being written
+            first_claim.extend(
+                c.id for c in claim_next(session_factory, worker="w", lease_seconds=60)
+            )
 
     between(look)
     result = _submit(session_factory, blobs, tmp_path / "c", CeleryPublisher(redis_url, queue))
     assert result.complete and result.dispatched and result.item_count == _INPUTS
-    first_messages, rows_then, ids_then = seen[0]
-    assert first_messages == 1 and rows_then == _CHUNKS[0] < _INPUTS
-    committed = [i.id for i in _items(session_factory)]
-    assert ids_then == set(committed[: _CHUNKS[0]])  # only rows already committed
-    assert [(m, r) for m, r, _ in seen] == [(1, 2), (3, 6), (5, 10)]
-    sent = _messages(client, f"{queue}.m")
-    assert [i for m in sent for i in m] == committed  # each item once, in order
+    assert seen[0] == (1, _CHUNKS[0]) and _CHUNKS[0] < _INPUTS
+    items = _items(session_factory)
+    assert first_claim == [i.id for i in items[: _CHUNKS[0]]]  # only rows already committed
+    assert seen == [(1, 2), (3, 6), (5, 10)]
+    # A doorbell per batch, each stamped with its chunk's dispatch stamp (taken before the
+    # chunk's commit, so no doorbell rang for rows not yet written), in chunk order.
+    rung = _doorbells(client, f"{queue}.m")
+    assert {kwargs["model"] for kwargs in rung} == {"m"}
+    assert [datetime.fromisoformat(kwargs["dispatched_at"]) for kwargs in rung] == [
+        i.dispatched_at for i in items if i.seq % _BATCH == 0
+    ]
+    # The rest is claimed batch by batch, in order, each item once.
+    claimed = [first_claim, *_claim_all(session_factory)]
+    assert [i for batch in claimed for i in batch] == [i.id for i in items]
+    assert [len(batch) for batch in claimed] == [2, 2, 2, 2, 2, 1]
     assert _job(session_factory).submit_lease_expires_at is None  # the last chunk cleared it
     client.delete(f"{queue}.m")
 
 
-def _messages(client: Any, key: str) -> list[list[str]]:
+def _doorbells(client: Any, key: str) -> list[dict[str, Any]]:
+    """The doorbells waiting in ``key``, oldest first: their kwargs (none names an item)."""
     out = []
     for raw in reversed(client.lrange(key, 0, -1)):  # kombu pushes on the left
         _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        out.append(kwargs["item_ids"])
+        assert "item_ids" not in kwargs and "job_id" not in kwargs, kwargs
+        out.append(kwargs)
     return out
 
 
@@ -211,14 +244,14 @@ def test_cancel_between_chunks_stops_the_submit_and_the_job_ends_cancelled(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any
 ) -> None:
     """Invariant I9: a cancel between two chunks cancels what is queued, lets the running item
-    finish, and no later chunk is written; the job ends cancelled with every item terminal."""
+    finish, and no later chunk is written (nor rung for); the job ends cancelled with every
+    item terminal, and no doorbell or named message claims anything of it."""
     publisher = ListPublisher()
 
     def cancel_with_one_running(n: int) -> None:
         if n == 1:
-            claimed = claim_items(
-                session_factory, publisher.item_ids[:1], worker="w", lease_seconds=60
-            )
+            first = _items(session_factory)[0]
+            claimed = claim_items(session_factory, [first.id], worker="w", lease_seconds=60)
             assert len(claimed) == 1
             assert cancel_job(session_factory, _job(session_factory).id) == JobStatus.cancelling
             record_results(
@@ -234,7 +267,10 @@ def test_cancel_between_chunks_stops_the_submit_and_the_job_ends_cancelled(
     assert items[0].result_text == "kept"
     job = _job(session_factory)
     assert job.status == JobStatus.cancelled and job.submit_lease_expires_at is not None
-    assert claim_items(session_factory, publisher.item_ids, worker="w", lease_seconds=60) == []
+    assert publisher.rings == [("m", job.id)]  # the first chunk's doorbell only
+    assert claim_next(session_factory, worker="w", lease_seconds=60) == []
+    ids = [i.id for i in items]
+    assert claim_items(session_factory, ids, worker="w", lease_seconds=60) == []
 
 
 def test_cancel_while_a_chunk_is_being_written_also_cancels_that_chunk(
@@ -402,9 +438,57 @@ def test_a_dead_broker_leaves_every_chunk_for_the_sweeper(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     """Invariants I1 and I2: with the broker down, every chunk is still committed, none is
-    stamped dispatched, and the sweeper publishes them all."""
+    stamped dispatched (the failed ring undid its chunk's stamp, later chunks were never
+    stamped), and the sweeper rings for them all: it tops the model's queue up to its limit,
+    stamps every item it rang for, and the doorbells claim every item, in order."""
     dead = CeleryPublisher(f"redis://127.0.0.1:{free_port()}/0", "q")
     result = _submit(session_factory, blobs, tmp_path / "c", dead)
     assert result.complete and not result.dispatched and result.item_count == _INPUTS
     assert {i.dispatched_at for i in _items(session_factory)} == {None}
-    assert _sweep(session_factory).republished == _INPUTS
+    back = ListPublisher(waiting_count=1, bell_limit=4)  # the broker is back, one bell waits
+    report = _sweep(session_factory, publisher=back)
+    assert (report.rung, report.republished) == (3, 0) and back.batches == []
+    assert back.rings == [("m", None)] * 3
+    items = _items(session_factory)
+    assert None not in {i.dispatched_at for i in items}  # rung for: no longer "pending"
+    claimed = _claim_all(session_factory)
+    assert [i for batch in claimed for i in batch] == [i.id for i in items]
+
+
+# --- the broker's queue stays bounded however big the job -----------------------------------
+
+
+def test_a_big_submit_leaves_at_most_bell_limit_doorbells_on_redis(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, between: Any, redis_url: str
+) -> None:
+    """Issue 22, the broker stops growing with the backlog: a job of 40 batches, written in
+    21 chunks by a real CeleryPublisher on real Redis, never has more than ``bell_limit``
+    messages in its model's queue (between every two chunks and after the last), where one
+    message per batch would be 40; and those few doorbells, each answered by a worker that
+    rings once more after a claim (``workers.tasks``), still get every item done, in order."""
+    limit, batches = 5, 40
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    key = f"{queue}.m"
+    client = redis.Redis.from_url(redis_url)
+    publisher = CeleryPublisher(redis_url, queue, bell_limit=limit)
+    lengths: list[int] = []
+    between(lambda _n: lengths.append(client.llen(key)))
+    result = _submit(session_factory, blobs, tmp_path / "c", publisher, n=batches * _BATCH)
+    assert result.complete and result.dispatched and result.item_count == batches * _BATCH
+    assert len(lengths) == 20  # 21 chunks: 2 rows, then 4 at a time
+    assert lengths[:4] == [1, 3, 5, 5]  # filled up to the limit, then no further
+    assert max(lengths) <= limit and client.llen(key) == limit
+    assert len(_doorbells(client, key)) == limit
+
+    claimed: list[str] = []
+    while client.rpop(key) is not None:  # a worker takes a doorbell...
+        got = claim_next(session_factory, worker="w", lease_seconds=60)
+        if got:  # ...and, having found work, rings once more
+            publisher.ring("m", doorbells_to_send(publisher, "m", 1))
+            record_results(
+                session_factory, [ItemOutcome(c.id, c.lease_token, Outcome(text="x")) for c in got]
+            )
+        claimed += [c.id for c in got]
+        assert client.llen(key) <= limit
+    assert claimed == [i.id for i in _items(session_factory)]
+    assert _job(session_factory).status == JobStatus.completed

@@ -1,10 +1,10 @@
 """A submit at the edges of its transitions, on SQLite and PostgreSQL: an upload that is slow
 (or held), a second submit with the same idempotency key in that window, a sweeper that runs
-beside a slow producer, a broker that did not take the first publish.
+beside a slow producer, a broker that did not take the first doorbells.
 
 Each race is forced at a real point: a blob store that holds or slows its uploads (a wrapper
 around ``Blobs``, storage is real), a publisher that lets the sweeper run just before its
-message goes out, and ``jobs.hooks`` points. Each test names the invariant of docs/design.md it
+doorbells go out, and ``jobs.hooks`` points. Each test names the invariant of docs/design.md it
 checks (invariant I9 is docs/design.md#I9).
 """
 
@@ -25,7 +25,7 @@ from jobs.db import Item, Job, SessionFactory, make_engine, make_session_factory
 from jobs.dispatch import QUEUE_EMPTY, CeleryPublisher, Publisher
 from jobs.errors import RequestError
 from jobs.hooks import pause_at
-from jobs.lifecycle import claim_items, record_results, renew_submission
+from jobs.lifecycle import claim_items, claim_next, record_results, renew_submission
 from jobs.migrate import upgrade_database
 from jobs.outcome import ItemOutcome, Outcome
 from jobs.states import ItemStatus, JobStatus
@@ -169,7 +169,7 @@ def test_the_same_key_during_a_held_upload_gets_one_job_and_never_waits_on_a_loc
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 11 inputs, messages of 2, chunks of 4 rows: the first chunk is the first message's 2 rows,
+    # 11 inputs, batches of 2, chunks of 4 rows: the first chunk is the first batch's 2 rows,
     # then 4, 4 and 1.
     monkeypatch.setattr(submit_rows, "SUBMIT_CHUNK_ROWS", 4)
 
@@ -318,17 +318,40 @@ def test_a_heartbeat_that_meets_the_sweepers_abandon_does_not_reopen_the_job(
     assert job.status == JobStatus.cancelled and job.submit_lease_expires_at == lease
 
 
-# --- 4: published once; a re-submit tells the truth about dispatch ---------------------------
+# --- 4: never sent twice; a re-submit tells the truth about dispatch -------------------------
 
 
 class SweepFirst:
-    """A publisher that lets the sweeper run just before each of the producer's messages goes
-    out: the rows are committed, the producer is publishing them. Like Redis, the broker tells
-    the sweeper the stamp of the oldest message still waiting (none is consumed here)."""
+    """A broker that lets the sweeper run just before the producer's doorbells go out: the
+    rows are committed, and the producer asks how many doorbells wait (its first broker call
+    after the commit). Like Redis, it tells how many messages wait (none is consumed here) and
+    the stamp of the oldest."""
 
-    def __init__(self, sf: SessionFactory, redispatch_after: timedelta) -> None:
-        self.sf, self.redispatch_after = sf, redispatch_after
+    def __init__(self, sf: SessionFactory, redispatch_after: timedelta, bell_limit: int) -> None:
+        self.sf, self.redispatch_after, self.bell_limit = sf, redispatch_after, bell_limit
         self.producer, self.sweeper = _Queue(self), _Queue(self)
+        self.reports: list[Any] = []
+
+    def waiting(self, model: str) -> int | None:
+        report = _sweep(
+            self.sf, now=utcnow(), publisher=self.sweeper, redispatch_after=self.redispatch_after
+        )
+        self.reports.append(report)
+        return self.count()
+
+    def count(self) -> int:
+        queues = (self.producer, self.sweeper)
+        return sum(len(q.rings) + len(q.batches) for q in queues)
+
+    def ring(
+        self,
+        model: str,
+        count: int,
+        *,
+        job_id: str | None = None,
+        dispatched_at: datetime | None = None,
+    ) -> None:
+        self.producer.ring(model, count, job_id=job_id, dispatched_at=dispatched_at)
 
     def publish(
         self,
@@ -338,9 +361,6 @@ class SweepFirst:
         model: str,
         dispatched_at: datetime | None = None,
     ) -> None:
-        _sweep(
-            self.sf, now=utcnow(), publisher=self.sweeper, redispatch_after=self.redispatch_after
-        )
         self.producer.publish(job_id, item_ids, model=model, dispatched_at=dispatched_at)
 
     def oldest_waiting(self, model: str) -> datetime | None:
@@ -349,18 +369,30 @@ class SweepFirst:
 
 
 class _Queue(ListPublisher):
-    """One side's messages, on the one queue that ``broker`` tells the age of."""
+    """One side's messages, on the one queue that ``broker`` tells the length and age of."""
 
     def __init__(self, broker: SweepFirst) -> None:
-        super().__init__()
+        super().__init__(bell_limit=broker.bell_limit)
         self.broker = broker
+
+    def waiting(self, model: str) -> int | None:
+        return self.broker.count()
 
     def oldest_waiting(self, model: str) -> datetime | None:
         return self.broker.oldest_waiting(model)
 
 
+def _claim_all(sf: SessionFactory) -> list[str]:
+    """Doorbells answered until one claims nothing, each batch recorded: the ids claimed."""
+    ids: list[str] = []
+    while claimed := claim_next(sf, worker="w", lease_seconds=60):
+        record_results(sf, [ItemOutcome(c.id, c.lease_token, Outcome(text="x")) for c in claimed])
+        ids += [c.id for c in claimed]
+    return ids
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["one-transaction", "chunks"])
-def test_rows_whose_upload_outlasts_the_redispatch_age_are_published_once(
+def test_rows_whose_upload_outlasts_the_redispatch_age_are_never_sent_again(
     session_factory: SessionFactory,
     blobs: Blobs,
     tmp_path: Path,
@@ -368,30 +400,47 @@ def test_rows_whose_upload_outlasts_the_redispatch_age_are_published_once(
     chunked: bool,
 ) -> None:
     """Invariants I1 and I2: rows are stamped dispatched after their inputs are stored, just
-    before their transaction. A stamp taken before a slow upload (here 0.3 s per input against
-    a redispatch age of 0.5 s) makes the rows look like a lost message the moment they commit,
-    and the sweeper publishes them beside the producer: every item must be sent once."""
+    before their transaction; an upload slower than the redispatch age (here 0.3 s per input
+    against 0.5 s) must not make the sweeper that runs beside the producer, between its commit
+    and its doorbells, send the rows again: it re-publishes none by name, the doorbells of
+    both together stay within the queue's limit, and each item is claimed once."""
     if chunked:
         monkeypatch.setattr(submit_rows, "SUBMIT_CHUNK_ROWS", 4)
     folder = tmp_path / "c"
-    write_images(folder, 6 if chunked else 4)
-    slow = HeldBlobs(blobs.store, lambda _n: time.sleep(0.3))
-    bell = SweepFirst(session_factory, redispatch_after=timedelta(seconds=0.5))
+    count = 6 if chunked else 4
+    write_images(folder, count)
+    uploaded: list[datetime] = []  # when each input's (slow) upload began its put
+
+    def slow_put(_n: int) -> None:
+        time.sleep(0.3)
+        uploaded.append(utcnow())
+
+    slow = HeldBlobs(blobs.store, slow_put)
+    bell = SweepFirst(session_factory, redispatch_after=timedelta(seconds=0.5), bell_limit=3)
     monkeypatch.setattr("jobs.submit.input_store.UPLOAD_THREADS", 1)
     monkeypatch.setattr("jobs.submit.rows.UPLOAD_THREADS", 1)
     result = _submit(session_factory, slow, folder, bell)
     assert result.complete and result.dispatched
-    sent = Counter(bell.producer.item_ids + bell.sweeper.item_ids)
-    assert sorted(sent) == sorted(i.id for i in _items(session_factory))
-    assert set(sent.values()) == {1}, bell.sweeper.batches
+    items = _items(session_factory)
+    assert len(uploaded) == len(items) == count
+    for item, put in zip(items, uploaded, strict=True):
+        assert item.dispatched_at is not None and item.dispatched_at > put, (item.seq, put)
+    assert bell.reports and bell.sweeper.rings  # the sweeper ran beside the producer, with work
+    assert [r.republished for r in bell.reports] == [0] * len(bell.reports)
+    assert bell.sweeper.batches == [] and bell.producer.batches == []
+    assert bell.count() <= bell.bell_limit
+    claimed = _claim_all(session_factory)
+    assert claimed == [i.id for i in items]  # each once, in order
+    assert set(Counter(claimed).values()) == {1}
 
 
 def test_a_resubmit_says_whether_the_jobs_messages_went_out(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     """Invariants I1 and I2, as a re-submit reports them: a first submit whose broker was down
-    leaves its items for the sweeper; the same key then answers ``dispatched: false`` (not
-    true), and true once the sweeper has sent them."""
+    leaves its items unstamped for the sweeper; the same key then answers ``dispatched: false``
+    (not true), and true once the sweeper has rung for them (and stamped them), after which
+    those doorbells' claims do every item."""
     folder = tmp_path / "c"
     write_images(folder, 3)
     dead = CeleryPublisher(f"redis://127.0.0.1:{free_port()}/0", "q")
@@ -399,9 +448,11 @@ def test_a_resubmit_says_whether_the_jobs_messages_went_out(
     assert not first.dispatched
     again = _submit(session_factory, blobs, folder, ListPublisher(), idempotency_key="k")
     assert again.existing and again.job_id == first.job_id and not again.dispatched
-    assert _sweep(session_factory, now=utcnow()).republished == 3
+    back = ListPublisher(waiting_count=0, bell_limit=2)
+    report = _sweep(session_factory, now=utcnow(), publisher=back)
+    assert (report.rung, report.republished) == (2, 0) and back.rings == [("m", None)] * 2
     after = _submit(session_factory, blobs, folder, ListPublisher(), idempotency_key="k")
     assert after.existing and after.dispatched
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
-    assert _work_off(session_factory) == 3
+    assert len(_claim_all(session_factory)) == 3

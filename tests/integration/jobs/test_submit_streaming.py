@@ -1,5 +1,6 @@
 """Submit in two streaming passes (check, then write in chunks, one transaction): the rows, the
-messages and the idempotency fingerprint are those of the one-list path, whatever the chunking."""
+doorbells and the idempotency fingerprint are those of the one-list path, whatever the
+chunking."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
 from jobs.kinds import get_kind
+from jobs.lifecycle import claim_next
 from jobs.submit import job as submit_module
 from jobs.submit import rows as submit_rows
 from jobs.submit.fingerprint import describe_inputs, fingerprint_of, fingerprint_streamed
@@ -162,9 +164,14 @@ def test_a_manifest_streams_in_chunks_in_order(
     assert [i.custom_id for i in items] == [f"id-{i}" for i in range(11)]
     assert [i.prompt for i in items] == [f"P{i}?" for i in range(11)]
     assert all(i.input_sha256 and i.dispatched_at is not None for i in items)
-    # Messages of batch_size ids, in order, every item once, after the commit.
-    assert [len(ids) for _, ids in sent] == [3, 3, 3, 2]
-    assert [i for _, ids in sent for i in ids] == [i.id for i in items]
+    # A doorbell per batch of batch_size, after the commit, naming the job and no item...
+    assert sent == [(result.job_id, [])] * 4
+    # ...and the claims they make take batches of batch_size, in order, every item once.
+    claimed = []
+    while batch := claim_next(session_factory, worker="w", lease_seconds=60):
+        claimed.append([c.id for c in batch])
+    assert [len(ids) for ids in claimed] == [3, 3, 3, 2]
+    assert [i for ids in claimed for i in ids] == [i.id for i in items]
 
 
 @pytest.mark.usefixtures("small_chunks")
