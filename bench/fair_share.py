@@ -4,8 +4,8 @@ the cost of one claim at scale, and what a queued million items costs Redis.
     python bench/fair_share.py [--parts small,two,claim,redis] [--big 3000] [--small 8]
                                [--small-repeat 3] [--two-items 600] [--sample-interval 1]
                                [--claims 200] [--claim-jobs 100] [--claim-items 1000000]
-                               [--redis-items 1000000] [--bell-limit 64] [--skip-old]
-                               [--json PATH]
+                               [--explained 21] [--redis-items 1000000] [--bell-limit 64]
+                               [--skip-old] [--json PATH]
 
 Against the local PostgreSQL (LLAVA_BATCH_BENCH_POSTGRES, default postgresql://postgres@
 127.0.0.1:5432/postgres: a fresh database per part, migrated with ``llava-batch db upgrade``,
@@ -30,11 +30,16 @@ two    Two workers. Two jobs of ``--two-items`` images, submitted one after the 
 claim  ``--claim-jobs`` queued caption jobs of model tiny-llava ({"batch_size": 8,
        "max_new_tokens": 8}) holding ``--claim-items`` queued items between them, written with
        bulk INSERT … SELECT, then ANALYZE; ``jobs.lifecycle.claim_next`` timed ``--claims``
-       times (after 5 untimed), each claiming 8 items of the job whose turn it is. Median and
-       p95 ms; target: median ≤ 5 ms. Then one more claim with auto_explain (PostgreSQL's
-       contrib module, its plans sent to this client as notices) gives the EXPLAIN ANALYZE of
-       the statements the claim ran, as run: the pick (UPDATE jobs), the item claim (UPDATE
-       items) and the read of what was claimed.
+       times (after 5 untimed), each claiming 8 items of the job whose turn it is; each batch
+       is then marked succeeded, untimed, as a worker records it, so the items running stay
+       one batch. Median and p95 ms; target: median ≤ 5 ms. Side by side, in a rotating order,
+       as information: the same claim scoped to one job (``job_id=``: its pick looks at one
+       job, not at every open one) and the floor of any transaction through the same session
+       factory (pre-ping, BEGIN, SELECT 1, COMMIT). Then ``--explained`` more claims with
+       auto_explain (PostgreSQL's contrib module, its plans sent to this client as notices):
+       each statement's median time in the database, and the EXPLAIN ANALYZE of the
+       statements of the claim whose database time is the median, as run: the pick (UPDATE
+       jobs), the item claim (UPDATE items) and the read of what was claimed.
 redis  ``jobs.dispatch.dispatch_items`` for a job of ``--redis-items`` item ids in batches of 8,
        with a real ``CeleryPublisher`` (``--bell-limit``): the queue's LLEN, Redis ``MEMORY
        USAGE`` of its list key (SAMPLES 0: every element) and ``used_memory`` before and after.
@@ -99,6 +104,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--claims", type=int, default=200, help="timed claims (claim)")
     parser.add_argument("--claim-jobs", type=int, default=100)
     parser.add_argument("--claim-items", type=int, default=1_000_000, help="over all the jobs")
+    parser.add_argument(
+        "--explained", type=int, default=21, help="claims run under auto_explain (claim)"
+    )
     parser.add_argument("--redis-items", type=int, default=1_000_000)
     parser.add_argument("--bell-limit", type=int, default=64)
     parser.add_argument("--skip-old", action="store_true", help="redis: no named messages")
@@ -111,7 +119,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown or not args.parts:
         parser.error(f"--parts takes some of {', '.join(PARTS)}; not {', '.join(unknown)}")
-    for name in ("big", "small", "small_repeat", "two_items", "claims", "claim_jobs"):
+    for name in ("big", "small", "small_repeat", "two_items", "claims", "claim_jobs", "explained"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.claim_items < args.claim_jobs:
@@ -302,11 +310,19 @@ def rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_fmt(c.get('scoped_median_ms'))} / {_fmt(c.get('scoped_p95_ms'))}",
             )
         )
-        for plan in c.get("plans", []):
+        out.append(
+            (
+                "claim: info: a transaction of one SELECT 1 through the same session factory, "
+                "median / p95 ms",
+                f"{_fmt(c.get('floor_median_ms'))} / {_fmt(c.get('floor_p95_ms'))}",
+            )
+        )
+        for statement, ms in c.get("in_database_median_ms", {}).items():
             out.append(
                 (
-                    f"claim: {plan['statement']}, in the database (auto_explain, timed)",
-                    _fmt(plan.get("duration_ms"), " ms", 3),
+                    f"claim: {statement}, in the database (auto_explain; median of "
+                    f"{c.get('explained')})",
+                    _fmt(ms, " ms", 3),
                 )
             )
         out.append(("claim: rows written in (bulk INSERT, ANALYZE)", _fmt(c.get("build_s"), " s")))
@@ -796,8 +812,24 @@ def build_claim_rows(sf: Any, jobs: int, items: int) -> None:
         session.execute(text("ANALYZE items"))
 
 
-def explain_claim(db_url: str, serving: Any) -> list[dict[str, Any]]:
-    """One claim_next with auto_explain on its connection: the plans of what it ran."""
+def classify(plan: str) -> str:
+    """Which of claim_next's statements an auto_explain plan is of."""
+    head = plan.split("\n  ->", 1)[0]  # the query text and the plan's top node
+    if "UPDATE jobs SET" in head:
+        return "the pick (UPDATE jobs)"
+    if "UPDATE items SET" in head:
+        return "the item claim (UPDATE items)"
+    if plan.startswith("Query Text: SELECT"):
+        return "the read of what was claimed (SELECT)"
+    return "other"
+
+
+def explain_claims(
+    db_url: str, serving: Any, count: int, finish: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """``count`` claim_next calls with auto_explain on their connection (every statement's
+    EXPLAIN ANALYZE, as run, sent here as a notice). Returns the plans of the claim whose
+    database time is the median, and each statement's median duration in the database."""
     from sqlalchemy import event
 
     from jobs.db import make_engine, make_session_factory
@@ -821,37 +853,41 @@ def explain_claim(db_url: str, serving: Any) -> list[dict[str, Any]]:
                 cursor.execute(f"SET auto_explain.{setting}")
         dbapi_connection.commit()  # the SETs outlive the pool's rollback
 
+    claims: list[list[dict[str, Any]]] = []
     try:
-        claimed = claim_next(
-            make_session_factory(engine), worker="bench-explain", lease_seconds=600, serving=serving
-        )
-        assert claimed, "the explained claim took nothing"
+        sf = make_session_factory(engine)
+        for _ in range(count):
+            notices.clear()
+            claimed = claim_next(sf, worker="bench-explain", lease_seconds=600, serving=serving)
+            if not claimed:
+                raise RuntimeError("an explained claim took nothing")
+            finish(claimed[0].lease_token)
+            explained: list[dict[str, Any]] = []
+            for notice in notices:
+                head, _, body = notice.partition("plan:")
+                duration = re.search(r"duration: ([0-9.]+) ms", head)
+                explained.append(
+                    {
+                        "statement": classify(body.strip()),
+                        "duration_ms": float(duration.group(1)) if duration else None,
+                        "plan": body.strip(),
+                    }
+                )
+            claims.append(explained)
     finally:
         engine.dispose()
-    plans = []
-    for notice in notices:
-        head, _, body = notice.partition("plan:")
-        body = body.strip()
-        duration = re.search(r"duration: ([0-9.]+) ms", head)
-        query = body.split("\n", 1)[0] if "Query Text:" in body else ""
-        text = body.split("\n  ->", 1)[0]  # the query text and the plan's top node
-        statement = (
-            "the pick (UPDATE jobs)"
-            if "UPDATE jobs SET" in text
-            else "the item claim (UPDATE items)"
-            if "UPDATE items SET" in text
-            else "the read of what was claimed (SELECT)"
-            if query and "SELECT" in query
-            else "other"
-        )
-        plans.append(
-            {
-                "statement": statement,
-                "duration_ms": float(duration.group(1)) if duration else None,
-                "plan": body,
-            }
-        )
-    return plans
+
+    def total(plans: list[dict[str, Any]]) -> float:
+        return sum(p["duration_ms"] or 0.0 for p in plans)
+
+    ordered = sorted(claims, key=total)
+    durations: dict[str, list[float]] = {}
+    for explained in claims:
+        for one in explained:
+            if one["duration_ms"] is not None:
+                durations.setdefault(one["statement"], []).append(one["duration_ms"])
+    medians = {name: round(statistics.median(ms), 3) for name, ms in durations.items()}
+    return ordered[len(ordered) // 2], medians
 
 
 def part_claim(run: Run) -> dict[str, Any]:
@@ -873,28 +909,52 @@ def part_claim(run: Run) -> dict[str, Any]:
         serving = Serving(MODEL, None, "none")
         with sf() as session:
             job_ids = list(session.scalars(text("SELECT id FROM jobs ORDER BY created_at")))
-        # Side by side, alternating which goes first: the doorbell's claim (the pick looks at
-        # every open job) and the same scoped to one job (``job_id=``, as the one-process
-        # runner claims; a job after another), whose pick looks at that job only. Their
-        # difference is the pick's cost per open job.
-        timings: dict[str, list[float]] = {"any": [], "scoped": []}
-        for i in range(5 + args.claims):
-            order = ("any", "scoped") if i % 2 else ("scoped", "any")
-            for way in order:
-                t = time.perf_counter()
-                claimed = claim_next(
-                    sf,
-                    worker="bench",
-                    lease_seconds=600,
-                    serving=serving,
-                    job_id=job_ids[i % len(job_ids)] if way == "scoped" else None,
+        timings: dict[str, list[float]] = {"any": [], "scoped": [], "floor": []}
+
+        def finish(token: str) -> None:
+            # Untimed: the batch is recorded, as a worker would, so the items running stay
+            # one batch (a fleet's in flight), not every item claimed so far.
+            with sf.begin() as session:
+                session.execute(
+                    text(
+                        "UPDATE items SET status = 'succeeded', finished_at = now(), "
+                        "lease_expires_at = NULL WHERE lease_token = :t AND status = 'running'"
+                    ),
+                    {"t": token},
                 )
+
+        def floor() -> None:
+            with sf.begin() as session:
+                session.execute(text("SELECT 1"))
+
+        # Side by side, in a rotating order: the doorbell's claim (its pick looks at every
+        # open job); the same scoped to one job (``job_id=``, as the one-process runner
+        # claims; a job after another), whose pick looks at that job only; and the floor of
+        # any transaction through the same session factory (pre-ping, BEGIN, one SELECT 1,
+        # COMMIT), the round trips that this machine's load makes slow.
+        ways = ("any", "scoped", "floor")
+        for i in range(5 + args.claims):
+            for way in ways[i % 3 :] + ways[: i % 3]:
+                t = time.perf_counter()
+                if way == "floor":
+                    floor()
+                    claimed = []
+                else:
+                    claimed = claim_next(
+                        sf,
+                        worker="bench",
+                        lease_seconds=600,
+                        serving=serving,
+                        job_id=job_ids[i % len(job_ids)] if way == "scoped" else None,
+                    )
                 took = (time.perf_counter() - t) * 1000
-                if len(claimed) != CLAIM_PARAMS["batch_size"]:
-                    raise RuntimeError(f"claim {i} ({way}) took {len(claimed)} items")
+                if way != "floor":
+                    if len(claimed) != CLAIM_PARAMS["batch_size"]:
+                        raise RuntimeError(f"claim {i} ({way}) took {len(claimed)} items")
+                    finish(claimed[0].lease_token)
                 if i >= 5:
                     timings[way].append(took)
-        plans = explain_claim(db_url, serving)
+        plans, in_database = explain_claims(db_url, serving, args.explained, finish)
         scoped = timings["scoped"]
         timings_any = timings["any"]
         return {
@@ -908,6 +968,10 @@ def part_claim(run: Run) -> dict[str, Any]:
             "max_ms": round(max(timings_any), 3),
             "scoped_median_ms": round(statistics.median(scoped), 3),
             "scoped_p95_ms": round(percentile(scoped, 0.95), 3),
+            "floor_median_ms": round(statistics.median(timings["floor"]), 3),
+            "floor_p95_ms": round(percentile(timings["floor"], 0.95), 3),
+            "explained": args.explained,
+            "in_database_median_ms": in_database,
             "plans": plans,
         }
     finally:

@@ -127,6 +127,10 @@ CLAIM = {
     "p95_ms": 9.0,
     "scoped_median_ms": 2.0,
     "scoped_p95_ms": 3.0,
+    "floor_median_ms": 0.5,
+    "floor_p95_ms": 0.75,
+    "explained": 21,
+    "in_database_median_ms": {"the pick (UPDATE jobs)": 1.25},
     "build_s": 60.0,
     "plans": [{"statement": "the pick (UPDATE jobs)", "duration_ms": 1.5, "plan": "Update on"}],
 }
@@ -166,6 +170,15 @@ def test_the_table_and_json_carry_every_part(tmp_path: Path) -> None:
     assert "| small: behind ÷ alone | 10.45 |" in table
     assert "| two: first ÷ second (sampled) | 1.33 |" in table
     assert "median / p95 ms (200 claims) | 4.00 / 9.00 |" in table
+    assert (
+        "scoped to one job (job_id=, the pick looks at one job), median / p95 ms | 2.00 / 3.00"
+        in (table)
+    )
+    assert "same session factory, median / p95 ms | 0.50 / 0.75 |" in table
+    assert (
+        "| claim: the pick (UPDATE jobs), in the database (auto_explain; median of 21) | 1.250 ms |"
+        in (table)
+    )
     assert "LLEN / MEMORY USAGE | 64 / 2.0 KiB |" in table
     assert "named messages (the old way): LLEN / MEMORY USAGE | 125,000 / 10.0 KiB |" in table
     assert "✗ two big jobs: faster ÷ slower rate: 1.33 (target ≤ 1.25)" in table
