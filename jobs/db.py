@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
+    desc,
     event,
     text,
 )
@@ -58,6 +59,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# ``jobs.turn_at`` of a job no worker has taken a batch of yet: before every real time.
+NEVER_SERVED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -72,6 +77,21 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (
+        # The open jobs of a model in claim order (jobs.lifecycle.claims.claim_next), read
+        # backwards: priority DESC, then turn_at, created_at and id ascending. A claim walks it
+        # and stops at the first job with work, instead of sorting every open job.
+        Index(
+            "ix_jobs_open_turn",
+            "model",
+            "priority",
+            desc("turn_at"),
+            desc("created_at"),
+            desc("id"),
+            postgresql_where=text("status IN ('queued', 'in_progress')"),
+            sqlite_where=text("status IN ('queued', 'in_progress')"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str | None] = mapped_column(String(200))
@@ -99,8 +119,10 @@ class Job(Base):
     # The completion window: once it passes, what has not started ends ``expired``.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completion_window_seconds: Mapped[int | None] = mapped_column(Integer)
-    # When a worker last took a batch of this job: fair share serves the longest-waiting first.
-    turn_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When a worker last took a batch of this job: fair share serves the longest-waiting first,
+    # and a job never served (NEVER_SERVED) before any other of its priority. Never NULL, so
+    # the claim's order is the same on both databases, which put NULLs at opposite ends.
+    turn_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: NEVER_SERVED)
 
 
 class Item(Base):

@@ -50,7 +50,7 @@ def read_turn(session: Session, job: Job, *, now: datetime) -> Turn:
             within_window(Job, now),
             has_claimable(Job.id, now),
         )
-        .order_by(Job.priority.desc(), Job.turn_at.asc().nulls_first(), Job.created_at, Job.id)
+        .order_by(Job.priority.desc(), Job.turn_at, Job.created_at, Job.id)
     ).all()
     ids = [row.id for row in active]
     position = ids.index(job.id) + 1 if job.id in ids else None

@@ -309,11 +309,10 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
         pick = pick.where(inner.c.model == bindparam("p_model", type_=jobs.model.type))
     if scoped:
         pick = pick.where(inner.c.id == bindparam("p_job", type_=jobs.id.type))
+    # The order of the index ix_jobs_open_turn read backwards (jobs.db), so the claim walks the
+    # open jobs in turn and stops at the first with work.
     pick = pick.order_by(
-        inner.c.priority.desc(),
-        inner.c.turn_at.asc().nulls_first(),
-        inner.c.created_at,
-        inner.c.id,
+        inner.c.priority.desc(), inner.c.turn_at, inner.c.created_at, inner.c.id
     ).limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=skip)
