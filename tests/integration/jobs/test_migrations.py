@@ -11,7 +11,6 @@ from alembic.script import ScriptDirectory
 from jobs.db import Base, make_engine
 from jobs.migrate import build_alembic_config, current_revision, head_revision, upgrade_database
 
-
 # Alembic cannot read an index with DESC columns back from SQLite (it warns, and reports it
 # removed and added again); on SQLite that index is checked by its columns in
 # ``test_the_claim_order_index_is_there`` instead.
