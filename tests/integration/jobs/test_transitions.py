@@ -147,6 +147,25 @@ def test_claim_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
     assert [c.attempts for c in claimed] == [2, 2, 2, 2]
 
 
+def test_a_doorbell_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I3 for a doorbell: items whose doorbell never went out are stamped by the
+    sweeper once it has rung for them; a doorbell claiming meanwhile (one it just rang) waits
+    for those rows and takes its batch, rather than skipping them and claiming nothing."""
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=4)
+    with session_factory.begin() as session:  # the broker was down: the stamps were undone
+        session.execute(update(Item).where(Item.job_id == job_id).values(dispatched_at=None))
+    bell = ListPublisher(oldest=QUEUE_EMPTY, waiting_count=0, bell_limit=1)
+    race = Interleaving("ring:stamped")
+    report, claimed = race.run(
+        lambda: sweep(session_factory, bell, max_attempts=3, batch_size=8),
+        lambda: claim_next(session_factory, worker="w", lease_seconds=60),
+    )
+    assert report.rung == 1 and bell.rings == [("fake", None)]
+    assert [c.id for c in claimed] == ids
+
+
 # --- 2: cancel + a lost or handed-back batch -------------------------------------------------
 
 
