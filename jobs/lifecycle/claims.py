@@ -278,7 +278,15 @@ def claim_next(
                 "c_revision": serving.revision,
                 "c_quantization": serving.quantization,
             }
-        session.execute(_next_items_statement(postgres, routed=serving is not None), claim_params)
+        routed = serving is not None
+        took = session.execute(_next_items_statement(postgres, routed=routed), claim_params)
+        if postgres and not took.rowcount:  # type: ignore[attr-defined]
+            # Every claimable item of the job was skipped as held. Not by another doorbell
+            # (claims of one job queue on its row, taken above): by a writer holding them for
+            # an instant, such as the sweeper stamping the items it has just rung for. Wait for
+            # those, as a named claim does (docs/design.md#I3): skipped, this doorbell would
+            # claim nothing and the job would lose its turn, the first-batch drop again.
+            session.execute(_next_items_statement(True, routed=routed, wait=True), claim_params)
         rows = session.execute(_claimed_rows(), {"c_token": token}).all()
     reached("claim_next:committed")
     return [_claimed_item(row, token) for row in rows]
@@ -331,8 +339,9 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
 
 
 @cache
-def _next_items_statement(postgres: bool, *, routed: bool) -> Update:
-    """Claims the picked job's next claimable items, by seq, up to its batch size."""
+def _next_items_statement(postgres: bool, *, routed: bool, wait: bool = False) -> Update:
+    """Claims the picked job's next claimable items, by seq, up to its batch size; ``wait``
+    (PostgreSQL): waits for rows someone holds instead of skipping them."""
     item_table: Table = Item.__table__  # type: ignore[assignment]
     items = item_table.c
     inner = item_table.alias()
@@ -348,7 +357,7 @@ def _next_items_statement(postgres: bool, *, routed: bool) -> Update:
         # Another claimer's items are its own: take the next ones instead of waiting. A CTE,
         # because PostgreSQL may run a LIMIT subquery of an UPDATE's WHERE more than once, and
         # take more than the limit; a CTE is run once.
-        target = select(target.with_for_update(skip_locked=True).cte("next_items").c.id)
+        target = select(target.with_for_update(skip_locked=not wait).cte("next_items").c.id)
     values: dict[str, Any] = {
         "status": ItemStatus.running,
         "lease_token": bindparam("c_token", type_=items.lease_token.type),

@@ -295,6 +295,7 @@ def stamp_rung(
             .values(dispatched_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
+        reached("ring:stamped")  # the stamped rows are still held: a doorbell may come now
     return int(count or 0)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,14 +12,21 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import QUEUE_EMPTY, CallbackPublisher
 from jobs.errors import RequestError
-from jobs.lifecycle import ItemOutcome, cancel_job, claim_items, record_results, requeue_failed
+from jobs.lifecycle import (
+    ItemOutcome,
+    cancel_job,
+    claim_items,
+    claim_next,
+    record_results,
+    requeue_failed,
+)
 from jobs.outcome import Outcome
 from jobs.states import JobStatus
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest
 from jobs.sweeper import sweep
 from storage import Blobs
-from tests.helpers import ListPublisher, statuses, submit_captions, write_images
+from tests.helpers import ListPublisher, queued_ids, statuses, submit_captions, write_images
 from tests.helpers import caption_outcome as _ok
 
 _submit = submit_captions
@@ -71,32 +78,47 @@ def test_item_that_keeps_losing_its_worker_ends_failed_worker_lost(
 def test_sweeper_republishes_by_age_behind_the_oldest_waiting_message(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Lost messages are found under steady load too: an item dispatched before the oldest
-    message still waiting (FIFO) was delivered, so if it is still queued its message is lost."""
+    """Lost messages are found under steady load too. An item that lost a worker is sent by
+    name, alone (docs/design.md#I11): one dispatched before the oldest message still waiting
+    (FIFO) was delivered, so if it is still queued its message is lost and it is sent again.
+    Such an item is never taken by a doorbell: only its own message runs it."""
     _, ids = _submit(session_factory, blobs, tmp_path, n=3)
-    later = utcnow() + timedelta(minutes=10)
-    behind = ListPublisher(oldest=utcnow() - timedelta(minutes=1))  # ours may still wait
+    start = utcnow()
+    claim_items(session_factory, ids, worker="lost", lease_seconds=10, now=start)
+    sent_at = start + timedelta(seconds=11)
+    first = ListPublisher(oldest=QUEUE_EMPTY)
+    report = sweep(session_factory, first, max_attempts=3, batch_size=2, now=sent_at)
+    assert (report.requeued, report.republished) == (3, 3)  # no message: sent at once
+    assert sorted(first.batches) == sorted([i] for i in ids)  # each alone
+    assert first.rings == []  # nothing a doorbell may claim
+    later = sent_at + timedelta(minutes=10)
+    behind = ListPublisher(oldest=sent_at - timedelta(minutes=1))  # ours may still wait
     sweep(session_factory, behind, max_attempts=3, batch_size=2, now=later)
     assert behind.batches == []
     busy = ListPublisher(oldest=later - timedelta(seconds=30))  # the queue moved past ours
     sweep(session_factory, busy, max_attempts=3, batch_size=2, now=later)
-    assert sorted(busy.item_ids) == sorted(ids)
-    assert [len(b) for b in busy.batches] == [2, 1]
-    assert busy.stamps == [later, later]
+    assert sorted(busy.batches) == sorted([i] for i in ids)
+    assert busy.stamps == [later, later, later]
     again = ListPublisher(oldest=QUEUE_EMPTY)
     sweep(session_factory, again, max_attempts=3, batch_size=2, now=later + timedelta(seconds=1))
     assert again.batches == []  # just re-dispatched: not stale yet
     unknown = ListPublisher(oldest=None)  # a broker that cannot be asked: age alone
     sweep(session_factory, unknown, max_attempts=3, batch_size=2, now=later + timedelta(hours=1))
     assert sorted(unknown.item_ids) == sorted(ids)
+    assert unknown.rings == []
+    assert claim_next(session_factory, worker="w", lease_seconds=60) == []
 
 
 def test_undispatched_items_are_published_by_the_sweeper_at_once(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
+    """Items whose doorbell never went out (the broker was down at submit) are rung for by the
+    next sweep, not ``redispatch_after`` later: the model's queue is topped up to its limit
+    counting what already waits there, or, where that cannot be asked, rung for because no job
+    of the model has had a turn. The next doorbell claims them."""
     write_images(tmp_path / "c", 2)
 
-    def broker_down(_job: str, _ids: list[str]) -> None:
+    def broker_down(_job: str | None, _ids: list[str]) -> None:
         from jobs.dispatch import DispatchError
 
         raise DispatchError("down")
@@ -116,9 +138,27 @@ def test_undispatched_items_are_published_by_the_sweeper_at_once(
     )
     assert not result.dispatched
     assert statuses(session_factory, result.job_id) == ["queued", "queued"]
-    busy = ListPublisher(oldest=utcnow() - timedelta(hours=1))  # even behind a long queue
-    sweep(session_factory, busy, max_attempts=3, batch_size=8)
-    assert len(busy.batches) == 1 and len(busy.batches[0]) == 2
+    assert _dispatch_stamps(session_factory, result.job_id) == [None, None]
+    now = utcnow()
+    unknown = ListPublisher(waiting_count=None, bell_limit=4)  # no job of it had a turn
+    report = sweep(session_factory, unknown, max_attempts=3, batch_size=8, now=now)
+    assert report.rung == 4 and unknown.rings == [("fake", None)] * 4 and unknown.batches == []
+    assert _dispatch_stamps(session_factory, result.job_id) == [now, now]
+    busy = ListPublisher(waiting_count=1, bell_limit=4)  # one doorbell still waits
+    sweep(session_factory, busy, max_attempts=3, batch_size=8, now=now)
+    assert busy.rings == [("fake", None)] * 3
+    ids = queued_ids(session_factory, result.job_id)
+    claimed = claim_next(session_factory, worker="w", lease_seconds=60, now=now)
+    assert [c.id for c in claimed] == ids
+
+
+def _dispatch_stamps(sf: SessionFactory, job_id: str) -> list[datetime | None]:
+    with sf() as session:
+        return list(
+            session.scalars(
+                select(Item.dispatched_at).where(Item.job_id == job_id).order_by(Item.seq)
+            )
+        )
 
 
 def test_cancel_keeps_finished_results_and_cancels_the_rest(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
 from model.transformers_engine import TransformersEngine, load_engine
 from storage import Blobs
-from tests.helpers import make_resources, write_images
+from tests.helpers import make_resources, queued_ids, write_images
 from workers.local import run_job_locally, submit_locally, work_locally
 from workers.resources import WorkerResources
 
@@ -216,26 +217,56 @@ def test_a_message_whose_item_lost_a_worker_runs_alone(
     forward: Gate,
 ) -> None:
     """Invariant: an item that killed its worker does not take other items' attempts with it
-    again. The sweeper sends such an item out alone; beside it in the same process, another
-    slot's batch would die with it. So its message runs with no other message claimed."""
+    again. The sweeper sends such an item out alone, by name, and no doorbell ever takes it;
+    beside it in the same process, another slot's batch would die with it. So its message runs
+    with no other message claimed: a doorbell taken meanwhile waits, holding nothing."""
     res, request = _job(session_factory, blobs, engine, tmp_path, images=16, slots=2)
     queue, submitted = submit_locally(request, res, max_prompt_chars=4000)
-    suspects = queue.batches[1]
+    ids = queued_ids(session_factory, submitted.job_id)
+    suspects = ids[4:8]
     with session_factory.begin() as session:  # as if their worker had been lost once
         session.execute(update(Item).where(Item.id.in_(suspects)).values(attempts=1))
+    assert list(queue.batches) == [[], []]  # the submit rang a doorbell per eight items
+    queue.batches.appendleft([suspects[0]])  # the sweeper's message for one, first in line
+
+    # The two slots start together; the suspect's is let in first, so the doorbell comes while
+    # it runs. What the doorbell then does at the gate is ``workers.isolation``'s own.
+    suspect_in, doorbell_in = threading.Event(), threading.Event()
+    real_turn = res.isolation.turn
+
+    @contextmanager
+    def turn(*, alone: bool) -> Iterator[None]:
+        if not alone:
+            assert suspect_in.wait(WAIT), "the suspect's message never took its turn"
+        with real_turn(alone=alone):
+            (suspect_in if alone else doorbell_in).set()
+            yield
+
+    res.isolation.turn = turn  # type: ignore[method-assign]
     runner = threading.Thread(
         target=lambda: work_locally(submitted.job_id, res, queue), daemon=True
     )
     runner.start()
 
     assert forward.reached.wait(WAIT)
-    # Whichever message got its turn first, the other has claimed nothing.
-    assert sorted(_running_leases(session_factory, submitted.job_id).values()) == [8]
+    # The suspect generates alone; the doorbell has not got past the gate, so it holds nothing.
+    leases = _running_leases(session_factory, submitted.job_id)
+    assert sorted(leases.values()) == [1]
+    with session_factory() as session:
+        running = session.scalars(
+            select(Item.id).where(
+                Item.job_id == submitted.job_id, Item.status == ItemStatus.running
+            )
+        ).all()
+    assert running == [suspects[0]]
+    assert not doorbell_in.is_set()
     assert engine.prepared_waiting == 0
     forward.opened.set()
     runner.join(WAIT * 2)
     assert not runner.is_alive()
+    assert doorbell_in.is_set()
     with session_factory() as session:
         items = session.scalars(select(Item).where(Item.job_id == submitted.job_id)).all()
     assert all(i.status == ItemStatus.succeeded for i in items)
-    assert sorted(i.attempts for i in items) == [1] * 8 + [2] * 8
+    # Normal items were claimed once by doorbells; each suspect once more, by its own message.
+    assert {i.id: i.attempts for i in items} == {i: 2 if i in suspects else 1 for i in ids}

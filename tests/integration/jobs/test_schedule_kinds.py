@@ -19,6 +19,8 @@ from sqlalchemy import func, select
 
 from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
+from jobs.fleet import Serving
+from jobs.lifecycle import claim_next
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import submit_job
@@ -121,8 +123,10 @@ def test_a_caption_schedule_over_a_local_folder_takes_only_new_and_changed_files
         assert blobs.read_uri(item.input_uri) == data
     # The empty file's item is written failed (docs/design.md#I6): no message names it.
     assert (empty.status, empty.error_code) == ("failed", "empty_input")
-    assert sorted(i for batch in bell.batches for i in batch) == sorted(i.id for i in images)
-    assert set(bell.models) == {"m"}
+    # One doorbell for the job on its model's queue; it claims the images, never the failed.
+    assert bell.rings == [("m", first)] and bell.batches == []
+    claimed = claim_next(sf, worker="w", lease_seconds=60, serving=Serving("m", None, "none"))
+    assert sorted(c.id for c in claimed) == sorted(i.id for i in images)
 
     assert fire_due_schedules(sf, blobs, bell, now=start + 2 * DUE) == []  # nothing new
 
@@ -289,6 +293,9 @@ from jobs.schedules import fire_due_schedules
 from storage import open_blobs
 
 class Bell:
+    bell_limit = 64
+    def ring(self, model, count, *, job_id=None, dispatched_at=None): pass
+    def waiting(self, model): return None
     def publish(self, job_id, item_ids, model, dispatched_at=None): pass
     def oldest_waiting(self, model): return None
 

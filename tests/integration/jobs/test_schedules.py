@@ -16,12 +16,15 @@ from sqlalchemy import select
 
 from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.errors import RequestError
+from jobs.fleet import Serving
+from jobs.lifecycle import claim_next
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.submit.request import SubmitRequest
 from storage import Blobs, open_blobs
 from tests.helpers import INVOICE_SCHEMA, ListPublisher, migrated_session_factory, write_pdf
 
 Doorbell = ListPublisher
+_SERVING_M = Serving("m", None, "none")  # a worker of the schedules' model
 
 
 @pytest.fixture
@@ -92,7 +95,8 @@ def test_a_schedule_processes_new_and_replaced_objects_once(
     assert row is not None and row.last_job_id == second[0]
     assert row.next_due_at == later + timedelta(minutes=30)
     assert job is not None and job.kind == "extract" and job.params["schema"] == INVOICE_SCHEMA
-    assert len(bell.batches) == 2
+    # Each firing rang once for its job (two items, batches of eight), and only then.
+    assert bell.rings == [("m", first[0]), ("m", second[0])] and bell.batches == []
 
 
 def test_an_extraction_schedule_stored_before_schedules_had_kinds_fires_as_it_did(
@@ -142,7 +146,9 @@ def test_an_extraction_schedule_stored_before_schedules_had_kinds_fires_as_it_di
         64,
     )
     assert job.prompt is not None and "Totals in EUR." in job.prompt
-    assert bell.models == ["m"]
+    assert bell.rings == [("m", job_id)]  # rung on the queue of the model the row names
+    claimed = claim_next(session_factory, worker="w", lease_seconds=60, serving=_SERVING_M)
+    assert [c.source for c in claimed] == [f"s3://{s3_bucket}/old/b.pdf"]
 
 
 def test_paused_schedules_do_not_fire_and_bad_definitions_are_refused(
@@ -181,6 +187,9 @@ from jobs.schedules import fire_due_schedules
 from storage import open_blobs
 
 class Bell:
+    bell_limit = 64
+    def ring(self, model, count, *, job_id=None, dispatched_at=None): pass
+    def waiting(self, model): return None
     def publish(self, job_id, item_ids, model, dispatched_at=None): pass
     def oldest_waiting(self, model): return None
 

@@ -36,6 +36,7 @@ from jobs.lifecycle import (
     ItemOutcome,
     cancel_job,
     claim_items,
+    claim_next,
     expire_leases,
     finalise_jobs,
     record_results,
@@ -124,9 +125,12 @@ def test_claim_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     """Invariant I3: a message's items are claimed, not skipped because someone else held their
-    rows for an instant (the first-batch drop)."""
+    rows for an instant (the first-batch drop). The sweeper stamps items that lost a worker
+    before it sends each by name; a claim naming them meanwhile waits, then takes them all."""
     _, ids = _submit(session_factory, blobs, tmp_path, n=4)
-    later = utcnow() + timedelta(minutes=10)  # every message presumed lost
+    start = utcnow()
+    claim_items(session_factory, ids, worker="dead", lease_seconds=10, now=start)
+    later = start + timedelta(minutes=10)  # their lease ran out long ago: no message
     race = Interleaving("republish:stamped")
     report, claimed = race.run(
         lambda: sweep(
@@ -138,8 +142,28 @@ def test_claim_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
         ),
         lambda: claim_items(session_factory, ids, worker="w", lease_seconds=60),
     )
-    assert report.republished == 4
+    assert (report.requeued, report.republished) == (4, 4)
     assert sorted(c.id for c in claimed) == sorted(ids)
+    assert [c.attempts for c in claimed] == [2, 2, 2, 2]
+
+
+def test_a_doorbell_waits_for_rows_a_sweeper_is_stamping_and_takes_them_all(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I3 for a doorbell: items whose doorbell never went out are stamped by the
+    sweeper once it has rung for them; a doorbell claiming meanwhile (one it just rang) waits
+    for those rows and takes its batch, rather than skipping them and claiming nothing."""
+    job_id, ids = _submit(session_factory, blobs, tmp_path, n=4)
+    with session_factory.begin() as session:  # the broker was down: the stamps were undone
+        session.execute(update(Item).where(Item.job_id == job_id).values(dispatched_at=None))
+    bell = ListPublisher(oldest=QUEUE_EMPTY, waiting_count=0, bell_limit=1)
+    race = Interleaving("ring:stamped")
+    report, claimed = race.run(
+        lambda: sweep(session_factory, bell, max_attempts=3, batch_size=8),
+        lambda: claim_next(session_factory, worker="w", lease_seconds=60),
+    )
+    assert report.rung == 1 and bell.rings == [("fake", None)]
+    assert [c.id for c in claimed] == ids
 
 
 # --- 2: cancel + a lost or handed-back batch -------------------------------------------------
@@ -342,7 +366,9 @@ def test_transient_storage_errors_back_off_without_spending_attempts(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     """Invariant I5 (bounded attempts) without burning them on an outage: with the default
-    settings, hand-backs span well over 3 minutes before the worker would give up."""
+    settings, hand-backs span well over 3 minutes before the worker would give up. A handed-back
+    item is neither claimed nor rung for before it is due; once due, the sweeper rings and a
+    doorbell claims it with its attempt refunded."""
     from jobs.settings import Settings
 
     defaults = Settings()
@@ -350,8 +376,8 @@ def test_transient_storage_errors_back_off_without_spending_attempts(
     now = utcnow()
     waited = timedelta(0)
     for n in range(defaults.storage_retry_limit):
-        (item,) = claim_items(session_factory, ids, worker="w", lease_seconds=60, now=now)
-        assert item.attempts == 1 and item.transient_failures == n
+        (item,) = claim_next(session_factory, worker="w", lease_seconds=60, now=now)
+        assert (item.id, item.attempts, item.transient_failures) == (ids[0], 1, n)
         release_items(
             session_factory,
             [item],
@@ -362,16 +388,18 @@ def test_transient_storage_errors_back_off_without_spending_attempts(
         with session_factory() as session:
             due = session.scalar(select(Item.not_before).where(Item.id == item.id))
         assert due is not None and due > now
-        # Not before it is due: no claim, no re-publish.
+        # Not before it is due: no claim, no doorbell, no message.
+        assert claim_next(session_factory, worker="w", lease_seconds=60, now=now) == []
         assert claim_items(session_factory, ids, worker="w", lease_seconds=60, now=now) == []
-        early = ListPublisher(oldest=QUEUE_EMPTY)
+        early = ListPublisher(oldest=QUEUE_EMPTY, waiting_count=0)
         sweep(session_factory, early, max_attempts=3, batch_size=8, now=now)
-        assert early.batches == []
+        assert early.batches == [] and early.rings == []
         waited += due - now
         now = due
-        due_bell = ListPublisher(oldest=QUEUE_EMPTY)
+        due_bell = ListPublisher(oldest=QUEUE_EMPTY, waiting_count=0)
         sweep(session_factory, due_bell, max_attempts=3, batch_size=8, now=now)
-        assert due_bell.item_ids == ids
+        assert due_bell.batches == []  # it lost no worker: a doorbell takes it
+        assert due_bell.rings == [("fake", None)] * due_bell.bell_limit
     assert waited > timedelta(minutes=3)
     assert statuses(session_factory, job_id) == ["queued"]
 
@@ -379,14 +407,19 @@ def test_transient_storage_errors_back_off_without_spending_attempts(
 def test_two_sweepers_never_publish_the_same_items(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    _submit(session_factory, blobs, tmp_path, n=3)
-    later = utcnow() + timedelta(minutes=10)
+    """The stamp is the right to publish: two sweepers at once never send the same item that
+    lost a worker (each sent by name), and between them send every one."""
+    _, ids = _submit(session_factory, blobs, tmp_path, n=3)
+    start = utcnow()
+    claim_items(session_factory, ids, worker="dead", lease_seconds=10, now=start)
+    expire_leases(session_factory, max_attempts=3, now=start + timedelta(seconds=11))
+    later = start + timedelta(minutes=10)
     one, two = ListPublisher(oldest=QUEUE_EMPTY), ListPublisher(oldest=QUEUE_EMPTY)
     Interleaving("republish:stamped").run(
         lambda: sweep(session_factory, one, max_attempts=3, batch_size=8, now=later),
         lambda: sweep(session_factory, two, max_attempts=3, batch_size=8, now=later),
     )
-    assert len(one.item_ids) + len(two.item_ids) == 3
+    assert sorted(one.item_ids + two.item_ids) == sorted(ids)
     assert not set(one.item_ids) & set(two.item_ids)
 
 
