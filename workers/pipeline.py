@@ -356,6 +356,7 @@ def claim_with_retry(
                     serving=res.serving,
                     job_id=job_id,
                     lease_token=token,
+                    retry=attempt > 0,
                 )
             return claim_items(
                 res.session_factory,

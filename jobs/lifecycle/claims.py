@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -222,6 +223,7 @@ def claim_next(
     serving: Serving | None = None,
     job_id: str | None = None,
     lease_token: str | None = None,
+    retry: bool = False,
     now: datetime | None = None,
 ) -> list[ClaimedItem]:
     """A doorbell's claim: the next batch of the next job in turn, chosen here in SQL.
@@ -236,12 +238,12 @@ def claim_next(
 
     The job row is taken first, then its items: the order a cancel takes them in. On
     PostgreSQL a job whose row another claim holds is skipped for the next one in turn, and
-    waited for only when no other job has work. A retry under the same ``lease_token``
-    returns what an earlier try holds under it (docs/design.md#I3).
+    waited for only when no other job has work. A ``retry`` under the same ``lease_token``
+    returns what an earlier try holds under it, if any (docs/design.md#I3).
     """
     now = now or utcnow()
     token = lease_token or new_id()
-    if lease_token is not None:
+    if retry:
         # A retry of a claim that committed is the same claim. Read on its own: on SQLite a
         # transaction that reads first cannot take the write lock once another writer has
         # committed, so the claim's transaction starts with its write.
@@ -279,17 +281,24 @@ def claim_next(
                 "c_quantization": serving.quantization,
             }
         routed = serving is not None
-        took = session.execute(_next_items_statement(postgres, routed=routed), claim_params)
-        if postgres and not took.rowcount:  # type: ignore[attr-defined]
+        # The claimed rows come back with the UPDATE (RETURNING): no read after it, which would
+        # find them among every running item of the fleet by their token.
+        rows = session.execute(_next_items_statement(postgres, routed=routed), claim_params).all()
+        if postgres and not rows:
             # Every claimable item of the job was skipped as held. Not by another doorbell
             # (claims of one job queue on its row, taken above): by a writer holding them for
             # an instant, such as the sweeper stamping the items it has just rung for. Wait for
             # those, as a named claim does (docs/design.md#I3): skipped, this doorbell would
             # claim nothing and the job would lose its turn, the first-batch drop again.
-            session.execute(_next_items_statement(True, routed=routed, wait=True), claim_params)
-        rows = session.execute(_claimed_rows(), {"c_token": token}).all()
+            rows = session.execute(
+                _next_items_statement(True, routed=routed, wait=True), claim_params
+            ).all()
     reached("claim_next:committed")
-    return [_claimed_item(row, token) for row in rows]
+    job = {"kind": picked.kind, "job_prompt": picked.prompt, "params": picked.params}
+    return [
+        _claimed_item(SimpleNamespace(**row._mapping, **job), token)
+        for row in sorted(rows, key=lambda row: row.seq)
+    ]
 
 
 _DEFAULT_BATCH_SIZE = 8  # a job written before its params held one (jobs.kinds.KindParams)
@@ -334,7 +343,7 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
             ),
             started_at=func.coalesce(jobs.started_at, now),
         )
-        .returning(jobs.id, jobs.params)
+        .returning(jobs.id, jobs.params, jobs.kind, jobs.prompt)
     )
 
 
@@ -377,6 +386,17 @@ def _next_items_statement(postgres: bool, *, routed: bool, wait: bool = False) -
         update(item_table)
         .where(items.id.in_(target), items.status == ItemStatus.queued)
         .values(values)
+        .returning(
+            items.id,
+            items.job_id,
+            items.seq,
+            items.source,
+            items.input_uri,
+            items.prompt,
+            items.attempts,
+            items.transient_failures,
+            items.request,
+        )
     )
 
 

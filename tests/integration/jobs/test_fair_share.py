@@ -436,3 +436,16 @@ def test_the_eta_counts_the_share_of_each_job_of_its_priority(
         3,
     )
     assert done
+
+
+def test_a_retried_doorbell_claim_is_the_same_claim(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I3: a retry (its first try committed, its reply lost) under the same token
+    returns what that try holds, and claims nothing more."""
+    _job(session_factory, blobs, tmp_path, "a", 4)
+    first = claim_next(session_factory, worker="w", lease_seconds=60, lease_token="t-1")
+    again = claim_next(session_factory, worker="w", lease_seconds=60, lease_token="t-1", retry=True)
+    assert [c.id for c in again] == [c.id for c in first] and len(first) == 2
+    assert {c.lease_token for c in again} == {"t-1"}
+    assert len(_next(session_factory)) == 2 and _next(session_factory) == []
