@@ -138,3 +138,35 @@ def test_a_schedules_jobs_get_its_priority_and_window(run_cli: RunCli, tmp_path:
     job_id = _ok(run_cli("schedule", "run-now", "urgent")).strip()
     shown = _status(run_cli, job_id)
     assert shown["priority"] == 4 and shown["completion_window_seconds"] == 3600
+
+
+def test_an_openai_batch_file_takes_a_priority_and_a_window_as_a_hosted_batch_does(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """``submit batch FILE`` is the OpenAI/manifest reader's command: its job options are the
+    batch's (OpenAI's ``completion_window`` is ``24h``)."""
+    image = write_images(tmp_path / "img", 1)[0]
+    line = {
+        "custom_id": "one",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "tiny-llava",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is it?"},
+                        {"type": "image_url", "image_url": {"url": str(image)}},
+                    ],
+                }
+            ],
+        },
+    }
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps(line) + "\n")
+    job_id = _ok(
+        run_cli("submit", "batch", str(requests), "--priority", "2", "--completion-window", "24h")
+    ).strip()
+    shown = _status(run_cli, job_id)
+    assert shown["priority"] == 2 and shown["completion_window_seconds"] == 86400
