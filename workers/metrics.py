@@ -63,12 +63,13 @@ LEASE_RENEWALS = Counter(
 SWEEPER_ACTIONS = Counter(
     f"{PREFIX}_sweeper_actions",
     "What this worker's sweeper thread did: items requeued, failed_worker_lost, cancelled, "
-    "republished; jobs finalised.",
+    "republished, expired; doorbells rung; jobs finalised, abandoned.",
     ["action"],
 )
 QUEUE_DEPTH = Gauge(
     f"{PREFIX}_queue_depth",
-    "Batch messages waiting in the broker queue, read at scrape time (NaN: broker unreachable).",
+    "Messages (doorbells, and items sent alone) waiting in the broker queue, read at scrape "
+    "time (NaN: broker unreachable); the backlog is llava_batch_backlog_items.",
     ["queue"],
 )
 
