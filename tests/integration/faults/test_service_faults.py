@@ -170,7 +170,9 @@ def test_postgres_unreachable_during_result_writes(
     worker = start_worker(env)
     wait_for(lambda: all(r.status == "running" for r in read_rows(db, job_id)), 60, "a claim")
     proxy.cut()
-    wait_for(lambda: "database unreachable, retrying" in worker.log(), 30, "a retry", worker.log)
+    wait_for(
+        lambda: "database unreachable, retrying" in whole_log(worker), 30, "a retry", worker.log
+    )
     time.sleep(3)
     proxy.restore()
     wait_for(lambda: job_status(db, job_id) == "completed", 60, "the job", worker.log)
