@@ -79,7 +79,7 @@ def _job_id_from_hint(stderr: str) -> str:
 def test_a_signal_finishes_the_batch_in_flight_and_leaves_the_job_resumable(
     cli_env: dict[str, str], run_cli: RunCli, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    # Eight messages: the run's two slots have at most two in flight when the signal lands,
+    # Eight batches: the run's two slots have at most two in flight when the signal lands,
     # so some are left to resume even when the signal is taken a batch or two late.
     write_images(tmp_path / "imgs", 16)
     process, stderr_file = _start(

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import Item, Job
+from tests.integration.conftest import Worker
 from tests.integration.conftest import run_cli as cli
 from tests.integration.faults.proxy import CuttableProxy
 
@@ -125,6 +126,13 @@ def assert_invariant(rows: list[Row], total: int) -> None:
             assert r.result_text is not None and r.error_code is None, r
         if r.status == "failed":
             assert r.error_code and r.result_text is None, r
+
+
+def whole_log(worker: Worker) -> str:
+    """All a worker wrote. ``Worker.log`` is the tail, for failure messages; a check for a line
+    reads the whole log, since doorbells that find no work (a queue is topped up to its
+    ``bell_limit``) write lines enough to push an earlier one out of the tail."""
+    return worker.log_path.read_text(errors="replace")
 
 
 def images(tmp_path: Path, count: int, name: str = "imgs") -> str:

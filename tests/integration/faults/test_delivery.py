@@ -3,6 +3,7 @@ meets a dead worker still ends ``cancelled``."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from tests.integration.faults.conftest import (
     read_rows,
     submit,
     wait_for,
+    whole_log,
     with_faults,
 )
 
@@ -29,7 +31,9 @@ def test_jobs_back_to_back_complete_promptly_with_no_sweeper_running(
     """Invariant I3 (docs/design.md#I3): every message's items are claimed when it arrives.
     Before, a claim that met
     the producer's "mark dispatched" UPDATE skipped the locked rows and acked the message; with
-    no sweeper, such a job never finished."""
+    no sweeper, such a job never finished. Now a message is a doorbell that claims the next
+    whole batch of work, and one that claims rings again: with no sweeper, every batch is
+    claimed once and whole, and every job finishes."""
     env = {**fault_env, "LLAVA_BATCH_REDISPATCH_AFTER_SECONDS": "3600"}
     worker = start_worker(env, "--no-sweep")
     folder = images(tmp_path, 8)
@@ -45,7 +49,28 @@ def test_jobs_back_to_back_complete_promptly_with_no_sweeper_running(
         rows = read_rows(db, job_id)
         assert_invariant(rows, 8)
         assert all(r.status == "succeeded" and r.attempts == 1 for r in rows)
-    assert "nothing to claim" not in worker.log()
+    # Six jobs of 8 at LLAVA_BATCH_BATCH_SIZE=4: twelve claims of 4. A claim that skipped rows
+    # someone held would show as a short batch (and one more claim); a doorbell that found
+    # nothing (claimed 0) is one rung beyond the work, which is not replaced.
+    batch_size = int(env["LLAVA_BATCH_BATCH_SIZE"])
+    wait_for(
+        lambda: sum(1 for n in _claims(whole_log(worker)) if n) >= 12,
+        30,
+        "twelve claims in the worker's log",
+        worker.log,
+    )
+    claims = _claims(whole_log(worker))
+    assert set(claims) <= {0, batch_size} and len(claims) - claims.count(0) == 12, claims
+    # Doorbells die out: each claim rang one more, so those that found nothing are at most the
+    # ones the submits rang (a batch each).
+    assert claims.count(0) <= len(jobs) * 8 // batch_size, worker.log()
+
+
+def _claims(log: str) -> list[int]:
+    """How many items each message the worker ran claimed, from Celery's task lines."""
+    return [
+        int(n) for n in re.findall(r"run_batch\[[^\]]*\] succeeded in \S+: \{'claimed': (\d+)", log)
+    ]
 
 
 def test_cancel_then_kill_9_then_a_new_worker_ends_cancelled(

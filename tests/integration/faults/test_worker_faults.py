@@ -20,6 +20,7 @@ from tests.integration.faults.conftest import (
     read_rows,
     submit,
     wait_for,
+    whole_log,
     with_faults,
 )
 
@@ -153,7 +154,9 @@ def test_a_paused_worker_cannot_overwrite_the_work_of_the_one_that_took_over(
         assert row.worker.endswith(_worker_name(other)) and row.attempts == 2  # type: ignore[union-attr]
     finally:
         paused.signal(signal.SIGCONT)
-    wait_for(lambda: "lease lost" in paused.log(), 30, "the late write to be refused", paused.log)
+    wait_for(
+        lambda: "lease lost" in whole_log(paused), 30, "the late write to be refused", paused.log
+    )
     assert read_rows(db, job_id) == [row]
 
 
@@ -167,4 +170,5 @@ def test_a_batch_longer_than_its_lease_keeps_it_while_the_worker_is_alive(
     rows = read_rows(db, job_id)
     assert_invariant(rows, 2)
     assert all(r.status == "succeeded" and r.attempts == 1 for r in rows)
-    assert "lease lost" not in worker.log() and "lease expired" not in worker.log()
+    log = whole_log(worker)
+    assert "lease lost" not in log and "lease expired" not in log
