@@ -120,12 +120,14 @@ def assert_invariant(rows: list[Row], total: int) -> None:
     assert len(rows) == total
     assert len({r.id for r in rows}) == total
     for r in rows:
-        assert r.status in ("succeeded", "failed", "cancelled"), r
+        assert r.status in ("succeeded", "failed", "cancelled", "expired"), r
         assert r.lease_token is None, r
         if r.status == "succeeded":
             assert r.result_text is not None and r.error_code is None, r
         if r.status == "failed":
             assert r.error_code and r.result_text is None, r
+        if r.status == "expired":
+            assert r.error_code == "batch_expired" and r.result_text is None, r
 
 
 def whole_log(worker: Worker) -> str:

@@ -1,6 +1,8 @@
 """A chaos run: random kill -9, SIGSTOP past the lease, Redis flushes, PostgreSQL cut off and
-sweeper kills, with one job cancelled mid-way. Every job must end, the cancelled one
-``cancelled``; every item must end in exactly one terminal state with at most one result.
+sweeper kills, with one job cancelled mid-way, and one job with a completion window too short
+for it whose priority is lowered mid-way. Every job must end, the cancelled one
+``cancelled``, the one with the window ``expired``; every item must end in exactly one terminal
+state with at most one result.
 
 Seeded and bounded: the same actions in the same order every run, about 30 s of chaos, then at
 most two minutes for the system to settle. "PostgreSQL stops" is every connection of the workers
@@ -9,6 +11,7 @@ and the sweeper cut at a TCP proxy (the server itself is shared by the suite).
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -83,6 +86,19 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
     # still on it when the cancel lands.
     sizes = [20, 80, 20]
     jobs = [submit(fault_env, images(tmp_path, n, name=f"set{i}")) for i, n in enumerate(sizes)]
+    # A job with the shortest window, and more items than the fleet does in it while it shares
+    # the workers with the others: what has not started when it passes ends expired.
+    windowed_size = 400
+    windowed = run_cli(
+        fault_env,
+        "submit",
+        "caption",
+        images(tmp_path, windowed_size, name="windowed"),
+        "--completion-window",
+        "1m",
+        "--json",
+    )
+    windowed_job = str(json.loads(windowed.stdout)["job_id"])
     workers: list[Worker] = [start_worker(env, "--no-sweep") for _ in range(2)]
     sweeper = Sweeper(env, tmp_path / "sweeper.log")
     stopped: list[Worker] = []
@@ -109,6 +125,11 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
                     victim.process.wait(10)
                     workers.append(start_worker(env, "--no-sweep"))
                 actions.append("cancel")
+                # The job with the window drops behind the others mid-run (the small ones
+                # share the fleet with it, and are done by now).
+                said = run_cli(fault_env, "priority", windowed_job, "-5").stderr
+                assert "-> -5" in said, said
+                actions.append("priority")
                 continue
             action = rng.choice(["kill", "stop", "flush", "cut_db", "kill_sweeper"])
             actions.append(action)
@@ -138,8 +159,9 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
                 workers.remove(worker)
         if not workers:
             workers.append(start_worker(env, "--no-sweep"))
+        ended = ("completed", "failed", "cancelled", "expired")
         wait_for(
-            lambda: all(job_status(db, j) in ("completed", "failed", "cancelled") for j in jobs),
+            lambda: all(job_status(db, j) in ended for j in [*jobs, windowed_job]),
             120,
             f"every job to end after {actions}",
             lambda: "\n".join(
@@ -156,3 +178,7 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
         assert_invariant(read_rows(db, job_id), size)
     for job_id in (jobs[0], jobs[2]):
         assert job_status(db, job_id) == "completed", actions
+    windowed_rows = read_rows(db, windowed_job)
+    assert_invariant(windowed_rows, windowed_size)
+    assert job_status(db, windowed_job) == "expired", actions
+    assert any(r.status == "expired" for r in windowed_rows), actions
