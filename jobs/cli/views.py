@@ -164,16 +164,17 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     if json_out:
         print(json.dumps([p.as_dict() for p in jobs]))
         return
-    table = Table(
-        "job", "name", "kind", "status", "priority", "done", "failed", "created", "metadata"
-    )
+    # The priority column only when a listed job has one: the table stays as narrow as it was.
+    prioritised = any(p.priority for p in jobs)
+    columns = ["job", "name", "kind", "status", "priority", "done", "failed", "created", "metadata"]
+    table = Table(*(c for c in columns if prioritised or c != "priority"))
     for p in jobs:
         table.add_row(
             p.id,
             p.name or "",
             p.kind,
             p.status,
-            str(p.priority),
+            *([str(p.priority)] if prioritised else []),
             f"{p.done}/{p.total}",
             str(p.counts.get("failed", 0)),
             p.created_at.strftime("%Y-%m-%d %H:%M:%S"),

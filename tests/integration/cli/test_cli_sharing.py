@@ -71,6 +71,8 @@ def test_a_submit_with_a_priority_and_a_window_shows_them_and_its_turn(
     assert _status(run_cli, job_id)["priority"] == -5
     listed = {job["job_id"]: job for job in json.loads(_ok(run_cli("jobs", "--json")))}
     assert listed[job_id]["priority"] == -5
+    table = _ok(run_cli("jobs", COLUMNS="200"))
+    assert "priority" in table and "-5" in table
 
 
 def test_a_bad_priority_or_window_is_refused_in_one_line(run_cli: RunCli, tmp_path: Path) -> None:
