@@ -267,9 +267,12 @@ def doorbells_to_send(publisher: Publisher, model: str, wanted: int) -> int:
     """How many of ``wanted`` doorbells to send to ``model``'s queue: none past the
     publisher's ``bell_limit`` counting those already waiting (all up to the limit where the
     queue cannot be asked)."""
-    waiting = publisher.waiting(model)
-    room = publisher.bell_limit - (waiting or 0)
-    return max(0, min(wanted, room))
+    return room_for(wanted, publisher.bell_limit, publisher.waiting(model))
+
+
+def room_for(wanted: int, bell_limit: int, waiting: int | None) -> int:
+    """``doorbells_to_send`` for a queue whose waiting count is known already (None: unknown)."""
+    return max(0, min(wanted, bell_limit - (waiting or 0)))
 
 
 def dispatch_items(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from jobs.db import SessionFactory, utcnow
-from jobs.dispatch import DispatchError, Publisher, doorbells_to_send
+from jobs.dispatch import DispatchError, Publisher, room_for
 from jobs.hooks import reached
 from jobs.lifecycle import (
     Expired,
@@ -147,11 +147,12 @@ def ring_for_work(
     items it rang for are stamped dispatched. Returns the doorbells sent."""
     sent = 0
     for model in models_with_work(session_factory, now=now, among=among):
-        count = doorbells_to_send(publisher, model, publisher.bell_limit)
-        if publisher.waiting(model) is None and not _stalled(
-            session_factory, model, now - redispatch_after, among
+        waiting = publisher.waiting(model)  # asked once: a round trip to the broker
+        if waiting is None and started_since(
+            session_factory, model=model, since=now - redispatch_after, among=among
         ):
             continue
+        count = room_for(publisher.bell_limit, publisher.bell_limit, waiting)
         try:
             publisher.ring(model, count, dispatched_at=now)
         except DispatchError as exc:
@@ -160,15 +161,6 @@ def ring_for_work(
         sent += count
         stamp_rung(session_factory, model=model, now=now, among=among)
     return sent
-
-
-def _stalled(
-    session_factory: SessionFactory,
-    model: str,
-    since: datetime,
-    among: Collection[str] | None,
-) -> bool:
-    return not started_since(session_factory, model=model, since=since, among=among)
 
 
 def _publish_taken(

@@ -68,19 +68,10 @@ def claim_items(
     """
     now = now or utcnow()
     token = lease_token or new_id()
-    params: dict[str, Any] = {
+    params = {
         "c_ids": list(item_ids),
-        "c_now": now,
-        "c_token": token,
-        "c_expires": now + timedelta(seconds=lease_seconds),
-        "c_worker": worker,
+        **_lease_params(token, now, lease_seconds=lease_seconds, worker=worker, serving=serving),
     }
-    if serving is not None:
-        params |= {
-            "c_model": serving.model,
-            "c_revision": serving.revision,
-            "c_quantization": serving.quantization,
-        }
     with session_factory.begin() as session:
         reached("claim:begin")
         claim, claimed_rows = _claim_statements(is_postgres(session), routed=serving is not None)
@@ -118,15 +109,7 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
     job_open = select(jobs.id).where(
         jobs.id == items.job_id, jobs.status.in_(OPEN_JOB_STATES), within_window(jobs, now)
     )
-    values: dict[str, Any] = {
-        "status": ItemStatus.running,
-        "lease_token": bindparam("c_token", type_=items.lease_token.type),
-        "lease_expires_at": bindparam("c_expires", type_=items.lease_expires_at.type),
-        "attempts": items.attempts + 1,
-        "worker": bindparam("c_worker", type_=items.worker.type),
-        "started_at": now,
-        "not_before": None,
-    }
+    values = _claimed_values(items, now, routed=routed)
     if routed:
         job_open = job_open.where(jobs.model == bindparam("c_model", type_=jobs.model.type))
         # Strict priority holds for a message that names its items too (an item that lost a
@@ -144,11 +127,6 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
             )
             .exists()
         )
-        values |= {
-            "model": bindparam("c_model", type_=items.model.type),
-            "model_revision": bindparam("c_revision", type_=items.model_revision.type),
-            "quantization": bindparam("c_quantization", type_=items.quantization.type),
-        }
     claim = (
         update(item_table)
         .where(
@@ -266,20 +244,13 @@ def claim_next(
         if picked is None:
             return []
         reached("claim_next:picked")
-        claim_params: dict[str, Any] = {
+        claim_params = {
             "c_job": picked.id,
             "c_limit": _batch_size_of(picked.params),
-            "c_now": now,
-            "c_token": token,
-            "c_expires": now + timedelta(seconds=lease_seconds),
-            "c_worker": worker,
+            **_lease_params(
+                token, now, lease_seconds=lease_seconds, worker=worker, serving=serving
+            ),
         }
-        if serving is not None:
-            claim_params |= {
-                "c_model": serving.model,
-                "c_revision": serving.revision,
-                "c_quantization": serving.quantization,
-            }
         routed = serving is not None
         # The claimed rows come back with the UPDATE (RETURNING): no read after it, which would
         # find them among every running item of the fleet by their token.
@@ -367,6 +338,27 @@ def _next_items_statement(postgres: bool, *, routed: bool, wait: bool = False) -
         # because PostgreSQL may run a LIMIT subquery of an UPDATE's WHERE more than once, and
         # take more than the limit; a CTE is run once.
         target = select(target.with_for_update(skip_locked=not wait).cte("next_items").c.id)
+    return (
+        update(item_table)
+        .where(items.id.in_(target), items.status == ItemStatus.queued)
+        .values(_claimed_values(items, now, routed=routed))
+        .returning(
+            items.id,
+            items.job_id,
+            items.seq,
+            items.source,
+            items.input_uri,
+            items.prompt,
+            items.attempts,
+            items.transient_failures,
+            items.request,
+        )
+    )
+
+
+def _claimed_values(items: Any, now: ColumnElement[datetime], *, routed: bool) -> dict[str, Any]:
+    """What a claim sets on each item it takes (named or by doorbell), from ``_lease_params``'
+    bind parameters; routed, also what the worker serves."""
     values: dict[str, Any] = {
         "status": ItemStatus.running,
         "lease_token": bindparam("c_token", type_=items.lease_token.type),
@@ -382,22 +374,26 @@ def _next_items_statement(postgres: bool, *, routed: bool, wait: bool = False) -
             "model_revision": bindparam("c_revision", type_=items.model_revision.type),
             "quantization": bindparam("c_quantization", type_=items.quantization.type),
         }
-    return (
-        update(item_table)
-        .where(items.id.in_(target), items.status == ItemStatus.queued)
-        .values(values)
-        .returning(
-            items.id,
-            items.job_id,
-            items.seq,
-            items.source,
-            items.input_uri,
-            items.prompt,
-            items.attempts,
-            items.transient_failures,
-            items.request,
-        )
-    )
+    return values
+
+
+def _lease_params(
+    token: str, now: datetime, *, lease_seconds: int, worker: str, serving: Serving | None
+) -> dict[str, Any]:
+    """The bind parameters of ``_claimed_values``."""
+    params: dict[str, Any] = {
+        "c_now": now,
+        "c_token": token,
+        "c_expires": now + timedelta(seconds=lease_seconds),
+        "c_worker": worker,
+    }
+    if serving is not None:
+        params |= {
+            "c_model": serving.model,
+            "c_revision": serving.revision,
+            "c_quantization": serving.quantization,
+        }
+    return params
 
 
 def _claimed_rows() -> Select[Any]:

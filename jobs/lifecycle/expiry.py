@@ -8,12 +8,16 @@ from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import aliased
 
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.errors import ItemErrorCode, JobNotFoundError, JobsError, RequestError
 from jobs.hooks import reached
-from jobs.lifecycle.common import OPEN_JOB_STATES, UNFINISHED_JOB_STATES, is_postgres
+from jobs.lifecycle.common import (
+    OPEN_JOB_STATES,
+    UNFINISHED_JOB_STATES,
+    is_postgres,
+    queued_items_of,
+)
 from jobs.lifecycle.finalise import finalise_jobs
 from jobs.states import ItemStatus
 
@@ -75,17 +79,13 @@ def _expire_job(session_factory: SessionFactory, job_id: str, now: datetime) -> 
         # SQLite: one statement, so the write lock is taken at once (a read first could not
         # be upgraded once another writer committed).
         reached("expire_window:locked")
-        inner = aliased(Item)
-        queued = (
-            select(inner.id)
-            .where(inner.job_id == job_id, inner.status == ItemStatus.queued)
-            .order_by(inner.id)
-        )
-        if is_postgres(session):
-            queued = queued.with_for_update()
         count = session.execute(
             update(Item)
-            .where(Item.id.in_(queued), Item.status == ItemStatus.queued, past_window)
+            .where(
+                Item.id.in_(queued_items_of(session, job_id)),
+                Item.status == ItemStatus.queued,
+                past_window,
+            )
             .values(
                 status=ItemStatus.expired,
                 error_code=ItemErrorCode.batch_expired,

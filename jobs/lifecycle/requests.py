@@ -12,12 +12,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from jobs.db import Item, ItemPage, Job, SessionFactory, utcnow
 from jobs.errors import JobNotFoundError, JobsError
 from jobs.hooks import reached
-from jobs.lifecycle.common import CLOSING_JOB_STATES, OPEN_JOB_STATES, is_postgres
+from jobs.lifecycle.common import CLOSING_JOB_STATES, OPEN_JOB_STATES, queued_items_of
 from jobs.lifecycle.finalise import finalise_in_session
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 
@@ -53,17 +53,9 @@ def cancel_queued_items(session: Session, job_id: str, *, now: datetime) -> None
     """The rest of a cancel, in the caller's transaction that has just marked the job
     ``cancelling`` (so holds its row): queued items end cancelled, then the job ends if
     nothing of it runs."""
-    inner = aliased(Item)
-    queued = (
-        select(inner.id)
-        .where(inner.job_id == job_id, inner.status == ItemStatus.queued)
-        .order_by(inner.id)
-    )
-    if is_postgres(session):
-        queued = queued.with_for_update()
     session.execute(
         update(Item)
-        .where(Item.id.in_(queued), Item.status == ItemStatus.queued)
+        .where(Item.id.in_(queued_items_of(session, job_id)), Item.status == ItemStatus.queued)
         .values(status=ItemStatus.cancelled, finished_at=now)
         .execution_options(synchronize_session=False)
     )
