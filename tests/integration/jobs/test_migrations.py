@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
 
 from jobs.db import Base, make_engine
 from jobs.migrate import build_alembic_config, current_revision, head_revision, upgrade_database
@@ -67,14 +69,7 @@ def test_0007_leaves_existing_jobs_fully_written_and_goes_back(db_url: str) -> N
     from alembic import command
     from sqlalchemy import text
 
-    engine = make_engine(db_url)
-    config = build_alembic_config(db_url)
-
-    def to(revision: str, step: Any) -> None:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            step(config, revision)
-
+    engine, to = _stepper(db_url)
     to("0006", command.upgrade)
     with engine.begin() as connection:
         connection.execute(
@@ -101,14 +96,7 @@ def test_0008_gives_existing_jobs_priority_0_and_no_window_and_goes_back(db_url:
     from jobs.db import make_session_factory
     from jobs.lifecycle import claim_next
 
-    engine = make_engine(db_url)
-    config = build_alembic_config(db_url)
-
-    def to(revision: str, step: Any) -> None:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            step(config, revision)
-
+    engine, to = _stepper(db_url)
     to("0007", command.upgrade)
     with engine.begin() as connection:
         connection.execute(
@@ -136,3 +124,17 @@ def test_0008_gives_existing_jobs_priority_0_and_no_window_and_goes_back(db_url:
     to("0007", command.downgrade)
     assert current_revision(engine) == "0007"
     to("head", command.upgrade)
+
+
+def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
+    """The database's engine, and a function that runs one Alembic step (``command.upgrade``
+    or ``command.downgrade``) to a revision on it."""
+    engine = make_engine(db_url)
+    config = build_alembic_config(db_url)
+
+    def to(revision: str, step: Any) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    return engine, to
