@@ -91,6 +91,13 @@ class Job(Base):
             postgresql_where=text("status IN ('queued', 'in_progress')"),
             sqlite_where=text("status IN ('queued', 'in_progress')"),
         ),
+        # What retention will delete next (jobs.retention): only jobs that have a date.
+        Index(
+            "ix_jobs_retained_until",
+            "retained_until",
+            postgresql_where=text("retained_until IS NOT NULL"),
+            sqlite_where=text("retained_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -123,6 +130,12 @@ class Job(Base):
     # and a job never served (NEVER_SERVED) before any other of its priority. Never NULL, so
     # the claim's order is the same on both databases, which put NULLs at opposite ends.
     turn_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: NEVER_SERVED)
+    # Retention (--retain): once the job has ended, it is deleted at retained_until, which is
+    # finished_at + retain_seconds. NULL: kept until someone deletes it.
+    retain_seconds: Mapped[int | None] = mapped_column(Integer)
+    retained_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A job being deleted (status "deleting") keeps its stored inputs when this is set.
+    keep_inputs: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class Item(Base):
@@ -141,6 +154,15 @@ class Item(Base):
             sqlite_where=text("status = 'queued' AND dispatched_at IS NULL"),
         ),
         Index("ix_items_status_lease", "status", "lease_expires_at"),
+        # results pages a job by seq, whatever each item's status.
+        Index("ix_items_job_seq", "job_id", "seq"),
+        # Whether any item still references a stored input (blob collection).
+        Index(
+            "ix_items_input_sha256",
+            "input_sha256",
+            postgresql_where=text("input_sha256 IS NOT NULL"),
+            sqlite_where=text("input_sha256 IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -229,6 +251,10 @@ class Schedule(Base):
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_job_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Given to every job the schedule fires (--retain).
+    retain_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Where the pruning of the schedule's history goes on from (the last key it looked at).
+    history_cursor: Mapped[str | None] = mapped_column(Text)
 
 
 class ScheduleObject(Base):
@@ -245,6 +271,28 @@ class ScheduleObject(Base):
     etag: Mapped[str] = mapped_column(String(200))
     job_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class BlobCandidate(Base):
+    """A stored input whose last referencing item may have been deleted: blob collection
+    (jobs.retention) deletes it once no item references it and no submit is in flight."""
+
+    __tablename__ = "blob_candidates"
+
+    uri: Mapped[str] = mapped_column(Text, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class SubmitInFlight(Base):
+    """A producer between storing its first input and committing its last item row. While
+    one is live, no stored input is collected: it may be about to reference any of them."""
+
+    __tablename__ = "submits_in_flight"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def make_engine(

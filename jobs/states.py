@@ -14,6 +14,9 @@ class JobStatus(StrEnum):
     failed = "failed"
     # Its completion window passed: what had not started ended ``expired``; results kept.
     expired = "expired"
+    # Being deleted in bounded steps (llava-batch delete, retention): gone for every command
+    # from the first step; the row itself goes last.
+    deleting = "deleting"
 
 
 class ItemStatus(StrEnum):
