@@ -25,14 +25,15 @@ def parse_period(
     seconds = high + 1 if len(digits) > 12 else int(digits) * _UNITS[unit]
     if not low <= seconds <= high:
         raise RequestError(
-            f"{option} {text!r} is out of range: a period is between {_written(low)} and "
-            f"{_written(high)}.",
+            f"{option} {text!r} is out of range: a period is between {written_period(low)} and "
+            f"{written_period(high)}.",
             code=code,
         )
     return seconds
 
 
-def _written(seconds: int) -> str:
+def written_period(seconds: int) -> str:
+    """``seconds`` as a user would write it: 30d, 12h, 90m, 45s."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
@@ -47,3 +48,12 @@ MAX_WINDOW_SECONDS = 366 * 86400
 
 def parse_window(text: str, *, option: str = "--completion-window") -> int:
     return parse_period(text, option=option, low=MIN_WINDOW_SECONDS, high=MAX_WINDOW_SECONDS)
+
+
+# A retention: at least a minute (the sweeper's resolution again), at most ten years.
+MIN_RETAIN_SECONDS = 60
+MAX_RETAIN_SECONDS = 3660 * 86400
+
+
+def parse_retain(text: str, *, option: str = "--retain") -> int:
+    return parse_period(text, option=option, low=MIN_RETAIN_SECONDS, high=MAX_RETAIN_SECONDS)

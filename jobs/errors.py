@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     database_unavailable = 5
     job_not_completed = 6  # --wait / run: the job ended failed or cancelled
     model_load_error = 7  # the checkpoint is missing, pickle-only or wants remote code
+    job_not_finished = 8  # delete: the job has not ended (cancel it first, or wait)
     interrupted = 130  # Ctrl-C, end of input at a prompt, or stdout's reader went away
 
 
@@ -89,6 +90,13 @@ class JobNotFoundError(NotFoundError):
     """Raised when a job id (or unique prefix) matches no job."""
 
     code = "job_not_found"
+
+
+class JobNotFinishedError(JobsError):
+    """Raised when a job that has not ended is asked to be deleted: nothing was deleted."""
+
+    code = "job_not_finished"
+    exit_code = ExitCode.job_not_finished
 
 
 class ScheduleNotFoundError(NotFoundError):

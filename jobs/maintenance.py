@@ -1,14 +1,16 @@
 """One maintenance pass, as the worker's sweeper thread and ``llava-batch sweep`` run it:
-repair leases and lost messages, finalise jobs, fire due schedules."""
+repair leases and lost messages, finalise jobs, fire due schedules, then delete what retention
+says is due (a few seconds of it: the rest waits for the next pass)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from jobs.db import SessionFactory
 from jobs.dispatch import Publisher
+from jobs.retention.purge import PurgeReport, purge
 from jobs.schedules import fire_due_schedules
 from jobs.settings import Settings
 from jobs.sweeper import SweepReport, sweep
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 class MaintenanceReport:
     sweep: SweepReport
     jobs_created: int
+    purged: PurgeReport = field(default_factory=PurgeReport)
 
 
 def run_maintenance(
@@ -36,4 +39,10 @@ def run_maintenance(
     created = fire_due_schedules(
         session_factory, blobs, publisher, input_prefixes=settings.input_prefixes
     )
-    return MaintenanceReport(report, len(created))
+    purged = purge(
+        session_factory,
+        blobs,
+        batch=settings.purge_batch,
+        seconds=settings.purge_seconds_per_pass,
+    )
+    return MaintenanceReport(report, len(created), purged)

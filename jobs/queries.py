@@ -14,7 +14,10 @@ from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.shares import Turn, eta_seconds, read_turn
-from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
+from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
+
+# The jobs every command shows: all but those being deleted.
+LISTED = Job.status != JobStatus.deleting
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class JobProgress:
     expires_at: datetime | None = None  # its completion window ends then (None: no window)
     completion_window_seconds: int | None = None
     turn: Turn | None = None  # its place in the claim order (None: not asked, or finished)
+    retain_seconds: int | None = None  # kept this long after it ends (None: until deleted)
+    retained_until: datetime | None = None  # deleted then (set when it ends)
 
     @property
     def total(self) -> int:
@@ -90,6 +95,8 @@ class JobProgress:
             "priority": self.priority,
             "completion_window_seconds": self.completion_window_seconds,
             "expires_at": _iso(self.expires_at),
+            "retain_seconds": self.retain_seconds,
+            "retained_until": _iso(self.retained_until),
         }
         if self.turn is not None:
             shown["turn"] = self.turn.as_dict()
@@ -101,14 +108,15 @@ class JobProgress:
 
 
 def find_job(session: Session, job_ref: str) -> Job:
-    """Looks a job up by id, or by a unique id prefix (ids are long to type)."""
+    """Looks a job up by id, or by a unique id prefix (ids are long to type). A job being
+    deleted is not found: it is gone for every command from the moment its deletion starts."""
     job = session.get(Job, job_ref)
-    if job is not None:
+    if job is not None and job.status != JobStatus.deleting:
         return job
     if len(job_ref) >= 4:
         # autoescape: "%" and "_" in a prefix are characters to match, not LIKE wildcards.
         prefix = Job.id.startswith(job_ref, autoescape=True)
-        matches = list(session.scalars(select(Job).where(prefix).limit(2)))
+        matches = list(session.scalars(select(Job).where(prefix, LISTED).limit(2)))
         if len(matches) == 1:
             return matches[0]
     raise JobNotFoundError(f"No job matches {job_ref!r}.")
@@ -159,6 +167,8 @@ def read_progress(
         expires_at=job.expires_at,
         completion_window_seconds=job.completion_window_seconds,
         turn=place,
+        retain_seconds=job.retain_seconds,
+        retained_until=job.retained_until,
     )
 
 
@@ -180,7 +190,7 @@ def list_recent_jobs(
 ) -> list[JobProgress]:
     """The latest jobs, newest first; only those named ``name`` and carrying every
     ``metadata`` pair, when given."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    query = select(Job).where(LISTED).order_by(Job.created_at.desc(), Job.id).limit(limit)
     if name is not None:
         query = query.where(Job.name == name)
     dialect = session.get_bind().dialect.name
@@ -267,7 +277,7 @@ def item_usage(item: Item) -> dict[str, int] | None:
 
 
 def count_jobs(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+    return int(session.scalar(select(func.count()).select_from(Job).where(LISTED)) or 0)
 
 
 def _iso(value: datetime | None) -> str | None:

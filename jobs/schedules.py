@@ -124,6 +124,7 @@ def add_schedule(
         every_seconds=every_seconds,
         prompt=kind.job_prompt(request.params),  # what jobs.prompt will say
         params=_stored(request),
+        retain_seconds=request.retain_seconds,
         paused=False,
         next_due_at=now,
     )
@@ -161,6 +162,7 @@ def read_request(schedule: Schedule) -> SubmitRequest:
         max_input_bytes=stored.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES),
         priority=int(stored.get("priority", 0)),
         completion_window_seconds=stored.get("completion_window_seconds"),
+        retain_seconds=schedule.retain_seconds,
     )
 
 

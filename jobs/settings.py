@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.durations import parse_window
+from jobs.durations import parse_retain, parse_window
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
 from model.engine import check_device, check_dtype, check_quantization
@@ -26,6 +26,16 @@ PREFIX = "LLAVA_BATCH_"
 # Doorbells per model queue by default: more than the slots of a fleet of a few dozen GPUs,
 # and a few kilobytes of Redis.
 DEFAULT_DOORBELLS = 64
+
+
+def _retain_or_none(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        parse_retain(text, option="LLAVA_BATCH_RETAIN")
+    except RequestError as exc:
+        raise ValueError(exc.message) from None
+    return text.strip()
 
 
 def _window_or_none(text: str | None) -> str | None:
@@ -100,6 +110,15 @@ class Settings(BaseSettings):
     # A job's completion window when its submit names none (--completion-window): 90m, 24h,
     # 7d. Empty: no window, a job waits as long as it takes.
     completion_window: Annotated[str | None, AfterValidator(_window_or_none)] = None
+    # How long a job is kept after it ends when its submit names no --retain (30d, 12h); then
+    # it is deleted with its results and the inputs no other job uses. Empty: kept until
+    # someone deletes it (the default: nothing is deleted that nobody asked to delete).
+    retain: Annotated[str | None, AfterValidator(_retain_or_none)] = None
+    # Deletion by retention (the sweeper's pass, llava-batch purge) works in transactions of
+    # at most this many items, so no statement holds rows for long on a big job.
+    purge_batch: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    # The time one sweeper pass spends deleting, at most; the rest waits for the next pass.
+    purge_seconds_per_pass: Annotated[float, Field(gt=0, le=3600)] = 5
     # PostgreSQL: how long a statement waits for a row lock (then a retryable error), and how
     # long a session may sit idle inside a transaction (a paused client) before it is ended.
     db_lock_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10
@@ -118,6 +137,11 @@ class Settings(BaseSettings):
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
+
+    @property
+    def retain_seconds(self) -> int | None:
+        """The default retention in seconds; None: kept until deleted."""
+        return None if self.retain is None else parse_retain(self.retain)
 
     @property
     def completion_window_seconds(self) -> int | None:

@@ -20,7 +20,7 @@ from typing import Annotated, TypeVar
 import typer
 from sqlalchemy.exc import DBAPIError
 
-from jobs.cli import views
+from jobs.cli import retention, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
 from jobs.cli.fleet import with_waiting
@@ -56,6 +56,8 @@ def build_app() -> typer.Typer:
     app.add_typer(build_submit_app(), name="submit")
     app.add_typer(db_app, name="db")
     app.add_typer(build_schedule_app(), name="schedule")
+    app.command("delete")(retention.delete)
+    app.command("purge")(retention.purge)
     return commands.add_to(app)
 
 
@@ -258,7 +260,10 @@ def sweep_command(
             once=once,
             cap=max(interval, 60.0),
         )
-        views.err.print(f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}")
+        views.err.print(
+            f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}, "
+            f"purged: {report.purged.jobs_deleted} job(s), {report.purged.items_deleted} item(s)"
+        )
         if heartbeat_file is not None:
             heartbeat_file.touch()
         if once:

@@ -23,6 +23,7 @@ from jobs.cli.options import (
     MaxNew,
     ModelName,
     Priority,
+    Retain,
     build_request,
 )
 from jobs.kinds import KINDS, Kind
@@ -64,6 +65,7 @@ def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
         *own,
         parameter("priority", Priority, None),
         parameter("completion_window", CompletionWindow, None),
+        parameter("retain", Retain, None),
         parameter("model", ModelName, None),
     )
 
@@ -93,6 +95,7 @@ def request_for(
         model=values["model"],
         priority=values["priority"],
         completion_window=values["completion_window"],
+        retain=values["retain"],
         **request,
         **params,
     )

@@ -32,6 +32,15 @@ Priority = Annotated[
         "same model (default 0; -100 to 100). Change it later with llava-batch priority.",
     ),
 ]
+Retain = Annotated[
+    str | None,
+    typer.Option(
+        "--retain",
+        metavar="DURATION",
+        help="Delete the job this long after it ends (30d, 12h), with its results and the "
+        "inputs no other job uses (default: LLAVA_BATCH_RETAIN, kept until deleted).",
+    ),
+]
 CompletionWindow = Annotated[
     str | None,
     typer.Option(
@@ -79,12 +88,13 @@ def build_request(
     model: str | None = None,
     priority: int | None = None,
     completion_window: str | None = None,
+    retain: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
     ``completion_window``: ``--completion-window`` as written (default: the setting)."""
-    from jobs.durations import parse_window
+    from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
 
     if model is not None and not model.strip():
@@ -94,6 +104,7 @@ def build_request(
         if completion_window is not None
         else ctx.settings.completion_window_seconds
     )
+    retain_seconds = parse_retain(retain) if retain is not None else ctx.settings.retain_seconds
     return SubmitRequest.of(
         kind,
         sources,
@@ -109,5 +120,6 @@ def build_request(
         batch_size=batch_size or ctx.settings.message_size,
         priority=priority or 0,
         completion_window_seconds=window,
+        retain_seconds=retain_seconds,
         **params,
     )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from jobs.cli.context import Context
 from jobs.cli.fleet import with_waiting
+from jobs.durations import written_period
 from jobs.errors import ExitCode, RequestError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
 from jobs.exports import open_result_writer
@@ -133,8 +134,20 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     sharing = describe_sharing(progress)
     if sharing:
         out.print(f"  {sharing}", markup=False)
+    retention = describe_retention(progress)
+    if retention:
+        out.print(f"  {retention}", markup=False)
     if progress.waiting_for_worker:
         out.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
+
+
+def describe_retention(progress: JobProgress) -> str:
+    """When the job will be deleted ("" when it is kept until someone deletes it)."""
+    if progress.retained_until is not None:
+        return f"retained until {progress.retained_until:%Y-%m-%d %H:%M:%S} UTC"
+    if progress.retain_seconds is not None:
+        return f"retained for {written_period(progress.retain_seconds)} after it ends"
+    return ""
 
 
 def describe_sharing(progress: JobProgress) -> str:
@@ -164,11 +177,18 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     if json_out:
         print(json.dumps([p.as_dict() for p in jobs]))
         return
-    # The priority column only when a listed job has one: the table stays as narrow as it was.
+    # The priority and retention columns only when a listed job has one: the table stays as
+    # narrow as it was.
     prioritised = any(p.priority for p in jobs)
-    columns = ["job", "name", "kind", "status", "priority", "done", "failed", "created", "metadata"]
-    table = Table(*(c for c in columns if prioritised or c != "priority"))
+    retained = any(p.retained_until is not None for p in jobs)
+    columns = ["job", "name", "kind", "status", "priority", "done", "failed", "created"]
+    table = Table(
+        *(c for c in columns if prioritised or c != "priority"),
+        *(["retained until"] if retained else []),
+        "metadata",
+    )
     for p in jobs:
+        until = p.retained_until
         table.add_row(
             p.id,
             p.name or "",
@@ -178,6 +198,7 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
             f"{p.done}/{p.total}",
             str(p.counts.get("failed", 0)),
             p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            *([until.strftime("%Y-%m-%d %H:%M") if until else ""] if retained else []),
             describe_metadata(p.metadata),
         )
     out.print(table)

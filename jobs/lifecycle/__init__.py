@@ -27,6 +27,9 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 | finalise   | job -> completed / failed / cancelled  | job unfinished and fully written (or     |
 |            | / expired                              |                                          |
 |            |                                        | cancelling), no queued/running item      |
+| delete     | job -> deleting; then its items and    | job ended (completed, failed, cancelled, |
+|            | pages a batch per transaction, then    | expired); retention: retained_until      |
+|            | its row (jobs.lifecycle.deletion)      | passed                                   |
 
 Invariants kept here (docs/design.md#I3 and so on):
 - I3: a claim moves only queued items of an open job, under the message's lease token (a
@@ -57,6 +60,13 @@ from jobs.lifecycle.common import (
     UNFINISHED_JOB_STATES,
     ClaimedItem,
     is_postgres,
+)
+from jobs.lifecycle.deletion import (
+    Step,
+    delete_step,
+    jobs_being_deleted,
+    mark_deleting,
+    mark_retained,
 )
 from jobs.lifecycle.expiry import (
     MAX_PRIORITY,
@@ -97,6 +107,7 @@ __all__ = [
     "ClaimedItem",
     "Expired",
     "ItemOutcome",
+    "Step",
     "ToPublish",
     "abandon_submissions",
     "cancel_job",
@@ -106,13 +117,17 @@ __all__ = [
     "claim_next",
     "continue_submission",
     "count_items",
+    "delete_step",
     "expire_leases",
     "expire_windows",
     "finalise_jobs",
     "hand_back_claims",
     "is_postgres",
+    "jobs_being_deleted",
     "jobs_ready_to_finalise",
     "lost_a_worker",
+    "mark_deleting",
+    "mark_retained",
     "models_with_open_jobs",
     "models_with_work",
     "record_results",

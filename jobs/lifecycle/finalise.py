@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 
 from sqlalchemy import (
@@ -82,7 +82,7 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
         has_item(Item.status == ItemStatus.failed),
         ~has_item(Item.status != ItemStatus.failed),
     )
-    status = session.scalar(
+    ended = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
@@ -101,11 +101,19 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
             ),
             finished_at=now,
         )
-        .returning(Job.status)
+        .returning(Job.status, Job.retain_seconds)
         .execution_options(synchronize_session=False)
-    )
-    if status is None:
+    ).first()
+    if ended is None:
         return 0
+    status, retain_seconds = ended
+    if retain_seconds is not None:  # its retention counts from now (jobs.retention)
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(retained_until=now + timedelta(seconds=retain_seconds))
+            .execution_options(synchronize_session=False)
+        )
     log.info("job finished job=%s status=%s", job_id, status)
     return 1
 

@@ -38,7 +38,7 @@ def cancel_job(session_factory: SessionFactory, job_id: str, *, now: datetime | 
         )
         if status is None:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
-            if status is None:
+            if status is None or status == JobStatus.deleting:
                 raise JobNotFoundError(f"No job {job_id}.")
             if status in TERMINAL_JOB_STATES:
                 return status
@@ -89,12 +89,17 @@ def requeue_failed(
     with session_factory.begin() as session:
         reopened = session.scalar(
             update(Job)
-            .where(Job.id == job_id, Job.status.not_in(CLOSING_JOB_STATES), has_failed)
+            .where(
+                Job.id == job_id,
+                Job.status.not_in((*CLOSING_JOB_STATES, JobStatus.deleting)),
+                has_failed,
+            )
             .values(
                 status=case(
                     (Job.started_at.is_(None), JobStatus.queued), else_=JobStatus.in_progress
                 ),
                 finished_at=None,
+                retained_until=None,  # open again: its retention counts from its next end
                 expires_at=new_window,
             )
             .returning(Job.id)
@@ -103,7 +108,7 @@ def requeue_failed(
         reached("retry:reopened")
         if reopened is None:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
-            if status is None:
+            if status is None or status == JobStatus.deleting:
                 raise JobNotFoundError(f"No job {job_id}.")
             if status in CLOSING_JOB_STATES:
                 raise JobsError("A cancelled job cannot be retried.", code="job_cancelled")

@@ -59,6 +59,9 @@ class SubmitRequest:
     # (a priority changes while the job runs: ``llava-batch priority``).
     priority: int = 0
     completion_window_seconds: int | None = None  # None: no window
+    # Kept this long after it ends, then deleted (jobs.retention); None: until deleted. Not
+    # part of what an idempotency key stands for either: how long, not what.
+    retain_seconds: int | None = None
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -91,6 +94,7 @@ class SubmitRequest:
         model_chosen: bool = False,
         priority: int = 0,
         completion_window_seconds: int | None = None,
+        retain_seconds: int | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -124,6 +128,7 @@ class SubmitRequest:
             model_chosen=model_chosen,
             priority=priority,
             completion_window_seconds=completion_window_seconds,
+            retain_seconds=retain_seconds,
         )
 
 
@@ -219,6 +224,7 @@ def build_job(
         idempotency_key=request.idempotency_key,
         priority=request.priority,
         completion_window_seconds=request.completion_window_seconds,
+        retain_seconds=request.retain_seconds,
         expires_at=(
             None
             if request.completion_window_seconds is None

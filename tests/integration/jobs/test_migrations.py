@@ -126,6 +126,48 @@ def test_0008_gives_existing_jobs_priority_0_and_no_window_and_goes_back(db_url:
     to("head", command.upgrade)
 
 
+def test_0009_leaves_existing_jobs_without_retention_and_their_items_whole(db_url: str) -> None:
+    """0009 adds retention: a job ended before it keeps no retention (never due), its items
+    survive the upgrade (no rebuild of jobs that would cascade), and it goes back."""
+    from datetime import timedelta
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from jobs.db import make_session_factory, utcnow
+    from jobs.lifecycle import mark_retained
+
+    engine, to = _stepper(db_url)
+    to("0008", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at, finished_at) "
+                "VALUES ('j', 'caption', 'completed', '{}', 'm', CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at) VALUES "
+                "('i', 'j', 0, 's', 'u', 'succeeded', 1, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+    to("0009", command.upgrade)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT retain_seconds, retained_until, keep_inputs FROM jobs")
+        ).one()
+        assert tuple(row) == (None, None, False)
+        assert connection.execute(text("SELECT count(*) FROM items")).scalar_one() == 1
+    far = utcnow() + timedelta(days=36500)
+    assert mark_retained(make_session_factory(engine), now=far, limit=10) == 0
+    to("0008", command.downgrade)
+    assert current_revision(engine) == "0008"
+    to("head", command.upgrade)
+
+
 def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
     """The database's engine, and a function that runs one Alembic step (``command.upgrade``
     or ``command.downgrade``) to a revision on it."""

@@ -1,0 +1,155 @@
+"""Deleting a job in bounded steps: the job leaves every view in one short transaction (it
+becomes ``deleting``), then its items go a batch at a time, then its row. A crash anywhere in
+between leaves a ``deleting`` job that the next pass goes on with; nothing half-deleted is ever
+shown, because every command treats a ``deleting`` job as gone."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from jobs.db import Item, Job, SessionFactory
+from jobs.errors import JobNotFinishedError, JobNotFoundError
+from jobs.hooks import reached
+from jobs.lifecycle.common import is_postgres
+from jobs.states import TERMINAL_JOB_STATES, JobStatus
+
+log = logging.getLogger(__name__)
+
+# What deletion hands the blob collector: the stored inputs of the items it deleted.
+QueueInputs = Callable[[Session, Sequence[tuple[str, str | None]]], None]
+
+
+def mark_deleting(
+    session_factory: SessionFactory, job_ids: Sequence[str], *, keep_inputs: bool = False
+) -> None:
+    """Makes every job of ``job_ids`` ``deleting`` in one transaction, or none of them: a job
+    that does not exist (or is being deleted) is JobNotFoundError, one that has not ended is
+    JobNotFinishedError, and then nothing is changed."""
+    wanted = sorted(set(job_ids))
+    with session_factory.begin() as session:
+        marked = set(
+            session.scalars(
+                update(Job)
+                .where(Job.id.in_(wanted), Job.status.in_(TERMINAL_JOB_STATES))
+                # Its idempotency key is free again: a submit with it makes a new job.
+                .values(status=JobStatus.deleting, keep_inputs=keep_inputs, idempotency_key=None)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        missed = [job_id for job_id in wanted if job_id not in marked]
+        if missed:
+            statuses = {
+                job_id: status
+                for job_id, status in session.execute(
+                    select(Job.id, Job.status).where(Job.id.in_(missed))
+                )
+            }
+            session.rollback()
+            for job_id in missed:
+                status = statuses.get(job_id)
+                if status is None or status == JobStatus.deleting:
+                    raise JobNotFoundError(f"No job {job_id}.")
+            running = ", ".join(f"{job_id} ({statuses[job_id]})" for job_id in missed)
+            raise JobNotFinishedError(
+                f"Only a job that has ended can be deleted, and {running} has not: cancel it "
+                "first, or wait; nothing was deleted."
+            )
+    log.info("jobs marked for deletion jobs=%s keep_inputs=%s", ",".join(wanted), keep_inputs)
+
+
+def mark_retained(session_factory: SessionFactory, *, now: datetime, limit: int) -> int:
+    """Makes up to ``limit`` ended jobs whose retention has passed ``deleting`` (their inputs
+    collected); returns how many."""
+    with session_factory.begin() as session:
+        due = (
+            select(Job.id)
+            .where(Job.retained_until < now, Job.status.in_(TERMINAL_JOB_STATES))
+            .order_by(Job.retained_until)
+            .limit(limit)
+        )
+        if is_postgres(session):  # another sweeper marking the same jobs: it takes others
+            due = due.with_for_update(skip_locked=True)
+        # One statement: on SQLite a transaction that reads before it writes can fail.
+        ids = list(
+            session.scalars(
+                update(Job)
+                .where(Job.id.in_(due.scalar_subquery()), Job.status.in_(TERMINAL_JOB_STATES))
+                .values(status=JobStatus.deleting, idempotency_key=None)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    if ids:
+        log.info("retention: %d job(s) due for deletion", len(ids))
+    return len(ids)
+
+
+def jobs_being_deleted(session_factory: SessionFactory, *, limit: int = 100) -> list[str]:
+    with session_factory() as session:
+        return list(
+            session.scalars(
+                select(Job.id).where(Job.status == JobStatus.deleting).order_by(Job.id).limit(limit)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transaction of a deletion: items deleted, and whether the job row went too."""
+
+    items: int
+    job_gone: bool
+
+
+def delete_step(
+    session_factory: SessionFactory, job_id: str, *, batch: int, queue_inputs: QueueInputs
+) -> Step | None:
+    """Deletes the next ``batch`` items of a ``deleting`` job (their pages go with them), or,
+    when none is left, the job row. Returns None when the job is not being deleted here: gone
+    already, or another process holds it (PostgreSQL: SKIP LOCKED, so two sweepers never
+    wait on each other). Stored inputs of the deleted items go to ``queue_inputs`` in the same
+    transaction, unless the job keeps them."""
+    being_deleted = (Job.id == job_id, Job.status == JobStatus.deleting)
+    with session_factory.begin() as session:
+        if is_postgres(session):
+            keep_inputs = session.scalar(
+                select(Job.keep_inputs).where(*being_deleted).with_for_update(skip_locked=True)
+            )
+        else:  # SQLite: start with a write (the lock), or a later write may find it stale
+            keep_inputs = session.scalar(
+                update(Job)
+                .where(*being_deleted)
+                .values(keep_inputs=Job.keep_inputs)
+                .returning(Job.keep_inputs)
+                .execution_options(synchronize_session=False)
+            )
+        if keep_inputs is None:
+            return None
+        rows = session.execute(
+            select(Item.seq, Item.input_uri, Item.input_sha256)
+            .where(Item.job_id == job_id)
+            .order_by(Item.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            session.execute(delete(Job).where(Job.id == job_id))
+            log.info("job deleted job=%s", job_id)
+            return Step(items=0, job_gone=True)
+        # By seq range over the (job_id, seq) index, not a list of ids: one short statement
+        # whatever the batch, and its pages go by ON DELETE CASCADE.
+        deleted = session.execute(
+            delete(Item)
+            .where(Item.job_id == job_id, Item.seq <= rows[-1].seq)
+            .execution_options(synchronize_session=False)
+        )
+        if not keep_inputs:
+            queue_inputs(session, [(row.input_uri, row.input_sha256) for row in rows])
+        reached("delete:batch")
+        return Step(items=int(deleted.rowcount), job_gone=False)  # type: ignore[attr-defined]
