@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,9 @@ _CONTENT_ADDRESSED = "inputs/sha256"
 # A suffix is cosmetic (callers pass Path.suffix, e.g. ".jpg", or odd ones like ".v2 final"):
 # refuse only what could add a path segment or break a key.
 _SUFFIX_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{0,32}")
+# What put_content_addressed names under its area: ab/<sha256 hex><suffix>.
+_FANOUT_RE = re.compile(r"[0-9a-f]{2}")
+_STORED_NAME_RE = re.compile(r"[0-9a-f]{64}[^/\\\x00-\x1f\x7f]{0,32}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,28 @@ class Blobs:
         (what a submit stored), as opposed to any other object a URI can name."""
         area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
         return uri.startswith(area)
+
+    def delete_stored(self, uris: Iterable[str]) -> None:
+        """Delete inputs that ``put_content_addressed`` stored, named by their URIs. Refuses
+        the whole call (deleting nothing) if any URI is not one ``holds`` is true for, or does
+        not have the shape of a stored input's key: a user's object, or anything else in the
+        store, is never deleted here."""
+        keys = [self._stored_key(uri) for uri in uris]  # all checked before any is deleted
+        if keys:
+            self._store.delete_many(keys)
+
+    def _stored_key(self, uri: str) -> str:
+        area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
+        rest = uri[len(area) :] if self.holds(uri) else ""
+        if uri_scheme(uri) == "file":  # Path.as_uri() quoted it
+            rest = unquote(rest)
+        fanout, _, name = rest.partition("/")
+        shaped = _FANOUT_RE.fullmatch(fanout) and _STORED_NAME_RE.fullmatch(name)
+        if not shaped or name[:2] != fanout:
+            raise InvalidUriError(
+                f"{uri[:200]!r} is not an input this store holds; nothing was deleted.", uri=uri
+            )
+        return f"{_CONTENT_ADDRESSED}/{rest}"
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.
