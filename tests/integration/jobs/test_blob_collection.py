@@ -19,6 +19,8 @@ from jobs.db import BlobCandidate, Item, Job, SessionFactory, SubmitInFlight, ut
 from jobs.errors import RequestError
 from jobs.hooks import pause_at
 from jobs.retention.blobs import Collected, collect_blobs, queue_candidates
+from jobs.states import JobStatus
+from jobs.submit import rows as submit_rows
 from jobs.submit.in_flight import IN_FLIGHT_LEASE, SUBMIT_STALLED
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -43,13 +45,15 @@ def _image(seed: int) -> bytes:
     return image_bytes((24, 24), seed=seed)
 
 
-def _submit(sf: SessionFactory, blobs: Blobs, folder: Path, *images: bytes) -> SubmitResult:
+def _submit(
+    sf: SessionFactory, blobs: Blobs, folder: Path, *images: bytes, batch_size: int = 100
+) -> SubmitResult:
     """A caption job of ``images``, each a .png file of ``folder``."""
     folder.mkdir(parents=True)
     for n, data in enumerate(images):
         (folder / f"img{n}.png").write_bytes(data)
     request = SubmitRequest.of(
-        kind="caption", sources=[str(folder)], model="m", max_new_tokens=8, batch_size=100
+        kind="caption", sources=[str(folder)], model="m", max_new_tokens=8, batch_size=batch_size
     )
     return submit_job(
         request,
@@ -79,6 +83,11 @@ def _queued(sf: SessionFactory) -> set[str]:
 def _input_uris(sf: SessionFactory, job_id: str) -> list[str]:
     with sf() as session:
         return list(session.scalars(select(Item.input_uri).where(Item.job_id == job_id)))
+
+
+def _input_uris_any(sf: SessionFactory) -> list[str]:
+    with sf() as session:
+        return list(session.scalars(select(Item.input_uri)))
 
 
 def _holds(blobs: Blobs, uri: str) -> bool:
@@ -160,6 +169,39 @@ def test_a_stalled_submit_cannot_commit_rows_and_collection_went_ahead(
     again = _submit(session_factory, blobs, tmp_path / "again", data)
     assert _input_uris(session_factory, again.job_id) == [blob.uri]
     assert blobs.read_uri(blob.uri) == data
+
+
+def test_a_big_submit_stalled_between_chunks_stops_and_cancels_its_written_part(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Invariant I15 chunk by chunk: a big submit stalled past its registration after its first
+    chunk committed, and a pass collected an input its next chunk found already stored; that
+    chunk's confirmation fails (``submit_stalled``), no row references the deleted object, and
+    the part written so far is cancelled (invariant I9: never passed off as the whole)."""
+    monkeypatch.setattr(submit_rows, "SUBMIT_CHUNK_ROWS", 2)  # chunks of 1, 2 and 1 rows
+    images = [_image(30 + n) for n in range(4)]
+    blob = _candidate(session_factory, blobs, images[1])  # the second chunk's first input
+    later = utcnow() + IN_FLIGHT_LEASE + IN_FLIGHT_LEASE / 10
+    passes: list[Collected] = []
+
+    def second_chunk_stored() -> None:
+        if len(passes) == 0 and _input_uris_any(session_factory):  # the first chunk committed
+            # Between transactions: the submit holds nothing, the pass runs right here.
+            passes.append(collect_blobs(session_factory, blobs, now=later))
+
+    stored = pause_at("submit:inputs_stored", second_chunk_stored)
+    with stored, pytest.raises(RequestError) as refused:
+        _submit(session_factory, blobs, tmp_path / "in", *images, batch_size=1)
+    assert refused.value.code == SUBMIT_STALLED
+    assert passes == [Collected(deleted=1, expired_submits=1)]
+    assert not _holds(blobs, blob.uri)
+    with session_factory() as session:
+        assert session.scalars(select(Item.input_uri)).all() != []
+        assert blob.uri not in session.scalars(select(Item.input_uri)).all()
+        assert session.scalar(select(Job.status)) in (JobStatus.cancelling, JobStatus.cancelled)
 
 
 # --- the pass itself ---------------------------------------------------------------------------
