@@ -250,6 +250,31 @@ def test_a_candidate_another_job_references_is_dropped_not_deleted(
     assert blobs.read_uri(uri) == data
 
 
+def test_an_item_naming_a_stored_input_in_place_references_it(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I15 for an input named in place: a submit that names one of our stored inputs
+    by its URI (an s3:// object read where it lies; a local file, stored again) records its
+    sha256, so the item counts as a reference and the candidate is kept."""
+    data = _image(6)
+    blob = _candidate(session_factory, blobs, data)
+    if isinstance(blobs.store, S3Store):
+        source = blob.uri
+    else:
+        source = str(Path(blob.uri.removeprefix("file://")))
+    request = SubmitRequest.of(kind="caption", sources=[source], model="m", max_new_tokens=8)
+    result = submit_job(
+        request,
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=ListPublisher(),
+        max_prompt_chars=1000,
+    )
+    assert _input_uris(session_factory, result.job_id) == [blob.uri]
+    assert collect_blobs(session_factory, blobs) == Collected(still_referenced=1)
+    assert blobs.read_uri(blob.uri) == data
+
+
 def test_objects_outside_the_input_store_are_never_deleted(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:

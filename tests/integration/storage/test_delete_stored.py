@@ -55,6 +55,19 @@ def test_refuses_anything_it_did_not_store_and_deletes_nothing(blobs: Blobs) -> 
     assert blobs.store.exists("results/a.json")
 
 
+def test_stored_sha256_names_only_what_it_stored(blobs: Blobs) -> None:
+    stored = blobs.put_content_addressed(b"stored", suffix=".png")
+    assert blobs.stored_sha256(stored.uri) == stored.sha256
+    area = blobs.store.uri_for("inputs/sha256")
+    for uri in (
+        blobs.store.uri_for("results/a.json"),
+        f"{area}/cd/{stored.sha256}.png",
+        f"{area}/{stored.sha256[:2]}/{stored.sha256}/x.png",
+        "s3://someone-else/inputs/sha256/ab/" + "ab" * 32,
+    ):
+        assert blobs.stored_sha256(uri) is None
+
+
 def test_s3_deletes_in_batches_of_at_most_a_thousand(s3_client: S3Client, s3_bucket: str) -> None:
     calls: list[int] = []
     event = "before-parameter-build.s3.DeleteObjects"
