@@ -37,7 +37,11 @@ def run_maintenance(
         redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
     )
     created = fire_due_schedules(
-        session_factory, blobs, publisher, input_prefixes=settings.input_prefixes
+        session_factory,
+        blobs,
+        publisher,
+        input_prefixes=settings.input_prefixes,
+        in_flight_lease=settings.submit_in_flight,
     )
     purged = purge(
         session_factory,

@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs.db import Schedule, ScheduleObject, SessionFactory, utcnow
+from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
@@ -38,6 +38,7 @@ from jobs.lifecycle import finalise_jobs
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
 from jobs.schedule_sources import build_inputs, build_source, list_source
 from jobs.states import ItemStatus
+from jobs.submit.in_flight import IN_FLIGHT_LEASE, InFlight, in_flight
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import add_job, with_input_error
 from jobs.submit.request import SubmitRequest, build_job, check_request
@@ -187,13 +188,15 @@ def fire_due_schedules(
     now: datetime | None = None,
     names: list[str] | None = None,
     input_prefixes: Sequence[str] = (),
+    in_flight_lease: timedelta = IN_FLIGHT_LEASE,
 ) -> list[str]:
     """Fires every due (or the named) schedule once; returns the ids of the jobs created.
 
     A due schedule whose source cannot be listed here (a folder on another machine, a bucket
     out of reach) is left, unclaimed, to a scheduler that can; a named one raises instead.
     ``input_prefixes``: LLAVA_BATCH_INPUT_PREFIXES where it fires, checked at every firing (the
-    list may have narrowed since the schedule was added)."""
+    list may have narrowed since the schedule was added). ``in_flight_lease``: how long a
+    firing's registration in ``submits_in_flight`` lives unrenewed (as a submit's)."""
     now = now or utcnow()
     policy = InputPolicy.of(input_prefixes)
     with session_factory() as session:
@@ -208,7 +211,16 @@ def fire_due_schedules(
         due = list(session.scalars(query))
     created = []
     for schedule in due:
-        job_id = _fire(session_factory, blobs, publisher, schedule, now, policy, strict=bool(names))
+        job_id = _fire(
+            session_factory,
+            blobs,
+            publisher,
+            schedule,
+            now,
+            policy,
+            strict=bool(names),
+            lease=in_flight_lease,
+        )
         if job_id:
             created.append(job_id)
     return created
@@ -223,6 +235,7 @@ def _fire(
     policy: InputPolicy,
     *,
     strict: bool,
+    lease: timedelta,
 ) -> str | None:
     if not policy.allows(schedule.source):  # never listed
         refusal = RequestError(policy.refusal(schedule.source), code=INPUT_NOT_ALLOWED)
@@ -254,6 +267,45 @@ def _fire(
     if not new:
         log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
         return None
+    with in_flight(session_factory, lease) as flight:
+        written = _write_firing(
+            session_factory, blobs, schedule, request, new, extensions, flight, now, strict=strict
+        )
+    if written is None:
+        return None
+    job, items = written
+    log.info(
+        "schedule %s fired job=%s kind=%s items=%d", schedule.name, job.id, job.kind, len(items)
+    )
+    queued = [i.id for i in items if i.status == ItemStatus.queued]
+    if not queued:  # every new input was refused on its own: no worker will end this job
+        finalise_jobs(session_factory, [job.id], now=now)
+    dispatch_items(
+        session_factory,
+        publisher,
+        job.id,
+        queued,
+        model=job.model,
+        batch_size=request.params.batch_size,
+        stamp=now,
+    )
+    return job.id
+
+
+def _write_firing(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    schedule: Schedule,
+    request: SubmitRequest,
+    new: list[ObjectInfo],
+    extensions: frozenset[str],
+    flight: InFlight,
+    now: datetime,
+    *,
+    strict: bool,
+) -> tuple[Job, list[Item]] | None:
+    """Stores a firing's new inputs, then writes its job in one transaction that first
+    confirms the firing's registration (as a submit's); None: no job this time."""
     try:
         inputs = build_inputs(
             schedule.source,
@@ -273,6 +325,7 @@ def _fire(
     job, items = build_job(request, inputs, stored, asks)
     try:
         with session_factory.begin() as session:
+            flight.confirm(session)
             add_job(session, job, items, dispatched_at=now)
             session.add_all(
                 ScheduleObject(schedule_id=schedule.id, key=o.key, etag=o.etag, job_id=job.id)
@@ -289,22 +342,12 @@ def _fire(
             exc.orig,
         )
         return None
-    log.info(
-        "schedule %s fired job=%s kind=%s items=%d", schedule.name, job.id, job.kind, len(items)
-    )
-    queued = [i.id for i in items if i.status == ItemStatus.queued]
-    if not queued:  # every new input was refused on its own: no worker will end this job
-        finalise_jobs(session_factory, [job.id], now=now)
-    dispatch_items(
-        session_factory,
-        publisher,
-        job.id,
-        queued,
-        model=job.model,
-        batch_size=request.params.batch_size,
-        stamp=now,
-    )
-    return job.id
+    except RequestError as exc:  # stalled past its registration: its inputs are new next time
+        if strict:
+            raise
+        log.warning("schedule %s: no job this time: %s", schedule.name, exc)
+        return None
+    return job, items
 
 
 def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -> bool:

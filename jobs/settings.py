@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -137,6 +138,14 @@ class Settings(BaseSettings):
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
+    # How long a submit's registration in submits_in_flight lives unrenewed (every commit of
+    # its rows renews it, a big submit's heartbeat too, every 200 s): a submit stalled longer
+    # fails (submit_stalled), and a producer that died holds up blob collection this long.
+    submit_in_flight_seconds: Annotated[int, Field(ge=600, le=7 * 86_400)] = 3600
+
+    @property
+    def submit_in_flight(self) -> timedelta:
+        return timedelta(seconds=self.submit_in_flight_seconds)
 
     @property
     def retain_seconds(self) -> int | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,4 +44,9 @@ class BlobStore(Protocol):
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix`` (a string prefix, as in S3), lazily."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete the objects named by ``keys``; a key that names nothing is not an error (a
+        delete tried again after a crash finds it gone). Raises if any could not be deleted."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,10 @@ _CONTENT_ADDRESSED = "inputs/sha256"
 # A suffix is cosmetic (callers pass Path.suffix, e.g. ".jpg", or odd ones like ".v2 final"):
 # refuse only what could add a path segment or break a key.
 _SUFFIX_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{0,32}")
+# The keys put_content_addressed writes: inputs/sha256/ab/<sha256 hex, ab...><suffix>.
+_STORED_KEY_RE = re.compile(
+    re.escape(_CONTENT_ADDRESSED) + r"/([0-9a-f]{2})/(\1[0-9a-f]{62})" + _SUFFIX_RE.pattern
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,41 @@ class Blobs:
         (what a submit stored), as opposed to any other object a URI can name."""
         area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
         return uri.startswith(area)
+
+    def delete_stored(self, uris: Iterable[str]) -> None:
+        """Delete inputs that ``put_content_addressed`` stored, named by their URIs. Refuses
+        the whole call (deleting nothing) if any URI is not one ``holds`` is true for, or does
+        not have the shape of a stored input's key: a user's object, or anything else in the
+        store, is never deleted here."""
+        keys = []
+        for uri in uris:  # all checked before any is deleted
+            key = self._stored_key(uri)
+            if key is None:
+                raise InvalidUriError(
+                    f"{uri[:200]!r} is not an input this store holds; nothing was deleted.",
+                    uri=uri,
+                )
+            keys.append(key)
+        if keys:
+            self._store.delete_many(keys)
+
+    def stored_sha256(self, uri: str) -> str | None:
+        """The sha256 of the stored input ``uri`` names, if it names one (an object
+        ``put_content_addressed`` wrote to our own store), else None: an item that names such
+        an object in place references it as surely as one whose submit stored it."""
+        key = self._stored_key(uri)
+        match = _STORED_KEY_RE.fullmatch(key) if key is not None else None
+        return match.group(2) if match else None
+
+    def _stored_key(self, uri: str) -> str | None:
+        if not self.holds(uri):
+            return None
+        area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
+        rest = uri[len(area) :]
+        if uri_scheme(uri) == "file":  # Path.as_uri() quoted it
+            rest = unquote(rest)
+        key = f"{_CONTENT_ADDRESSED}/{rest}"
+        return key if _STORED_KEY_RE.fullmatch(key) else None
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.

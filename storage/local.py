@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from storage.base import BlobStore, ObjectInfo
@@ -108,6 +108,17 @@ class LocalStore(BlobStore):
         except PermissionError as exc:
             uri = path.as_uri()
             raise AccessDeniedError(f"Checking {uri} was denied.", uri=uri) from exc
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            path = self._object_path(key)
+            try:
+                path.unlink(missing_ok=True)
+            except PermissionError as exc:
+                raise AccessDeniedError(f"Deleting {path.as_uri()} was denied.", uri=key) from exc
+            except OSError as exc:
+                uri = path.as_uri()
+                raise StorageError(f"Deleting {uri} failed: {exc.strerror}.", uri=uri) from exc
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Same string-prefix semantics as S3: "a/b" matches "a/b.jpg" and "a/b/c.jpg".

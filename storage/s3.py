@@ -6,7 +6,7 @@ imports it on every start, and boto3 alone costs ~0.3 s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,8 @@ from storage.uri import parse_s3_uri, validate_key
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+# The most keys one DeleteObjects request may name.
+_DELETE_BATCH = 1000
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
 _DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
 # What is still failing after boto3's standard retry mode gave up: worth retrying later.
@@ -168,6 +170,27 @@ class S3Store(BlobStore):
         except ObjectNotFoundError:
             return False
         return True
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        full = [self._object_key(key) for key in keys]  # every key checked before any delete
+        for start in range(0, len(full), _DELETE_BATCH):
+            batch = full[start : start + _DELETE_BATCH]
+            uri = f"s3://{self.bucket}/{batch[0]}"
+            with _translating(uri):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            # DeleteObjects answers 200 even when some keys failed; each failure is listed.
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                failed = f"s3://{self.bucket}/{first.get('Key', '')}"
+                raise StorageError(
+                    f"Deleting {failed} failed ({first.get('Code', '?')}), "
+                    f"and {len(errors) - 1} other object(s) of the batch.",
+                    uri=failed,
+                )
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Not a generator itself, so a bad prefix fails at the call, not at first iteration.

@@ -87,6 +87,7 @@ def submit_locally(
         blobs=res.blobs,
         publisher=queue.publisher,
         max_prompt_chars=max_prompt_chars,
+        in_flight_lease=res.settings.submit_in_flight,
     )
     queue.job_id = submitted.job_id
     return queue, submitted

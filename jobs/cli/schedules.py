@@ -206,6 +206,7 @@ def run_now(name: NameArg) -> None:
         publisher,
         names=[name],
         input_prefixes=ctx.settings.input_prefixes,
+        in_flight_lease=ctx.settings.submit_in_flight,
     )
     still = " (the schedule stays paused)" if paused else ""
     if created:

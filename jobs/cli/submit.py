@@ -77,6 +77,7 @@ def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool)
         blobs=ctx.blobs,
         publisher=CeleryPublisher.for_settings(ctx.settings),
         max_prompt_chars=ctx.settings.max_prompt_chars,
+        in_flight_lease=ctx.settings.submit_in_flight,
     )
     served = is_served(ctx, result.model)
     views.show_submitted(result, result.model, json_out=json_out, served=served)

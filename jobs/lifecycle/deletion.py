@@ -22,7 +22,7 @@ from jobs.states import TERMINAL_JOB_STATES, JobStatus
 log = logging.getLogger(__name__)
 
 # What deletion hands the blob collector: the stored inputs of the items it deleted.
-QueueInputs = Callable[[Session, Sequence[tuple[str, str | None]]], None]
+QueueInputs = Callable[[Session, Sequence[tuple[str, str | None]]], object]
 
 
 def mark_deleting(

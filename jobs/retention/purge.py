@@ -112,7 +112,7 @@ def _work(
         items_deleted=items,
         inputs_deleted=collected.deleted,
         inputs_waiting=collected.deferred,
-        finished=collected.finished,
+        finished=not (collected.deferred or collected.out_of_time),
     )
     if report != PurgeReport():
         log.info("purge %s", report.as_dict())

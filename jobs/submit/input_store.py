@@ -41,7 +41,9 @@ def store_with(
             return blob.uri, blob.sha256
         if spec.local_path is None:
             assert spec.uri is not None
-            return spec.uri, None
+            # Named in place; one of our own stored inputs still counts as a reference to it,
+            # so blob collection keeps it (docs/design.md#collecting-stored-inputs).
+            return spec.uri, blobs.stored_sha256(spec.uri)
         size = spec.size if spec.size is not None else spec.local_path.stat().st_size
         with budget.hold(size):
             data = _read_input(spec, size)

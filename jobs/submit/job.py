@@ -10,7 +10,7 @@ import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,12 +20,14 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
+from jobs.hooks import reached
 from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
 from jobs.lifecycle import finalise_jobs
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus
 from jobs.submit import rows as submit_rows
 from jobs.submit.fingerprint import describe_inputs, fingerprint_streamed
+from jobs.submit.in_flight import IN_FLIGHT_LEASE, InFlight, in_flight
 from jobs.submit.request import SubmitRequest, SubmitResult, build_job, check_request
 from jobs.submit.rows import (
     ask_for,
@@ -65,6 +67,7 @@ def submit_job(
     blobs: Blobs,
     publisher: Publisher,
     max_prompt_chars: int,
+    in_flight_lease: timedelta = IN_FLIGHT_LEASE,
 ) -> SubmitResult:
     """Two passes over the inputs, neither holding a big submission in memory: the first checks
     everything that can refuse the request (nothing is written before it ends); the second
@@ -102,7 +105,9 @@ def submit_job(
     inputs = checked.kept if checked.kept is not None else expand()
     write = _submit_in_chunks if checked.count > submit_rows.SUBMIT_CHUNK_ROWS else _submit_whole
     try:
-        return write(request, checked, inputs, session_factory, blobs, publisher, max_prompt_chars)
+        with in_flight(session_factory, in_flight_lease) as flight:
+            args = (request, checked, inputs, session_factory, blobs, publisher)
+            return write(*args, max_prompt_chars, flight)
     except IntegrityError:
         if request.idempotency_key:  # lost a race with the same key
             found = _find_by_key(session_factory, request.idempotency_key, checked.fingerprint)
@@ -119,14 +124,17 @@ def _submit_whole(
     blobs: Blobs,
     publisher: Publisher,
     max_prompt_chars: int,
+    flight: InFlight,
 ) -> SubmitResult:
     """A job of at most a chunk of rows: every input stored, then ONE short transaction (it
     never waits on storage), then its messages."""
     job, _ = build_job(request, [], [], fingerprint=checked.fingerprint)
     rows = prepare_rows(job.id, request, inputs, blobs, max_prompt_chars=max_prompt_chars)
+    reached("submit:inputs_stored")  # stored (or found stored), nothing written yet
     stamp = utcnow()
     queued = stamp_queued(rows, stamp)
     with session_factory.begin() as session:
+        flight.confirm(session)
         write_job(session, job, rows)
     failed = len(rows) - len(queued)
     log.info("job submitted job=%s kind=%s items=%d failed=%d", job.id, job.kind, len(rows), failed)
@@ -156,6 +164,7 @@ def _submit_in_chunks(
     blobs: Blobs,
     publisher: Publisher,
     max_prompt_chars: int,
+    flight: InFlight,
 ) -> SubmitResult:
     job, _ = build_job(request, [], [], fingerprint=checked.fingerprint)
     written = write_in_chunks(
@@ -166,6 +175,7 @@ def _submit_in_chunks(
         inputs,
         blobs,
         max_prompt_chars=max_prompt_chars,
+        flight=flight,
     )
     log.info(
         "job submitted job=%s kind=%s items=%d complete=%s",

@@ -37,6 +37,7 @@ from jobs.lifecycle import (
     renew_submission,
 )
 from jobs.states import ItemStatus
+from jobs.submit.in_flight import InFlight
 from jobs.submit.input_store import UPLOAD_THREADS, store_with
 from jobs.submit.sources import INPUT_ERROR, InputSpec
 from storage import Blobs
@@ -122,17 +123,20 @@ def write_in_chunks(
     blobs: Blobs,
     *,
     max_prompt_chars: int,
+    flight: InFlight,
 ) -> Written:
     """Inserts ``job`` (not yet added to any session) and its items chunk by chunk, each chunk
     stored first, then written in its own transaction and published as soon as it commits
     (commit, then publish, chunk by chunk). Stops, writing nothing more, if the job is
     cancelled meanwhile. If this raises after the first chunk committed, the job is cancelled
     (best effort; else the sweeper does it once the lease runs out). An IntegrityError (the
-    idempotency key taken) is raised by the first chunk, before anything is committed."""
+    idempotency key taken) is raised by the first chunk, before anything is committed.
+    ``flight``: the submit's registration, confirmed by every chunk's transaction and renewed
+    by the heartbeat (docs/design.md#collecting-stored-inputs)."""
     batch_size = request.params.batch_size
     rest = max(batch_size, SUBMIT_CHUNK_ROWS // batch_size * batch_size)
     written, failed, dispatching, committed = 0, 0, True, False
-    keeper = SubmitLeaseKeeper(session_factory, job.id)
+    keeper = SubmitLeaseKeeper(session_factory, job.id, flight)
     try:
         with keeper, ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
             for chunk, last in _with_last(_sized(inputs, batch_size, rest)):
@@ -145,10 +149,12 @@ def write_in_chunks(
                     first_seq=written,
                     max_prompt_chars=max_prompt_chars,
                 )
+                reached("submit:inputs_stored")  # this chunk's, before its transaction
                 stamp = utcnow()
                 ids = stamp_queued(rows, stamp if dispatching else None)
                 lease = None if last else utcnow() + SUBMIT_LEASE
-                if not _commit_chunk(session_factory, job, rows, first=not committed, lease=lease):
+                first = not committed
+                if not _commit_chunk(session_factory, job, rows, flight, first=first, lease=lease):
                     log.warning("submit stopped job=%s: the job was cancelled", job.id)
                     return Written(written, dispatching, complete=False, failed=failed)
                 if not committed and not last:
@@ -182,14 +188,17 @@ def _commit_chunk(
     session_factory: SessionFactory,
     job: Job,
     rows: list[dict[str, Any]],
+    flight: InFlight,
     *,
     first: bool,
     lease: datetime | None,
 ) -> bool:
-    """One chunk's transaction: the job row (the first chunk inserts it, a later one renews or,
-    as the last, clears its lease), then the rows. False: the job is no longer open, and
-    nothing was written."""
+    """One chunk's transaction: the submit's registration confirmed (``submit_stalled`` if it
+    lapsed), the job row (the first chunk inserts it, a later one renews or, as the last,
+    clears its lease), then the rows. False: the job is no longer open, and nothing was
+    written."""
     with session_factory.begin() as session:
+        flight.confirm(session)
         if first:
             job.submit_lease_expires_at = lease
             session.add(job)
@@ -208,11 +217,13 @@ class SubmitLeaseKeeper:
     A producer that dies (kill -9) or is paused stops renewing with it, and the sweeper
     abandons its job once the lease runs out; a renewal that fails (database down) is tried
     again at the next beat. The keeper stops by itself once the job is no longer open or its
-    lease was cleared (the last chunk)."""
+    lease was cleared (the last chunk). Each beat renews the submit's registration
+    (``submits_in_flight``) too, so a slow upload does not let that lapse either."""
 
-    def __init__(self, session_factory: SessionFactory, job_id: str) -> None:
+    def __init__(self, session_factory: SessionFactory, job_id: str, flight: InFlight) -> None:
         self._session_factory = session_factory
         self._job_id = job_id
+        self._flight = flight
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -232,6 +243,7 @@ class SubmitLeaseKeeper:
         lease = SUBMIT_LEASE  # read once: tests shorten it
         while not self._stop.wait(lease.total_seconds() / 3):
             try:
+                self._flight.renew()
                 if not renew_submission(
                     self._session_factory, self._job_id, lease_until=utcnow() + lease
                 ):

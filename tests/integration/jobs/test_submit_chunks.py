@@ -147,7 +147,9 @@ def test_a_small_job_is_one_transaction_then_its_doorbells(
     finally:
         event.remove(engine, "commit", listener)
     assert hook.reached == 0 and result.complete and result.item_count == _CHUNK_ROWS
-    assert commits == [0]  # one commit, before any message
+    # The submit's registration (docs/design.md#collecting-stored-inputs), its rows in one
+    # commit before any message, the registration removed.
+    assert commits == [0, 0, _CHUNK_ROWS // _BATCH]
     job = _job(session_factory)
     assert job.submit_lease_expires_at is None
     assert publisher.rings == [("m", job.id)] * (_CHUNK_ROWS // _BATCH) and not publisher.batches

@@ -1,0 +1,179 @@
+"""Collecting stored inputs: a content-addressed input (``Blobs.put_content_addressed``) is
+shared by every job that stored the same bytes, so deleting a job's items only makes the inputs
+they referenced *candidates* (``queue_candidates``). ``collect_blobs`` deletes a candidate's
+object once no item references it, and only while no submit is in flight.
+
+Why that is safe (docs/design.md#collecting-stored-inputs): a submit registers in
+``submits_in_flight`` before it stores anything, and confirms (renews) its registration in
+every transaction that writes its item rows. A pass of the collector takes, first, a lock that
+conflicts with registering and confirming (PostgreSQL: SHARE ROW EXCLUSIVE on the table;
+SQLite: the one write lock), and holds it until it commits, its objects deleted meanwhile. So a
+submit's registration is either committed before the pass (live: the pass defers; expired: the
+pass removes it, and the submit's confirmation then fails, writing nothing), or after it, when
+the deleted objects are gone and its uploads store them again. Its rows are either committed
+before the pass, and then the pass sees that they reference the candidate, or after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from jobs.db import Base, BlobCandidate, Item, SessionFactory, SubmitInFlight, utcnow
+from jobs.hooks import reached
+from storage import Blobs
+
+log = logging.getLogger(__name__)
+
+# Candidates one pass's transaction looks at: their objects are deleted while it holds the lock
+# that submits wait behind (one S3 DeleteObjects request), so it stays short.
+COLLECT_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What collection did; ``deferred``: a submit was in flight, so nothing was looked at."""
+
+    deleted: int = 0  # objects deleted, their candidates removed
+    still_referenced: int = 0  # candidates an item references again: dropped, object kept
+    foreign: int = 0  # candidates outside our input store: dropped, never deleted
+    expired_submits: int = 0  # registrations whose lease ran out, removed
+    deferred: bool = False
+    out_of_time: bool = False  # stopped at its deadline: candidates may be left
+
+    def __add__(self, other: Collected) -> Collected:
+        return Collected(
+            self.deleted + other.deleted,
+            self.still_referenced + other.still_referenced,
+            self.foreign + other.foreign,
+            self.expired_submits + other.expired_submits,
+            self.deferred or other.deferred,
+            self.out_of_time or other.out_of_time,
+        )
+
+
+def queue_candidates(
+    session: Session, rows: Iterable[tuple[str, str | None]], *, now: datetime | None = None
+) -> int:
+    """Queues, in the caller's transaction (the one that deletes the items), the stored inputs
+    of ``rows`` (their ``(input_uri, input_sha256)``) for collection; a row without a sha256
+    names a user's object, never ours to delete. Returns how many distinct ones were given.
+
+    One already queued gets this ``queued_at``: a pass that read the older one and found the
+    input referenced (by the items deleted here, not yet committed) then keeps it queued rather
+    than drop it, so it is looked at again once those items are gone."""
+    queued = sorted({(uri, sha) for uri, sha in rows if sha is not None})
+    if not queued:
+        return 0
+    when = now or utcnow()
+    values = [{"uri": uri, "sha256": sha, "queued_at": when} for uri, sha in queued]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    upsert = dialect.insert(BlobCandidate)
+    # Sorted by uri, so two deleters lock the rows they share in one order.
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[BlobCandidate.uri], set_={"queued_at": upsert.excluded.queued_at}
+        ),
+        values,
+    )
+    return len(queued)
+
+
+def collect_blobs(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    *,
+    now: datetime | None = None,
+    limit: int = COLLECT_LIMIT,
+    deadline: float | None = None,
+) -> Collected:
+    """Collects queued candidates, ``limit`` per transaction, until the queue is empty or a
+    submit is in flight (or ``time.monotonic()`` passes ``deadline``). A pass that fails
+    (storage, a lock wait) leaves its candidates queued and raises: the next call deletes again
+    what it may have deleted (a missing object is no error)."""
+    now = now or utcnow()
+    total = Collected()
+    while True:
+        done, taken = _collect_batch(session_factory, blobs, now, limit)
+        total += done
+        if done.deferred or taken < limit:
+            return total
+        if deadline is not None and time.monotonic() >= deadline:
+            return total + Collected(out_of_time=True)
+
+
+def _collect_batch(
+    session_factory: SessionFactory, blobs: Blobs, now: datetime, limit: int
+) -> tuple[Collected, int]:
+    with session_factory.begin() as session:
+        expired = _lock_out_submits(session, now)
+        if session.scalar(select(SubmitInFlight.id).limit(1)) is not None:
+            return Collected(expired_submits=expired, deferred=True), 0
+        taken = session.execute(
+            select(BlobCandidate.uri, BlobCandidate.sha256, BlobCandidate.queued_at)
+            .order_by(BlobCandidate.queued_at, BlobCandidate.uri)
+            .limit(limit)
+        ).all()
+        referenced = _still_referenced(session, [row.uri for row in taken])
+        unreferenced = [row.uri for row in taken if row.sha256 not in referenced]
+        ours = [uri for uri in unreferenced if blobs.holds(uri)]
+        foreign = len(unreferenced) - len(ours)
+        if foreign:
+            log.warning("%d blob candidate(s) outside the input store: dropped", foreign)
+        blobs.delete_stored(ours)  # under the lock: no submit can find them meanwhile
+        reached("collect:deleted")
+        _drop_candidates(session, [(row.uri, row.queued_at) for row in taken])
+    log.info("collected %d stored input(s)", len(ours))
+    done = Collected(
+        deleted=len(ours),
+        still_referenced=len(taken) - len(unreferenced),
+        foreign=foreign,
+        expired_submits=expired,
+    )
+    return done, len(taken)
+
+
+def _lock_out_submits(session: Session, now: datetime) -> int:
+    """Takes, for the rest of the transaction, the lock that registering or confirming a
+    submit waits behind, and removes the registrations that expired. Removed, not just
+    ignored: a stalled submit's confirmation then finds no row whatever its clock says."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE submits_in_flight IN SHARE ROW EXCLUSIVE MODE"))
+    # On SQLite this DELETE, the transaction's first statement, takes the write lock even when
+    # it deletes nothing; reading first would leave it on a snapshot a writer could outdate.
+    expired = session.execute(
+        delete(SubmitInFlight)
+        .where(SubmitInFlight.lease_expires_at <= now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(expired.rowcount)  # type: ignore[attr-defined]
+
+
+def _still_referenced(session: Session, uris: list[str]) -> set[str]:
+    """The sha256 of those candidates some item references: an index probe each
+    (ix_items_input_sha256) that stops at the first item. By content, not URI: the same bytes
+    under another suffix keep the candidate too (kept, never lost)."""
+    if not uris:
+        return set()
+    uses = select(Item.id).where(Item.input_sha256 == BlobCandidate.sha256).exists()
+    return set(
+        session.scalars(select(BlobCandidate.sha256).where(BlobCandidate.uri.in_(uris), uses))
+    )
+
+
+def _drop_candidates(session: Session, taken: list[tuple[str, datetime]]) -> None:
+    # Only as they were read: one queued again meanwhile (queue_candidates) stays queued.
+    if not taken:
+        return
+    table = Base.metadata.tables[BlobCandidate.__tablename__]  # Core: one DELETE, many rows
+    session.execute(
+        table.delete().where(table.c.uri == bindparam("u"), table.c.queued_at == bindparam("q")),
+        [{"u": uri, "q": queued_at} for uri, queued_at in taken],
+    )
