@@ -25,12 +25,14 @@ from jobs.lifecycle import (
     mark_retained,
     requeue_failed,
 )
+from jobs.maintenance import run_maintenance
 from jobs.queries import count_jobs, find_job, list_recent_jobs
+from jobs.retention.purge import purge
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.states import JobStatus
 from jobs.submit.request import SubmitRequest
 from storage import Blobs
-from tests.helpers import ListPublisher, submit_captions, write_images
+from tests.helpers import ListPublisher, make_settings, submit_captions, write_images
 from tests.interleaving import Interleaving
 
 Queued = list[tuple[str, str | None]]
@@ -308,3 +310,51 @@ def test_a_schedule_gives_its_retention_to_every_job_it_fires(
     with session_factory() as session:
         job = session.get(Job, fired[0])
         assert job is not None and job.retain_seconds == 7 * 86400
+
+
+def _stored(blobs: Blobs) -> set[str]:
+    return {o.key for o in blobs.store.list_objects("inputs/")}
+
+
+def test_purge_deletes_what_is_due_with_the_inputs_no_other_job_uses(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """What retention deletes: the due job's rows and its own stored inputs; an input another
+    job references (the same content, stored once) stays, and so does the job kept forever."""
+    due = _ended(session_factory, blobs, tmp_path, "a", 3, retain_seconds=60)
+    kept = _ended(session_factory, blobs, tmp_path, "b", 1)  # b's one image is a's first
+    assert len(_stored(blobs)) == 3
+    with session_factory() as session:
+        finished = session.get(Job, due).finished_at  # type: ignore[union-attr]
+    report = purge(session_factory, blobs, batch=2, now=finished + timedelta(minutes=2))
+    assert (report.jobs_marked, report.jobs_deleted, report.items_deleted) == (1, 1, 3)
+    assert (report.inputs_deleted, report.finished) == (2, True)
+    assert _rows(session_factory, due) == (0, 0, 0)
+    with session_factory() as session:
+        (uri,) = session.scalars(select(Item.input_uri).where(Item.job_id == kept))
+    assert blobs.read_uri(uri) and len(_stored(blobs)) == 1
+
+
+def test_the_sweepers_share_of_a_purge_stops_in_time_and_the_next_pass_goes_on(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    job_id = _ended(session_factory, blobs, tmp_path, "a", 4)
+    mark_deleting(session_factory, [job_id])
+    first = purge(session_factory, blobs, batch=1, seconds=0)
+    assert not first.finished and first.jobs_deleted == 0
+    assert jobs_being_deleted(session_factory) == [job_id]
+    rest = purge(session_factory, blobs, batch=1)
+    assert rest.finished and rest.jobs_deleted == 1 and _stored(blobs) == set()
+
+
+def test_every_maintenance_pass_deletes_what_retention_says_is_due(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    due = _ended(session_factory, blobs, tmp_path, "a", 2, retain_seconds=60)
+    with session_factory.begin() as session:
+        session.execute(
+            update(Job).where(Job.id == due).values(retained_until=utcnow() - timedelta(seconds=1))
+        )
+    report = run_maintenance(session_factory, blobs, ListPublisher(), make_settings())
+    assert (report.purged.jobs_deleted, report.purged.items_deleted) == (1, 2)
+    assert _rows(session_factory, due) == (0, 0, 0) and _stored(blobs) == set()
