@@ -36,13 +36,14 @@ from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
 from jobs.lifecycle import finalise_jobs
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
+from jobs.schedule_history import not_seen, prune_history
 from jobs.schedule_sources import build_inputs, build_source, list_source
 from jobs.states import ItemStatus
 from jobs.submit.input_store import store_inputs
 from jobs.submit.job import add_job, with_input_error
 from jobs.submit.request import SubmitRequest, build_job, check_request
 from jobs.submit.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS
-from storage import Blobs, ObjectInfo, StorageError
+from storage import Blobs, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,8 @@ def _fire(
         return None
     if not _claim(session_factory, schedule, now):
         return None
-    new = _not_seen(session_factory, schedule, listed)
+    new = not_seen(session_factory, schedule.id, listed)
+    prune_history(session_factory, schedule.id, listed, now)  # a full listing: forget the gone
     if not new:
         log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
         return None
@@ -315,18 +317,3 @@ def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -
             .execution_options(synchronize_session=False)
         )
     return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def _not_seen(
-    session_factory: SessionFactory, schedule: Schedule, listed: Sequence[ObjectInfo]
-) -> list[ObjectInfo]:
-    with session_factory() as session:
-        seen = {
-            (key, etag)
-            for key, etag in session.execute(
-                select(ScheduleObject.key, ScheduleObject.etag).where(
-                    ScheduleObject.schedule_id == schedule.id
-                )
-            )
-        }
-    return [o for o in listed if (o.key, o.etag) not in seen]
