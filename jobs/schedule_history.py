@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import ColumnElement, Row, Text, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from jobs.db import Schedule, ScheduleObject, SessionFactory
 from storage import ObjectInfo
@@ -43,11 +44,11 @@ def not_seen(
     new: list[ObjectInfo] = []
     with session_factory() as session:
         for page in _pages(listed, PAGE_KEYS):
+            keys = _among(session, ScheduleObject.key, sorted({o.key for o in page}))
             seen = set(
                 session.execute(
                     select(ScheduleObject.key, ScheduleObject.etag).where(
-                        ScheduleObject.schedule_id == schedule_id,
-                        ScheduleObject.key.in_({o.key for o in page}),
+                        ScheduleObject.schedule_id == schedule_id, keys
                     )
                 )
             )
@@ -56,54 +57,43 @@ def not_seen(
 
 
 def prune_history(
-    session_factory: SessionFactory,
+    session: Session,
     schedule_id: str,
     listed: Sequence[ObjectInfo],
-    claimed_at: datetime,
     *,
     limit: int | None = None,
 ) -> int:
-    """One step of forgetting: deletes, among the next ``limit`` rows from the cursor, those
-    ``listed`` (the firing's full listing of the source) does not hold; returns how many.
-    ``limit``: ``PRUNE_ROWS`` unless given.
+    """One step of forgetting: deletes, among the next ``limit`` (``PRUNE_ROWS``) rows from the
+    cursor, those ``listed`` does not hold, and moves the cursor on; returns how many.
 
-    ``claimed_at``: the ``last_run_at`` this firing's claim wrote. Only while it is still the
-    latest claim does the step run: an overlapping later firing listed after this one, and may
-    have recorded an object this listing never saw. An empty listing forgets nothing: an
-    unmounted share or a prefix emptied by mistake looks just like it, and forgetting would
-    process everything again once it is back."""
+    ``listed``: the firing's full listing of the source. ``session``: the transaction of the
+    firing's claim, which holds the schedule's row (SQLite: the database) until the deletes
+    commit. So an overlapping firing claims after it and lists after it, and one that claimed
+    before it never comes after it: no listing older than another firing's record forgets
+    that record. An empty listing forgets nothing: an unmounted share or a prefix emptied by
+    mistake looks just like one, and forgetting would process everything again once it is
+    back."""
     if not listed:
         return 0
     limit = PRUNE_ROWS if limit is None else limit
     current = {(o.key, o.etag) for o in listed}
-    with session_factory.begin() as session:
-        # Holds the schedule's row (PostgreSQL; SQLite's write lock) until the deletes commit,
-        # so no later claim slips in between the check and them.
-        latest = session.execute(
-            update(Schedule)
-            .where(Schedule.id == schedule_id, Schedule.last_run_at == claimed_at)
-            .values(history_cursor=Schedule.history_cursor)
-            .returning(Schedule.history_cursor)
-        ).one_or_none()
-        if latest is None:
-            return 0
-        (cursor,) = latest
-        query = select(ScheduleObject.id, ScheduleObject.key, ScheduleObject.etag).where(
-            ScheduleObject.schedule_id == schedule_id
-        )
-        if cursor is not None:
-            query = query.where(ScheduleObject.key > cursor)
-        # One row past the step tells whether the step ends inside a key.
-        rows = session.execute(
-            query.order_by(ScheduleObject.key, ScheduleObject.etag).limit(limit + 1)
-        ).all()
-        walked, next_cursor = _step(rows, limit)
-        stale = [row.id for row in walked if (row.key, row.etag) not in current]
-        for page in _pages(stale, PAGE_KEYS):
-            session.execute(delete(ScheduleObject).where(ScheduleObject.id.in_(page)))
-        session.execute(
-            update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
-        )
+    cursor = session.scalar(select(Schedule.history_cursor).where(Schedule.id == schedule_id))
+    query = select(ScheduleObject.id, ScheduleObject.key, ScheduleObject.etag).where(
+        ScheduleObject.schedule_id == schedule_id
+    )
+    if cursor is not None:
+        query = query.where(ScheduleObject.key > cursor)
+    # One row past the step tells whether the step ends inside a key.
+    rows = session.execute(
+        query.order_by(ScheduleObject.key, ScheduleObject.etag).limit(limit + 1)
+    ).all()
+    walked, next_cursor = _step(rows, limit)
+    stale = [row.id for row in walked if (row.key, row.etag) not in current]
+    for page in _pages(stale, PAGE_KEYS):
+        session.execute(delete(ScheduleObject).where(_among(session, ScheduleObject.id, page)))
+    session.execute(
+        update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
+    )
     if stale:
         log.info("schedule %s: forgot %d objects no longer in its source", schedule_id, len(stale))
     return len(stale)
@@ -123,6 +113,17 @@ def _step(rows: Sequence[_Row], limit: int) -> tuple[Sequence[_Row], str | None]
         if whole:
             walked = whole
     return walked, walked[-1].key
+
+
+def _among(
+    session: Session, column: InstrumentedAttribute[str], values: Sequence[str]
+) -> ColumnElement[bool]:
+    """``column IN values``. On PostgreSQL as ``= ANY(array)``, one parameter: psycopg parses
+    a statement of 500 placeholders again at every call (too long for its cache), which cost
+    more than the 500 index lookups."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(Text())))
+    return column.in_(values)
 
 
 def _pages(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -43,7 +43,7 @@ from jobs.submit.input_store import store_inputs
 from jobs.submit.job import add_job, with_input_error
 from jobs.submit.request import SubmitRequest, build_job, check_request
 from jobs.submit.sources import DOCUMENT_EXTENSIONS, IMAGE_EXTENSIONS
-from storage import Blobs, StorageError
+from storage import Blobs, ObjectInfo, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,9 @@ def _fire(
             raise
         log.warning("schedule %s cannot list %s: %s", schedule.name, schedule.source, exc)
         return None
-    if not _claim(session_factory, schedule, now):
+    if not _claim(session_factory, schedule, now, listed=listed):
         return None
     new = not_seen(session_factory, schedule.id, listed)
-    prune_history(session_factory, schedule.id, listed, now)  # a full listing: forget the gone
     if not new:
         log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
         return None
@@ -307,8 +306,16 @@ def _fire(
     return job.id
 
 
-def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -> bool:
-    """Only the scheduler whose UPDATE still sees the due time it read goes on."""
+def _claim(
+    session_factory: SessionFactory,
+    schedule: Schedule,
+    now: datetime,
+    *,
+    listed: Sequence[ObjectInfo] | None = None,
+) -> bool:
+    """Only the scheduler whose UPDATE still sees the due time it read goes on. ``listed``: a
+    full listing of the source, whose step of forgetting is taken in the claim's transaction
+    (``jobs.schedule_history.prune_history`` says why there)."""
     with session_factory.begin() as session:
         claimed = session.execute(
             update(Schedule)
@@ -316,4 +323,8 @@ def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -
             .values(next_due_at=next_due(schedule, now), last_run_at=now)
             .execution_options(synchronize_session=False)
         )
-    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if listed is not None:
+            prune_history(session, schedule.id, listed)
+    return True

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, insert, select
 
-from jobs import schedule_history
+from jobs import schedule_history, schedules
 from jobs.db import Item, Schedule, ScheduleObject, SessionFactory, new_id, utcnow
 from jobs.errors import RequestError
 from jobs.schedule_sources import list_source
@@ -99,7 +99,9 @@ def _history_reads(sf: SessionFactory) -> Iterator[list[tuple[str, Any]]]:
 
 
 def _bound_values(params: Any) -> list[Any]:
-    return list(params.values()) if isinstance(params, dict) else list(params)
+    """A statement's parameters, an array parameter (PostgreSQL's ``= ANY``) spread out."""
+    values = list(params.values()) if isinstance(params, dict) else list(params)
+    return [v for value in values for v in (value if isinstance(value, list) else [value])]
 
 
 def test_a_firing_asks_only_about_the_listed_keys_however_long_the_history(
@@ -248,23 +250,35 @@ def test_an_object_removed_and_put_back_is_processed_again(
     assert _keys(session_factory, again) == ["shot001.png"]
 
 
-def test_a_firing_whose_claim_is_no_longer_the_latest_prunes_nothing(
-    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+def test_a_firing_that_loses_its_claim_forgets_nothing(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two firings that overlap: the earlier one's listing may lack what the later one has just
-    recorded, so only the latest claim may forget anything."""
+    """Two schedulers, the second one's whole firing inside the first one's listing: it records
+    a file the first listing never saw. The first one's claim then fails, and it forgets
+    nothing, so that file is not processed again."""
     folder = tmp_path / "drop"
     folder.mkdir()
     write_images(folder, 2, prefix="shot")
     start = utcnow()
     schedule = _add(session_factory, folder, start)
     assert fire_due_schedules(session_factory, blobs, ListPublisher(), now=start + DUE)
-    listing = list_source(str(folder), blobs, IMAGE_EXTENSIONS)
-    _history(session_factory, schedule.id, [("gone.png", "1-1")])
-    before = _pairs(session_factory, schedule.id)
+    real_listing = schedules.list_source
+    created: list[str] = []
+    rivals: list[int] = []
 
-    stale = start + DUE - timedelta(seconds=1)
-    assert schedule_history.prune_history(session_factory, schedule.id, listing, stale) == 0
-    assert _pairs(session_factory, schedule.id) == before
-    assert schedule_history.prune_history(session_factory, schedule.id, listing, start + DUE) == 1
-    assert _pairs(session_factory, schedule.id) == before - {("gone.png", "1-1")}
+    def listing_then_a_rival(source: str, blobs: Blobs, extensions: frozenset[str]) -> Any:
+        listed = real_listing(source, blobs, extensions)
+        if not rivals:  # the rival's own listing comes back here too
+            rivals.append(1)
+            _add_images(folder, 2, 3)
+            created.extend(fire_due_schedules(session_factory, blobs, ListPublisher(), now=due))
+        return listed
+
+    due = start + 2 * DUE
+    monkeypatch.setattr(schedules, "list_source", listing_then_a_rival)
+    assert fire_due_schedules(session_factory, blobs, ListPublisher(), now=due) == []
+    monkeypatch.undo()
+    (rival,) = created
+    assert _keys(session_factory, rival) == ["shot002.png"]
+    assert ("shot002.png",) in {(k,) for k, _ in _pairs(session_factory, schedule.id)}
+    assert fire_due_schedules(session_factory, blobs, ListPublisher(), now=due + DUE) == []
