@@ -17,8 +17,11 @@ from jobs.db import SessionFactory, WorkerRow, utcnow
 
 # A worker is live while it beat within this many of its periods: one late beat is not a death.
 LIVE_PERIODS = 3
-# Rows of workers gone this long are dropped by the next beat of any worker.
-FORGET_AFTER = timedelta(days=7)
+# Rows of workers not seen this long are deleted by the sweeper (LLAVA_BATCH_WORKER_ROWS_KEPT_FOR),
+# at most FORGET_ROWS a pass: a fleet that scaled down by thousands is forgotten over a few
+# passes, in short statements.
+WORKER_ROWS_KEPT_FOR = timedelta(days=7)
+FORGET_ROWS = 500
 
 
 def queue_for(base: str, model: str) -> str:
@@ -47,7 +50,6 @@ def beat_worker(
         "seen_at": now,
     }
     with session_factory.begin() as session:
-        session.execute(delete(WorkerRow).where(WorkerRow.seen_at < now - FORGET_AFTER))
         refreshed = session.execute(
             update(WorkerRow).where(WorkerRow.node == node).values(**values)
         )
@@ -60,6 +62,28 @@ def forget_worker(session_factory: SessionFactory, node: str) -> None:
     """Removes ``node`` from the registry (a clean shutdown)."""
     with session_factory.begin() as session:
         session.execute(delete(WorkerRow).where(WorkerRow.node == node))
+
+
+def forget_dead_workers(
+    session_factory: SessionFactory,
+    *,
+    kept_for: timedelta = WORKER_ROWS_KEPT_FOR,
+    now: datetime | None = None,
+    limit: int = FORGET_ROWS,
+) -> int:
+    """Deletes the rows of workers not seen for longer than ``kept_for``, the longest gone
+    first, at most ``limit``; returns how many. A live worker beats every few seconds and
+    ``kept_for`` is at least a day, so its row is never one of them; a worker that comes
+    back after longer just inserts its row again."""
+    now = now or utcnow()
+    gone = WorkerRow.seen_at < now - kept_for
+    oldest = select(WorkerRow.node).where(gone).order_by(WorkerRow.seen_at).limit(limit)
+    with session_factory.begin() as session:
+        # The age is checked again on the row deleted: a worker that beat meanwhile stays.
+        deleted = session.execute(
+            delete(WorkerRow).where(WorkerRow.node.in_(oldest.scalar_subquery()), gone)
+        )
+    return int(deleted.rowcount)  # type: ignore[attr-defined]
 
 
 def live_workers(

@@ -35,6 +35,7 @@ def run_maintenance(
         max_attempts=settings.max_attempts,
         batch_size=settings.message_size,
         redispatch_after=timedelta(seconds=settings.redispatch_after_seconds),
+        workers_kept_for=timedelta(seconds=settings.worker_rows_kept_for_seconds),
     )
     created = fire_due_schedules(
         session_factory,

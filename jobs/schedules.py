@@ -36,6 +36,7 @@ from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
 from jobs.lifecycle import finalise_jobs
 from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
+from jobs.schedule_history import not_seen, prune_history
 from jobs.schedule_sources import build_inputs, build_source, list_source
 from jobs.states import ItemStatus
 from jobs.submit.in_flight import IN_FLIGHT_LEASE, InFlight, in_flight
@@ -261,9 +262,9 @@ def _fire(
             raise
         log.warning("schedule %s cannot list %s: %s", schedule.name, schedule.source, exc)
         return None
-    if not _claim(session_factory, schedule, now):
+    if not _claim(session_factory, schedule, now, listed=listed):
         return None
-    new = _not_seen(session_factory, schedule, listed)
+    new = not_seen(session_factory, schedule.id, listed)
     if not new:
         log.info("schedule %s: nothing new under %s", schedule.name, schedule.source)
         return None
@@ -350,8 +351,16 @@ def _write_firing(
     return job, items
 
 
-def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -> bool:
-    """Only the scheduler whose UPDATE still sees the due time it read goes on."""
+def _claim(
+    session_factory: SessionFactory,
+    schedule: Schedule,
+    now: datetime,
+    *,
+    listed: Sequence[ObjectInfo] | None = None,
+) -> bool:
+    """Only the scheduler whose UPDATE still sees the due time it read goes on. ``listed``: a
+    full listing of the source, whose step of forgetting is taken in the claim's transaction
+    (``jobs.schedule_history.prune_history`` says why there)."""
     with session_factory.begin() as session:
         claimed = session.execute(
             update(Schedule)
@@ -359,19 +368,8 @@ def _claim(session_factory: SessionFactory, schedule: Schedule, now: datetime) -
             .values(next_due_at=next_due(schedule, now), last_run_at=now)
             .execution_options(synchronize_session=False)
         )
-    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def _not_seen(
-    session_factory: SessionFactory, schedule: Schedule, listed: Sequence[ObjectInfo]
-) -> list[ObjectInfo]:
-    with session_factory() as session:
-        seen = {
-            (key, etag)
-            for key, etag in session.execute(
-                select(ScheduleObject.key, ScheduleObject.etag).where(
-                    ScheduleObject.schedule_id == schedule.id
-                )
-            )
-        }
-    return [o for o in listed if (o.key, o.etag) not in seen]
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if listed is not None:
+            prune_history(session, schedule.id, listed)
+    return True

@@ -17,12 +17,16 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.durations import parse_retain, parse_window
+from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
 from model.engine import check_device, check_dtype, check_quantization
 
 PREFIX = "LLAVA_BATCH_"
+
+# A dead worker's row is kept at least a day: far above any live worker's three heartbeats
+# (an hour at most each), so the sweeper never deletes the row of one that runs.
+MIN_WORKER_ROWS_KEPT_SECONDS = 86400
 
 # Doorbells per model queue by default: more than the slots of a fleet of a few dozen GPUs,
 # and a few kilobytes of Redis.
@@ -44,6 +48,23 @@ def _window_or_none(text: str | None) -> str | None:
         return None
     try:
         parse_window(text, option="LLAVA_BATCH_COMPLETION_WINDOW")
+    except RequestError as exc:
+        raise ValueError(exc.message) from None
+    return text.strip()
+
+
+def _kept_for_seconds(text: str) -> int:
+    return parse_period(
+        text,
+        option="LLAVA_BATCH_WORKER_ROWS_KEPT_FOR",
+        low=MIN_WORKER_ROWS_KEPT_SECONDS,
+        high=MAX_WINDOW_SECONDS,
+    )
+
+
+def _worker_rows_kept_for(text: str) -> str:
+    try:
+        _kept_for_seconds(text)
     except RequestError as exc:
         raise ValueError(exc.message) from None
     return text.strip()
@@ -138,6 +159,8 @@ class Settings(BaseSettings):
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
+    # The sweeper deletes the row of a worker not seen this long (7d, 30d; 1d to 366d).
+    worker_rows_kept_for: Annotated[str, AfterValidator(_worker_rows_kept_for)] = "7d"
     # How long a submit's registration in submits_in_flight lives unrenewed (every commit of
     # its rows renews it, a big submit's heartbeat too, every 200 s): a submit stalled longer
     # fails (submit_stalled), and a producer that died holds up blob collection this long.
@@ -156,6 +179,10 @@ class Settings(BaseSettings):
     def completion_window_seconds(self) -> int | None:
         """The default completion window in seconds; None: no window."""
         return None if self.completion_window is None else parse_window(self.completion_window)
+
+    @property
+    def worker_rows_kept_for_seconds(self) -> int:
+        return _kept_for_seconds(self.worker_rows_kept_for)
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,7 +5,8 @@ submit lease ran out), cancels what a closing job still has queued, expires what
 started of jobs whose completion window passed, re-publishes items that lost a worker (each
 alone, by name) and rings for every model with work whose queue is short of doorbells, and
 finalises jobs whose rows are all written and whose items are all terminal. Each step is a
-transition of ``jobs.lifecycle``; passes are safe to run from several processes at once.
+transition of ``jobs.lifecycle``; passes are safe to run from several processes at once. Then
+it forgets workers long dead (``jobs.fleet``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 
 from jobs.db import SessionFactory, utcnow
 from jobs.dispatch import DispatchError, Publisher, room_for
+from jobs.fleet import WORKER_ROWS_KEPT_FOR, forget_dead_workers
 from jobs.hooks import reached
 from jobs.lifecycle import (
     Expired,
@@ -60,6 +62,7 @@ def sweep(
     redispatch_after: timedelta = timedelta(seconds=120),
     now: datetime | None = None,
     job_id: str | None = None,
+    workers_kept_for: timedelta = WORKER_ROWS_KEPT_FOR,
 ) -> SweepReport:
     """One pass over every job, or, given ``job_id``, over that job only: the one-process
     runner's sweep, whose publisher delivers its own job's messages only. A pass over every
@@ -84,6 +87,8 @@ def sweep(
     )
     ready = jobs_ready_to_finalise(session_factory, among=among)
     finalised = finalise_jobs(session_factory, ready, now=now)
+    if job_id is None:
+        forget_dead_workers(session_factory, kept_for=workers_kept_for, now=now)
     report = SweepReport(
         requeued=expired.requeued,
         failed_worker_lost=expired.failed_worker_lost,

@@ -1,0 +1,131 @@
+"""A schedule's memory of what it processed (``schedule_objects``): one (key, version) row per
+input it turned into an item, read and forgotten in bounded steps, so a firing costs what the
+source holds now, never what it held over the schedule's life.
+
+A firing asks only about the keys it listed, ``PAGE_KEYS`` at a time, through the unique
+(schedule, key, version) index. Each firing with a full, non-empty listing then walks at most
+``PRUNE_ROWS`` of the schedule's rows in key order from ``schedules.history_cursor`` and
+deletes those whose (key, version) the listing does not hold: the object left the source, or
+a newer version replaced it. The next firing goes on from there, and the walk starts again
+from the first key once it runs off the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from sqlalchemy import ColumnElement, Row, Text, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from jobs.db import Schedule, ScheduleObject, SessionFactory
+from storage import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+# Keys named in one lookup: well under SQLite's 32,766 bound parameters, and one index range
+# scan per key on either database.
+PAGE_KEYS = 500
+# Rows one firing walks: about a millisecond of reading, whatever the history's length.
+PRUNE_ROWS = 1000
+
+T = TypeVar("T")
+_Row = Row[str, str, str]  # id, key, etag
+
+
+def not_seen(
+    session_factory: SessionFactory, schedule_id: str, listed: Sequence[ObjectInfo]
+) -> list[ObjectInfo]:
+    """The listed objects whose (key, version) the schedule has not processed, in listing
+    order. Reads the history of the listed keys only: what it holds is the size of the
+    listing (times the few versions of a key not pruned yet), not of the history."""
+    new: list[ObjectInfo] = []
+    with session_factory() as session:
+        for page in _pages(listed, PAGE_KEYS):
+            keys = _among(session, ScheduleObject.key, sorted({o.key for o in page}))
+            seen = set(
+                session.execute(
+                    select(ScheduleObject.key, ScheduleObject.etag).where(
+                        ScheduleObject.schedule_id == schedule_id, keys
+                    )
+                )
+            )
+            new += [o for o in page if (o.key, o.etag) not in seen]
+    return new
+
+
+def prune_history(
+    session: Session,
+    schedule_id: str,
+    listed: Sequence[ObjectInfo],
+    *,
+    limit: int | None = None,
+) -> int:
+    """One step of forgetting: deletes, among the next ``limit`` (``PRUNE_ROWS``) rows from the
+    cursor, those ``listed`` does not hold, and moves the cursor on; returns how many.
+
+    ``listed``: the firing's full listing of the source. ``session``: the transaction of the
+    firing's claim, which holds the schedule's row (SQLite: the database) until the deletes
+    commit. So an overlapping firing claims after it and lists after it, and one that claimed
+    before it never comes after it: no listing older than another firing's record forgets
+    that record. An empty listing forgets nothing: an unmounted share or a prefix emptied by
+    mistake looks just like one, and forgetting would process everything again once it is
+    back."""
+    if not listed:
+        return 0
+    limit = PRUNE_ROWS if limit is None else limit
+    current = {(o.key, o.etag) for o in listed}
+    cursor = session.scalar(select(Schedule.history_cursor).where(Schedule.id == schedule_id))
+    query = select(ScheduleObject.id, ScheduleObject.key, ScheduleObject.etag).where(
+        ScheduleObject.schedule_id == schedule_id
+    )
+    if cursor is not None:
+        query = query.where(ScheduleObject.key > cursor)
+    # One row past the step tells whether the step ends inside a key.
+    rows = session.execute(
+        query.order_by(ScheduleObject.key, ScheduleObject.etag).limit(limit + 1)
+    ).all()
+    walked, next_cursor = _step(rows, limit)
+    stale = [row.id for row in walked if (row.key, row.etag) not in current]
+    for page in _pages(stale, PAGE_KEYS):
+        session.execute(delete(ScheduleObject).where(_among(session, ScheduleObject.id, page)))
+    session.execute(
+        update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
+    )
+    if stale:
+        log.info("schedule %s: forgot %d objects no longer in its source", schedule_id, len(stale))
+    return len(stale)
+
+
+def _step(rows: Sequence[_Row], limit: int) -> tuple[Sequence[_Row], str | None]:
+    """The rows a step walks and the cursor after it: None when the walk ran off the end. The
+    cursor is a key and the next step starts after it, so a step never ends inside a key (its
+    other versions would wait a whole lap): a key cut off by ``limit`` is left to the next
+    step, unless it fills the step on its own."""
+    if len(rows) <= limit:
+        return rows, None
+    walked = rows[:limit]
+    last = walked[-1].key
+    if rows[limit].key == last:
+        whole = [row for row in walked if row.key != last]
+        if whole:
+            walked = whole
+    return walked, walked[-1].key
+
+
+def _among(
+    session: Session, column: InstrumentedAttribute[str], values: Sequence[str]
+) -> ColumnElement[bool]:
+    """``column IN values``. On PostgreSQL as ``= ANY(array)``, one parameter: psycopg parses
+    a statement of 500 placeholders again at every call (too long for its cache), which cost
+    more than the 500 index lookups."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(Text())))
+    return column.in_(values)
+
+
+def _pages(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
