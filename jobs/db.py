@@ -278,10 +278,12 @@ class BlobCandidate(Base):
     (jobs.retention) deletes it once no item references it and no submit is in flight."""
 
     __tablename__ = "blob_candidates"
+    # The collector's order, read from where its last batch stopped (jobs.retention.blobs).
+    __table_args__ = (Index("ix_blob_candidates_queued_at", "queued_at", "uri"),)
 
     uri: Mapped[str] = mapped_column(Text, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
-    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class SubmitInFlight(Base):

@@ -102,20 +102,29 @@ def jobs_being_deleted(session_factory: SessionFactory, *, limit: int = 100) -> 
 
 @dataclass(frozen=True)
 class Step:
-    """One transaction of a deletion: items deleted, and whether the job row went too."""
+    """One transaction of a deletion: items deleted, and whether the job row went too;
+    ``last_seq``: where the next step goes on from (None: from the start)."""
 
     items: int
     job_gone: bool
+    last_seq: int | None = None
 
 
 def delete_step(
-    session_factory: SessionFactory, job_id: str, *, batch: int, queue_inputs: QueueInputs
+    session_factory: SessionFactory,
+    job_id: str,
+    *,
+    batch: int,
+    queue_inputs: QueueInputs,
+    after_seq: int | None = None,
 ) -> Step | None:
     """Deletes the next ``batch`` items of a ``deleting`` job (their pages go with them), or,
     when none is left, the job row. Returns None when the job is not being deleted here: gone
     already, or another process holds it (PostgreSQL: SKIP LOCKED, so two sweepers never
     wait on each other). Stored inputs of the deleted items go to ``queue_inputs`` in the same
-    transaction, unless the job keeps them."""
+    transaction, unless the job keeps them. ``after_seq``: the previous step's ``last_seq``,
+    so the next batch is read from there, not past the dead index entries of every item
+    deleted before the next vacuum (PostgreSQL)."""
     being_deleted = (Job.id == job_id, Job.status == JobStatus.deleting)
     with session_factory.begin() as session:
         if is_postgres(session):
@@ -132,12 +141,12 @@ def delete_step(
             )
         if keep_inputs is None:
             return None
-        rows = session.execute(
-            select(Item.seq, Item.input_uri, Item.input_sha256)
-            .where(Item.job_id == job_id)
-            .order_by(Item.seq)
-            .limit(batch)
-        ).all()
+        query = select(Item.seq, Item.input_uri, Item.input_sha256).where(Item.job_id == job_id)
+        if after_seq is not None:
+            query = query.where(Item.seq > after_seq)
+        rows = session.execute(query.order_by(Item.seq).limit(batch)).all()
+        # Nothing is left below ``after_seq``: every step deletes a prefix of the job's items
+        # (the lowest seqs; an ended job gets no new item), whoever runs it.
         if not rows:
             session.execute(delete(Job).where(Job.id == job_id))
             log.info("job deleted job=%s", job_id)
@@ -152,4 +161,8 @@ def delete_step(
         if not keep_inputs:
             queue_inputs(session, [(row.input_uri, row.input_sha256) for row in rows])
         reached("delete:batch")
-        return Step(items=int(deleted.rowcount), job_gone=False)  # type: ignore[attr-defined]
+        return Step(
+            items=int(deleted.rowcount),  # type: ignore[attr-defined]
+            job_gone=False,
+            last_seq=rows[-1].seq,
+        )

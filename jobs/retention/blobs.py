@@ -100,8 +100,9 @@ def collect_blobs(
     what it may have deleted (a missing object is no error)."""
     now = now or utcnow()
     total = Collected()
+    after: tuple[datetime, str] | None = None
     while True:
-        done, taken = _collect_batch(session_factory, blobs, now, limit)
+        done, taken, after = _collect_batch(session_factory, blobs, now, limit, after)
         total += done
         if done.deferred or taken < limit:
             return total
@@ -110,16 +111,24 @@ def collect_blobs(
 
 
 def _collect_batch(
-    session_factory: SessionFactory, blobs: Blobs, now: datetime, limit: int
-) -> tuple[Collected, int]:
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    now: datetime,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[Collected, int, tuple[datetime, str] | None]:
+    """One batch, from where the last one stopped (``after``): on PostgreSQL a queue read from
+    its start walks the dead index entries of every candidate deleted before the next vacuum,
+    so a million candidates would cost a quadratic walk."""
     with session_factory.begin() as session:
         expired = _lock_out_submits(session, now)
         if session.scalar(select(SubmitInFlight.id).limit(1)) is not None:
-            return Collected(expired_submits=expired, deferred=True), 0
+            return Collected(expired_submits=expired, deferred=True), 0, after
+        query = select(BlobCandidate.uri, BlobCandidate.sha256, BlobCandidate.queued_at)
+        if after is not None:
+            query = query.where(tuple_(BlobCandidate.queued_at, BlobCandidate.uri) > after)
         taken = session.execute(
-            select(BlobCandidate.uri, BlobCandidate.sha256, BlobCandidate.queued_at)
-            .order_by(BlobCandidate.queued_at, BlobCandidate.uri)
-            .limit(limit)
+            query.order_by(BlobCandidate.queued_at, BlobCandidate.uri).limit(limit)
         ).all()
         referenced = _still_referenced(session, [row.uri for row in taken])
         unreferenced = [row.uri for row in taken if row.sha256 not in referenced]
@@ -137,7 +146,7 @@ def _collect_batch(
         foreign=foreign,
         expired_submits=expired,
     )
-    return done, len(taken)
+    return done, len(taken), (taken[-1].queued_at, taken[-1].uri) if taken else after
 
 
 def _lock_out_submits(session: Session, now: datetime) -> int:

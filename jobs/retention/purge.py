@@ -92,15 +92,21 @@ def _work(
     pending = list(only) if only is not None else jobs_being_deleted(session_factory)
     while pending:
         for job_id in pending:
+            after: int | None = None
             while True:
                 if _past(deadline):
                     return PurgeReport(marked, jobs, items, finished=False)
                 step = delete_step(
-                    session_factory, job_id, batch=batch, queue_inputs=queue_candidates
+                    session_factory,
+                    job_id,
+                    batch=batch,
+                    queue_inputs=queue_candidates,
+                    after_seq=after,
                 )
                 if step is None:  # gone, or another process is deleting it
                     break
                 items += step.items
+                after = step.last_seq
                 if step.job_gone:
                     jobs += 1
                     break

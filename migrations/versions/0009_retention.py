@@ -53,7 +53,9 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("queued_at", UTCDateTime(), nullable=False),
     )
-    op.create_index("ix_blob_candidates_queued_at", "blob_candidates", ["queued_at"])
+    # The collector's order, read from where its last batch stopped (not from the start, past
+    # every deleted candidate's dead entry).
+    op.create_index("ix_blob_candidates_queued_at", "blob_candidates", ["queued_at", "uri"])
     op.create_table(
         "submits_in_flight",
         sa.Column("id", sa.String(36), primary_key=True),
