@@ -50,6 +50,7 @@ class Blobs:
         self._store = store
         self._s3_client_factory = s3_client_factory
         self._s3_client: S3Client | None = None
+        self._area_uri: str | None = None
         # Worker thread pools may race to build the client; build it exactly once.
         self._lock = threading.Lock()
 
@@ -73,8 +74,7 @@ class Blobs:
     def holds(self, uri: str) -> bool:
         """Whether ``uri`` names an input stored in our own store by ``put_content_addressed``
         (what a submit stored), as opposed to any other object a URI can name."""
-        area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
-        return uri.startswith(area)
+        return uri.startswith(self._area())
 
     def delete_stored(self, uris: Iterable[str]) -> None:
         """Delete inputs that ``put_content_addressed`` stored, named by their URIs. Refuses
@@ -104,12 +104,18 @@ class Blobs:
     def _stored_key(self, uri: str) -> str | None:
         if not self.holds(uri):
             return None
-        area = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
-        rest = uri[len(area) :]
+        rest = uri[len(self._area()) :]
         if uri_scheme(uri) == "file":  # Path.as_uri() quoted it
             rest = unquote(rest)
         key = f"{_CONTENT_ADDRESSED}/{rest}"
         return key if _STORED_KEY_RE.fullmatch(key) else None
+
+    def _area(self) -> str:
+        # The URI prefix of everything put_content_addressed stores; a local store resolves
+        # paths to make a URI, so it is made once, not for every URI a collection checks.
+        if self._area_uri is None:
+            self._area_uri = self._store.uri_for(_CONTENT_ADDRESSED).rstrip("/") + "/"
+        return self._area_uri
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Bytes of ``s3://any-bucket/key`` or of a ``file://`` URI inside our local store.
