@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
+from jobs.paging import items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
@@ -208,23 +209,15 @@ def iter_items(
     chunk: int = 1000,
 ) -> Iterator[Item]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
-    one query of at most ``chunk`` rows at a time, each chunk let go (expunged) before the
-    next, so a 1M-item job never sits in memory."""
-    last_seq = -1
-    while True:
-        query = select(Item).where(Item.job_id == job_id, Item.seq > last_seq)
-        if statuses:
-            query = query.where(Item.status.in_(list(statuses)))
-        rows = list(session.scalars(query.order_by(Item.seq).limit(chunk)))
-        if not rows:
-            return
-        yield from rows
-        if len(rows) < chunk:  # the last chunk: no need to ask again
-            return
-        last_seq = rows[-1].seq
-        for item in rows:
+    one query of at most ``chunk`` rows at a time (``jobs.paging``), each chunk let go
+    (expunged) before the next, so a 1M-item job never sits in memory."""
+    after: int | None = -1
+    while after is not None:
+        page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
+        yield from page.items
+        for item in page.items:
             session.expunge(item)
-        del rows
+        after = page.next_after
 
 
 def iter_results(

@@ -18,11 +18,10 @@ from itertools import takewhile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
-
 from jobs.db import Item, SessionFactory
 from jobs.errors import RequestError
 from jobs.exports import ResultFormat, ResultWriter, open_result_writer
+from jobs.paging import items_after
 from jobs.queries import result_row
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
@@ -182,14 +181,7 @@ class FinishedItems:
 
     def _read_after(self, seq: int, limit: int) -> list[Item]:
         with self._session_factory() as session:
-            return list(
-                session.scalars(
-                    select(Item)
-                    .where(Item.job_id == self._job_id, Item.seq > seq)
-                    .order_by(Item.seq)
-                    .limit(limit)
-                )
-            )
+            return items_after(session, self._job_id, seq, limit=limit).items
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -5,12 +5,16 @@ bounded statements (issue 28). Jobs of thousands of rows are written in one INSE
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from jobs.db import SessionFactory
 from jobs.lifecycle import finalise_jobs, jobs_ready_to_finalise
+from jobs.queries import iter_items
 from tests.bulk import bulk_job
 from tests.plans import plans_of
 
@@ -64,3 +68,50 @@ def test_the_finished_probe_reads_one_index_entry_per_state(
     for plan in [*probes, *finalise]:
         _assert_index_probe(plan, engine, "ix_items_job_status_seq")
     assert jobs_ready_to_finalise(session_factory, among=[big_job]) == []
+
+
+@pytest.mark.parametrize("statuses", [None, ["queued"], ["failed", "queued"]])
+def test_results_read_each_page_as_one_bounded_range_of_an_index(
+    session_factory: SessionFactory, big_job: str, statuses: list[str] | None
+) -> None:
+    """``results`` reads a job in pages of ``after < seq <= after + n`` through the (job_id, seq)
+    index (or, for states, the (job_id, status, seq) one): each page reads its own rows and no
+    more, whatever plan is chosen, so an export is linear in the job's size. The open-ended
+    ``seq > after ORDER BY seq LIMIT n`` was planned, with no statistics, as a read of every
+    remaining row of the job and a sort, for each page."""
+    engine = _engine(session_factory)
+
+    def read_some() -> Any:
+        with session_factory() as session:
+            pages = iter_items(session, big_job, statuses=statuses, chunk=1000)
+            return sum(1 for _ in itertools.islice(pages, 3000))
+
+    plans = plans_of(engine, read_some, matching="FROM items")
+    for plan in plans:
+        if engine.dialect.name == "postgresql":
+            assert "Seq Scan on items" not in plan, plan
+            assert "ix_items_job" in plan and "seq <= " in plan, plan
+        else:
+            assert "SCAN items" not in plan, plan
+            assert "INDEX ix_items_job" in plan and "seq>? AND seq<?" in plan, plan
+
+
+def test_results_read_every_item_once_in_order_across_a_gap_in_seq(
+    session_factory: SessionFactory,
+) -> None:
+    """Pages are windows of seq; a job's seqs are dense, but a gap is jumped, not an end."""
+    job_id = bulk_job(session_factory, 2500)
+    with session_factory.begin() as session:
+        session.execute(
+            text("DELETE FROM items WHERE job_id = :job AND seq >= 700 AND seq < 1900"),
+            {"job": job_id},
+        )
+        session.execute(
+            text("UPDATE items SET status = 'failed' WHERE job_id = :job AND seq IN (5, 2400)"),
+            {"job": job_id},
+        )
+    with session_factory() as session:
+        every = [item.seq for item in iter_items(session, job_id, chunk=300)]
+        failed = [item.seq for item in iter_items(session, job_id, statuses=["failed"], chunk=300)]
+    assert every == [*range(700), *range(1900, 2500)]
+    assert failed == [5, 2400]
