@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
-from jobs.paging import items_after
+from jobs.paging import ItemRecord, items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
@@ -207,16 +207,14 @@ def iter_items(
     *,
     statuses: Collection[str] | None = None,
     chunk: int = 1000,
-) -> Iterator[Item]:
+) -> Iterator[ItemRecord]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
-    one query of at most ``chunk`` rows at a time (``jobs.paging``), each chunk let go
-    (expunged) before the next, so a 1M-item job never sits in memory."""
+    one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
+    never sits in memory, nor in the session."""
     after: int | None = -1
     while after is not None:
         page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
         yield from page.items
-        for item in page.items:
-            session.expunge(item)
         after = page.next_after
 
 
@@ -233,7 +231,7 @@ def iter_results(
         yield result_row(item)
 
 
-def result_row(item: Item) -> dict[str, Any]:
+def result_row(item: ItemRecord) -> dict[str, Any]:
     """What ``results`` shows of one item (``--format jsonl``); ``usage`` is None until the
     model ran for it."""
     return {
@@ -250,7 +248,7 @@ def result_row(item: Item) -> dict[str, Any]:
     }
 
 
-def item_usage(item: Item) -> dict[str, int] | None:
+def item_usage(item: ItemRecord) -> dict[str, int] | None:
     """``{prompt_tokens, completion_tokens, total_tokens}`` of one item; None when nothing was
     counted (the item never reached the model)."""
     completion = item.completion_tokens if item.completion_tokens is not None else item.tokens_out
