@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.hooks import reached
-from jobs.lifecycle.common import UNFINISHED_JOB_STATES, is_postgres
+from jobs.lifecycle.common import UNFINISHED_JOB_STATES, in_state, is_postgres
 from jobs.states import ItemStatus, JobStatus
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,7 @@ def has_item(*states: str) -> ColumnElement[bool]:
 
 
 def _probe(state: str) -> ColumnElement[bool]:
-    return (
-        select(Item.seq)
-        .where(Item.job_id == Job.id, Item.status >= state, Item.status <= state)
-        .order_by(Item.status, Item.seq)
-        .limit(1)
-        .scalar_subquery()
-        .is_not(None)
-    )
+    return in_state(Job.id, state).limit(1).scalar_subquery().is_not(None)
 
 
 def has_unfinished_item() -> ColumnElement[bool]:
