@@ -13,8 +13,9 @@
   item's text, or the JSON text of a JSON result (an extraction; for ``ask``, its list of
   ``{"question", "answer"}``).
 
-``write`` takes an ``Item`` (``jobs.queries.iter_items``); a caller that streams items as they
-finish (``run``) can hand each one over as it is recorded.
+``write`` takes an item (``jobs.paging.ItemRecord``: an ``Item``, or a row of
+``jobs.queries.iter_items``); a caller that streams items as they finish (``run``) can hand
+each one over as it is recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
-from jobs.db import Item
+from jobs.paging import ItemRecord
 from jobs.queries import item_usage, result_row
 from jobs.states import ItemStatus
 
@@ -46,7 +47,7 @@ class ResultWriter:
 
     skipped = 0
 
-    def write(self, item: Item) -> None:
+    def write(self, item: ItemRecord) -> None:
         raise NotImplementedError
 
 
@@ -70,7 +71,7 @@ class JsonlWriter(ResultWriter):
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
 
-    def write(self, item: Item) -> None:
+    def write(self, item: ItemRecord) -> None:
         self._stream.write(json.dumps(result_row(item), ensure_ascii=False) + "\n")
 
 
@@ -82,7 +83,7 @@ class CsvWriter(ResultWriter):
         self._writer = csv.DictWriter(stream, fieldnames=(*kind.csv_fields(), *USAGE_COLUMNS))
         self._writer.writeheader()
 
-    def write(self, item: Item) -> None:
+    def write(self, item: ItemRecord) -> None:
         row = result_row(item)
         row.pop("model")  # one job, one model: status and the jobs table say which
         usage = row.pop("usage") or {}
@@ -98,7 +99,7 @@ class OpenAIWriter(ResultWriter):
         self._model = model
         self.skipped = 0
 
-    def write(self, item: Item) -> None:
+    def write(self, item: ItemRecord) -> None:
         if item.status == ItemStatus.succeeded:
             line = build_openai_success(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -110,7 +111,7 @@ class OpenAIWriter(ResultWriter):
             self.skipped += 1
 
 
-def build_openai_success(item: Item, model: str) -> dict[str, Any]:
+def build_openai_success(item: ItemRecord, model: str) -> dict[str, Any]:
     """One line of an OpenAI Batch output file: the item's answer as a chat.completion."""
     if item.result_json is not None:
         content = json.dumps(item.result_json, ensure_ascii=False)
@@ -140,7 +141,7 @@ def build_openai_success(item: Item, model: str) -> dict[str, Any]:
     }
 
 
-def build_openai_error(item: Item) -> dict[str, Any]:
+def build_openai_error(item: ItemRecord) -> dict[str, Any]:
     """One line of an OpenAI Batch error file: the item's error code and message."""
     if item.status == ItemStatus.cancelled:
         code = item.error_code or "cancelled"

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
+from jobs.paging import ItemRecord, items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 
@@ -216,25 +217,15 @@ def iter_items(
     *,
     statuses: Collection[str] | None = None,
     chunk: int = 1000,
-) -> Iterator[Item]:
+) -> Iterator[ItemRecord]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
-    one query of at most ``chunk`` rows at a time, each chunk let go (expunged) before the
-    next, so a 1M-item job never sits in memory."""
-    last_seq = -1
-    while True:
-        query = select(Item).where(Item.job_id == job_id, Item.seq > last_seq)
-        if statuses:
-            query = query.where(Item.status.in_(list(statuses)))
-        rows = list(session.scalars(query.order_by(Item.seq).limit(chunk)))
-        if not rows:
-            return
-        yield from rows
-        if len(rows) < chunk:  # the last chunk: no need to ask again
-            return
-        last_seq = rows[-1].seq
-        for item in rows:
-            session.expunge(item)
-        del rows
+    one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
+    never sits in memory, nor in the session."""
+    after: int | None = -1
+    while after is not None:
+        page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
+        yield from page.items
+        after = page.next_after
 
 
 def iter_results(
@@ -250,7 +241,7 @@ def iter_results(
         yield result_row(item)
 
 
-def result_row(item: Item) -> dict[str, Any]:
+def result_row(item: ItemRecord) -> dict[str, Any]:
     """What ``results`` shows of one item (``--format jsonl``); ``usage`` is None until the
     model ran for it."""
     return {
@@ -267,7 +258,7 @@ def result_row(item: Item) -> dict[str, Any]:
     }
 
 
-def item_usage(item: Item) -> dict[str, int] | None:
+def item_usage(item: ItemRecord) -> dict[str, int] | None:
     """``{prompt_tokens, completion_tokens, total_tokens}`` of one item; None when nothing was
     counted (the item never reached the model)."""
     completion = item.completion_tokens if item.completion_tokens is not None else item.tokens_out

@@ -20,7 +20,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
-from model.engine import check_device, check_dtype, check_quantization
+from model.engine import (
+    DEFAULT_GRAMMAR_CACHE_SIZE,
+    check_device,
+    check_dtype,
+    check_quantization,
+)
 
 PREFIX = "LLAVA_BATCH_"
 
@@ -107,6 +112,10 @@ class Settings(BaseSettings):
     # Threads a worker decodes inputs on, split between its slots (at least one each); 0: its
     # usable cores, at most four per slot. They yield the CPU to the model (workers.helpers).
     decode_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    # Compiled JSON grammars (one per distinct extraction schema) a worker keeps, the least
+    # recently used dropped first: each costs tens of KB and more, and unbounded the cache grew
+    # 210 MB over 3,000 schemas. A schema that comes back after it was dropped is compiled again.
+    grammar_cache_size: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_GRAMMAR_CACHE_SIZE
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000

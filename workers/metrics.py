@@ -66,6 +66,12 @@ SWEEPER_ACTIONS = Counter(
     "republished, expired; doorbells rung; jobs finalised, abandoned.",
     ["action"],
 )
+GRAMMAR_CACHE = Counter(
+    f"{PREFIX}_grammar_cache_lookups",
+    "Lookups of a compiled JSON grammar (extract jobs), by result: hit, or miss (compiled "
+    "again; LLAVA_BATCH_GRAMMAR_CACHE_SIZE bounds what is kept).",
+    ["result"],
+)
 QUEUE_DEPTH = Gauge(
     f"{PREFIX}_queue_depth",
     "Messages (doorbells, and items sent alone) waiting in the broker queue, read at scrape "
@@ -117,6 +123,10 @@ def record_model_load(seconds: float) -> None:
 
 def record_lease_renewal(ok: bool) -> None:
     LEASE_RENEWALS.labels("renewed" if ok else "failed").inc()
+
+
+def record_grammar_lookup(hit: bool) -> None:
+    GRAMMAR_CACHE.labels("hit" if hit else "miss").inc()
 
 
 def record_sweep(report: SweepReport) -> None:

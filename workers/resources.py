@@ -103,6 +103,7 @@ def build_engine_spec(settings: Settings) -> EngineSpec:
         device=settings.device,
         quantization=settings.quantization,
         cache_dir=settings.model_cache_dir,
+        grammar_cache_size=settings.grammar_cache_size,
     )
 
 
@@ -120,7 +121,7 @@ def load_transformers_engine(spec: EngineSpec) -> Engine:
         spec.device,
         spec.quantization,
     )
-    return load_engine(spec)
+    return load_engine(spec, on_grammar_lookup=metrics.record_grammar_lookup)
 
 
 def _with_faults(engine: Engine) -> Engine:

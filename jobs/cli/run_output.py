@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import ExitStack
 from enum import StrEnum
 from itertools import takewhile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
-
-from jobs.db import Item, SessionFactory
+from jobs.db import SessionFactory
 from jobs.errors import RequestError
 from jobs.exports import ResultFormat, ResultWriter, open_result_writer
+from jobs.paging import ItemRecord, items_after
 from jobs.queries import result_row
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
@@ -46,7 +46,7 @@ class TextWriter(ResultWriter):
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
 
-    def write(self, item: Item) -> None:
+    def write(self, item: ItemRecord) -> None:
         row = result_row(item)
         if row["status"] == ItemStatus.expired:
             shown = f"EXPIRED {row['error_code']}: {row['error_message']}"
@@ -180,16 +180,9 @@ class FinishedItems:
         self.written += written
         return written
 
-    def _read_after(self, seq: int, limit: int) -> list[Item]:
+    def _read_after(self, seq: int, limit: int) -> Sequence[ItemRecord]:
         with self._session_factory() as session:
-            return list(
-                session.scalars(
-                    select(Item)
-                    .where(Item.job_id == self._job_id, Item.seq > seq)
-                    .order_by(Item.seq)
-                    .limit(limit)
-                )
-            )
+            return items_after(session, self._job_id, seq, limit=limit).items
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -25,6 +25,7 @@ from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
 from jobs.lifecycle.claims import claimable, has_claimable, within_window
 from jobs.lifecycle.common import (
+    BATCH_ROWS,
     CLOSING_JOB_STATES,
     OPEN_JOB_STATES,
     is_postgres,
@@ -123,29 +124,38 @@ def cancel_stranded(
     among: Collection[str] | None = None,
 ) -> int:
     """Cancels queued items of closing jobs (a repair: normally cancel and hand-back do it).
-    ``among``: only the items of these jobs."""
+    ``among``: only the items of these jobs. At most ``BATCH_ROWS`` items per transaction: a
+    cancel that stopped half-way may leave a million."""
     now = now or utcnow()
-    with session_factory.begin() as session:
-        inner = aliased(Item)
-        stranded = select(inner.id).where(
-            inner.status == ItemStatus.queued,
-            select(Job.id)
-            .where(Job.id == inner.job_id, Job.status.in_(CLOSING_JOB_STATES))
-            .exists(),
-        )
-        if among is not None:
-            stranded = stranded.where(inner.job_id.in_(sorted(among)))
-        if is_postgres(session):
-            stranded = stranded.with_for_update(skip_locked=True)
-        rows = session.execute(
-            update(Item)
-            .where(Item.id.in_(stranded), Item.status == ItemStatus.queued)
-            .values(status=ItemStatus.cancelled, finished_at=now)
-            .returning(Item.job_id)
-            .execution_options(synchronize_session=False)
-        ).all()
-    finalise_jobs(session_factory, {row.job_id for row in rows}, now=now)
-    return len(rows)
+    jobs: set[str] = set()
+    cancelled = 0
+    while True:
+        with session_factory.begin() as session:
+            inner = aliased(Item)
+            stranded = select(inner.id).where(
+                inner.status == ItemStatus.queued,
+                select(Job.id)
+                .where(Job.id == inner.job_id, Job.status.in_(CLOSING_JOB_STATES))
+                .exists(),
+            )
+            if among is not None:
+                stranded = stranded.where(inner.job_id.in_(sorted(among)))
+            stranded = stranded.limit(BATCH_ROWS)
+            if is_postgres(session):
+                stranded = stranded.with_for_update(skip_locked=True)
+            rows = session.execute(
+                update(Item)
+                .where(Item.id.in_(stranded), Item.status == ItemStatus.queued)
+                .values(status=ItemStatus.cancelled, finished_at=now)
+                .returning(Item.job_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        jobs.update(row.job_id for row in rows)
+        cancelled += len(rows)
+        if len(rows) < BATCH_ROWS:
+            break
+    finalise_jobs(session_factory, jobs, now=now)
+    return cancelled
 
 
 @dataclass(frozen=True)

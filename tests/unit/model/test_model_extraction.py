@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from test_model_schema import INVOICE, PYDANTIC_INVOICE, Invoice, build_longest_text
 
-from model.engine import GenerationRequest
+from model.engine import DEFAULT_GRAMMAR_CACHE_SIZE, EngineSpec, GenerationRequest
 from model.errors import SchemaError
 from model.schema import (
     build_extraction_prompt,
@@ -16,7 +17,7 @@ from model.schema import (
     prepare_schema,
     validate_output,
 )
-from model.transformers_engine import TransformersEngine
+from model.transformers_engine import TransformersEngine, load_engine
 
 
 def _requests(n: int) -> list[GenerationRequest]:
@@ -57,6 +58,23 @@ def test_grammar_is_compiled_once_per_schema(llava_engine: TransformersEngine) -
     llava_engine.generate(_requests(1), max_new_tokens=4, json_schema=INVOICE)
     first = llava_engine._grammar_for(INVOICE)
     assert llava_engine._grammar_for(json.loads(json.dumps(INVOICE))) is first
+
+
+def test_the_engine_keeps_its_grammar_cache_size(
+    tiny_cache: Path, llava_engine: TransformersEngine
+) -> None:
+    """A worker sees thousands of distinct schemas: the engine keeps the last few compiled."""
+    lookups: list[bool] = []
+    engine = load_engine(
+        EngineSpec(model="tiny-llava", cache_dir=tiny_cache, device="cpu", grammar_cache_size=2),
+        on_grammar_lookup=lookups.append,
+    )
+    schemas = [{**INVOICE, "title": f"invoice {n}"} for n in range(4)]
+    for schema in [*schemas, schemas[3], schemas[0]]:
+        engine._grammar_for(schema)
+    assert len(engine.grammars) == 2 and engine.grammars.max_entries == 2
+    assert lookups == [False, False, False, False, True, False]
+    assert llava_engine.grammars.max_entries == DEFAULT_GRAMMAR_CACHE_SIZE
 
 
 def test_unsupported_schema_raises_schema_error(llava_engine: TransformersEngine) -> None:

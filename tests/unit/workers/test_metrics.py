@@ -95,3 +95,17 @@ def test_queue_depth_is_read_at_scrape_time_and_nan_when_unreachable() -> None:
     depth[0] = None
     value = REGISTRY.get_sample_value("llava_batch_queue_depth", {"queue": "q-test"})
     assert value is not None and value != value  # NaN
+
+
+def test_grammar_cache_lookups_are_counted_by_result() -> None:
+    def value(result: str) -> float:
+        found = REGISTRY.get_sample_value(
+            "llava_batch_grammar_cache_lookups_total", {"result": result}
+        )
+        return found or 0.0
+
+    hits, misses = value("hit"), value("miss")
+    metrics.record_grammar_lookup(False)
+    metrics.record_grammar_lookup(True)
+    metrics.record_grammar_lookup(True)
+    assert (value("hit") - hits, value("miss") - misses) == (2, 1)

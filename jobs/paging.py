@@ -1,0 +1,132 @@
+"""A job's items page by page in submission order, each page one bounded range of the
+(job_id, seq) index, whatever the planner knows of the table.
+
+A page is ``after < seq <= after + limit``, not ``seq > after ORDER BY seq LIMIT limit``: with
+no statistics yet (a job submitted a moment ago) PostgreSQL guessed that a few rows matched
+the open-ended form and read every remaining row of the job into a sort for each page, so an
+export of a 1M-item job read it about 500 times over. A closed range reads at most its own
+rows whatever plan is chosen. A job's seqs are 0…n-1 (``jobs.submit``), so a window of
+``limit`` seqs holds ``limit`` items until the last; a gap, should one ever appear, costs one
+open-ended probe and is jumped over.
+
+A page holds plain rows of the columns an export reads (``ItemRecord``), not ORM objects:
+building a million of those, and letting each go from the session, took longer than the
+rest of an export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs.db import Item
+
+
+class ItemRecord(Protocol):
+    """What results read of an item: an ``Item`` or a row of ``RECORD_COLUMNS``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def custom_id(self) -> str | None: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def result_text(self) -> str | None: ...
+    @property
+    def result_json(self) -> Any | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int | None: ...
+    @property
+    def completion_tokens(self) -> int | None: ...
+    @property
+    def tokens_out(self) -> int | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
+RECORD_COLUMNS = (
+    Item.id,
+    Item.seq,
+    Item.custom_id,
+    Item.source,
+    Item.status,
+    Item.result_text,
+    Item.result_json,
+    Item.error_code,
+    Item.error_message,
+    Item.finish_reason,
+    Item.model,
+    Item.prompt_tokens,
+    Item.completion_tokens,
+    Item.tokens_out,
+    Item.created_at,
+    Item.finished_at,
+)
+
+
+@dataclass
+class Page:
+    items: Sequence[ItemRecord]
+    # Where the next page starts (its ``after``); None: no item of the job lies beyond.
+    next_after: int | None
+
+
+def items_after(
+    session: Session,
+    job_id: str,
+    after: int,
+    *,
+    limit: int,
+    statuses: Collection[str] | None = None,
+) -> Page:
+    """The job's items with ``after < seq <= after + limit`` (only those in ``statuses``, when
+    given), in seq order. Without ``statuses``, an empty page means the job has no item beyond
+    ``after``; with them, go on from ``next_after`` until it is None."""
+    while True:
+        end = after + limit
+        query = select(*RECORD_COLUMNS).where(
+            Item.job_id == job_id, Item.seq > after, Item.seq <= end
+        )
+        if statuses:
+            query = query.where(Item.status.in_(list(statuses)))
+        items = session.execute(query.order_by(Item.seq)).all()
+        if statuses:
+            if items or _any_between(session, job_id, after, end):
+                return Page(items, end)
+        elif len(items) == limit:
+            return Page(items, end)
+        # A window not full: the end of the job, or a gap in its seqs.
+        following = _first_after(session, job_id, end)
+        if items or following is None:
+            return Page(items, None if following is None else end)
+        after = following - 1
+
+
+def _first_after(session: Session, job_id: str, seq: int) -> int | None:
+    probe = select(Item.seq).where(Item.job_id == job_id, Item.seq > seq).order_by(Item.seq)
+    return session.scalar(probe.limit(1))
+
+
+def _any_between(session: Session, job_id: str, after: int, end: int) -> bool:
+    probe = select(Item.seq).where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
+    return session.scalar(probe.limit(1)) is not None
