@@ -1,6 +1,6 @@
 """Deleting a big job: how long ``purge`` takes for a 1M-item job, and the longest statement.
 
-    python bench/purge_scale.py [--items 1000000] [--batch 2000] [--shared 0.01]
+    python bench/purge_scale.py [--items 1000000] [--batch 1000] [--shared 0.01]
 
 Against the local PostgreSQL (LLAVA_BATCH_BENCH_POSTGRES, default postgresql://postgres@
 127.0.0.1:5432/postgres: a fresh database, dropped after). The job is built in SQL (INSERT …
@@ -40,7 +40,7 @@ from storage import open_blobs
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--shared", type=float, default=0.01, help="share kept by a 2nd job")
     return parser.parse_args(argv)
 
@@ -52,6 +52,7 @@ class StatementClock:
         self.longest = 0.0
         self.longest_sql = ""
         self.count = 0
+        self.rows_gone_at: float | None = None  # the job row deleted: its rows are all gone
         self._started: dict[int, float] = {}
 
     def attach(self, engine: Any) -> None:
@@ -64,6 +65,8 @@ class StatementClock:
     def _after(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         took = time.perf_counter() - self._started.pop(id(cursor), time.perf_counter())
         self.count += 1
+        if statement.startswith("DELETE FROM jobs"):
+            self.rows_gone_at = time.perf_counter()
         if took > self.longest:
             self.longest, self.longest_sql = took, " ".join(statement.split())[:120]
 
@@ -165,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept_files = sum(1 for p in Path(store).rglob("*") if p.is_file())
         print(f"built {args.items:,} items (+{shared:,} shared by a second job) in {built:.1f} s")
         print(f"purge: {took:.1f} s ({args.items / took:,.0f} items/s), batch {args.batch}")
+        if clock.rows_gone_at is not None:
+            rows = clock.rows_gone_at - started
+            print(f"  rows (job, items, pages) {rows:.1f} s; inputs collected {took - rows:.1f} s")
         print(f"  report {report.as_dict()}")
         print(f"  statements {clock.count:,}; longest {clock.longest * 1000:.0f} ms:")
         print(f"    {clock.longest_sql}")

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     retain: Annotated[str | None, AfterValidator(_retain_or_none)] = None
     # Deletion by retention (the sweeper's pass, llava-batch purge) works in transactions of
     # at most this many items, so no statement holds rows for long on a big job.
-    purge_batch: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    purge_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # The time one sweeper pass spends deleting, at most; the rest waits for the next pass.
     purge_seconds_per_pass: Annotated[float, Field(gt=0, le=3600)] = 5
     # PostgreSQL: how long a statement waits for a row lock (then a retryable error), and how
