@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -278,10 +279,14 @@ class BlobCandidate(Base):
     (jobs.retention) deletes it once no item references it and no submit is in flight."""
 
     __tablename__ = "blob_candidates"
-    # The collector's order, read from where its last batch stopped (jobs.retention.blobs).
-    __table_args__ = (Index("ix_blob_candidates_queued_at", "queued_at", "uri"),)
 
-    uri: Mapped[str] = mapped_column(Text, primary_key=True)
+    # An append-only queue, read in id order from where the collector's last batch stopped: a
+    # serial key, and no unique index on the URI, whose random keys cost a million deletions an
+    # index page each; the same input queued twice is two rows, each looked at.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    uri: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -22,8 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from jobs.db import BlobCandidate, Item, SessionFactory, SubmitInFlight, utcnow
@@ -66,23 +65,15 @@ def queue_candidates(
     of ``rows`` (their ``(input_uri, input_sha256)``) for collection; a row without a sha256
     names a user's object, never ours to delete. Returns how many distinct ones were given.
 
-    One already queued gets this ``queued_at``: a pass that read the older one and found the
-    input referenced (by the items deleted here, not yet committed) then keeps it queued rather
-    than drop it, so it is looked at again once those items are gone."""
+    Always a new row, even for an input already queued: a pass that read the older row and
+    found the input referenced (by the items deleted here, not yet committed) drops that row,
+    and this one is looked at once those items are gone."""
     queued = sorted({(uri, sha) for uri, sha in rows if sha is not None})
     if not queued:
         return 0
     when = now or utcnow()
     values = [{"uri": uri, "sha256": sha, "queued_at": when} for uri, sha in queued]
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    upsert = dialect.insert(BlobCandidate)
-    # Sorted by uri, so two deleters lock the rows they share in one order.
-    session.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[BlobCandidate.uri], set_={"queued_at": upsert.excluded.queued_at}
-        ),
-        values,
-    )
+    session.execute(insert(BlobCandidate), values)
     return len(queued)
 
 
@@ -100,7 +91,7 @@ def collect_blobs(
     what it may have deleted (a missing object is no error)."""
     now = now or utcnow()
     total = Collected()
-    after: tuple[datetime, str] | None = None
+    after: int | None = None
     while True:
         done, taken, after = _collect_batch(session_factory, blobs, now, limit, after)
         total += done
@@ -115,8 +106,8 @@ def _collect_batch(
     blobs: Blobs,
     now: datetime,
     limit: int,
-    after: tuple[datetime, str] | None,
-) -> tuple[Collected, int, tuple[datetime, str] | None]:
+    after: int | None,
+) -> tuple[Collected, int, int | None]:
     """One batch, from where the last one stopped (``after``): on PostgreSQL a queue read from
     its start walks the dead index entries of every candidate deleted before the next vacuum,
     so a million candidates would cost a quadratic walk."""
@@ -124,13 +115,11 @@ def _collect_batch(
         expired = _lock_out_submits(session, now)
         if session.scalar(select(SubmitInFlight.id).limit(1)) is not None:
             return Collected(expired_submits=expired, deferred=True), 0, after
-        query = select(BlobCandidate.uri, BlobCandidate.sha256, BlobCandidate.queued_at)
+        query = select(BlobCandidate.id, BlobCandidate.uri, BlobCandidate.sha256)
         if after is not None:
-            query = query.where(tuple_(BlobCandidate.queued_at, BlobCandidate.uri) > after)
-        taken = session.execute(
-            query.order_by(BlobCandidate.queued_at, BlobCandidate.uri).limit(limit)
-        ).all()
-        referenced = _still_referenced(session, [row.uri for row in taken])
+            query = query.where(BlobCandidate.id > after)
+        taken = session.execute(query.order_by(BlobCandidate.id).limit(limit)).all()
+        referenced = _still_referenced(session, [row.id for row in taken])
         unreferenced = [row.uri for row in taken if row.sha256 not in referenced]
         ours = [uri for uri in unreferenced if blobs.holds(uri)]
         foreign = len(unreferenced) - len(ours)
@@ -138,7 +127,7 @@ def _collect_batch(
             log.warning("%d blob candidate(s) outside the input store: dropped", foreign)
         blobs.delete_stored(ours)  # under the lock: no submit can find them meanwhile
         reached("collect:deleted")
-        _drop_candidates(session, [(row.uri, row.queued_at) for row in taken])
+        _drop_candidates(session, [row.id for row in taken])
     log.info("collected %d stored input(s)", len(ours))
     done = Collected(
         deleted=len(ours),
@@ -146,7 +135,7 @@ def _collect_batch(
         foreign=foreign,
         expired_submits=expired,
     )
-    return done, len(taken), (taken[-1].queued_at, taken[-1].uri) if taken else after
+    return done, len(taken), taken[-1].id if taken else after
 
 
 def _lock_out_submits(session: Session, now: datetime) -> int:
@@ -165,26 +154,21 @@ def _lock_out_submits(session: Session, now: datetime) -> int:
     return int(expired.rowcount)  # type: ignore[attr-defined]
 
 
-def _still_referenced(session: Session, uris: list[str]) -> set[str]:
+def _still_referenced(session: Session, ids: list[int]) -> set[str]:
     """The sha256 of those candidates some item references: an index probe each
     (ix_items_input_sha256) that stops at the first item. By content, not URI: the same bytes
     under another suffix keep the candidate too (kept, never lost)."""
-    if not uris:
+    if not ids:
         return set()
     uses = select(Item.id).where(Item.input_sha256 == BlobCandidate.sha256).exists()
-    return set(
-        session.scalars(select(BlobCandidate.sha256).where(BlobCandidate.uri.in_(uris), uses))
-    )
+    return set(session.scalars(select(BlobCandidate.sha256).where(BlobCandidate.id.in_(ids), uses)))
 
 
-def _drop_candidates(session: Session, taken: list[tuple[str, datetime]]) -> None:
-    # Only as they were read: one queued again meanwhile (queue_candidates) stays queued.
-    if not taken:
-        return
-    # One statement (row values), not one per candidate: a million candidates are a thousand
-    # batches, and each round trip counts.
-    session.execute(
-        delete(BlobCandidate)
-        .where(tuple_(BlobCandidate.uri, BlobCandidate.queued_at).in_(taken))
-        .execution_options(synchronize_session=False)
-    )
+def _drop_candidates(session: Session, ids: list[int]) -> None:
+    # Only the rows read: one queued again meanwhile (queue_candidates) is a new row, kept.
+    if ids:
+        session.execute(
+            delete(BlobCandidate)
+            .where(BlobCandidate.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )

@@ -47,15 +47,20 @@ def upgrade() -> None:
         postgresql_where=stored,
         sqlite_where=stored,
     )
+    # An append-only queue: a serial key, no unique index on the URI (a random key a million
+    # deletions would each insert into); the same input queued twice is two rows.
     op.create_table(
         "blob_candidates",
-        sa.Column("uri", sa.Text(), primary_key=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("uri", sa.Text(), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("queued_at", UTCDateTime(), nullable=False),
     )
-    # The collector's order, read from where its last batch stopped (not from the start, past
-    # every deleted candidate's dead entry).
-    op.create_index("ix_blob_candidates_queued_at", "blob_candidates", ["queued_at", "uri"])
     op.create_table(
         "submits_in_flight",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -66,7 +71,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("submits_in_flight")
-    op.drop_index("ix_blob_candidates_queued_at", table_name="blob_candidates")
     op.drop_table("blob_candidates")
     op.drop_index("ix_items_input_sha256", table_name="items")
     op.drop_index("ix_items_job_seq", table_name="items")

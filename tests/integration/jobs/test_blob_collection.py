@@ -313,8 +313,8 @@ def test_objects_outside_the_input_store_are_never_deleted(
 def test_queue_candidates_queues_each_stored_input_once(
     session_factory: SessionFactory, blobs: Blobs
 ) -> None:
-    """Only inputs we stored (a sha256) are queued, each once; queueing one again is no error
-    and moves its queued_at, so a pass that read the older row keeps it."""
+    """Only inputs we stored (a sha256) are queued, each once per call; queueing one again is
+    a new row, so a pass that read the older row and drops it leaves this one queued."""
     first, later = utcnow(), utcnow() + IN_FLIGHT_LEASE
     rows = [("s3://b/k/a.png", "a" * 64), ("s3://b/k/a.png", "a" * 64), ("s3://user/x", None)]
     with session_factory.begin() as session:
@@ -323,8 +323,15 @@ def test_queue_candidates_queues_each_stored_input_once(
     with session_factory.begin() as session:
         assert queue_candidates(session, [*rows, ("s3://b/k/c.png", "c" * 64)], now=later) == 2
     with session_factory() as session:
-        queued = dict(session.execute(select(BlobCandidate.uri, BlobCandidate.queued_at)).all())
-    assert queued == {"s3://b/k/a.png": later, "s3://b/k/c.png": later}
+        queued = sorted(
+            (uri, when)
+            for uri, when in session.execute(select(BlobCandidate.uri, BlobCandidate.queued_at))
+        )
+    assert queued == [
+        ("s3://b/k/a.png", first),
+        ("s3://b/k/a.png", later),
+        ("s3://b/k/c.png", later),
+    ]
 
 
 def test_a_candidate_queued_again_during_a_pass_stays_queued(
@@ -332,8 +339,8 @@ def test_a_candidate_queued_again_during_a_pass_stays_queued(
 ) -> None:
     """No input is left behind: a pass finds a candidate still referenced by items that a
     deleter, meanwhile, deletes and queues the input again for; the candidate is not dropped
-    (PostgreSQL: its queued_at moved; SQLite: the deleter waits for the pass), and the next
-    pass deletes the object."""
+    (the deleter's is a new row; on SQLite the deleter waits for the pass), and the next pass
+    deletes the object."""
     data = _image(5)
     result = _submit(session_factory, blobs, tmp_path / "in", data)
     blob = _candidate(session_factory, blobs, data)
