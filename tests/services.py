@@ -98,10 +98,14 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _start_cluster(base)
 
 
-def create_database(server_dsn: str) -> tuple[str, str]:
+def create_database(server_dsn: str, template: str | None = None) -> tuple[str, str]:
+    """A new database; with ``template``, a copy of that one (which nobody may be connected to)."""
     name = f"llava_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     base = server_dsn.rsplit("/", 1)[0]
     return name, f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
 
@@ -115,6 +119,32 @@ def drop_database(server_dsn: str, name: str) -> None:
 def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
     name, url = create_database(pg_server)
+    yield url
+    drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_template(pg_server: str) -> Iterator[str]:
+    """The name of a database migrated to head once per session, copied by ``migrated_pg_url``
+    (a copy is a fresh database; running the migrations into each one cost a second or more)."""
+    from jobs.db import make_engine
+    from jobs.migrate import upgrade_database
+
+    name, url = create_database(pg_server)
+    engine = make_engine(url)
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()  # CREATE DATABASE ... TEMPLATE refuses a template with sessions
+    yield name
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def migrated_pg_url(pg_server: str, pg_migrated_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, already at the newest revision (what
+    ``llava-batch db upgrade`` leaves): a copy of ``pg_migrated_template``."""
+    name, url = create_database(pg_server, template=pg_migrated_template)
     yield url
     drop_database(pg_server, name)
 

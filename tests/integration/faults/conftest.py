@@ -20,8 +20,15 @@ from tests.integration.faults.proxy import CuttableProxy
 
 
 @pytest.fixture
+def pg_url(migrated_pg_url: str) -> str:
+    """Each fault scenario's database, already migrated: a copy of a database migrated once per
+    session, where a ``llava-batch db upgrade`` process per scenario cost seconds (the command
+    itself is covered by tests/integration/workers and tests/integration/cli)."""
+    return migrated_pg_url
+
+
+@pytest.fixture
 def fault_env(service_env: dict[str, str]) -> dict[str, str]:
-    cli(service_env, "db", "upgrade")
     return {
         **service_env,
         "LLAVA_BATCH_LEASE_SECONDS": "5",
