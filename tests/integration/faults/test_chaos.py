@@ -99,7 +99,9 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
         "--json",
     )
     windowed_job = str(json.loads(windowed.stdout)["job_id"])
-    workers: list[Worker] = [start_worker(env, "--no-sweep") for _ in range(2)]
+    workers: list[Worker] = [start_worker(env, "--no-sweep", ready=False) for _ in range(2)]
+    for worker in workers:  # started together: their model loads overlap
+        worker.wait_ready()
     sweeper = Sweeper(env, tmp_path / "sweeper.log")
     stopped: list[Worker] = []
     actions: list[str] = []
