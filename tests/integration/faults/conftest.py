@@ -18,6 +18,17 @@ from tests.integration.conftest import Worker
 from tests.integration.conftest import run_cli as cli
 from tests.integration.faults.proxy import CuttableProxy
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) the fault scenarios run one at a time, on one
+    process, while the rest of the suite shares the other: each times leases, sweeps and kills
+    in seconds, and two at once would compete for the CPU that those timings assume."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
 
 @pytest.fixture
 def pg_url(migrated_pg_url: str) -> str:
