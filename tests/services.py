@@ -123,30 +123,96 @@ def pg_url(pg_server: str) -> Iterator[str]:
     drop_database(pg_server, name)
 
 
-@pytest.fixture(scope="session")
-def pg_migrated_template(pg_server: str) -> Iterator[str]:
-    """The name of a database migrated to head once per session, copied by ``migrated_pg_url``
-    (a copy is a fresh database; running the migrations into each one cost a second or more)."""
-    from jobs.db import make_engine
-    from jobs.migrate import upgrade_database
+class MigratedDatabases:
+    """PostgreSQL databases at the newest revision for one session (one pytest process).
 
-    name, url = create_database(pg_server)
-    engine = make_engine(url)
-    try:
-        upgrade_database(engine)
-    finally:
-        engine.dispose()  # CREATE DATABASE ... TEMPLATE refuses a template with sessions
-    yield name
-    drop_database(pg_server, name)
+    One database is migrated when first asked for; a test gets a free one, emptied with one
+    TRUNCATE of every table but alembic_version (its sessions ended first), or, when none is
+    free, a copy of the migrated one (CREATE DATABASE ... TEMPLATE). Creating, migrating and
+    dropping a database per test cost a second or more each; emptying one costs milliseconds,
+    and leaves what a fresh copy has: the schema at head and no rows (no table has a sequence).
+    """
+
+    def __init__(self, server_dsn: str) -> None:
+        self.server = server_dsn
+        self.template: str | None = None
+        self.free: list[tuple[str, str]] = []
+        self.made: list[str] = []
+
+    def _migrated(self) -> str:
+        if self.template is None:
+            from jobs.db import make_engine
+            from jobs.migrate import upgrade_database
+
+            name, url = create_database(self.server)
+            self.made.append(name)
+            engine = make_engine(url)
+            try:
+                upgrade_database(engine)
+            finally:
+                engine.dispose()  # CREATE DATABASE ... TEMPLATE refuses a template with sessions
+            self.template = name
+        return self.template
+
+    def take(self) -> tuple[str, str]:
+        while self.free:
+            name, url = self.free.pop()
+            try:
+                self._empty(name)
+                return name, url
+            except psycopg.Error:
+                self._drop(name)
+        name, url = create_database(self.server, template=self._migrated())
+        self.made.append(name)
+        return name, url
+
+    def give_back(self, name: str, url: str) -> None:
+        self.free.append((name, url))
+
+    def _empty(self, name: str) -> None:
+        with psycopg.connect(self.server, autocommit=True) as admin:
+            # Whatever the last test left connected (a killed worker's session, an open
+            # transaction) holds no lock past this.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        with psycopg.connect(self.server, dbname=name, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            tables = [
+                f'"{table}"'
+                for (table,) in conn.execute(
+                    "SELECT tablename FROM pg_tables "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
+            ]
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+
+    def _drop(self, name: str) -> None:
+        drop_database(self.server, name)
+        self.made.remove(name)
+
+    def close(self) -> None:
+        for name in list(self.made):
+            self._drop(name)
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(pg_server: str) -> Iterator[MigratedDatabases]:
+    databases = MigratedDatabases(pg_server)
+    yield databases
+    databases.close()
 
 
 @pytest.fixture
-def migrated_pg_url(pg_server: str, pg_migrated_template: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, already at the newest revision (what
-    ``llava-batch db upgrade`` leaves): a copy of ``pg_migrated_template``."""
-    name, url = create_database(pg_server, template=pg_migrated_template)
+def migrated_pg_url(migrated_databases: MigratedDatabases) -> Iterator[str]:
+    """A PostgreSQL database for one test, at the newest revision (what ``llava-batch db
+    upgrade`` leaves) and empty: see ``MigratedDatabases``. A test that needs a database
+    without tables, or runs migrations itself, takes ``pg_url``."""
+    name, url = migrated_databases.take()
     yield url
-    drop_database(pg_server, name)
+    migrated_databases.give_back(name, url)
 
 
 class RedisServer:

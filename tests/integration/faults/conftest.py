@@ -32,9 +32,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def pg_url(migrated_pg_url: str) -> str:
-    """Each fault scenario's database, already migrated: a copy of a database migrated once per
-    session, where a ``llava-batch db upgrade`` process per scenario cost seconds (the command
-    itself is covered by tests/integration/workers and tests/integration/cli)."""
+    """Each fault scenario's database, already at the newest revision and empty (see
+    ``MigratedDatabases``), where a ``llava-batch db upgrade`` process per scenario cost seconds
+    (the command itself is covered by tests/integration/workers and tests/integration/cli)."""
     return migrated_pg_url
 
 
