@@ -98,10 +98,14 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _start_cluster(base)
 
 
-def create_database(server_dsn: str) -> tuple[str, str]:
+def create_database(server_dsn: str, template: str | None = None) -> tuple[str, str]:
+    """A new database; with ``template``, a copy of that one (which nobody may be connected to)."""
     name = f"llava_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     base = server_dsn.rsplit("/", 1)[0]
     return name, f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
 
@@ -117,6 +121,98 @@ def pg_url(pg_server: str) -> Iterator[str]:
     name, url = create_database(pg_server)
     yield url
     drop_database(pg_server, name)
+
+
+class MigratedDatabases:
+    """PostgreSQL databases at the newest revision for one session (one pytest process).
+
+    One database is migrated when first asked for; a test gets a free one, emptied with one
+    TRUNCATE of every table but alembic_version (its sessions ended first), or, when none is
+    free, a copy of the migrated one (CREATE DATABASE ... TEMPLATE). Creating, migrating and
+    dropping a database per test cost a second or more each; emptying one costs milliseconds,
+    and leaves what a fresh copy has: the schema at head and no rows (no table has a sequence).
+    """
+
+    def __init__(self, server_dsn: str) -> None:
+        self.server = server_dsn
+        self.template: str | None = None
+        self.free: list[tuple[str, str]] = []
+        self.made: list[str] = []
+
+    def _migrated(self) -> str:
+        if self.template is None:
+            from jobs.db import make_engine
+            from jobs.migrate import upgrade_database
+
+            name, url = create_database(self.server)
+            self.made.append(name)
+            engine = make_engine(url)
+            try:
+                upgrade_database(engine)
+            finally:
+                engine.dispose()  # CREATE DATABASE ... TEMPLATE refuses a template with sessions
+            self.template = name
+        return self.template
+
+    def take(self) -> tuple[str, str]:
+        while self.free:
+            name, url = self.free.pop()
+            try:
+                self._empty(name)
+                return name, url
+            except psycopg.Error:
+                self._drop(name)
+        name, url = create_database(self.server, template=self._migrated())
+        self.made.append(name)
+        return name, url
+
+    def give_back(self, name: str, url: str) -> None:
+        self.free.append((name, url))
+
+    def _empty(self, name: str) -> None:
+        with psycopg.connect(self.server, autocommit=True) as admin:
+            # Whatever the last test left connected (a killed worker's session, an open
+            # transaction) holds no lock past this.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        with psycopg.connect(self.server, dbname=name, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            tables = [
+                f'"{table}"'
+                for (table,) in conn.execute(
+                    "SELECT tablename FROM pg_tables "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
+            ]
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+
+    def _drop(self, name: str) -> None:
+        drop_database(self.server, name)
+        self.made.remove(name)
+
+    def close(self) -> None:
+        for name in list(self.made):
+            self._drop(name)
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(pg_server: str) -> Iterator[MigratedDatabases]:
+    databases = MigratedDatabases(pg_server)
+    yield databases
+    databases.close()
+
+
+@pytest.fixture
+def migrated_pg_url(migrated_databases: MigratedDatabases) -> Iterator[str]:
+    """A PostgreSQL database for one test, at the newest revision (what ``llava-batch db
+    upgrade`` leaves) and empty: see ``MigratedDatabases``. A test that needs a database
+    without tables, or runs migrations itself, takes ``pg_url``."""
+    name, url = migrated_databases.take()
+    yield url
+    migrated_databases.give_back(name, url)
 
 
 class RedisServer:

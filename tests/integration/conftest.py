@@ -60,6 +60,15 @@ class Worker:
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
+    def kill(self) -> None:
+        """Ends the process at once (SIGKILL): for a test that is over, where a warm shutdown
+        (finishing the batch in flight, closing the broker connection) cost seconds for
+        nothing. The tests of shutdown send their own signals."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -79,6 +88,9 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     started: list[Worker] = []
 
     def start(env: dict[str, str], *args: str, ready: bool = True) -> Worker:
+        """Starts a worker; with ``ready``, waits until it serves. To start several at once
+        (each start is seconds of imports and a model load), pass ``ready=False`` and call
+        ``wait_ready`` on each."""
         worker = Worker(env, tmp_path / f"worker{len(started)}.log", *args)
         started.append(worker)
         if ready:
@@ -87,7 +99,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.kill()
 
 
 @pytest.fixture

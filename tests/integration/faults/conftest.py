@@ -18,10 +18,28 @@ from tests.integration.conftest import Worker
 from tests.integration.conftest import run_cli as cli
 from tests.integration.faults.proxy import CuttableProxy
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) the fault scenarios run one at a time, on one
+    process, while the rest of the suite shares the other: each times leases, sweeps and kills
+    in seconds, and two at once would compete for the CPU that those timings assume."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
+@pytest.fixture
+def pg_url(migrated_pg_url: str) -> str:
+    """Each fault scenario's database, already at the newest revision and empty (see
+    ``MigratedDatabases``), where a ``llava-batch db upgrade`` process per scenario cost seconds
+    (the command itself is covered by tests/integration/workers and tests/integration/cli)."""
+    return migrated_pg_url
+
 
 @pytest.fixture
 def fault_env(service_env: dict[str, str]) -> dict[str, str]:
-    cli(service_env, "db", "upgrade")
     return {
         **service_env,
         "LLAVA_BATCH_LEASE_SECONDS": "5",

@@ -99,7 +99,9 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
         "--json",
     )
     windowed_job = str(json.loads(windowed.stdout)["job_id"])
-    workers: list[Worker] = [start_worker(env, "--no-sweep") for _ in range(2)]
+    workers: list[Worker] = [start_worker(env, "--no-sweep", ready=False) for _ in range(2)]
+    for worker in workers:  # started together: their model loads overlap
+        worker.wait_ready()
     sweeper = Sweeper(env, tmp_path / "sweeper.log")
     stopped: list[Worker] = []
     actions: list[str] = []
@@ -118,18 +120,24 @@ def test_chaos_every_job_ends_and_the_cancelled_one_ends_cancelled(
                     for r in read_rows(db, jobs[1])
                     if r.status == "running"
                 }
+                replacements: list[Worker] = []
                 for victim in [w for w in workers if str(w.process.pid) in holders][:1]:
                     actions.append("kill_holder")
                     workers.remove(victim)
                     victim.signal(signal.SIGKILL)
                     victim.process.wait(10)
-                    workers.append(start_worker(env, "--no-sweep"))
+                    replacements.append(start_worker(env, "--no-sweep", ready=False))
+                    workers.append(replacements[-1])
                 actions.append("cancel")
                 # The job with the window drops behind the others mid-run (the small ones
-                # share the fleet with it, and are done by now).
+                # share the fleet with it, and are done by now). Not after the replacement's
+                # start (seconds of imports and a model load): on a busy machine the window
+                # had passed by then, and the job could no longer be re-prioritised.
                 said = run_cli(fault_env, "priority", windowed_job, "-5").stderr
                 assert "-> -5" in said, said
                 actions.append("priority")
+                for worker in replacements:
+                    worker.wait_ready()
                 continue
             action = rng.choice(["kill", "stop", "flush", "cut_db", "kill_sweeper"])
             actions.append(action)

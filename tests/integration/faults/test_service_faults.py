@@ -94,8 +94,10 @@ def test_duplicate_message_and_redelivery_after_visibility_timeout_give_one_resu
     # The submit rang a doorbell, which claims these four; the same batch named, twice:
     for _ in range(2):
         publisher.publish(job_id, ids, model=env["LLAVA_BATCH_MODEL"])
-    first = start_worker(env, "--no-sweep")
-    second = start_worker(env, "--no-sweep")
+    first = start_worker(env, "--no-sweep", ready=False)  # started together: loads overlap
+    second = start_worker(env, "--no-sweep", ready=False)
+    first.wait_ready()
+    second.wait_ready()
     wait_for(lambda: job_status(db, job_id) == "completed", 120, "the job", first.log)
     rows = read_rows(db, job_id)
     assert_invariant(rows, 4)

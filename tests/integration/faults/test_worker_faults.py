@@ -41,7 +41,9 @@ def test_kill_9_mid_batch_with_a_second_worker_loses_nothing(
     fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
 ) -> None:
     env = with_faults(fault_env, generate_delay_s=2.0)
-    a, b = start_worker(env), start_worker(env)
+    a, b = start_worker(env, ready=False), start_worker(env, ready=False)  # loads overlap
+    a.wait_ready()
+    b.wait_ready()
     job_id = submit(env, images(tmp_path, 16))
     wait_for(lambda: bool(_running_under(db, job_id, a)), 60, "worker A to hold a batch")
     victims = _running_under(db, job_id, a)

@@ -39,8 +39,11 @@ def test_two_workers_on_one_host_answer_ping_under_distinct_names(
 
     run_cli(service_env, "db", "upgrade")
     host = socket.gethostname()
-    default = start_worker(service_env, "--no-sweep")
-    named = start_worker(service_env, "--no-sweep", "-n", "gpu1@%h", "-E")
+    # Both start together (their model loads overlap); both serve before the ping.
+    default = start_worker(service_env, "--no-sweep", ready=False)
+    named = start_worker(service_env, "--no-sweep", "-n", "gpu1@%h", "-E", ready=False)
+    default.wait_ready()
+    named.wait_ready()
 
     nodes = ping(service_env)
 
