@@ -183,6 +183,13 @@ def _not_found(cli: Cli, tmp_path: Path) -> Result:
     return cli.run("status", "0000dead")
 
 
+def _job_not_finished(cli: Cli, tmp_path: Path) -> Result:
+    """``delete`` of a job still queued."""
+    write_images(tmp_path / "q", 1)
+    job_id = cli.run("submit", "caption", str(tmp_path / "q")).stdout.strip()
+    return cli.run("delete", job_id)
+
+
 def _schema_missing(cli: Cli, tmp_path: Path) -> Result:
     empty = tmp_path / "empty.sqlite3"
     create_engine(f"sqlite:///{empty}").connect().close()
@@ -243,6 +250,7 @@ SCENARIOS: dict[ExitCode, tuple[Callable[[Cli, Path], Result], str]] = {
     ExitCode.database_unavailable: (_database_unavailable, "database_unavailable"),
     ExitCode.job_not_completed: (_job_not_completed, ""),
     ExitCode.model_load_error: (_model_load_error, "model_load_error"),
+    ExitCode.job_not_finished: (_job_not_finished, "job_not_finished"),
     ExitCode.interrupted: (_interrupted, "interrupted"),
 }
 
