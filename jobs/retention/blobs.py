@@ -128,7 +128,8 @@ def _collect_batch(
         blobs.delete_stored(ours)  # under the lock: no submit can find them meanwhile
         reached("collect:deleted")
         _drop_candidates(session, [row.id for row in taken])
-    log.info("collected %d stored input(s)", len(ours))
+    if ours:  # every sweeper pass collects: only what it deleted is worth a line
+        log.info("collected %d stored input(s)", len(ours))
     done = Collected(
         deleted=len(ours),
         still_referenced=len(taken) - len(unreferenced),

@@ -39,7 +39,10 @@ def _item_ids(db: Engine, job_id: str) -> list[str]:
 def test_redis_flushall_with_items_queued_and_in_flight(
     fault_env: dict[str, str], start_worker: StartWorker, db: Engine, tmp_path: Path
 ) -> None:
-    env = with_faults(fault_env, generate_delay_s=1.0)
+    # Batches of 3 s against sweeps every second: after the flush, a sweep finds the queued
+    # items without doorbells before a running batch ends and rings again itself (I14), so it
+    # is the sweep's repair that is checked, not whichever comes first.
+    env = with_faults(fault_env, generate_delay_s=3.0)
     worker = start_worker(env)
     job_id = submit(env, images(tmp_path, 12))
     wait_for(lambda: any(r.status == "running" for r in read_rows(db, job_id)), 60, "a batch")
