@@ -90,7 +90,9 @@ def _work(
 ) -> PurgeReport:
     jobs = items = 0
     pending = list(only) if only is not None else jobs_being_deleted(session_factory)
+    seen: set[str] = set()
     while pending:
+        seen.update(pending)
         for job_id in pending:
             after: int | None = None
             while True:
@@ -110,7 +112,13 @@ def _work(
                 if step.job_gone:
                     jobs += 1
                     break
-        pending = [] if only is not None else _more(session_factory, pending)
+        # Jobs another process holds are skipped, not waited for: asking again only for new
+        # ones, never for one this call has already tried.
+        pending = (
+            []
+            if only is not None
+            else [j for j in jobs_being_deleted(session_factory) if j not in seen]
+        )
     collected = collect_blobs(session_factory, blobs, deadline=deadline)
     report = PurgeReport(
         jobs_marked=marked,
@@ -123,11 +131,6 @@ def _work(
     if report != PurgeReport():
         log.info("purge %s", report.as_dict())
     return report
-
-
-def _more(session_factory: SessionFactory, done: list[str]) -> list[str]:
-    # Jobs another process holds are skipped, not waited for: asking again only for new ones.
-    return [j for j in jobs_being_deleted(session_factory) if j not in set(done)]
 
 
 def _past(deadline: float | None) -> bool:
