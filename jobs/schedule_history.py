@@ -16,11 +16,10 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Row, Text, any_, bindparam, delete, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.orm import Session
 
-from jobs.db import Schedule, ScheduleObject, SessionFactory
+from jobs.db import Schedule, ScheduleObject, SessionFactory, among
 from storage import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def not_seen(
     new: list[ObjectInfo] = []
     with session_factory() as session:
         for page in _pages(listed, PAGE_KEYS):
-            keys = _among(session, ScheduleObject.key, sorted({o.key for o in page}))
+            keys = among(session, ScheduleObject.key, sorted({o.key for o in page}))
             seen = set(
                 session.execute(
                     select(ScheduleObject.key, ScheduleObject.etag).where(
@@ -90,7 +89,7 @@ def prune_history(
     walked, next_cursor = _step(rows, limit)
     stale = [row.id for row in walked if (row.key, row.etag) not in current]
     for page in _pages(stale, PAGE_KEYS):
-        session.execute(delete(ScheduleObject).where(_among(session, ScheduleObject.id, page)))
+        session.execute(delete(ScheduleObject).where(among(session, ScheduleObject.id, page)))
     session.execute(
         update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
     )
@@ -113,17 +112,6 @@ def _step(rows: Sequence[_Row], limit: int) -> tuple[Sequence[_Row], str | None]
         if whole:
             walked = whole
     return walked, walked[-1].key
-
-
-def _among(
-    session: Session, column: InstrumentedAttribute[str], values: Sequence[str]
-) -> ColumnElement[bool]:
-    """``column IN values``. On PostgreSQL as ``= ANY(array)``, one parameter: psycopg parses
-    a statement of 500 placeholders again at every call (too long for its cache), which cost
-    more than the 500 index lookups."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(Text())))
-    return column.in_(values)
 
 
 def _pages(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:

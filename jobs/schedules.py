@@ -28,7 +28,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
+from jobs.db import (
+    Item,
+    Job,
+    Schedule,
+    ScheduleObject,
+    SessionFactory,
+    commit_without_flush,
+    utcnow,
+)
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
@@ -362,6 +370,9 @@ def _claim(
     full listing of the source, whose step of forgetting is taken in the claim's transaction
     (``jobs.schedule_history.prune_history`` says why there)."""
     with session_factory.begin() as session:
+        # Taken back by a database crash, the claim is made again: never under a job, whose
+        # own commit flushes the log before it.
+        commit_without_flush(session)
         claimed = session.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.next_due_at == schedule.next_due_at)
