@@ -130,7 +130,7 @@ def fingerprint(model: str, revision: str | None) -> str:
 def error_line(item: ItemRecord) -> dict[str, Any]:
     """A failed, cancelled or expired item."""
     if item.status == ItemStatus.cancelled:
-        return _line(item, None, CANCELLED)
+        return _line(item, None, dict(CANCELLED))
     if item.status == ItemStatus.expired:
         message = item.error_message or "Its batch's completion window passed before it ran."
         return _line(item, None, {"code": Code.batch_expired.value, "message": message})

@@ -112,7 +112,7 @@ def status(
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
     if watch:  # then the job as it ended: in the summary, or as a batch object
-        views.watch(ctx, job_id, json_out=json_out, summary=not openai)
+        views.watch(ctx, job_id, json_out=json_out or openai, summary=not openai)
     if openai:
         with ctx.session_factory() as session:
             views.show_batch(batch_object(session, job_id))
