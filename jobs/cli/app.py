@@ -103,7 +103,8 @@ def status(
         ),
     ] = views.StatusFormat.text,
 ) -> None:
-    """Job status, counts per item state, items/s, ETA, token usage and metadata."""
+    """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
+    an OpenAI Batch object (--format openai)."""
     openai = fmt is views.StatusFormat.openai
     if openai and json_out:
         raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
