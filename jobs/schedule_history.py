@@ -60,12 +60,14 @@ def prune_history(
     schedule_id: str,
     listed: Sequence[ObjectInfo],
     *,
+    cursor: str | None,
     limit: int | None = None,
 ) -> int:
     """One step of forgetting: deletes, among the next ``limit`` (``PRUNE_ROWS``) rows from the
     cursor, those ``listed`` does not hold, and moves the cursor on; returns how many.
 
-    ``listed``: the firing's full listing of the source. ``session``: the transaction of the
+    ``listed``: the firing's full listing of the source; ``cursor``: the schedule's
+    ``history_cursor``, as the claim read it. ``session``: the transaction of the
     firing's claim, which holds the schedule's row (SQLite: the database) until the deletes
     commit. So an overlapping firing claims after it and lists after it, and one that claimed
     before it never comes after it: no listing older than another firing's record forgets
@@ -76,7 +78,6 @@ def prune_history(
         return 0
     limit = PRUNE_ROWS if limit is None else limit
     current = {(o.key, o.etag) for o in listed}
-    cursor = session.scalar(select(Schedule.history_cursor).where(Schedule.id == schedule_id))
     query = select(ScheduleObject.id, ScheduleObject.key, ScheduleObject.etag).where(
         ScheduleObject.schedule_id == schedule_id
     )

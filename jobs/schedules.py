@@ -377,10 +377,11 @@ def _claim(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.next_due_at == schedule.next_due_at)
             .values(next_due_at=next_due(schedule, now), last_run_at=now)
+            .returning(Schedule.history_cursor)
             .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        ).first()
+        if claimed is None:
             return False
         if listed is not None:
-            prune_history(session, schedule.id, listed)
+            prune_history(session, schedule.id, listed, cursor=claimed.history_cursor)
     return True
