@@ -110,7 +110,6 @@ class Step:
     items: int
     job_gone: bool
     last_seq: int | None = None
-    after_seq: int | None = None  # where this step started: the next one looks back to it
 
 
 def delete_step(
@@ -120,7 +119,6 @@ def delete_step(
     batch: int,
     queue_inputs: QueueInputs,
     after_seq: int | None = None,
-    look_back_to: int | None = None,
 ) -> Step | None:
     """Deletes the next ``batch`` items of a ``deleting`` job (their pages go with them), or,
     when none is left, the job row. Returns None when the job is not being deleted here: gone
@@ -128,10 +126,7 @@ def delete_step(
     wait on each other). Stored inputs of the deleted items go to ``queue_inputs`` in the same
     transaction, unless the job keeps them. ``after_seq``: the previous step's ``last_seq``,
     so the next batch is read from there, not past the dead index entries of every item
-    deleted before the next vacuum (PostgreSQL). ``look_back_to``: the previous step's
-    ``after_seq``, so that this step's read walks the entries that step left dead, once,
-    which marks them dead in the index: the job row's delete at the end then skips its
-    million entries instead of visiting each one's row (seconds, holding the job row)."""
+    deleted before the next vacuum (PostgreSQL)."""
     being_deleted = (Job.id == job_id, Job.status == JobStatus.deleting)
     with session_factory.begin() as session:
         if is_postgres(session):
@@ -151,7 +146,7 @@ def delete_step(
         # Where this batch ends: the seq ``batch`` items on, or the job's last. Rows are never
         # read into this process: inputs are queued and items deleted by seq range, over the
         # (job_id, seq) index, each one statement whatever the batch.
-        upto: int | None = session.scalar(_batch_end(job_id, after_seq, look_back_to, batch))
+        upto: int | None = session.scalar(_batch_end(job_id, after_seq, batch))
         # Nothing is left above ``after_seq``, nor below it: every step deletes a prefix of the
         # job's items (the lowest seqs; an ended job gets no new item), whoever runs it.
         if upto is None:
@@ -172,22 +167,13 @@ def delete_step(
             items=int(deleted.rowcount),  # type: ignore[attr-defined]
             job_gone=False,
             last_seq=upto,
-            after_seq=after_seq,
         )
 
 
-def _batch_end(
-    job_id: str, after_seq: int | None, look_back_to: int | None, batch: int
-) -> Select[Any]:
+def _batch_end(job_id: str, after_seq: int | None, batch: int) -> Select[Any]:
     remaining = [Item.job_id == job_id]
     if after_seq is not None:
         remaining.append(Item.seq > after_seq)
-    # The same rows whatever the lower bound (those below ``after_seq`` are deleted), but an
-    # index scan from ``look_back_to`` passes the previous batch's dead entries and marks them
-    # (the job row's delete cascades through the same (job_id, seq) index).
-    walked = [Item.job_id == job_id]
-    if look_back_to is not None or after_seq is not None:
-        walked.append(Item.seq > (look_back_to if look_back_to is not None else after_seq))
-    nth = select(Item.seq).where(*walked).order_by(Item.seq).offset(batch - 1).limit(1)
+    nth = select(Item.seq).where(*remaining).order_by(Item.seq).offset(batch - 1).limit(1)
     last = select(func.max(Item.seq)).where(*remaining)
     return select(func.coalesce(nth.scalar_subquery(), last.scalar_subquery()))

@@ -95,7 +95,6 @@ def _work(
         seen.update(pending)
         for job_id in pending:
             after: int | None = None
-            back: int | None = None
             while True:
                 if _past(deadline):
                     return PurgeReport(marked, jobs, items, finished=False)
@@ -105,12 +104,11 @@ def _work(
                     batch=batch,
                     queue_inputs=queue_inputs_of,
                     after_seq=after,
-                    look_back_to=back,
                 )
                 if step is None:  # gone, or another process is deleting it
                     break
                 items += step.items
-                after, back = step.last_seq, step.after_seq
+                after = step.last_seq
                 if step.job_gone:
                     jobs += 1
                     break
