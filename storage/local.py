@@ -116,18 +116,19 @@ class LocalStore(BlobStore):
         # not once per key (a realpath walk each). Plain strings: a collection deletes a
         # million, and a Path per key was most of its time.
         root = str(self.root)
+        prefix = root.rstrip("/") + "/"
         inside: dict[str, bool] = {}
         for key in keys:
             if not key or key.endswith("/") or key.startswith("/"):
                 raise InvalidUriError(f"{key!r} does not name an object.", uri=key)
             validate_key(key, uri=key)
-            folder = os.path.join(root, key.rpartition("/")[0])
+            folder = key.rpartition("/")[0]
             if folder not in inside:
-                real = os.path.realpath(folder)
-                inside[folder] = real == root or real.startswith(root.rstrip("/") + "/")
+                real = os.path.realpath(prefix + folder)
+                inside[folder] = real == root or real.startswith(prefix)
             if not inside[folder]:
                 raise InvalidUriError(f"{key!r} points outside the store.", uri=key)
-            path = os.path.join(root, key)
+            path = prefix + key
             try:
                 os.unlink(path)
             except FileNotFoundError:
