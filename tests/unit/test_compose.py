@@ -248,6 +248,12 @@ def test_every_llava_batch_variable_is_a_settings_field(compose_text: str) -> No
     assert not unknown, f"not fields of jobs.settings.Settings: {sorted(unknown)}"
 
 
+def test_every_setting_is_documented_in_the_configuration_page() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = sorted(v for v in setting_variables() if f"| `{v}` |" not in page)
+    assert not missing, f"not in docs/configuration.md: {missing}"
+
+
 def test_shared_env_anchor_reaches_every_llava_batch_service(
     compose_text: str, services: dict[str, Any]
 ) -> None:
