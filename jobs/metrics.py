@@ -3,7 +3,7 @@ its own), ``llava-batch run`` and ``llava-batch sweep``. ``start_metrics_server`
 over HTTP on ``LLAVA_BATCH_METRICS_PORT``.
 
 Several processes on one host (one worker per GPU, a sweeper beside them) each take the first
-free port from the configured one up: 9464, 9465, … (``PORT_TRIES`` ports), and log the port
+free port from the configured one up: 9464, 9465, … (``PORT_TRIES`` ports), and say the port
 used. ``LLAVA_BATCH_METRICS_PORT_FIXED`` serves on that port or not at all: a scrape target
 that names a port must find the process it means there, not whichever took the next one.
 
@@ -16,15 +16,18 @@ import errno
 import logging
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
 
-from jobs.db import SessionFactory
 from jobs.errors import ItemErrorCode, JobsError
-from jobs.maintenance import MaintenanceReport
-from jobs.settings import Settings
 from jobs.shares import backlog
 from jobs.sweeper import SweepReport
+
+if TYPE_CHECKING:
+    from jobs.db import SessionFactory
+    from jobs.maintenance import MaintenanceReport
+    from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
