@@ -33,6 +33,7 @@ from jobs.dispatch import CeleryPublisher
 from jobs.errors import RequestError
 from jobs.lifecycle.expiry import MAX_PRIORITY, MIN_PRIORITY, set_priority
 from jobs.metadata import parse_meta
+from jobs.openai_batch import batch_object
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
 
@@ -94,17 +95,32 @@ def status(
         bool, typer.Option("--watch", help="Show a progress bar until the job ends.")
     ] = False,
     json_out: Json = False,
+    fmt: Annotated[
+        views.StatusFormat,
+        typer.Option(
+            "--format",
+            help="text, json (as --json) or openai: the job as an OpenAI Batch object.",
+        ),
+    ] = views.StatusFormat.text,
 ) -> None:
-    """Job status, counts per item state, items/s, ETA, token usage and metadata."""
+    """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
+    an OpenAI Batch object (--format openai)."""
+    openai = fmt is views.StatusFormat.openai
+    if openai and json_out:
+        raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
+    json_out = json_out or fmt is views.StatusFormat.json
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
-    if watch:
-        views.watch(ctx, job_id, json_out=json_out)
-        return
-    with ctx.session_factory() as session:
-        progress = read_progress(session, find_job(session, job_id))
-    views.show_progress(with_waiting(ctx, progress), json_out=json_out)
+    if watch:  # then the job as it ended: in the summary, or as a batch object
+        views.watch(ctx, job_id, json_out=json_out or openai, summary=not openai)
+    if openai:
+        with ctx.session_factory() as session:
+            views.show_batch(batch_object(session, job_id))
+    elif not watch:
+        with ctx.session_factory() as session:
+            progress = read_progress(session, find_job(session, job_id))
+        views.show_progress(with_waiting(ctx, progress), json_out=json_out)
 
 
 @commands.command("results")

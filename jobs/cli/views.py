@@ -9,8 +9,9 @@ import sys
 import time
 from collections.abc import Collection, Sequence
 from contextlib import ExitStack
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -115,6 +116,16 @@ def show_submitted(
     print(result.job_id)
 
 
+class StatusFormat(StrEnum):
+    text = "text"
+    json = "json"
+    openai = "openai"  # an OpenAI Batch object (jobs.openai_batch)
+
+
+def show_batch(batch: dict[str, Any]) -> None:
+    print(json.dumps(batch, ensure_ascii=False))
+
+
 def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     if json_out:
         print(json.dumps(progress.as_dict()))
@@ -210,8 +221,11 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     out.print(table)
 
 
-def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -> None:
-    """Polls until the job ends; a progress bar for people, nothing extra for machines."""
+def watch(
+    ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0, summary: bool = True
+) -> None:
+    """Polls until the job ends; a progress bar for people, nothing extra for machines; then
+    (``summary``) the job's status."""
     show_bar = not json_out and err.is_terminal
     with Progress(
         TextColumn("{task.description}"),
@@ -236,6 +250,8 @@ def watch(ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0) -
             if progress.status in TERMINAL_JOB_STATES:
                 break
             time.sleep(interval)
+    if not summary:
+        return
     with ctx.session_factory() as session:  # once more, with the token totals
         progress = read_progress(session, find_job(session, job_id))
     show_progress(progress, json_out=json_out)

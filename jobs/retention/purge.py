@@ -12,7 +12,7 @@ from datetime import datetime
 
 from jobs.db import SessionFactory, utcnow
 from jobs.lifecycle import delete_step, jobs_being_deleted, mark_deleting, mark_retained
-from jobs.retention.blobs import collect_blobs, queue_candidates
+from jobs.retention.blobs import collect_blobs, queue_inputs_of
 from storage import Blobs
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def _work(
         seen.update(pending)
         for job_id in pending:
             after: int | None = None
+            back: int | None = None
             while True:
                 if _past(deadline):
                     return PurgeReport(marked, jobs, items, finished=False)
@@ -102,13 +103,14 @@ def _work(
                     session_factory,
                     job_id,
                     batch=batch,
-                    queue_inputs=queue_candidates,
+                    queue_inputs=queue_inputs_of,
                     after_seq=after,
+                    look_back_to=back,
                 )
                 if step is None:  # gone, or another process is deleting it
                     break
                 items += step.items
-                after = step.last_seq
+                after, back = step.last_seq, step.after_seq
                 if step.job_gone:
                     jobs += 1
                     break
