@@ -99,8 +99,10 @@ def _process_batch(
         deadline = time.monotonic() + res.settings.lease_seconds
         recorded = record_with_retry(res, outcomes, deadline=deadline)
         released = release_with_retry(res, handed_back, deadline=deadline) if handed_back else 0
-    failures = sum(1 for o in outcomes if o.outcome.failed)
-    report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
+    failures = [o.outcome.error_code for o in outcomes if o.outcome.error_code is not None]
+    report = BatchReport(
+        len(claimed), len(outcomes) - len(failures), len(failures), released, recorded
+    )
     log.info("batch done job=%s %s", claimed[0].job_id, report)
     metrics.record_batch(
         claimed[0].kind, time.monotonic() - started, report.succeeded, failures, released

@@ -34,6 +34,7 @@ from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_o
 from jobs.errors import ExitCode, RequestError
 from jobs.kinds import get_kind
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
+from jobs.metrics import serve_metrics
 from jobs.queries import find_job, read_progress
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 from workers.local import InProcessQueue, slots_in_flight, submit_locally, work_locally
@@ -135,7 +136,11 @@ def _resume_command(ctx: Context, job_id: str, model: str) -> str:
 
 
 def _resources_for(ctx: Context, model: str) -> WorkerResources:
-    return build_resources(ctx.settings.model_copy(update={"model": model}))
+    """This run's resources, its metrics served first: a fixed metrics port that is taken
+    stops the run before anything is submitted or loaded."""
+    settings = ctx.settings.model_copy(update={"model": model})
+    views.say_metrics_port(serve_metrics(settings))
+    return build_resources(settings)
 
 
 def _work_here(
