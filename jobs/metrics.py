@@ -101,15 +101,18 @@ _served: list[int] = []  # the port this process serves REGISTRY on, once starte
 _serving = threading.Lock()
 
 
-def serve_metrics(settings: Settings) -> int | None:
+def serve_metrics(settings: Settings, *, address: str = "0.0.0.0") -> int | None:
     """Serves this process's metrics as the settings say and returns the port (None: not
     served). Once per process: a second call answers the port already served.
-    MetricsPortTakenError for a fixed port that cannot be served."""
+    MetricsPortTakenError for a fixed port that cannot be served. ``address``: where to
+    listen (a worker or sweeper is scraped from elsewhere; ``run`` on a laptop is not)."""
     with _serving:
         if _served:
             return _served[0]
         port = start_metrics_server(
-            settings.metrics_port, tries=1 if settings.metrics_port_fixed else PORT_TRIES
+            settings.metrics_port,
+            tries=1 if settings.metrics_port_fixed else PORT_TRIES,
+            address=address,
         )
         if port is None and settings.metrics_port_fixed and settings.metrics_port != 0:
             raise MetricsPortTakenError(
@@ -123,7 +126,11 @@ def serve_metrics(settings: Settings) -> int | None:
 
 
 def start_metrics_server(
-    port: int, *, tries: int = PORT_TRIES, registry: CollectorRegistry | None = None
+    port: int,
+    *,
+    tries: int = PORT_TRIES,
+    registry: CollectorRegistry | None = None,
+    address: str = "0.0.0.0",
 ) -> int | None:
     """Serves /metrics on the first free port of ``port`` … ``port + tries - 1``; returns the
     port used, or None (logged) when the metrics are off (port 0) or every port is taken."""
@@ -131,7 +138,7 @@ def start_metrics_server(
         return None
     for candidate in range(port, min(port + tries, 65536)):
         try:
-            start_http_server(candidate, registry=registry or REGISTRY)
+            start_http_server(candidate, addr=address, registry=registry or REGISTRY)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 continue

@@ -139,7 +139,8 @@ def _resources_for(ctx: Context, model: str) -> WorkerResources:
     """This run's resources, its metrics served first: a fixed metrics port that is taken
     stops the run before anything is submitted or loaded."""
     settings = ctx.settings.model_copy(update={"model": model})
-    views.say_metrics_port(serve_metrics(settings))
+    # On this machine only: `run` is the laptop's command, not a deployment's scraped worker.
+    views.say_metrics_port(serve_metrics(settings, address="127.0.0.1"))
     return build_resources(settings)
 
 

@@ -123,6 +123,11 @@ def test_run_serves_its_model_items_and_failures_by_code(
     assert info == {"model": "tiny-llava", "quantization": "none", "revision": _revision(env)}
     assert _sample(seen, "llava_batch_items_total", kind="caption", status="failed") == 1
     assert _sample(seen, "llava_batch_model_load_seconds") > 0
+    # `run` is a laptop's command: its metrics are for this machine only.
+    outward = _outward_address()
+    if outward is not None:
+        with pytest.raises(OSError):
+            socket.create_connection((outward, port), timeout=2).close()
     run.wait(timeout=120)
     assert run.returncode == 0  # completed, with one item failed
     log = (tmp_path / "process0.log").read_text()
@@ -176,3 +181,15 @@ def test_a_fixed_metrics_port_that_is_taken_stops_the_process_with_one_line(
         )
     assert_one_line_error(result, 2, "metrics_port_taken", str(port))
     assert "loading model" not in result.stderr  # refused before the model loads
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its way out (no packet is sent), when it has one besides
+    loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.254.254.254", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
