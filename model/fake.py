@@ -12,6 +12,9 @@ the same for every request: every property (required or not) filled with a place
 type (see ``build_placeholder``). ``tokens_out`` is then the text's length in characters; a
 ``max_new_tokens`` smaller than that gives the text cut there and ``finished=False``, like a real
 engine's truncated output.
+
+A request's stop strings end its text as a real engine's do; its temperature, top_p and seed
+change nothing here (the text stays deterministic).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from model.engine import GenerationRequest, GenerationResult
+from model.engine import GenerationRequest, GenerationResult, cut_at_stop
 from model.errors import DeviceOutOfMemoryError
 from model.patterns import build_pattern_example
 from model.schema import DATE_PATTERN, prepare_schema
@@ -94,13 +97,14 @@ class FakeEngine:
         earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
         if earlier:  # a later turn of a conversation: say how much context it had
             text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
+        text, stopped = cut_at_stop(text, request.sampling.stop)
         every = text.split()
         words = every[:max_new_tokens]
         read = _read(request)
         return GenerationResult(
             text=" ".join(words),
             tokens_out=len(words),
-            finished=len(every) <= max_new_tokens,  # cut short, as a real engine reports it
+            finished=stopped or len(every) <= max_new_tokens,  # cut short, as a real engine says
             tokens_in=read,
         )
 

@@ -37,9 +37,11 @@ from model.engine import (
     GenerationRequest,
     GenerationResult,
     Turn,
+    cut_at_stop,
 )
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
 from model.lru import LruCache
+from model.sampling import RowSampler, StopStrings
 from model.schema import canonical_schema_json, prepare_schema
 from model.tiny import ensure_tiny_checkpoint
 
@@ -118,7 +120,8 @@ def load_engine(
 class TransformersEngine:
     """Implements ``model.engine.Engine`` over a transformers processor and model.
 
-    Greedy decoding (``do_sample=False``) so a batch gives the same text as each item alone
+    Greedy decoding (``do_sample=False``; a request that samples is sampled row by row, see
+    ``model.sampling``) so a batch gives the same text as each item alone
     (exactly so in float32; half precision can differ slightly with padding). JSON-constrained
     decoding uses llguidance (``model.constrained``): one compiled grammar per distinct schema,
     kept in a least-recently-used cache of ``grammar_cache_size`` entries (each can be tens of
@@ -249,7 +252,8 @@ class TransformersEngine:
         json_schema: Mapping[str, Any] | None = None,
         fit_to_context: bool = False,
     ) -> list[GenerationResult]:
-        """One greedy result per request, in order.
+        """One result per request, in order: greedy unless the request's ``sampling`` says
+        otherwise (``model.sampling``: per row, so requests of any settings share a batch).
 
         With ``json_schema``, decoding is constrained to its bounded form (``model.schema``):
         each result with ``finished`` True is one JSON object valid against the schema.
@@ -278,14 +282,22 @@ class TransformersEngine:
                     f"over the model's context of {self.max_context}.",
                 )
         images = [r.image for r in requests]
-        extra: dict[str, Any] = {}
+        # One processor of each per call: they hold per-row state for this batch only. The
+        # sampler comes last, so it samples among the tokens the grammar allows.
+        processors: list[Any] = []
         if grammar is not None:
-            # One processor per call: it holds per-row matcher state for this batch only.
-            extra["logits_processor"] = [JsonLogitsProcessor([grammar] * len(requests))]
+            processors.append(JsonLogitsProcessor([grammar] * len(requests)))
+        if any(r.sampling.samples for r in requests):
+            processors.append(RowSampler([r.sampling for r in requests]))
+        extra: dict[str, Any] = {"logits_processor": processors} if processors else {}
         try:
             with self._host_lock, torch.inference_mode():
                 inputs = self._shared_inputs(images, texts) or self._prepare(images, texts)
             prompt_width = inputs["input_ids"].shape[1]
+            stops = [r.sampling.stop for r in requests]
+            if any(stops):
+                tokenizer = self._processor.tokenizer
+                extra["stopping_criteria"] = [StopStrings(tokenizer, stops, prompt_width)]
             with self._waiting_lock:
                 self._prepared_waiting += 1
             with self._device_lock:
@@ -316,7 +328,10 @@ class TransformersEngine:
         new_tokens = output[:, prompt_width:].tolist()
         read = inputs["attention_mask"].sum(dim=1).tolist()  # each prompt without its padding
         with self._host_lock:
-            return [self._decode(row, int(n)) for row, n in zip(new_tokens, read, strict=True)]
+            return [
+                self._decode(row, int(n), r.sampling.stop)
+                for row, n, r in zip(new_tokens, read, requests, strict=True)
+            ]
 
     @property
     def prepared_waiting(self) -> int:
@@ -443,15 +458,16 @@ class TransformersEngine:
             prepared[key] = value
         return prepared
 
-    def _decode(self, row: list[int], tokens_in: int) -> GenerationResult:
+    def _decode(self, row: list[int], tokens_in: int, stop: Sequence[str]) -> GenerationResult:
         # Generation stops at eos per row; shorter rows are then filled with pad.
         count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
         text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
+        text, stopped = cut_at_stop(str(text), stop)
         # No stop token in the row: it ran to max_new_tokens before the model ended it.
         return GenerationResult(
-            text=str(text).strip(),
+            text=text.strip(),
             tokens_out=count,
-            finished=count < len(row),
+            finished=stopped or count < len(row),
             tokens_in=tokens_in,
         )
 

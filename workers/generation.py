@@ -83,7 +83,9 @@ class _Budget:
 def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Outcome]:
     if not tasks:
         return []
-    requests = [GenerationRequest(t.unit.image, t.conversation) for t in tasks]
+    requests = [
+        GenerationRequest(t.unit.image, t.conversation, t.generation.sampling) for t in tasks
+    ]
     started = time.monotonic()
     try:
         results = engine.generate(

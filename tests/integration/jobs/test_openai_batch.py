@@ -179,7 +179,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
             "line 3",
         ),
         (
-            [_line("a", [_image(_data_uri())]), _line("b", [_image("x.png")], temperature=0.7)],
+            [_line("a", [_image(_data_uri())]), _line("b", [_image("x.png")], n=2)],
             "unsupported_parameter",
             "line 2",
         ),
@@ -217,7 +217,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
     ],
     ids=[
         "malformed",
-        "temperature",
+        "n",
         "two-models",
         "duplicate",
         "escape",
