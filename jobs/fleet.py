@@ -103,3 +103,22 @@ def live_workers(
             .where(WorkerRow.model == model, WorkerRow.seen_at >= since)
         ).scalar_one()
     return int(count)
+
+
+def served_models(
+    session_factory: SessionFactory,
+    configured: str,
+    *,
+    kept_for: timedelta = WORKER_ROWS_KEPT_FOR,
+    now: datetime | None = None,
+) -> list[str]:
+    """The models this deployment serves, sorted: ``configured`` (``LLAVA_BATCH_MODEL``, what a
+    ``worker`` or ``run --resume`` started with these settings loads) and every model a worker
+    of the registry beat for within ``kept_for`` (the rows the sweeper keeps), live or not: a
+    fleet that scaled to zero overnight still serves its models in the morning."""
+    since = (now or utcnow()) - kept_for
+    with session_factory() as session:
+        named = session.scalars(
+            select(WorkerRow.model).where(WorkerRow.seen_at >= since).distinct()
+        ).all()
+    return sorted({configured, *named})
