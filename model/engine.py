@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 __all__ = [
+    "ANY_JSON_OBJECT",
     "DEVICES_HELP",
     "DTYPES",
     "GREEDY",
@@ -34,6 +35,7 @@ __all__ = [
     "check_quantization",
     "cut_at_stop",
     "default_cache_dir",
+    "is_any_json_object",
 ]
 
 # Names that ``load_engine`` builds offline (randomly initialised) instead of fetching: they let
@@ -137,6 +139,15 @@ class Sampling:
 GREEDY = Sampling()
 
 
+# The schema of OpenAI's ``response_format: {"type": "json_object"}``: any JSON object. Outside
+# the bounded subset of user schemas (``model.schema``), so only this exact schema means it.
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def is_any_json_object(schema: object) -> bool:
+    return isinstance(schema, Mapping) and dict(schema) == ANY_JSON_OBJECT
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the first of the ``stop`` strings in it, and whether one was found."""
     found = [i for i in (text.find(s) for s in stop) if i >= 0]
@@ -225,7 +236,8 @@ class Engine(Protocol):
         of refusing the batch as too long.
 
         With ``json_schema`` (a user schema, see ``model.schema``) decoding is constrained by its
-        bounded form, and each finished result's text is one JSON object valid against it.
+        bounded form, and each finished result's text is one JSON object valid against it;
+        ``ANY_JSON_OBJECT`` constrains it to any JSON object.
         Raises ``DeviceOutOfMemoryError`` when the batch does not fit (callers split and retry)
         and ``SchemaError`` when the schema is unsupported or cannot be compiled.
         """

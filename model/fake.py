@@ -9,9 +9,9 @@ result, and that results come back in request order.
 
 With ``json_schema``, each result's text is one compact JSON object valid against the schema and
 the same for every request: every property (required or not) filled with a placeholder of its
-type (see ``build_placeholder``). ``tokens_out`` is then the text's length in characters; a
-``max_new_tokens`` smaller than that gives the text cut there and ``finished=False``, like a real
-engine's truncated output.
+type (see ``build_placeholder``); for ``ANY_JSON_OBJECT``, ``{}``. ``tokens_out`` is then the
+text's length in characters; a ``max_new_tokens`` smaller than that gives the text cut there and
+``finished=False``, like a real engine's truncated output.
 
 A request's stop strings end its text as a real engine's do; its temperature, top_p and seed
 change nothing here (the text stays deterministic).
@@ -26,7 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from model.engine import GenerationRequest, GenerationResult, cut_at_stop
+from model.engine import (
+    ANY_JSON_OBJECT,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    is_any_json_object,
+)
 from model.errors import DeviceOutOfMemoryError
 from model.patterns import build_pattern_example
 from model.schema import DATE_PATTERN, prepare_schema
@@ -76,7 +82,10 @@ class FakeEngine:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         # Like the real engine: an unsupported schema raises SchemaError before any work.
-        bounded = None if json_schema is None else prepare_schema(json_schema)
+        bounded = None
+        if json_schema is not None:
+            free = is_any_json_object(json_schema)
+            bounded = ANY_JSON_OBJECT if free else prepare_schema(json_schema)
         with self._lock:
             self.calls.append(len(requests))
         if self.oom_when_batch_over is not None and len(requests) > self.oom_when_batch_over:
@@ -139,8 +148,8 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
     if kind == "array":
         count = min(max(int(schema.get("minItems", 1)), 1), int(schema.get("maxItems", 1)))
         return [build_placeholder(schema["items"]) for _ in range(count)]
-    if kind == "object":
-        return {name: build_placeholder(sub) for name, sub in schema["properties"].items()}
+    if kind == "object":  # any object (``ANY_JSON_OBJECT``) is the empty one
+        return {name: build_placeholder(sub) for name, sub in schema.get("properties", {}).items()}
     return None
 
 

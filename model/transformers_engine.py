@@ -31,6 +31,7 @@ from transformers import (
 from model.checkpoints import check_local_checkpoint
 from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json
 from model.engine import (
+    ANY_JSON_OBJECT,
     DEFAULT_GRAMMAR_CACHE_SIZE,
     TINY_MODELS,
     EngineSpec,
@@ -38,6 +39,7 @@ from model.engine import (
     GenerationResult,
     Turn,
     cut_at_stop,
+    is_any_json_object,
 )
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
 from model.lru import LruCache
@@ -393,7 +395,9 @@ class TransformersEngine:
         key = canonical_schema_json(json_schema)
 
         def build() -> CompiledJson:
-            bounded = prepare_schema(json_schema)  # SchemaError for an unsupported schema
+            # SchemaError for an unsupported schema; any object is no bounded schema.
+            free = is_any_json_object(json_schema)
+            bounded = ANY_JSON_OBJECT if free else prepare_schema(json_schema)
             return compile_json(bounded, self._llg_tokenizer())  # SchemaError too
 
         with self._host_lock:  # building the grammar tokenizer reads the HF tokenizer

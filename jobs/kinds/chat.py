@@ -22,7 +22,14 @@ from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt, setting_bounds
 from jobs.outcome import Outcome
 from jobs.submit.openai_reader import BatchFormat, sampling_fields
-from model.engine import ROLES, Sampling, Turn, check_conversation
+from model.engine import (
+    ANY_JSON_OBJECT,
+    ROLES,
+    Sampling,
+    Turn,
+    check_conversation,
+    is_any_json_object,
+)
 
 MAX_MESSAGES = 64
 
@@ -109,7 +116,9 @@ class Chat(KindDefaults[ChatParams]):
                 )
             request["max_tokens"] = max_tokens
         schema = extra.get("schema")
-        if schema is not None:
+        if is_any_json_object(schema):  # json_object: any object, no bounded schema to check
+            request["schema"] = dict(ANY_JSON_OBJECT)
+        elif schema is not None:
             from jobs.extraction import check_extraction
 
             if not isinstance(schema, dict):
@@ -136,14 +145,14 @@ class Chat(KindDefaults[ChatParams]):
         sampling = Sampling(**{**fields, "stop": tuple(fields.get("stop", ()))})
         if given is not None:
             return Generation(int(given), schema, fit_to_context=False, sampling=sampling)
-        if schema is not None:
+        if schema is not None and not is_any_json_object(schema):
             from model.schema import default_max_new_tokens
 
             budget = default_max_new_tokens(schema)
             return Generation(budget, schema, fit_to_context=True, sampling=sampling)
         return Generation(
             params.max_new_tokens or configured,
-            None,
+            schema,
             fit_to_context=params.budget_chosen,
             sampling=sampling,
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_LINE_NESTING, MAX_MODEL_CHARS, check_text
-from model.engine import MAX_TEMPERATURE, SEED_RANGE
+from model.engine import ANY_JSON_OBJECT, MAX_TEMPERATURE, SEED_RANGE
 from model.nesting import NestingError, loads_bounded
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -337,13 +337,9 @@ def _schema(response_format: Any, where: str) -> dict[str, Any] | None:
             )
         return schema
     if kind == "json_object":
-        raise RequestError(
-            f"{where}: response_format json_object is refused: output is constrained by a "
-            'schema; give {"type": "json_schema", "json_schema": {"schema": …}} instead.',
-            code=UNSUPPORTED,
-        )
+        return dict(ANY_JSON_OBJECT)
     raise RequestError(
-        f"{where}: response_format must be text or json_schema.",
+        f"{where}: response_format must be text, json_object or json_schema.",
         code=UNSUPPORTED if isinstance(kind, str) else MALFORMED,
     )
 

@@ -103,7 +103,7 @@ def test_system_turns_text_parts_and_a_schema_are_kept() -> None:
         ({"stream": True}, "unsupported_parameter", "stream"),
         ({"tools": [{"type": "function"}]}, "unsupported_parameter", "tools"),
         ({"frobnicate": 1}, "unsupported_parameter", "frobnicate"),
-        ({"response_format": {"type": "json_object"}}, "unsupported_parameter", "json_object"),
+        ({"response_format": {"type": "grammar"}}, "unsupported_parameter", "json_object"),
         ({"response_format": {"type": "json_schema"}}, "manifest_invalid", "schema"),
         ({"max_tokens": 0}, "manifest_invalid", "max_tokens"),
         ({"max_tokens": 5, "max_completion_tokens": 6}, "manifest_invalid", "disagree"),
@@ -309,3 +309,12 @@ def test_n_logprobs_and_tools_still_refuse_the_line(given: dict[str, Any]) -> No
     }
     refused = _refused(_typed(body))
     assert refused.code == "unsupported_parameter", refused.message
+
+
+def test_json_object_asks_for_any_object() -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [_USER],
+        "response_format": {"type": "json_object"},
+    }
+    assert parse_openai_line(_typed(body), "w").request["schema"] == {"type": "object"}

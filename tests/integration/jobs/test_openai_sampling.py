@@ -1,6 +1,6 @@
-"""OpenAI-Batch sampling settings, per request, through the real pipeline and the real tiny
-transformers model, on SQLite and PostgreSQL. Each line's body is checked against the openai
-package's own request type, so it is exactly what an OpenAI user writes."""
+"""OpenAI-Batch sampling settings and json_object output, per request, through the real
+pipeline and the real tiny transformers model, on SQLite and PostgreSQL. Each line's body is
+checked against the openai package's own request type: exactly what an OpenAI user writes."""
 
 from __future__ import annotations
 
@@ -51,7 +51,13 @@ def _line(custom_id: str, body: CompletionCreateParamsNonStreaming) -> str:
 
 
 def _run(
-    sf: SessionFactory, blobs: Blobs, engine: Engine, folder: Path, lines: dict[str, Any]
+    sf: SessionFactory,
+    blobs: Blobs,
+    engine: Engine,
+    folder: Path,
+    lines: dict[str, Any],
+    *,
+    all_succeed: bool = True,
 ) -> dict[str, Item]:
     batch = folder / f"requests-{len(list(folder.glob('*.jsonl')))}.jsonl"
     batch.write_text("".join(_line(cid, body) + "\n" for cid, body in lines.items()))
@@ -61,7 +67,7 @@ def _run(
     with sf() as session:
         items = session.scalars(select(Item).where(Item.job_id == result.job_id)).all()
     found = {item.custom_id: item for item in items if item.custom_id}
-    for item in found.values():
+    for item in found.values() if all_succeed else ():
         assert item.status == "succeeded", (item.custom_id, item.error_message)
     return found
 
@@ -124,3 +130,40 @@ def test_a_stop_string_ends_the_text_before_it(
     assert stopped["stopped"].finish_reason == "stop"
     assert stopped["stopped"].tokens_out < full.tokens_out
     assert stopped["free"].result_text == full.result_text
+
+
+def test_json_object_output_is_an_object_or_a_truncation(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    write_images(tmp_path / "photos", 1)
+    image = "photos/img000.png"
+    json_object: Any = {"type": "json_object"}
+    items = _run(
+        session_factory,
+        blobs,
+        tiny,
+        tmp_path,
+        {
+            **{
+                f"obj-{seed}": _body(
+                    image,
+                    response_format=json_object,
+                    temperature=2.0,
+                    seed=seed,
+                    max_completion_tokens=48,
+                )
+                for seed in range(8)
+            },
+            "obj-greedy": _body(image, response_format=json_object, max_completion_tokens=6),
+        },
+        all_succeed=False,
+    )
+    done = [item for item in items.values() if item.status == "succeeded"]
+    assert done, {item.custom_id: item.result_text for item in items.values()}
+    for item in done:
+        assert isinstance(item.result_json, dict)
+        assert json.loads(item.result_text) == item.result_json
+    for item in items.values():
+        if item.status != "succeeded":
+            assert item.error_code == "output_truncated", (item.custom_id, item.error_message)
+    assert items["obj-greedy"].error_code == "output_truncated"
