@@ -158,20 +158,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 class GenerationRequest:
     """One generation: an image and a conversation about it, ending with a user turn.
 
-    ``image`` is already decoded to RGB (see ``model.images.decode_image``). The turns hold only
+    ``image`` is already decoded to RGB (see ``model.images.decode_image``), or None for a
+    conversation of text alone. The turns hold only
     text: the engine applies the chat template and puts the image in the first user turn. A
     plain string is a one-turn conversation (a caption or extraction prompt). Requests that
     share one image object (several questions about a photo) let an engine encode it once.
     ``sampling``: how this request alone picks its tokens (greedy unless told otherwise).
     """
 
-    image: Image.Image
+    image: Image.Image | None
     conversation: tuple[Turn, ...]
     sampling: Sampling
 
     def __init__(
         self,
-        image: Image.Image,
+        image: Image.Image | None,
         conversation: str | Sequence[Turn],
         sampling: Sampling = GREEDY,
     ) -> None:

@@ -1,8 +1,9 @@
 """A deterministic engine without torch, for fast tests of everything around the model.
 
 Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image
-size and its last user turn; a later turn of a conversation adds ``" (after N answers)"``),
-split on whitespace, cut to ``max_new_tokens`` words and re-joined with single spaces;
+size and its last user turn; ``f"answer without an image: {prompt}"`` for text alone; a later
+turn of a conversation adds ``" (after N answers)"``), split on whitespace, cut to
+``max_new_tokens`` words and re-joined with single spaces;
 ``tokens_out`` is its number of words and ``tokens_in`` the conversation's words plus one for
 the image. So a test can tell which image and prompt produced which
 result, and that results come back in request order.
@@ -101,8 +102,11 @@ class FakeEngine:
 
     @staticmethod
     def _caption(request: GenerationRequest, max_new_tokens: int) -> GenerationResult:
-        width, height = request.image.size
-        text = f"caption of {width}x{height} image: {request.prompt}"
+        if request.image is None:
+            text = f"answer without an image: {request.prompt}"
+        else:
+            width, height = request.image.size
+            text = f"caption of {width}x{height} image: {request.prompt}"
         earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
         if earlier:  # a later turn of a conversation: say how much context it had
             text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
@@ -155,7 +159,9 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
 
 def _read(request: GenerationRequest) -> int:
     """Prompt "tokens": the conversation's words, and one for the image."""
-    return 1 + sum(len(turn.text.split()) for turn in request.conversation)
+    return (request.image is not None) + sum(
+        len(turn.text.split()) for turn in request.conversation
+    )
 
 
 def _cut(text: str, max_new_tokens: int) -> GenerationResult:

@@ -271,7 +271,7 @@ class TransformersEngine:
         if not requests:
             return []
         with self._host_lock:
-            texts = [self._build_prompt(r.conversation) for r in requests]
+            texts = [self._build_prompt(r.conversation, r.image is not None) for r in requests]
             counts = [self._count_templated(text) for text in texts]
         if fit_to_context:  # a chosen default, not the user's number: take what fits
             max_new_tokens = max(1, min(max_new_tokens, self.max_context - max(counts)))
@@ -342,7 +342,9 @@ class TransformersEngine:
         with self._waiting_lock:
             return self._prepared_waiting
 
-    def _shared_inputs(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
+    def _shared_inputs(
+        self, images: list[Image.Image | None], texts: list[str]
+    ) -> dict[str, Any] | None:
         """Host-side inputs for a batch whose requests share images (several questions about
         one photo), each distinct image preprocessed once; None when none is shared or the
         model cannot take pre-computed image features. ``_encode_shared`` finishes them on the
@@ -352,6 +354,8 @@ class TransformersEngine:
         and each image's token count; every text then gets its image placeholder expanded to that
         count, as the processor itself does, and is tokenised with the same defaults.
         """
+        if any(image is None for image in images):
+            return None
         firsts: dict[int, int] = {}
         rows = [firsts.setdefault(id(image), i) for i, image in enumerate(images)]
         if len(firsts) == len(images) or not self._model._supports_mm_encoder_outputs():
@@ -427,11 +431,11 @@ class TransformersEngine:
             width = getattr(config, "text_config", config).vocab_size
         return int(width)
 
-    def _build_prompt(self, turns: Sequence[Turn]) -> str:
-        """The templated text of a conversation: the image goes with the first user turn, and
-        earlier answers are assistant turns, as in a real multi-turn chat."""
+    def _build_prompt(self, turns: Sequence[Turn], with_image: bool = True) -> str:
+        """The templated text of a conversation: the image (if any) goes with the first user
+        turn, and earlier answers are assistant turns, as in a real multi-turn chat."""
         messages: list[dict[str, Any]] = []
-        image_placed = False
+        image_placed = not with_image
         for turn in turns:
             content: list[dict[str, Any]] = []
             if turn.role == "user" and not image_placed:
@@ -450,8 +454,13 @@ class TransformersEngine:
         images = sum(1 for i in ids if i == self._image_token_id)
         return len(ids) - images + images * self._image_tokens_max
 
-    def _prepare(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any]:
-        batch = self._processor(images=images, text=texts, padding=True, return_tensors="pt")
+    def _prepare(self, images: Sequence[Image.Image | None], texts: list[str]) -> dict[str, Any]:
+        # Requests of text alone have no placeholder in their text; the processor gives the
+        # images present to the placeholders in order.
+        present = [image for image in images if image is not None]
+        batch = self._processor(
+            images=present or None, text=texts, padding=True, return_tensors="pt"
+        )
         prepared: dict[str, Any] = {}
         for key, value in batch.items():
             if isinstance(value, torch.Tensor):

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Unit:
     item: ClaimedItem
     page: int | None  # None for a plain image
-    image: Any  # PIL.Image.Image, RGB
+    image: Any  # PIL.Image.Image, RGB; None for a request of text alone
 
 
 @dataclass(frozen=True)

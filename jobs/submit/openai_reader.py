@@ -33,6 +33,8 @@ CHAT_COMPLETIONS = "/v1/chat/completions"
 UNSUPPORTED = "unsupported_parameter"
 MALFORMED = "manifest_invalid"
 MAX_STOP_CHARS = 256
+TOO_MANY_IMAGES = "too_many_images"
+NO_IMAGE = ""  # the image_url of a request of text alone
 
 # Options this engine does not take, each with the values that change nothing (the first is the
 # one a refusal suggests); an empty list or object is neutral where () is listed.
@@ -83,8 +85,9 @@ class BatchFormat(StrEnum):
 
 @dataclass(frozen=True)
 class BatchLine:
-    """One request: its custom id, model, image reference (as written) and the chat item's
-    fields (``messages`` as ``{"role", "text"}``, optional ``max_tokens`` and ``schema``)."""
+    """One request: its custom id, model, image reference (as written; ``NO_IMAGE`` for text
+    alone) and the chat item's fields (``messages`` as ``{"role", "text"}``, optional
+    ``max_tokens``, ``schema`` and ``sampling``)."""
 
     custom_id: str
     model: str
@@ -243,7 +246,8 @@ def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
 
 
 def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
-    """The chat turns and the one image (which must be in the first user message)."""
+    """The chat turns and the image (``NO_IMAGE`` if none; one at most, in the first user
+    message)."""
     if not isinstance(given, list) or not given:
         raise RequestError(f'{where}: body "messages" must be a non-empty list.', code=MALFORMED)
     turns: list[dict[str, str]] = []
@@ -266,11 +270,13 @@ def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
             raise RequestError(f"{at}: an image must be in a user message.", code=MALFORMED)
         images.extend((len(turns), url) for url in urls)
         turns.append({"role": _ROLES[role], "text": "\n".join(texts)})
-    if len(images) != 1:
+    if not images:
+        return NO_IMAGE, turns  # a conversation of text alone
+    if len(images) > 1:
         raise RequestError(
-            f"{where}: a request carries exactly one image (an image_url part in a user "
+            f"{where}: a request carries at most one image (an image_url part in a user "
             f"message); this one has {len(images)}.",
-            code=MALFORMED,
+            code=TOO_MANY_IMAGES,
         )
     (index, url), first_user = (
         images[0],

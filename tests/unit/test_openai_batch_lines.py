@@ -14,7 +14,12 @@ from openai.types.chat.completion_create_params import CompletionCreateParamsNon
 from pydantic import TypeAdapter
 
 from jobs.errors import RequestError
-from jobs.submit.openai_reader import decode_data_uri, detect_openai, parse_openai_line
+from jobs.submit.openai_reader import (
+    NO_IMAGE,
+    decode_data_uri,
+    detect_openai,
+    parse_openai_line,
+)
 from storage import SchemeNotAllowedError, open_blobs, uri_scheme
 
 IMAGE = {"type": "image_url", "image_url": {"url": "photos/a.png", "detail": "low"}}
@@ -109,10 +114,9 @@ def test_system_turns_text_parts_and_a_schema_are_kept() -> None:
         ({"max_tokens": 5, "max_completion_tokens": 6}, "manifest_invalid", "disagree"),
         ({"model": ""}, "manifest_invalid", "model"),
         ({"messages": []}, "manifest_invalid", "messages"),
-        ({"messages": [{"role": "user", "content": "no image"}]}, "manifest_invalid", "has 0"),
         (
             {"messages": [{"role": "user", "content": [IMAGE, IMAGE]}]},
-            "manifest_invalid",
+            "too_many_images",
             "has 2",
         ),
         (
@@ -318,3 +322,19 @@ def test_json_object_asks_for_any_object() -> None:
         "response_format": {"type": "json_object"},
     }
     assert parse_openai_line(_typed(body), "w").request["schema"] == {"type": "object"}
+
+
+def test_a_request_of_text_alone_has_no_image() -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+    }
+    parsed = parse_openai_line(_typed(body), "w")
+    assert parsed.image_url == NO_IMAGE
+    assert parsed.request["messages"] == [
+        {"role": "system", "text": "Be brief."},
+        {"role": "user", "text": "Name a colour."},
+    ]

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from jobs.db import Item, SessionFactory
 from jobs.submit.openai_reader import BatchFormat
 from jobs.submit.request import SubmitRequest
-from model.engine import Engine, EngineSpec
+from model.engine import Engine, EngineSpec, GenerationRequest, Turn
 from storage import Blobs
 from tests.helpers import make_resources, write_images
 from workers.local import run_job_locally
@@ -167,3 +167,32 @@ def test_json_object_output_is_an_object_or_a_truncation(
         if item.status != "succeeded":
             assert item.error_code == "output_truncated", (item.custom_id, item.error_message)
     assert items["obj-greedy"].error_code == "output_truncated"
+
+
+def test_a_request_of_text_alone_runs_beside_ones_with_images(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    write_images(tmp_path / "photos", 1)
+    text_alone: CompletionCreateParamsNonStreaming = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+        "max_completion_tokens": 6,
+    }
+    items = _run(
+        session_factory,
+        blobs,
+        tiny,
+        tmp_path,
+        {"text": text_alone, "image": _body("photos/img000.png"), "text-2": text_alone},
+    )
+    text, image = items["text"], items["image"]
+    assert text.source == "" and text.input_uri == "" and text.input_sha256 is None
+    assert text.result_text and text.result_text == items["text-2"].result_text
+    # What the model says to that conversation with no image at all.
+    turns = [Turn("system", "Answer in one word."), Turn("user", "Name a colour.")]
+    (expected,) = tiny.generate([GenerationRequest(None, turns)], max_new_tokens=6)
+    assert text.result_text == expected.text and text.prompt_tokens == expected.tokens_in
+    assert image.input_sha256  # the image, stored; nothing stored for text alone
