@@ -105,20 +105,12 @@ def live_workers(
     return int(count)
 
 
-def served_models(
-    session_factory: SessionFactory,
-    configured: str,
-    *,
-    kept_for: timedelta = WORKER_ROWS_KEPT_FOR,
-    now: datetime | None = None,
-) -> list[str]:
+def served_models(session_factory: SessionFactory, configured: str) -> list[str]:
     """The models this deployment serves, sorted: ``configured`` (``LLAVA_BATCH_MODEL``, what a
     ``worker`` or ``run --resume`` started with these settings loads) and every model a worker
-    of the registry beat for within ``kept_for`` (the rows the sweeper keeps), live or not: a
-    fleet that scaled to zero overnight still serves its models in the morning."""
-    since = (now or utcnow()) - kept_for
+    of the registry beat for, live or not: a fleet that scaled to zero overnight still serves
+    its models in the morning. The sweeper forgets a worker not seen for
+    ``LLAVA_BATCH_WORKER_ROWS_KEPT_FOR`` (``forget_dead_workers``), and its model with it."""
     with session_factory() as session:
-        named = session.scalars(
-            select(WorkerRow.model).where(WorkerRow.seen_at >= since).distinct()
-        ).all()
+        named = session.scalars(select(WorkerRow.model).distinct()).all()
     return sorted({configured, *named})

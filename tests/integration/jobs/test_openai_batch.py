@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.fleet import Serving, beat_worker
+from jobs.fleet import Serving, beat_worker, forget_dead_workers
 from jobs.states import ItemStatus
 from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import BatchFormat
@@ -343,12 +343,12 @@ def test_a_model_no_worker_serves_is_refused_naming_the_served_ones(
     named: str,
 ) -> None:
     """A file naming a model this deployment does not serve (not LLAVA_BATCH_MODEL, no worker of
-    the registry's last week) is refused, naming those it serves; a hosted name is compared,
-    never looked up."""
+    the registry, which forgets a worker gone a week) is refused, naming those it serves; a
+    hosted name is compared, never looked up."""
     eight_days_ago = utcnow() - timedelta(days=8)
-    beat_worker(
-        session_factory, "old@host", Serving("acme/forgotten", None, "none"), now=eight_days_ago
-    )
+    forgotten = Serving("acme/forgotten", None, "none")
+    beat_worker(session_factory, "old@host", forgotten, now=eight_days_ago)
+    assert forget_dead_workers(session_factory) == 1  # the sweeper's pass: a week by default
     write_images(tmp_path, 1)
     lines = [_line("a", [_image("img000.png")]), _line("b", [_image(_data_uri())])]
     for line in lines:
