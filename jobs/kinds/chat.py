@@ -1,7 +1,8 @@
-"""``chat``: each item is its own chat request about its image, as an OpenAI-Batch line is: its
-messages (system, user and assistant turns), its token budget, and an optional JSON Schema the
-answer must follow. One user turn is a caption or a question; several turns are a conversation;
-a schema makes it an extraction."""
+"""``chat``: each item is its own chat request about its image (or about nothing: text alone),
+as an OpenAI-Batch line is: its messages (system, user and assistant turns), its token budget,
+its sampling and stop strings, and an optional JSON Schema the answer must follow (or any JSON
+object). One user turn is a caption or a question; several turns are a conversation; a schema
+makes it an extraction."""
 
 from __future__ import annotations
 
