@@ -97,6 +97,19 @@ def _refused(sf: SessionFactory, blobs: Blobs, request: SubmitRequest) -> Reques
     return refused.value
 
 
+def _record_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The host names this process looks up from now on, in order."""
+    looked_up: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, **kw: Any) -> Any:
+        looked_up.append(str(host))
+        return real_getaddrinfo(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    return looked_up
+
+
 def _items(sf: SessionFactory, job_id: str) -> list[Item]:
     with sf() as session:
         return list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)))
@@ -137,14 +150,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
         _line("file-6", [_image("file:///etc/hostname")]),
     ]
     batch = _write(folder / "requests.jsonl", lines)
-    looked_up: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def recording(host: Any, *args: Any, **kw: Any) -> Any:
-        looked_up.append(str(host))
-        return real_getaddrinfo(host, *args, **kw)
-
-    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    looked_up = _record_lookups(monkeypatch)
 
     res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     result = run_job_locally(_request(batch), res, max_prompt_chars=4000)
@@ -354,20 +360,12 @@ def test_a_model_no_worker_serves_is_refused_naming_the_served_ones(
     for line in lines:
         line["body"]["model"] = named
     batch = _write(tmp_path / "b.jsonl", lines)
-    looked_up: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def recording(host: Any, *args: Any, **kw: Any) -> Any:
-        looked_up.append(str(host))
-        return real_getaddrinfo(host, *args, **kw)
-
-    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    looked_up = _record_lookups(monkeypatch)
     refused = _refused(session_factory, blobs, _request(batch))
     assert refused.code == "model_not_served"
     assert named in refused.message
-    assert f"served: the-worker-model, {MODEL}" in refused.message or (
-        f"served: {MODEL}, the-worker-model" in refused.message
-    ), refused.message
+    # Sorted: "llava-hf/…" before "the-worker-model".
+    assert f"served: {MODEL}, the-worker-model" in refused.message, refused.message
     assert "--model the-worker-model" in refused.message
     assert not [host for host in looked_up if "hugging" in host or "hf.co" in host]
 
