@@ -30,7 +30,7 @@ from jobs.lifecycle import (
     release_items,
 )
 from jobs.outcome import Outcome
-from jobs.submit.sources import read_input_error
+from jobs.submit.sources import NO_INPUT, read_input_error
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
@@ -262,6 +262,8 @@ def fetch_input(
     refused = read_input_error(item.request)
     if refused is not None:  # refused at submit (a URL never fetched): nothing is read
         return failed(item, *refused)
+    if item.input_uri == NO_INPUT:  # a request of text alone: nothing to read or decode
+        return Planned(item, (PlannedUnit(item, None, 0, lambda: None),))
     policy = res.input_policy
     if policy.restricted and not policy.allows_read(
         item.source, item.input_uri, res.blobs.holds(item.input_uri)
