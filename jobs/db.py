@@ -245,6 +245,29 @@ class ItemPage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ItemInput(Base):
+    """An item's inputs after its first (``items.input_uri``): the other images of an OpenAI
+    request that carries several, in order (``position`` 1 is the second image). Their
+    ``sha256`` keeps a stored blob from collection as ``items.input_sha256`` does."""
+
+    __tablename__ = "item_inputs"
+    __table_args__ = (
+        Index(
+            "ix_item_inputs_sha256",
+            "sha256",
+            postgresql_where=text("sha256 IS NOT NULL"),
+            sqlite_where=text("sha256 IS NOT NULL"),
+        ),
+    )
+
+    item_id: Mapped[str] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+
 class Schedule(Base):
     """A recurring extraction over an S3 prefix; survives restarts because it lives here."""
 

@@ -42,6 +42,8 @@ class ItemErrorCode(StrEnum):
     input_scheme_not_allowed = "input_scheme_not_allowed"  # http(s)://, file://…: never fetched
     input_not_allowed = "input_not_allowed"  # outside LLAVA_BATCH_INPUT_PREFIXES
     prompt_too_long = "prompt_too_long"
+    too_many_images = "too_many_images"  # over MAX_IMAGES_PER_REQUEST: written failed at submit
+    images_not_supported = "images_not_supported"  # several, to a model that takes one
     pdf_encrypted = "pdf_encrypted"
     pdf_corrupt = "pdf_corrupt"
     pdf_too_many_pages = "pdf_too_many_pages"

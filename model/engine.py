@@ -156,23 +156,25 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @dataclass(frozen=True, init=False)
 class GenerationRequest:
-    """One generation: an image and a conversation about it, ending with a user turn.
+    """One generation: an image (or several, or none) and a conversation about it, ending with
+    a user turn.
 
-    ``image`` is already decoded to RGB (see ``model.images.decode_image``), or None for a
-    conversation of text alone. The turns hold only
-    text: the engine applies the chat template and puts the image in the first user turn. A
+    ``image`` is already decoded to RGB (see ``model.images.decode_image``): one image, a
+    sequence of them (one request about several, shown in order), or None for a conversation
+    of text alone; ``images`` holds them as a tuple. The turns hold only
+    text: the engine applies the chat template and puts the images in the first user turn. A
     plain string is a one-turn conversation (a caption or extraction prompt). Requests that
     share one image object (several questions about a photo) let an engine encode it once.
     ``sampling``: how this request alone picks its tokens (greedy unless told otherwise).
     """
 
-    image: Image.Image | None
+    images: tuple[Image.Image, ...]
     conversation: tuple[Turn, ...]
     sampling: Sampling
 
     def __init__(
         self,
-        image: Image.Image | None,
+        image: Image.Image | Sequence[Image.Image] | None,
         conversation: str | Sequence[Turn],
         sampling: Sampling = GREEDY,
     ) -> None:
@@ -180,9 +182,15 @@ class GenerationRequest:
             (Turn("user", conversation),) if isinstance(conversation, str) else tuple(conversation)
         )
         check_conversation(turns)
-        object.__setattr__(self, "image", image)
+        images = () if image is None else (image,) if isinstance(image, Image.Image) else image
+        object.__setattr__(self, "images", tuple(images))
         object.__setattr__(self, "conversation", turns)
         object.__setattr__(self, "sampling", sampling)
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The first image (None for text alone)."""
+        return self.images[0] if self.images else None
 
     @property
     def prompt(self) -> str:

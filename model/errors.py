@@ -52,6 +52,7 @@ INPUT_ERROR_CODES = frozenset(
         "pdf_too_many_pages",  # more selected pages than allowed per document
         "pdf_page_out_of_range",  # none of the selected pages exists
         "document_too_large",  # the selected pages together are over the per-item pixel budget
+        "images_not_supported",  # several images, to a model whose template takes one
     }
 )
 

@@ -1,12 +1,13 @@
 """A deterministic engine without torch, for fast tests of everything around the model.
 
 Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image
-size and its last user turn; ``f"answer without an image: {prompt}"`` for text alone; a later
+size and its last user turn; ``f"answer without an image: {prompt}"`` for text alone;
+``f"caption of {w1}x{h1} and {w2}x{h2} images: {prompt}"`` for several, in order; a later
 turn of a conversation adds ``" (after N answers)"``), split on whitespace, cut to
 ``max_new_tokens`` words and re-joined with single spaces;
 ``tokens_out`` is its number of words and ``tokens_in`` the conversation's words plus one for
-the image. So a test can tell which image and prompt produced which
-result, and that results come back in request order.
+each image. ``max_images``: as a real engine's (None: any number). So a test can tell which
+image and prompt produced which result, and that results come back in request order.
 
 With ``json_schema``, each result's text is one compact JSON object valid against the schema and
 the same for every request: every property (required or not) filled with a placeholder of its
@@ -56,8 +57,10 @@ class FakeEngine:
         delay_s: float = 0.0,
         *,
         oom_when_batch_over: int | None = None,
+        max_images: int | None = None,
     ) -> None:
         self._name = name
+        self.max_images = max_images
         self.delay_s = delay_s
         self.oom_when_batch_over = oom_when_batch_over
         self.calls: list[int] = []
@@ -102,11 +105,13 @@ class FakeEngine:
 
     @staticmethod
     def _caption(request: GenerationRequest, max_new_tokens: int) -> GenerationResult:
-        if request.image is None:
+        sizes = [f"{image.size[0]}x{image.size[1]}" for image in request.images]
+        if not sizes:
             text = f"answer without an image: {request.prompt}"
+        elif len(sizes) == 1:
+            text = f"caption of {sizes[0]} image: {request.prompt}"
         else:
-            width, height = request.image.size
-            text = f"caption of {width}x{height} image: {request.prompt}"
+            text = f"caption of {' and '.join(sizes)} images: {request.prompt}"
         earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
         if earlier:  # a later turn of a conversation: say how much context it had
             text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
@@ -159,9 +164,7 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
 
 def _read(request: GenerationRequest) -> int:
     """Prompt "tokens": the conversation's words, and one for the image."""
-    return (request.image is not None) + sum(
-        len(turn.text.split()) for turn in request.conversation
-    )
+    return len(request.images) + sum(len(turn.text.split()) for turn in request.conversation)
 
 
 def _cut(text: str, max_new_tokens: int) -> GenerationResult:

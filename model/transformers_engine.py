@@ -170,6 +170,7 @@ class TransformersEngine:
         specials = {self._image_token, *tokenizer.all_special_tokens}
         self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
         self._image_tokens_max = self._measure_image_tokens()
+        self._max_images = self._measure_max_images()
         # Compiled grammars by canonical schema JSON; the grammar tokenizer is built on first use.
         self._grammar_tokenizer: llguidance.LLTokenizer | None = None
         self.grammars: LruCache[str, CompiledJson] = LruCache(
@@ -235,6 +236,13 @@ class TransformersEngine:
         sides = [size.get("shortest_edge"), size.get("height"), crop.get("height")]
         return max(int(side) for side in sides if side) if any(sides) else 336
 
+    @property
+    def max_images(self) -> int | None:
+        """How many images one request may show this model: 1 when its chat template renders
+        one image placeholder however many images a message holds, None (no limit of its own)
+        when it renders one per image, as LLaVA's and LLaVA-NeXT's templates do."""
+        return self._max_images
+
     def count_prompt_tokens(self, conversation: str | Sequence[Turn]) -> int:
         """An upper bound on the tokens a conversation (or one prompt) takes, with the template
         and its image.
@@ -271,7 +279,7 @@ class TransformersEngine:
         if not requests:
             return []
         with self._host_lock:
-            texts = [self._build_prompt(r.conversation, r.image is not None) for r in requests]
+            texts = [self._build_prompt(r.conversation, len(r.images)) for r in requests]
             counts = [self._count_templated(text) for text in texts]
         if fit_to_context:  # a chosen default, not the user's number: take what fits
             max_new_tokens = max(1, min(max_new_tokens, self.max_context - max(counts)))
@@ -283,7 +291,14 @@ class TransformersEngine:
                     f"The prompt needs up to {needed} tokens with {max_new_tokens} new tokens, "
                     f"over the model's context of {self.max_context}.",
                 )
-        images = [r.image for r in requests]
+        for r in requests:
+            if self._max_images is not None and len(r.images) > self._max_images:
+                raise InputError(
+                    "images_not_supported",
+                    f"The request carries {len(r.images)} images; model {self._name!r} takes "
+                    f"{self._max_images} per request.",
+                )
+        images = [r.images for r in requests]
         # One processor of each per call: they hold per-row state for this batch only. The
         # sampler comes last, so it samples among the tokens the grammar allows.
         processors: list[Any] = []
@@ -343,7 +358,7 @@ class TransformersEngine:
             return self._prepared_waiting
 
     def _shared_inputs(
-        self, images: list[Image.Image | None], texts: list[str]
+        self, per_request: list[tuple[Image.Image, ...]], texts: list[str]
     ) -> dict[str, Any] | None:
         """Host-side inputs for a batch whose requests share images (several questions about
         one photo), each distinct image preprocessed once; None when none is shared or the
@@ -354,15 +369,16 @@ class TransformersEngine:
         and each image's token count; every text then gets its image placeholder expanded to that
         count, as the processor itself does, and is tokenised with the same defaults.
         """
-        if any(image is None for image in images):
+        if any(len(shown) != 1 for shown in per_request):  # text alone, or several images
             return None
+        images = [shown[0] for shown in per_request]
         firsts: dict[int, int] = {}
         rows = [firsts.setdefault(id(image), i) for i, image in enumerate(images)]
         if len(firsts) == len(images) or not self._model._supports_mm_encoder_outputs():
             return None
         distinct = sorted(firsts.values())
         where = {row: n for n, row in enumerate(distinct)}
-        own = self._prepare([images[i] for i in distinct], [texts[i] for i in distinct])
+        own = self._prepare([(images[i],) for i in distinct], [texts[i] for i in distinct])
         counts = (own["input_ids"] == self._image_token_id).sum(dim=1).tolist()
         expanded = [
             text.replace(self._image_token, self._image_token * counts[where[row]], 1)
@@ -431,15 +447,16 @@ class TransformersEngine:
             width = getattr(config, "text_config", config).vocab_size
         return int(width)
 
-    def _build_prompt(self, turns: Sequence[Turn], with_image: bool = True) -> str:
-        """The templated text of a conversation: the image (if any) goes with the first user
-        turn, and earlier answers are assistant turns, as in a real multi-turn chat."""
+    def _build_prompt(self, turns: Sequence[Turn], images: int = 1) -> str:
+        """The templated text of a conversation: its ``images`` (if any) go with the first user
+        turn, one image part each, in order, and earlier answers are assistant turns, as in a
+        real multi-turn chat."""
         messages: list[dict[str, Any]] = []
-        image_placed = not with_image
+        image_placed = images == 0
         for turn in turns:
             content: list[dict[str, Any]] = []
             if turn.role == "user" and not image_placed:
-                content.append({"type": "image"})
+                content += [{"type": "image"}] * images
                 image_placed = True
             safe = neutralise_special_tokens(turn.text, self._special_strings)
             content.append({"type": "text", "text": safe})
@@ -454,10 +471,12 @@ class TransformersEngine:
         images = sum(1 for i in ids if i == self._image_token_id)
         return len(ids) - images + images * self._image_tokens_max
 
-    def _prepare(self, images: Sequence[Image.Image | None], texts: list[str]) -> dict[str, Any]:
+    def _prepare(
+        self, per_request: Sequence[tuple[Image.Image, ...]], texts: list[str]
+    ) -> dict[str, Any]:
         # Requests of text alone have no placeholder in their text; the processor gives the
-        # images present to the placeholders in order.
-        present = [image for image in images if image is not None]
+        # images present to the placeholders in order, a request's several in its order.
+        present = [image for shown in per_request for image in shown]
         batch = self._processor(
             images=present or None, text=texts, padding=True, return_tensors="pt"
         )
@@ -504,6 +523,12 @@ class TransformersEngine:
                 raise ModelLoadError(message) from exc
             counts.append(int((batch["input_ids"] == self._image_token_id).sum().item()))
         return max(counts)
+
+    def _measure_max_images(self) -> int | None:
+        """1 when the chat template shows a message's two images as fewer than two image
+        placeholders (it takes one image), else None (``max_images``)."""
+        probe = self._build_prompt([Turn("user", "")], images=2)
+        return None if probe.count(self._image_token) >= 2 else 1
 
     def _release_memory(self) -> None:
         if self._device.type == "cuda":

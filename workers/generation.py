@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Unit:
     item: ClaimedItem
     page: int | None  # None for a plain image
-    image: Any  # PIL.Image.Image, RGB; None for a request of text alone
+    image: Any  # PIL.Image.Image, RGB; a tuple of them for several; None for text alone
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def generate_tasks(
 def _padding_key(task: Task) -> tuple[float, int]:
     """Tasks alike in image shape (LLaVA-NeXT's tile count follows the aspect ratio) and prompt
     length share a batch, so left padding stays small."""
-    width, height = getattr(task.unit.image, "size", (1, 1))
+    first = task.unit.image[0] if isinstance(task.unit.image, tuple) else task.unit.image
+    width, height = getattr(first, "size", (1, 1))
     aspect = round(width / max(height, 1), 1)
     return (aspect, sum(len(turn.text) for turn in task.conversation))
 

@@ -30,7 +30,7 @@ from jobs.lifecycle import (
     release_items,
 )
 from jobs.outcome import Outcome
-from jobs.submit.sources import NO_INPUT, read_input_error
+from jobs.submit.sources import NO_INPUT, read_input_error, read_more_images
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
@@ -264,15 +264,29 @@ def fetch_input(
         return failed(item, *refused)
     if item.input_uri == NO_INPUT:  # a request of text alone: nothing to read or decode
         return Planned(item, (PlannedUnit(item, None, 0, lambda: None),))
+    more = read_more_images(item.request)
+    takes = getattr(res.engine, "max_images", None)
+    if takes is not None and 1 + len(more) > takes:  # judged before anything is read
+        return failed(
+            item,
+            ItemErrorCode.images_not_supported,
+            f"The request carries {1 + len(more)} images; model {res.engine.name!r} takes "
+            f"{takes} per request (its chat template shows one image).",
+        )
     policy = res.input_policy
-    if policy.restricted and not policy.allows_read(
-        item.source, item.input_uri, res.blobs.holds(item.input_uri)
-    ):
-        # Submitted where the list was not in force (another CLI's settings): the deployment's
-        # credentials read only what its own list allows.
-        return failed(item, INPUT_NOT_ALLOWED, policy.refusal(item.input_uri))
+    for source, uri in [(item.source, item.input_uri), *((uri, uri) for uri in more)]:
+        if policy.restricted and not policy.allows_read(source, uri, res.blobs.holds(uri)):
+            # Submitted where the list was not in force (another CLI's settings): the
+            # deployment's credentials read only what its own list allows.
+            return failed(item, INPUT_NOT_ALLOWED, policy.refusal(uri))
     try:
         data = res.blobs.read_uri(item.input_uri, max_bytes=res.settings.max_input_bytes)
+        if more:
+            # Each image under the budgets of one; their pixels together under the item's.
+            datas = [data] + [
+                res.blobs.read_uri(uri, max_bytes=res.settings.max_input_bytes) for uri in more
+            ]
+            return Planned(item, (plan_images(item, datas, res),))
         return Planned(item, plan_units(item, data, res, rendering))
     except TransientStorageError as exc:
         # Handed back with a growing wait and no attempt spent: an outage of minutes fails
@@ -327,6 +341,32 @@ def plan_units(
     min_side = getattr(res.engine, "input_side", None)
     decode = partial(decode_image, data, max_pixels=max_pixels, min_side=min_side)
     return (PlannedUnit(item, None, width * height, decode),)
+
+
+def plan_images(item: ClaimedItem, datas: Sequence[bytes], res: WorkerResources) -> PlannedUnit:
+    """One unit of a request's several images, decoded together (a tuple, in order): each is
+    judged from its header against the per-image pixel limit, and their pixels together
+    against the item's (``LLAVA_BATCH_MAX_ITEM_PIXELS``), before anything is decoded. Raises
+    InputError for an image over its budgets."""
+    from model.images import decode_image, read_image_size
+
+    max_pixels = min(res.settings.max_image_pixels, res.settings.max_item_pixels)
+    pixels = 0
+    for data in datas:
+        width, height = read_image_size(data, max_pixels=max_pixels)
+        pixels += width * height
+    if pixels > res.settings.max_item_pixels:
+        raise InputError(
+            "image_too_large",
+            f"The request's {len(datas)} images have {pixels} pixels together, over the "
+            f"limit of {res.settings.max_item_pixels} per item (LLAVA_BATCH_MAX_ITEM_PIXELS).",
+        )
+    min_side = getattr(res.engine, "input_side", None)
+
+    def decode() -> tuple[Any, ...]:
+        return tuple(decode_image(d, max_pixels=max_pixels, min_side=min_side) for d in datas)
+
+    return PlannedUnit(item, None, pixels, decode)
 
 
 def _render_page(pages: DocumentPages, number: int) -> Any:

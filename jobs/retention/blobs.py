@@ -22,12 +22,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, insert, literal, select, text
+from sqlalchemy import ColumnElement, delete, insert, literal, or_, select, text
 from sqlalchemy.orm import Session
 
 from jobs.db import (
     BlobCandidate,
     Item,
+    ItemInput,
     SessionFactory,
     SubmitInFlight,
     UTCDateTime,
@@ -91,11 +92,17 @@ def queue_inputs_of(
     """``queue_candidates`` for the items that match ``items`` (the deleting step's seq range),
     in one INSERT … SELECT: a 1,000-item step reads no row into this process. Returns how many
     candidates it queued."""
-    uses = (
-        select(Item.input_uri, Item.input_sha256, literal(now or utcnow(), UTCDateTime()))
-        .where(*items, Item.input_sha256.is_not(None))
-        .distinct()
+    firsts = select(Item.input_uri.label("uri"), Item.input_sha256.label("sha256")).where(
+        *items, Item.input_sha256.is_not(None)
     )
+    # The other images of a request of several (``item_inputs``), of the same items.
+    others = (
+        select(ItemInput.uri, ItemInput.sha256)
+        .join(Item, Item.id == ItemInput.item_id)
+        .where(*items, ItemInput.sha256.is_not(None))
+    )
+    both = firsts.union(others).subquery()  # UNION: each (uri, sha256) once
+    uses = select(both.c.uri, both.c.sha256, literal(now or utcnow(), UTCDateTime()))
     queued = session.execute(
         insert(BlobCandidate).from_select(["uri", "sha256", "queued_at"], uses)
     )
@@ -181,14 +188,16 @@ def _lock_out_submits(session: Session, now: datetime) -> int:
 
 
 def _still_referenced(session: Session, ids: list[int]) -> set[str]:
-    """The sha256 of those candidates some item references: an index probe each
-    (ix_items_input_sha256) that stops at the first item. By content, not URI: the same bytes
-    under another suffix keep the candidate too (kept, never lost)."""
+    """The sha256 of those candidates some item references, as its first input or another
+    (``item_inputs``): an index probe each (ix_items_input_sha256, ix_item_inputs_sha256) that
+    stops at the first row. By content, not URI: the same bytes under another suffix keep the
+    candidate too (kept, never lost)."""
     if not ids:
         return set()
-    uses = select(Item.id).where(Item.input_sha256 == BlobCandidate.sha256).exists()
+    first = select(Item.id).where(Item.input_sha256 == BlobCandidate.sha256).exists()
+    other = select(ItemInput.item_id).where(ItemInput.sha256 == BlobCandidate.sha256).exists()
     taken = among(session, BlobCandidate.id, ids)
-    return set(session.scalars(select(BlobCandidate.sha256).where(taken, uses)))
+    return set(session.scalars(select(BlobCandidate.sha256).where(taken, or_(first, other))))
 
 
 def _drop_candidates(session: Session, ids: list[int]) -> None:

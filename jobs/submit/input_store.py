@@ -60,6 +60,20 @@ def store_with(
     return list(pool.map(store, inputs))
 
 
+def store_all_with(
+    pool: ThreadPoolExecutor, inputs: Sequence[InputSpec], blobs: Blobs
+) -> list[tuple[tuple[str, str | None], list[tuple[str, str | None]]]]:
+    """``store_with``, each input's other images (``InputSpec.others``) stored with it: for
+    each input, its own (uri, sha256) and its others' in order. One pool for them all."""
+    others = [other for spec in inputs for other in spec.others]
+    stored = store_with(pool, [*inputs, *others], blobs)
+    firsts, rest = stored[: len(inputs)], iter(stored[len(inputs) :])
+    return [
+        (first, [next(rest) for _ in spec.others])
+        for spec, first in zip(inputs, firsts, strict=True)
+    ]
+
+
 def _uploads(spec: InputSpec) -> bool:
     return spec.input_error is None and (spec.inline is not None or spec.local_path is not None)
 

@@ -4,9 +4,9 @@ item (``jobs/kinds/chat.py``).
 A line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {"model",
 "messages", "max_tokens" | "max_completion_tokens", "response_format"?, "temperature"?, …}}``.
 Parsing is pure (no I/O): ``parse_openai_line`` turns a line into the chat item's fields and its
-one image reference; ``jobs.submit.sources`` resolves the image (a ``data:`` URI, an
-``s3://`` URI, a path next to the file) and refuses the whole file on any malformed
-line, with its number.
+image references (none, one or several); ``jobs.submit.sources`` resolves each image (a
+``data:`` URI, an ``s3://`` URI, a path next to the file) and refuses the whole file on any
+malformed line, with its number; a line over ``MAX_IMAGES_PER_REQUEST`` fails its own item.
 
 Sampling (``temperature``, ``top_p``, ``seed``) and ``stop`` are the request's own
 (``sampling_fields``); generation is greedy unless a request samples. What cannot be honoured
@@ -35,6 +35,11 @@ MALFORMED = "manifest_invalid"
 MAX_STOP_CHARS = 256
 TOO_MANY_IMAGES = "too_many_images"
 NO_IMAGE = ""  # the image_url of a request of text alone
+# The most images one request may carry: each is read, decoded and encoded like a whole
+# single-image request, and their image tokens share one context. A request over it fails on
+# its own item at submit (``too_many_images``); a model whose template takes one image fails
+# a request of several on its item (``images_not_supported``, judged by the worker).
+MAX_IMAGES_PER_REQUEST = 8
 
 # Options this engine does not take, each with the values that change nothing (the first is the
 # one a refusal suggests); an empty list or object is neutral where () is listed.
@@ -85,14 +90,19 @@ class BatchFormat(StrEnum):
 
 @dataclass(frozen=True)
 class BatchLine:
-    """One request: its custom id, model, image reference (as written; ``NO_IMAGE`` for text
-    alone) and the chat item's fields (``messages`` as ``{"role", "text"}``, optional
+    """One request: its custom id, model, image references (as written, in order; none for
+    text alone) and the chat item's fields (``messages`` as ``{"role", "text"}``, optional
     ``max_tokens``, ``schema`` and ``sampling``)."""
 
     custom_id: str
     model: str
-    image_url: str
+    image_urls: tuple[str, ...]
     request: dict[str, Any]
+
+    @property
+    def image_url(self) -> str:
+        """The first image (``NO_IMAGE`` for text alone): the item's own input."""
+        return self.image_urls[0] if self.image_urls else NO_IMAGE
 
 
 def looks_like_openai(entry: object) -> bool:
@@ -149,7 +159,7 @@ def parse_openai_line(line: str, where: str) -> BatchLine:
         raise RequestError(f'{where}: body "model" must be a non-empty string.', code=MALFORMED)
     check_text(model, what=f"{where}: model", code=MALFORMED, max_chars=MAX_MODEL_CHARS)
     _check_options(body, where)
-    image_url, messages = _messages(body.get("messages"), where)
+    image_urls, messages = _messages(body.get("messages"), where)
     request: dict[str, Any] = {"messages": messages}
     max_tokens = _max_tokens(body, where)
     if max_tokens is not None:
@@ -160,7 +170,7 @@ def parse_openai_line(line: str, where: str) -> BatchLine:
     sampling = sampling_fields(body, where)
     if sampling:
         request["sampling"] = sampling
-    return BatchLine(custom_id=custom_id, model=model, image_url=image_url, request=request)
+    return BatchLine(custom_id=custom_id, model=model, image_urls=image_urls, request=request)
 
 
 def _check_options(body: Mapping[str, Any], where: str) -> None:
@@ -245,9 +255,10 @@ def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
     return any(type(n) is not tuple and n == value for n in neutral)
 
 
-def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
-    """The chat turns and the image (``NO_IMAGE`` if none; one at most, in the first user
-    message)."""
+def _messages(given: Any, where: str) -> tuple[tuple[str, ...], list[dict[str, str]]]:
+    """The chat turns and the images, in order (none for text alone; all in the first user
+    message, where the chat template shows them). How many a request may carry is judged per
+    line by the caller (``MAX_IMAGES_PER_REQUEST``)."""
     if not isinstance(given, list) or not given:
         raise RequestError(f'{where}: body "messages" must be a non-empty list.', code=MALFORMED)
     turns: list[dict[str, str]] = []
@@ -271,24 +282,15 @@ def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
         images.extend((len(turns), url) for url in urls)
         turns.append({"role": _ROLES[role], "text": "\n".join(texts)})
     if not images:
-        return NO_IMAGE, turns  # a conversation of text alone
-    if len(images) > 1:
+        return (), turns  # a conversation of text alone
+    first_user = next(i for i, t in enumerate(turns) if t["role"] == "user")
+    if any(index != first_user for index, _ in images):
         raise RequestError(
-            f"{where}: a request carries at most one image (an image_url part in a user "
-            f"message); this one has {len(images)}.",
-            code=TOO_MANY_IMAGES,
-        )
-    (index, url), first_user = (
-        images[0],
-        next(i for i, t in enumerate(turns) if t["role"] == "user"),
-    )
-    if index != first_user:
-        raise RequestError(
-            f"{where}: the image must be in the first user message (the chat template shows "
-            "it there).",
+            f"{where}: the images must be in the first user message (the chat template shows "
+            "them there).",
             code=MALFORMED,
         )
-    return url, turns
+    return tuple(url for _, url in images), turns
 
 
 def _content(content: Any, at: str) -> tuple[list[str], list[str]]:

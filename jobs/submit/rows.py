@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, SessionFactory, new_id, utcnow
+from jobs.db import Item, ItemInput, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.hooks import reached
 from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
@@ -38,8 +38,8 @@ from jobs.lifecycle import (
 )
 from jobs.states import ItemStatus
 from jobs.submit.in_flight import InFlight
-from jobs.submit.input_store import UPLOAD_THREADS, store_with
-from jobs.submit.sources import INPUT_ERROR, InputSpec
+from jobs.submit.input_store import UPLOAD_THREADS, store_all_with
+from jobs.submit.sources import INPUT_ERROR, MORE_IMAGES, InputSpec
 from storage import Blobs
 
 if TYPE_CHECKING:
@@ -108,10 +108,25 @@ def stamp_queued(rows: list[dict[str, Any]], stamp: datetime | None) -> list[str
     return [row["id"] for row in queued]
 
 
+# The key of an item row (never a column) that holds its other inputs, [(uri, sha256)]:
+# ``insert_rows`` writes them to ``item_inputs``, in the items' transaction.
+OTHER_INPUTS = "_other_inputs"
+
+
 def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Adds ``rows`` to the caller's transaction, in multi-row INSERTs."""
+    """Adds ``rows`` to the caller's transaction, in multi-row INSERTs; an item's other inputs
+    (``OTHER_INPUTS``) go to ``item_inputs`` with it."""
+    others = [
+        {"item_id": row["id"], "position": position, "uri": uri, "sha256": sha256}
+        for row in rows
+        for position, (uri, sha256) in enumerate(row.get(OTHER_INPUTS, ()), start=1)
+    ]
+    if others:
+        rows = [{k: v for k, v in row.items() if k != OTHER_INPUTS} for row in rows]
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         session.execute(insert(Item), rows[start : start + _ROWS_PER_INSERT])
+    for start in range(0, len(others), _ROWS_PER_INSERT):
+        session.execute(insert(ItemInput), others[start : start + _ROWS_PER_INSERT])
 
 
 def write_in_chunks(
@@ -278,13 +293,16 @@ def item_rows(
     without any worker reading it."""
     kind = get_kind(request.kind)
     rows: list[dict[str, Any]] = []
-    for offset, (spec, (uri, sha256)) in enumerate(
-        zip(chunk, store_with(pool, chunk, blobs), strict=True)
+    for offset, (spec, ((uri, sha256), others)) in enumerate(
+        zip(chunk, store_all_with(pool, chunk, blobs), strict=True)
     ):
         ask = ask_for(kind, request.params, spec, max_prompt_chars)
         code, message = spec.input_error or (None, None)
+        if others:  # the worker reads them from the request; item_inputs keeps them stored
+            ask = replace(ask, request={**(ask.request or {}), MORE_IMAGES: [u for u, _ in others]})
         rows.append(
             {
+                OTHER_INPUTS: others,
                 "id": new_id(),
                 "job_id": job_id,
                 "seq": first_seq + offset,

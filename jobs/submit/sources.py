@@ -28,7 +28,9 @@ from jobs.limits import (
     printable,
 )
 from jobs.submit.openai_reader import (
+    MAX_IMAGES_PER_REQUEST,
     NO_IMAGE,
+    TOO_MANY_IMAGES,
     BatchFormat,
     decode_data_uri,
     detect_openai,
@@ -57,6 +59,7 @@ class InlineImage:
     where: str
     sha256: str
     max_bytes: int
+    index: int = 0  # which of the line's images (0: its first)
 
     def read(self) -> bytes:
         """The image's bytes, read again from its line; ``source_changed`` if they are not
@@ -74,9 +77,9 @@ class InlineImage:
             code="source_changed",
         )
         try:
-            url = parse_openai_line(line, self.where).image_url
+            url = parse_openai_line(line, self.where).image_urls[self.index]
             data, _, _ = decode_data_uri(url, self.where, self.max_bytes)
-        except RequestError:
+        except (RequestError, IndexError):
             raise changed from None
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise changed
@@ -105,6 +108,9 @@ class InputSpec:
     # fetched): nothing of it is read or stored, its item is written failed with it, and the
     # rest of the job runs.
     input_error: tuple[str, str] | None = None
+    # The request's other images, in order, after this one (an OpenAI line of several): each
+    # checked and stored as this one is; written to ``item_inputs``.
+    others: tuple[InputSpec, ...] = ()
 
 
 # ``items.source`` and ``items.input_uri`` of an item with no input: an OpenAI request of text
@@ -113,6 +119,17 @@ NO_INPUT = ""
 
 # The key of ``items.request`` that holds an input refused on its own: {"code", "message"}.
 INPUT_ERROR = "input_error"
+
+
+# The key of ``items.request`` that holds an item's other images, after its first
+# (``input_uri``): their URIs, in order. ``item_inputs`` holds them too, for blob collection.
+MORE_IMAGES = "more_images"
+
+
+def read_more_images(request: Mapping[str, Any] | None) -> list[str]:
+    """The URIs of an item's images after its first, in order (none for one image or none)."""
+    more = (request or {}).get(MORE_IMAGES)
+    return [str(uri) for uri in more] if isinstance(more, list) else []
 
 
 def read_input_error(request: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -391,16 +408,47 @@ def _read_openai_batch(manifest: Path, lines: Iterable[_Line], walk: _Walk) -> I
                 code="model_mismatch",
             )
         with _located(where):
-            spec = _openai_input(manifest, line, parsed.image_url, where, walk)
+            spec = _openai_inputs(manifest, line, parsed.image_urls, where, walk)
         yield replace(
             spec, custom_id=parsed.custom_id, model=model, extra=parsed.request, where=where
         )
 
 
+def _openai_inputs(
+    manifest: Path, line: _Line, urls: Sequence[str], where: str, walk: _Walk
+) -> InputSpec:
+    """The inputs of one OpenAI line: its first image, the others in ``InputSpec.others``. A
+    request over ``MAX_IMAGES_PER_REQUEST`` fails its own item, nothing of it read; so does
+    one whose other image is refused on its own (the first such refusal is the item's)."""
+    if len(urls) > MAX_IMAGES_PER_REQUEST:
+        message = (
+            f"{where}: the request carries {len(urls)} images, over the limit of "
+            f"{MAX_IMAGES_PER_REQUEST} per request."
+        )
+        shown = _shown(urls[0])
+        return InputSpec(source=shown, uri=shown, input_error=(TOO_MANY_IMAGES, message))
+    first = _openai_input(manifest, line, urls[0] if urls else NO_IMAGE, where, walk)
+    others = tuple(
+        _openai_input(manifest, line, url, where, walk, index=index)
+        for index, url in enumerate(urls[1:], start=1)
+    )
+    refused = next((o.input_error for o in (first, *others) if o.input_error), None)
+    if refused is not None:
+        return replace(first, uri=first.uri or first.source, input_error=refused, inline=None)
+    return replace(first, others=others)
+
+
+def _shown(url: str) -> str:
+    """How an image URL is recorded as an item's ``source``: a data: URI only by its start."""
+    return f"{url[:40]}…" if uri_scheme(url) == "data" else url
+
+
 _ITEM_SIZE_ERRORS = ("empty_input", "input_too_large")
 
 
-def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk) -> InputSpec:
+def _openai_input(
+    manifest: Path, line: _Line, url: str, where: str, walk: _Walk, *, index: int = 0
+) -> InputSpec:
     """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
     s3:// object (read in place), or a path in the file's folder; any other scheme is never
     fetched and fails its own item. A request of text alone has no input (``NO_INPUT``)."""
@@ -415,10 +463,10 @@ def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk
             if exc.code not in _ITEM_SIZE_ERRORS:  # a malformed line refuses the file
                 raise
             # Empty or over the byte limit: like a listed file, it fails only its own item.
-            return InputSpec(source=f"{url[:40]}…", input_error=(exc.code, str(exc)))
+            return InputSpec(source=_shown(url), input_error=(exc.code, str(exc)))
         digest = hashlib.sha256(data).hexdigest()
         inline = InlineImage(
-            manifest, line.offset, line.length, where, digest, walk.max_input_bytes
+            manifest, line.offset, line.length, where, digest, walk.max_input_bytes, index
         )
         return InputSpec(
             source=f"data:{mime};base64,... ({len(data)} bytes)",

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai.types.chat import ChatCompletionUserMessageParam
+from openai.types.chat import (
+    ChatCompletionContentPartImageParam,
+    ChatCompletionUserMessageParam,
+)
 from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
 from pydantic import TypeAdapter
 
@@ -115,9 +118,15 @@ def test_system_turns_text_parts_and_a_schema_are_kept() -> None:
         ({"model": ""}, "manifest_invalid", "model"),
         ({"messages": []}, "manifest_invalid", "messages"),
         (
-            {"messages": [{"role": "user", "content": [IMAGE, IMAGE]}]},
-            "too_many_images",
-            "has 2",
+            {
+                "messages": [
+                    {"role": "user", "content": [IMAGE]},
+                    {"role": "assistant", "content": "A cat."},
+                    {"role": "user", "content": [IMAGE]},
+                ]
+            },
+            "manifest_invalid",
+            "first user message",
         ),
         (
             {"messages": [{"role": "tool", "content": "x"}]},
@@ -338,3 +347,27 @@ def test_a_request_of_text_alone_has_no_image() -> None:
         {"role": "system", "text": "Be brief."},
         {"role": "user", "text": "Name a colour."},
     ]
+
+
+def test_several_images_keep_their_order_in_the_first_user_message() -> None:
+    first: ChatCompletionContentPartImageParam = {
+        "type": "image_url",
+        "image_url": {"url": "photos/a.png"},
+    }
+    second: ChatCompletionContentPartImageParam = {
+        "type": "image_url",
+        "image_url": {"url": "s3://bucket/b.png", "detail": "high"},
+    }
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [
+            {
+                "role": "user",
+                "content": [first, {"type": "text", "text": "Which differs?"}, second],
+            }
+        ],
+    }
+    parsed = parse_openai_line(_typed(body), "w")
+    assert parsed.image_urls == ("photos/a.png", "s3://bucket/b.png")
+    assert parsed.image_url == "photos/a.png"  # the item's own input
+    assert parsed.request["messages"] == [{"role": "user", "text": "Which differs?"}]

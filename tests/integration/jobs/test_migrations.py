@@ -168,6 +168,43 @@ def test_0009_leaves_existing_jobs_without_retention_and_their_items_whole(db_ur
     to("head", command.upgrade)
 
 
+def test_0010_keeps_existing_items_and_an_item_input_goes_with_its_item(db_url: str) -> None:
+    """0010 adds ``item_inputs``: items written before it have no other input, a row added
+    after it is deleted with its item (ON DELETE CASCADE), and it goes back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine, to = _stepper(db_url)
+    to("0009", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'chat', 'queued', '{}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at) VALUES "
+                "('i', 'j', 0, 's', 'u', 'queued', 0, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+    to("0010", command.upgrade)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM item_inputs")).scalar_one() == 0
+        connection.execute(
+            text(
+                "INSERT INTO item_inputs (item_id, position, uri, sha256) VALUES ('i', 1, 'v', 'x')"
+            )
+        )
+        connection.execute(text("DELETE FROM items WHERE id = 'i'"))
+        assert connection.execute(text("SELECT count(*) FROM item_inputs")).scalar_one() == 0
+    to("0009", command.downgrade)
+    assert current_revision(engine) == "0009"
+    to("head", command.upgrade)
+
+
 def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
     """The database's engine, and a function that runs one Alembic step (``command.upgrade``
     or ``command.downgrade``) to a revision on it."""
