@@ -8,6 +8,8 @@ window. Each test names what it checks: invariant I15 is docs/design.md#I15.
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,14 +21,17 @@ from jobs.db import BlobCandidate, Item, Job, SessionFactory, SubmitInFlight, ut
 from jobs.errors import RequestError
 from jobs.hooks import pause_at
 from jobs.retention.blobs import Collected, collect_blobs, queue_candidates
+from jobs.retention.purge import delete_jobs
 from jobs.states import JobStatus
 from jobs.submit import rows as submit_rows
 from jobs.submit.in_flight import IN_FLIGHT_LEASE, SUBMIT_STALLED
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
+from model.fake import FakeEngine
 from storage import Blobs, ObjectNotFoundError, S3Store, StoredBlob, open_blobs
-from tests.helpers import ListPublisher, image_bytes
+from tests.helpers import ListPublisher, image_bytes, make_resources
 from tests.interleaving import Interleaving
+from workers.local import run_job_locally
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -360,3 +365,41 @@ def test_a_candidate_queued_again_during_a_pass_stays_queued(
     assert _queued(session_factory) == {blob.uri}
     assert collect_blobs(session_factory, blobs) == Collected(deleted=1)
     assert not _holds(blobs, blob.uri)
+
+
+def test_an_input_stored_only_as_a_second_image_is_kept_until_its_job_is_deleted(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I15 for a request of several images: its other images (``item_inputs``) are
+    references as its first is, and deleting its job makes them candidates too."""
+    first, second = _image(21), _image(22)
+    tmp_path.joinpath("a.png").write_bytes(first)
+    inline = "data:image/png;base64," + base64.b64encode(second).decode()
+    content = [
+        {"type": "text", "text": "Compare."},
+        {"type": "image_url", "image_url": {"url": "a.png"}},
+        {"type": "image_url", "image_url": {"url": inline}},
+    ]
+    line = {
+        "custom_id": "pair",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": content}]},
+    }
+    (tmp_path / "batch.jsonl").write_text(json.dumps(line) + "\n")
+    request = SubmitRequest.of(
+        "chat", [str(tmp_path / "batch.jsonl")], "m", max_new_tokens=4, input_format="auto"
+    )
+    res = make_resources(session_factory, blobs, FakeEngine())
+    job_id = run_job_locally(request, res, max_prompt_chars=1000).job_id
+    assert _input_uris(session_factory, job_id) != []
+    # Queued as another job's deletion queues it: this job's second image still needs it.
+    blob = _candidate(session_factory, blobs, second)
+    assert collect_blobs(session_factory, blobs) == Collected(still_referenced=1)
+    assert blobs.read_uri(blob.uri) == second
+
+    report = delete_jobs(session_factory, blobs, [job_id], batch=10)
+    assert report.inputs_deleted == 2  # the first image and the second
+    with pytest.raises(ObjectNotFoundError):
+        blobs.read_uri(blob.uri)
+    assert _queued(session_factory) == set()
