@@ -41,6 +41,8 @@ STATUS_CODES: dict[str, int] = {
     Code.input_scheme_not_allowed: 400,
     Code.input_not_allowed: 403,
     Code.prompt_too_long: 400,
+    Code.too_many_images: 400,
+    Code.images_not_supported: 400,  # the request's images, not the server, are the matter
     Code.pdf_encrypted: 400,
     Code.pdf_corrupt: 400,
     Code.pdf_too_many_pages: 400,

@@ -117,7 +117,9 @@ def test_a_request_of_several_images_runs_as_one_item_with_every_image_in_order(
     assert response["status_code"] == 200
     completion = ChatCompletion.model_validate(response["body"])
     assert completion.choices[0].message.content == several.result_text
-    assert written["too-many"]["response"]["body"]["error"]["code"] == "too_many_images"
+    too_many_response = written["too-many"]["response"]
+    assert too_many_response["status_code"] == 400  # the request's fault, as OpenAI says it
+    assert too_many_response["body"]["error"]["code"] == "too_many_images"
 
 
 def test_a_model_that_takes_one_image_fails_only_the_requests_of_several(
