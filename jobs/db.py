@@ -224,6 +224,9 @@ class WorkerRow(Base):
     model: Mapped[str] = mapped_column(String(500))
     model_revision: Mapped[str | None] = mapped_column(String(200))
     quantization: Mapped[str] = mapped_column(String(16))
+    # How many images one request may show its model (1: its chat template shows one); NULL:
+    # any number. A submit fails a request of more on its own item.
+    max_images: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

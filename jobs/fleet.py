@@ -36,6 +36,7 @@ class Serving:
     model: str
     revision: str | None
     quantization: str
+    max_images: int | None = None  # images one request may show the model; None: any number
 
 
 def beat_worker(
@@ -47,6 +48,7 @@ def beat_worker(
         "model": serving.model,
         "model_revision": serving.revision,
         "quantization": serving.quantization,
+        "max_images": serving.max_images,
         "seen_at": now,
     }
     with session_factory.begin() as session:
@@ -103,6 +105,18 @@ def live_workers(
             .where(WorkerRow.model == model, WorkerRow.seen_at >= since)
         ).scalar_one()
     return int(count)
+
+
+def images_per_request(session_factory: SessionFactory, model: str) -> int | None:
+    """How many images one request may show ``model``, as the registry's workers for it said:
+    the most any of them takes (a request some worker can run is not refused), None when one
+    takes any number or none is known (the worker that claims the item judges then)."""
+    with session_factory() as session:
+        limits = session.scalars(select(WorkerRow.max_images).where(WorkerRow.model == model))
+        known = list(limits)
+    if not known or any(limit is None for limit in known):
+        return None
+    return max(limit for limit in known if limit is not None)
 
 
 def served_models(session_factory: SessionFactory, configured: str) -> list[str]:

@@ -30,6 +30,7 @@ from jobs.lifecycle import (
     release_items,
 )
 from jobs.outcome import Outcome
+from jobs.submit.openai_reader import images_refusal
 from jobs.submit.sources import NO_INPUT, read_input_error, read_more_images
 from model.engine import Engine
 from model.errors import InputError
@@ -267,12 +268,8 @@ def fetch_input(
     more = read_more_images(item.request)
     takes = getattr(res.engine, "max_images", None)
     if takes is not None and 1 + len(more) > takes:  # judged before anything is read
-        return failed(
-            item,
-            ItemErrorCode.images_not_supported,
-            f"The request carries {1 + len(more)} images; model {res.engine.name!r} takes "
-            f"{takes} per request (its chat template shows one image).",
-        )
+        refusal = images_refusal(1 + len(more), res.engine.name, takes)
+        return failed(item, ItemErrorCode.images_not_supported, refusal)
     policy = res.input_policy
     for source, uri in [(item.source, item.input_uri), *((uri, uri) for uri in more)]:
         if policy.restricted and not policy.allows_read(source, uri, res.blobs.holds(uri)):

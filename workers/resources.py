@@ -88,7 +88,8 @@ class WorkerResources:
         """What this worker serves; loads the engine (its revision is known once loaded)."""
         if self.model is None:
             return None
-        return Serving(self.model, self.engine.revision, self.settings.quantization)
+        takes = getattr(self.engine, "max_images", None)
+        return Serving(self.model, self.engine.revision, self.settings.quantization, takes)
 
 
 def _share_cores(engine: Engine) -> None:

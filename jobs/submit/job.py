@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
-from jobs.fleet import served_models
+from jobs.fleet import images_per_request, served_models
 from jobs.hooks import reached
 from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
@@ -44,6 +44,7 @@ from jobs.submit.sources import (
     IMAGE_EXTENSIONS,
     InputSpec,
     iter_sources,
+    refuse_images_over,
 )
 from storage import Blobs
 
@@ -106,6 +107,11 @@ def submit_job(
         if existing is not None:
             return existing
     inputs = checked.kept if checked.kept is not None else expand()
+    if not request.runs_here:  # a run's own engine judges its requests of several images
+        model = request.model
+        inputs = refuse_images_over(
+            inputs, lambda: images_per_request(session_factory, model), model
+        )
     write = _submit_in_chunks if checked.count > submit_rows.SUBMIT_CHUNK_ROWS else _submit_whole
     try:
         with in_flight(session_factory, in_flight_lease) as flight:

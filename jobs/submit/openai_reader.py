@@ -40,6 +40,16 @@ NO_IMAGE = ""  # the image_url of a request of text alone
 # its own item at submit (``too_many_images``); a model whose template takes one image fails
 # a request of several on its item (``images_not_supported``, judged by the worker).
 MAX_IMAGES_PER_REQUEST = 8
+IMAGES_NOT_SUPPORTED = "images_not_supported"
+
+
+def images_refusal(count: int, model: str, takes: int) -> str:
+    """Why a request of ``count`` images cannot run on ``model``, which takes ``takes``."""
+    return (
+        f"The request carries {count} images; model {model!r} takes {takes} per request (its "
+        "chat template shows one image)."
+    )
+
 
 # Options this engine does not take, each with the values that change nothing (the first is the
 # one a refusal suggests); an empty list or object is neutral where () is listed.

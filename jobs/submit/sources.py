@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,12 +28,14 @@ from jobs.limits import (
     printable,
 )
 from jobs.submit.openai_reader import (
+    IMAGES_NOT_SUPPORTED,
     MAX_IMAGES_PER_REQUEST,
     NO_IMAGE,
     TOO_MANY_IMAGES,
     BatchFormat,
     decode_data_uri,
     detect_openai,
+    images_refusal,
     looks_like_openai,
     parse_openai_line,
 )
@@ -436,6 +438,30 @@ def _openai_inputs(
     if refused is not None:
         return replace(first, uri=first.uri or first.source, input_error=refused, inline=None)
     return replace(first, others=others)
+
+
+def refuse_images_over(
+    inputs: Iterable[InputSpec], takes: Callable[[], int | None], model: str
+) -> Iterator[InputSpec]:
+    """``inputs``, a request of more images than its model takes (``takes()``, asked once, at
+    the first request of several; None: any number) refused on its own
+    (``images_not_supported``): its item is written failed, nothing of it stored or read."""
+    asked, limit = False, None
+    for spec in inputs:
+        count = 1 + len(spec.others)
+        if count > 1 and spec.input_error is None and not asked:
+            asked, limit = True, takes()
+        if count == 1 or spec.input_error is not None or limit is None or count <= limit:
+            yield spec
+            continue
+        message = f"{spec.where}: {images_refusal(count, model, limit)}"
+        yield replace(
+            spec,
+            uri=spec.uri or spec.source,
+            inline=None,
+            others=(),
+            input_error=(IMAGES_NOT_SUPPORTED, message),
+        )
 
 
 def _shown(url: str) -> str:

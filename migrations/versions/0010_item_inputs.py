@@ -17,6 +17,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # What a worker's model takes per request; NULL (any number, or a worker that predates
+    # this) leaves the judgement to the worker that claims the item.
+    op.add_column("workers", sa.Column("max_images", sa.Integer()))
     # A new table only: items is not touched, so the upgrade is instant whatever its size.
     op.create_table(
         "item_inputs",
@@ -44,3 +47,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_item_inputs_sha256", table_name="item_inputs")
     op.drop_table("item_inputs")
+    op.drop_column("workers", "max_images")

@@ -5,6 +5,7 @@ each read under the budgets of one; what cannot run fails its own line alone."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from sqlalchemy import select
 
 from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, SessionFactory
+from jobs.fleet import Serving, beat_worker
+from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import MAX_IMAGES_PER_REQUEST, BatchFormat
 from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
-from storage import Blobs
-from tests.helpers import image_bytes, make_resources
+from storage import Blobs, LocalStore
+from tests.helpers import ListPublisher, image_bytes, make_resources
 from workers.local import run_job_locally
 
 MODEL = "tiny-llava"
@@ -177,3 +180,51 @@ def test_a_bad_image_fails_its_own_line_and_nothing_else(
     _, items = _run(session_factory, blobs, tmp_path, lines, FakeEngine())
     assert (items["bad"].status, items["bad"].error_code) == ("failed", "empty_input")
     assert items["good"].result_text == "caption of 32x24 and 32x24 images: What differs?"
+
+
+def test_a_request_of_more_images_than_the_registry_says_is_written_failed_at_submit(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The workers of a model say in the registry how many images it takes (their beat); a
+    submit writes a request of more failed on its own line, nothing of its images stored, and
+    the rest of the file runs. Where one worker takes several, nothing is refused at submit."""
+    worker = make_resources(session_factory, blobs, FakeEngine(max_images=1), model=MODEL)
+    worker.serves_model = True  # as a deployment's worker: it beats for MODEL
+    assert worker.serving is not None and worker.serving.max_images == 1
+    beat_worker(session_factory, "gpu-1@host", worker.serving)
+    (tmp_path / "a.png").write_bytes(image_bytes((32, 24), seed=1))
+    second = _data_uri((40, 30), 2)
+    lines = [_line("two", ["a.png", second]), _line("one", ["a.png"], "Describe it.")]
+    (tmp_path / "batch.jsonl").write_text("".join(line + "\n" for line in lines))
+    request = SubmitRequest.of(
+        "chat", [str(tmp_path / "batch.jsonl")], "the-configured-model", input_format="auto"
+    )
+
+    def submit() -> dict[str, Item]:
+        result = submit_job(
+            request,
+            session_factory=session_factory,
+            blobs=blobs,
+            publisher=ListPublisher(),
+            max_prompt_chars=4000,
+        )
+        with session_factory() as session:
+            items = session.scalars(select(Item).where(Item.job_id == result.job_id))
+            return {item.custom_id or "": item for item in items}
+
+    items = submit()
+    two = items["two"]
+    assert (two.status, two.error_code) == ("failed", "images_not_supported")
+    assert "batch.jsonl, line 1" in (two.error_message or "")
+    assert "takes 1 per request" in (two.error_message or "")
+    assert _other_inputs(session_factory, two.id) == [] and two.input_sha256 is None
+    assert items["one"].status == "queued"
+    assert isinstance(blobs.store, LocalStore)
+    stored = " ".join(str(p) for p in blobs.store.root.rglob("*"))
+    never = hashlib.sha256(base64.b64decode(second.split(",", 1)[1])).hexdigest()
+    assert never not in stored  # the refused request's second image was never stored
+
+    beat_worker(session_factory, "gpu-2@host", Serving(MODEL, None, "none", max_images=None))
+    items = submit()
+    assert items["two"].status == "queued"
+    assert len(_other_inputs(session_factory, items["two"].id)) == 1
