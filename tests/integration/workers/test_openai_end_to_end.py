@@ -1,7 +1,8 @@
 """An OpenAI-Batch file as an OpenAI user writes it (bodies checked against the openai package's
 request type) through the real thing: CLI → Redis → a Celery worker process with the tiny LLaVA
-resident → PostgreSQL: per-request sampling, a seed that repeats, a token limit, text alone, a
-json_object answer; and a model the deployment does not serve, refused at submit."""
+resident → PostgreSQL: per-request sampling, a seed that repeats, a token limit, text alone,
+two images in one request, a json_object answer; and a model the deployment does not serve,
+refused at submit."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ def _line(custom_id: str, body: CompletionCreateParamsNonStreaming) -> str:
     )
 
 
-def _body(model: str, image: str | None, **given: Any) -> CompletionCreateParamsNonStreaming:
+def _body(
+    model: str, image: str | None, *more: str, **given: Any
+) -> CompletionCreateParamsNonStreaming:
     content: Any = [{"type": "text", "text": "Describe the product."}]
-    if image is not None:
-        content.append({"type": "image_url", "image_url": {"url": image}})
+    for url in (image, *more) if image is not None else ():
+        content.append({"type": "image_url", "image_url": {"url": url}})
     return {
         "model": model,
         "messages": [{"role": "user", "content": content}],
@@ -55,6 +58,7 @@ def test_an_openai_file_runs_as_each_request_asks_on_a_real_worker(
         "seeded-twin": _body("tiny-llava", "photos/img000.png", **seeded),
         "short": _body("tiny-llava", "photos/img001.png", max_completion_tokens=3),
         "text-alone": _body("tiny-llava", None),
+        "two-images": _body("tiny-llava", "photos/img000.png", "photos/img001.png"),
         "object": _body(
             "tiny-llava", None, response_format={"type": "json_object"}, max_completion_tokens=4
         ),
@@ -88,5 +92,9 @@ def test_an_openai_file_runs_as_each_request_asks_on_a_real_worker(
     assert short["usage"]["completion_tokens"] == 3
     assert short["choices"][0]["finish_reason"] == "length"
     assert text("text-alone")
+    # One item shown both images: it read the greedy request's prompt and one image more.
+    greedy_read = body("greedy")["usage"]["prompt_tokens"]
+    assert body("two-images")["usage"]["prompt_tokens"] > greedy_read
+    assert text("two-images")
     # Four tokens never close an object of the random model: a truncation, never half an object.
     assert json.dumps(by_id["object"]).count("output_truncated") >= 1, by_id["object"]
