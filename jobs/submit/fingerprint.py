@@ -64,6 +64,12 @@ def fingerprint_streamed(request: Fingerprinted, described: IO[bytes]) -> str:
 
 def describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
     def describe(spec: InputSpec) -> list[Any]:
+        # A request's other images are its inputs too; one of a single image is described as
+        # it always was, so the keys of earlier submits still stand for the same requests.
+        own = describe_one(spec)
+        return [*own, [describe_one(other) for other in spec.others]] if spec.others else own
+
+    def describe_one(spec: InputSpec) -> list[Any]:
         if spec.local_path is None:
             return [spec.uri, spec.size, spec.version, spec.prompt, spec.custom_id, spec.extra]
         # A refused input (empty, over the limit) is never read, not even to be hashed.

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, SessionFactory
+from jobs.errors import RequestError
 from jobs.fleet import Serving, beat_worker
 from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import MAX_IMAGES_PER_REQUEST, BatchFormat
@@ -228,3 +229,33 @@ def test_a_request_of_more_images_than_the_registry_says_is_written_failed_at_su
     items = submit()
     assert items["two"].status == "queued"
     assert len(_other_inputs(session_factory, items["two"].id)) == 1
+
+
+def test_an_idempotency_key_stands_for_every_image_of_a_request(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The same file with the same key is the same job; the file with another second image is
+    another request (``idempotency_conflict``), never the old job."""
+    (tmp_path / "a.png").write_bytes(image_bytes((32, 24), seed=1))
+    batch = tmp_path / "batch.jsonl"
+    request = SubmitRequest.of(
+        "chat", [str(batch)], MODEL, input_format=BatchFormat.auto, idempotency_key="k"
+    )
+
+    def submit() -> str:
+        result = submit_job(
+            request,
+            session_factory=session_factory,
+            blobs=blobs,
+            publisher=ListPublisher(),
+            max_prompt_chars=4000,
+        )
+        return result.job_id
+
+    batch.write_text(_line("pair", ["a.png", _data_uri((40, 30), 2)]) + "\n")
+    first = submit()
+    assert submit() == first
+    batch.write_text(_line("pair", ["a.png", _data_uri((40, 30), 3)]) + "\n")
+    with pytest.raises(RequestError) as conflict:
+        submit()
+    assert conflict.value.code == "idempotency_conflict"
