@@ -59,9 +59,21 @@ def _run(
     )
     res = make_resources(sf, blobs, engine, **kw)
     job_id = run_job_locally(request, res, max_prompt_chars=4000).job_id
+    return job_id, _items(sf, job_id)
+
+
+def _submit(sf: SessionFactory, blobs: Blobs, request: SubmitRequest) -> str:
+    """Submits ``request`` (nothing runs it); its job's id."""
+    result = submit_job(
+        request, session_factory=sf, blobs=blobs, publisher=ListPublisher(), max_prompt_chars=4000
+    )
+    return result.job_id
+
+
+def _items(sf: SessionFactory, job_id: str) -> dict[str, Item]:
     with sf() as session:
         items = session.scalars(select(Item).where(Item.job_id == job_id))
-        return job_id, {item.custom_id or "": item for item in items}
+        return {item.custom_id or "": item for item in items}
 
 
 def _other_inputs(sf: SessionFactory, item_id: str) -> list[tuple[int, str, str | None]]:
@@ -200,20 +212,7 @@ def test_a_request_of_more_images_than_the_registry_says_is_written_failed_at_su
     request = SubmitRequest.of(
         "chat", [str(tmp_path / "batch.jsonl")], "the-configured-model", input_format="auto"
     )
-
-    def submit() -> dict[str, Item]:
-        result = submit_job(
-            request,
-            session_factory=session_factory,
-            blobs=blobs,
-            publisher=ListPublisher(),
-            max_prompt_chars=4000,
-        )
-        with session_factory() as session:
-            items = session.scalars(select(Item).where(Item.job_id == result.job_id))
-            return {item.custom_id or "": item for item in items}
-
-    items = submit()
+    items = _items(session_factory, _submit(session_factory, blobs, request))
     two = items["two"]
     assert (two.status, two.error_code) == ("failed", "images_not_supported")
     assert "batch.jsonl, line 1" in (two.error_message or "")
@@ -226,7 +225,7 @@ def test_a_request_of_more_images_than_the_registry_says_is_written_failed_at_su
     assert never not in stored  # the refused request's second image was never stored
 
     beat_worker(session_factory, "gpu-2@host", Serving(MODEL, None, "none", max_images=None))
-    items = submit()
+    items = _items(session_factory, _submit(session_factory, blobs, request))
     assert items["two"].status == "queued"
     assert len(_other_inputs(session_factory, items["two"].id)) == 1
 
@@ -241,21 +240,10 @@ def test_an_idempotency_key_stands_for_every_image_of_a_request(
     request = SubmitRequest.of(
         "chat", [str(batch)], MODEL, input_format=BatchFormat.auto, idempotency_key="k"
     )
-
-    def submit() -> str:
-        result = submit_job(
-            request,
-            session_factory=session_factory,
-            blobs=blobs,
-            publisher=ListPublisher(),
-            max_prompt_chars=4000,
-        )
-        return result.job_id
-
     batch.write_text(_line("pair", ["a.png", _data_uri((40, 30), 2)]) + "\n")
-    first = submit()
-    assert submit() == first
+    first = _submit(session_factory, blobs, request)
+    assert _submit(session_factory, blobs, request) == first
     batch.write_text(_line("pair", ["a.png", _data_uri((40, 30), 3)]) + "\n")
     with pytest.raises(RequestError) as conflict:
-        submit()
+        _submit(session_factory, blobs, request)
     assert conflict.value.code == "idempotency_conflict"

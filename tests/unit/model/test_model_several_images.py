@@ -13,7 +13,7 @@ from PIL import Image
 
 from model.engine import EngineSpec, GenerationRequest
 from model.errors import InputError
-from model.tiny import ensure_tiny_checkpoint
+from model.tiny import _CHAT_TEMPLATE, ensure_tiny_checkpoint
 from model.transformers_engine import TransformersEngine, load_engine
 
 _RED = Image.new("RGB", (40, 40), (200, 30, 30))
@@ -60,19 +60,11 @@ def test_requests_of_one_and_of_two_images_share_a_batch(tiny_engine: Transforme
     assert [r.tokens_in for r in together] == [r.tokens_in for r in alone]
 
 
-_ONE_IMAGE_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% if message['content'] | selectattr('type', 'equalto', 'image') | list %}<image>\n"
-    "{% endif %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %} "
-    "{% else %}ASSISTANT: "
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+# The tiny template, one ``<image>`` per image part, made to show one for any number of them.
+_PER_PART = "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}"
+_ONCE = "{% if message['content'] | selectattr('type', 'equalto', 'image') | list %}<image>\n"
+assert _PER_PART + "{% endfor %}" in _CHAT_TEMPLATE
+_ONE_IMAGE_TEMPLATE = _CHAT_TEMPLATE.replace(_PER_PART + "{% endfor %}", _ONCE + "{% endif %}")
 
 
 def test_a_checkpoint_whose_template_shows_one_image_refuses_several(
