@@ -1,4 +1,5 @@
-"""``chat``: each item is its own chat request about its image (or about nothing: text alone),
+"""``chat``: each item is its own chat request about its image (or its several images, the
+others in ``items.request["more_images"]``; or about nothing: text alone),
 as an OpenAI-Batch line is: its messages (system, user and assistant turns), its token budget,
 its sampling and stop strings, and an optional JSON Schema the answer must follow (or any JSON
 object). One user turn is a caption or a question; several turns are a conversation; a schema
@@ -78,7 +79,7 @@ class Chat(KindDefaults[ChatParams]):
         where: str,
         max_prompt_chars: int,
     ) -> ItemAsk:
-        """``extra`` holds the request: ``messages`` ([{"role", "text"}], the image going with
+        """``extra`` holds the request: ``messages`` ([{"role", "text"}], the images going with
         the first user turn), optional ``max_tokens``, ``schema`` and ``sampling``
         (``temperature``, ``top_p``, ``seed``, ``stop``, as an OpenAI body names them)."""
         messages = extra.get("messages")
