@@ -19,7 +19,12 @@ from sqlalchemy import create_engine, text
 
 from jobs.errors import ExitCode
 from tests.helpers import write_images
-from tests.integration.cli.conftest import CLI, RunCli, assert_one_line_error
+from tests.integration.cli.conftest import (
+    CLI,
+    RunCli,
+    assert_one_line_error,
+    run_into_a_closed_pipe,
+)
 from tests.services import free_port
 
 Result = subprocess.CompletedProcess[str]
@@ -110,23 +115,13 @@ def test_worker_with_a_forking_pool_is_refused_with_2(run_cli: RunCli) -> None:
     assert_one_line_error(run_cli("worker", "--pool", "prefork"), 2, "invalid_option")
 
 
-def _closed_pipe(cli_env: dict[str, str], *args: str) -> Result:
-    process = subprocess.Popen(
-        [CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env
-    )
-    assert process.stdout is not None
-    process.stdout.close()  # before the CLI has written anything: its first write fails
-    stderr = process.communicate(timeout=120)[1]
-    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
-
-
 @pytest.mark.parametrize("args", [("--help",), ("jobs", "--json")])
 def test_a_closed_output_pipe_ends_the_cli_quietly_as_a_filter(
     cli_env: dict[str, str], args: tuple[str, ...]
 ) -> None:
     """``llava-batch … | head``: typer and rich alone would exit 1, silently; an error line
     there is noise a filter does not make (``cat``, ``grep`` say nothing)."""
-    result = _closed_pipe(cli_env, *args)
+    result = run_into_a_closed_pipe(cli_env, *args)
     assert result.returncode == ExitCode.output_closed == 141
     assert result.stderr == ""
 
@@ -254,7 +249,7 @@ def _wait_timeout(cli: Cli, tmp_path: Path) -> Result:
 
 def _output_closed(cli: Cli, tmp_path: Path) -> Result:
     """``llava-batch jobs | head -0``: the reader is gone before the first line."""
-    return _closed_pipe(cli.env, "jobs")
+    return run_into_a_closed_pipe(cli.env, "jobs")
 
 
 SCENARIOS: dict[ExitCode, tuple[Callable[[Cli, Path], Result], str]] = {

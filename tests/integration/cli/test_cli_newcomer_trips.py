@@ -20,7 +20,12 @@ from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
 from storage import open_blobs
 from tests.helpers import make_resources, migrated_session_factory, write_images
-from tests.integration.cli.conftest import CLI, RunCli, assert_one_line_error
+from tests.integration.cli.conftest import (
+    CLI,
+    RunCli,
+    assert_one_line_error,
+    run_into_a_closed_pipe,
+)
 from workers.local import run_job_locally, submit_locally, work_locally
 
 
@@ -156,18 +161,9 @@ def test_results_into_a_closed_pipe_exit_quietly_as_a_filter(
 ) -> None:
     job_id = _local_job(db_env, tmp_path)
     for args in (["results", job_id], ["results", job_id, "--format", "openai"]):
-        process = subprocess.Popen(
-            [CLI, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**cli_env, **db_env},
-        )
-        assert process.stdout is not None
-        process.stdout.close()  # the reader is gone before the first row: `| head -0`
-        stderr = process.communicate(timeout=120)[1]
-        assert process.returncode == 141, stderr  # 128 + SIGPIPE, as a shell reports `cat`'s
-        assert stderr == ""
+        result = run_into_a_closed_pipe({**cli_env, **db_env}, *args)
+        assert result.returncode == 141, result.stderr  # 128 + SIGPIPE, as a shell has `cat`'s
+        assert result.stderr == ""
 
 
 def test_results_piped_into_head_in_a_shell(
