@@ -4,14 +4,11 @@
 - ``csv``: the kind's columns (``Kind.csv_fields`` / ``csv_rows``: one row per item, or one per
   question for ``ask``), then ``finish_reason, prompt_tokens, completion_tokens,
   total_tokens``. The item's usage goes on its first row only, so a column's sum is the job's.
-- ``openai``: the OpenAI Batch output format. A succeeded item is
-  ``{"id", "custom_id", "response": {"status_code": 200, "request_id", "body": <a
-  chat.completion>}, "error": null}``; a failed or cancelled item is ``{"id", "custom_id",
-  "response": null, "error": {"code", "message"}}`` and goes to the errors stream (the output
-  stream itself when there is none, as ``vllm run-batch`` writes them: nothing is dropped).
-  Items not finished yet are left out and counted (``skipped``). The message content is the
-  item's text, or the JSON text of a JSON result (an extraction; for ``ask``, its list of
-  ``{"question", "answer"}``).
+- ``openai``: the OpenAI Batch output format, each line as ``jobs.openai_batch`` builds it: a
+  succeeded item goes to the output stream, a failed, cancelled or expired one to the errors
+  stream (the output stream itself when there is none, in input order, as ``vllm run-batch``
+  writes them: nothing is dropped). Items not finished yet are left out and counted
+  (``skipped``).
 
 ``write`` takes an item (``jobs.paging.ItemRecord``: an ``Item``, or a row of
 ``jobs.queries.iter_items``); a caller that streams items as they finish (``run``) can hand
@@ -25,15 +22,15 @@ import json
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
+from jobs.openai_batch import error_line, success_line
 from jobs.paging import ItemRecord
-from jobs.queries import item_usage, result_row
+from jobs.queries import result_row
 from jobs.states import ItemStatus
 
 if TYPE_CHECKING:
     from jobs.kinds import Kind
 
 USAGE_COLUMNS = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens")
-ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
 class ResultFormat(StrEnum):
@@ -101,57 +98,10 @@ class OpenAIWriter(ResultWriter):
 
     def write(self, item: ItemRecord) -> None:
         if item.status == ItemStatus.succeeded:
-            line = build_openai_success(item, self._model)
+            line = success_line(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         elif item.status in (ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired):
-            # An expired item is written as OpenAI writes one: code ``batch_expired``.
-            line = build_openai_error(item)
+            line = error_line(item)
             self._errors.write(json.dumps(line, ensure_ascii=False) + "\n")
         else:  # queued or running: no output yet
             self.skipped += 1
-
-
-def build_openai_success(item: ItemRecord, model: str) -> dict[str, Any]:
-    """One line of an OpenAI Batch output file: the item's answer as a chat.completion."""
-    if item.result_json is not None:
-        content = json.dumps(item.result_json, ensure_ascii=False)
-    else:
-        content = item.result_text or ""
-    when = item.finished_at or item.created_at
-    body = {
-        "id": f"chatcmpl-{item.id}",
-        "object": "chat.completion",
-        "created": int(when.timestamp()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": item.finish_reason or "stop",
-            }
-        ],
-        "usage": item_usage(item) or ZERO_USAGE,
-    }
-    return {
-        "id": f"batch_req_{item.id}",
-        "custom_id": item.custom_id,
-        "response": {"status_code": 200, "request_id": item.id, "body": body},
-        "error": None,
-    }
-
-
-def build_openai_error(item: ItemRecord) -> dict[str, Any]:
-    """One line of an OpenAI Batch error file: the item's error code and message."""
-    if item.status == ItemStatus.cancelled:
-        code = item.error_code or "cancelled"
-        message = item.error_message or "The job was cancelled before this item ran."
-    else:
-        code = item.error_code or "internal_error"
-        message = item.error_message or code
-    return {
-        "id": f"batch_req_{item.id}",
-        "custom_id": item.custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }

@@ -53,6 +53,8 @@ class ItemRecord(Protocol):
     @property
     def model(self) -> str | None: ...
     @property
+    def model_revision(self) -> str | None: ...
+    @property
     def prompt_tokens(self) -> int | None: ...
     @property
     def completion_tokens(self) -> int | None: ...
@@ -76,6 +78,7 @@ RECORD_COLUMNS = (
     Item.error_message,
     Item.finish_reason,
     Item.model,
+    Item.model_revision,
     Item.prompt_tokens,
     Item.completion_tokens,
     Item.tokens_out,

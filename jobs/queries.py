@@ -72,6 +72,15 @@ class JobProgress:
     def done(self) -> int:
         return sum(n for state, n in self.counts.items() if state in TERMINAL_ITEM_STATES)
 
+    @property
+    def request_counts(self) -> dict[str, int]:
+        """Like a hosted batch object's: completed = succeeded items."""
+        return {
+            "total": self.total,
+            "completed": self.counts.get(ItemStatus.succeeded, 0),
+            "failed": self.counts.get(ItemStatus.failed, 0),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         shown = {
             "job_id": self.id,
@@ -82,12 +91,7 @@ class JobProgress:
             "metadata": self.metadata,
             "counts": self.counts,
             "total": self.total,
-            # like a hosted batch object's: completed = succeeded items
-            "request_counts": {
-                "total": self.total,
-                "completed": self.counts.get(ItemStatus.succeeded, 0),
-                "failed": self.counts.get(ItemStatus.failed, 0),
-            },
+            "request_counts": self.request_counts,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

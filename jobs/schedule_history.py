@@ -16,11 +16,10 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Row, Text, any_, bindparam, delete, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.orm import Session
 
-from jobs.db import Schedule, ScheduleObject, SessionFactory
+from jobs.db import Schedule, ScheduleObject, SessionFactory, among
 from storage import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def not_seen(
     new: list[ObjectInfo] = []
     with session_factory() as session:
         for page in _pages(listed, PAGE_KEYS):
-            keys = _among(session, ScheduleObject.key, sorted({o.key for o in page}))
+            keys = among(session, ScheduleObject.key, sorted({o.key for o in page}))
             seen = set(
                 session.execute(
                     select(ScheduleObject.key, ScheduleObject.etag).where(
@@ -61,12 +60,14 @@ def prune_history(
     schedule_id: str,
     listed: Sequence[ObjectInfo],
     *,
+    cursor: str | None,
     limit: int | None = None,
 ) -> int:
     """One step of forgetting: deletes, among the next ``limit`` (``PRUNE_ROWS``) rows from the
     cursor, those ``listed`` does not hold, and moves the cursor on; returns how many.
 
-    ``listed``: the firing's full listing of the source. ``session``: the transaction of the
+    ``listed``: the firing's full listing of the source; ``cursor``: the schedule's
+    ``history_cursor``, as the claim read it. ``session``: the transaction of the
     firing's claim, which holds the schedule's row (SQLite: the database) until the deletes
     commit. So an overlapping firing claims after it and lists after it, and one that claimed
     before it never comes after it: no listing older than another firing's record forgets
@@ -77,7 +78,6 @@ def prune_history(
         return 0
     limit = PRUNE_ROWS if limit is None else limit
     current = {(o.key, o.etag) for o in listed}
-    cursor = session.scalar(select(Schedule.history_cursor).where(Schedule.id == schedule_id))
     query = select(ScheduleObject.id, ScheduleObject.key, ScheduleObject.etag).where(
         ScheduleObject.schedule_id == schedule_id
     )
@@ -90,7 +90,7 @@ def prune_history(
     walked, next_cursor = _step(rows, limit)
     stale = [row.id for row in walked if (row.key, row.etag) not in current]
     for page in _pages(stale, PAGE_KEYS):
-        session.execute(delete(ScheduleObject).where(_among(session, ScheduleObject.id, page)))
+        session.execute(delete(ScheduleObject).where(among(session, ScheduleObject.id, page)))
     session.execute(
         update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
     )
@@ -113,17 +113,6 @@ def _step(rows: Sequence[_Row], limit: int) -> tuple[Sequence[_Row], str | None]
         if whole:
             walked = whole
     return walked, walked[-1].key
-
-
-def _among(
-    session: Session, column: InstrumentedAttribute[str], values: Sequence[str]
-) -> ColumnElement[bool]:
-    """``column IN values``. On PostgreSQL as ``= ANY(array)``, one parameter: psycopg parses
-    a statement of 500 placeholders again at every call (too long for its cache), which cost
-    more than the 500 index lookups."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(Text())))
-    return column.in_(values)
 
 
 def _pages(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:

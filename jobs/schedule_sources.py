@@ -107,7 +107,7 @@ def _local_input(
 
 
 def _counts(key: str, extensions: frozenset[str]) -> bool:
-    return Path(key).suffix.lower() in extensions
+    return os.path.splitext(key)[1].lower() in extensions
 
 
 def _is_hidden(key: str) -> bool:

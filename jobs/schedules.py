@@ -28,7 +28,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, Schedule, ScheduleObject, SessionFactory, utcnow
+from jobs.db import (
+    Item,
+    Job,
+    Schedule,
+    ScheduleObject,
+    SessionFactory,
+    commit_without_flush,
+    utcnow,
+)
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
@@ -362,14 +370,18 @@ def _claim(
     full listing of the source, whose step of forgetting is taken in the claim's transaction
     (``jobs.schedule_history.prune_history`` says why there)."""
     with session_factory.begin() as session:
+        # Taken back by a database crash, the claim is made again: never under a job, whose
+        # own commit flushes the log before it.
+        commit_without_flush(session)
         claimed = session.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.next_due_at == schedule.next_due_at)
             .values(next_due_at=next_due(schedule, now), last_run_at=now)
+            .returning(Schedule.history_cursor)
             .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        ).first()
+        if claimed is None:
             return False
         if listed is not None:
-            prune_history(session, schedule.id, listed)
+            prune_history(session, schedule.id, listed, cursor=claimed.history_cursor)
     return True

@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 from storage.base import BlobStore, ObjectInfo
 from storage.errors import AccessDeniedError, InvalidUriError, ObjectNotFoundError, StorageError
@@ -112,7 +113,10 @@ class LocalStore(BlobStore):
     def delete_many(self, keys: Sequence[str]) -> None:
         # unlink() removes a link itself, never what it points to, so what must lie inside the
         # root is the folder: resolved once per folder (a thousand stored inputs share 256),
-        # not once per key (a realpath walk each).
+        # not once per key (a realpath walk each). Plain strings: a collection deletes a
+        # million, and a Path per key was most of its time.
+        root = str(self.root)
+        prefix = root.rstrip("/") + "/"
         inside: dict[str, bool] = {}
         for key in keys:
             if not key or key.endswith("/") or key.startswith("/"):
@@ -120,16 +124,20 @@ class LocalStore(BlobStore):
             validate_key(key, uri=key)
             folder = key.rpartition("/")[0]
             if folder not in inside:
-                inside[folder] = (self.root / folder).resolve().is_relative_to(self.root)
+                real = os.path.realpath(prefix + folder)
+                inside[folder] = real == root or real.startswith(prefix)
             if not inside[folder]:
                 raise InvalidUriError(f"{key!r} points outside the store.", uri=key)
-            path = self.root / key
+            path = prefix + key
             try:
-                path.unlink(missing_ok=True)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
             except PermissionError as exc:
-                raise AccessDeniedError(f"Deleting {path.as_uri()} was denied.", uri=key) from exc
+                uri = Path(path).as_uri()
+                raise AccessDeniedError(f"Deleting {uri} was denied.", uri=key) from exc
             except OSError as exc:
-                uri = path.as_uri()
+                uri = Path(path).as_uri()
                 raise StorageError(f"Deleting {uri} failed: {exc.strerror}.", uri=uri) from exc
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -141,24 +149,30 @@ class LocalStore(BlobStore):
         return (info for info in self._walk(start) if info.key.startswith(prefix))
 
     def _walk(self, directory: Path) -> Iterator[ObjectInfo]:
+        root = str(self.root)
+        return self._walk_folder(str(directory), len(root) if root.endswith("/") else len(root) + 1)
+
+    def _walk_folder(self, folder: str, skip: int) -> Iterator[ObjectInfo]:
+        # Plain strings, not a Path per entry: a schedule lists its whole folder at every
+        # firing, and three Path objects per file were most of a 1,000-file listing.
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             return
         except PermissionError as exc:
-            uri = directory.as_uri()
+            uri = Path(folder).as_uri()
             raise AccessDeniedError(f"Listing {uri} was denied.", uri=uri) from exc
         for entry in entries:
             # Symlinks are never followed: the store never creates them, and following one
             # could list files outside the root.
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(Path(entry.path))
+                yield from self._walk_folder(entry.path, skip)
             elif entry.is_file(follow_symlinks=False) and not _is_temp(entry.name):
                 stat = entry.stat(follow_symlinks=False)
-                path = Path(entry.path)
                 yield ObjectInfo(
-                    uri=path.as_uri(),
-                    key=path.relative_to(self.root).as_posix(),
+                    # What Path.as_uri() gives, without building a Path.
+                    uri="file://" + quote_from_bytes(os.fsencode(entry.path)),
+                    key=entry.path[skip:],
                     size=stat.st_size,
                     etag=f"{stat.st_mtime_ns}-{stat.st_size}",
                 )

@@ -34,6 +34,7 @@ from jobs.dispatch import CeleryPublisher
 from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
 from jobs.lifecycle.expiry import MAX_PRIORITY, MIN_PRIORITY, set_priority
 from jobs.metadata import parse_meta
+from jobs.openai_batch import batch_object
 from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
 
@@ -101,14 +102,32 @@ def status(
     ] = False,
     timeout: Timeout = None,
     json_out: Json = False,
+    fmt: Annotated[
+        views.StatusFormat,
+        typer.Option(
+            "--format",
+            help="text, json (as --json) or openai: the job as an OpenAI Batch object.",
+        ),
+    ] = views.StatusFormat.text,
 ) -> None:
-    """Job status, counts per item state, items/s, ETA, token usage and metadata."""
+    """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
+    an OpenAI Batch object (--format openai)."""
+    openai = fmt is views.StatusFormat.openai
+    if openai and json_out:
+        raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
+    json_out = json_out or fmt is views.StatusFormat.json
     seconds = parse_timeout(timeout, waiting=watch, waits_with="--watch")
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
-    if watch:
-        views.show_progress(views.watch(ctx, job_id, timeout=seconds), json_out=json_out)
+    if watch:  # the progress on stderr; then the job as it ended: a summary, or a batch object
+        ended = views.watch(ctx, job_id, timeout=seconds)
+        if not openai:
+            views.show_progress(ended, json_out=json_out)
+            return
+    if openai:
+        with ctx.session_factory() as session:
+            views.show_batch(batch_object(session, job_id))
         return
     with ctx.session_factory() as session:
         progress = read_progress(session, find_job(session, job_id))

@@ -10,8 +10,9 @@ import sys
 import time
 from collections.abc import Collection, Sequence
 from contextlib import ExitStack
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -123,6 +124,16 @@ def show_submitted(
             markup=False,
         )
     print(result.job_id)
+
+
+class StatusFormat(StrEnum):
+    text = "text"
+    json = "json"
+    openai = "openai"  # an OpenAI Batch object (jobs.openai_batch)
+
+
+def show_batch(batch: dict[str, Any]) -> None:
+    print(json.dumps(batch, ensure_ascii=False))
 
 
 def show_progress(progress: JobProgress, *, json_out: bool, console: Console = out) -> None:

@@ -9,8 +9,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory
@@ -21,8 +22,9 @@ from jobs.states import TERMINAL_JOB_STATES, JobStatus
 
 log = logging.getLogger(__name__)
 
-# What deletion hands the blob collector: the stored inputs of the items it deleted.
-QueueInputs = Callable[[Session, Sequence[tuple[str, str | None]]], object]
+# What deletion hands the blob collector, in the deleting transaction: the items about to be
+# deleted (conditions on ``items``), whose stored inputs it queues.
+QueueInputs = Callable[[Session, Sequence[ColumnElement[bool]]], object]
 
 
 def mark_deleting(
@@ -141,28 +143,37 @@ def delete_step(
             )
         if keep_inputs is None:
             return None
-        query = select(Item.seq, Item.input_uri, Item.input_sha256).where(Item.job_id == job_id)
-        if after_seq is not None:
-            query = query.where(Item.seq > after_seq)
-        rows = session.execute(query.order_by(Item.seq).limit(batch)).all()
-        # Nothing is left below ``after_seq``: every step deletes a prefix of the job's items
-        # (the lowest seqs; an ended job gets no new item), whoever runs it.
-        if not rows:
+        # Where this batch ends: the seq ``batch`` items on, or the job's last. Rows are never
+        # read into this process: inputs are queued and items deleted by seq range, over the
+        # (job_id, seq) index, each one statement whatever the batch.
+        upto: int | None = session.scalar(_batch_end(job_id, after_seq, batch))
+        # Nothing is left above ``after_seq``, nor below it: every step deletes a prefix of the
+        # job's items (the lowest seqs; an ended job gets no new item), whoever runs it.
+        if upto is None:
             session.execute(delete(Job).where(Job.id == job_id))
             log.info("job deleted job=%s", job_id)
             return Step(items=0, job_gone=True)
-        # By seq range over the (job_id, seq) index, not a list of ids: one short statement
-        # whatever the batch, and its pages go by ON DELETE CASCADE.
-        deleted = session.execute(
-            delete(Item)
-            .where(Item.job_id == job_id, Item.seq <= rows[-1].seq)
-            .execution_options(synchronize_session=False)
-        )
+        in_batch = [Item.job_id == job_id, Item.seq <= upto]
+        if after_seq is not None:
+            in_batch.append(Item.seq > after_seq)
         if not keep_inputs:
-            queue_inputs(session, [(row.input_uri, row.input_sha256) for row in rows])
+            queue_inputs(session, in_batch)
+        # Its pages go by ON DELETE CASCADE.
+        deleted = session.execute(
+            delete(Item).where(*in_batch).execution_options(synchronize_session=False)
+        )
         reached("delete:batch")
         return Step(
             items=int(deleted.rowcount),  # type: ignore[attr-defined]
             job_gone=False,
-            last_seq=rows[-1].seq,
+            last_seq=upto,
         )
+
+
+def _batch_end(job_id: str, after_seq: int | None, batch: int) -> Select[Any]:
+    remaining = [Item.job_id == job_id]
+    if after_seq is not None:
+        remaining.append(Item.seq > after_seq)
+    nth = select(Item.seq).where(*remaining).order_by(Item.seq).offset(batch - 1).limit(1)
+    last = select(func.max(Item.seq)).where(*remaining)
+    return select(func.coalesce(nth.scalar_subquery(), last.scalar_subquery()))

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, ItemPage, SessionFactory, is_retryable, utcnow
+from jobs.db import Item, ItemPage, SessionFactory, commit_without_flush, is_retryable, utcnow
 from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
 from jobs.lifecycle.finalise import finalise_jobs, jobs_ready_to_finalise
@@ -51,6 +51,10 @@ def record_results(
     try:
         try:
             with session_factory.begin() as session:
+                # A batch's results are recorded without waiting for the disk: the flush was
+                # most of a record's time, and a database crash that took the results back
+                # leaves their items running under a lease, which the sweeper runs again.
+                commit_without_flush(session)
                 job_ids = _write_all(session, outcomes, now)
                 reached("record:written")
         except _LeaseLost:  # rolled back: written row by row, so the others keep their results

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from jobs.db import SessionFactory, utcnow
 from jobs.lifecycle import delete_step, jobs_being_deleted, mark_deleting, mark_retained
-from jobs.retention.blobs import collect_blobs, queue_candidates
+from jobs.retention.blobs import collect_blobs, queue_inputs_of
 from storage import Blobs
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _work(
                     session_factory,
                     job_id,
                     batch=batch,
-                    queue_inputs=queue_candidates,
+                    queue_inputs=queue_inputs_of,
                     after_seq=after,
                 )
                 if step is None:  # gone, or another process is deleting it

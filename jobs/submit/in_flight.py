@@ -20,7 +20,14 @@ from datetime import timedelta
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
-from jobs.db import SessionFactory, SubmitInFlight, is_retryable, new_id, utcnow
+from jobs.db import (
+    SessionFactory,
+    SubmitInFlight,
+    commit_without_flush,
+    is_retryable,
+    new_id,
+    utcnow,
+)
 from jobs.errors import RequestError
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,9 @@ class InFlight:
         for attempt in range(_REGISTER_TRIES):
             try:
                 with self._session_factory.begin() as session:
+                    # Visible at once, which is all the collector needs; a database crash
+                    # that took it back also ends this submit's connection.
+                    commit_without_flush(session)
                     now = utcnow()
                     until = now + self.lease
                     session.add(SubmitInFlight(id=self.id, started_at=now, lease_expires_at=until))
@@ -89,6 +99,7 @@ class InFlight:
     def end(self) -> None:
         try:
             with self._session_factory.begin() as session:
+                commit_without_flush(session)  # one taken back only expires later
                 session.execute(delete(SubmitInFlight).where(SubmitInFlight.id == self.id))
         except Exception as exc:  # it expires by itself; collection waits until then
             log.warning("could not remove submit registration %s: %s", self.id, exc)

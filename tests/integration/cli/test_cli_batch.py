@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.shared import ErrorObject
 from sqlalchemy import create_engine, text
 
 from tests.helpers import image_bytes, write_images
@@ -87,9 +88,10 @@ def test_run_batch_answers_each_request_and_a_web_url_fails_alone(
     succeeded = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["custom_id"] for r in succeeded) == ["caption-1", "count-2"]
     (failed,) = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert failed["custom_id"] == "web-3" and failed["response"] is None
-    assert failed["error"]["code"] == "input_scheme_not_allowed"
-    assert "never fetched" in failed["error"]["message"]
+    assert failed["custom_id"] == "web-3" and failed["error"] is None
+    assert failed["response"]["status_code"] == 400
+    error = ErrorObject.model_validate(failed["response"]["body"]["error"])
+    assert error.code == "input_scheme_not_allowed" and "never fetched" in error.message
 
 
 @pytest.mark.parametrize("named", ["hub", "folder"])

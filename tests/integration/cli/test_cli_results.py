@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openai.types import BatchRequestCounts, CompletionUsage
+import pytest
+from openai.types import Batch, BatchRequestCounts, CompletionUsage
 from openai.types.chat import ChatCompletion
+from openai.types.shared import ErrorObject
 
 from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
@@ -22,10 +24,10 @@ from workers.local import run_job_locally
 IDS = ["sku-ü/1", 'sku "2"']
 
 
-def _finished_job(tmp_path: Path) -> tuple[dict[str, str], str]:
-    """A caption job run here with the fake engine (two good items, one broken), in a SQLite
-    database the CLI is then pointed at."""
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+def _finished_job(tmp_path: Path, url: str | None = None) -> tuple[dict[str, str], str]:
+    """A caption job run here with the fake engine (two good items, one broken), in a database
+    (``url``; a SQLite one by default) the CLI is then pointed at."""
+    url = url or f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     paths = write_images(tmp_path / "imgs", 2)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not an image at all")
     lines = [{"input": f"imgs/{p.name}", "id": i} for p, i in zip(paths, IDS, strict=True)]
@@ -63,8 +65,10 @@ def test_results_in_the_openai_batch_format(run_cli: RunCli, tmp_path: Path) -> 
         assert body.choices[0].finish_reason == "stop"
         assert body.usage is not None and body.usage.total_tokens > 0
     (bad,) = _lines(errors.read_text(encoding="utf-8"))
-    assert bad["custom_id"] == "broken" and bad["response"] is None
-    assert bad["error"]["code"] in ("unsupported_format", "image_decode_error")
+    assert bad["custom_id"] == "broken" and bad["error"] is None
+    assert bad["response"]["status_code"] == 400
+    error = ErrorObject.model_validate(bad["response"]["body"]["error"])
+    assert error.code in ("unsupported_format", "image_decode_error") and error.message
 
     # to stdout, failures in the same stream; --status narrows it
     mixed = run_cli("results", job_id, "--format", "openai", env=env)
@@ -104,6 +108,32 @@ def test_status_json_has_usage_totals_and_request_counts(run_cli: RunCli, tmp_pa
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     human = run_cli("status", job_id, env=env).stdout
     assert f"= {usage.total_tokens}" in human
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_status_prints_an_openai_batch_object(
+    run_cli: RunCli, tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    url = request.getfixturevalue("migrated_pg_url") if database == "postgresql" else None
+    env, job_id = _finished_job(tmp_path, url)
+    shown = run_cli("status", job_id[:8], "--format", "openai", env=env)
+    assert shown.returncode == 0, shown.stderr
+    batch = Batch.model_validate_json(shown.stdout)  # one JSON document, nothing else
+    assert batch.id == job_id and batch.object == "batch" and batch.status == "completed"
+    assert batch.model == "tiny-llava" and batch.endpoint == "/v1/chat/completions"
+    assert batch.request_counts is not None
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (3, 2, 1)
+    assert batch.completed_at is not None and batch.created_at <= batch.completed_at
+    assert batch.usage is not None and batch.usage.total_tokens > 0
+
+    watched = run_cli("status", job_id, "--watch", "--format", "openai", env=env)
+    assert watched.returncode == 0, watched.stderr
+    assert Batch.model_validate_json(watched.stdout) == batch
+    as_json = json.loads(run_cli("status", job_id, "--format", "json", env=env).stdout)
+    assert as_json["request_counts"] == counts.model_dump()
+    refused = run_cli("status", job_id, "--format", "openai", "--json", env=env)
+    assert_one_line_error(refused, 2, "--format", "[invalid_option]")
 
 
 def test_meta_on_submit_is_shown_and_matched(run_cli: RunCli, tmp_path: Path) -> None:

@@ -5,15 +5,13 @@ forced at a real point (``tests.interleaving``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
-from jobs.db import Item, ItemPage, Job, SessionFactory, utcnow
+from jobs.db import BlobCandidate, Item, ItemPage, Job, SessionFactory, utcnow
 from jobs.errors import JobNotFinishedError, JobNotFoundError
 from jobs.hooks import pause_at
 from jobs.lifecycle import (
@@ -27,6 +25,7 @@ from jobs.lifecycle import (
 )
 from jobs.maintenance import run_maintenance
 from jobs.queries import count_jobs, find_job, list_recent_jobs
+from jobs.retention.blobs import queue_inputs_of
 from jobs.retention.purge import purge
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.states import JobStatus
@@ -35,7 +34,11 @@ from storage import Blobs
 from tests.helpers import ListPublisher, make_settings, submit_captions, write_images
 from tests.interleaving import Interleaving
 
-Queued = list[tuple[str, str | None]]
+
+def _queued(sf: SessionFactory) -> list[tuple[str, str]]:
+    """The inputs queued for collection, one per queued row."""
+    with sf() as session:
+        return [tuple(r) for r in session.execute(select(BlobCandidate.uri, BlobCandidate.sha256))]
 
 
 def _ended(
@@ -69,15 +72,12 @@ def _rows(sf: SessionFactory, job_id: str) -> tuple[int, int, int]:
     return int(jobs or 0), int(items or 0), int(pages or 0)
 
 
-def _delete_all(sf: SessionFactory, job_id: str, queued: Queued, *, batch: int = 2) -> int:
-    """Runs a deletion's steps to the end; returns how many steps deleted items."""
-
-    def queue(_session: Session, rows: Sequence[tuple[str, str | None]]) -> None:
-        queued.extend(rows)
-
+def _delete_all(sf: SessionFactory, job_id: str, *, batch: int = 2) -> int:
+    """Runs a deletion's steps to the end, queueing inputs as purge does; returns how many
+    steps deleted items."""
     steps = 0
     while True:
-        step = delete_step(sf, job_id, batch=batch, queue_inputs=queue)
+        step = delete_step(sf, job_id, batch=batch, queue_inputs=queue_inputs_of)
         assert step is not None
         if step.job_gone:
             return steps
@@ -88,6 +88,12 @@ def test_a_deleted_job_leaves_no_row_and_hands_its_inputs_over(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     job_id = _ended(session_factory, blobs, tmp_path, "a", 5)
+    with session_factory.begin() as session:  # a user's own object (no sha256): never queued
+        session.execute(
+            update(Item)
+            .where(Item.job_id == job_id, Item.seq == 0)
+            .values(input_uri="s3://theirs/a.png", input_sha256=None)
+        )
     with session_factory() as session:
         inputs = {
             (uri, sha)
@@ -96,10 +102,10 @@ def test_a_deleted_job_leaves_no_row_and_hands_its_inputs_over(
             )
         }
     mark_deleting(session_factory, [job_id])
-    queued: Queued = []
-    assert _delete_all(session_factory, job_id, queued, batch=2) == 3  # 2 + 2 + 1, bounded
+    assert _delete_all(session_factory, job_id, batch=2) == 3  # 2 + 2 + 1, bounded
     assert _rows(session_factory, job_id) == (0, 0, 0)
-    assert set(queued) == inputs and all(sha for _uri, sha in queued)
+    queued = _queued(session_factory)
+    assert sorted(queued) == sorted(i for i in inputs if i[1] is not None) and len(queued) == 4
 
 
 def test_keep_inputs_hands_nothing_over(
@@ -107,9 +113,8 @@ def test_keep_inputs_hands_nothing_over(
 ) -> None:
     job_id = _ended(session_factory, blobs, tmp_path, "a", 3)
     mark_deleting(session_factory, [job_id], keep_inputs=True)
-    queued: Queued = []
-    _delete_all(session_factory, job_id, queued)
-    assert queued == [] and _rows(session_factory, job_id) == (0, 0, 0)
+    _delete_all(session_factory, job_id)
+    assert _queued(session_factory) == [] and _rows(session_factory, job_id) == (0, 0, 0)
 
 
 def test_only_ended_jobs_are_deleted_and_all_named_or_none(
@@ -155,7 +160,7 @@ def test_a_job_being_deleted_is_gone_for_every_command_from_the_first_step(
 
     first = delete_step(session_factory, job_id, batch=2, queue_inputs=lambda _s, _r: None)
     assert first is not None and first.items == 2
-    Interleaving("delete:batch").run(lambda: _delete_all(session_factory, job_id, []), look)
+    Interleaving("delete:batch").run(lambda: _delete_all(session_factory, job_id), look)
     assert seen["rows"][:2] == (1, 4), "the window is half-way through the deletion"  # type: ignore[index]
     assert seen["listed"] == [kept] and seen["count"] == 1
     assert _rows(session_factory, job_id) == (0, 0, 0)
@@ -176,10 +181,10 @@ def test_a_deletion_stopped_half_way_is_finished_by_the_next_pass(
             raise RuntimeError("killed")
 
     with pause_at("delete:batch", crash), pytest.raises(RuntimeError):
-        _delete_all(session_factory, job_id, [])
+        _delete_all(session_factory, job_id)
     assert _rows(session_factory, job_id)[:2] == (1, 3)  # the first batch only
     assert jobs_being_deleted(session_factory) == [job_id]
-    _delete_all(session_factory, job_id, [])
+    _delete_all(session_factory, job_id)
     assert _rows(session_factory, job_id) == (0, 0, 0)
 
 
@@ -259,7 +264,7 @@ def test_workers_never_wait_on_a_deletion(
     mark_deleting(session_factory, [doomed])
     race = Interleaving("delete:batch", window=3.0)
     _, claimed = race.run(
-        lambda: _delete_all(session_factory, doomed, []),
+        lambda: _delete_all(session_factory, doomed),
         lambda: claim_next(session_factory, worker="w", lease_seconds=60),
     )
     assert [c.job_id for c in claimed] == [open_job, open_job]
@@ -279,7 +284,7 @@ def test_two_purgers_share_the_work_without_waiting(
         return delete_step(session_factory, job_id, batch=2, queue_inputs=lambda _s, _r: None)
 
     race = Interleaving("delete:batch", window=3.0)
-    _, other = race.run(lambda: _delete_all(session_factory, job_id, []), second)
+    _, other = race.run(lambda: _delete_all(session_factory, job_id), second)
     if session_factory.kw["bind"].dialect.name == "postgresql":
         assert other is None and race.second_blocked is False
     assert _rows(session_factory, job_id) == (0, 0, 0)

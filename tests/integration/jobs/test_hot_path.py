@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
-from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.db import Item, Job, SessionFactory, commit_without_flush, utcnow
 from jobs.lifecycle import claim_items, record_results
 from jobs.states import JobStatus
 from jobs.sweeper import sweep
 from storage import Blobs
-from tests.helpers import ListPublisher, submit_captions
+from tests.helpers import ListPublisher, migrated_session_factory, submit_captions
 from tests.helpers import caption_outcome as _ok
 
 
@@ -51,11 +51,14 @@ def test_a_batch_costs_a_fixed_number_of_statements_whatever_its_size(
     assert claim_sent == ["UPDATE", "SELECT"], claim_sent
 
     # Recording 8 results: one UPDATE for all of them, the read of their jobs, and the probe
-    # whether the job is done (no finalising write while items remain).
+    # whether the job is done (no finalising write while items remain); on PostgreSQL first
+    # the SET that lets its commit return before the disk flush.
     with counting(session_factory) as record_sent:
         written = record_results(session_factory, [_ok(c.id, c.lease_token) for c in claimed])
     assert written == 8
-    assert record_sent == ["UPDATE", "SELECT", "SELECT"], record_sent
+    postgres = session_factory.kw["bind"].dialect.name == "postgresql"
+    unflushed = ["SET"] if postgres else []
+    assert record_sent == [*unflushed, "UPDATE", "SELECT", "SELECT"], record_sent
     assert record_results(session_factory, [_ok(c.id, c.lease_token) for c in first]) == 8
     with session_factory() as session:
         done = session.scalars(select(Item.result_text).where(Item.id.in_(ids[:16]))).all()
@@ -91,3 +94,18 @@ def test_one_lost_lease_in_a_batch_drops_only_that_result(
     assert record_results(session_factory, [_ok(taken.id, taken.lease_token)]) == 1
     with session_factory() as session:
         assert session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.completed
+
+
+def test_a_commit_without_flush_is_for_its_own_transaction_only(migrated_pg_url: str) -> None:
+    """PostgreSQL only (SQLite in WAL mode has no such setting): the recorded batch's commit
+    does not wait for the disk; every other transaction on the same pooled connection (a
+    job's rows, finalising) still does."""
+    session_factory = migrated_session_factory(migrated_pg_url)
+    show = text("SHOW synchronous_commit")
+    with session_factory.begin() as session:
+        commit_without_flush(session)
+        assert session.scalar(show) == "off"
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+    with session_factory() as session:
+        assert session.scalar(text("SELECT pg_backend_pid()")) == pid  # the same connection
+        assert session.scalar(show) == "on"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from openai.types import BatchRequestCounts, CompletionUsage
 from openai.types.chat import ChatCompletion
+from openai.types.shared import ErrorObject
 from sqlalchemy import event, select
 
 from jobs.cli.views import ResultFormat, write_results
@@ -57,14 +58,18 @@ def _check_envelope(line: dict[str, Any]) -> None:
     """The Batch output line's own shape (the openai package has no type for it)."""
     assert set(line) == {"id", "custom_id", "response", "error"}, line
     assert isinstance(line["id"], str) and line["id"]
-    if line["error"] is None:
+    if line["error"] is None:  # answered: a completion, or an error object (a failed request)
         response = line["response"]
         assert set(response) == {"status_code", "request_id", "body"}
-        assert response["status_code"] == 200 and isinstance(response["request_id"], str)
-    else:
+        assert isinstance(response["request_id"], str)
+        if response["status_code"] != 200:
+            assert response["status_code"] >= 400 and set(response["body"]) == {"error"}
+            ErrorObject.model_validate(response["body"]["error"])
+    else:  # never run: cancelled or expired, as OpenAI writes them
         assert line["response"] is None
         assert set(line["error"]) == {"code", "message"}
-        assert isinstance(line["error"]["code"], str) and isinstance(line["error"]["message"], str)
+        assert line["error"]["code"] in ("batch_cancelled", "batch_expired")
+        assert isinstance(line["error"]["message"], str)
 
 
 def test_openai_format_parses_with_the_openai_types_and_round_trips_custom_ids(
@@ -95,15 +100,16 @@ def test_openai_format_parses_with_the_openai_types_and_round_trips_custom_ids(
     (failed,) = bad
     _check_envelope(failed)
     assert failed["custom_id"] == "broken-1"
-    assert failed["error"]["code"] == items["broken-1"].error_code
-    assert failed["error"]["message"] == items["broken-1"].error_message
+    error = failed["response"]["body"]["error"]
+    assert error["code"] == items["broken-1"].error_code
+    assert error["message"] == items["broken-1"].error_message
 
     # Without --errors, nothing is dropped: the failures follow in the same stream.
     both = tmp_path / "both.jsonl"
     _export(session_factory, job_id, ResultFormat.openai, both)
     lines = _lines(both)
     assert sorted(line["custom_id"] for line in lines) == sorted([*ODD_IDS, "broken-1"])
-    assert [line["error"] is None for line in lines].count(False) == 1
+    assert [line["response"]["status_code"] for line in lines].count(400) == 1
 
 
 def test_openai_content_of_json_results_is_the_json_text(
@@ -154,7 +160,7 @@ def test_cancelled_items_go_to_the_error_file_and_unfinished_ones_are_left_out(
     assert len(lines) == 3
     for line in lines:
         _check_envelope(line)
-        assert line["error"]["code"] == "cancelled" and line["custom_id"] is None
+        assert line["error"]["code"] == "batch_cancelled" and line["custom_id"]
 
 
 def test_usage_is_in_every_format_and_in_the_status_totals(
