@@ -32,6 +32,15 @@ QUEUE_EMPTY = datetime.max.replace(tzinfo=UTC)
 RUN_BATCH_TASK = "llava_batch.run_batch"
 SWEEP_TASK = "llava_batch.sweep"
 
+# Every Celery app of ours, a producer's (submit, the sweeper) and a worker's: only JSON crosses
+# the broker, and each message sent is announced by a task-sent event, so Flower and
+# ``celery events`` show what waits in a queue (the doorbells), not only what workers took.
+CELERY_CLIENT_CONF: dict[str, Any] = {
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "task_send_sent_event": True,
+}
+
 
 class DispatchError(Exception):
     """Raised when the broker cannot take a message; the rows stay queued for the sweeper."""
@@ -110,7 +119,7 @@ class CeleryPublisher:
             from celery import Celery
 
             self._app = Celery("llava-batch-producer", broker=self.broker_url)
-            self._app.conf.update(task_serializer="json", accept_content=["json"])
+            self._app.conf.update(CELERY_CLIENT_CONF)
         return self._app
 
     def publish(

@@ -103,3 +103,14 @@ def live_workers(
             .where(WorkerRow.model == model, WorkerRow.seen_at >= since)
         ).scalar_one()
     return int(count)
+
+
+def served_models(session_factory: SessionFactory, configured: str) -> list[str]:
+    """The models this deployment serves, sorted: ``configured`` (``LLAVA_BATCH_MODEL``, what a
+    ``worker`` or ``run --resume`` started with these settings loads) and every model a worker
+    of the registry beat for, live or not: a fleet that scaled to zero overnight still serves
+    its models in the morning. The sweeper forgets a worker not seen for
+    ``LLAVA_BATCH_WORKER_ROWS_KEPT_FOR`` (``forget_dead_workers``), and its model with it."""
+    with session_factory() as session:
+        named = session.scalars(select(WorkerRow.model).distinct()).all()
+    return sorted({configured, *named})

@@ -162,9 +162,12 @@ class Settings(BaseSettings):
     # Redis redelivers anything unacked this long; keep it far above the longest batch and
     # let the lease (not the broker) decide who owns an item.
     visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 43_200
-    # Each worker serves Prometheus metrics on the first free port from this one up (several
-    # workers per host take 9464, 9465, …); 0 turns them off.
+    # Each worker, `run` and `sweep` serves Prometheus metrics on the first free port from this
+    # one up (several per host take 9464, 9465, …); 0 turns them off. Fixed: this port or the
+    # process does not start (metrics_port_taken), so a scrape target names the process it
+    # means (one per container, as in docker-compose.yml).
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    metrics_port_fixed: bool = False
     # Each worker writes "alive, serving MODEL" to the database this often; submit and status
     # call a model unserved when no worker did for three periods.
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 15

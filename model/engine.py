@@ -16,8 +16,10 @@ from typing import Any, Protocol
 from PIL import Image
 
 __all__ = [
+    "ANY_JSON_OBJECT",
     "DEVICES_HELP",
     "DTYPES",
+    "GREEDY",
     "QUANTIZATIONS",
     "TINY_MAX_CONTEXT",
     "TINY_MODELS",
@@ -26,12 +28,15 @@ __all__ = [
     "EngineSpec",
     "GenerationRequest",
     "GenerationResult",
+    "Sampling",
     "Turn",
     "check_conversation",
     "check_device",
     "check_dtype",
     "check_quantization",
+    "cut_at_stop",
     "default_cache_dir",
+    "is_any_json_object",
 ]
 
 # Names that ``load_engine`` builds offline (randomly initialised) instead of fetching: they let
@@ -99,26 +104,89 @@ def check_conversation(turns: Sequence[Turn]) -> None:
         raise ValueError("user and assistant turns must alternate")
 
 
+MAX_TEMPERATURE = 2.0  # OpenAI's bound
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request picks its tokens, and where its text ends.
+
+    The default is greedy decoding (``temperature`` 0): the same text for the same input, alone
+    or in any batch. A ``temperature`` above 0 samples from the model's distribution at that
+    temperature, kept to the smallest set of tokens whose probability reaches ``top_p``. With a
+    ``seed`` each request draws from its own generator, so the same request gives the same text
+    on the same engine whatever shares its batch; without one every run differs. ``stop``: the
+    text ends before the first of these strings, which is left out, as OpenAI's ``stop`` does.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 to {MAX_TEMPERATURE}, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be above 0 and at most 1, not {self.top_p}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed must be a 64-bit integer, not {self.seed}")
+        if any(not s for s in self.stop):
+            raise ValueError("a stop string must not be empty")
+
+    @property
+    def samples(self) -> bool:
+        return self.temperature > 0
+
+
+GREEDY = Sampling()
+
+
+# The schema of OpenAI's ``response_format: {"type": "json_object"}``: any JSON object. Outside
+# the bounded subset of user schemas (``model.schema``), so only this exact schema means it.
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def is_any_json_object(schema: object) -> bool:
+    return isinstance(schema, Mapping) and dict(schema) == ANY_JSON_OBJECT
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first of the ``stop`` strings in it, and whether one was found."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
 @dataclass(frozen=True, init=False)
 class GenerationRequest:
     """One generation: an image and a conversation about it, ending with a user turn.
 
-    ``image`` is already decoded to RGB (see ``model.images.decode_image``). The turns hold only
+    ``image`` is already decoded to RGB (see ``model.images.decode_image``), or None for a
+    conversation of text alone. The turns hold only
     text: the engine applies the chat template and puts the image in the first user turn. A
     plain string is a one-turn conversation (a caption or extraction prompt). Requests that
     share one image object (several questions about a photo) let an engine encode it once.
+    ``sampling``: how this request alone picks its tokens (greedy unless told otherwise).
     """
 
-    image: Image.Image
+    image: Image.Image | None
     conversation: tuple[Turn, ...]
+    sampling: Sampling
 
-    def __init__(self, image: Image.Image, conversation: str | Sequence[Turn]) -> None:
+    def __init__(
+        self,
+        image: Image.Image | None,
+        conversation: str | Sequence[Turn],
+        sampling: Sampling = GREEDY,
+    ) -> None:
         turns = (
             (Turn("user", conversation),) if isinstance(conversation, str) else tuple(conversation)
         )
         check_conversation(turns)
         object.__setattr__(self, "image", image)
         object.__setattr__(self, "conversation", turns)
+        object.__setattr__(self, "sampling", sampling)
 
     @property
     def prompt(self) -> str:
@@ -173,7 +241,8 @@ class Engine(Protocol):
         of refusing the batch as too long.
 
         With ``json_schema`` (a user schema, see ``model.schema``) decoding is constrained by its
-        bounded form, and each finished result's text is one JSON object valid against it.
+        bounded form, and each finished result's text is one JSON object valid against it;
+        ``ANY_JSON_OBJECT`` constrains it to any JSON object.
         Raises ``DeviceOutOfMemoryError`` when the batch does not fit (callers split and retry)
         and ``SchemaError`` when the schema is unsupported or cannot be compiled.
         """

@@ -1,17 +1,21 @@
 """A deterministic engine without torch, for fast tests of everything around the model.
 
 Each result's text is ``f"caption of {width}x{height} image: {prompt}"`` (the request's image
-size and its last user turn; a later turn of a conversation adds ``" (after N answers)"``),
-split on whitespace, cut to ``max_new_tokens`` words and re-joined with single spaces;
+size and its last user turn; ``f"answer without an image: {prompt}"`` for text alone; a later
+turn of a conversation adds ``" (after N answers)"``), split on whitespace, cut to
+``max_new_tokens`` words and re-joined with single spaces;
 ``tokens_out`` is its number of words and ``tokens_in`` the conversation's words plus one for
 the image. So a test can tell which image and prompt produced which
 result, and that results come back in request order.
 
 With ``json_schema``, each result's text is one compact JSON object valid against the schema and
 the same for every request: every property (required or not) filled with a placeholder of its
-type (see ``build_placeholder``). ``tokens_out`` is then the text's length in characters; a
-``max_new_tokens`` smaller than that gives the text cut there and ``finished=False``, like a real
-engine's truncated output.
+type (see ``build_placeholder``); for ``ANY_JSON_OBJECT``, ``{}``. ``tokens_out`` is then the
+text's length in characters; a ``max_new_tokens`` smaller than that gives the text cut there and
+``finished=False``, like a real engine's truncated output.
+
+A request's stop strings end its text as a real engine's do; its temperature, top_p and seed
+change nothing here (the text stays deterministic).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from model.engine import GenerationRequest, GenerationResult
+from model.engine import (
+    ANY_JSON_OBJECT,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    is_any_json_object,
+)
 from model.errors import DeviceOutOfMemoryError
 from model.patterns import build_pattern_example
 from model.schema import DATE_PATTERN, prepare_schema
@@ -73,7 +83,10 @@ class FakeEngine:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         # Like the real engine: an unsupported schema raises SchemaError before any work.
-        bounded = None if json_schema is None else prepare_schema(json_schema)
+        bounded = None
+        if json_schema is not None:
+            free = is_any_json_object(json_schema)
+            bounded = ANY_JSON_OBJECT if free else prepare_schema(json_schema)
         with self._lock:
             self.calls.append(len(requests))
         if self.oom_when_batch_over is not None and len(requests) > self.oom_when_batch_over:
@@ -89,18 +102,22 @@ class FakeEngine:
 
     @staticmethod
     def _caption(request: GenerationRequest, max_new_tokens: int) -> GenerationResult:
-        width, height = request.image.size
-        text = f"caption of {width}x{height} image: {request.prompt}"
+        if request.image is None:
+            text = f"answer without an image: {request.prompt}"
+        else:
+            width, height = request.image.size
+            text = f"caption of {width}x{height} image: {request.prompt}"
         earlier = sum(1 for turn in request.conversation if turn.role == "assistant")
         if earlier:  # a later turn of a conversation: say how much context it had
             text += f" (after {earlier} answer{'s' if earlier > 1 else ''})"
+        text, stopped = cut_at_stop(text, request.sampling.stop)
         every = text.split()
         words = every[:max_new_tokens]
         read = _read(request)
         return GenerationResult(
             text=" ".join(words),
             tokens_out=len(words),
-            finished=len(every) <= max_new_tokens,  # cut short, as a real engine reports it
+            finished=stopped or len(every) <= max_new_tokens,  # cut short, as a real engine says
             tokens_in=read,
         )
 
@@ -135,14 +152,16 @@ def build_placeholder(schema: Mapping[str, Any]) -> Any:
     if kind == "array":
         count = min(max(int(schema.get("minItems", 1)), 1), int(schema.get("maxItems", 1)))
         return [build_placeholder(schema["items"]) for _ in range(count)]
-    if kind == "object":
-        return {name: build_placeholder(sub) for name, sub in schema["properties"].items()}
+    if kind == "object":  # any object (``ANY_JSON_OBJECT``) is the empty one
+        return {name: build_placeholder(sub) for name, sub in schema.get("properties", {}).items()}
     return None
 
 
 def _read(request: GenerationRequest) -> int:
     """Prompt "tokens": the conversation's words, and one for the image."""
-    return 1 + sum(len(turn.text.split()) for turn in request.conversation)
+    return (request.image is not None) + sum(
+        len(turn.text.split()) for turn in request.conversation
+    )
 
 
 def _cut(text: str, max_new_tokens: int) -> GenerationResult:

@@ -31,15 +31,19 @@ from transformers import (
 from model.checkpoints import check_local_checkpoint
 from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json
 from model.engine import (
+    ANY_JSON_OBJECT,
     DEFAULT_GRAMMAR_CACHE_SIZE,
     TINY_MODELS,
     EngineSpec,
     GenerationRequest,
     GenerationResult,
     Turn,
+    cut_at_stop,
+    is_any_json_object,
 )
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
 from model.lru import LruCache
+from model.sampling import RowSampler, StopStrings
 from model.schema import canonical_schema_json, prepare_schema
 from model.tiny import ensure_tiny_checkpoint
 
@@ -118,7 +122,8 @@ def load_engine(
 class TransformersEngine:
     """Implements ``model.engine.Engine`` over a transformers processor and model.
 
-    Greedy decoding (``do_sample=False``) so a batch gives the same text as each item alone
+    Greedy decoding (``do_sample=False``; a request that samples is sampled row by row, see
+    ``model.sampling``) so a batch gives the same text as each item alone
     (exactly so in float32; half precision can differ slightly with padding). JSON-constrained
     decoding uses llguidance (``model.constrained``): one compiled grammar per distinct schema,
     kept in a least-recently-used cache of ``grammar_cache_size`` entries (each can be tens of
@@ -249,7 +254,8 @@ class TransformersEngine:
         json_schema: Mapping[str, Any] | None = None,
         fit_to_context: bool = False,
     ) -> list[GenerationResult]:
-        """One greedy result per request, in order.
+        """One result per request, in order: greedy unless the request's ``sampling`` says
+        otherwise (``model.sampling``: per row, so requests of any settings share a batch).
 
         With ``json_schema``, decoding is constrained to its bounded form (``model.schema``):
         each result with ``finished`` True is one JSON object valid against the schema.
@@ -265,7 +271,7 @@ class TransformersEngine:
         if not requests:
             return []
         with self._host_lock:
-            texts = [self._build_prompt(r.conversation) for r in requests]
+            texts = [self._build_prompt(r.conversation, r.image is not None) for r in requests]
             counts = [self._count_templated(text) for text in texts]
         if fit_to_context:  # a chosen default, not the user's number: take what fits
             max_new_tokens = max(1, min(max_new_tokens, self.max_context - max(counts)))
@@ -278,14 +284,22 @@ class TransformersEngine:
                     f"over the model's context of {self.max_context}.",
                 )
         images = [r.image for r in requests]
-        extra: dict[str, Any] = {}
+        # One processor of each per call: they hold per-row state for this batch only. The
+        # sampler comes last, so it samples among the tokens the grammar allows.
+        processors: list[Any] = []
         if grammar is not None:
-            # One processor per call: it holds per-row matcher state for this batch only.
-            extra["logits_processor"] = [JsonLogitsProcessor([grammar] * len(requests))]
+            processors.append(JsonLogitsProcessor([grammar] * len(requests)))
+        if any(r.sampling.samples for r in requests):
+            processors.append(RowSampler([r.sampling for r in requests]))
+        extra: dict[str, Any] = {"logits_processor": processors} if processors else {}
         try:
             with self._host_lock, torch.inference_mode():
                 inputs = self._shared_inputs(images, texts) or self._prepare(images, texts)
             prompt_width = inputs["input_ids"].shape[1]
+            stops = [r.sampling.stop for r in requests]
+            if any(stops):
+                tokenizer = self._processor.tokenizer
+                extra["stopping_criteria"] = [StopStrings(tokenizer, stops, prompt_width)]
             with self._waiting_lock:
                 self._prepared_waiting += 1
             with self._device_lock:
@@ -316,7 +330,10 @@ class TransformersEngine:
         new_tokens = output[:, prompt_width:].tolist()
         read = inputs["attention_mask"].sum(dim=1).tolist()  # each prompt without its padding
         with self._host_lock:
-            return [self._decode(row, int(n)) for row, n in zip(new_tokens, read, strict=True)]
+            return [
+                self._decode(row, int(n), r.sampling.stop)
+                for row, n, r in zip(new_tokens, read, requests, strict=True)
+            ]
 
     @property
     def prepared_waiting(self) -> int:
@@ -325,7 +342,9 @@ class TransformersEngine:
         with self._waiting_lock:
             return self._prepared_waiting
 
-    def _shared_inputs(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any] | None:
+    def _shared_inputs(
+        self, images: list[Image.Image | None], texts: list[str]
+    ) -> dict[str, Any] | None:
         """Host-side inputs for a batch whose requests share images (several questions about
         one photo), each distinct image preprocessed once; None when none is shared or the
         model cannot take pre-computed image features. ``_encode_shared`` finishes them on the
@@ -335,6 +354,8 @@ class TransformersEngine:
         and each image's token count; every text then gets its image placeholder expanded to that
         count, as the processor itself does, and is tokenised with the same defaults.
         """
+        if any(image is None for image in images):
+            return None
         firsts: dict[int, int] = {}
         rows = [firsts.setdefault(id(image), i) for i, image in enumerate(images)]
         if len(firsts) == len(images) or not self._model._supports_mm_encoder_outputs():
@@ -378,7 +399,9 @@ class TransformersEngine:
         key = canonical_schema_json(json_schema)
 
         def build() -> CompiledJson:
-            bounded = prepare_schema(json_schema)  # SchemaError for an unsupported schema
+            # SchemaError for an unsupported schema; any object is no bounded schema.
+            free = is_any_json_object(json_schema)
+            bounded = ANY_JSON_OBJECT if free else prepare_schema(json_schema)
             return compile_json(bounded, self._llg_tokenizer())  # SchemaError too
 
         with self._host_lock:  # building the grammar tokenizer reads the HF tokenizer
@@ -408,11 +431,11 @@ class TransformersEngine:
             width = getattr(config, "text_config", config).vocab_size
         return int(width)
 
-    def _build_prompt(self, turns: Sequence[Turn]) -> str:
-        """The templated text of a conversation: the image goes with the first user turn, and
-        earlier answers are assistant turns, as in a real multi-turn chat."""
+    def _build_prompt(self, turns: Sequence[Turn], with_image: bool = True) -> str:
+        """The templated text of a conversation: the image (if any) goes with the first user
+        turn, and earlier answers are assistant turns, as in a real multi-turn chat."""
         messages: list[dict[str, Any]] = []
-        image_placed = False
+        image_placed = not with_image
         for turn in turns:
             content: list[dict[str, Any]] = []
             if turn.role == "user" and not image_placed:
@@ -431,8 +454,13 @@ class TransformersEngine:
         images = sum(1 for i in ids if i == self._image_token_id)
         return len(ids) - images + images * self._image_tokens_max
 
-    def _prepare(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any]:
-        batch = self._processor(images=images, text=texts, padding=True, return_tensors="pt")
+    def _prepare(self, images: Sequence[Image.Image | None], texts: list[str]) -> dict[str, Any]:
+        # Requests of text alone have no placeholder in their text; the processor gives the
+        # images present to the placeholders in order.
+        present = [image for image in images if image is not None]
+        batch = self._processor(
+            images=present or None, text=texts, padding=True, return_tensors="pt"
+        )
         prepared: dict[str, Any] = {}
         for key, value in batch.items():
             if isinstance(value, torch.Tensor):
@@ -443,15 +471,16 @@ class TransformersEngine:
             prepared[key] = value
         return prepared
 
-    def _decode(self, row: list[int], tokens_in: int) -> GenerationResult:
+    def _decode(self, row: list[int], tokens_in: int, stop: Sequence[str]) -> GenerationResult:
         # Generation stops at eos per row; shorter rows are then filled with pad.
         count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
         text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
+        text, stopped = cut_at_stop(str(text), stop)
         # No stop token in the row: it ran to max_new_tokens before the model ended it.
         return GenerationResult(
-            text=str(text).strip(),
+            text=text.strip(),
             tokens_out=count,
-            finished=count < len(row),
+            finished=stopped or count < len(row),
             tokens_in=tokens_in,
         )
 

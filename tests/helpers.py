@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import random
+import socket
+import urllib.request
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from jobs.db import SessionFactory, make_engine, make_session_factory
@@ -277,3 +280,28 @@ def write_encrypted_pdf(path: Path, source: Path) -> Path:
     with path.open("wb") as f:
         writer.write(f)
     return path
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            start = int(probe.getsockname()[1])
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as check:
+                    check.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return start
+    raise AssertionError("no run of free ports")
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class PlannedUnit:
     """One unit of an input (an image, or one page), its cost known, not decoded yet.
 
-    ``decode`` returns the RGB image and raises ``InputError`` for a bad input.
+    ``decode`` returns the RGB image (None for a request of text alone) and raises
+    ``InputError`` for a bad input.
     """
 
     item: ClaimedItem
@@ -189,5 +190,5 @@ def _decode(unit: PlannedUnit, units_of_item: int) -> Ready:
         return Ready(
             Unit(item, unit.page, None), units_of_item, 0, ItemErrorCode.internal_error, message
         )
-    width, height = image.size
+    width, height = image.size if image is not None else (0, 0)  # None: text alone
     return Ready(Unit(item, unit.page, image), units_of_item, width * height)

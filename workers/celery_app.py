@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
-from jobs.dispatch import SWEEP_TASK
+from jobs.dispatch import CELERY_CLIENT_CONF, SWEEP_TASK
 from jobs.fleet import queue_for
 from jobs.settings import Settings, load_settings
 
@@ -25,10 +25,13 @@ def build_celery_app(settings: Settings) -> Celery:
     """The app's configuration, no tasks: what a client or ``inspect`` needs."""
     app = Celery("llava-batch", broker=settings.broker_url)
     app.conf.update(
-        # Only JSON crosses the broker: a pickled message is refused, never executed.
-        task_serializer="json",
+        # Only JSON crosses the broker: a pickled message is refused, never executed. Sent
+        # messages are announced (task-sent events) as a producer's are.
+        CELERY_CLIENT_CONF,
         result_serializer="json",
-        accept_content=["json"],
+        # Task events (received, started, succeeded, …) for Flower and celery events; the
+        # worker's --no-events turns them off.
+        worker_send_task_events=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Unit:
     item: ClaimedItem
     page: int | None  # None for a plain image
-    image: Any  # PIL.Image.Image, RGB
+    image: Any  # PIL.Image.Image, RGB; None for a request of text alone
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ class _Budget:
 def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Outcome]:
     if not tasks:
         return []
-    requests = [GenerationRequest(t.unit.image, t.conversation) for t in tasks]
+    requests = [
+        GenerationRequest(t.unit.image, t.conversation, t.generation.sampling) for t in tasks
+    ]
     started = time.monotonic()
     try:
         results = engine.generate(

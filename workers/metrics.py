@@ -1,33 +1,21 @@
-"""Prometheus metrics of one worker process: every metric is defined here, the hooks that
-record them are small calls at the places where things happen, and ``start_metrics_server``
-serves them over HTTP (``LLAVA_BATCH_METRICS_PORT``).
-
-Several workers on one host (one per GPU) each take the first free port from the configured
-one up: 9464, 9465, … (``PORT_TRIES`` ports); the port used is logged.
+"""Prometheus metrics of a process that runs the model (a worker, ``llava-batch run``): the
+hooks that record them are small calls at the places where things happen. What a sweeper
+records too (its actions, failures by code, the backlog) and the server that serves them all
+are ``jobs.metrics``'.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    start_http_server,
-)
+from prometheus_client import Counter, Gauge, Histogram, Info
 
-from jobs.sweeper import SweepReport
+from jobs.metrics import PREFIX, record_failures
 
 log = logging.getLogger(__name__)
 
-PREFIX = "llava_batch"
-PORT_TRIES = 16
 
 # Seconds: a batch message of a few images on a GPU up to a large batch on a CPU.
 _BATCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -54,17 +42,16 @@ TOKENS_GENERATED = Counter(f"{PREFIX}_tokens_generated", "Tokens the model gener
 PROMPT_TOKENS = Counter(
     f"{PREFIX}_prompt_tokens", "Prompt tokens the model read (text, template and image tokens)."
 )
+MODEL = Info(
+    f"{PREFIX}_model",
+    "The model this process serves: its name, revision (the checkpoint's commit; empty when "
+    "unknown) and quantization (none, 8bit, 4bit), as its items record them.",
+)
 MODEL_LOAD = Gauge(f"{PREFIX}_model_load_seconds", "How long loading the resident model took.")
 LEASE_RENEWALS = Counter(
     f"{PREFIX}_lease_renewals",
     "Lease renewals (heartbeats), by result (renewed, failed).",
     ["result"],
-)
-SWEEPER_ACTIONS = Counter(
-    f"{PREFIX}_sweeper_actions",
-    "What this worker's sweeper thread did: items requeued, failed_worker_lost, cancelled, "
-    "republished, expired; doorbells rung; jobs finalised, abandoned.",
-    ["action"],
 )
 GRAMMAR_CACHE = Counter(
     f"{PREFIX}_grammar_cache_lookups",
@@ -80,35 +67,16 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-BACKLOG = Gauge(
-    f"{PREFIX}_backlog_items",
-    "Queued items of open jobs, per model and priority, read from the database by each sweep "
-    "pass (the broker holds a few doorbells, not the backlog).",
-    ["model", "priority"],
-)
-
-
-def record_backlog(rows: Iterable[tuple[str, int, int]]) -> None:
-    """Sets the backlog gauge from (model, priority, queued) rows; a series that is no longer
-    in them (its jobs ended) drops to 0."""
-    seen = set()
-    for model, priority, queued in rows:
-        BACKLOG.labels(model, str(priority)).set(queued)
-        seen.add((model, str(priority)))
-    for labels in list(_backlog_labels):
-        if labels not in seen:
-            BACKLOG.labels(*labels).set(0)
-    _backlog_labels.update(seen)
-
-
-_backlog_labels: set[tuple[str, str]] = set()
-
-
-def record_batch(kind: str, seconds: float, succeeded: int, failed: int, released: int) -> None:
+def record_batch(
+    kind: str, seconds: float, succeeded: int, failures: Sequence[str], released: int
+) -> None:
+    """One batch message: its duration, its items by status, and each failure's error code."""
     BATCH_DURATION.labels(kind).observe(seconds)
-    for status, count in (("succeeded", succeeded), ("failed", failed), ("released", released)):
+    counts = (("succeeded", succeeded), ("failed", len(failures)), ("released", released))
+    for status, count in counts:
         if count:
             ITEMS.labels(kind, status).inc(count)
+    record_failures(failures)
 
 
 def record_generate(seconds: float, tokens_out: int, tokens_in: int) -> None:
@@ -121,18 +89,16 @@ def record_model_load(seconds: float) -> None:
     MODEL_LOAD.set(seconds)
 
 
+def record_model(model: str, revision: str | None, quantization: str) -> None:
+    MODEL.info({"model": model, "revision": revision or "", "quantization": quantization})
+
+
 def record_lease_renewal(ok: bool) -> None:
     LEASE_RENEWALS.labels("renewed" if ok else "failed").inc()
 
 
 def record_grammar_lookup(hit: bool) -> None:
     GRAMMAR_CACHE.labels("hit" if hit else "miss").inc()
-
-
-def record_sweep(report: SweepReport) -> None:
-    for action, count in vars(report).items():
-        if count:
-            SWEEPER_ACTIONS.labels(action).inc(count)
 
 
 def watch_queue_depth(queue: str, read_depth: Callable[[], int | None]) -> None:
@@ -163,25 +129,3 @@ def redis_queue_depth(broker_url: str, queue: str) -> Callable[[], int | None]:
             return None
 
     return read
-
-
-def start_metrics_server(
-    port: int, *, tries: int = PORT_TRIES, registry: CollectorRegistry | None = None
-) -> int | None:
-    """Serves /metrics on the first free port of ``port`` … ``port + tries - 1``; returns the
-    port used, or None (logged) when the metrics are off (port 0) or every port is taken."""
-    if port == 0:
-        return None
-    for candidate in range(port, min(port + tries, 65536)):
-        try:
-            start_http_server(candidate, registry=registry or REGISTRY)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                continue
-            # Metrics never stop the work (e.g. a port below 1024 without the right to bind).
-            log.error("metrics not served: port %d: %s", candidate, exc)
-            return None
-        log.info("metrics served on port %d (/metrics)", candidate)
-        return candidate
-    log.warning("metrics not served: ports %d to %d are all taken", port, port + tries - 1)
-    return None

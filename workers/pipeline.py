@@ -30,7 +30,7 @@ from jobs.lifecycle import (
     release_items,
 )
 from jobs.outcome import Outcome
-from jobs.submit.sources import read_input_error
+from jobs.submit.sources import NO_INPUT, read_input_error
 from model.engine import Engine
 from model.errors import InputError
 from storage import StorageError, TransientStorageError
@@ -99,8 +99,10 @@ def _process_batch(
         deadline = time.monotonic() + res.settings.lease_seconds
         recorded = record_with_retry(res, outcomes, deadline=deadline)
         released = release_with_retry(res, handed_back, deadline=deadline) if handed_back else 0
-    failures = sum(1 for o in outcomes if o.outcome.failed)
-    report = BatchReport(len(claimed), len(outcomes) - failures, failures, released, recorded)
+    failures = [o.outcome.error_code for o in outcomes if o.outcome.error_code is not None]
+    report = BatchReport(
+        len(claimed), len(outcomes) - len(failures), len(failures), released, recorded
+    )
     log.info("batch done job=%s %s", claimed[0].job_id, report)
     metrics.record_batch(
         claimed[0].kind, time.monotonic() - started, report.succeeded, failures, released
@@ -260,6 +262,8 @@ def fetch_input(
     refused = read_input_error(item.request)
     if refused is not None:  # refused at submit (a URL never fetched): nothing is read
         return failed(item, *refused)
+    if item.input_uri == NO_INPUT:  # a request of text alone: nothing to read or decode
+        return Planned(item, (PlannedUnit(item, None, 0, lambda: None),))
     policy = res.input_policy
     if policy.restricted and not policy.allows_read(
         item.source, item.input_uri, res.blobs.holds(item.input_uri)

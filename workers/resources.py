@@ -76,6 +76,9 @@ class WorkerResources:
                     started = time.monotonic()
                     engine = self.engine_loader()
                     metrics.record_model_load(time.monotonic() - started)
+                    metrics.record_model(
+                        self.settings.model, engine.revision, self.settings.quantization
+                    )
                     _share_cores(engine)
                     self._engine = engine
         return self._engine

@@ -25,10 +25,11 @@ from jobs.dispatch import (
     DispatchError,
     doorbells_to_send,
 )
+from jobs.errors import ExitCode
 from jobs.fleet import beat_worker, forget_worker, queue_for
 from jobs.maintenance import MaintenanceReport, run_maintenance
+from jobs.metrics import MetricsPortTakenError, record_maintenance, serve_metrics
 from jobs.settings import Settings, load_settings
-from jobs.shares import backlog
 from model.errors import ModelLoadError
 from workers import metrics
 from workers.celery_app import build_celery_app, warn_if_insecure
@@ -85,9 +86,7 @@ class WorkerProcess:
     def run_sweep(self) -> MaintenanceReport:
         res = self.resources
         report = run_maintenance(res.session_factory, res.blobs, self.publisher, self.settings)
-        metrics.record_sweep(report.sweep)
-        with res.session_factory() as session:
-            metrics.record_backlog(backlog(session))
+        record_maintenance(report, res.session_factory)
         return report
 
     def sweep_forever(self, interval: float) -> None:
@@ -117,7 +116,13 @@ class WorkerProcess:
         warn_if_insecure(settings.broker_url)
         queue = queue_for(settings.queue, settings.model)
         metrics.watch_queue_depth(queue, metrics.redis_queue_depth(settings.broker_url, queue))
-        metrics.start_metrics_server(settings.metrics_port)
+        try:
+            port = serve_metrics(settings)  # llava-batch worker started them: the port then
+        except MetricsPortTakenError as exc:
+            log.critical("stopping the worker: %s", exc)
+            os._exit(ExitCode.invalid_request)
+        if port is not None:
+            log.info("metrics served on port %d (/metrics)", port)
         res = self.resources
         # Load the model before the first message so the first batch is not slow; a
         # checkpoint that cannot load stops the worker here instead of failing every item.

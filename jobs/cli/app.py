@@ -296,21 +296,28 @@ def sweep_command(
     """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
 
-    from jobs.maintenance import run_maintenance
+    from jobs.maintenance import MaintenanceReport, run_maintenance
+    from jobs.metrics import record_maintenance, serve_metrics
 
     # A sweeper started before its database (a container that comes up first, a database
     # restarted with the fleet) must not exit, since nothing else repairs what it does, and once
     # running it rides outages out the same way, as the workers do. ``--once`` fails fast
     # (exit 5): a single pass from cron or a script should report the outage, not hang.
     ctx = _until_reachable(open_context, once=once, cap=60.0)
+    if not once:
+        # Its actions, the failures it declares (worker_lost) and the backlog it reads: the
+        # backlog's one source where the workers run --no-sweep (docker-compose.yml).
+        views.say_metrics_port(serve_metrics(ctx.settings))
     publisher = CeleryPublisher.for_settings(ctx.settings)
     interval = float(ctx.settings.sweep_interval_seconds)
+
+    def one_pass() -> MaintenanceReport:
+        report = run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings)
+        record_maintenance(report, ctx.session_factory)
+        return report
+
     while True:
-        report = _until_reachable(
-            lambda: run_maintenance(ctx.session_factory, ctx.blobs, publisher, ctx.settings),
-            once=once,
-            cap=max(interval, 60.0),
-        )
+        report = _until_reachable(one_pass, once=once, cap=max(interval, 60.0))
         if json_out:
             print(json.dumps(report.as_dict()), flush=True)
         else:

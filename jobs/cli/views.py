@@ -53,6 +53,12 @@ def first_line(exc: object) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
 
+def say_metrics_port(port: int | None) -> None:
+    """Where this process serves its Prometheus metrics (``jobs.metrics.serve_metrics``)."""
+    if port is not None:
+        err.print(f"metrics served on port {port} (/metrics)")
+
+
 def warn_if_tiny(model: str) -> None:
     if model in TINY_MODELS:
         err.print(TINY_WARNING.format(model=model), markup=False)

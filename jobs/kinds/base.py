@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from jobs.kinds.options import KindCommands
 from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
-from model.engine import Turn
+from model.engine import GREEDY, Sampling, Turn
 
 Conversation = tuple[Turn, ...]
 
@@ -35,14 +35,17 @@ RESULT_FIELDS = (
 
 @dataclass(frozen=True)
 class Generation:
-    """Settings of a generation call; tasks with equal settings share model batches.
+    """Settings of a generation call; tasks with equal settings (``key``) share model batches.
 
     ``fit_to_context``: the budget is a default the system chose, so the engine may shrink it to
-    what the model's context leaves; a number the user gave is refused if it cannot fit."""
+    what the model's context leaves; a number the user gave is refused if it cannot fit.
+    ``sampling`` is not part of the key: the engine honours it row by row, so requests of any
+    sampling share a batch."""
 
     max_new_tokens: int
     json_schema: Mapping[str, Any] | None = None
     fit_to_context: bool = False
+    sampling: Sampling = GREEDY
 
     def key(self) -> tuple[Any, ...]:
         import json

@@ -1,7 +1,8 @@
-"""``chat``: each item is its own chat request about its image, as an OpenAI-Batch line is: its
-messages (system, user and assistant turns), its token budget, and an optional JSON Schema the
-answer must follow. One user turn is a caption or a question; several turns are a conversation;
-a schema makes it an extraction."""
+"""``chat``: each item is its own chat request about its image (or about nothing: text alone),
+as an OpenAI-Batch line is: its messages (system, user and assistant turns), its token budget,
+its sampling and stop strings, and an optional JSON Schema the answer must follow (or any JSON
+object). One user turn is a caption or a question; several turns are a conversation; a schema
+makes it an extraction."""
 
 from __future__ import annotations
 
@@ -21,8 +22,15 @@ from jobs.kinds.options import KindCommands, Option
 from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt, setting_bounds
 from jobs.outcome import Outcome
-from jobs.submit.openai_reader import BatchFormat
-from model.engine import ROLES, Turn, check_conversation
+from jobs.submit.openai_reader import BatchFormat, sampling_fields
+from model.engine import (
+    ANY_JSON_OBJECT,
+    ROLES,
+    Sampling,
+    Turn,
+    check_conversation,
+    is_any_json_object,
+)
 
 MAX_MESSAGES = 64
 
@@ -71,7 +79,8 @@ class Chat(KindDefaults[ChatParams]):
         max_prompt_chars: int,
     ) -> ItemAsk:
         """``extra`` holds the request: ``messages`` ([{"role", "text"}], the image going with
-        the first user turn), optional ``max_tokens`` and ``schema``."""
+        the first user turn), optional ``max_tokens``, ``schema`` and ``sampling``
+        (``temperature``, ``top_p``, ``seed``, ``stop``, as an OpenAI body names them)."""
         messages = extra.get("messages")
         if not isinstance(messages, list) or not 0 < len(messages) <= MAX_MESSAGES:
             raise RequestError(
@@ -108,7 +117,9 @@ class Chat(KindDefaults[ChatParams]):
                 )
             request["max_tokens"] = max_tokens
         schema = extra.get("schema")
-        if schema is not None:
+        if is_any_json_object(schema):  # json_object: any object, no bounded schema to check
+            request["schema"] = dict(ANY_JSON_OBJECT)
+        elif schema is not None:
             from jobs.extraction import check_extraction
 
             if not isinstance(schema, dict):
@@ -118,20 +129,33 @@ class Chat(KindDefaults[ChatParams]):
             except RequestError as exc:
                 raise RequestError(f"{where}: {exc.message}", code=exc.code) from None
             request["schema"] = schema
+        sampling = extra.get("sampling")
+        if sampling is not None:
+            if not isinstance(sampling, dict):
+                raise RequestError(f"{where}: sampling must be an object.", code="manifest_invalid")
+            fields = sampling_fields(sampling, where)
+            if fields:
+                request["sampling"] = fields
         return ItemAsk(request=request)
 
     def generation(self, params: ChatParams, item: ClaimedItem, *, configured: int) -> Generation:
         own = item.request or {}
         given = own.get("max_tokens")
         schema = own.get("schema")
+        fields = own.get("sampling") or {}
+        sampling = Sampling(**{**fields, "stop": tuple(fields.get("stop", ()))})
         if given is not None:
-            return Generation(int(given), schema, fit_to_context=False)
-        if schema is not None:
+            return Generation(int(given), schema, fit_to_context=False, sampling=sampling)
+        if schema is not None and not is_any_json_object(schema):
             from model.schema import default_max_new_tokens
 
-            return Generation(default_max_new_tokens(schema), schema, fit_to_context=True)
+            budget = default_max_new_tokens(schema)
+            return Generation(budget, schema, fit_to_context=True, sampling=sampling)
         return Generation(
-            params.max_new_tokens or configured, None, fit_to_context=params.budget_chosen
+            params.max_new_tokens or configured,
+            schema,
+            fit_to_context=params.budget_chosen,
+            sampling=sampling,
         )
 
     def first_requests(self, params: ChatParams, item: ClaimedItem) -> list[Conversation]:

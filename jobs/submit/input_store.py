@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from jobs.errors import RequestError
-from jobs.submit.sources import InputSpec
+from jobs.submit.sources import NO_INPUT, InputSpec
 from storage import Blobs, StorageError
 
 
@@ -39,6 +39,8 @@ def store_with(
                         f"Storing {spec.source} failed: {exc}", code=exc.code
                     ) from exc
             return blob.uri, blob.sha256
+        if spec.local_path is None and spec.uri == NO_INPUT:  # text alone: nothing to store
+            return NO_INPUT, None
         if spec.local_path is None:
             assert spec.uri is not None
             # Named in place; one of our own stored inputs still counts as a reference to it,

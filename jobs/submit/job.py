@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.errors import RequestError
+from jobs.fleet import served_models
 from jobs.hooks import reached
 from jobs.input_policy import InputPolicy
 from jobs.kinds import get_kind
@@ -104,6 +105,8 @@ def submit_job(
 
     checked = _check_inputs(request, expand(), max_prompt_chars)
     if checked.request.model != request.model:  # the one an OpenAI Batch file names
+        if not request.runs_here:
+            _check_served(session_factory, checked.request.model, configured=request.model)
         check_fits_context(checked.request)
     request = checked.request
     if request.idempotency_key:
@@ -282,6 +285,22 @@ def _with_model_of(request: SubmitRequest, named: set[str]) -> SubmitRequest:
             code="model_not_served",
         )
     return replace(request, model=named.pop()) if named else request
+
+
+def _check_served(session_factory: SessionFactory, named: str, *, configured: str) -> None:
+    """Refuses a job for a model its file names (``body.model``) that no worker of this
+    deployment serves (``jobs.fleet.served_models``): its items would wait for good. A name is
+    only compared, never looked up (a hosted name such as ``gpt-4o-mini`` is never sought on a
+    hub)."""
+    served = served_models(session_factory, configured)
+    if named in served:
+        return
+    raise RequestError(
+        f"The requests name the model {named!r}, which no worker of this deployment serves "
+        f"(served: {', '.join(served)}). Run them on {configured} with --model "
+        f"{configured}, or start a worker for {named!r} (LLAVA_BATCH_MODEL={named}) first.",
+        code="model_not_served",
+    )
 
 
 def add_job(session: Session, job: Job, items: Sequence[Item], *, dispatched_at: datetime) -> None:

@@ -8,9 +8,10 @@ one image reference; ``jobs.submit.sources`` resolves the image (a ``data:`` URI
 ``s3://`` URI, a path next to the file) and refuses the whole file on any malformed
 line, with its number.
 
-What cannot be honoured is refused, never ignored: sampling (a ``temperature`` other than 0,
-``top_p`` other than 1, ``n`` other than 1, …), tools, streaming, ``json_object`` output
-(``unsupported_parameter``). Generation is greedy.
+Sampling (``temperature``, ``top_p``, ``seed``) and ``stop`` are the request's own
+(``sampling_fields``); generation is greedy unless a request samples. What cannot be honoured
+is refused, never ignored: ``n`` other than 1, ``logprobs``, tools, streaming, …
+(``unsupported_parameter``).
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_LINE_NESTING, MAX_MODEL_CHARS, check_text
+from model.engine import ANY_JSON_OBJECT, MAX_TEMPERATURE, SEED_RANGE
 from model.nesting import NestingError, loads_bounded
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 UNSUPPORTED = "unsupported_parameter"
 MALFORMED = "manifest_invalid"
+MAX_STOP_CHARS = 256
+TOO_MANY_IMAGES = "too_many_images"
+NO_IMAGE = ""  # the image_url of a request of text alone
 
-# Sampling and output options, each with the values that mean "greedy, one plain answer" (the
-# first is the one a refusal suggests); an empty list or object is neutral where () is listed.
-_SAMPLING = frozenset({"temperature", "top_p", "top_k", "min_p", "n"})
+# Options this engine does not take, each with the values that change nothing (the first is the
+# one a refusal suggests); an empty list or object is neutral where () is listed.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "temperature": (0,),
-    "top_p": (1,),
     "n": (1,),
     "top_k": (0, -1),
     "min_p": (0,),
@@ -46,20 +48,21 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),
     "top_logprobs": (0,),
     "stream": (False,),
-    "stop": ("", ()),
     "logit_bias": ((),),
     "tools": ((),),
     "functions": ((),),
     "tool_choice": ("none", "auto"),
     "function_call": ("none", "auto"),
 }
-# Fields that change nothing about what is generated here (greedy decoding needs no seed).
+# Fields that change nothing about what is generated here.
 _IGNORED = frozenset(
-    {"user", "metadata", "store", "seed", "service_tier", "parallel_tool_calls", "stream_options"}
+    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"}
 )
+_SAMPLING = ("temperature", "top_p", "seed", "stop")
 _UNDERSTOOD = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "response_format"}
+    {"model", "messages", "max_tokens", "max_completion_tokens", "response_format", *_SAMPLING}
 )
+MAX_STOP_STRINGS = 4  # OpenAI's bound
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _IMAGE_SUFFIXES = {
     "image/png": ".png",
@@ -82,8 +85,9 @@ class BatchFormat(StrEnum):
 
 @dataclass(frozen=True)
 class BatchLine:
-    """One request: its custom id, model, image reference (as written) and the chat item's
-    fields (``messages`` as ``{"role", "text"}``, optional ``max_tokens`` and ``schema``)."""
+    """One request: its custom id, model, image reference (as written; ``NO_IMAGE`` for text
+    alone) and the chat item's fields (``messages`` as ``{"role", "text"}``, optional
+    ``max_tokens``, ``schema`` and ``sampling``)."""
 
     custom_id: str
     model: str
@@ -153,6 +157,9 @@ def parse_openai_line(line: str, where: str) -> BatchLine:
     schema = _schema(body.get("response_format"), where)
     if schema is not None:
         request["schema"] = schema
+    sampling = sampling_fields(body, where)
+    if sampling:
+        request["sampling"] = sampling
     return BatchLine(custom_id=custom_id, model=model, image_url=image_url, request=request)
 
 
@@ -165,16 +172,67 @@ def _check_options(body: Mapping[str, Any], where: str) -> None:
         if _is_neutral(value, _NEUTRAL[key]):
             continue
         shown = json.dumps(value)[:80]
-        if key in _SAMPLING:
-            raise RequestError(
-                f"{where}: {key} {shown} is refused: generation here is greedy (temperature 0) "
-                f"and never samples; remove {key} or set it to {_NEUTRAL[key][0]}.",
-                code=UNSUPPORTED,
-            )
+        neutral = _NEUTRAL[key][0]
+        instead = f" or set it to {json.dumps(neutral)}" if neutral != () else ""
         raise RequestError(
-            f"{where}: {key} {shown} is refused: it is not supported here; remove it.",
+            f"{where}: {key} {shown} is refused: it is not supported here; remove it{instead}.",
             code=UNSUPPORTED,
         )
+
+
+def sampling_fields(given: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The sampling a request asks for (``model.engine.Sampling``'s fields), checked: an empty
+    dict is greedy. OpenAI's defaults differ on purpose: without a ``temperature`` generation is
+    greedy, unless a ``top_p`` below 1 asks for sampling (then at temperature 1, OpenAI's)."""
+    fields: dict[str, Any] = {}
+    temperature, top_p = given.get("temperature"), given.get("top_p")
+    for key, value, low, high in (
+        ("temperature", temperature, 0, MAX_TEMPERATURE),
+        ("top_p", top_p, 0, 1),
+    ):
+        if value is None:
+            continue
+        if not _is_number(value) or not low <= value <= high or (key == "top_p" and value == 0):
+            shown = "above 0 and at most 1" if key == "top_p" else f"from 0 to {high:g}"
+            raise RequestError(f"{where}: {key} must be a number {shown}.", code=MALFORMED)
+    if temperature is not None and temperature > 0:
+        fields["temperature"] = float(temperature)
+    elif temperature is None and top_p is not None and top_p < 1:
+        fields["temperature"] = 1.0
+    if "temperature" in fields and top_p is not None and top_p < 1:
+        fields["top_p"] = float(top_p)
+    seed = given.get("seed")
+    if seed is not None:
+        if not _is_integer(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise RequestError(f"{where}: seed must be a 64-bit integer.", code=MALFORMED)
+        if "temperature" in fields:  # greedy decoding draws nothing: a seed changes nothing
+            fields["seed"] = seed
+    stop = given.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None:
+        if (
+            not isinstance(stops, list)
+            or len(stops) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stops)
+        ):
+            raise RequestError(
+                f"{where}: stop must be a non-empty string or a list of up to "
+                f"{MAX_STOP_STRINGS} of them.",
+                code=MALFORMED,
+            )
+        for text in stops:
+            check_text(text, what=f"{where}: stop", code=MALFORMED, max_chars=MAX_STOP_CHARS)
+        if stops:
+            fields["stop"] = list(dict.fromkeys(stops))
+    return fields
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
@@ -188,7 +246,8 @@ def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
 
 
 def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
-    """The chat turns and the one image (which must be in the first user message)."""
+    """The chat turns and the image (``NO_IMAGE`` if none; one at most, in the first user
+    message)."""
     if not isinstance(given, list) or not given:
         raise RequestError(f'{where}: body "messages" must be a non-empty list.', code=MALFORMED)
     turns: list[dict[str, str]] = []
@@ -211,11 +270,13 @@ def _messages(given: Any, where: str) -> tuple[str, list[dict[str, str]]]:
             raise RequestError(f"{at}: an image must be in a user message.", code=MALFORMED)
         images.extend((len(turns), url) for url in urls)
         turns.append({"role": _ROLES[role], "text": "\n".join(texts)})
-    if len(images) != 1:
+    if not images:
+        return NO_IMAGE, turns  # a conversation of text alone
+    if len(images) > 1:
         raise RequestError(
-            f"{where}: a request carries exactly one image (an image_url part in a user "
+            f"{where}: a request carries at most one image (an image_url part in a user "
             f"message); this one has {len(images)}.",
-            code=MALFORMED,
+            code=TOO_MANY_IMAGES,
         )
     (index, url), first_user = (
         images[0],
@@ -282,13 +343,9 @@ def _schema(response_format: Any, where: str) -> dict[str, Any] | None:
             )
         return schema
     if kind == "json_object":
-        raise RequestError(
-            f"{where}: response_format json_object is refused: output is constrained by a "
-            'schema; give {"type": "json_schema", "json_schema": {"schema": …}} instead.',
-            code=UNSUPPORTED,
-        )
+        return dict(ANY_JSON_OBJECT)
     raise RequestError(
-        f"{where}: response_format must be text or json_schema.",
+        f"{where}: response_format must be text, json_object or json_schema.",
         code=UNSUPPORTED if isinstance(kind, str) else MALFORMED,
     )
 

@@ -28,6 +28,7 @@ from jobs.limits import (
     printable,
 )
 from jobs.submit.openai_reader import (
+    NO_IMAGE,
     BatchFormat,
     decode_data_uri,
     detect_openai,
@@ -105,6 +106,10 @@ class InputSpec:
     # rest of the job runs.
     input_error: tuple[str, str] | None = None
 
+
+# ``items.source`` and ``items.input_uri`` of an item with no input: an OpenAI request of text
+# alone. Nothing is stored or read for it.
+NO_INPUT = ""
 
 # The key of ``items.request`` that holds an input refused on its own: {"code", "message"}.
 INPUT_ERROR = "input_error"
@@ -398,7 +403,9 @@ _ITEM_SIZE_ERRORS = ("empty_input", "input_too_large")
 def _openai_input(manifest: Path, line: _Line, url: str, where: str, walk: _Walk) -> InputSpec:
     """The input an OpenAI line's image_url names: a data: URI (stored like a local file), an
     s3:// object (read in place), or a path in the file's folder; any other scheme is never
-    fetched and fails its own item."""
+    fetched and fails its own item. A request of text alone has no input (``NO_INPUT``)."""
+    if url == NO_IMAGE:
+        return InputSpec(source=NO_INPUT, uri=NO_INPUT)
     _check_source_text(url)
     scheme = uri_scheme(url)
     if scheme == "data":

@@ -1,7 +1,8 @@
 """docker-compose.yml, Dockerfile and .dockerignore agree with the code (no Docker needed).
 
 Compose values are read the way Compose reads them: ``${VAR:-default}`` becomes its default (what
-a user without a .env file gets) and ``$$`` a literal ``$``.
+a user who sets nothing gets), ``${VAR:?message}`` (a secret, which has no default) the value
+.env.example gives it (what a user who copied it to .env gets), and ``$$`` a literal ``$``.
 
 ``data/compose-spec.json`` is the Compose Specification's JSON schema, copied unchanged from
 github.com/compose-spec/compose-spec (schema/compose-spec.json at commit 170098ba07d9, June 2026;
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
 COMPOSE_SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 PREFIX = "LLAVA_BATCH_"
 REQUIRED_SERVICES = {
@@ -51,16 +53,33 @@ REQUIRED_SERVICES = {
 WORKERS = ("worker", "worker-gpu1")
 ONE_SHOTS = {"s3-init", "migrate"}
 LLAVA_SERVICES = ("s3-init", "migrate", *WORKERS, "sweeper", "cli")
+# Must be set (${VAR:?message}): compose refuses to start without them, so no deployment runs
+# on a password published here.
+SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_SECRET_KEY", "FLOWER_PASSWORD"}
 
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?-)?(?P<default>[^}]*)\}")
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<default>[^}]*)\}")
+
+
+def env_example() -> dict[str, str]:
+    """.env.example's assignments (comments and commented-out lines skipped)."""
+    found = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            found[key.strip()] = value.strip()
+    return found
 
 
 def interpolate(value: str) -> str:
-    """Compose's interpolation with no variables set: every ${VAR} must carry a default."""
+    """Compose's interpolation with only .env.example's variables set: every ${VAR} carries a
+    default or is a secret that .env.example sets."""
+    example = env_example()
 
     def replace(match: re.Match[str]) -> str:
         if match["op"] is None:
             raise AssertionError(f"${{{match['name']}}} has no default; use ${{VAR:-default}}")
+        if match["op"] == ":?":
+            return example[match["name"]]
         return match["default"]
 
     def expand(part: str) -> str:
@@ -165,10 +184,61 @@ def test_compose_file_matches_the_compose_spec_schema(compose: dict[str, Any]) -
     assert not validator.is_valid(broken)
 
 
-def test_every_variable_has_a_default(compose_text: str) -> None:
-    for part in compose_text.split("$$"):
-        for match in _VAR.finditer(part):
+def _variables(compose_text: str) -> list[re.Match[str]]:
+    return [match for part in compose_text.split("$$") for match in _VAR.finditer(part)]
+
+
+def test_every_variable_has_a_default_but_the_secrets(compose_text: str) -> None:
+    for match in _variables(compose_text):
+        if match["name"] not in SECRETS:
             assert match["op"] == ":-", f"{match[0]} needs a ${{VAR:-default}} default"
+
+
+def test_secrets_must_be_set_and_say_where(compose_text: str) -> None:
+    """No secret has a default: an unset one stops compose with its message, which names it."""
+    used = {match["name"] for match in _variables(compose_text)}
+    assert used >= SECRETS
+    for match in _variables(compose_text):
+        if match["name"] in SECRETS:
+            assert match["op"] == ":?", f"{match[0]}: a secret is ${{VAR:?message}}"
+            assert match["name"] in match["default"] and ".env.example" in match["default"]
+    required = {m["name"] for m in _variables(compose_text) if m["op"] == ":?"}
+    assert required == SECRETS
+    # .env.example sets exactly the secrets, each to a value a URL can carry (REDIS_PASSWORD).
+    example = env_example()
+    assert example.keys() == SECRETS
+    assert all(re.fullmatch(r"[A-Za-z0-9._~-]+", value) for value in example.values()), example
+    # A .env holds real secrets: never in the image, never committed.
+    assert ".env" in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+    assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+
+def test_one_build_definition_shared_by_every_service_built_here(
+    compose_text: str, services: dict[str, Any]
+) -> None:
+    assert len(re.findall(r"^\s*build:", compose_text, re.MULTILINE)) == 1
+    raw = yaml.safe_load(compose_text)
+    shared = resolve(raw["x-llava-image"])
+    assert shared["build"]["context"] == "."
+    built = {name for name, service in services.items() if "build" in service}
+    assert built == set(LLAVA_SERVICES)
+    for name in built:
+        assert services[name]["build"] == shared["build"], name
+        assert services[name]["image"] == shared["image"], name
+
+
+@pytest.mark.parametrize("name", [*WORKERS, "sweeper"])
+def test_metrics_are_served_on_a_fixed_port(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each container has its network to itself: a worker or the sweeper serves on 9464 or does
+    not start, so worker:9464 and sweeper:9464 are always the process they name."""
+    for key in [k for k in os.environ if k.startswith(PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env_of(services[name]).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert (settings.metrics_port, settings.metrics_port_fixed) == (9464, True)
 
 
 def test_every_llava_batch_variable_is_a_settings_field(compose_text: str) -> None:
@@ -176,6 +246,12 @@ def test_every_llava_batch_variable_is_a_settings_field(compose_text: str) -> No
     assert {"LLAVA_BATCH_DATABASE_URL", "LLAVA_BATCH_MODEL"} <= used  # the scan itself works
     unknown = used - field_env_names()
     assert not unknown, f"not fields of jobs.settings.Settings: {sorted(unknown)}"
+
+
+def test_every_setting_is_documented_in_the_configuration_page() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = sorted(v for v in setting_variables() if f"| `{v}` |" not in page)
+    assert not missing, f"not in docs/configuration.md: {missing}"
 
 
 def test_shared_env_anchor_reaches_every_llava_batch_service(
@@ -217,7 +293,8 @@ def test_database_url_points_at_the_postgres_service(services: dict[str, Any]) -
     assert url.username == pg["POSTGRES_USER"]
     assert url.password == pg["POSTGRES_PASSWORD"]
     assert url.database == pg["POSTGRES_DB"]
-    assert (url.username, url.password, url.database) == ("llava", "llava", "llava")
+    assert (url.username, url.database) == ("llava", "llava")
+    assert url.password == env_example()["POSTGRES_PASSWORD"]
 
 
 def test_broker_url_points_at_the_redis_service_with_its_password(

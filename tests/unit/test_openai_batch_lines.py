@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionUserMessageParam
+from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from pydantic import TypeAdapter
 
 from jobs.errors import RequestError
-from jobs.submit.openai_reader import decode_data_uri, detect_openai, parse_openai_line
+from jobs.submit.openai_reader import (
+    NO_IMAGE,
+    decode_data_uri,
+    detect_openai,
+    parse_openai_line,
+)
 from storage import SchemeNotAllowedError, open_blobs, uri_scheme
 
 IMAGE = {"type": "image_url", "image_url": {"url": "photos/a.png", "detail": "low"}}
@@ -88,23 +96,27 @@ def test_system_turns_text_parts_and_a_schema_are_kept() -> None:
 @pytest.mark.parametrize(
     ("body", "code", "words"),
     [
-        ({"temperature": 0.7}, "unsupported_parameter", "temperature 0.7"),
-        ({"temperature": True}, "unsupported_parameter", "temperature"),
-        ({"top_p": 0.9}, "unsupported_parameter", "top_p"),
+        ({"temperature": 2.5}, "manifest_invalid", "temperature must be a number from 0 to 2"),
+        ({"temperature": True}, "manifest_invalid", "temperature"),
+        ({"top_p": 0}, "manifest_invalid", "top_p"),
+        ({"seed": 1.5}, "manifest_invalid", "seed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "manifest_invalid", "up to 4"),
+        ({"stop": [""]}, "manifest_invalid", "stop"),
         ({"n": 2}, "unsupported_parameter", "n 2"),
+        ({"logprobs": True}, "unsupported_parameter", "logprobs"),
+        ({"top_logprobs": 3}, "unsupported_parameter", "top_logprobs"),
         ({"stream": True}, "unsupported_parameter", "stream"),
         ({"tools": [{"type": "function"}]}, "unsupported_parameter", "tools"),
         ({"frobnicate": 1}, "unsupported_parameter", "frobnicate"),
-        ({"response_format": {"type": "json_object"}}, "unsupported_parameter", "json_object"),
+        ({"response_format": {"type": "grammar"}}, "unsupported_parameter", "json_object"),
         ({"response_format": {"type": "json_schema"}}, "manifest_invalid", "schema"),
         ({"max_tokens": 0}, "manifest_invalid", "max_tokens"),
         ({"max_tokens": 5, "max_completion_tokens": 6}, "manifest_invalid", "disagree"),
         ({"model": ""}, "manifest_invalid", "model"),
         ({"messages": []}, "manifest_invalid", "messages"),
-        ({"messages": [{"role": "user", "content": "no image"}]}, "manifest_invalid", "has 0"),
         (
             {"messages": [{"role": "user", "content": [IMAGE, IMAGE]}]},
-            "manifest_invalid",
+            "too_many_images",
             "has 2",
         ),
         (
@@ -220,3 +232,109 @@ def test_storage_never_reads_a_network_url(tmp_path: Path) -> None:
             blobs.read_uri(url)
         assert refused.value.code == "input_scheme_not_allowed"
         assert "never read" in str(refused.value)
+
+
+def _typed(body: CompletionCreateParamsNonStreaming) -> str:
+    """A line whose body the openai package's own request type accepts: what an OpenAI user
+    writes."""
+    TypeAdapter(CompletionCreateParamsNonStreaming).validate_python(body)  # raises if not
+    line = {"custom_id": "r-1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    return json.dumps(line)
+
+
+_USER: ChatCompletionUserMessageParam = {
+    "role": "user",
+    "content": [
+        {"type": "text", "text": "Caption."},
+        {"type": "image_url", "image_url": {"url": "photos/a.png"}},
+    ],
+}
+
+
+def test_sampling_and_stop_are_the_requests_own() -> None:
+    parsed = parse_openai_line(
+        _typed(
+            {
+                "model": "llava-hf/llava-1.5-7b-hf",
+                "messages": [_USER],
+                "temperature": 0.8,
+                "top_p": 0.9,
+                "seed": 42,
+                "stop": ["\n", "END"],
+                "max_completion_tokens": 20,
+            }
+        ),
+        "w",
+    )
+    assert parsed.request["sampling"] == {
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "seed": 42,
+        "stop": ["\n", "END"],
+    }
+    assert parsed.request["max_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    ("given", "sampling"),
+    [
+        ({}, None),  # greedy: OpenAI's default temperature of 1 is not ours
+        ({"temperature": 0, "top_p": 0.5, "seed": 3}, None),  # greedy draws nothing
+        ({"seed": 3}, None),
+        ({"top_p": 0.5}, {"temperature": 1.0, "top_p": 0.5}),  # OpenAI's temperature then
+        ({"temperature": 1.2, "top_p": 1}, {"temperature": 1.2}),
+        ({"stop": "###"}, {"stop": ["###"]}),
+        ({"stop": None, "temperature": None}, None),
+    ],
+)
+def test_greedy_stays_the_default(given: dict[str, Any], sampling: dict[str, Any] | None) -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [_USER],
+        **given,  # type: ignore[typeddict-item]
+    }
+    assert parse_openai_line(_typed(body), "w").request.get("sampling") == sampling
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"n": 2},
+        {"logprobs": True},
+        {"top_logprobs": 2, "logprobs": True},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    ],
+)
+def test_n_logprobs_and_tools_still_refuse_the_line(given: dict[str, Any]) -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [_USER],
+        **given,  # type: ignore[typeddict-item]
+    }
+    refused = _refused(_typed(body))
+    assert refused.code == "unsupported_parameter", refused.message
+
+
+def test_json_object_asks_for_any_object() -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [_USER],
+        "response_format": {"type": "json_object"},
+    }
+    assert parse_openai_line(_typed(body), "w").request["schema"] == {"type": "object"}
+
+
+def test_a_request_of_text_alone_has_no_image() -> None:
+    body: CompletionCreateParamsNonStreaming = {
+        "model": "llava-hf/llava-1.5-7b-hf",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."},
+        ],
+    }
+    parsed = parse_openai_line(_typed(body), "w")
+    assert parsed.image_url == NO_IMAGE
+    assert parsed.request["messages"] == [
+        {"role": "system", "text": "Be brief."},
+        {"role": "user", "text": "Name a colour."},
+    ]

@@ -202,9 +202,11 @@ def worker(
     events: Annotated[
         bool,
         typer.Option(
-            "-E", "--events", help="Send Celery task events (for Flower or celery events)."
+            "--events/--no-events",
+            "-E",
+            help="Send Celery task events (for Flower or celery events).",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Start a GPU worker: loads the model once, then processes batches from the queue."""
     if pool not in ("solo", "threads"):
@@ -215,9 +217,12 @@ def worker(
     slots = 1 if pool == "solo" else concurrency or ctx.settings.worker_slots
     # The resources split their budgets between the slots the pool really runs.
     settings = ctx.settings.model_copy(update={"worker_slots": slots})
+    from jobs.metrics import serve_metrics
     from workers.tasks import build_worker
 
+    serve_metrics(settings)  # a fixed port that is taken stops it here, before the model loads
     celery_app, process = build_worker(settings, sweep=sweep_in_worker)
+    celery_app.conf.worker_send_task_events = events
     # Load before consuming: the solo/threads pool runs tasks in this very process, so the
     # model stays resident, and a checkpoint that cannot load is one clear error, not a loop.
     views.err.print(f"loading model {settings.model} …")
@@ -234,8 +239,6 @@ def worker(
         "--without-mingle",
         f"--hostname={hostname or default_node_name()}",
     ]
-    if events:
-        argv.append("--task-events")
     celery_app.worker_main(argv)
 
 

@@ -33,6 +33,7 @@ from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_o
 from jobs.errors import ExitCode, RequestError
 from jobs.kinds import get_kind
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
+from jobs.metrics import serve_metrics
 from jobs.queries import find_job, read_progress
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 from workers.local import InProcessQueue, slots_in_flight, submit_locally, work_locally
@@ -127,7 +128,12 @@ def _check_served(ctx: Context, job_id: str, job_model: str, *, served: str, cho
 
 
 def _resources_for(ctx: Context, model: str) -> WorkerResources:
-    return build_resources(ctx.settings.model_copy(update={"model": model}))
+    """This run's resources, its metrics served first: a fixed metrics port that is taken
+    stops the run before anything is submitted or loaded."""
+    settings = ctx.settings.model_copy(update={"model": model})
+    # On this machine only: `run` is the laptop's command, not a deployment's scraped worker.
+    views.say_metrics_port(serve_metrics(settings, address="127.0.0.1"))
+    return build_resources(settings)
 
 
 def _work_here(

@@ -21,6 +21,9 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env["LLAVA_BATCH_HOME"] = str(tmp_path / "home")
     # A broker nobody listens on unless a test sets a real one.
     env["LLAVA_BATCH_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    # run and sweep serve no metrics unless a test asks (tests/integration/cli/test_cli_metrics.py):
+    # many at once on one host would take the ports from 9464 up, and warn once they are gone.
+    env["LLAVA_BATCH_METRICS_PORT"] = "0"
     return env
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from openai.types.shared import ErrorObject
 from sqlalchemy import create_engine, text
 
+from jobs.db import make_session_factory, utcnow
+from jobs.fleet import Serving, beat_worker
 from tests.helpers import image_bytes, write_images
 from tests.integration.cli.conftest import RunCli, assert_one_line_error
 
@@ -42,6 +45,17 @@ def _rows(home: Path, table: str) -> int:
     engine = create_engine(f"sqlite:///{home / 'llava-batch.sqlite3'}")
     with engine.connect() as conn:
         return int(conn.execute(text(f"select count(*) from {table}")).scalar_one())
+
+
+def _a_worker_served(run_cli: RunCli, home: Path, model: str) -> None:
+    """A worker for ``model`` beat yesterday: the embedded deployment serves it."""
+    assert run_cli("jobs", "--json").returncode == 0  # the database, migrated
+    engine = create_engine(f"sqlite:///{home / 'llava-batch.sqlite3'}")
+    yesterday = utcnow() - timedelta(days=1)
+    beat_worker(
+        make_session_factory(engine), "gpu@host", Serving(model, None, "none"), now=yesterday
+    )
+    engine.dispose()
 
 
 def _blobs(home: Path) -> list[Path]:
@@ -128,6 +142,7 @@ def test_resume_never_loads_the_model_a_submitted_file_names(
     write_images(tmp_path / "photos", 1)
     batch = tmp_path / "requests.jsonl"
     batch.write_text(_line("a", "photos/img000.png") + "\n")
+    _a_worker_served(run_cli, tmp_path / "home", "acme/llava")
     submitted = run_cli("submit", "batch", str(batch), "--json", timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job_id"]
@@ -151,7 +166,7 @@ def test_resume_never_loads_the_model_a_submitted_file_names(
     [
         (lambda: [_line("a", "img000.png"), '{"custom_id": "b", "body": '], "manifest_invalid", 2),
         (
-            lambda: [_line("a", "img000.png"), _line("b", "img000.png", temperature=0.7)],
+            lambda: [_line("a", "img000.png"), _line("b", "img000.png", n=2)],
             "unsupported_parameter",
             2,
         ),
@@ -165,7 +180,7 @@ def test_resume_never_loads_the_model_a_submitted_file_names(
             3,
         ),
     ],
-    ids=["malformed", "temperature", "two-models"],
+    ids=["malformed", "n", "two-models"],
 )
 @pytest.mark.parametrize("command", ["submit", "run"])
 def test_a_bad_line_refuses_the_file_with_its_number_and_writes_nothing(
@@ -186,3 +201,22 @@ def test_a_bad_line_refuses_the_file_with_its_number_and_writes_nothing(
     home = tmp_path / "home"
     assert _rows(home, "jobs") == 0 and _rows(home, "items") == 0
     assert _blobs(home) == []
+
+
+def test_submit_refuses_a_model_no_worker_serves(run_cli: RunCli, tmp_path: Path) -> None:
+    """A hosted model name (never looked up anywhere) or any other no worker of this deployment
+    serves: refused at submit with the models it serves, exit 2, nothing written."""
+    write_images(tmp_path / "photos", 1)
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text(_line("a", "photos/img000.png", model="gpt-4o-mini") + "\n")
+    refused = run_cli("submit", "batch", str(batch), timeout=120)
+    assert_one_line_error(
+        refused,
+        2,
+        "[model_not_served]",
+        "'gpt-4o-mini'",
+        "served: tiny-llava",
+        "--model tiny-llava",
+    )
+    home = tmp_path / "home"
+    assert _rows(home, "jobs") == 0 and _rows(home, "items") == 0 and _blobs(home) == []

@@ -379,8 +379,8 @@ def test_the_backlog_gauge_counts_queued_items_per_model_and_priority(
     have ended drops to 0."""
     from prometheus_client import REGISTRY
 
+    from jobs import metrics
     from jobs.shares import backlog
-    from workers import metrics
 
     _job(session_factory, blobs, tmp_path, "a", 4)
     urgent, _ = _job(session_factory, blobs, tmp_path, "b", 3, priority=2)

@@ -8,15 +8,17 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from jobs.db import Item, Job, SessionFactory
+from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
+from jobs.fleet import Serving, beat_worker, forget_dead_workers
 from jobs.states import ItemStatus
 from jobs.submit.job import submit_job
 from jobs.submit.openai_reader import BatchFormat
@@ -28,6 +30,14 @@ from workers.local import run_job_locally
 
 MODEL = "llava-hf/llava-1.5-7b-hf"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.fixture(autouse=True)
+def _a_worker_served_the_files_model(session_factory: SessionFactory) -> None:
+    """The deployment serves MODEL: a worker for it beat two days ago (no longer live), beside
+    the configured model (``_request``'s)."""
+    two_days_ago = utcnow() - timedelta(days=2)
+    beat_worker(session_factory, "gpu-1@host", Serving(MODEL, None, "none"), now=two_days_ago)
 
 
 def _image(url: str, text: str = "Describe the product in one sentence.") -> dict[str, Any]:
@@ -87,6 +97,19 @@ def _refused(sf: SessionFactory, blobs: Blobs, request: SubmitRequest) -> Reques
     return refused.value
 
 
+def _record_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The host names this process looks up from now on, in order."""
+    looked_up: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, **kw: Any) -> Any:
+        looked_up.append(str(host))
+        return real_getaddrinfo(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    return looked_up
+
+
 def _items(sf: SessionFactory, job_id: str) -> list[Item]:
     with sf() as session:
         return list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)))
@@ -127,14 +150,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
         _line("file-6", [_image("file:///etc/hostname")]),
     ]
     batch = _write(folder / "requests.jsonl", lines)
-    looked_up: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def recording(host: Any, *args: Any, **kw: Any) -> Any:
-        looked_up.append(str(host))
-        return real_getaddrinfo(host, *args, **kw)
-
-    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    looked_up = _record_lookups(monkeypatch)
 
     res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
     result = run_job_locally(_request(batch), res, max_prompt_chars=4000)
@@ -179,7 +195,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
             "line 3",
         ),
         (
-            [_line("a", [_image(_data_uri())]), _line("b", [_image("x.png")], temperature=0.7)],
+            [_line("a", [_image(_data_uri())]), _line("b", [_image("x.png")], n=2)],
             "unsupported_parameter",
             "line 2",
         ),
@@ -217,7 +233,7 @@ def test_a_realistic_batch_file_runs_and_urls_fail_alone_without_being_fetched(
     ],
     ids=[
         "malformed",
-        "temperature",
+        "n",
         "two-models",
         "duplicate",
         "escape",
@@ -322,3 +338,47 @@ def test_an_empty_or_oversized_inline_image_fails_only_its_item(
     assert items["ok"].status == ItemStatus.queued
     assert (items["empty"].status, items["empty"].error_code) == ("failed", "empty_input")
     assert (items["big"].status, items["big"].error_code) == ("failed", "input_too_large")
+
+
+@pytest.mark.parametrize("named", ["gpt-4o-mini", "acme/forgotten", "llava-hf/llava-1.5-13b-hf"])
+def test_a_model_no_worker_serves_is_refused_naming_the_served_ones(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    named: str,
+) -> None:
+    """A file naming a model this deployment does not serve (not LLAVA_BATCH_MODEL, no worker of
+    the registry, which forgets a worker gone a week) is refused, naming those it serves; a
+    hosted name is compared, never looked up."""
+    eight_days_ago = utcnow() - timedelta(days=8)
+    forgotten = Serving("acme/forgotten", None, "none")
+    beat_worker(session_factory, "old@host", forgotten, now=eight_days_ago)
+    assert forget_dead_workers(session_factory) == 1  # the sweeper's pass: a week by default
+    write_images(tmp_path, 1)
+    lines = [_line("a", [_image("img000.png")]), _line("b", [_image(_data_uri())])]
+    for line in lines:
+        line["body"]["model"] = named
+    batch = _write(tmp_path / "b.jsonl", lines)
+    looked_up = _record_lookups(monkeypatch)
+    refused = _refused(session_factory, blobs, _request(batch))
+    assert refused.code == "model_not_served"
+    assert named in refused.message
+    # Sorted: "llava-hf/…" before "the-worker-model".
+    assert f"served: {MODEL}, the-worker-model" in refused.message, refused.message
+    assert "--model the-worker-model" in refused.message
+    assert not [host for host in looked_up if "hugging" in host or "hf.co" in host]
+
+    # Served by a worker of the registry, or configured: accepted, and the job is for it.
+    for served in (MODEL, "the-worker-model"):
+        for line in lines:
+            line["body"]["model"] = served
+        result = _submit(session_factory, blobs, _request(_write(tmp_path / "b.jsonl", lines)))
+        with session_factory() as session:
+            job = session.get(Job, result.job_id)
+            assert job is not None and job.model == served
+    # --model overrides the file's name: nothing to refuse.
+    for line in lines:
+        line["body"]["model"] = named
+    chosen = _request(_write(tmp_path / "b.jsonl", lines), model_chosen=True)
+    assert _submit(session_factory, blobs, chosen).model == "the-worker-model"

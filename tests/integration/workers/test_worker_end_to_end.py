@@ -6,13 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.helpers import image_bytes, write_images
+from tests.helpers import free_ports, image_bytes, scrape_metrics, write_images
 from tests.integration.conftest import StartWorker
 from tests.integration.conftest import run_cli as cli
 
@@ -111,37 +107,12 @@ def test_ask_job_end_to_end_through_a_real_worker(
     assert all(r["status"] == "succeeded" for r in table)
 
 
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            start = int(probe.getsockname()[1])
-        try:
-            for port in range(start, start + count):
-                with socket.socket() as check:
-                    check.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        return start
-    raise AssertionError("no run of free ports")
-
-
-def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
 def test_two_workers_on_one_host_serve_prometheus_metrics_after_a_job(
     service_env: dict[str, str], start_worker: StartWorker, tmp_path: Path
 ) -> None:
     local = write_images(tmp_path / "local", 4)
     local[3].write_bytes(local[3].read_bytes()[:60])  # fails: image_decode_error
-    base = _free_ports(2)
+    base = free_ports(2)
     env = {**service_env, "LLAVA_BATCH_METRICS_PORT": str(base), "LLAVA_BATCH_BATCH_SIZE": "2"}
     cli(env, "db", "upgrade")
     first = start_worker(env)
@@ -155,7 +126,7 @@ def test_two_workers_on_one_host_serve_prometheus_metrics_after_a_job(
     done = cli(env, "status", job_id, "--watch", "--json", timeout=240)
     assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed", first.log()
 
-    scrapes = [_scrape(base), _scrape(base + 1)]
+    scrapes = [scrape_metrics(base), scrape_metrics(base + 1)]
 
     def total(name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))

@@ -189,3 +189,15 @@ def test_explicit_dtype_is_used(tiny_cache: Path) -> None:
     assert engine._model.dtype == torch.bfloat16
     [result] = engine.generate(_requests(1), max_new_tokens=3)
     assert result.tokens_out <= 3
+
+
+def test_a_conversation_of_text_alone_needs_no_image(tiny_engine: TransformersEngine) -> None:
+    """No image placeholder, no pixels; beside requests with images it reads the same."""
+    text_alone = GenerationRequest(None, "Name a colour.")
+    (alone,) = tiny_engine.generate([text_alone], max_new_tokens=6)
+    with_image = _requests(2)
+    mixed = tiny_engine.generate([with_image[0], text_alone, with_image[1]], max_new_tokens=6)
+    assert mixed[1] == alone
+    assert mixed[0] == tiny_engine.generate(with_image[:1], max_new_tokens=6)[0]
+    # Only the template and the text: fewer tokens read than with an image.
+    assert 0 < alone.tokens_in < mixed[0].tokens_in

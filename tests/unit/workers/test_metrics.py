@@ -1,4 +1,6 @@
-"""The metrics server's port choice and the recording hooks (no services)."""
+"""The metrics server's port choice and the recording hooks (no services); the scrapes of real
+processes are in tests/integration/cli/test_cli_metrics.py and
+tests/integration/workers/test_metrics_end_to_end.py."""
 
 from __future__ import annotations
 
@@ -7,30 +9,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from jobs import metrics as served
+from jobs.settings import Settings
 from jobs.sweeper import SweepReport
+from tests.helpers import free_ports
 from workers import metrics
-
-
-def _free_run(length: int) -> int:
-    """A port starting ``length`` consecutive free ports."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            start = probe.getsockname()[1]
-        if start + length < 65536 and all(_is_free(start + i) for i in range(length)):
-            return start
-    raise AssertionError("no run of free ports")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 @contextmanager
@@ -48,22 +34,22 @@ def _registry() -> CollectorRegistry:
 
 
 def test_a_taken_port_falls_back_to_the_next_free_one() -> None:
-    start = _free_run(3)
+    start = free_ports(3)
     with _taken(start):
-        used = metrics.start_metrics_server(start, tries=3, registry=_registry())
+        used = served.start_metrics_server(start, tries=3, registry=_registry())
     assert used == start + 1
     body = urllib.request.urlopen(f"http://127.0.0.1:{used}/metrics", timeout=5).read()
     assert b"probe_total 1.0" in body
 
 
 def test_every_port_taken_serves_nothing_and_does_not_raise() -> None:
-    start = _free_run(2)
+    start = free_ports(2)
     with _taken(start), _taken(start + 1):
-        assert metrics.start_metrics_server(start, tries=2, registry=_registry()) is None
+        assert served.start_metrics_server(start, tries=2, registry=_registry()) is None
 
 
 def test_port_zero_turns_metrics_off() -> None:
-    assert metrics.start_metrics_server(0) is None
+    assert served.start_metrics_server(0) is None
 
 
 def _value(name: str, **labels: str) -> float:
@@ -77,9 +63,9 @@ def test_hooks_record_items_durations_tokens_and_sweeper_actions() -> None:
     requeued = _value("llava_batch_sweeper_actions_total", action="requeued")
     finalised = _value("llava_batch_sweeper_actions_total", action="finalised")
 
-    metrics.record_batch("caption", 1.5, succeeded=3, failed=2, released=0)
+    metrics.record_batch("caption", 1.5, 3, ["image_decode_error", "prompt_too_long"], 0)
     metrics.record_generate(0.2, tokens_out=17, tokens_in=40)
-    metrics.record_sweep(SweepReport(requeued=4, finalised=1))
+    served.record_sweep(SweepReport(requeued=4, finalised=1))
 
     assert _value("llava_batch_items_total", kind="caption", status="failed") == before + 2
     assert _value("llava_batch_batch_duration_seconds_count", kind="caption") == batches + 1
@@ -109,3 +95,37 @@ def test_grammar_cache_lookups_are_counted_by_result() -> None:
     metrics.record_grammar_lookup(True)
     metrics.record_grammar_lookup(True)
     assert (value("hit") - hits, value("miss") - misses) == (2, 1)
+
+
+def test_failures_are_counted_by_error_code_from_workers_and_sweepers() -> None:
+    def failures(code: str) -> float:
+        return _value("llava_batch_item_failures_total", code=code)
+
+    decode, lost = failures("image_decode_error"), failures("worker_lost")
+    metrics.record_batch("caption", 0.5, 1, ["image_decode_error", "image_decode_error"], 0)
+    served.record_sweep(SweepReport(failed_worker_lost=3, requeued=1))
+    assert failures("image_decode_error") == decode + 2
+    assert failures("worker_lost") == lost + 3
+    assert _value("llava_batch_items_total", kind="caption", status="failed") >= 2
+
+
+def test_the_model_info_names_model_revision_and_quantization() -> None:
+    metrics.record_model("llava-hf/llava-1.5-7b-hf", "a272c74", "4bit")
+    labels = {"model": "llava-hf/llava-1.5-7b-hf", "revision": "a272c74", "quantization": "4bit"}
+    assert REGISTRY.get_sample_value("llava_batch_model_info", labels) == 1
+    metrics.record_model("tiny-llava", None, "none")  # an unknown revision is empty
+    labels = {"model": "tiny-llava", "revision": "", "quantization": "none"}
+    assert REGISTRY.get_sample_value("llava_batch_model_info", labels) == 1
+
+
+def test_a_fixed_metrics_port_that_is_taken_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(served, "_served", [])  # as in a fresh process
+    port = free_ports(2)
+    settings = Settings(metrics_port=port, metrics_port_fixed=True)
+    with _taken(port), pytest.raises(served.MetricsPortTakenError) as refused:
+        served.serve_metrics(settings)
+    assert refused.value.code == "metrics_port_taken"
+    assert str(port) in refused.value.message
+    assert served._served == []  # nothing served: not the next port either
+    with socket.socket() as probe:  # and nothing listens on the next port
+        assert probe.connect_ex(("127.0.0.1", port + 1)) != 0
