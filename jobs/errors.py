@@ -25,7 +25,11 @@ class ExitCode(IntEnum):
     job_not_completed = 6  # --wait / run: the job ended failed or cancelled
     model_load_error = 7  # the checkpoint is missing, pickle-only or wants remote code
     job_not_finished = 8  # delete: the job has not ended (cancel it first, or wait)
-    interrupted = 130  # Ctrl-C, end of input at a prompt, or stdout's reader went away
+    wait_timeout = 9  # --wait / --watch --timeout: the job had not ended when it passed
+    interrupted = 130  # Ctrl-C, or end of input at a prompt
+    # stdout's reader went away (``results JOB | head``): silent, with the status a shell
+    # reports for a filter SIGPIPE ended (128 + 13), as ``cat`` would leave
+    output_closed = 141
 
 
 class ItemErrorCode(StrEnum):
@@ -58,6 +62,26 @@ class ItemErrorCode(StrEnum):
     batch_expired = "batch_expired"  # its job's completion window passed before it started
     storage_error = "storage_error"  # the store failed in a way storage cannot classify
     internal_error = "internal_error"
+
+
+# The codes a failed item may fail without again: what went wrong was around the item (a
+# worker that died, the store or the device under load, an input not there or not readable
+# yet), not the item itself, so ``retry`` re-queues these by default (``--all``: every failed
+# item). Every other code is the input's or the job's own and fails the same way again (a
+# corrupt image, a prompt too long, an output over its token budget: greedy decoding repeats
+# it). docs/errors.md marks the same codes, and a test holds the two together.
+RETRYABLE_ERROR_CODES: frozenset[ItemErrorCode] = frozenset(
+    {
+        ItemErrorCode.input_not_found,
+        ItemErrorCode.input_access_denied,
+        ItemErrorCode.storage_unavailable,
+        ItemErrorCode.storage_error,
+        ItemErrorCode.out_of_memory,
+        ItemErrorCode.worker_lost,
+        ItemErrorCode.batch_expired,
+        ItemErrorCode.internal_error,
+    }
+)
 
 
 class JobsError(Exception):
@@ -119,3 +143,10 @@ class DatabaseUnavailableError(JobsError):
 
     code = "database_unavailable"
     exit_code = ExitCode.database_unavailable
+
+
+class WaitTimeoutError(JobsError):
+    """Raised when ``--timeout`` passes before the job waited on has ended; the job goes on."""
+
+    code = "wait_timeout"
+    exit_code = ExitCode.wait_timeout

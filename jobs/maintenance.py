@@ -5,7 +5,7 @@ says is due (a few seconds of it: the rest waits for the next pass)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from jobs.db import SessionFactory
@@ -24,6 +24,30 @@ class MaintenanceReport:
     sweep: SweepReport
     jobs_created: int
     purged: PurgeReport = field(default_factory=PurgeReport)
+
+    def as_dict(self) -> dict[str, object]:
+        """What ``sweep --json`` prints for the pass: the sweep's counts, then the rest."""
+        return {**asdict(self.sweep), "jobs_created": self.jobs_created,
+                "purged": self.purged.as_dict()}  # fmt: skip
+
+    def describe(self) -> str:
+        """The pass in one line for people: what it did, the counts that are not zero."""
+        s, purged = self.sweep, self.purged
+        done = [
+            (s.requeued, "item(s) re-queued after their lease ran out"),
+            (s.failed_worker_lost, "item(s) failed worker_lost"),
+            (s.cancelled, "item(s) of cancelled jobs cancelled"),
+            (s.abandoned, "abandoned submit(s) cancelled"),
+            (s.expired, "item(s) expired"),
+            (s.republished, "item(s) re-published"),
+            (s.rung, "doorbell(s) rung"),
+            (s.finalised, "job(s) finalised"),
+            (self.jobs_created, "scheduled job(s) created"),
+            (purged.jobs_deleted, "job(s) deleted by retention"),
+            (purged.items_deleted, "item(s) deleted"),
+            (purged.inputs_deleted, "stored input(s) deleted"),
+        ]
+        return ", ".join(f"{n} {what}" for n, what in done if n) or "nothing to repair"
 
 
 def run_maintenance(

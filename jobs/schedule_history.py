@@ -25,8 +25,10 @@ from storage import ObjectInfo
 log = logging.getLogger(__name__)
 
 # Keys named in one lookup: well under SQLite's 32,766 bound parameters, and one index range
-# scan per key on either database.
+# scan per key on either database. PostgreSQL gets them as one array parameter, so a page
+# there is only what one reply holds: a 1,000-file listing is one round trip, not three.
 PAGE_KEYS = 500
+PAGE_KEYS_POSTGRES = 5000
 # Rows one firing walks: about a millisecond of reading, whatever the history's length.
 PRUNE_ROWS = 1000
 
@@ -42,7 +44,7 @@ def not_seen(
     listing (times the few versions of a key not pruned yet), not of the history."""
     new: list[ObjectInfo] = []
     with session_factory() as session:
-        for page in _pages(listed, PAGE_KEYS):
+        for page in _pages(listed, _page_size(session)):
             keys = among(session, ScheduleObject.key, sorted({o.key for o in page}))
             seen = set(
                 session.execute(
@@ -89,8 +91,12 @@ def prune_history(
     ).all()
     walked, next_cursor = _step(rows, limit)
     stale = [row.id for row in walked if (row.key, row.etag) not in current]
-    for page in _pages(stale, PAGE_KEYS):
-        session.execute(delete(ScheduleObject).where(among(session, ScheduleObject.id, page)))
+    for page in _pages(stale, _page_size(session)):
+        session.execute(
+            delete(ScheduleObject)
+            .where(among(session, ScheduleObject.id, page))
+            .execution_options(synchronize_session=False)
+        )
     session.execute(
         update(Schedule).where(Schedule.id == schedule_id).values(history_cursor=next_cursor)
     )
@@ -113,6 +119,10 @@ def _step(rows: Sequence[_Row], limit: int) -> tuple[Sequence[_Row], str | None]
         if whole:
             walked = whole
     return walked, walked[-1].key
+
+
+def _page_size(session: Session) -> int:
+    return PAGE_KEYS_POSTGRES if session.get_bind().dialect.name == "postgresql" else PAGE_KEYS
 
 
 def _pages(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.engine import TINY_MAX_CONTEXT, TINY_MODELS
 from model.errors import ModelLoadError
 
-__all__ = ["PICKLE_SUFFIXES", "check_local_checkpoint"]
+__all__ = ["PICKLE_SUFFIXES", "check_local_checkpoint", "max_context_of"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -51,3 +52,36 @@ def check_local_checkpoint(path: Path) -> None:
                 f"refusing to load {path}: {name} asks for custom code (auto_map); "
                 "remote code is never trusted"
             )
+
+
+def max_context_of(model: str) -> int | None:
+    """Tokens the language model of ``model`` attends to (prompt, image and generated), read
+    from its ``config.json`` without loading anything or reaching the network: a tiny model's
+    from its recipe, a local checkpoint's from its folder, a hub id's from the Hugging Face
+    cache. None: this machine has no config of it (a hosted name such as ``gpt-4o-mini`` is
+    never looked up), or one without the number."""
+    if model in TINY_MODELS:
+        return TINY_MAX_CONTEXT
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = try_to_load_from_cache(model, "config.json")
+        except ValueError:  # not a hub id at all (huggingface_hub's HFValidationError)
+            return None
+        if not isinstance(found, str):
+            return None
+        config_file = Path(found)
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    text_config = config.get("text_config")
+    found_in = text_config if isinstance(text_config, dict) else config
+    limit = found_in.get("max_position_embeddings")
+    return limit if isinstance(limit, int) and limit > 0 else None

@@ -21,6 +21,7 @@ __all__ = [
     "DTYPES",
     "GREEDY",
     "QUANTIZATIONS",
+    "TINY_MAX_CONTEXT",
     "TINY_MODELS",
     "DelegatingEngine",
     "Engine",
@@ -41,6 +42,9 @@ __all__ = [
 # Names that ``load_engine`` builds offline (randomly initialised) instead of fetching: they let
 # tests and local runs exercise the whole real loading/generation path with no download.
 TINY_MODELS: tuple[str, ...] = ("tiny-llava", "tiny-llava-next")
+# Their language model's context (``max_position_embeddings``), known here so that a submit can
+# check a token budget against it without building or loading one.
+TINY_MAX_CONTEXT = 1024
 
 # What an engine may be asked to load with: the one place these are known and checked (the
 # settings validate LLAVA_BATCH_DTYPE, _QUANTIZATION and _DEVICE with the checks below).

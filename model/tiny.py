@@ -43,7 +43,7 @@ from transformers import (
 from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 
-from model.engine import TINY_MODELS
+from model.engine import TINY_MAX_CONTEXT, TINY_MODELS
 
 __all__ = ["FLAVOURS", "TINY_VERSION", "build_tiny_checkpoint", "ensure_tiny_checkpoint"]
 
@@ -116,7 +116,7 @@ def build_tiny_checkpoint(dest: Path, flavour: str) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=TINY_MAX_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -11,6 +11,7 @@ table (``jobs.errors.ExitCode``), never a traceback.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from enum import StrEnum
 from importlib.metadata import version
@@ -24,13 +25,13 @@ from jobs.cli import retention, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
 from jobs.cli.fleet import with_waiting
-from jobs.cli.options import Json
+from jobs.cli.options import Json, Timeout, parse_timeout
 from jobs.cli.schedules import build_schedule_app
 from jobs.cli.submit import build_submit_app
 from jobs.control import cancel_job, retry_job
 from jobs.db import is_retryable
 from jobs.dispatch import CeleryPublisher
-from jobs.errors import RequestError
+from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
 from jobs.lifecycle.expiry import MAX_PRIORITY, MIN_PRIORITY, set_priority
 from jobs.metadata import parse_meta
 from jobs.openai_batch import batch_object
@@ -92,8 +93,14 @@ def db_upgrade() -> None:
 def status(
     job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")],
     watch: Annotated[
-        bool, typer.Option("--watch", help="Show a progress bar until the job ends.")
+        bool,
+        typer.Option(
+            "--watch",
+            help="Show the progress until the job ends (a bar on a terminal, a line every few "
+            "seconds otherwise), then the status.",
+        ),
     ] = False,
+    timeout: Timeout = None,
     json_out: Json = False,
     fmt: Annotated[
         views.StatusFormat,
@@ -109,18 +116,22 @@ def status(
     if openai and json_out:
         raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
     json_out = json_out or fmt is views.StatusFormat.json
+    seconds = parse_timeout(timeout, waiting=watch, waits_with="--watch")
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
-    if watch:  # then the job as it ended: in the summary, or as a batch object
-        views.watch(ctx, job_id, json_out=json_out or openai, summary=not openai)
+    if watch:  # the progress on stderr; then the job as it ended: a summary, or a batch object
+        ended = views.watch(ctx, job_id, timeout=seconds)
+        if not openai:
+            views.show_progress(ended, json_out=json_out)
+            return
     if openai:
         with ctx.session_factory() as session:
             views.show_batch(batch_object(session, job_id))
-    elif not watch:
-        with ctx.session_factory() as session:
-            progress = read_progress(session, find_job(session, job_id))
-        views.show_progress(with_waiting(ctx, progress), json_out=json_out)
+        return
+    with ctx.session_factory() as session:
+        progress = read_progress(session, find_job(session, job_id))
+    views.show_progress(with_waiting(ctx, progress), json_out=json_out)
 
 
 @commands.command("results")
@@ -211,20 +222,41 @@ def retry(
         RetryOnly | None,
         typer.Option("--only", help="Re-queue only the failed, or only the expired, items."),
     ] = None,
+    every_failure: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Re-queue every failed item, also those whose failure would repeat (a corrupt "
+            "image, a prompt too long; see docs/errors.md).",
+        ),
+    ] = False,
 ) -> None:
-    """Re-queue the failed and expired items of a job (with a new completion window, if it has
-    one); the others keep their results."""
+    """Re-queue the expired items of a job and the failed ones that can succeed again (with a
+    new completion window, if it has one); the others keep their results."""
     ctx = open_context()
     with ctx.session_factory() as session:
         found = find_job(session, job)
         job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.message_size)
     publisher = CeleryPublisher.for_settings(ctx.settings)
     states = (only.value,) if only is not None else ("failed", "expired")
-    retried = retry_job(ctx.session_factory, publisher, job_id, batch_size=batch, only=states)
+    retried = retry_job(
+        ctx.session_factory,
+        publisher,
+        job_id,
+        batch_size=batch,
+        only=states,
+        codes=None if every_failure else RETRYABLE_ERROR_CODES,
+    )
     views.err.print(
         f"job {job_id}: {len(retried.item_ids)} {' or '.join(states)} item(s) re-queued"
         + ("" if retried.dispatched else " (broker unreachable: the sweeper will dispatch)")
     )
+    if retried.skipped:
+        codes = ", ".join(f"{code} {n}" for code, n in retried.skipped.items())
+        views.err.print(
+            f"job {job_id}: {sum(retried.skipped.values())} failed item(s) skipped, their "
+            f"failure would repeat ({codes}); --all re-queues them too"
+        )
 
 
 # A negative priority is a value, not an option: `llava-batch priority JOB -5`.
@@ -257,6 +289,9 @@ def sweep_command(
             "healthcheck: the sweeper is alive while it is younger than a few intervals).",
         ),
     ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per pass on stdout (JSON Lines).")
+    ] = False,
 ) -> None:
     """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
@@ -283,10 +318,10 @@ def sweep_command(
 
     while True:
         report = _until_reachable(one_pass, once=once, cap=max(interval, 60.0))
-        views.err.print(
-            f"sweep: {report.sweep}, scheduled jobs created: {report.jobs_created}, "
-            f"purged: {report.purged.jobs_deleted} job(s), {report.purged.items_deleted} item(s)"
-        )
+        if json_out:
+            print(json.dumps(report.as_dict()), flush=True)
+        else:
+            views.err.print(f"sweep pass: {report.describe()}")
         if heartbeat_file is not None:
             heartbeat_file.touch()
         if once:

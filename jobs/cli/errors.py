@@ -34,7 +34,8 @@ PROG = "llava-batch"
 
 
 class OutputClosedError(Exception):
-    """The reader of stdout went away (``llava-batch results JOB | head``).
+    """The reader of stdout went away (``llava-batch results JOB | head``): the CLI exits
+    ``output_closed`` (141) without a word, as a Unix filter does.
 
     Raised by the CLI's stdout in place of ``BrokenPipeError``, which typer and rich would
     each turn into a silent exit 1. (Restoring SIGPIPE's default instead would also kill the
@@ -83,7 +84,9 @@ def describe(exc: BaseException) -> Failure:
     if isinstance(exc, KeyboardInterrupt):
         return Failure("interrupted", "interrupted", ExitCode.interrupted)
     if isinstance(exc, OutputClosedError):
-        return Failure("the output was closed by its reader", "interrupted", ExitCode.interrupted)
+        return Failure(
+            "the output was closed by its reader", "output_closed", ExitCode.output_closed
+        )
     if isinstance(exc, typer.Abort):
         return Failure("aborted", "interrupted", ExitCode.interrupted)
     return Failure(
@@ -124,16 +127,30 @@ def fail(exc: BaseException, *, now: bool = False) -> NoReturn:
     and cannot be stopped; Python 3.11 ends such daemon threads in a way C++ code aborts on."""
     failure = describe(exc)
     if isinstance(exc, OutputClosedError):
-        # Nothing more can reach the reader; this keeps the interpreter's last flush quiet.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-    if isinstance(exc, UsageError):
-        _show_usage(exc)
-    err.print(f"error: {failure.message} [{failure.code}]", markup=False)
+        # A filter whose reader has gone (``| head``) stops without a word, as ``cat`` does:
+        # the reader has what it asked for. Nothing more can reach it; pointing stdout at
+        # /dev/null keeps the interpreter's last flush quiet.
+        _silence_stdout()
+    else:
+        if isinstance(exc, UsageError):
+            _show_usage(exc)
+        err.print(f"error: {failure.message} [{failure.code}]", markup=False)
     if now:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(failure.exit_code))
     sys.exit(int(failure.exit_code))
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    except (OSError, ValueError):  # no file descriptor behind stdout: nothing to flush there
+        pass
+    finally:
+        os.close(devnull)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
 
 
 def _show_usage(exc: UsageError) -> None:

@@ -20,9 +20,16 @@ def is_served(ctx: Context, model: str) -> bool:
 
 
 def with_waiting(ctx: Context, progress: JobProgress) -> JobProgress:
-    """``progress``, saying whether its queued items wait for a worker nobody runs."""
+    """``progress``, saying whether its queued items wait for a worker nobody runs. While no
+    live worker serves its model it has no rate and no ETA: nothing moves it, and a rate from
+    its past (a worker that has since stopped) would promise an end that is not coming."""
     if progress.status not in (JobStatus.queued, JobStatus.in_progress):
         return progress
-    if not progress.counts.get(ItemStatus.queued, 0):
+    if is_served(ctx, progress.model):
         return replace(progress, waiting_for_worker=False)
-    return replace(progress, waiting_for_worker=not is_served(ctx, progress.model))
+    return replace(
+        progress,
+        waiting_for_worker=progress.counts.get(ItemStatus.queued, 0) > 0,
+        items_per_second=None,
+        eta_seconds=None,
+    )

@@ -64,6 +64,31 @@ ModelName = Annotated[
 Name = Annotated[str | None, typer.Option(help="A name to find the job by.")]
 IdemKey = Annotated[str | None, typer.Option(help="Same key, same job: safe to repeat.")]
 Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")]
+Timeout = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        metavar="DURATION",
+        help="With --wait or --watch: stop waiting after this long (30s, 10m, 2h) and exit 9; "
+        "the job goes on.",
+    ),
+]
+# Long enough for any wait a user means, short enough that a typo (``--timeout 9999d``) shows.
+MAX_TIMEOUT_SECONDS = 31 * 86400
+
+
+def parse_timeout(timeout: str | None, *, waiting: bool, waits_with: str) -> int | None:
+    """``--timeout`` in seconds (None: none given); refused without ``waits_with`` (the option
+    that waits: ``--wait`` or ``--watch``), which ``waiting`` says was given."""
+    if timeout is None:
+        return None
+    if not waiting:
+        raise RequestError(f"--timeout goes with {waits_with}.", code="invalid_option")
+    from jobs.durations import parse_period
+
+    return parse_period(timeout, option="--timeout", low=1, high=MAX_TIMEOUT_SECONDS)
+
+
 Meta = Annotated[
     list[str] | None,
     typer.Option(

@@ -1,8 +1,9 @@
-"""What ``llava-batch run`` shows while it works, and how it stops.
+"""What ``llava-batch run`` (and ``status --watch``, ``submit --wait``) shows while it works,
+and how a run stops.
 
 Progress goes to stderr: a rich bar (items done and failed, items/s, ETA) when stderr is a
-terminal; otherwise a plain line after the first batch, then at most one every ``interval``
-seconds, and a last one, so a log of a long run shows it moving.
+terminal; otherwise a plain line after the first batch (a watch: at once), then at most one
+every ``interval`` seconds, and a last one, so a log of a long run shows it moving.
 
 Stopping: the first SIGINT (Ctrl-C) or SIGTERM asks the run to stop after the batch in flight
 (its results are recorded; what is not done stays queued, resumable); a second one stops at once
@@ -76,6 +77,7 @@ class RunProgress:
         self._lines_done: int | None = None  # items done at the last line printed
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self.state = ""  # what a line adds after the counts (``tick``)
 
     def __enter__(self) -> RunProgress:
         if self.live:
@@ -121,11 +123,26 @@ class RunProgress:
             if self._last_line is None or now - self._last_line >= self._interval:
                 self._print_line()
 
-    def sync(self, done: int, failed: int) -> None:
-        """The job's counts as the database has them (sweeps finish items too)."""
+    def sync(self, done: int, failed: int, *, total: int | None = None) -> None:
+        """The job's counts as the database has them (sweeps finish items too; a big job's
+        ``total`` grows while it is written)."""
         self.counts.done_here += max(done - self.counts.done, 0)
         self.counts.done, self.counts.failed = done, failed
+        if total is not None:
+            self.counts.total = total
         self._refresh()
+
+    def tick(self, state: str = "") -> None:
+        """Shows that time passes: with the bar, ``state`` beside it; otherwise a line now if
+        none was printed for ``interval`` seconds, ending ``; state``."""
+        self.state = state
+        if self._bar is not None and self._task is not None:
+            label = f"{self._label} {state}" if state else self._label
+            self._bar.update(self._task, description=label)
+            return
+        now = self._clock()
+        if self._last_line is None or now - self._last_line >= self._interval:
+            self._print_line()
 
     def note(self, message: str) -> None:
         """A message above the bar (or a line of its own)."""
@@ -150,7 +167,8 @@ class RunProgress:
 
     def _print_line(self) -> None:
         self._last_line, self._lines_done = self._clock(), self.counts.done
-        self.console.print(f"progress: {self.describe()}", markup=False, highlight=False)
+        state = f"; {self.state}" if self.state else ""
+        self.console.print(f"progress: {self.describe()}{state}", markup=False, highlight=False)
 
 
 class Interrupts:

@@ -4,6 +4,7 @@ stays light."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -24,7 +25,9 @@ from jobs.cli.options import (
     Json,
     Meta,
     Name,
+    Timeout,
     Wait,
+    parse_timeout,
 )
 from jobs.dispatch import CeleryPublisher
 from jobs.kinds import Kind
@@ -38,6 +41,7 @@ SHARED = shared_parameters(
     parameter("idempotency_key", IdemKey, None),
     parameter("meta", Meta, None),
     parameter("wait", Wait, False),
+    parameter("timeout", Timeout, None),
     parameter("json_out", Json, False),
 )
 
@@ -55,6 +59,7 @@ def build_submit_app() -> typer.Typer:
 
 
 def _submit_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
+    timeout = parse_timeout(values["timeout"], waiting=values["wait"], waits_with="--wait")
     ctx = open_context()
     request = request_for(
         ctx,
@@ -65,10 +70,15 @@ def _submit_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]
         idempotency_key=values["idempotency_key"],
         metadata=parse_meta(values["meta"]),
     )
-    _submit(ctx, request, wait=values["wait"], json_out=values["json_out"])
+    _submit(ctx, request, wait=values["wait"], timeout=timeout, json_out=values["json_out"])
 
 
-def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool) -> None:
+def _submit(
+    ctx: Context, request: SubmitRequest, *, wait: bool, timeout: int | None, json_out: bool
+) -> None:
+    """Submits; prints the job id last on stdout (``json_out``: one JSON document, and no
+    other), then, with ``wait``, shows the progress and the job's end on stderr and exits with
+    its status: stdout is the same with or without ``wait``."""
     from jobs.submit.job import submit_job
 
     result = submit_job(
@@ -80,7 +90,13 @@ def _submit(ctx: Context, request: SubmitRequest, *, wait: bool, json_out: bool)
         in_flight_lease=ctx.settings.submit_in_flight,
     )
     served = is_served(ctx, result.model)
-    views.show_submitted(result, result.model, json_out=json_out, served=served)
+    # The embedded default (SQLite under LLAVA_BATCH_HOME) is where a newcomer starts, with no
+    # worker and often no broker: say how the job will run instead of leaving it queued.
+    embedded = not ctx.settings.database_url
+    run_here = views.resume_command(ctx, result.job_id, result.model) if embedded else None
+    views.show_submitted(result, result.model, json_out=json_out, served=served, run_here=run_here)
     if wait:
-        views.watch(ctx, result.job_id, json_out=json_out)
+        sys.stdout.flush()  # the id reaches a reader now, not when the job has ended
+        ended = views.watch(ctx, result.job_id, timeout=timeout)
+        views.show_progress(ended, json_out=False, console=views.err)
         raise typer.Exit(views.exit_code_for(ctx, result.job_id))

@@ -5,6 +5,7 @@ messages to stderr, so ``llava-batch submit … | tail -1`` is the job id.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -14,21 +15,21 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
 from jobs.cli.context import Context
 from jobs.cli.fleet import with_waiting
+from jobs.cli.progress import RunCounts, RunProgress
 from jobs.durations import written_period
-from jobs.errors import ExitCode, RequestError
+from jobs.errors import ExitCode, RequestError, WaitTimeoutError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
 from jobs.exports import open_result_writer
 from jobs.kinds import get_kind
 from jobs.metadata import describe_metadata
 from jobs.queries import JobProgress, find_job, iter_items, read_progress
-from jobs.states import TERMINAL_JOB_STATES, JobStatus
+from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 from model.engine import TINY_MODELS
 
 if TYPE_CHECKING:  # submitting pulls in what status and --help never need
@@ -64,9 +65,16 @@ def warn_if_tiny(model: str) -> None:
 
 
 def show_submitted(
-    result: SubmitResult, model: str, *, json_out: bool, served: bool | None = None
+    result: SubmitResult,
+    model: str,
+    *,
+    json_out: bool,
+    served: bool | None = None,
+    run_here: str | None = None,
 ) -> None:
-    """``served``: whether a live worker serves ``model`` (None: not asked)."""
+    """``served``: whether a live worker serves ``model`` (None: not asked); ``run_here``: the
+    command that runs the job in one process, to offer when no worker serves it (the embedded
+    default, where a newcomer has started none)."""
     if json_out:
         shown: dict[str, object] = {
             "job_id": result.job_id,
@@ -82,7 +90,7 @@ def show_submitted(
         print(json.dumps(shown))
         return
     warn_if_tiny(model)
-    if served is False:
+    if served is False and run_here is None:
         err.print(f"warning: {no_worker_serves(model)}", markup=False)
     if result.existing:
         err.print(f"the idempotency key matches job {result.job_id}; nothing new submitted")
@@ -113,6 +121,14 @@ def show_submitted(
             "dispatch pending: the broker is unreachable; the job is saved and queued, "
             "and the sweeper will dispatch it when the broker is back"
         )
+    if served is False and run_here is not None:
+        err.print(
+            f"nothing runs this job yet: no live worker serves the model {model}. Run it here, "
+            f"in one process: {run_here} (no broker or worker needed); or start a worker: "
+            f"LLAVA_BATCH_MODEL={shlex.quote(model)} llava-batch worker (with a broker at "
+            "LLAVA_BATCH_BROKER_URL)",
+            markup=False,
+        )
     print(result.job_id)
 
 
@@ -126,7 +142,8 @@ def show_batch(batch: dict[str, Any]) -> None:
     print(json.dumps(batch, ensure_ascii=False))
 
 
-def show_progress(progress: JobProgress, *, json_out: bool) -> None:
+def show_progress(progress: JobProgress, *, json_out: bool, console: Console = out) -> None:
+    """``progress`` as JSON on stdout, or for people on ``console`` (stdout unless told)."""
     if json_out:
         print(json.dumps(progress.as_dict()))
         return
@@ -134,28 +151,28 @@ def show_progress(progress: JobProgress, *, json_out: bool) -> None:
     eta = f"{progress.eta_seconds:.0f}s" if progress.eta_seconds is not None else "-"
     counts = ", ".join(f"{state} {n}" for state, n in progress.counts.items() if n)
     named = f"  {progress.name}" if progress.name else ""
-    out.print(
+    console.print(
         Text.assemble(f"job {progress.id}{named}  {progress.kind}  ", (progress.status, "bold"))
     )
-    out.print(
+    console.print(
         f"  {progress.done}/{progress.total} done ({counts or 'no items'})  {rate}  ETA {eta}"
     )
     if progress.usage is not None and progress.usage.total_tokens:
         u = progress.usage
-        out.print(
+        console.print(
             f"  tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion "
             f"= {u.total_tokens}"
         )
     if progress.metadata:
-        out.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
+        console.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
     sharing = describe_sharing(progress)
     if sharing:
-        out.print(f"  {sharing}", markup=False)
+        console.print(f"  {sharing}", markup=False)
     retention = describe_retention(progress)
     if retention:
-        out.print(f"  {retention}", markup=False)
+        console.print(f"  {retention}", markup=False)
     if progress.waiting_for_worker:
-        out.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
+        console.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
 
 
 def describe_retention(progress: JobProgress) -> str:
@@ -181,6 +198,14 @@ def describe_sharing(progress: JobProgress) -> str:
             place += f", {turn.ahead} item(s) of higher priority ahead"
         parts.append(place)
     return "  ".join(parts)
+
+
+def resume_command(ctx: Context, job_id: str, model: str) -> str:
+    """The command that runs the job in one process (``run --resume``): with --model unless
+    LLAVA_BATCH_MODEL is its model (a resume loads only what the command or the setting
+    names)."""
+    given = "" if model == ctx.settings.model else f" --model {shlex.quote(model)}"
+    return f"llava-batch run --resume {job_id}{given}"
 
 
 def no_worker_serves(model: str) -> str:
@@ -221,40 +246,40 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     out.print(table)
 
 
-def watch(
-    ctx: Context, job_id: str, *, json_out: bool, interval: float = 1.0, summary: bool = True
-) -> None:
-    """Polls until the job ends; a progress bar for people, nothing extra for machines; then
-    (``summary``) the job's status."""
-    show_bar = not json_out and err.is_terminal
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not show_bar,
-    ) as bar:
-        task = bar.add_task(job_id[:8], total=None)
+def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgress:
+    """Polls until the job ends and returns its progress then, with the token totals.
+
+    Meanwhile its progress goes to stderr (``RunProgress``): a bar on a terminal, otherwise a
+    line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
+    seconds; when they pass first, ``WaitTimeoutError`` (the job goes on)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = _poll(ctx, job_id)
+    counts = RunCounts(progress.total, progress.done, progress.counts.get(ItemStatus.failed, 0))
+    with RunProgress(err, counts, label=job_id[:8]) as shown:
         while True:
-            with ctx.session_factory() as session:
-                progress = read_progress(session, find_job(session, job_id), usage=False)
-            waiting = show_bar and with_waiting(ctx, progress).waiting_for_worker
-            shown = "waiting for a worker" if waiting else progress.status
-            bar.update(
-                task,
-                total=progress.total,
-                completed=progress.done,
-                description=f"{job_id[:8]} {shown}",
-            )
+            shown.sync(progress.done, progress.counts[ItemStatus.failed], total=progress.total)
             if progress.status in TERMINAL_JOB_STATES:
                 break
-            time.sleep(interval)
-    if not summary:
-        return
+            waiting = with_waiting(ctx, progress).waiting_for_worker
+            shown.tick(f"{progress.status}, waiting for a worker" if waiting else progress.status)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {job_id} has not ended within --timeout {written_period(timeout or 0)} "
+                    f"({progress.done}/{progress.total} done, {progress.status}); it goes on: "
+                    f"llava-batch status {job_id}"
+                )
+            time.sleep(POLL_SECONDS)
+            progress = _poll(ctx, job_id)
     with ctx.session_factory() as session:  # once more, with the token totals
-        progress = read_progress(session, find_job(session, job_id))
-    show_progress(progress, json_out=json_out)
+        return read_progress(session, find_job(session, job_id))
+
+
+POLL_SECONDS = 1.0
+
+
+def _poll(ctx: Context, job_id: str) -> JobProgress:
+    with ctx.session_factory() as session:
+        return read_progress(session, find_job(session, job_id), usage=False, turn=False)
 
 
 def exit_code_for(ctx: Context, job_id: str) -> ExitCode:

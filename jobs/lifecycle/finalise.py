@@ -129,24 +129,35 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
 
 
 def jobs_ready_to_finalise(
-    session_factory: SessionFactory, *, among: Iterable[str] | None = None, limit: int = 1000
+    session_factory: SessionFactory,
+    *,
+    among: Iterable[str] | None = None,
+    of_items: Iterable[str] | None = None,
+    limit: int = 1000,
 ) -> list[str]:
-    """Unfinished jobs with no queued or running item (an index probe per job, no lock)."""
+    """Unfinished jobs with no queued or running item (an index probe per job, no lock);
+    ``among``: only these jobs; ``of_items``: only the jobs of these items."""
     params: dict[str, object] = {"limit": limit}
     if among is not None:
         params["among"] = sorted(among)
+    if of_items is not None:
+        params["items"] = sorted(of_items)
+    query = _ready_to_finalise(among=among is not None, of_items=of_items is not None)
     with session_factory() as session:
-        return list(session.scalars(_ready_to_finalise(among=among is not None), params))
+        return list(session.scalars(query, params))
 
 
 @cache
-def _ready_to_finalise(*, among: bool) -> Select[str]:
-    # Built once: every recorded batch asks this of its job.
+def _ready_to_finalise(*, among: bool, of_items: bool) -> Select[str]:
+    # Built once: every recorded batch asks this of its items' jobs.
     query = select(Job.id).where(
         Job.status.in_(UNFINISHED_JOB_STATES), is_fully_written(), ~has_unfinished_item()
     )
     if among:
         query = query.where(Job.id.in_(bindparam("among", expanding=True)))
+    if of_items:
+        jobs_of = select(Item.job_id).where(Item.id.in_(bindparam("items", expanding=True)))
+        query = query.where(Job.id.in_(jobs_of))
     return query.limit(bindparam("limit"))
 
 

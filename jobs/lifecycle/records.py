@@ -12,7 +12,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
-    select,
     update,
 )
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -51,38 +50,38 @@ def record_results(
     try:
         try:
             with session_factory.begin() as session:
+                _write_all(session, outcomes, now)
                 # A batch's results are recorded without waiting for the disk: the flush was
                 # most of a record's time, and a database crash that took the results back
                 # leaves their items running under a lease, which the sweeper runs again.
+                # After the write, not before: a transaction whose last statement was an
+                # executemany (psycopg's pipeline) is not ended by PostgreSQL's
+                # idle-in-transaction timeout, so a worker paused here would hold its rows.
                 commit_without_flush(session)
-                job_ids = _write_all(session, outcomes, now)
                 reached("record:written")
+            written: list[bool] | None = None  # all of them
         except _LeaseLost:  # rolled back: written row by row, so the others keep their results
             with session_factory.begin() as session:
-                job_ids = [_write_outcome(session, outcome, now) for outcome in outcomes]
+                written = [_write_outcome(session, outcome, now) for outcome in outcomes]
                 reached("record:written")
     except _ROW_ERRORS as exc:
         if is_retryable(exc):
             raise
         log.warning("a result could not be stored; writing the batch row by row: %s", exc)
-        job_ids = [_write_alone(session_factory, outcome, now) for outcome in outcomes]
+        written = [_write_alone(session_factory, outcome, now) for outcome in outcomes]
     reached("record:committed")  # committed: a test loses the COMMIT's reply here
-    touched = {job_id for job_id in job_ids if job_id is not None}
-    refused = [o.item_id for o, job_id in zip(outcomes, job_ids, strict=True) if job_id is None]
     try:
-        if refused:
-            # A row whose lease is gone: taken over, or written already by this batch's earlier
-            # try whose COMMIT reply was lost (the caller retries). Its job is probed too, so
-            # the retry finalises what the first try finished; the probe is safe beside anyone.
-            touched |= _jobs_of(session_factory, refused)
         # A read first: while a job has work left (nearly always) no write and no second
         # commit. Run after our commit, so of two batches finishing a job at once, the later
-        # one's probe sees both.
-        done = jobs_ready_to_finalise(session_factory, among=touched) if touched else []
+        # one's probe sees both. The jobs are found from the items, refused ones included: a
+        # row whose lease is gone may have been written by this batch's earlier try whose
+        # COMMIT reply was lost (the caller retries), and the retry finalises what it finished.
+        items = [outcome.item_id for outcome in outcomes]
+        done = jobs_ready_to_finalise(session_factory, of_items=items)
         finalise_jobs(session_factory, done, now=now)
     except DBAPIError as exc:  # the sweeper finalises it on its next pass
         log.warning("finalising after a record failed (the sweeper will): %s", exc.orig)
-    return sum(1 for job_id in job_ids if job_id is not None)
+    return len(outcomes) if written is None else sum(written)
 
 
 class _LeaseLost(Exception):
@@ -120,29 +119,17 @@ def _build_record_statement() -> Any:
 
 _RECORD_MANY = _build_record_statement()
 _RECORD = _RECORD_MANY.returning(Item.__table__.c.job_id)
-_JOBS_OF_ITEMS = select(Item.__table__.c.id, Item.__table__.c.job_id).where(
-    Item.__table__.c.id.in_(bindparam("ids", expanding=True))
-)
 
 
-def _jobs_of(session_factory: SessionFactory, item_ids: Sequence[str]) -> set[str]:
-    with session_factory() as session:
-        return {str(row.job_id) for row in session.execute(_JOBS_OF_ITEMS, {"ids": item_ids})}
-
-
-def _write_all(
-    session: Session, outcomes: Sequence[ItemOutcome], now: datetime
-) -> list[str | None]:
-    """Writes every outcome in one statement (one round trip), then the job of each;
-    ``_LeaseLost`` when a lease is gone, to find out which row by row."""
+def _write_all(session: Session, outcomes: Sequence[ItemOutcome], now: datetime) -> None:
+    """Writes every outcome in one statement (one round trip); ``_LeaseLost`` when a lease is
+    gone, to find out which row by row."""
     result = session.execute(_RECORD_MANY, [_record_params(outcome, now) for outcome in outcomes])
     if result.rowcount != len(outcomes):  # type: ignore[attr-defined]
         raise _LeaseLost
     for outcome in outcomes:
         if outcome.outcome.pages:
             _write_pages(session, outcome)
-    job_of = dict(session.execute(_JOBS_OF_ITEMS, {"ids": [o.item_id for o in outcomes]}).all())
-    return [str(job_of[outcome.item_id]) for outcome in outcomes]
 
 
 def _record_params(outcome: ItemOutcome, now: datetime) -> dict[str, Any]:
@@ -169,20 +156,18 @@ def _write_pages(session: Session, outcome: ItemOutcome) -> None:
     session.flush()
 
 
-def _write_outcome(session: Session, outcome: ItemOutcome, now: datetime) -> str | None:
-    """Writes one outcome under its lease; returns its job id, or None when the lease is lost."""
+def _write_outcome(session: Session, outcome: ItemOutcome, now: datetime) -> bool:
+    """Writes one outcome under its lease; False when the lease is lost."""
     job_id = session.execute(_RECORD, _record_params(outcome, now)).scalar()
     if job_id is None:
         log.warning("lease lost, result dropped item=%s", outcome.item_id)
-        return None
+        return False
     if outcome.outcome.pages:
         _write_pages(session, outcome)
-    return str(job_id)
+    return True
 
 
-def _write_alone(
-    session_factory: SessionFactory, outcome: ItemOutcome, now: datetime
-) -> str | None:
+def _write_alone(session_factory: SessionFactory, outcome: ItemOutcome, now: datetime) -> bool:
     try:
         with session_factory.begin() as session:
             return _write_outcome(session, outcome, now)

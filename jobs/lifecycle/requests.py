@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -13,6 +13,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    or_,
     select,
     update,
 )
@@ -115,19 +116,38 @@ def cancel_queued_items(session: Session, job_id: str, *, now: datetime) -> None
 RETRYABLE_ITEM_STATES = (ItemStatus.failed, ItemStatus.expired)
 
 
+class _NothingRequeued(Exception):
+    """Every failed item of the job failed with a code not asked for: nothing to reopen."""
+
+
 def requeue_failed(
     session_factory: SessionFactory,
     job_id: str,
     *,
     only: Sequence[str] = RETRYABLE_ITEM_STATES,
+    codes: Collection[str] | None = None,
     now: datetime | None = None,
 ) -> list[str]:
     """Puts a job's failed and expired items (``only``: those states) back in the queue with a
     fresh attempt budget and no pages; a job with a completion window gets a new one, from now.
+    ``codes``: only the failed items with one of these error codes (None: every failed item).
 
     The items are stamped dispatched; the caller publishes them after this commits (and calls
     ``undo_dispatch`` if it cannot)."""
-    now = now or utcnow()
+    try:
+        return _requeue_job(session_factory, job_id, only=only, codes=codes, now=now or utcnow())
+    except _NothingRequeued:  # its reopening rolled back: the job is as it was
+        return []
+
+
+def _requeue_job(
+    session_factory: SessionFactory,
+    job_id: str,
+    *,
+    only: Sequence[str],
+    codes: Collection[str] | None,
+    now: datetime,
+) -> list[str]:
     states = [ItemStatus(state) for state in only]
     # The window's length is the job's setting, never changed after submit: reading it first
     # leaves the update below as conditional as before. Read apart: on SQLite the transaction
@@ -173,22 +193,34 @@ def requeue_failed(
         found = first_seq_in(session, job_id, states, at_least=0)
         while found is not None:
             end = found + BATCH_ROWS
-            requeued += _requeue(session, job_id, states, seqs=(found, end), now=now)
+            requeued += _requeue(session, job_id, states, codes, seqs=(found, end), now=now)
             found = first_seq_in(session, job_id, states, at_least=end)
+        if not requeued:  # reopened for failed items none of which was asked for
+            raise _NothingRequeued()
     return requeued
 
 
 def _requeue(
-    session: Session, job_id: str, states: Sequence[str], *, seqs: tuple[int, int], now: datetime
+    session: Session,
+    job_id: str,
+    states: Sequence[str],
+    codes: Collection[str] | None,
+    *,
+    seqs: tuple[int, int],
+    now: datetime,
 ) -> list[str]:
-    """Requeues the job's items in ``states`` with ``seqs[0] <= seq < seqs[1]``; their ids, in
-    seq order."""
+    """Requeues the job's items in ``states`` with ``seqs[0] <= seq < seqs[1]`` (failed ones
+    only with an error code in ``codes``, unless None); their ids, in seq order."""
     window = and_(
         Item.job_id == job_id,
         Item.status.in_(states),
         Item.seq >= seqs[0],
         Item.seq < seqs[1],
     )
+    if codes is not None:
+        window = and_(
+            window, or_(Item.status != ItemStatus.failed, Item.error_code.in_(sorted(codes)))
+        )
     rows = session.execute(
         update(Item)
         .where(window)

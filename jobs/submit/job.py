@@ -29,7 +29,13 @@ from jobs.states import TERMINAL_JOB_STATES, ItemStatus
 from jobs.submit import rows as submit_rows
 from jobs.submit.fingerprint import describe_inputs, fingerprint_streamed
 from jobs.submit.in_flight import IN_FLIGHT_LEASE, InFlight, in_flight
-from jobs.submit.request import SubmitRequest, SubmitResult, build_job, check_request
+from jobs.submit.request import (
+    SubmitRequest,
+    SubmitResult,
+    build_job,
+    check_fits_context,
+    check_request,
+)
 from jobs.submit.rows import (
     ask_for,
     chunks,
@@ -99,8 +105,10 @@ def submit_job(
         )
 
     checked = _check_inputs(request, expand(), max_prompt_chars)
-    if checked.request.model != request.model and not request.runs_here:
-        _check_served(session_factory, checked.request.model, configured=request.model)
+    if checked.request.model != request.model:  # the one an OpenAI Batch file names
+        if not request.runs_here:
+            _check_served(session_factory, checked.request.model, configured=request.model)
+        check_fits_context(checked.request)
     request = checked.request
     if request.idempotency_key:
         existing = _find_by_key(session_factory, request.idempotency_key, checked.fingerprint)

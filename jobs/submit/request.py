@@ -28,6 +28,7 @@ from jobs.states import ItemStatus, JobStatus
 from jobs.submit.fingerprint import fingerprint_of
 from jobs.submit.openai_reader import BatchFormat
 from jobs.submit.sources import InputSpec
+from model.checkpoints import max_context_of
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,24 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
     if request.metadata is not None:
         check_metadata(request.metadata)
     get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
+    check_fits_context(request)
+
+
+def check_fits_context(request: SubmitRequest) -> None:
+    """Refuses a ``--max-new-tokens`` the model's context cannot hold next to any prompt: every
+    item would fail ``prompt_too_long`` in the worker, one by one. The context is read from the
+    checkpoint's config on this machine (``model.checkpoints``, torch-free); with none here the
+    worker's own check stays the only one. A budget the kind chose is shrunk to fit there."""
+    budget = request.params.max_new_tokens
+    if budget is None or request.params.budget_chosen:
+        return
+    context = max_context_of(request.model)
+    if context is not None and budget >= context:
+        raise RequestError(
+            f"--max-new-tokens {budget} is beyond the context of the model {request.model}: "
+            f"{context} tokens, the prompt and image included; ask for fewer.",
+            code="invalid_option",
+        )
 
 
 def build_job(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from jobs.errors import ExitCode, ItemErrorCode
+from jobs.errors import RETRYABLE_ERROR_CODES, ExitCode, ItemErrorCode
 from model.errors import INPUT_ERROR_CODES
 from storage.errors import StorageError
 
@@ -53,6 +53,15 @@ def test_item_error_code_table_matches_the_code_both_ways() -> None:
         assert match and row[1], row
         documented.add(match.group(1))
     assert documented == {code.value for code in ItemErrorCode}
+
+
+def test_the_retry_column_is_the_codes_retry_requeues() -> None:
+    """``retry`` re-queues by default the failures marked ``yes``, and only those."""
+    marked = {}
+    for row in _table_after(ITEM_CODES):
+        assert row[2] in ("yes", "no"), row
+        marked[row[0].strip("`")] = row[2] == "yes"
+    assert {code for code, yes in marked.items() if yes} == set(RETRYABLE_ERROR_CODES)
 
 
 def _subclasses(cls: type[StorageError]) -> set[type[StorageError]]:

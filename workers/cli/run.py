@@ -18,7 +18,6 @@ what is left (a finished item is never run again) and writes the job's whole out
 
 from __future__ import annotations
 
-import shlex
 import signal
 from collections.abc import Sequence
 from dataclasses import replace
@@ -123,16 +122,9 @@ def _check_served(ctx: Context, job_id: str, job_model: str, *, served: str, cho
     raise RequestError(
         f"job {job_id} is for the model {job_model!r} and this run serves {served!r} "
         f"({source}); a job never chooses the model that is loaded. To load {job_model!r}: "
-        f"{_resume_command(ctx, job_id, job_model)}",
+        f"{views.resume_command(ctx, job_id, job_model)}",
         code="model_not_served",
     )
-
-
-def _resume_command(ctx: Context, job_id: str, model: str) -> str:
-    """The command that resumes the job: with --model unless LLAVA_BATCH_MODEL is its model
-    (a resume loads only what the command or the setting names)."""
-    given = "" if model == ctx.settings.model else f" --model {shlex.quote(model)}"
-    return f"llava-batch run --resume {job_id}{given}"
 
 
 def _resources_for(ctx: Context, model: str) -> WorkerResources:
@@ -178,7 +170,7 @@ def _work_here(
     except KeyboardInterrupt:
         finished = False
     except Exception:  # the model cannot load, the engine died: the job waits, resumable
-        resume = _resume_command(ctx, job_id, res.model or ctx.settings.model)
+        resume = views.resume_command(ctx, job_id, res.model or ctx.settings.model)
         views.err.print(f"job {job_id} is saved: {resume} continues it", markup=False)
         raise
     if not finished:
@@ -230,7 +222,7 @@ def _interrupted(ctx: Context, job_id: str, model: str) -> NoReturn:
         f"{job_id}) and {left} left to run",
         markup=False,
     )
-    views.err.print(f"resume with: {_resume_command(ctx, job_id, model)}", markup=False)
+    views.err.print(f"resume with: {views.resume_command(ctx, job_id, model)}", markup=False)
     if slots_in_flight():  # stopped at once: a batch still generates, its items handed back
         fail(KeyboardInterrupt(), now=True)
     raise typer.Exit(ExitCode.interrupted)

@@ -53,3 +53,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for word in words:
         assert word in errors[0], errors[0]
+
+
+def run_into_a_closed_pipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``llava-batch ARGS | head -0``: the reader of stdout is gone before the first write."""
+    process = subprocess.Popen(
+        [CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    stderr = process.communicate(timeout=120)[1]
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)

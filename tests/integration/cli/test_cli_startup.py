@@ -114,3 +114,16 @@ def test_extract_submit_still_refuses_an_unsupported_schema(
     result = run_cli("submit", "extract", str(tmp_path / "docs"), "--schema", str(schema))
     assert result.returncode == 2, result.stderr
     assert "schema_invalid" in result.stderr
+
+
+def test_a_token_budget_is_checked_against_the_context_without_torch(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The context is read from the checkpoint's config, never from a loaded model: refused
+    for a tiny model (its context is known), looked up in the hub cache for a hub id."""
+    write_images(tmp_path / "c", 1)
+    for model, codes in (("tiny-llava", (2,)), ("llava-hf/llava-1.5-7b-hf", (0, None))):
+        args = ("submit", "caption", str(tmp_path / "c"), "--max-new-tokens", "2000")
+        report = _probe(cli_env, *args, "--model", model, "--json", watch=NEVER)
+        assert report["code"] in codes, report
+        assert report["heavy"] == []

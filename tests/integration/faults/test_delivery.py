@@ -114,7 +114,7 @@ def test_standalone_sweeper_rides_out_a_database_outage(
             [CLI, "sweep"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     try:
-        passes = lambda: log_path.read_text(errors="replace").count("sweep: SweepReport")  # noqa: E731
+        passes = lambda: log_path.read_text(errors="replace").count("sweep pass: ")  # noqa: E731
         wait_for(lambda: passes() >= 1, 30, "a first pass", log_path.read_text)
         proxy.cut()
         wait_for(
@@ -172,7 +172,7 @@ def test_standalone_sweeper_started_while_the_database_is_down_waits_for_it(
         proxy.restore()
         wait_for(heartbeat.exists, 60, "a pass once the database answers", log_path.read_text)
         assert sweeper.poll() is None
-        assert "sweep: SweepReport" in log_path.read_text(errors="replace")
+        assert "sweep pass: " in log_path.read_text(errors="replace")
     finally:
         sweeper.terminate()
         sweeper.wait(10)

@@ -108,6 +108,7 @@ def test_a_firing_asks_only_about_the_listed_keys_however_long_the_history(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(schedule_history, "PAGE_KEYS", 4)
+    monkeypatch.setattr(schedule_history, "PAGE_KEYS_POSTGRES", 4)
     folder = tmp_path / "drop"
     folder.mkdir()
     write_images(folder, 10, prefix="shot")
@@ -139,6 +140,7 @@ def test_new_objects_and_new_versions_are_found_across_pages(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(schedule_history, "PAGE_KEYS", 3)
+    monkeypatch.setattr(schedule_history, "PAGE_KEYS_POSTGRES", 3)
     folder = tmp_path / "drop"
     folder.mkdir()
     paths = write_images(folder, 8, prefix="shot")

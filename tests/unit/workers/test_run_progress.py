@@ -43,6 +43,28 @@ def test_plain_lines_at_most_every_interval_and_a_last_one() -> None:
     ]
 
 
+def test_a_watch_ticks_a_line_at_once_then_every_interval_with_its_state() -> None:
+    """``status --watch`` off a terminal: a line even while nothing moves, so a log shows the
+    wait; the job's counts as the database has them (its total grows while it is written)."""
+    buffer, clock = io.StringIO(), Clock()
+    console = Console(file=buffer, force_terminal=False, width=200)
+    with RunProgress(console, RunCounts(total=4), label="job", interval=5, clock=clock) as p:
+        p.tick("queued, waiting for a worker")  # at once
+        clock.now += 3
+        p.tick("queued, waiting for a worker")  # within the interval: none
+        clock.now += 3
+        p.sync(2, 0, total=6)
+        p.tick("in_progress")
+        clock.now += 2
+        p.sync(6, 1)
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        "progress: 0/4 items done (0 failed), - items/s, ETA -; queued, waiting for a worker",
+        "progress: 2/6 items done (0 failed), 0.33 items/s, ETA 12s; in_progress",
+        "progress: 6/6 items done (1 failed), 0.75 items/s, ETA 0s; in_progress",
+    ]
+
+
 def test_a_bar_on_a_terminal_with_done_failed_rate_and_eta() -> None:
     buffer, clock = io.StringIO(), Clock()
     console = Console(file=buffer, force_terminal=True, width=150, color_system=None)
