@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 # there is only what one reply holds: a 1,000-file listing is one round trip, not three.
 PAGE_KEYS = 500
 PAGE_KEYS_POSTGRES = 5000
-# Rows one firing walks: about a millisecond of reading, whatever the history's length.
-PRUNE_ROWS = 1000
+# Rows one firing walks, whatever the history's length: 500 keeps a firing that deletes them
+# all (a source that dropped many objects) within its 50 ms (docs/benchmarks.md), and still
+# forgets 48,000 gone objects a day at a 15-minute period.
+PRUNE_ROWS = 500
 
 T = TypeVar("T")
 _Row = Row[str, str, str]  # id, key, etag
@@ -46,12 +48,13 @@ def not_seen(
     with session_factory() as session:
         for page in _pages(listed, _page_size(session)):
             keys = among(session, ScheduleObject.key, sorted({o.key for o in page}))
+            # Plain tuples: a Row in a set is compared through its slower __eq__.
             seen = set(
                 session.execute(
                     select(ScheduleObject.key, ScheduleObject.etag).where(
                         ScheduleObject.schedule_id == schedule_id, keys
                     )
-                )
+                ).tuples()
             )
             new += [o for o in page if (o.key, o.etag) not in seen]
     return new
