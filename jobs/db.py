@@ -43,6 +43,12 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from jobs.limits import (
+    MAX_CUSTOM_ID_CHARS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_NAME_CHARS,
+)
 from jobs.states import ItemStatus, JobStatus
 
 if TYPE_CHECKING:
@@ -113,13 +119,15 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued, index=True)
     prompt: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    model: Mapped[str] = mapped_column(String(500))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_CHARS))
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(MAX_IDEMPOTENCY_KEY_CHARS), unique=True
+    )
     # Key/value labels the user gave (--meta), like a hosted batch API's metadata. The attribute
     # is job_metadata: "metadata" is taken on declarative classes.
     job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JsonType)
@@ -180,7 +188,7 @@ class Item(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    custom_id: Mapped[str | None] = mapped_column(String(500))
+    custom_id: Mapped[str | None] = mapped_column(String(MAX_CUSTOM_ID_CHARS))
     source: Mapped[str] = mapped_column(Text)
     input_uri: Mapped[str] = mapped_column(Text)
     input_sha256: Mapped[str | None] = mapped_column(String(64))

@@ -22,13 +22,13 @@ import json
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
-from jobs.openai_batch import error_line, success_line
-from jobs.paging import ItemRecord
-from jobs.queries import result_row
 from jobs.states import ItemStatus
 
+# The rows are built by the queries (SQLAlchemy), imported when one is written: the CLI takes
+# ResultFormat for its options at start-up, before it knows whether it reads the database.
 if TYPE_CHECKING:
     from jobs.kinds import Kind
+    from jobs.paging import ItemRecord
 
 USAGE_COLUMNS = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -69,6 +69,8 @@ class JsonlWriter(ResultWriter):
         self._stream = stream
 
     def write(self, item: ItemRecord) -> None:
+        from jobs.queries import result_row
+
         self._stream.write(json.dumps(result_row(item), ensure_ascii=False) + "\n")
 
 
@@ -81,6 +83,8 @@ class CsvWriter(ResultWriter):
         self._writer.writeheader()
 
     def write(self, item: ItemRecord) -> None:
+        from jobs.queries import result_row
+
         row = result_row(item)
         row.pop("model")  # one job, one model: status and the jobs table say which
         usage = row.pop("usage") or {}
@@ -97,6 +101,8 @@ class OpenAIWriter(ResultWriter):
         self.skipped = 0
 
     def write(self, item: ItemRecord) -> None:
+        from jobs.openai_batch import error_line, success_line
+
         if item.status == ItemStatus.succeeded:
             line = success_line(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -1,33 +1,27 @@
 """Limits a request is checked against at submit, each with one source of truth.
 
 Per-job options are bounded like the settings that default them (``jobs/settings.py``); ids,
-names and keys by the columns that store them (``jobs/db.py``). Both are checked in the request,
-so the database never has to refuse a value after inputs were stored.
+names and keys by the lengths written here, which the columns that store them take
+(``jobs/db.py``). Both are checked in the request, so the database never has to refuse a value
+after inputs were stored. The lengths live here, not in the table, so that the kinds (and the
+CLI's ``--help`` that lists them) import no SQLAlchemy and no settings.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import String
-from sqlalchemy.sql.elements import KeyedColumnElement
-
-from jobs.db import Item, Job
 from jobs.errors import RequestError
-from jobs.settings import Settings, variable_of
 from model.schema_refs import MAX_SCHEMA_NESTING
 
-
-def _column_length(column: KeyedColumnElement[Any]) -> int:
-    assert isinstance(column.type, String) and column.type.length is not None
-    return column.type.length
-
-
-MAX_CUSTOM_ID_CHARS = _column_length(Item.__table__.c["custom_id"])
-MAX_NAME_CHARS = _column_length(Job.__table__.c["name"])
-MAX_IDEMPOTENCY_KEY_CHARS = _column_length(Job.__table__.c["idempotency_key"])
-MAX_MODEL_CHARS = _column_length(Job.__table__.c["model"])
-DEFAULT_MAX_INPUT_BYTES: int = Settings.model_fields["max_input_bytes"].default
+# The lengths of the columns that store them (``jobs/db.py`` reads them from here).
+MAX_CUSTOM_ID_CHARS = 500
+MAX_NAME_CHARS = 200
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_MODEL_CHARS = 500
+# A priority is a small integer, higher first; the bounds keep it a rank, not a timestamp.
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
+# LLAVA_BATCH_MAX_INPUT_BYTES's default (``jobs/settings.py`` reads it from here).
+DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 # How deep one line of a manifest or OpenAI-Batch file may nest (``model.nesting``): room for a
 # schema as deep as a --schema file may be, inside the line's own levels (an OpenAI request's
 # body, response_format, json_schema). Deeper lines are refused before anything recurses.
@@ -38,6 +32,8 @@ MAX_MANIFEST_NESTING = 16
 
 def setting_bounds(name: str) -> tuple[int, int]:
     """The (lowest, highest) value the setting ``name`` accepts."""
+    from jobs.settings import Settings  # pydantic-settings: only when a bound is checked
+
     low = high = None
     for constraint in Settings.model_fields[name].metadata:
         low = getattr(constraint, "ge", low)
@@ -48,6 +44,8 @@ def setting_bounds(name: str) -> tuple[int, int]:
 
 def check_option(option: str, value: int, setting: str) -> None:
     """A per-job option (``--batch-size``) stays within the bounds of its setting."""
+    from jobs.settings import variable_of
+
     low, high = setting_bounds(setting)
     if not low <= value <= high:
         raise RequestError(

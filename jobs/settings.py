@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
+from jobs.limits import DEFAULT_MAX_INPUT_BYTES
 from model.engine import (
     DEFAULT_GRAMMAR_CACHE_SIZE,
     check_device,
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
     max_batch_pixels: Annotated[int, Field(ge=1)] = 200_000_000
     # Inputs larger than this are refused: at submit from the file's stat size (or the S3
     # listing's), by the worker before it reads (input_too_large).
-    max_input_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    max_input_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_INPUT_BYTES
 
     lease_seconds: Annotated[int, Field(ge=5)] = 600
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3

@@ -11,9 +11,10 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from PIL import Image
+if TYPE_CHECKING:  # Pillow loads where images are: the CLI that imports these names has none
+    from PIL import Image
 
 __all__ = [
     "ANY_JSON_OBJECT",
@@ -186,7 +187,12 @@ class GenerationRequest:
             (Turn("user", conversation),) if isinstance(conversation, str) else tuple(conversation)
         )
         check_conversation(turns)
-        images = () if image is None else (image,) if isinstance(image, Image.Image) else image
+        if image is None:
+            images: Sequence[Image.Image] = ()
+        else:
+            from PIL import Image
+
+            images = (image,) if isinstance(image, Image.Image) else image
         object.__setattr__(self, "images", tuple(images))
         object.__setattr__(self, "conversation", turns)
         object.__setattr__(self, "sampling", sampling)

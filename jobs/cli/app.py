@@ -19,24 +19,21 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.exc import DBAPIError
 
 from jobs.cli import retention, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
-from jobs.cli.fleet import with_waiting
 from jobs.cli.options import Json, Timeout, parse_timeout
 from jobs.cli.schedules import build_schedule_app
 from jobs.cli.submit import build_submit_app
-from jobs.control import cancel_job, retry_job
-from jobs.db import is_retryable
-from jobs.dispatch import CeleryPublisher
-from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
-from jobs.lifecycle.expiry import MAX_PRIORITY, MIN_PRIORITY, set_priority
+from jobs.errors import RequestError
+from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.metadata import parse_meta
-from jobs.openai_batch import batch_object
-from jobs.queries import find_job, list_recent_jobs, read_progress
 from jobs.states import ItemStatus
+
+# What a command does (the queries, SQLAlchemy, the broker) is imported in its body: building
+# the app for ``--help`` or for one command imports none of it (tests/integration/cli/
+# test_cli_startup.py).
 
 T = TypeVar("T")
 
@@ -112,6 +109,10 @@ def status(
 ) -> None:
     """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
     an OpenAI Batch object (--format openai)."""
+    from jobs.cli.fleet import with_waiting
+    from jobs.openai_batch import batch_object
+    from jobs.queries import find_job, read_progress
+
     openai = fmt is views.StatusFormat.openai
     if openai and json_out:
         raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
@@ -158,6 +159,8 @@ def results(
 ) -> None:
     """One row per item: item_id, custom_id, input, status, result, error_code, error_message,
     finish_reason, usage; or the OpenAI Batch output format (--format openai)."""
+    from jobs.queries import find_job
+
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
@@ -194,6 +197,8 @@ def jobs_list(
     json_out: Json = False,
 ) -> None:
     """Recent jobs with their counts and metadata, newest first."""
+    from jobs.queries import list_recent_jobs
+
     ctx = open_context()
     wanted = parse_meta(meta)
     with ctx.session_factory() as session:
@@ -204,6 +209,9 @@ def jobs_list(
 @commands.command("cancel")
 def cancel(job: Annotated[str, typer.Argument(help="Job id (or a unique prefix).")]) -> None:
     """Cancel a job: queued items are cancelled, running ones finish, results are kept."""
+    from jobs.control import cancel_job
+    from jobs.queries import find_job
+
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
@@ -233,6 +241,11 @@ def retry(
 ) -> None:
     """Re-queue the expired items of a job and the failed ones that can succeed again (with a
     new completion window, if it has one); the others keep their results."""
+    from jobs.control import retry_job
+    from jobs.dispatch import CeleryPublisher
+    from jobs.errors import RETRYABLE_ERROR_CODES
+    from jobs.queries import find_job
+
     ctx = open_context()
     with ctx.session_factory() as session:
         found = find_job(session, job)
@@ -271,6 +284,9 @@ def priority(
     ],
 ) -> None:
     """Change a running job's priority: its next batches are claimed in the new order."""
+    from jobs.lifecycle.expiry import set_priority
+    from jobs.queries import find_job
+
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
@@ -296,6 +312,7 @@ def sweep_command(
     """Repair leases, re-publish lost messages, finalise jobs, fire due schedules."""
     import time
 
+    from jobs.dispatch import CeleryPublisher
     from jobs.maintenance import MaintenanceReport, run_maintenance
     from jobs.metrics import record_maintenance, serve_metrics
 
@@ -333,6 +350,10 @@ def _until_reachable(step: Callable[[], T], *, once: bool, cap: float) -> T:
     """``step()``, tried again while the database is unreachable: a line each try, the wait
     doubling from 1 s up to ``cap``. ``once``: the first failure is raised."""
     import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    from jobs.db import is_retryable
 
     backoff = 1.0
     while True:

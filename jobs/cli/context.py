@@ -1,16 +1,20 @@
-"""What a CLI command works with, built once from settings."""
+"""What a CLI command works with, built once from settings.
+
+The database, the settings and the blob store are imported when a command opens its context,
+not when the CLI starts: ``--help`` and the help of every command import none of them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-from jobs.db import SessionFactory, make_session_factory, open_database
-from jobs.migrate import check_schema as check_schema_is_current
-from jobs.migrate import is_current, upgrade_database
-from jobs.settings import Settings, load_settings
-from storage import Blobs, open_blobs
+    from jobs.db import SessionFactory
+    from jobs.settings import Settings
+    from storage import Blobs
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,12 @@ class Context:
 
 
 def open_context(*, check_schema: bool = True) -> Context:
+    from jobs.db import make_session_factory, open_database
+    from jobs.migrate import check_schema as check_schema_is_current
+    from jobs.migrate import is_current, upgrade_database
+    from jobs.settings import load_settings
+    from storage import open_blobs
+
     settings = load_settings()
     if not settings.database_url:
         settings.home.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO, cast
 
 import typer
-from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 
 # typer >= 0.26 vendors click as ``typer._click``: its parser raises these classes, not the
 # ``click`` package's (which celery installs too, so catching ``click.*`` caught nothing and
@@ -26,7 +24,6 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from jobs.cli.views import err, first_line
 from jobs.errors import ExitCode, JobsError
-from jobs.settings import UnknownSettingError, variable_of
 from model.errors import ModelLoadError, SchemaError
 from storage.errors import StorageError
 
@@ -51,6 +48,19 @@ class Failure:
     exit_code: ExitCode
 
 
+def _loaded(module: str, name: str) -> type[BaseException] | None:
+    """The exception class ``module.name`` if that module was imported, else None: an error of
+    a module never imported cannot have been raised, and importing the settings or SQLAlchemy
+    here would undo the light start of ``--help`` and of a mistyped command."""
+    loaded = sys.modules.get(module)
+    return None if loaded is None else cast(type[BaseException], getattr(loaded, name))
+
+
+def _is(exc: BaseException, module: str, name: str) -> bool:
+    cls = _loaded(module, name)
+    return cls is not None and isinstance(exc, cls)
+
+
 def describe(exc: BaseException) -> Failure:
     """The one mapping from an exception that reached the CLI to what the user sees."""
     if isinstance(exc, JobsError):
@@ -71,13 +81,13 @@ def describe(exc: BaseException) -> Failure:
         return Failure(exc.message, exc.code, ExitCode.invalid_request)
     if isinstance(exc, StorageError):
         return Failure(first_line(exc), exc.code, ExitCode.invalid_request)
-    if isinstance(exc, ValidationError):
+    if _is(exc, "pydantic", "ValidationError"):
         return Failure(_settings_problems(exc), "invalid_settings", ExitCode.invalid_request)
-    if isinstance(exc, UnknownSettingError):
+    if _is(exc, "jobs.settings", "UnknownSettingError"):
         return Failure(f"bad configuration: {exc}", "invalid_settings", ExitCode.invalid_request)
-    if isinstance(exc, OperationalError):
+    if _is(exc, "sqlalchemy.exc", "OperationalError"):
         return Failure(
-            f"the database is unreachable: {first_line(exc.orig)}",
+            f"the database is unreachable: {first_line(getattr(exc, 'orig', exc))}",
             "database_unavailable",
             ExitCode.database_unavailable,
         )
@@ -167,7 +177,10 @@ def _show_usage(exc: UsageError) -> None:
         err.print(f"Try '{exc.ctx.command_path} --help' for help.", markup=False)
 
 
-def _settings_problems(exc: ValidationError) -> str:
+def _settings_problems(exc: Any) -> str:
+    """``exc``: a pydantic ``ValidationError`` of the settings."""
+    from jobs.settings import variable_of
+
     problems = [f"{variable_of(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors()]
     return "bad configuration: " + "; ".join(problems)
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from jobs.cli.context import Context
-from jobs.fleet import live_workers
-from jobs.queries import JobProgress
 from jobs.states import ItemStatus, JobStatus
+
+if TYPE_CHECKING:
+    from jobs.cli.context import Context
+    from jobs.queries import JobProgress
 
 
 def is_served(ctx: Context, model: str) -> bool:
     """Whether a worker serving ``model`` beat within three heartbeats (the setting
     ``LLAVA_BATCH_WORKER_HEARTBEAT_SECONDS``)."""
+    from jobs.fleet import live_workers
+
     count = live_workers(
         ctx.session_factory, model, heartbeat_seconds=ctx.settings.worker_heartbeat_seconds
     )

@@ -10,6 +10,7 @@ import typer
 
 from jobs.cli.context import Context
 from jobs.errors import RequestError
+from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 
 if TYPE_CHECKING:
     from jobs.submit.request import SubmitRequest
@@ -26,8 +27,8 @@ Priority = Annotated[
     int | None,
     typer.Option(
         "--priority",
-        min=-100,
-        max=100,
+        min=MIN_PRIORITY,
+        max=MAX_PRIORITY,
         help="Higher first: a job's items are claimed before any of a lower priority on the "
         "same model (default 0; -100 to 100). Change it later with llava-batch priority.",
     ),

@@ -11,7 +11,6 @@ import typer
 from jobs.cli import views
 from jobs.cli.context import open_context
 from jobs.cli.options import Json
-from jobs.queries import find_job
 
 
 def delete(
@@ -28,6 +27,7 @@ def delete(
 ) -> None:
     """Delete ended jobs with their items, pages and results, and the stored inputs no other
     job uses. All or nothing: if one has not ended, nothing is deleted (exit 8)."""
+    from jobs.queries import find_job
     from jobs.retention.purge import delete_jobs
 
     ctx = open_context()

@@ -19,15 +19,16 @@ from itertools import takewhile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from jobs.db import SessionFactory
 from jobs.errors import RequestError
 from jobs.exports import ResultFormat, ResultWriter, open_result_writer
-from jobs.paging import ItemRecord, items_after
-from jobs.queries import result_row
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 
+# The rows are read and built by the queries (SQLAlchemy), imported when a run reads them:
+# ``RunFormat`` is an option type the CLI takes at start-up.
 if TYPE_CHECKING:
+    from jobs.db import SessionFactory
     from jobs.kinds import Kind
+    from jobs.paging import ItemRecord
 
 
 class RunFormat(StrEnum):
@@ -47,6 +48,8 @@ class TextWriter(ResultWriter):
         self._stream = stream
 
     def write(self, item: ItemRecord) -> None:
+        from jobs.queries import result_row
+
         row = result_row(item)
         if row["status"] == ItemStatus.expired:
             shown = f"EXPIRED {row['error_code']}: {row['error_message']}"
@@ -181,6 +184,8 @@ class FinishedItems:
         return written
 
     def _read_after(self, seq: int, limit: int) -> Sequence[ItemRecord]:
+        from jobs.paging import items_after
+
         with self._session_factory() as session:
             return items_after(session, self._job_id, seq, limit=limit).items
 

@@ -8,23 +8,22 @@ the sweeper (``llava-batch sweep`` and every worker's sweeper thread); ``run-now
 once from this process.
 
 ``jobs.schedules`` (croniter, which runs ``file`` in a subprocess when imported, and the whole
-submit path) is imported inside the commands that use it, so ``llava-batch --help`` stays light.
+submit path), the tables and the broker are imported inside the commands that use them, so
+``llava-batch --help`` stays light.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 from typer.core import TyperGroup
 
 from jobs.cli import views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
-from jobs.cli.fleet import is_served
 from jobs.cli.kind_commands import (
     Family,
     add_kind_commands,
@@ -32,9 +31,10 @@ from jobs.cli.kind_commands import (
     request_for,
     shared_parameters,
 )
-from jobs.db import Schedule, utcnow
-from jobs.dispatch import CeleryPublisher
 from jobs.kinds import Kind
+
+if TYPE_CHECKING:
+    from jobs.db import Schedule
 
 schedule_commands = Commands()
 NameArg = Annotated[str, typer.Argument(help="The schedule's name.")]
@@ -105,6 +105,7 @@ def add(name: NameArg) -> None:
 def _add_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
     """Checks and stores the schedule; its jobs run on ``--model``, else the LLAVA_BATCH_MODEL
     of now, so they go to that model's queue like a submitted job's."""
+    from jobs.cli.fleet import is_served
     from jobs.schedules import add_schedule
 
     cli: typer.Context = values["cli"]
@@ -146,6 +147,10 @@ def list_schedules(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Schedules with their last run, last job and next due time."""
+    from sqlalchemy import select
+
+    from jobs.db import Schedule
+
     ctx = open_context()
     with ctx.session_factory() as session:
         rows = list(session.scalars(select(Schedule).order_by(Schedule.name)))
@@ -193,6 +198,7 @@ def remove(name: NameArg) -> None:
 @schedule_commands.command("run-now")
 def run_now(name: NameArg) -> None:
     """Fire now, even if paused: a job for the inputs not processed before, or none."""
+    from jobs.dispatch import CeleryPublisher
     from jobs.schedules import find_schedule, fire_due_schedules
 
     ctx = open_context()
@@ -217,6 +223,7 @@ def run_now(name: NameArg) -> None:
 
 
 def _set_paused(name: str, paused: bool) -> None:
+    from jobs.db import utcnow
     from jobs.schedules import find_schedule, next_due
 
     ctx = open_context()

@@ -11,7 +11,6 @@ import typer
 
 from jobs.cli import views
 from jobs.cli.context import Context, open_context
-from jobs.cli.fleet import is_served
 from jobs.cli.kind_commands import (
     Family,
     add_kind_commands,
@@ -29,7 +28,6 @@ from jobs.cli.options import (
     Wait,
     parse_timeout,
 )
-from jobs.dispatch import CeleryPublisher
 from jobs.kinds import Kind
 from jobs.metadata import parse_meta
 
@@ -79,6 +77,8 @@ def _submit(
     """Submits; prints the job id last on stdout (``json_out``: one JSON document, and no
     other), then, with ``wait``, shows the progress and the job's end on stderr and exits with
     its status: stdout is the same with or without ``wait``."""
+    from jobs.cli.fleet import is_served
+    from jobs.dispatch import CeleryPublisher
     from jobs.submit.job import submit_job
 
     result = submit_job(

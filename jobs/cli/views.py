@@ -17,22 +17,22 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.orm import Session
 
-from jobs.cli.context import Context
-from jobs.cli.fleet import with_waiting
 from jobs.cli.progress import RunCounts, RunProgress
 from jobs.durations import written_period
 from jobs.errors import ExitCode, RequestError, WaitTimeoutError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
-from jobs.exports import open_result_writer
-from jobs.kinds import get_kind
 from jobs.metadata import describe_metadata
-from jobs.queries import JobProgress, find_job, iter_items, read_progress
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
 from model.engine import TINY_MODELS
 
-if TYPE_CHECKING:  # submitting pulls in what status and --help never need
+# The queries (SQLAlchemy) load inside the functions that read the database: the CLI builds
+# every command's options from this module, and --help reads none.
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from jobs.cli.context import Context
+    from jobs.queries import JobProgress
     from jobs.submit.request import SubmitResult
 
 # No markup and no emoji codes in anything printed: what is printed holds user text (file names,
@@ -252,6 +252,9 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
     Meanwhile its progress goes to stderr (``RunProgress``): a bar on a terminal, otherwise a
     line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
     seconds; when they pass first, ``WaitTimeoutError`` (the job goes on)."""
+    from jobs.cli.fleet import with_waiting
+    from jobs.queries import find_job, read_progress
+
     deadline = None if timeout is None else time.monotonic() + timeout
     progress = _poll(ctx, job_id)
     counts = RunCounts(progress.total, progress.done, progress.counts.get(ItemStatus.failed, 0))
@@ -278,11 +281,15 @@ POLL_SECONDS = 1.0
 
 
 def _poll(ctx: Context, job_id: str) -> JobProgress:
+    from jobs.queries import find_job, read_progress
+
     with ctx.session_factory() as session:
         return read_progress(session, find_job(session, job_id), usage=False, turn=False)
 
 
 def exit_code_for(ctx: Context, job_id: str) -> ExitCode:
+    from jobs.queries import find_job
+
     with ctx.session_factory() as session:
         status = find_job(session, job_id).status
     return ExitCode.ok if status == JobStatus.completed else ExitCode.job_not_completed
@@ -301,6 +308,10 @@ def write_results(
     """Streams a job's results in ``fmt`` to ``output`` (None: stdout), ``chunk`` items per
     query; ``errors``: a separate file for the failed items (``openai`` only); ``statuses``:
     only items in these states."""
+    from jobs.exports import open_result_writer
+    from jobs.kinds import get_kind
+    from jobs.queries import find_job, iter_items
+
     job = find_job(session, job_id)
     if errors is not None and fmt is not ResultFormat.openai:
         raise RequestError("--errors goes with --format openai.", code="invalid_option")

@@ -5,7 +5,7 @@ in the context of the next question."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobs.errors import RequestError
 from jobs.kinds.base import (
@@ -17,10 +17,12 @@ from jobs.kinds.base import (
     job_generation,
 )
 from jobs.kinds.options import KindCommands, Option
-from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
+
+if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
+    from jobs.lifecycle import ClaimedItem
 
 MAX_QUESTIONS = 64
 CSV_FIELDS = (

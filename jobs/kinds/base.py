@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from jobs.kinds.options import KindCommands
-from jobs.lifecycle import ClaimedItem
 from jobs.outcome import Outcome
 from model.engine import GREEDY, Sampling, Turn
+
+if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
+    from jobs.lifecycle import ClaimedItem
 
 Conversation = tuple[Turn, ...]
 

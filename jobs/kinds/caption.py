@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobs.kinds.base import (
     Conversation,
@@ -14,10 +14,12 @@ from jobs.kinds.base import (
     job_generation,
 )
 from jobs.kinds.options import KindCommands, Option
-from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
+
+if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
+    from jobs.lifecycle import ClaimedItem
 
 DEFAULT_PROMPT = "Describe this image in one sentence."
 

@@ -8,7 +8,7 @@ makes it an extraction."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobs.errors import RequestError
 from jobs.kinds.base import (
@@ -20,7 +20,6 @@ from jobs.kinds.base import (
     generation_failed,
 )
 from jobs.kinds.options import KindCommands, Option
-from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt, setting_bounds
 from jobs.outcome import Outcome
 from jobs.submit.openai_reader import BatchFormat, sampling_fields
@@ -32,6 +31,9 @@ from model.engine import (
     check_conversation,
     is_any_json_object,
 )
+
+if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
+    from jobs.lifecycle import ClaimedItem
 
 MAX_MESSAGES = 64
 

@@ -4,7 +4,7 @@ Schema; a document's pages are kept (``item_pages``) and merged into the item's 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
@@ -18,10 +18,12 @@ from jobs.kinds.base import (
     job_generation,
 )
 from jobs.kinds.options import REQUIRED, KindCommands, Option
-from jobs.lifecycle import ClaimedItem
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
+
+if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
+    from jobs.lifecycle import ClaimedItem
 
 DEFAULT_PAGES = "all"
 DEFAULT_DPI = 144

@@ -69,8 +69,6 @@ from jobs.lifecycle.deletion import (
     mark_retained,
 )
 from jobs.lifecycle.expiry import (
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     check_priority,
     expire_windows,
     set_priority,
@@ -95,6 +93,7 @@ from jobs.lifecycle.submitting import (
     continue_submission,
     renew_submission,
 )
+from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.outcome import ItemOutcome
 
 __all__ = [

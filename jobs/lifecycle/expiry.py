@@ -19,15 +19,12 @@ from jobs.lifecycle.common import (
     queued_items_of,
 )
 from jobs.lifecycle.finalise import finalise_jobs
+from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.states import ItemStatus
 
 log = logging.getLogger(__name__)
 
 EXPIRED_MESSAGE = "The job's completion window passed before this item started."
-
-# A priority is a small integer, higher first; the bounds keep it a rank, not a timestamp.
-MIN_PRIORITY = -100
-MAX_PRIORITY = 100
 
 
 def expire_windows(

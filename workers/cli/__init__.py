@@ -29,7 +29,6 @@ from jobs.cli.kind_commands import (
 from jobs.cli.options import Json
 from jobs.cli.run_output import RunFormat
 from jobs.errors import RequestError
-from jobs.fleet import queue_for
 from jobs.kinds import KINDS, Kind
 
 if TYPE_CHECKING:
@@ -217,6 +216,7 @@ def worker(
     slots = 1 if pool == "solo" else concurrency or ctx.settings.worker_slots
     # The resources split their budgets between the slots the pool really runs.
     settings = ctx.settings.model_copy(update={"worker_slots": slots})
+    from jobs.fleet import queue_for
     from jobs.metrics import serve_metrics
     from workers.tasks import build_worker
 

@@ -1,0 +1,146 @@
+"""CLI start-up, whole process: ``--help``, ``submit --help``, ``jobs`` and ``status JOB``.
+
+    python bench/startup.py [--runs 5] [--trees /path/a,/path/b] [--url postgresql://...]
+
+Each command runs as a user runs it: the virtual environment's ``llava-batch`` script in a fresh
+process, timed from its start to its exit. ``jobs`` and ``status`` run against a SQLite file and
+a throwaway PostgreSQL database (created on the local server for the run, one job submitted in
+each); the help pages touch no database. Every (tree, database, command) runs once to warm the
+page cache, then ``--runs`` times, the trees and commands taking turns, so checkouts compared in
+one run (``--trees``, each put first on ``PYTHONPATH``; default: this one) share the machine's
+load. Prints the median and the spread in seconds, bare ``python -c pass`` for scale, and the
+load average before and after. The design target: every median ≤ 0.3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "llava-batch")
+
+HELP = {"--help": ["--help"], "submit --help": ["submit", "--help"]}
+
+
+def _env(tree: Path, database_url: str | None, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAVA_BATCH_")}
+    env["PYTHONPATH"] = str(tree)
+    # As installed: our modules' bytecode cached (the warm-up run writes it), not compiled from
+    # source by every process, which PYTHONDONTWRITEBYTECODE (set in CI shells) would make it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["LLAVA_BATCH_HOME"] = str(home)
+    # A broker nobody listens on: a submit goes through without one (the sweeper re-publishes).
+    env["LLAVA_BATCH_BROKER_URL"] = "redis://127.0.0.1:1/0"
+    env["LLAVA_BATCH_STORAGE_URL"] = str(home / "blobs")
+    if database_url:
+        env["LLAVA_BATCH_DATABASE_URL"] = database_url
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"llava-batch {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _timed(env: dict[str, str], args: list[str]) -> tuple[float, float]:
+    """Wall seconds, and the CPU seconds (user + system) the process used: on a loaded machine
+    the wall time counts the waits for a core, the CPU time hardly."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        [CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
+
+
+def _one_job(env: dict[str, str], work: Path) -> str:
+    """Migrates the database and submits one caption job; returns its id."""
+    images = work / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), "white").save(images / "one.png")
+    _cli(env, "db", "upgrade")
+    return str(json.loads(_cli(env, "submit", "caption", str(images), "--json"))["job_id"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--trees", default=str(ROOT), help="checkouts to compare, by commas")
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    trees = [Path(t).resolve() for t in args.trees.split(",")]
+    load_before = os.getloadavg()
+
+    name = f"bench_startup_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    pg = f"{args.url.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgresql+psycopg://")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            cases: list[tuple[str, str, list[str]]] = [("-", c, a) for c, a in HELP.items()]
+            envs: dict[tuple[Path, str], dict[str, str]] = {}
+            for database, url in (("sqlite", f"sqlite:///{work / 'jobs.sqlite3'}"), ("pg", pg)):
+                for tree in trees:
+                    envs[tree, database] = _env(tree, url, work / "home")
+                job = _one_job(envs[trees[0], database], work)
+                cases += [(database, "jobs", ["jobs"]), (database, "status JOB", ["status", job])]
+            for tree in trees:
+                envs[tree, "-"] = envs[tree, "sqlite"]
+
+            timings: dict[tuple[Path, str, str], list[tuple[float, float]]] = {}
+            bare = [_timed_bare() for _ in range(args.runs)]
+            for warm in (True, False):
+                for _ in range(1 if warm else args.runs):
+                    for database, command, argv in cases:
+                        for tree in trees:
+                            measured = _timed(envs[tree, database], argv)
+                            if not warm:
+                                timings.setdefault((tree, database, command), []).append(measured)
+    finally:
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(f"bare python -c pass: median {statistics.median(bare):.3f} s")
+    print("median wall seconds (lowest to highest), median CPU seconds of the process")
+    header = "".join(f"  {tree.name:>36}" for tree in trees)
+    print(f"{'command':<14} {'db':<7}{header}")
+    for database, command, _ in cases:
+        cells = ""
+        for tree in trees:
+            wall = [w for w, _ in timings[tree, database, command]]
+            cpu = statistics.median(c for _, c in timings[tree, database, command])
+            spread = f"({min(wall):.3f} to {max(wall):.3f})"
+            cells += f"  {statistics.median(wall):6.3f} {spread} cpu {cpu:.3f}"
+        print(f"{command:<14} {database:<7}{cells}")
+
+
+def _timed_bare() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
