@@ -71,7 +71,8 @@ class KindParams(BaseModel):
     """Parameters every kind has. ``max_new_tokens`` is resolved at submit (the user's value or
     the kind's default), so a worker never guesses it."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Built at the first validation, not at import: --help lists the kinds, it validates none.
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     max_new_tokens: int | None = None  # None until submit resolves the kind's default
     # True when the kind chose max_new_tokens (no --max-new-tokens): the engine may shrink it

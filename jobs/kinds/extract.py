@@ -38,7 +38,7 @@ def _read_schema(path: str) -> dict[str, Any]:
 
 
 class ExtractParams(KindParams):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, defer_build=True)
 
     # Stored as "schema" in jobs.params (a BaseModel method has that name).
     output_schema: dict[str, Any] | None = Field(default=None, alias="schema")

@@ -1,18 +1,56 @@
-"""The CLI starts fast: ``--help`` and ``status`` import no alembic, pypdfium2, jsonschema or
-llguidance (and never torch or transformers), and an extract submit starts no subprocess to
-compile its schema (the worker compiles it, once per schema; submit checks it structurally)."""
+"""The CLI starts fast, measured by what it imports, not by a timer: the help pages import no
+database layer and no settings; ``jobs`` and ``status`` (on SQLite and PostgreSQL) import the
+database but nothing of the worker side, the broker, S3, metrics or images; none imports torch or
+transformers. An extract submit starts no subprocess to compile its schema (the worker compiles
+it, once per schema; submit checks it structurally). bench/startup.py times the same commands.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import write_images
+import pytest
+
+from tests.helpers import migrated_session_factory, write_images
 from tests.integration.cli.conftest import RunCli
 
 HEAVY = ("alembic", "pypdfium2", "jsonschema", "llguidance", "torch", "transformers")
+# What no command needs to start: the model stack, the worker side (Celery, the broker client,
+# Prometheus's HTTP server and the other web modules), S3 (boto3) and image decoding.
+NOT_AT_START = (
+    *HEAVY,
+    "triton",
+    "numpy",
+    "PIL",
+    "celery",
+    "kombu",
+    "redis",
+    "boto3",
+    "botocore",
+    "urllib3",
+    "prometheus_client",
+    "http.server",
+    "wsgiref",
+    "workers.tasks",
+    "workers.pipeline",
+    "croniter",
+)
+# What a help page needs neither: it reads no database and no settings.
+NOT_FOR_HELP = (
+    *NOT_AT_START,
+    "sqlalchemy",
+    "psycopg",
+    "sqlite3",
+    "pydantic_settings",
+    "jobs.db",
+    "jobs.settings",
+    "jobs.queries",
+    "jobs.lifecycle",
+)
 # llguidance is not here: it imports no torch, and a submit may compile a schema with it.
 NEVER = ("torch", "transformers", "triton")
 
@@ -58,22 +96,57 @@ def _probe(
     return dict(json.loads(lines[-1].removeprefix("PROBE ")))
 
 
-def test_help_imports_nothing_heavy(cli_env: dict[str, str]) -> None:
-    report = _probe(cli_env, "--help")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("submit", "--help"),
+        ("submit", "caption", "--help"),
+        ("status", "--help"),
+        ("run", "--help"),
+        ("schedule", "add", "--help"),
+    ],
+    ids=" ".join,
+)
+def test_help_imports_no_database_and_no_settings(
+    cli_env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    report = _probe(cli_env, *args, watch=NOT_FOR_HELP)
     assert report["code"] in (0, None)
     assert report["heavy"] == []
 
 
-def test_status_imports_nothing_heavy(
-    run_cli: RunCli, cli_env: dict[str, str], tmp_path: Path
+def test_a_mistyped_command_imports_no_database(cli_env: dict[str, str]) -> None:
+    """The error boundary maps a usage error without loading what it maps other errors from."""
+    report = _probe(cli_env, "stauts", watch=NOT_FOR_HELP)
+    assert report["code"] == 2
+    assert report["heavy"] == []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_cli_env(
+    request: pytest.FixtureRequest, cli_env: dict[str, str], tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """``cli_env`` on a migrated database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+        migrated_session_factory(url)
+    else:
+        url = request.getfixturevalue("migrated_pg_url")
+    yield {**cli_env, "LLAVA_BATCH_DATABASE_URL": url}
+
+
+def test_jobs_and_status_import_nothing_of_the_worker_side(
+    run_cli: RunCli, db_cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     write_images(tmp_path / "c", 1)
-    submitted = run_cli("submit", "caption", str(tmp_path / "c"), "--json")
+    submitted = run_cli("submit", "caption", str(tmp_path / "c"), "--json", env=db_cli_env)
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job_id"]
-    report = _probe(cli_env, "status", job_id, "--json")
-    assert report["code"] in (0, None)
-    assert report["heavy"] == []
+    for args in (("jobs",), ("status", job_id), ("status", job_id, "--json")):
+        report = _probe(db_cli_env, *args, watch=NOT_AT_START)
+        assert report["code"] in (0, None), (args, report)
+        assert report["heavy"] == [], args
 
 
 def test_extract_submit_compiles_no_schema_in_a_subprocess(
