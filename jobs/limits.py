@@ -20,8 +20,6 @@ MAX_MODEL_CHARS = 500
 # A priority is a small integer, higher first; the bounds keep it a rank, not a timestamp.
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
-# LLAVA_BATCH_MAX_INPUT_BYTES's default (``jobs/settings.py`` reads it from here).
-DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 # How deep one line of a manifest or OpenAI-Batch file may nest (``model.nesting``): room for a
 # schema as deep as a --schema file may be, inside the line's own levels (an OpenAI request's
 # body, response_format, json_schema). Deeper lines are refused before anything recurses.

@@ -43,9 +43,10 @@ from jobs.errors import RequestError, ScheduleNotFoundError
 from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
 from jobs.kinds import ItemAsk, get_kind
 from jobs.lifecycle import finalise_jobs
-from jobs.limits import DEFAULT_MAX_INPUT_BYTES, MAX_NAME_CHARS, check_text
+from jobs.limits import MAX_NAME_CHARS, check_text
 from jobs.schedule_history import not_seen, prune_history
 from jobs.schedule_sources import build_inputs, build_source, list_source
+from jobs.settings import DEFAULT_MAX_INPUT_BYTES
 from jobs.states import ItemStatus
 from jobs.submit.in_flight import IN_FLIGHT_LEASE, InFlight, in_flight
 from jobs.submit.input_store import store_inputs

@@ -20,7 +20,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
-from jobs.limits import DEFAULT_MAX_INPUT_BYTES
 from model.engine import (
     DEFAULT_GRAMMAR_CACHE_SIZE,
     check_device,
@@ -37,6 +36,9 @@ MIN_WORKER_ROWS_KEPT_SECONDS = 86400
 # Doorbells per model queue by default: more than the slots of a fleet of a few dozen GPUs,
 # and a few kilobytes of Redis.
 DEFAULT_DOORBELLS = 64
+
+# LLAVA_BATCH_MAX_INPUT_BYTES's default, also for a request built without settings.
+DEFAULT_MAX_INPUT_BYTES = 256 * 1024 * 1024
 
 
 def _retain_or_none(text: str | None) -> str | None:

@@ -16,7 +16,6 @@ from jobs.input_policy import parse_entries
 from jobs.kinds import ItemAsk, KindParams, get_kind
 from jobs.lifecycle.expiry import check_priority
 from jobs.limits import (
-    DEFAULT_MAX_INPUT_BYTES,
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_MODEL_CHARS,
     MAX_NAME_CHARS,
@@ -24,6 +23,7 @@ from jobs.limits import (
     check_text,
 )
 from jobs.metadata import check_metadata
+from jobs.settings import DEFAULT_MAX_INPUT_BYTES
 from jobs.states import ItemStatus, JobStatus
 from jobs.submit.fingerprint import fingerprint_of
 from jobs.submit.openai_reader import BatchFormat

@@ -19,7 +19,6 @@ from typing import Any
 from jobs.errors import RequestError
 from jobs.input_policy import ANYTHING, INPUT_NOT_ALLOWED, InputPolicy
 from jobs.limits import (
-    DEFAULT_MAX_INPUT_BYTES,
     MAX_CUSTOM_ID_CHARS,
     MAX_LINE_NESTING,
     MAX_MANIFEST_NESTING,
@@ -27,6 +26,7 @@ from jobs.limits import (
     is_utf8,
     printable,
 )
+from jobs.settings import DEFAULT_MAX_INPUT_BYTES
 from jobs.submit.openai_reader import (
     IMAGES_NOT_SUPPORTED,
     MAX_IMAGES_PER_REQUEST,
