@@ -26,7 +26,7 @@ from jobs.cli.context import open_context
 from jobs.cli.options import Json, Timeout, parse_timeout
 from jobs.cli.schedules import build_schedule_app
 from jobs.cli.submit import build_submit_app
-from jobs.errors import RequestError
+from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
 from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.metadata import parse_meta
 from jobs.states import ItemStatus
@@ -243,7 +243,6 @@ def retry(
     new completion window, if it has one); the others keep their results."""
     from jobs.control import retry_job
     from jobs.dispatch import CeleryPublisher
-    from jobs.errors import RETRYABLE_ERROR_CODES
     from jobs.queries import find_job
 
     ctx = open_context()
