@@ -34,7 +34,7 @@ def _database(tmp_path: Path, request: pytest.FixtureRequest, database: str) -> 
 def _run(tmp_path: Path, url: str, kind: str, sources: list[str], **params: object) -> str:
     sf = migrated_session_factory(url)
     blobs = open_blobs(str(tmp_path / "blobs"))
-    request = SubmitRequest.of(kind, sources, "tiny-llava", batch_size=8, **params)  # type: ignore[arg-type]
+    request = SubmitRequest.of(kind, sources, "tiny-llava", batch_size=8, **params)
     resources = make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8)
     return run_job_locally(request, resources, max_prompt_chars=4000).job_id
 
