@@ -1,5 +1,6 @@
 """``results --format txt -o DIR`` through the real CLI, on SQLite and PostgreSQL, of jobs run with
-the fake engine: one sidecar per succeeded item mirroring nested input folders; names that
+the fake engine: one sidecar per succeeded item mirroring nested input folders (and s3:// keys
+under their prefix, in moto's server); names that
 collide (one name in two folders is not a collision, ``x.png`` beside ``x.jpg``, names equal but
 for case, an input submitted twice) each get their own file; hostile names (``..`` from the
 command line, a custom_id of ``../``) and a folder under DIR that links out of it never write
@@ -11,6 +12,7 @@ import base64
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,3 +226,30 @@ def test_txt_refusals(run_cli: RunCli, tmp_path: Path) -> None:
     into_a_file = run_cli("results", caption_job, "--format", "txt", "-o", str(a_file), env=env)
     assert_one_line_error(into_a_file, 2, str(a_file), "[invalid_output]")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_s3_objects_mirror_their_keys_under_the_prefix(
+    run_cli: RunCli,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    database: str,
+    s3_bucket: str,
+    s3_client: Any,
+) -> None:
+    url = _database(tmp_path, request, database)
+    env = _env(tmp_path, url)
+    for n, key in enumerate(["cat/2026/a/x.png", "cat/2026/b/y/z.png", "cat/2026/b/y/Z.PNG"]):
+        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=image_bytes((16, 16), seed=n))
+    job_id = _run(tmp_path, url, "caption", [f"s3://{s3_bucket}/cat/2026/"])
+    captions = _captions(env, run_cli, job_id)
+    out = tmp_path / "out"
+    done = run_cli("results", job_id, "--format", "txt", "-o", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    prefix = f"s3://{s3_bucket}/cat/2026/"
+    # Keys list in byte order: b/y/Z.PNG comes before b/y/z.png and takes b/y/Z.txt.
+    assert _tree(out) == {
+        "a/x.txt": captions[f"{prefix}a/x.png"],
+        "b/y/Z.txt": captions[f"{prefix}b/y/Z.PNG"],
+        "b/y/z~2.txt": captions[f"{prefix}b/y/z.png"],
+    }
