@@ -1,10 +1,10 @@
 """``results --format txt -o DIR`` through the real CLI, on SQLite and PostgreSQL, of jobs run with
 the fake engine: one sidecar per succeeded item mirroring nested input folders (and s3:// keys
-under their prefix, in moto's server); names that
-collide (one name in two folders is not a collision, ``x.png`` beside ``x.jpg``, names equal but
-for case, an input submitted twice) each get their own file; hostile names (``..`` from the
-command line, a custom_id of ``../``) and a folder under DIR that links out of it never write
-outside DIR; ``--overwrite`` off and on; failed items write nothing; the refusals."""
+under their prefix, in moto's server); names that collide (one name in two folders is not a
+collision, ``x.png`` beside ``x.jpg``, names equal but for case, an input submitted twice) each
+get their own file; hostile names (``..`` from the command line, a custom_id of ``../``) and a
+folder under DIR that links out of it never write outside DIR; ``--overwrite`` off and on;
+failed items write nothing; the refusals."""
 
 from __future__ import annotations
 
