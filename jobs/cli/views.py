@@ -313,7 +313,9 @@ def write_results(
             code="invalid_option",
         )
     if fmt is ResultFormat.txt:
-        _write_sidecars(session, job_id, output, statuses=statuses, overwrite=overwrite)
+        _write_sidecars(
+            session, job_id, output, statuses=statuses, overwrite=overwrite, chunk=chunk
+        )
         return
     if (
         errors is not None
@@ -343,6 +345,7 @@ def _write_sidecars(
     *,
     statuses: Collection[str] | None,
     overwrite: bool,
+    chunk: int,
 ) -> None:
     if output is None:
         raise RequestError(
@@ -354,7 +357,8 @@ def _write_sidecars(
             "--status does not go with --format txt: it writes the succeeded items only.",
             code="invalid_option",
         )
-    err.print(write_sidecars(session, job_id, output, overwrite=overwrite).summary(output))
+    counts = write_sidecars(session, job_id, output, overwrite=overwrite, chunk=chunk)
+    err.print(counts.summary(output))
 
 
 def _open_output(path: str) -> IO[str]:
