@@ -24,11 +24,11 @@ from tests.helpers import image_bytes, make_resources, migrated_session_factory,
 from tests.integration.cli.conftest import RunCli, assert_one_line_error
 from workers.local import run_job_locally
 
-DATABASES = ["sqlite", "postgresql"]
 
-
-def _database(tmp_path: Path, request: pytest.FixtureRequest, database: str) -> str:
-    if database == "postgresql":
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The database the job is run in and the CLI reads: each test runs on both."""
+    if request.param == "postgresql":
         return str(request.getfixturevalue("migrated_pg_url"))
     return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
 
@@ -72,15 +72,9 @@ def _photos(work: Path) -> None:
     (photos / "b" / "broken.png").write_bytes(b"not an image at all")
 
 
-@pytest.mark.parametrize("database", DATABASES)
 def test_sidecars_mirror_nested_folders_and_collisions_get_their_own_names(
-    run_cli: RunCli,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-    database: str,
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
-    url = _database(tmp_path, request, database)
     work = tmp_path / "work"
     _photos(work)
     monkeypatch.chdir(work)
@@ -130,15 +124,9 @@ def test_sidecars_mirror_nested_folders_and_collisions_get_their_own_names(
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
 
-@pytest.mark.parametrize("database", DATABASES)
 def test_hostile_names_never_write_outside_the_folder(
-    run_cli: RunCli,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-    database: str,
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
-    url = _database(tmp_path, request, database)
     env = _env(tmp_path, url)
     work, outside = tmp_path / "work", tmp_path / "outside"
     write_images(work / "here", 1)
@@ -204,7 +192,7 @@ def test_hostile_names_never_write_outside_the_folder(
 
 
 def test_txt_refusals(run_cli: RunCli, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"  # refusals read the job only
     env = _env(tmp_path, url)
     write_images(tmp_path / "imgs", 1)
     caption_job = _run(tmp_path, url, "caption", [str(tmp_path / "imgs")])
@@ -228,16 +216,9 @@ def test_txt_refusals(run_cli: RunCli, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("database", DATABASES)
 def test_s3_objects_mirror_their_keys_under_the_prefix(
-    run_cli: RunCli,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    database: str,
-    s3_bucket: str,
-    s3_client: Any,
+    run_cli: RunCli, tmp_path: Path, url: str, s3_bucket: str, s3_client: Any
 ) -> None:
-    url = _database(tmp_path, request, database)
     env = _env(tmp_path, url)
     for n, key in enumerate(["cat/2026/a/x.png", "cat/2026/b/y/z.png", "cat/2026/b/y/Z.PNG"]):
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=image_bytes((16, 16), seed=n))
