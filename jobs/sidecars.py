@@ -49,8 +49,9 @@ from storage import is_s3_uri, uri_scheme
 
 SUFFIX = ".txt"
 MAX_SEGMENT_BYTES = 200  # under the 255 of most file systems, with room for "~seq.txt"
-# Control characters, "\\" (a separator elsewhere) and lone surrogates (no file name holds one).
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
+# Control characters, separators ("/" in a custom_id, "\\" elsewhere) and lone surrogates (no
+# file name holds one).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\\ud800-\udfff]")
 _DROPPED = frozenset({"", ".", "..", "/"})
 _NO_RESULT = (ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired)
 
@@ -133,7 +134,10 @@ def _family_parts(source: str) -> tuple[str, tuple[str, ...]] | None:
         return "s3", tuple(source[len("s3://") :].split("/"))
     if not source or uri_scheme(source) is not None:
         return None
-    return "local", Path(posixpath.normpath(source)).parts
+    parts = Path(posixpath.normpath(source)).parts
+    if parts and parts[0].startswith("/"):  # "//x" keeps its two slashes as its anchor
+        parts = ("/", *parts[1:])
+    return "local", parts
 
 
 def common_roots(sources: Iterable[str]) -> Roots:
@@ -163,12 +167,11 @@ def sidecar_path(item: ItemRecord, roots: Roots) -> tuple[str, ...]:
     found = _family_parts(item.source)
     if found is not None:
         family, parts = found
-        kept = (_safe(p) for p in parts[len(roots.get(family, ())) :])
-        relative = [p for p in kept if p not in _DROPPED]
+        relative = [_safe(p) for p in parts[len(roots.get(family, ())) :] if p not in _DROPPED]
         if relative:
             stem = _cut(posixpath.splitext(relative[-1])[0] or relative[-1])
             return (*relative[:-1], stem + SUFFIX)
-    name = _safe((item.custom_id or item.id).replace("/", "_"))
+    name = _safe(item.custom_id or item.id)
     return (_cut(name if name not in _DROPPED else item.id) + SUFFIX,)
 
 

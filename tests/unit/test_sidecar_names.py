@@ -30,6 +30,8 @@ def test_local_paths_mirror_their_folders_under_the_deepest_common_one() -> None
         "a/c.txt",
     ]
     assert _paths(["../../etc/passwd"]) == ["passwd.txt"]
+    assert _paths(["//etc/x.jpg", "rel/y.jpg"]) == ["etc/x.txt", "rel/y.txt"]
+    assert _paths(["/a\\b/c\x01.jpg", "/"]) == ["a_b/c_.txt", "5f0c-item.txt"]
 
 
 def test_s3_keys_mirror_their_prefix_and_local_files_keep_their_own_root() -> None:
