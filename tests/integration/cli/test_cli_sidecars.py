@@ -123,6 +123,12 @@ def test_sidecars_mirror_nested_folders_and_collisions_get_their_own_names(
     assert "already there" not in replaced.stderr
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
+    # A sidecar that cannot be written stops the export with one line, saying how far it got.
+    (out / "a" / "img001.txt").unlink()
+    (out / "a" / "img001.txt").mkdir()
+    stopped = run_cli("results", job_id, "--format", "txt", "-o", str(out), "--overwrite", env=env)
+    assert_one_line_error(stopped, 2, "a/img001.txt", "1 sidecar file(s)", "[invalid_output]")
+
 
 def test_hostile_names_never_write_outside_the_folder(
     run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
