@@ -9,6 +9,7 @@
   stream (the output stream itself when there is none, in input order, as ``vllm run-batch``
   writes them: nothing is dropped). Items not finished yet are left out and counted
   (``skipped``).
+- ``txt``: not a stream but a folder, one file per succeeded item (``jobs.sidecars``).
 
 ``write`` takes an item (``jobs.paging.ItemRecord``: an ``Item``, or a row of
 ``jobs.queries.iter_items``); a caller that streams items as they finish (``run``) can hand
@@ -37,6 +38,7 @@ class ResultFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
     openai = "openai"
+    txt = "txt"  # one sidecar file per item, into a folder: jobs.sidecars
 
 
 class ResultWriter:
@@ -57,6 +59,8 @@ def open_result_writer(
     errors: IO[str] | None = None,
 ) -> ResultWriter:
     """A writer of ``fmt`` onto ``stream`` (``errors``: where ``openai`` puts failed items)."""
+    if fmt is ResultFormat.txt:
+        raise ValueError("txt writes a folder of files, not a stream: jobs.sidecars")
     if fmt is ResultFormat.openai:
         return OpenAIWriter(stream, model=model, errors=errors)
     if fmt is ResultFormat.csv:

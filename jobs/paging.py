@@ -101,15 +101,15 @@ def items_after(
     *,
     limit: int,
     statuses: Collection[str] | None = None,
+    columns: Sequence[Any] = RECORD_COLUMNS,
 ) -> Page:
     """The job's items with ``after < seq <= after + limit`` (only those in ``statuses``, when
     given), in seq order. Without ``statuses``, an empty page means the job has no item beyond
-    ``after``; with them, go on from ``next_after`` until it is None."""
+    ``after``; with them, go on from ``next_after`` until it is None. ``columns``: fewer than an
+    export reads, for a pass that needs only those (its rows are then not ``ItemRecord``s)."""
     while True:
         end = after + limit
-        query = select(*RECORD_COLUMNS).where(
-            Item.job_id == job_id, Item.seq > after, Item.seq <= end
-        )
+        query = select(*columns).where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
         if statuses:
             query = query.where(Item.status.in_(list(statuses)))
         items = session.execute(query.order_by(Item.seq)).all()

@@ -232,6 +232,16 @@ def iter_items(
         after = page.next_after
 
 
+def iter_sources(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[str]:
+    """Each item's ``source``, in submission order, paged like ``iter_items`` (and reading
+    nothing else)."""
+    after: int | None = -1
+    while after is not None:
+        page = items_after(session, job_id, after, limit=chunk, columns=(Item.source,))
+        yield from (row.source for row in page.items)
+        after = page.next_after
+
+
 def iter_results(
     session: Session,
     job_id: str,

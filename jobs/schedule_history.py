@@ -49,13 +49,12 @@ def not_seen(
         for page in _pages(listed, _page_size(session)):
             keys = among(session, ScheduleObject.key, sorted({o.key for o in page}))
             # Plain tuples: a Row in a set is compared through its slower __eq__.
-            seen = set(
-                session.execute(
-                    select(ScheduleObject.key, ScheduleObject.etag).where(
-                        ScheduleObject.schedule_id == schedule_id, keys
-                    )
-                ).tuples()
+            rows = session.execute(
+                select(ScheduleObject.key, ScheduleObject.etag).where(
+                    ScheduleObject.schedule_id == schedule_id, keys
+                )
             )
+            seen = {(key, etag) for key, etag in rows}
             new += [o for o in page if (o.key, o.etag) not in seen]
     return new
 

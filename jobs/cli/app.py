@@ -142,7 +142,12 @@ def results(
         views.ResultFormat, typer.Option("--format", help="Output format.")
     ] = views.ResultFormat.jsonl,
     output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Write to this file.")
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write to this file (--format txt: into this folder, one file per item).",
+        ),
     ] = None,
     errors: Annotated[
         str | None,
@@ -156,9 +161,18 @@ def results(
         list[ItemStatus] | None,
         typer.Option("--status", help="Only items in this state (repeat for several)."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="--format txt: replace files already in the folder (without it, they are "
+            "left as they are).",
+        ),
+    ] = False,
 ) -> None:
     """One row per item: item_id, custom_id, input, status, result, error_code, error_message,
-    finish_reason, usage; or the OpenAI Batch output format (--format openai)."""
+    finish_reason, usage; or the OpenAI Batch output format (--format openai); or one .txt
+    per succeeded item, its caption or answer, mirroring the input folders (--format txt)."""
     from jobs.queries import find_job
 
     ctx = open_context()
@@ -173,6 +187,7 @@ def results(
                 output,
                 errors=errors,
                 statuses=[s.value for s in statuses or []],
+                overwrite=overwrite,
             )
         except OSError as exc:
             if target is None:

@@ -303,11 +303,13 @@ def write_results(
     *,
     errors: str | None = None,
     statuses: Collection[str] | None = None,
+    overwrite: bool = False,
     chunk: int = 1000,
 ) -> None:
     """Streams a job's results in ``fmt`` to ``output`` (None: stdout), ``chunk`` items per
     query; ``errors``: a separate file for the failed items (``openai`` only); ``statuses``:
-    only items in these states."""
+    only items in these states. ``txt``: one file per item into the folder ``output``
+    (``jobs.sidecars``), replacing files there only with ``overwrite``."""
     from jobs.exports import open_result_writer
     from jobs.kinds import get_kind
     from jobs.queries import find_job, iter_items
@@ -315,6 +317,16 @@ def write_results(
     job = find_job(session, job_id)
     if errors is not None and fmt is not ResultFormat.openai:
         raise RequestError("--errors goes with --format openai.", code="invalid_option")
+    if overwrite and fmt is not ResultFormat.txt:
+        raise RequestError(
+            "--overwrite goes with --format txt (-o FILE always replaces the file).",
+            code="invalid_option",
+        )
+    if fmt is ResultFormat.txt:
+        _write_sidecars(
+            session, job_id, output, statuses=statuses, overwrite=overwrite, chunk=chunk
+        )
+        return
     if (
         errors is not None
         and output is not None
@@ -334,6 +346,31 @@ def write_results(
             f"note: {writer.skipped} item(s) not finished yet are not in the output; "
             "export again when the job has ended"
         )
+
+
+def _write_sidecars(
+    session: Session,
+    job_id: str,
+    output: str | None,
+    *,
+    statuses: Collection[str] | None,
+    overwrite: bool,
+    chunk: int,
+) -> None:
+    if output is None:
+        raise RequestError(
+            "--format txt writes one file per item: name their folder with -o DIR.",
+            code="invalid_option",
+        )
+    if statuses:
+        raise RequestError(
+            "--status does not go with --format txt: it writes the succeeded items only.",
+            code="invalid_option",
+        )
+    from jobs.sidecars import write_sidecars
+
+    counts = write_sidecars(session, job_id, output, overwrite=overwrite, chunk=chunk)
+    err.print(counts.summary(output))
 
 
 def _open_output(path: str) -> IO[str]:

@@ -46,6 +46,7 @@ class AskParams(KindParams):
 class Ask(KindDefaults[AskParams]):
     name: ClassVar[str] = "ask"
     params_type = AskParams
+    one_text: ClassVar[bool] = False  # one answer per question
 
     cli: ClassVar[KindCommands] = KindCommands(
         word="ask",

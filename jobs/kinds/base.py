@@ -98,6 +98,9 @@ class Kind(Protocol[P]):
     cli: ClassVar[KindCommands]  # its commands and their options (jobs.kinds.options)
     params_type: type[P]
     reads_documents: ClassVar[bool]  # PDFs are inputs, each selected page a unit
+    # Whether an item's result is one text (or one JSON document): what ``results --format
+    # txt`` writes to its item's sidecar file. A kind of several answers per item says no.
+    one_text: ClassVar[bool]
 
     def document_rendering(self, params: P) -> tuple[str, int] | None:
         """For a kind that reads documents: which pages, at which dpi; otherwise None."""
@@ -157,6 +160,8 @@ class Kind(Protocol[P]):
 class KindDefaults(Generic[P]):
     """What most kinds answer alike: no documents, the configured budget, no job-wide prompt,
     one conversation turn, one results row per item. A kind overrides what differs."""
+
+    one_text: ClassVar[bool] = True
 
     def document_rendering(self, params: P) -> tuple[str, int] | None:
         return None

@@ -45,6 +45,11 @@ def _caption_job(sf: SessionFactory, blobs: Blobs, tmp_path: Path, **fields: Any
     return run_job_locally(request, res, max_prompt_chars=1000).job_id
 
 
+# The formats written to one stream; ``txt`` writes a folder (tests/integration/cli/
+# test_cli_sidecars.py).
+STREAMED = [fmt for fmt in ResultFormat if fmt is not ResultFormat.txt]
+
+
 def _export(sf: SessionFactory, job_id: str, fmt: ResultFormat, out: Path, **kw: Any) -> None:
     with sf() as session:
         write_results(session, job_id, fmt, str(out), **kw)
@@ -223,7 +228,7 @@ def test_status_filter_keeps_only_the_states_asked_for(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
     job_id = _caption_job(session_factory, blobs, tmp_path)
-    for fmt in ResultFormat:
+    for fmt in STREAMED:
         out = tmp_path / f"failed.{fmt}"
         _export(session_factory, job_id, fmt, out, statuses=["failed"])
         text = out.read_text(encoding="utf-8")
@@ -260,14 +265,25 @@ def test_exports_stream_in_bounded_chunks(
             )
             for seq in range(2, n)
         )
-    for fmt in ResultFormat:
+    pages = -(-n // chunk) + 1  # one query per chunk, and one probe that nothing follows
+    for fmt in STREAMED:
         out = tmp_path / f"all.{fmt}"
         held, selects = _watch_export(session_factory, job_id, fmt, out, chunk)
         assert held == [], (fmt, len(held))
-        # One query per chunk, and one probe that nothing follows the last, partial, chunk.
-        assert len(selects) == -(-n // chunk) + 1
+        assert len(selects) == pages
         text = out.read_text(encoding="utf-8")
         assert "caption 1202" in text and f"c{n - 1}" in text
+    # txt pages through twice: the sources alone (the root of the names), then the items.
+    folder = tmp_path / "sidecars"
+    held, selects = _watch_export(session_factory, job_id, ResultFormat.txt, folder, chunk)
+    assert held == [] and len(selects) == 2 * pages
+    assert not any("result_text" in q for q in selects[:pages])
+    assert all("result_text" in q for q in selects[pages:-1])
+    (written,) = {p.parent for p in folder.rglob("*.txt")}
+    assert len(list(written.iterdir())) == n - 2  # the two items not finished write nothing
+    # Every bulk item has one source: each after the first is named by its seq.
+    (last,) = written.glob(f"*~{n - 1}.txt")
+    assert last.read_text(encoding="utf-8") == f"caption {n - 1}"
 
 
 def _watch_export(
