@@ -110,7 +110,6 @@ def status(
     """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
     an OpenAI Batch object (--format openai)."""
     from jobs.cli.fleet import with_waiting
-    from jobs.openai_batch import batch_object
     from jobs.queries import find_job, read_progress
 
     openai = fmt is views.StatusFormat.openai
@@ -127,6 +126,8 @@ def status(
             views.show_progress(ended, json_out=json_out)
             return
     if openai:
+        from jobs.openai_batch import batch_object
+
         with ctx.session_factory() as session:
             views.show_batch(batch_object(session, job_id))
         return
