@@ -146,16 +146,17 @@ def delete_step(
         # Where this batch ends: the seq ``batch`` items on, or the job's last. Rows are never
         # read into this process: inputs are queued and items deleted by seq range, over the
         # (job_id, seq) index, each one statement whatever the batch.
-        upto: int | None = session.scalar(_batch_end(job_id, after_seq, batch))
+        remaining = [Item.job_id == job_id]
+        if after_seq is not None:
+            remaining.append(Item.seq > after_seq)
+        upto: int | None = session.scalar(_batch_end(remaining, batch))
         # Nothing is left above ``after_seq``, nor below it: every step deletes a prefix of the
         # job's items (the lowest seqs; an ended job gets no new item), whoever runs it.
         if upto is None:
             session.execute(delete(Job).where(Job.id == job_id))
             log.info("job deleted job=%s", job_id)
             return Step(items=0, job_gone=True)
-        in_batch = [Item.job_id == job_id, Item.seq <= upto]
-        if after_seq is not None:
-            in_batch.append(Item.seq > after_seq)
+        in_batch = [*remaining, Item.seq <= upto]
         if not keep_inputs:
             queue_inputs(session, in_batch)
         # Its pages go by ON DELETE CASCADE.
@@ -170,10 +171,7 @@ def delete_step(
         )
 
 
-def _batch_end(job_id: str, after_seq: int | None, batch: int) -> Select[Any]:
-    remaining = [Item.job_id == job_id]
-    if after_seq is not None:
-        remaining.append(Item.seq > after_seq)
+def _batch_end(remaining: Sequence[ColumnElement[bool]], batch: int) -> Select[Any]:
     nth = select(Item.seq).where(*remaining).order_by(Item.seq).offset(batch - 1).limit(1)
     last = select(func.max(Item.seq)).where(*remaining)
     return select(func.coalesce(nth.scalar_subquery(), last.scalar_subquery()))

@@ -1,6 +1,6 @@
 """Collecting stored inputs: a content-addressed input (``Blobs.put_content_addressed``) is
 shared by every job that stored the same bytes, so deleting a job's items only makes the inputs
-they referenced *candidates* (``queue_candidates``). ``collect_blobs`` deletes a candidate's
+they referenced *candidates* (``queue_inputs_of``). ``collect_blobs`` deletes a candidate's
 object once no item references it, and only while no submit is in flight.
 
 Why that is safe (docs/design.md#collecting-stored-inputs): a submit registers in
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,31 +67,16 @@ class Collected:
         )
 
 
-def queue_candidates(
-    session: Session, rows: Iterable[tuple[str, str | None]], *, now: datetime | None = None
-) -> int:
-    """Queues, in the caller's transaction (the one that deletes the items), the stored inputs
-    of ``rows`` (their ``(input_uri, input_sha256)``) for collection; a row without a sha256
-    names a user's object, never ours to delete. Returns how many distinct ones were given.
-
-    Always a new row, even for an input already queued: a pass that read the older row and
-    found the input referenced (by the items deleted here, not yet committed) drops that row,
-    and this one is looked at once those items are gone."""
-    queued = sorted({(uri, sha) for uri, sha in rows if sha is not None})
-    if not queued:
-        return 0
-    when = now or utcnow()
-    values = [{"uri": uri, "sha256": sha, "queued_at": when} for uri, sha in queued]
-    session.execute(insert(BlobCandidate), values)
-    return len(queued)
-
-
 def queue_inputs_of(
     session: Session, items: Sequence[ColumnElement[bool]], *, now: datetime | None = None
 ) -> int:
-    """``queue_candidates`` for the items that match ``items`` (the deleting step's seq range),
-    in one INSERT … SELECT: a 1,000-item step reads no row into this process. Returns how many
-    candidates it queued."""
+    """Queues, in the caller's transaction (the one that deletes the items), the stored inputs
+    of the items that match ``items`` (the deleting step's seq range) for collection, in one
+    INSERT … SELECT: a 1,000-item step reads no row into this process. An input without a
+    sha256 names a user's object, never ours to delete. Each distinct input is queued once per
+    call, and always as a new row, even one already queued: a pass that read the older row and
+    found the input referenced (by the items deleted here, not yet committed) drops that row,
+    and this one is looked at once those items are gone. Returns how many it queued."""
     firsts = select(Item.input_uri.label("uri"), Item.input_sha256.label("sha256")).where(
         *items, Item.input_sha256.is_not(None)
     )
@@ -104,7 +89,10 @@ def queue_inputs_of(
     both = firsts.union(others).subquery()  # UNION: each (uri, sha256) once
     uses = select(both.c.uri, both.c.sha256, literal(now or utcnow(), UTCDateTime()))
     queued = session.execute(
-        insert(BlobCandidate).from_select(["uri", "sha256", "queued_at"], uses)
+        insert(BlobCandidate)
+        .from_select(["uri", "sha256", "queued_at"], uses)
+        # An INSERT's row count is kept only when asked for (psycopg's would read -1).
+        .execution_options(preserve_rowcount=True)
     )
     return int(queued.rowcount)  # type: ignore[attr-defined]
 
@@ -201,7 +189,7 @@ def _still_referenced(session: Session, ids: list[int]) -> set[str]:
 
 
 def _drop_candidates(session: Session, ids: list[int]) -> None:
-    # Only the rows read: one queued again meanwhile (queue_candidates) is a new row, kept.
+    # Only the rows read: one queued again meanwhile (queue_inputs_of) is a new row, kept.
     if ids:
         session.execute(
             delete(BlobCandidate)

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
 
 from jobs.db import BlobCandidate, Item, Job, SessionFactory, SubmitInFlight, utcnow
 from jobs.errors import RequestError
 from jobs.hooks import pause_at
-from jobs.retention.blobs import Collected, collect_blobs, queue_candidates
+from jobs.retention.blobs import Collected, collect_blobs, queue_inputs_of
 from jobs.retention.purge import delete_jobs
 from jobs.states import JobStatus
 from jobs.submit import rows as submit_rows
@@ -76,8 +77,14 @@ def _candidate(
     queues it."""
     blob = blobs.put_content_addressed(data, suffix=".png")
     with sf.begin() as session:
-        queue_candidates(session, [(blob.uri, blob.sha256)], now=now)
+        _queue(session, [(blob.uri, blob.sha256)], now=now)
     return blob
+
+
+def _queue(session: Session, rows: list[tuple[str, str]], *, now: datetime | None = None) -> None:
+    """Candidates written as they are queued, for inputs no item of these tests names."""
+    values = [{"uri": uri, "sha256": sha, "queued_at": now or utcnow()} for uri, sha in rows]
+    session.execute(insert(BlobCandidate), values)
 
 
 def _queued(sf: SessionFactory) -> set[str]:
@@ -301,7 +308,7 @@ def test_objects_outside_the_input_store_are_never_deleted(
         outside.write_bytes(b"theirs")
         beside.append(outside.as_uri())
     with session_factory.begin() as session:
-        queue_candidates(session, [(uri, digest) for uri in beside])
+        _queue(session, [(uri, digest) for uri in beside])
     assert collect_blobs(session_factory, blobs) == Collected(foreign=len(beside))
     assert _queued(session_factory) == set()
     for uri in beside:
@@ -315,28 +322,33 @@ def test_objects_outside_the_input_store_are_never_deleted(
 # --- queueing ----------------------------------------------------------------------------------
 
 
-def test_queue_candidates_queues_each_stored_input_once(
-    session_factory: SessionFactory, blobs: Blobs
+def test_deleting_queues_each_stored_input_once_per_step(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    """Only inputs we stored (a sha256) are queued, each once per call; queueing one again is
-    a new row, so a pass that read the older row and drops it leaves this one queued."""
+    """Only inputs we stored (a sha256) are queued, each once per call however many items name
+    it; queueing one again is a new row, so a pass that read the older row and drops it leaves
+    this one queued."""
+    result = _submit(session_factory, blobs, tmp_path / "in", _image(1), _image(1), _image(2))
+    of_job = [Item.job_id == result.job_id]
+    with session_factory.begin() as session:  # the third: a user's object, never ours
+        session.execute(update(Item).where(*of_job, Item.seq == 2).values(input_sha256=None))
+    with session_factory() as session:  # the first two: the same bytes, one stored input
+        stored, again = session.scalars(
+            select(Item.input_uri).where(*of_job, Item.seq < 2).order_by(Item.seq)
+        )
+    assert stored == again
     first, later = utcnow(), utcnow() + IN_FLIGHT_LEASE
-    rows = [("s3://b/k/a.png", "a" * 64), ("s3://b/k/a.png", "a" * 64), ("s3://user/x", None)]
     with session_factory.begin() as session:
-        assert queue_candidates(session, rows, now=first) == 1
-        assert queue_candidates(session, [], now=first) == 0
+        assert queue_inputs_of(session, of_job, now=first) == 1
+        assert queue_inputs_of(session, [Item.job_id == "no such job"], now=first) == 0
     with session_factory.begin() as session:
-        assert queue_candidates(session, [*rows, ("s3://b/k/c.png", "c" * 64)], now=later) == 2
+        assert queue_inputs_of(session, of_job, now=later) == 1
     with session_factory() as session:
         queued = sorted(
             (uri, when)
             for uri, when in session.execute(select(BlobCandidate.uri, BlobCandidate.queued_at))
         )
-    assert queued == [
-        ("s3://b/k/a.png", first),
-        ("s3://b/k/a.png", later),
-        ("s3://b/k/c.png", later),
-    ]
+    assert queued == [(stored, first), (stored, later)]
 
 
 def test_a_candidate_queued_again_during_a_pass_stays_queued(
@@ -351,13 +363,9 @@ def test_a_candidate_queued_again_during_a_pass_stays_queued(
     blob = _candidate(session_factory, blobs, data)
 
     def delete_the_job_items() -> None:
-        with session_factory.begin() as session:
-            gone = session.execute(
-                delete(Item)
-                .where(Item.job_id == result.job_id)
-                .returning(Item.input_uri, Item.input_sha256)
-            ).all()
-            queue_candidates(session, [(uri, sha) for uri, sha in gone])
+        with session_factory.begin() as session:  # as a deletion step does
+            queue_inputs_of(session, [Item.job_id == result.job_id])
+            session.execute(delete(Item).where(Item.job_id == result.job_id))
 
     race = Interleaving("collect:deleted")
     collected, _ = race.run(lambda: collect_blobs(session_factory, blobs), delete_the_job_items)
