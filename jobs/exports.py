@@ -70,26 +70,28 @@ def open_result_writer(
 
 class JsonlWriter(ResultWriter):
     def __init__(self, stream: IO[str]) -> None:
+        from jobs.queries import result_row  # once per export, not once per item
+
         self._stream = stream
+        self._row = result_row
 
     def write(self, item: ItemRecord) -> None:
-        from jobs.queries import result_row
-
-        self._stream.write(json.dumps(result_row(item), ensure_ascii=False) + "\n")
+        self._stream.write(json.dumps(self._row(item), ensure_ascii=False) + "\n")
 
 
 class CsvWriter(ResultWriter):
     """The kind lays its rows out; the usage columns follow, on each item's first row."""
 
     def __init__(self, stream: IO[str], kind: Kind[Any]) -> None:
+        from jobs.queries import result_row  # once per export, not once per item
+
         self._kind = kind
+        self._row = result_row
         self._writer = csv.DictWriter(stream, fieldnames=(*kind.csv_fields(), *USAGE_COLUMNS))
         self._writer.writeheader()
 
     def write(self, item: ItemRecord) -> None:
-        from jobs.queries import result_row
-
-        row = result_row(item)
+        row = self._row(item)
         row.pop("model")  # one job, one model: status and the jobs table say which
         usage = row.pop("usage") or {}
         first = {"finish_reason": row.pop("finish_reason"), **usage}
@@ -99,19 +101,20 @@ class CsvWriter(ResultWriter):
 
 class OpenAIWriter(ResultWriter):
     def __init__(self, stream: IO[str], *, model: str, errors: IO[str] | None = None) -> None:
+        from jobs.openai_batch import error_line, success_line  # once per export
+
         self._stream = stream
         self._errors = errors if errors is not None else stream
         self._model = model
+        self._success, self._error = success_line, error_line
         self.skipped = 0
 
     def write(self, item: ItemRecord) -> None:
-        from jobs.openai_batch import error_line, success_line
-
         if item.status == ItemStatus.succeeded:
-            line = success_line(item, self._model)
+            line = self._success(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         elif item.status in (ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired):
-            line = error_line(item)
+            line = self._error(item)
             self._errors.write(json.dumps(line, ensure_ascii=False) + "\n")
         else:  # queued or running: no output yet
             self.skipped += 1
