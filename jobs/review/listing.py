@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory
 from jobs.errors import ItemErrorCode, RequestError, error_words
 from jobs.review.filters import conditions, joined, live_job
-from jobs.review.types import MAX_PAGE, ItemDetail, ItemFilter, Page, PageResult, ReviewRow
+from jobs.review.types import (
+    MAX_PAGE,
+    UNREVIEWED,
+    ItemDetail,
+    ItemFilter,
+    Page,
+    PageResult,
+    ReviewRow,
+)
 from jobs.states import JobStatus
 
 ROW_COLUMNS = (
@@ -76,8 +84,13 @@ def list_items(
             found = found[:limit]
             prev_before = found[0].seq if found else (after + 1 if after is not None else 0)
             more_before = after is not None and _any(session, where, Item.seq < prev_before)
-        total = _count(session, [Item.job_id == job_id], reviews=False)
-        shown = total if flt.empty else _count(session, where, reviews=flt.review is not None)
+        total = _count(session, job_id, ItemFilter())
+        if flt.empty:
+            shown = total
+        elif after is None and before is None and not more_after:
+            shown = len(found)  # the first page holds them all: a rare search counts no more
+        else:
+            shown = _count(session, job_id, flt)
         rows = [review_row(r) for r in found]
         return Page(
             rows=rows,
@@ -89,13 +102,21 @@ def list_items(
 
 
 def _any(session: Session, where: list[Any], beyond: Any) -> bool:
-    probe = joined(Item.seq).where(*where, beyond).limit(1)
+    probe = select(Item.seq).where(*where, beyond).limit(1)
     return session.execute(probe).first() is not None
 
 
-def _count(session: Session, where: list[Any], *, reviews: bool) -> int:
-    query = joined(func.count()) if reviews else select(func.count()).select_from(Item)
-    return int(session.scalar(query.where(*where)) or 0)
+def _count(session: Session, job_id: str, flt: ItemFilter) -> int:
+    """How many of the job's items match ``flt``. A review state alone is counted from the
+    reviews' index, not from a join of every item of the job."""
+    if flt.review is not None and flt == ItemFilter(review=flt.review):
+        decided = select(func.count()).select_from(Review).where(Review.job_id == job_id)
+        if flt.review != UNREVIEWED:
+            return int(session.scalar(decided.where(Review.decision == flt.review)) or 0)
+        reviewed = int(session.scalar(decided.where(Review.decision.is_not(None))) or 0)
+        return _count(session, job_id, ItemFilter()) - reviewed
+    query = select(func.count()).select_from(Item)
+    return int(session.scalar(query.where(*conditions(job_id, flt))) or 0)
 
 
 def review_row(row: Any) -> ReviewRow:
