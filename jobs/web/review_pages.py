@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import ImmutableMultiDict, QueryParams
+from starlette.datastructures import FormData, ImmutableMultiDict, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -129,17 +129,23 @@ def item_page(request: Request) -> Response:
     )
 
 
-async def decide_one(request: Request) -> Response:
-    """``y``/``n`` on a row (a fetch from the page's script: JSON back), or its button."""
+async def _decision(request: Request) -> tuple[FormData, str]:
+    """The form of a decision (checked against forgery) and the decision it asks for."""
     await check_csrf(request)
-    deps = deps_of(request)
     form = await request.form()
     decision = form.get("decision")
-    if decision not in DECISIONS:
+    if not isinstance(decision, str) or decision not in DECISIONS:
         raise HTTPException(400, "The decision is approved or rejected.")
+    return form, decision
+
+
+async def decide_one(request: Request) -> Response:
+    """``y``/``n`` on a row (a fetch from the page's script: JSON back), or its button."""
+    form, decision = await _decision(request)
+    deps = deps_of(request)
     item_id = request.path_params["item_id"]
     changed = await run_in_threadpool(
-        decide, deps.session_factory, [item_id], str(decision), deps.reviewer
+        decide, deps.session_factory, [item_id], decision, deps.reviewer
     )
     if not changed:
         raise NotFoundError(f"No item {item_id}.", code="item_not_found")
@@ -151,16 +157,12 @@ async def decide_one(request: Request) -> Response:
 
 async def decide_shown(request: Request) -> Response:
     """Approve or reject every item the current filter shows (all its pages), nothing else."""
-    await check_csrf(request)
+    form, decision = await _decision(request)
     deps = deps_of(request)
-    form = await request.form()
-    decision = form.get("decision")
-    if decision not in DECISIONS:
-        raise HTTPException(400, "The decision is approved or rejected.")
     flt = filter_of(form)
     job_id = request.path_params["job_id"]
     changed = await run_in_threadpool(
-        decide_filtered, deps.session_factory, job_id, flt, str(decision), deps.reviewer
+        decide_filtered, deps.session_factory, job_id, flt, decision, deps.reviewer
     )
     response = RedirectResponse(f"/jobs/{job_id}{filter_query(flt)}", status_code=303)
     return with_flash(response, [f"{changed} item(s) {decision} by {deps.reviewer}"])

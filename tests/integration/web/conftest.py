@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -117,7 +118,7 @@ def client(session_factory: SessionFactory, blobs: Blobs, tmp_path: Path) -> Ite
         yield test_client
 
 
-def post(client: TestClient, url: str, **data: str) -> object:
+def post(client: TestClient, url: str, **data: str) -> httpx.Response:
     """A POST as the page's own form sends it: its CSRF field, its Origin."""
     form = {"csrf": client.cookies.get("llava_batch_csrf") or "", **data}
     return client.post(url, data=form, headers={"origin": BASE}, follow_redirects=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -17,11 +18,12 @@ from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.fleet import Serving, beat_worker
 from jobs.lifecycle import claim_items, record_results
 from jobs.outcome import ItemOutcome, Outcome
+from jobs.review import ItemFilter, item_detail, list_items
 from jobs.web.security import CONTENT_SECURITY_POLICY, session_value
 from storage import Blobs
 from tests.helpers import caption_outcome, make_settings, submit_captions
 from tests.integration.cli.conftest import RunCli
-from tests.integration.web.conftest import BASE, post
+from tests.integration.web.conftest import BASE, ReviewJob, post
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 TEMPLATES = Path(__file__).resolve().parents[3] / "jobs" / "web" / "templates"
@@ -61,7 +63,7 @@ def test_cancel_and_retry_say_what_the_cli_says(
 ) -> None:
     job_id = _half_done(session_factory, blobs, tmp_path)
     response = post(client, f"/jobs/{job_id}/cancel")
-    assert response.status_code == 303  # type: ignore[attr-defined]
+    assert response.status_code == 303
     page = client.get("/").text
     assert _flash(page) == [f"job {job_id}: cancelled"]
     assert _flash(client.get("/").text) == []  # shown once
@@ -212,3 +214,108 @@ def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
         assert client.get("/").status_code == 200
         # any host name: off loopback the token is the guard
         assert client.get("/fleet").status_code == 200
+
+
+def test_bulk_decisions_touch_the_filtered_view_only(
+    session_factory: SessionFactory, client: TestClient, review_job: ReviewJob
+) -> None:
+    job_id = review_job.job_id
+    response = post(
+        client,
+        f"/jobs/{job_id}/decide",
+        status="failed",
+        code="image_decode_error",
+        decision="rejected",
+    )
+    assert response.headers["location"] == (f"/jobs/{job_id}?status=failed&code=image_decode_error")
+    assert _flash(client.get(f"/jobs/{job_id}").text) == ["6 item(s) rejected by ada"]
+    rows = list_items(session_factory, job_id, ItemFilter()).rows
+    rejected = {r.item_id for r in rows if r.decision == "rejected"}
+    assert rejected == {r.item_id for r in rows if r.error_code == "image_decode_error"}
+    assert {r.decision for r in rows if r.item_id not in rejected} == {None}
+    assert post(client, f"/jobs/{job_id}/decide", decision="maybe").status_code == 400
+    assert client.get(f"/jobs/{job_id}?status=nonsense").status_code == 400
+
+
+def _extract_job(sf: SessionFactory) -> tuple[str, list[str]]:
+    """A finished extract job written directly: a valid result, one its schema refused (the
+    worker fails it ``output_invalid``, its text kept), one cut at its token budget."""
+    now = utcnow()
+    schema = {
+        "type": "object",
+        "properties": {"total": {"type": "number"}},
+        "required": ["total"],
+        "additionalProperties": False,
+    }
+    results: list[dict[str, Any]] = [
+        {"result_json": {"total": 12.5}, "finish_reason": "stop"},
+        {
+            "status": "failed",
+            "result_text": '{"total": "twelve"}',
+            "error_code": "output_invalid",
+            "error_message": "total: 'twelve' is not of type 'number'",
+            "finish_reason": "stop",
+        },
+        {"result_json": {"total": 1}, "finish_reason": "length"},
+    ]
+    with sf.begin() as session:
+        job = Job(
+            kind="extract",
+            status="completed",
+            params={"schema": schema},
+            model="m",
+            prompt="Read the total.",
+        )
+        session.add(job)
+        session.flush()
+        ids = []
+        for seq, result in enumerate(results):
+            item = Item(
+                job_id=job.id,
+                seq=seq,
+                source=f"invoice-{seq}.png",
+                input_uri=f"file:///in/{seq}.png",
+                **{"status": "succeeded", **result},
+                prompt_tokens=321,
+                completion_tokens=17,
+                attempts=2,
+                model="m",
+                model_revision="rev-9f3",
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+            )
+            session.add(item)
+            session.flush()
+            ids.append(item.id)
+        return job.id, ids
+
+
+def test_the_item_page_tells_how_it_ran_and_an_edit_must_fit_the_schema(
+    session_factory: SessionFactory, client: TestClient
+) -> None:
+    job_id, (valid, invalid, cut) = _extract_job(session_factory)
+    grid = client.get(f"/jobs/{job_id}").text
+    marks = {
+        item: grid[grid.index(f'id="item-{item}"') :].split("</li>")[0]
+        for item in (valid, invalid, cut)
+    }
+    assert "schema-invalid" in marks[invalid] and "schema-invalid" not in marks[valid]
+    assert "truncated" in marks[cut] and "truncated" not in marks[valid]
+    assert "&#34;total&#34;: 12.5" in marks[valid]  # pretty JSON, escaped
+
+    page = client.get(f"/items/{valid}?edit=1").text
+    for fact in ("Read the total.", "m @ rev-9f3", "321 in, 17 out", "<dd>2</dd>", "invoice-0.png"):
+        assert fact in page, fact
+    refused = post(client, f"/items/{valid}/edit", edited='{"total": "x"}')
+    assert refused.status_code == 422
+    problem = re.search(r'<p class="refused" id="error">error: ([^<]*)</p>', refused.text)
+    assert problem and problem.group(1).endswith("[review_edit_invalid]"), problem
+    assert "&#34;total&#34;: &#34;x&#34;" in refused.text  # kept
+    assert item_detail(session_factory, valid).edited_json is None  # type: ignore[union-attr]
+    saved = post(client, f"/items/{valid}/edit", edited='{"total": 13}')
+    assert saved.status_code == 303
+    detail = item_detail(session_factory, valid)
+    assert detail is not None
+    assert (detail.edited_json, detail.result_json) == ({"total": 13}, {"total": 12.5})
+    assert detail.decision == "approved" and detail.reviewer == "ada"
