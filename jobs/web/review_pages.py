@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from jobs.db import SessionFactory
-from jobs.errors import NotFoundError, RequestError
+from jobs.errors import ItemNotFoundError, RequestError
 from jobs.review import (
     DECISIONS,
     REVIEW_STATES,
@@ -113,7 +113,7 @@ def item_page(request: Request) -> Response:
     deps = deps_of(request)
     detail = item_detail(deps.session_factory, request.path_params["item_id"])
     if detail is None:
-        raise NotFoundError(f"No item {request.path_params['item_id']}.", code="item_not_found")
+        raise ItemNotFoundError(f"No item {request.path_params['item_id']}.")
     return shown(
         request,
         render(
@@ -148,7 +148,7 @@ async def decide_one(request: Request) -> Response:
         decide, deps.session_factory, [item_id], decision, deps.reviewer
     )
     if not changed:
-        raise NotFoundError(f"No item {item_id}.", code="item_not_found")
+        raise ItemNotFoundError(f"No item {item_id}.")
     if "x-csrf-token" in request.headers:
         return JSONResponse({"item_id": item_id, "decision": decision, "reviewer": deps.reviewer})
     back = _local(form.get("back")) or f"/items/{item_id}"
@@ -265,7 +265,7 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
         item = session.get(Item, request.path_params["item_id"])
         if item is None:
             missing = request.path_params["item_id"]
-            raise NotFoundError(f"No item {missing}.", code="item_not_found")
+            raise ItemNotFoundError(f"No item {missing}.")
         uri, key = item.input_uri, item.input_sha256 or item.id
     picture = deps.thumbnails.get(key, page) if cached else None
     if picture is None:
