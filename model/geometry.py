@@ -190,7 +190,9 @@ def _anyres(pinpoints: Sequence[Size], fed: Size) -> Frame:
     else:
         new_w, new_h = min(math.ceil(width * grid_h / height), grid_w), grid_h
     origin = (float((grid_w - new_w) // 2), float((grid_h - new_h) // 2))
-    return Frame(ANYRES, (float(grid_w), float(grid_h)), origin, (new_w / width, new_h / height), fed)
+    return Frame(
+        ANYRES, (float(grid_w), float(grid_h)), origin, (new_w / width, new_h / height), fed
+    )
 
 
 def preprocessing_of(processor: Any) -> Preprocessing | None:
@@ -276,7 +278,10 @@ def to_source(box: Box, frame: Frame, source: Size, *, tolerance: float = 0.0) -
     flags: list[str] = []
     slack_x, slack_y = tolerance * canvas_w, tolerance * canvas_h
     strays = (
-        cx1 < left - slack_x or cx2 > right + slack_x or cy1 < top - slack_y or cy2 > bottom + slack_y
+        cx1 < left - slack_x
+        or cx2 > right + slack_x
+        or cy1 < top - slack_y
+        or cy2 > bottom + slack_y
     )
     if cx2 < left or cx1 > right or cy2 < top or cy1 > bottom:
         flags.append("outside_image")

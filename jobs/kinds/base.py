@@ -48,12 +48,14 @@ class Generation:
     json_schema: Mapping[str, Any] | None = None
     fit_to_context: bool = False
     sampling: Sampling = GREEDY
+    # A regular expression the whole output must match (``Engine.generate``'s ``pattern``).
+    pattern: str | None = None
 
     def key(self) -> tuple[Any, ...]:
         import json
 
         schema = None if self.json_schema is None else json.dumps(self.json_schema, sort_keys=True)
-        return (self.max_new_tokens, schema, self.fit_to_context)
+        return (self.max_new_tokens, schema, self.fit_to_context, self.pattern)
 
 
 def job_generation(

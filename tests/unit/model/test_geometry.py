@@ -75,7 +75,9 @@ def _canvas(processor: Any, image: Image.Image, frame: Frame) -> np.ndarray:
     tiles = values[1:]  # the first is the whole image, squashed: not the grid
     side = tiles.shape[-1]
     columns, rows = int(frame.canvas[0]) // side, int(frame.canvas[1]) // side
-    grid = [np.concatenate(list(tiles[r * columns : (r + 1) * columns]), axis=2) for r in range(rows)]
+    grid = [
+        np.concatenate(list(tiles[r * columns : (r + 1) * columns]), axis=2) for r in range(rows)
+    ]
     return np.concatenate(grid, axis=1)
 
 
@@ -167,9 +169,11 @@ def test_an_exif_rotated_image_maps_to_its_upright_pixels(orientation: int) -> N
     upright_size, box = (420, 260), (50, 30, 300, 200)
     upright = _drawn(upright_size, box)
     stored = upright.transpose(
-        {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}[
-            orientation
-        ]
+        {
+            6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270,
+            3: Image.Transpose.ROTATE_180,
+        }[orientation]
     )
     decoded = decode_image(_jpeg(stored, orientation))
     assert decoded.size == upright_size and decoded.info[SOURCE_SIZE] == upright_size
@@ -198,7 +202,9 @@ def test_torchvision_crops_round_where_numpy_rounds_down() -> None:
     """transformers' torchvision ``center_crop`` takes ``int(round((h - ch) / 2))``, the numpy
     one ``(h - ch) // 2``: for an odd difference they differ by a pixel."""
     floor = frame_of(Preprocessing(size=(339, 339), crop=(336, 336)), (339, 339))
-    nearest = frame_of(Preprocessing(size=(339, 339), crop=(336, 336), crop_rounding="round"), (339, 339))
+    nearest = frame_of(
+        Preprocessing(size=(339, 339), crop=(336, 336), crop_rounding="round"), (339, 339)
+    )
     assert floor.origin == (-1.0, -1.0) and nearest.origin == (-2.0, -2.0)
 
 
@@ -221,7 +227,8 @@ def test_the_tiny_checkpoints_processors_are_read_as_their_frames(
 
 def test_an_unknown_processor_is_not_guessed() -> None:
     class Odd:
-        size = {"longest_edge": 500}
-        do_resize = True
+        def __init__(self) -> None:
+            self.size = {"longest_edge": 500}
+            self.do_resize = True
 
     assert preprocessing_of(Odd()) is None
