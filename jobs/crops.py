@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Item
 from jobs.errors import RequestError
+from jobs.kinds import get_kind
 from jobs.paging import items_after
 from jobs.queries import find_job, iter_sources
 from jobs.sidecars import SUFFIX, SidecarNames, common_roots, sidecar_path
@@ -66,10 +67,10 @@ def write_crops(
     from model.images import decode_image
 
     job = find_job(session, job_id)
-    if job.kind != "locate":
+    if not get_kind(job.kind).finds_boxes:
         raise RequestError(
             f"--crops cuts the boxes of a locate job out of its images; {job_id} is a "
-            f"{job.kind} job.",
+            f"{job.kind} job, which finds none.",
             code="invalid_option",
         )
     root = Path(directory)

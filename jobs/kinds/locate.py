@@ -103,6 +103,7 @@ class Locate(KindDefaults[LocateParams]):
     name: ClassVar[str] = "locate"
     params_type = LocateParams
     one_text: ClassVar[bool] = False  # one box per expression
+    finds_boxes: ClassVar[bool] = True
 
     cli: ClassVar[KindCommands] = KindCommands(
         word="locate",
