@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 import torch
 from PIL import Image
 
@@ -50,15 +51,31 @@ def _reference(engine: TransformersEngine, image: Image.Image, prompt: str, n: i
     return str(processor.tokenizer.decode(new, skip_special_tokens=True)).strip()
 
 
+def _count_encoded_images(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    seen: list[int] = []
+    base: Any = engine._model.base_model
+    original = base.get_image_features
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        seen.append(int(kwargs["pixel_values"].shape[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base, "get_image_features", counting)
+    return seen
+
+
 def test_boxes_located_in_a_batch_equal_each_located_alone_through_transformers(
-    tiny_engine: TransformersEngine,
+    tiny_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     photo, label = _image(1, (120, 90)), _image(2, (64, 200))
     requests = [GenerationRequest(photo, TEMPLATE.ask(e)) for e in EXPRESSIONS] + [
         GenerationRequest(label, TEMPLATE.ask(e)) for e in EXPRESSIONS[:2]
     ]
     budget = TEMPLATE.max_chars + 1
+    encoded = _count_encoded_images(tiny_engine, monkeypatch)
     batched = tiny_engine.generate(requests, max_new_tokens=budget, pattern=TEMPLATE.pattern)
+    assert encoded == [2]  # two images, six expressions: each image encoded once
+    monkeypatch.undo()  # transformers' own generate inspects the real method's signature
     expected = [_reference(tiny_engine, r.image, r.prompt, budget) for r in requests]  # type: ignore[arg-type]
     assert [r.text for r in batched] == expected
     # Random weights answer much the same box for every input; the constraint is what makes
