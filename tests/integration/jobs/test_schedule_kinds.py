@@ -1,7 +1,8 @@
-"""Schedules of every kind (caption, extract, ask, locate) over an S3 prefix or a local folder, on SQLite
-and PostgreSQL: each firing takes only what is new or changed, a local folder's files are stored
-as ``submit`` stores them, one job per due time however many schedulers race, and a request that
-``submit`` refuses is refused at ``schedule add`` with the same code, nothing written."""
+"""Schedules of every kind (caption, extract, ask, locate) over an S3 prefix or a local folder,
+on SQLite and PostgreSQL: each firing takes only what is new or changed, a local folder's files
+are stored as ``submit`` stores them, one job per due time however many schedulers race, and a
+request that ``submit`` refuses is refused at ``schedule add`` with the same code, nothing
+written."""
 
 from __future__ import annotations
 
