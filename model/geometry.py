@@ -56,16 +56,17 @@ class Preprocessing:
     ``pad_to_square``: pad first (LLaVA-1.5). ``shortest_edge`` or ``size``: the resize, its
     shortest edge to a length (the other edge ``int(length * long / short)``, as transformers
     computes it) or to a fixed width and height. ``crop``: the centre crop's width and height,
-    its offset rounded down (``floor``: the numpy/PIL processors) or to nearest (``round``:
-    torchvision's ``center_crop``). ``pinpoints``: LLaVA-NeXT's grid resolutions, each
-    ``(width, height)``: when present, the frame is the best of them.
+    its offset ``(length - crop) // 2``; on an image smaller than the crop the two backends
+    centre it differently: numpy/PIL (``crop_backend`` ``numpy``) rounds the padding before
+    it up, torchvision's ``center_crop`` (``torchvision``) down. ``pinpoints``: LLaVA-NeXT's
+    grid resolutions, each ``(width, height)``: when present, the frame is the best of them.
     """
 
     pad_to_square: bool = False
     shortest_edge: int | None = None
     size: Size | None = None
     crop: Size | None = None
-    crop_rounding: str = "floor"
+    crop_backend: str = "numpy"
     pinpoints: tuple[Size, ...] = ()
 
 
@@ -144,8 +145,8 @@ def frame_of(prep: Preprocessing, fed: Size) -> Frame:
         scale = (scale[0] * fx, scale[1] * fy)
         current = (float(target[0]), float(target[1]))
     if prep.crop is not None:
-        cut_x = _crop_offset(int(current[0]), prep.crop[0], prep.crop_rounding)
-        cut_y = _crop_offset(int(current[1]), prep.crop[1], prep.crop_rounding)
+        cut_x = _crop_offset(int(current[0]), prep.crop[0], prep.crop_backend)
+        cut_y = _crop_offset(int(current[1]), prep.crop[1], prep.crop_backend)
         origin = (origin[0] - cut_x, origin[1] - cut_y)
         current = (float(prep.crop[0]), float(prep.crop[1]))
         if not prep.pad_to_square:
@@ -162,12 +163,15 @@ def _resized(prep: Preprocessing, size: Size) -> Size | None:
     return prep.size
 
 
-def _crop_offset(length: int, crop: int, rounding: str) -> float:
+def _crop_offset(length: int, crop: int, backend: str) -> float:
     """How far the crop's first pixel lies into the resized image (negative: the crop is the
-    larger, and the image lies inside it)."""
-    if rounding == "round":  # torchvision pads a small image by (crop - length) // 2 first
-        return float(round((length - crop) / 2.0)) if length >= crop else -((crop - length) // 2)
-    return float((length - crop) // 2)  # numpy: the same floor either way (image_transforms)
+    larger, and the image lies inside it). transformers' numpy ``center_crop`` pads a small
+    image by ``ceil((crop - length) / 2)`` before it, which ``(length - crop) // 2`` gives too;
+    its torchvision one pads ``(crop - length) // 2`` before, and crops ``int(d / 2.0)``
+    (``d`` >= 0: the same floor) otherwise."""
+    if backend == "torchvision" and length < crop:
+        return float(-((crop - length) // 2))
+    return float((length - crop) // 2)
 
 
 def _anyres(pinpoints: Sequence[Size], fed: Size) -> Frame:
@@ -224,10 +228,12 @@ def preprocessing_of(processor: Any) -> Preprocessing | None:
         if not (crop.get("height") and crop.get("width")):
             return None
         cut = (int(crop["width"]), int(crop["height"]))
-    # transformers' torchvision processors crop with round(); the PIL/numpy ones round down.
-    rounding = "floor" if name.endswith("Pil") or "pil" in type(processor).__module__ else "round"
+    # transformers' PIL processors crop with numpy; the others with torchvision.
+    backend = (
+        "numpy" if name.endswith("Pil") or "pil" in type(processor).__module__ else "torchvision"
+    )
     return Preprocessing(
-        pad_to_square=pad, shortest_edge=shortest, size=fixed, crop=cut, crop_rounding=rounding
+        pad_to_square=pad, shortest_edge=shortest, size=fixed, crop=cut, crop_backend=backend
     )
 
 

@@ -38,10 +38,10 @@ GREY = (128, 128, 128)
 RED = (255, 0, 0)
 
 
-def _clip(**kw: Any) -> Any:
+def _clip(size: dict[str, int] | None = None) -> Any:
     return CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-        image_mean=MEAN, image_std=STD, **kw,
+        size=size or {"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+        image_mean=MEAN, image_std=STD,
     )  # fmt: skip
 
 
@@ -101,6 +101,14 @@ CASES = [
     pytest.param(_padding, (210, 380), (20, 100, 150, 370), PAD, id="pad-tall"),
     pytest.param(_clip, (500, 300), (150, 30, 350, 260), CROP, id="crop-wide"),
     pytest.param(_clip, (301, 517), (40, 130, 260, 400), CROP, id="crop-tall-odd"),
+    # A crop larger than the resized short side: the image lies inside it, padded around.
+    pytest.param(
+        lambda: _clip(size={"shortest_edge": 301}),
+        (401, 251),
+        (100, 20, 320, 240),
+        CROP,
+        id="crop-larger-than-the-image",
+    ),
     pytest.param(_anyres, (700, 300), (100, 50, 600, 280), ANYRES, id="anyres-wide"),
     pytest.param(_anyres, (350, 333), (10, 10, 300, 320), ANYRES, id="anyres-square"),
     pytest.param(_anyres, (300, 900), (50, 120, 250, 880), ANYRES, id="anyres-tall"),
@@ -198,14 +206,21 @@ def test_a_jpeg_decoded_at_a_reduced_scale_maps_to_the_full_size_pixels() -> Non
     assert to_source(predicted, frame, size).pixels == box
 
 
-def test_torchvision_crops_round_where_numpy_rounds_down() -> None:
-    """transformers' torchvision ``center_crop`` takes ``int(round((h - ch) / 2))``, the numpy
-    one ``(h - ch) // 2``: for an odd difference they differ by a pixel."""
-    floor = frame_of(Preprocessing(size=(339, 339), crop=(336, 336)), (339, 339))
-    nearest = frame_of(
-        Preprocessing(size=(339, 339), crop=(336, 336), crop_rounding="round"), (339, 339)
+def test_a_crop_larger_than_the_image_centres_it_as_each_backend_does() -> None:
+    """Cutting 336 from 339 both backends start at row 1 (``(339 - 336) // 2``, and
+    torchvision's ``int(3 / 2.0)``). On a 333-row image numpy pads ``ceil(3 / 2)`` = 2 rows
+    above it, torchvision ``3 // 2`` = 1 (transformers' ``center_crop`` of each; torchvision is
+    not installed here, so its arithmetic is what its source says)."""
+    for backend in ("numpy", "torchvision"):
+        cut = frame_of(
+            Preprocessing(size=(339, 339), crop=(336, 336), crop_backend=backend), (339, 339)
+        )
+        assert cut.origin == (-1.0, -1.0)
+    numpy = frame_of(Preprocessing(size=(333, 333), crop=(336, 336)), (333, 333))
+    torchvision = frame_of(
+        Preprocessing(size=(333, 333), crop=(336, 336), crop_backend="torchvision"), (333, 333)
     )
-    assert floor.origin == (-1.0, -1.0) and nearest.origin == (-2.0, -2.0)
+    assert numpy.origin == (2.0, 2.0) and torchvision.origin == (1.0, 1.0)
 
 
 def test_the_tiny_checkpoints_processors_are_read_as_their_frames(
