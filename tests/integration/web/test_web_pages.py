@@ -319,3 +319,31 @@ def test_the_item_page_tells_how_it_ran_and_an_edit_must_fit_the_schema(
     assert detail is not None
     assert (detail.edited_json, detail.result_json) == ({"total": 13}, {"total": 12.5})
     assert detail.decision == "approved" and detail.reviewer == "ada"
+
+
+def test_answers_show_as_question_and_answer(
+    session_factory: SessionFactory, client: TestClient
+) -> None:
+    answers = [
+        {"question": "What brand <b>is</b> it?", "answer": "Acme"},
+        {"question": "Is there text?", "answer": None, "error_code": "output_truncated"},
+    ]
+    with session_factory.begin() as session:
+        job = Job(kind="ask", status="completed", params={}, model="m")
+        session.add(job)
+        session.flush()
+        session.add(
+            Item(
+                job_id=job.id,
+                seq=0,
+                source="p.png",
+                input_uri="file:///in/p.png",
+                status="succeeded",
+                result_json=answers,
+            )
+        )
+        job_id = job.id
+    grid = client.get(f"/jobs/{job_id}").text
+    assert "<dt>What brand &lt;b&gt;is&lt;/b&gt; it?</dt>" in grid
+    assert "<dd>Acme</dd>" in grid
+    assert '<dd class="failure">output_truncated </dd>' in grid
