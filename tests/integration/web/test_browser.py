@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,19 +79,11 @@ def browser() -> Iterator[WebDriver]:
     chrome.quit()
 
 
-@pytest.fixture
-def server(
-    db_url: str, session_factory: SessionFactory, tmp_path: Path, cli_env: dict[str, str]
-) -> Iterator[str]:
-    """``llava-batch serve`` on a free loopback port, over the test's (migrated) database and
-    store."""
+@contextmanager
+def _serving(env: dict[str, str], logs: Path) -> Iterator[str]:
+    """``llava-batch serve`` on a free loopback port; its base URL once it answers."""
     port = free_port()
-    env = {
-        **cli_env,
-        "LLAVA_BATCH_DATABASE_URL": db_url,
-        "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs"),
-    }
-    log = (tmp_path / "serve.log").open("w")
+    log = (logs / "serve.log").open("w")
     process = subprocess.Popen(
         [CLI, "serve", "--port", str(port), "--reviewer", REVIEWER],
         env=env,
@@ -107,12 +100,32 @@ def server(
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError((tmp_path / "serve.log").read_text()) from None
+                raise AssertionError((logs / "serve.log").read_text()) from None
             time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _env(cli_env: dict[str, str], db_url: str, tmp_path: Path, **more: str) -> dict[str, str]:
+    return {
+        **cli_env,
+        "LLAVA_BATCH_DATABASE_URL": db_url,
+        "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs"),
+        **more,
+    }
+
+
+@pytest.fixture
+def server(
+    db_url: str, session_factory: SessionFactory, tmp_path: Path, cli_env: dict[str, str]
+) -> Iterator[str]:
+    """``serve`` over the test's (migrated) database and store."""
+    with _serving(_env(cli_env, db_url, tmp_path), tmp_path) as base:
+        yield base
 
 
 def _ran_nothing(browser: WebDriver) -> None:
@@ -214,11 +227,7 @@ def test_review_a_job_by_keyboard_in_a_real_browser(
     # export: the page's link and `llava-batch results` give the same rows, the rows reviewed
     with urllib.request.urlopen(f"{server}/jobs/{job.job_id}/export", timeout=30) as response:
         exported = response.read().decode()
-    env = {
-        **cli_env,
-        "LLAVA_BATCH_DATABASE_URL": db_url,
-        "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs"),
-    }
+    env = _env(cli_env, db_url, tmp_path)
     cli = subprocess.run(
         [CLI, "results", job.job_id], env=env, capture_output=True, text=True, timeout=120
     )
@@ -231,3 +240,35 @@ def test_review_a_job_by_keyboard_in_a_real_browser(
         assert (line["status"], line["error_code"]) == (row.status, row.error_code)
         assert line["custom_id"] == row.custom_id
         assert line["result"] == row.result_text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_with_a_token_the_page_asks_for_it_once(
+    browser: WebDriver,
+    db_url: str,
+    session_factory: SessionFactory,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+) -> None:
+    token = "correct-horse-battery-staple"
+    env = _env(cli_env, db_url, tmp_path, LLAVA_BATCH_SERVE_TOKEN=token)
+    with _serving(env, tmp_path) as base:
+        browser.get(base + "/")
+        browser.delete_all_cookies()  # another test's server, on another port, set some
+        browser.get(base + "/")
+        assert browser.current_url == base + "/login"
+        _keys(browser, "a guess" + Keys.ENTER)
+        assert "That is not the token." in browser.find_element(By.ID, "error").text
+        _keys(browser, token + Keys.ENTER)
+        assert browser.current_url == base + "/"
+        assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs"
+        browser.get(base + "/fleet")  # asked once: the cookie keeps the session
+        assert browser.current_url == base + "/fleet"
+        session = browser.get_cookie("llava_batch_session")
+        assert session is not None and token not in session["value"]
+        assert (session["httpOnly"], session["secure"], session["sameSite"]) == (
+            True,
+            True,
+            "Strict",
+        )
+        assert browser.execute_script("return document.cookie") == ""  # no script reads them

@@ -6,12 +6,12 @@ token's login and cookie."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from jobs.db import Item, Job, SessionFactory, utcnow
@@ -44,9 +44,19 @@ def test_the_jobs_page_shows_progress_and_refreshes_while_a_job_runs(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
 ) -> None:
     job_id = _half_done(session_factory, blobs, tmp_path)
+    deadline = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
+    with session_factory.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(expires_at=deadline, retain_seconds=30 * 86400, priority=7)
+        )
     page = client.get("/").text
     row = page[page.index(f'id="job-{job_id}"') :].split("</tr>")[0]
     assert '<progress max="4" value="2">' in row
+    assert "<td>2031-05-04 03:02:01 UTC</td>" in row  # its completion window's deadline
+    assert "<td>30d after it ends</td>" in row  # its retention
+    assert "<td>7</td>" in row  # its priority
     assert "2 / 4 · queued 2 · succeeded 2" in row
     assert "/s</td>" in row  # its rate
     assert 'http-equiv="refresh"' in page
