@@ -61,6 +61,7 @@ def test_the_jobs_page_shows_progress_and_refreshes_while_a_job_runs(
     assert "/s</td>" in row  # its rate
     assert 'http-equiv="refresh"' in page
     assert f'action="/jobs/{job_id}/cancel"' in row
+    assert "/retry" not in row  # nothing failed or expired to retry
 
 
 def test_cancel_and_retry_say_what_the_cli_says(
@@ -104,6 +105,9 @@ def test_retry_requeues_what_the_cli_requeues(
             for c, code in zip(claimed, codes, strict=True)
         ],
     )
+    page = client.get("/").text
+    row = page[page.index(f'id="job-{job_id}"') :].split("</tr>")[0]
+    assert f'action="/jobs/{job_id}/retry"' in row
     post(client, f"/jobs/{job_id}/retry")
     assert _flash(client.get("/").text) == [
         f"job {job_id}: 1 failed or expired item(s) re-queued "
