@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, utcnow
+from jobs.db import Item, Job, Review, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.paging import ItemRecord, items_after
@@ -221,15 +221,32 @@ def iter_items(
     *,
     statuses: Collection[str] | None = None,
     chunk: int = 1000,
+    reviews: bool = False,
+    reviewed: str | None = None,
 ) -> Iterator[ItemRecord]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
     one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
-    never sits in memory, nor in the session."""
+    never sits in memory, nor in the session. ``reviews``/``reviewed``: with each item's
+    review, and only items so reviewed (``jobs.paging.items_after``)."""
     after: int | None = -1
     while after is not None:
-        page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
+        page = items_after(
+            session,
+            job_id,
+            after,
+            limit=chunk,
+            statuses=statuses,
+            reviews=reviews,
+            reviewed=reviewed,
+        )
         yield from page.items
         after = page.next_after
+
+
+def has_reviews(session: Session, job_id: str) -> bool:
+    """Whether anyone reviewed an item of the job (an export of one nobody did needs no join)."""
+    found = select(Review.item_id).where(Review.job_id == job_id).limit(1)
+    return session.execute(found).first() is not None
 
 
 def iter_sources(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[str]:
@@ -269,6 +286,20 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
         "finish_reason": item.finish_reason,
         "usage": item_usage(item),
         "model": item.model,  # what produced it (None: no worker claimed it yet)
+    }
+
+
+def review_fields(item: ItemRecord) -> dict[str, Any]:
+    """What ``results`` shows of an item's review (``jobs.review``): its ``decision``
+    (approved, rejected, or None: unreviewed), the ``edited`` result (JSON or text, as
+    ``result``; None: not edited), ``reviewer`` and ``reviewed_at``. A row read without the
+    reviews' join (a job nobody reviewed) has none of them: all None."""
+    edited_json = getattr(item, "edited_json", None)
+    return {
+        "decision": getattr(item, "decision", None),
+        "edited": edited_json if edited_json is not None else getattr(item, "edited_text", None),
+        "reviewer": getattr(item, "reviewer", None),
+        "reviewed_at": _iso(getattr(item, "reviewed_at", None)),
     }
 
 

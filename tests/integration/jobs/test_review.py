@@ -6,11 +6,13 @@ reviews that go with their job."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory, utcnow
 from jobs.errors import ItemNotFoundError, JobNotFoundError, RequestError
 from jobs.lifecycle import delete_step, mark_deleting
@@ -322,3 +324,37 @@ def test_a_text_edit_is_text_and_an_ask_edit_a_list(session_factory: SessionFact
     (row,) = list_items(session_factory, caption, ItemFilter()).rows
     edit(session_factory, row.item_id, '{"not": "json to a caption"}', "ann")
     assert _row(session_factory, caption, 0).edited_text == '{"not": "json to a caption"}'
+
+
+def test_an_edited_failed_extraction_is_a_success_in_the_openai_export_with_edits(
+    session_factory: SessionFactory, tmp_path: Path
+) -> None:
+    """The point of editing a schema-invalid output: the corrected JSON goes out as the answer
+    (``results --format openai --use-edits``); without the option the failure goes out as it
+    was."""
+    job_id = _job(
+        session_factory,
+        [
+            {"status": "failed", "error_code": "output_invalid", "result_text": '{"total": "x"}'},
+            {"result_json": {"total": 3}, "result_text": '{"total": 3}'},
+        ],
+        kind="extract",
+    )
+    rows = list_items(session_factory, job_id, ItemFilter()).rows
+    edit(session_factory, rows[0].item_id, '{"total": 7}', "ann")
+
+    def export(**options: Any) -> list[dict[str, Any]]:
+        out = tmp_path / "out.jsonl"
+        with session_factory() as session:
+            write_results(session, job_id, ResultFormat.openai, str(out), **options)
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+    plain = export()
+    assert plain[0]["response"]["status_code"] == 500  # output_invalid, as the model left it
+    fixed = export(use_edits=True)
+    assert fixed[0]["response"]["status_code"] == 200
+    content = fixed[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"total": 7}
+    assert fixed[1] == plain[1]  # not edited: unchanged
+    only = export(use_edits=True, reviewed="approved")
+    assert [line["custom_id"] for line in only] == [rows[0].item_id]
