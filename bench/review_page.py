@@ -11,6 +11,9 @@ codes, one rare), one in three with a JSON result too, one in ten reviewed. Each
 call (its queries: the page, the probes for the neighbouring pages, the counts). With
 ``--no-analyze`` the tables have no statistics, as just after a big job was written.
 
+Then ``results`` (jsonl, to a file) of the job with its reviews (one LEFT JOIN per page), and
+again with none (no join), and last a bulk approval of the unreviewed view.
+
 Target (issue 23): p95 ≤ 300 ms server time for a page of 100, rendering included: the data
 layer should take a small part of it.
 """
@@ -21,6 +24,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from jobs.cli.views import ResultFormat, write_results
 from jobs.db import make_engine, make_session_factory, utcnow
 from jobs.migrate import upgrade_database
 from jobs.review import ItemFilter, decide_filtered, error_codes, list_items
@@ -148,6 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{label:28} {p50:8.1f} {p95:8.1f} {page.shown:7,} {len(page.rows)}")
         p50, p95, _ = timed(lambda: error_codes(sf, job_id), args.runs)
         print(f"{'error_codes (chips)':28} {p50:8.1f} {p95:8.1f}")
+        export_seconds = {}
+        for label in ("reviewed (10%): one LEFT JOIN per page", "no reviews: no join"):
+            if label.startswith("no reviews"):
+                with engine.begin() as conn:
+                    conn.execute(text("DELETE FROM reviews"))
+            with tempfile.TemporaryDirectory() as folder, sf() as session:
+                started = time.perf_counter()
+                write_results(session, job_id, ResultFormat.jsonl, f"{folder}/r.jsonl")
+                export_seconds[label] = time.perf_counter() - started
+        for label, took in export_seconds.items():
+            print(f"results jsonl, {label}: {took:.2f} s ({args.items / took:,.0f} items/s)")
         started = time.perf_counter()
         changed = decide_filtered(sf, job_id, ItemFilter(review="unreviewed"), "approved", "b")
         took = (time.perf_counter() - started) * 1000

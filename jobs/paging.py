@@ -67,6 +67,21 @@ class ItemRecord(Protocol):
     def finished_at(self) -> datetime | None: ...
 
 
+class ReviewedRecord(ItemRecord, Protocol):
+    """An item read with its review (``REVIEW_COLUMNS``; None where there is none)."""
+
+    @property
+    def decision(self) -> str | None: ...
+    @property
+    def edited_text(self) -> str | None: ...
+    @property
+    def edited_json(self) -> Any | None: ...
+    @property
+    def reviewer(self) -> str | None: ...
+    @property
+    def reviewed_at(self) -> datetime | None: ...
+
+
 RECORD_COLUMNS = (
     Item.id,
     Item.seq,

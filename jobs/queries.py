@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, Review, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
-from jobs.paging import ItemRecord, items_after
+from jobs.paging import ItemRecord, ReviewedRecord, items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 
@@ -289,17 +289,25 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
     }
 
 
-def review_fields(item: ItemRecord) -> dict[str, Any]:
+# The review fields of an item nobody reviewed (an export of a job read without the join).
+NO_REVIEW: dict[str, Any] = {
+    "decision": None,
+    "edited": None,
+    "reviewer": None,
+    "reviewed_at": None,
+}
+
+
+def review_fields(item: ReviewedRecord) -> dict[str, Any]:
     """What ``results`` shows of an item's review (``jobs.review``): its ``decision``
     (approved, rejected, or None: unreviewed), the ``edited`` result (JSON or text, as
-    ``result``; None: not edited), ``reviewer`` and ``reviewed_at``. A row read without the
-    reviews' join (a job nobody reviewed) has none of them: all None."""
-    edited_json = getattr(item, "edited_json", None)
+    ``result``; None: not edited), ``reviewer`` and ``reviewed_at``. ``item`` was read with
+    its review (``jobs.paging.REVIEW_COLUMNS``); one read without has ``NO_REVIEW``."""
     return {
-        "decision": getattr(item, "decision", None),
-        "edited": edited_json if edited_json is not None else getattr(item, "edited_text", None),
-        "reviewer": getattr(item, "reviewer", None),
-        "reviewed_at": _iso(getattr(item, "reviewed_at", None)),
+        "decision": item.decision,
+        "edited": item.edited_json if item.edited_json is not None else item.edited_text,
+        "reviewer": item.reviewer,
+        "reviewed_at": _iso(item.reviewed_at),
     }
 
 

@@ -361,7 +361,8 @@ def write_results(
             model=model,
             errors=error_stream,
             reviews=True,
-            use_edits=use_edits,
+            joined=joined,
+            use_edits=use_edits and joined,  # nobody reviewed: there is no edit to use
         )
         items = iter_items(
             session, job_id, statuses=statuses, chunk=chunk, reviews=joined, reviewed=reviewed
