@@ -28,6 +28,7 @@ from jobs.review import (
     item_detail,
     list_items,
 )
+from tests.interleaving import Interleaving
 
 SCHEMA = {
     "type": "object",
@@ -358,3 +359,49 @@ def test_an_edited_failed_extraction_is_a_success_in_the_openai_export_with_edit
     assert fixed[1] == plain[1]  # not edited: unchanged
     only = export(use_edits=True, reviewed="approved")
     assert [line["custom_id"] for line in only] == [rows[0].item_id]
+
+
+def test_two_reviewers_deciding_one_item_at_once_never_collide(
+    session_factory: SessionFactory,
+) -> None:
+    """Both check the item, then write: the upsert takes the second insert of a row as an
+    update (no unique violation), and the later write wins."""
+    job_id = _job(session_factory, _mixed(2))
+    item_id = _row(session_factory, job_id, 0).item_id
+    first, second = Interleaving("review:checked").run(
+        lambda: decide(session_factory, [item_id], "approved", "ann"),
+        lambda: decide(session_factory, [item_id], "rejected", "bob"),
+    )
+    assert (first, second) == (1, 1)
+    row = _row(session_factory, job_id, 0)
+    assert (row.decision, row.reviewer) == ("approved", "ann")
+
+
+@pytest.mark.parametrize("how", ["decide", "edit"])
+def test_a_review_of_an_item_deleted_meanwhile_says_it_is_gone(
+    session_factory: SessionFactory, how: str
+) -> None:
+    """The job is deleted between the review's check of its item and its write: the reviewer
+    gets item_not_found, not a database error, and nothing is left behind."""
+    job_id = _job(session_factory, _mixed(3))
+    item_id = _row(session_factory, job_id, 1).item_id
+
+    def review() -> None:
+        if how == "decide":
+            decide(session_factory, [item_id], "approved", "ann")
+        else:
+            edit(session_factory, item_id, "A barn.", "ann")
+
+    def delete_job() -> None:
+        mark_deleting(session_factory, [job_id])
+        while True:
+            step = delete_step(session_factory, job_id, batch=2, queue_inputs=queue_inputs_of)
+            assert step is not None
+            if step.job_gone:
+                return
+
+    with pytest.raises(ItemNotFoundError, match="deleted"):
+        Interleaving("review:checked", window=10).run(review, delete_job)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+        assert session.get(Job, job_id) is None  # the deletion went through meanwhile
