@@ -19,6 +19,7 @@ from jobs.review.types import (
     Page,
     PageResult,
     ReviewRow,
+    ReviewState,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "Page",
     "PageResult",
     "ReviewRow",
+    "ReviewState",
     "clear",
     "decide",
     "decide_filtered",

@@ -6,15 +6,18 @@ collide on the insert (the later one wins)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import String, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, Review, SessionFactory, UTCDateTime, among, utcnow
 from jobs.errors import ItemNotFoundError, RequestError
+from jobs.hooks import reached
 from jobs.review.filters import conditions, joined, live_job
 from jobs.review.types import (
     APPROVED,
@@ -38,7 +41,7 @@ def decide(
     wanted = list(dict.fromkeys(item_ids))
     now = utcnow()
     changed = 0
-    with session_factory.begin() as session:
+    with _items_may_go(), session_factory.begin() as session:
         for start in range(0, len(wanted), CHUNK):
             ids = wanted[start : start + CHUNK]
             found = {
@@ -62,6 +65,7 @@ def decide(
                 }
                 for i in ids
             ]
+            reached("review:checked")
             changed += _upsert_decisions(session, rows)
     return changed
 
@@ -75,7 +79,7 @@ def decide_filtered(
     _check_decision(decision)
     _check_reviewer(reviewer)
     flt = flt.checked()
-    with session_factory.begin() as session:
+    with _items_may_go(), session_factory.begin() as session:
         live_job(session, job_id)
         chosen = joined(
             Item.id,
@@ -118,9 +122,10 @@ def edit(
         raise RequestError(
             f"An edit has at most {MAX_EDIT_CHARS:,} characters.", code="review_edit_invalid"
         )
-    with session_factory.begin() as session:
+    with _items_may_go(), session_factory.begin() as session:
         item, job = _live_item(session, item_id)
         text, obj = _parse_edit(job, item, edited)
+        reached("review:checked")
         values: dict[str, Any] = {
             "item_id": item.id,
             "job_id": job.id,
@@ -182,6 +187,18 @@ def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | No
             code="review_edit_invalid",
         )
     return None, obj
+
+
+@contextmanager
+def _items_may_go() -> Iterator[None]:
+    """An item checked a moment ago may be deleted (its job's deletion) before its review is
+    written: the foreign key refuses the write, and the reviewer is told it is gone."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise ItemNotFoundError(
+            "The item was deleted (its job is being deleted): nothing was changed."
+        ) from exc
 
 
 def _live_item(session: Session, item_id: str) -> tuple[Item, Job]:

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from jobs.errors import RequestError
 from jobs.states import ItemStatus
 
-APPROVED = "approved"
-REJECTED = "rejected"
-UNREVIEWED = "unreviewed"
+
+class ReviewState(StrEnum):
+    """Where an item stands in review (``results --reviewed``, the page's review filter)."""
+
+    approved = "approved"
+    rejected = "rejected"
+    unreviewed = "unreviewed"
+
+
+APPROVED = ReviewState.approved.value
+REJECTED = ReviewState.rejected.value
+UNREVIEWED = ReviewState.unreviewed.value
 DECISIONS = (APPROVED, REJECTED)
 REVIEW_STATES = (APPROVED, REJECTED, UNREVIEWED)
 

@@ -6,11 +6,13 @@ reviews that go with their job."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory, utcnow
 from jobs.errors import ItemNotFoundError, JobNotFoundError, RequestError
 from jobs.lifecycle import delete_step, mark_deleting
@@ -26,6 +28,7 @@ from jobs.review import (
     item_detail,
     list_items,
 )
+from tests.interleaving import Interleaving
 
 SCHEMA = {
     "type": "object",
@@ -322,3 +325,83 @@ def test_a_text_edit_is_text_and_an_ask_edit_a_list(session_factory: SessionFact
     (row,) = list_items(session_factory, caption, ItemFilter()).rows
     edit(session_factory, row.item_id, '{"not": "json to a caption"}', "ann")
     assert _row(session_factory, caption, 0).edited_text == '{"not": "json to a caption"}'
+
+
+def test_an_edited_failed_extraction_is_a_success_in_the_openai_export_with_edits(
+    session_factory: SessionFactory, tmp_path: Path
+) -> None:
+    """The point of editing a schema-invalid output: the corrected JSON goes out as the answer
+    (``results --format openai --use-edits``); without the option the failure goes out as it
+    was."""
+    job_id = _job(
+        session_factory,
+        [
+            {"status": "failed", "error_code": "output_invalid", "result_text": '{"total": "x"}'},
+            {"result_json": {"total": 3}, "result_text": '{"total": 3}'},
+        ],
+        kind="extract",
+    )
+    rows = list_items(session_factory, job_id, ItemFilter()).rows
+    edit(session_factory, rows[0].item_id, '{"total": 7}', "ann")
+
+    def export(**options: Any) -> list[dict[str, Any]]:
+        out = tmp_path / "out.jsonl"
+        with session_factory() as session:
+            write_results(session, job_id, ResultFormat.openai, str(out), **options)
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+    plain = export()
+    assert plain[0]["response"]["status_code"] == 500  # output_invalid, as the model left it
+    fixed = export(use_edits=True)
+    assert fixed[0]["response"]["status_code"] == 200
+    content = fixed[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"total": 7}
+    assert fixed[1] == plain[1]  # not edited: unchanged
+    only = export(use_edits=True, reviewed="approved")
+    assert [line["custom_id"] for line in only] == [rows[0].item_id]
+
+
+def test_two_reviewers_deciding_one_item_at_once_never_collide(
+    session_factory: SessionFactory,
+) -> None:
+    """Both check the item, then write: the upsert takes the second insert of a row as an
+    update (no unique violation), and the later write wins."""
+    job_id = _job(session_factory, _mixed(2))
+    item_id = _row(session_factory, job_id, 0).item_id
+    first, second = Interleaving("review:checked").run(
+        lambda: decide(session_factory, [item_id], "approved", "ann"),
+        lambda: decide(session_factory, [item_id], "rejected", "bob"),
+    )
+    assert (first, second) == (1, 1)
+    row = _row(session_factory, job_id, 0)
+    assert (row.decision, row.reviewer) == ("approved", "ann")
+
+
+@pytest.mark.parametrize("how", ["decide", "edit"])
+def test_a_review_of_an_item_deleted_meanwhile_says_it_is_gone(
+    session_factory: SessionFactory, how: str
+) -> None:
+    """The job is deleted between the review's check of its item and its write: the reviewer
+    gets item_not_found, not a database error, and nothing is left behind."""
+    job_id = _job(session_factory, _mixed(3))
+    item_id = _row(session_factory, job_id, 1).item_id
+
+    def review() -> None:
+        if how == "decide":
+            decide(session_factory, [item_id], "approved", "ann")
+        else:
+            edit(session_factory, item_id, "A barn.", "ann")
+
+    def delete_job() -> None:
+        mark_deleting(session_factory, [job_id])
+        while True:
+            step = delete_step(session_factory, job_id, batch=2, queue_inputs=queue_inputs_of)
+            assert step is not None
+            if step.job_gone:
+                return
+
+    with pytest.raises(ItemNotFoundError, match="deleted"):
+        Interleaving("review:checked", window=10).run(review, delete_job)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Review)) == 0
+        assert session.get(Job, job_id) is None  # the deletion went through meanwhile
