@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,13 +48,17 @@ class Receiver:
     redirect: str | None = None
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    reply: str | None = None  # the body of every answer (default: "answer N: CODE")
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
 @contextmanager
-def receiver(*answers: int, redirect: str | None = None) -> Iterator[Receiver]:
+def receiver(
+    *answers: int, redirect: str | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    """``tls``: serve https with this server context."""
     state = Receiver(list(answers), redirect)
     verify = documented_verify()
 
@@ -62,7 +68,7 @@ def receiver(*answers: int, redirect: str | None = None) -> Iterator[Receiver]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             state.received.append(Received(self.path, headers, body, verify(SECRET, headers, body)))
             code = state.answers.pop(0) if state.answers else 200
-            reply = f"answer {len(state.received)}: {code}".encode()
+            reply = (state.reply or f"answer {len(state.received)}: {code}").encode()
             self.send_response(code)
             if state.redirect is not None:
                 self.send_header("location", state.redirect)
@@ -74,6 +80,8 @@ def receiver(*answers: int, redirect: str | None = None) -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -82,3 +90,56 @@ def receiver(*answers: int, redirect: str | None = None) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def tls_contexts(directory: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for ``name`` from a test CA, and a client context
+    that trusts that CA (and verifies host names, as the default one does)."""
+    from datetime import datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def issue(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        named = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(named)
+            .issuer_name(issuer or named)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("llava-batch test CA", ca_key, None, ca_key, True)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = issue(name, leaf_key, ca.subject, ca_key, False)
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (directory / "leaf.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
+    client = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    return server, client

@@ -66,19 +66,19 @@ def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise UnresolvableHostError(
-            f"The --notify host {host!r} does not resolve ({exc})."
-        ) from None
+        raise UnresolvableHostError(f"The host {host!r} does not resolve ({exc}).") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def check_url(url: str, policy: UrlPolicy, *, resolver: Resolver = resolve) -> Target:
+def check_url(
+    url: str, policy: UrlPolicy, *, resolver: Resolver = resolve, what: str = "--notify"
+) -> Target:
     """``url`` if the policy allows it, with the addresses it was checked at; RequestError
-    (``invalid_notify_url``, ``notify_url_not_allowed``) with one sentence if not."""
+    (``invalid_notify_url``, ``notify_url_not_allowed``) with one sentence if not, naming the
+    URL as ``what`` (the option or setting it came from)."""
     if len(url) > MAX_URL_CHARS or not url.isprintable() or any(c.isspace() for c in url):
         raise RequestError(
-            f"--notify must be a URL of at most {MAX_URL_CHARS} printable characters without "
-            "spaces.",
+            f"{what} must be a URL of at most {MAX_URL_CHARS} printable characters without spaces.",
             code=INVALID_NOTIFY_URL,
         )
     try:
@@ -86,33 +86,33 @@ def check_url(url: str, policy: UrlPolicy, *, resolver: Resolver = resolve) -> T
         port = parts.port
     except ValueError as exc:
         raise RequestError(
-            f"--notify {url!r} is not a URL ({exc}).", code=INVALID_NOTIFY_URL
+            f"{what} {url!r} is not a URL ({exc}).", code=INVALID_NOTIFY_URL
         ) from None
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     if scheme not in ("https", "http") or not host:
-        raise RequestError(f"--notify {url!r} is not an https:// URL.", code=INVALID_NOTIFY_URL)
+        raise RequestError(f"{what} {url!r} is not an https:// URL.", code=INVALID_NOTIFY_URL)
     if parts.username is not None or parts.password is not None:
         raise RequestError(
-            "--notify must not carry a user or password: receivers verify the signature "
+            f"{what} must not carry a user or password: receivers verify the signature "
             "instead (docs/webhooks.md).",
             code=INVALID_NOTIFY_URL,
         )
     if scheme == "http" and host not in policy.http_hosts:
         raise RequestError(
-            f"--notify {url!r} is plain http: use https, or name the host in "
+            f"{what} {url!r} is plain http: use https, or name the host in "
             "LLAVA_BATCH_WEBHOOK_ALLOW_HTTP_HOSTS.",
             code=NOTIFY_URL_NOT_ALLOWED,
         )
     port = port or (443 if scheme == "https" else 80)
     addresses = resolver(host, port)
     if not addresses:
-        raise UnresolvableHostError(f"The --notify host {host!r} resolves to no address.")
+        raise UnresolvableHostError(f"The host {host!r} resolves to no address.")
     for address in addresses:
         refused = refusal(address, policy)
         if refused is not None:
             shown = host if host == address else f"{host} ({address})"
             raise RequestError(
-                f"--notify {shown} is a {refused} address: webhooks go to public addresses "
+                f"{what} {shown} is a {refused} address: webhooks go to public addresses "
                 "only, unless LLAVA_BATCH_WEBHOOK_ALLOW_NETWORKS includes it.",
                 code=NOTIFY_URL_NOT_ALLOWED,
             )

@@ -57,7 +57,8 @@ def notify_url_of(
     url = given if given is not None else settings.notify_url
     if url is None or (given is None and not url.strip()):
         return None
-    check_url(url, policy_of(settings), **({"resolver": resolver} if resolver else {}))
+    what = "--notify" if given is not None else "LLAVA_BATCH_NOTIFY_URL"
+    check_url(url, policy_of(settings), what=what, **({"resolver": resolver} if resolver else {}))
     if settings.webhook_secret is None:
         raise RequestError(
             "--notify needs LLAVA_BATCH_WEBHOOK_SECRET (whsec_…): webhooks are always signed "
@@ -79,14 +80,17 @@ def webhook_handler(
     timeout: float,
     resolver: Resolver | None = None,
     clock: Callable[[], float] = time.time,
+    tls: ssl.SSLContext | None = None,
 ) -> Handler:
+    """``resolver``, ``tls``: the system's own unless given (tests give theirs)."""
     key = None if secret is None else webhook_key(secret)
+    resolving: dict[str, Resolver] = {} if resolver is None else {"resolver": resolver}
 
     def send(task: DeliveryTask) -> Attempt:
         if key is None:  # this sweeper lacks the secret; one that has it may deliver
             return Attempt(ok=False, detail="LLAVA_BATCH_WEBHOOK_SECRET is not set: not sent")
         try:
-            target = check_url(task.target, policy, **({"resolver": resolver} if resolver else {}))
+            target = check_url(task.target, policy, what="The webhook URL", **resolving)
         except UnresolvableHostError as exc:  # DNS may answer next time
             return Attempt(ok=False, detail=exc.message)
         except RequestError as exc:  # the policy refuses it: no later try will differ
@@ -96,7 +100,7 @@ def webhook_handler(
             return Attempt(ok=False, detail="the job was deleted", retry=False)
         body = json.dumps(event, separators=(",", ":")).encode()
         signed = headers(key, task.id, int(clock()), body)
-        return post(target, body, signed, timeout=timeout)
+        return post(target, body, signed, timeout=timeout, tls=tls)
 
     return send
 
@@ -113,7 +117,14 @@ def event_of(session_factory: SessionFactory, task: DeliveryTask) -> dict[str, A
     return {"type": f"batch.{task.job_status}", "timestamp": _iso(task.created_at), "data": data}
 
 
-def post(target: Target, body: bytes, signed: dict[str, str], *, timeout: float) -> Attempt:
+def post(
+    target: Target,
+    body: bytes,
+    signed: dict[str, str],
+    *,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+) -> Attempt:
     """One POST to the first of the checked addresses that accepts a connection."""
     request_headers = {
         **signed,
@@ -122,12 +133,13 @@ def post(target: Target, body: bytes, signed: dict[str, str], *, timeout: float)
     }
     problem = "no address"
     for address in target.addresses:
-        connection = _connection(target, address, timeout)
+        connection = _connection(target, address, timeout, tls)
         try:
             connection.request("POST", target.path, body=body, headers=request_headers)
             response = connection.getresponse()
-            excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace").strip()
-            return _answered(response.status, response.getheader("location"), excerpt)
+            excerpt = _printable(response.read(EXCERPT_BYTES).decode("utf-8", "replace"))
+            location = _printable(response.getheader("location") or "")
+            return _answered(response.status, location, excerpt)
         except (OSError, http.client.HTTPException) as exc:
             problem = f"{address}: {type(exc).__name__}: {exc}".strip().rstrip(":")
             if isinstance(exc, TimeoutError):
@@ -137,7 +149,13 @@ def post(target: Target, body: bytes, signed: dict[str, str], *, timeout: float)
     return Attempt(ok=False, detail=problem)
 
 
-def _answered(status: int, location: str | None, excerpt: str) -> Attempt:
+def _printable(text: str) -> str:
+    """A receiver's words as they may be shown on a terminal: no control characters (an
+    escape sequence in an answer must not reach ``notifications``' reader as one)."""
+    return "".join(c if c.isprintable() else " " for c in text).strip()
+
+
+def _answered(status: int, location: str, excerpt: str) -> Attempt:
     detail = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
     if 200 <= status < 300:
         return Attempt(ok=True, status_code=status, detail=detail)
@@ -146,14 +164,15 @@ def _answered(status: int, location: str | None, excerpt: str) -> Attempt:
     return Attempt(ok=False, status_code=status, detail=detail, retry=status != 410)
 
 
-def _connection(target: Target, address: str, timeout: float) -> http.client.HTTPConnection:
+def _connection(
+    target: Target, address: str, timeout: float, tls: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
     """A connection to ``address`` that speaks to ``target.host``: TLS is verified for the
     host name, and no second lookup can take it elsewhere."""
     connection: http.client.HTTPConnection
     if target.scheme == "https":
-        context = ssl.create_default_context()
         connection = http.client.HTTPSConnection(
-            target.host, target.port, timeout=timeout, context=context
+            target.host, target.port, timeout=timeout, context=tls or ssl.create_default_context()
         )
     else:
         connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)

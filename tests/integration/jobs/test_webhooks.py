@@ -22,7 +22,7 @@ from jobs.maintenance import run_maintenance
 from jobs.settings import Settings
 from storage import Blobs
 from tests.helpers import ListPublisher, caption_outcome, submit_captions
-from tests.receiver import SECRET, receiver
+from tests.receiver import SECRET, receiver, tls_contexts
 
 ALLOW_LOCAL = UrlPolicy.of(["127.0.0.1", "hooks.test"], ["127.0.0.0/8"])
 
@@ -222,3 +222,47 @@ def test_a_sweeper_without_the_secret_sends_nothing_unsigned(
     with sf() as session:
         details = session.scalars(select(DeliveryAttempt.detail).order_by(DeliveryAttempt.id))
         assert next(iter(details)) == "LLAVA_BATCH_WEBHOOK_SECRET is not set: not sent"
+
+
+def test_https_is_verified_for_the_host_name_while_connecting_to_the_checked_address(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The connection goes to the address the check resolved (127.0.0.1), and TLS still checks
+    the certificate against the URL's host name: one for another name is a failed try."""
+    sf = session_factory
+    server_tls, client_tls = tls_contexts(tmp_path / "tls", "hooks.test")
+
+    def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    send = webhook_handler(
+        sf, secret=SECRET, policy=ALLOW_LOCAL, timeout=5, resolver=resolver, tls=client_tls
+    )
+    with receiver(tls=server_tls) as hook:
+        good = _ended_job(sf, blobs, tmp_path / "a", f"https://hooks.test:{hook.port}/h")
+        other = _ended_job(sf, blobs, tmp_path / "b", f"https://other.test:{hook.port}/h")
+        assert deliver_due(sf, {"webhook": send}, among=[good]) == 1
+        assert deliver_due(sf, {"webhook": send}, among=[other]) == 0
+        (sent,) = hook.received
+    assert sent.verified and sent.event["data"]["id"] == good
+    row = _the_delivery(sf, other)
+    assert row["status"] == "pending"
+    assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"], row["last_error"]
+
+
+def test_a_receivers_answer_is_kept_without_control_characters(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """What notifications prints comes from the receiver: no escape sequence reaches a terminal."""
+    from tests.receiver import Receiver
+
+    sf = session_factory
+    send = webhook_handler(sf, secret=SECRET, policy=ALLOW_LOCAL, timeout=5)
+    with receiver(500) as hook:
+        assert isinstance(hook, Receiver)
+        hook.reply = "\x1b[2J\x1b]0;owned\x07 sorry"
+        job_id = _ended_job(sf, blobs, tmp_path, hook.url())
+        deliver_due(sf, {"webhook": send})
+    detail = _the_delivery(sf, job_id)["tries"][0]["detail"]
+    assert "\x1b" not in detail and "\x07" not in detail
+    assert detail.startswith("HTTP 500: ") and detail.endswith("sorry")
