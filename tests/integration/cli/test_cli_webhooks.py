@@ -106,6 +106,7 @@ def test_a_job_end_is_posted_signed_and_retried_by_sweeps_until_delivered(
     shown = _ok(run_cli("notifications", job_id, env=db_env))
     assert f"webhook {hook.url()} (batch.cancelled, id {done['id']}): delivered, 3 tries" in shown
     assert "HTTP 500: answer 1: 500" in shown and "HTTP 200: answer 3: 200" in shown
+    assert_one_line_error(run_cli("notifications", "nosuchjob", env=db_env), 3, "[job_not_found]")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +151,7 @@ def test_a_webhook_without_a_secret_is_refused_and_so_is_a_bad_secret(
     assert "hunter2" not in bad.stderr
 
 
-def test_schedule_add_notify_gives_every_job_it_fires_the_url(
+def test_schedule_add_notify_and_the_default_url_give_jobs_their_url(
     run_cli: RunCli, db_env: dict[str, str], tmp_path: Path
 ) -> None:
     write_images(tmp_path / "shots", 2)
@@ -168,6 +169,15 @@ def test_schedule_add_notify_gives_every_job_it_fires_the_url(
     (sent,) = hook.received
     assert sent.verified and sent.path == "/shots"
     assert (sent.event["data"]["id"], sent.event["data"]["name"]) == (job_id, "shots")
+    # The deployment's default: a submit that names no --notify tells LLAVA_BATCH_NOTIFY_URL.
+    with receiver() as default:
+        env = {**db_env, "LLAVA_BATCH_NOTIFY_URL": default.url("/default")}
+        plain = _ok(run_cli("submit", "caption", str(tmp_path / "shots"), env=env))
+        _ok(run_cli("cancel", plain.splitlines()[-1], env=db_env))
+        _sweep(run_cli, db_env)
+    (by_default,) = default.received
+    assert by_default.verified and by_default.path == "/default"
+    assert by_default.event["data"]["id"] == plain.splitlines()[-1]
     refused = run_cli(
         "schedule", "add", "bad", "caption", str(tmp_path / "shots"), "--every", "1h",
         "--notify", "https://10.1.1.1/h", env=db_env,
