@@ -56,9 +56,13 @@ class Receiver:
 
 @contextmanager
 def receiver(
-    *answers: int, redirect: str | None = None, tls: ssl.SSLContext | None = None
+    *answers: int,
+    redirect: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[Receiver]:
-    """``tls``: serve https with this server context."""
+    """``tls``: serve https with this server context; ``host``: the loopback address to serve
+    on."""
     state = Receiver(list(answers), redirect)
     verify = documented_verify()
 
@@ -79,7 +83,7 @@ def receiver(
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]

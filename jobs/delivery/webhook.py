@@ -61,7 +61,7 @@ def notify_url_of(
     check_url(url, policy_of(settings), what=what, **({"resolver": resolver} if resolver else {}))
     if settings.webhook_secret is None:
         raise RequestError(
-            "--notify needs LLAVA_BATCH_WEBHOOK_SECRET (whsec_…): webhooks are always signed "
+            f"{what} needs LLAVA_BATCH_WEBHOOK_SECRET (whsec_…): webhooks are always signed "
             "(docs/webhooks.md).",
             code=WEBHOOK_SECRET_MISSING,
         )
@@ -125,7 +125,8 @@ def post(
     timeout: float,
     tls: ssl.SSLContext | None = None,
 ) -> Attempt:
-    """One POST to the first of the checked addresses that accepts a connection."""
+    """One POST to the first of the checked addresses that accepts a connection. Once one has,
+    its failure ends the try: the next address would be a second copy, not a fallback."""
     request_headers = {
         **signed,
         "content-type": "application/json",
@@ -135,18 +136,27 @@ def post(
     for address in target.addresses:
         connection = _connection(target, address, timeout, tls)
         try:
+            try:
+                connection.connect()
+            except OSError as exc:
+                problem = _failure(address, exc, timeout)
+                continue
             connection.request("POST", target.path, body=body, headers=request_headers)
             response = connection.getresponse()
             excerpt = _printable(response.read(EXCERPT_BYTES).decode("utf-8", "replace"))
             location = _printable(response.getheader("location") or "")
             return _answered(response.status, location, excerpt)
         except (OSError, http.client.HTTPException) as exc:
-            problem = f"{address}: {type(exc).__name__}: {exc}".strip().rstrip(":")
-            if isinstance(exc, TimeoutError):
-                problem = f"{address}: no answer within {timeout:g}s"
+            return Attempt(ok=False, detail=_failure(address, exc, timeout))
         finally:
             connection.close()
     return Attempt(ok=False, detail=problem)
+
+
+def _failure(address: str, exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"{address}: no answer within {timeout:g}s"
+    return f"{address}: {type(exc).__name__}: {exc}".strip().rstrip(":")
 
 
 def _printable(text: str) -> str:

@@ -266,3 +266,36 @@ def test_a_receivers_answer_is_kept_without_control_characters(
     detail = _the_delivery(sf, job_id)["tries"][0]["detail"]
     assert "\x1b" not in detail and "\x07" not in detail
     assert detail.startswith("HTTP 500: ") and detail.endswith("sorry")
+
+
+def test_the_next_address_is_tried_only_when_one_refuses_the_connection(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A host of several addresses: one that refuses the connection passes the try to the
+    next; one that took the request and did not answer ends it, since the next would get a
+    second copy of the same try."""
+    sf = session_factory
+    order: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        return list(order)
+
+    send = webhook_handler(sf, secret=SECRET, policy=ALLOW_LOCAL, timeout=0.5, resolver=resolver)
+    with receiver(host="127.0.0.2") as hook:
+        url = f"http://hooks.test:{hook.port}/h"
+        order[:] = ["127.0.0.3", "127.0.0.2"]  # nothing listens on the first
+        fell_through = _ended_job(sf, blobs, tmp_path / "a", url)
+        assert deliver_due(sf, {"webhook": send}, among=[fell_through]) == 1
+        assert len(hook.received) == 1
+
+        silent = socket.socket()
+        silent.bind(("127.0.0.3", hook.port))
+        silent.listen(8)  # takes the connection and never answers
+        try:
+            order[:] = ["127.0.0.3", "127.0.0.2"]
+            timed_out = _ended_job(sf, blobs, tmp_path / "b", url)
+            assert deliver_due(sf, {"webhook": send}, among=[timed_out]) == 0
+        finally:
+            silent.close()
+        assert len(hook.received) == 1  # no second copy to the next address
+    assert _the_delivery(sf, timed_out)["last_error"] == "127.0.0.3: no answer within 0.5s"
