@@ -217,22 +217,19 @@ def export(request: Request) -> Response:
 
 
 def _export_lines(session_factory: SessionFactory, job_id: str) -> Iterator[str]:
-    """The rows of ``results --format jsonl``, by the same writer, a thousand at a time."""
+    """The lines of ``results JOB`` (jsonl, with the reviews), by the same export, a thousand
+    items at a time."""
     from jobs.db import Job
-    from jobs.exports import ResultFormat, open_result_writer
-    from jobs.kinds import get_kind
-    from jobs.queries import iter_items
+    from jobs.exports import ResultFormat, open_job_export
 
     with session_factory() as session:
         job = session.get(Job, job_id)
         if job is None:
             return
         buffer = io.StringIO()
-        writer = open_result_writer(
-            ResultFormat.jsonl, buffer, kind=get_kind(job.kind), model=job.model
-        )
-        for count, item in enumerate(iter_items(session, job_id), 1):
-            writer.write(item)
+        export = open_job_export(session, job, ResultFormat.jsonl, buffer)
+        for count, item in enumerate(export.items, 1):
+            export.writer.write(item)
             if count % 1000 == 0:
                 yield buffer.getvalue()
                 buffer.seek(0)

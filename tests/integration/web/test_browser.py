@@ -239,7 +239,11 @@ def test_review_a_job_by_keyboard_in_a_real_browser(
     for line, row in zip(lines, rows, strict=True):
         assert (line["status"], line["error_code"]) == (row.status, row.error_code)
         assert line["custom_id"] == row.custom_id
-        assert line["result"] == row.result_text
+        assert line["result"] == row.result_text  # the model's own, edited or not
+        assert (line["decision"], line["reviewer"]) == (row.decision, row.reviewer)
+        assert line["edited"] == row.edited_text
+    assert sum(line["decision"] is not None for line in lines) == 11  # 10 by keys, 1 edited
+    assert [line["edited"] for line in lines if line["edited"]] == ["a corrected caption"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -257,10 +261,17 @@ def test_with_a_token_the_page_asks_for_it_once(
         browser.delete_all_cookies()  # another test's server, on another port, set some
         browser.get(base + "/")
         assert browser.current_url == base + "/login"
-        _keys(browser, "a guess" + Keys.ENTER)
-        assert "That is not the token." in browser.find_element(By.ID, "error").text
-        _keys(browser, token + Keys.ENTER)
-        assert browser.current_url == base + "/"
+        wait = WebDriverWait(browser, 20, ignored_exceptions=(NoSuchElementException,))
+
+        def sign_in(given: str) -> None:
+            field = browser.find_element(By.NAME, "token")
+            field.clear()
+            field.send_keys(given + Keys.ENTER)
+
+        sign_in("a guess")
+        wait.until(lambda b: "That is not the token." in b.find_element(By.ID, "error").text)
+        sign_in(token)
+        wait.until(lambda b: b.current_url == base + "/")
         assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs"
         browser.get(base + "/fleet")  # asked once: the cookie keeps the session
         assert browser.current_url == base + "/fleet"
