@@ -246,24 +246,16 @@ def full_image(request: Request) -> Response:
 
 
 def _picture(request: Request, *, side: int, cached: bool) -> Response:
-    """An item's input (page ``page`` of a PDF), re-encoded as a JPEG; a placeholder for one
-    that cannot be shown, its reason in ``X-Picture-Problem``."""
-    from jobs.db import Item
+    """An item's input (``input`` N of a request of several images; page ``page`` of a PDF),
+    re-encoded as a JPEG; a placeholder for one that cannot be shown, its reason in
+    ``X-Picture-Problem``. Only ever an input of the item named: no URI comes from the
+    request."""
     from storage.errors import StorageError
 
     deps = deps_of(request)
-    try:
-        page = int(request.query_params.get("page", "1"))
-    except ValueError:
-        raise HTTPException(400, "page is a page number.") from None
-    if page < 1:
-        raise HTTPException(400, "page is a page number.")
-    with deps.session_factory() as session:
-        item = session.get(Item, request.path_params["item_id"])
-        if item is None:
-            missing = request.path_params["item_id"]
-            raise ItemNotFoundError(f"No item {missing}.")
-        uri, key = item.input_uri, item.input_sha256 or item.id
+    page = _number(request.query_params.get("page", "1"), "page")
+    which = _number(request.query_params.get("input", "1"), "input")
+    uri, key = _input_of(deps.session_factory, request.path_params["item_id"], which)
     picture = deps.thumbnails.get(key, page) if cached else None
     if picture is None:
         try:
@@ -282,6 +274,36 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
     if picture.problem is not None:
         headers["X-Picture-Problem"] = picture.problem
     return Response(picture.data, media_type="image/jpeg", headers=headers)
+
+
+def _number(text: str, name: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise HTTPException(400, f"{name} is a number from 1.")
+    return int(text)
+
+
+def _input_of(session_factory: SessionFactory, item_id: str, which: int) -> tuple[str, str]:
+    """The URI of the item's input ``which`` (1: its first, ``items.input_uri``; then its
+    ``item_inputs`` in order), and the key its thumbnails are cached under (the input's
+    sha256 when known: the same input in many jobs is rendered once)."""
+    from sqlalchemy import select
+
+    from jobs.db import Item, ItemInput
+
+    with session_factory() as session:
+        item = session.get(Item, item_id)
+        if item is None:
+            raise ItemNotFoundError(f"No item {item_id}.")
+        if which == 1:
+            return item.input_uri, item.input_sha256 or item.id
+        other = session.execute(
+            select(ItemInput.uri, ItemInput.sha256).where(
+                ItemInput.item_id == item_id, ItemInput.position == which - 1
+            )
+        ).first()
+    if other is None:
+        raise HTTPException(404, f"Item {item_id} has no input {which}.")
+    return other.uri, other.sha256 or f"{item_id}-{which}"
 
 
 def _local(value: Any) -> str | None:

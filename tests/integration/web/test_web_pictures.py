@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from jobs.db import SessionFactory
+from jobs.db import Item, ItemInput, SessionFactory
 from jobs.web.images import THUMB_SIDE, Budgets, picture_of
 from storage import Blobs
 from tests.helpers import image_bytes, submit_captions, write_pdf
@@ -134,4 +134,14 @@ def test_pictures_are_served_by_item_id_re_encoded_and_cached(
     assert reads == []  # judged once: the placeholder is cached too
 
     assert client.get("/items/no-such-item/thumb").status_code == 404
-    assert client.get(f"/items/{photo}/thumb?page=x").status_code == 400
+    for bad in ("page=x", "page=0", "input=-1"):
+        assert client.get(f"/items/{photo}/thumb?{bad}").status_code == 400, bad
+
+    # an OpenAI request's second image is the item's input 2
+    with session_factory.begin() as session:
+        bomb_row = session.get(Item, bomb)
+        assert bomb_row is not None
+        session.add(ItemInput(item_id=photo, position=1, uri=bomb_row.input_uri, sha256=None))
+    second = client.get(f"/items/{photo}/image?input=2")
+    assert second.headers["x-picture-problem"] == "image_too_large"
+    assert client.get(f"/items/{photo}/image?input=3").status_code == 404
