@@ -214,6 +214,14 @@ def test_review_a_job_by_keyboard_in_a_real_browser(
     assert "a corrected caption" in browser.find_element(By.CSS_SELECTOR, ".edited").text
     _ran_nothing(browser)
 
+    # the item pages of the markup-named file and of a hostile custom id run nothing either
+    browser.get(server + f"/items/{job.item_ids[2]}")
+    assert HOSTILE_FILE in browser.find_element(By.TAG_NAME, "h1").text
+    _ran_nothing(browser)
+    browser.get(server + f"/items/{job.item_ids[3]}")
+    assert browser.find_element(By.CSS_SELECTOR, ".custom-id").text == f"{SCRIPT}-3"
+    _ran_nothing(browser)
+
     # the page a screenshot shows: the job, its failures filtered, reviewed
     browser.get(server + f"/jobs/{job.job_id}?status=failed")
     _ran_nothing(browser)
