@@ -21,7 +21,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Select,
+    Executable,
     Table,
     Update,
     any_,
@@ -31,12 +31,22 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, ItemPage, Job, SessionFactory, among, new_id, utcnow
+from jobs.db import (
+    REUSABLE_PREDICATE,
+    Item,
+    ItemPage,
+    Job,
+    SessionFactory,
+    among,
+    new_id,
+    utcnow,
+)
 from jobs.fleet import Serving
 from jobs.lifecycle.common import ClaimedItem, is_postgres
 from jobs.states import ItemStatus, JobStatus
@@ -87,30 +97,25 @@ def reuse_results(
 
 
 @cache
-def _sources(postgres: bool) -> Select[Any]:
+def _sources(postgres: bool) -> Executable:
     """One source per key (the lowest id among equals: any will do, all were run alike), with
     what is copied of it. The conditions of the partial index ix_items_reuse_key are repeated
-    with the state as a literal, so the planner can prove the index applies (a bound state
-    would not, in a prepared statement's generic plan). Built once per database, as the
+    word for word, the state as a literal, so the planner can prove the index applies (a bound
+    state would not, in a prepared statement's generic plan). Built once per database, as the
     claim's statements are (jobs.lifecycle.claims)."""
+    if not postgres:
+        return _SQLITE_SOURCES
     items: Table = Item.__table__  # type: ignore[assignment]
     jobs: Table = Job.__table__  # type: ignore[assignment]
     candidate = items.alias("candidate")
     c = candidate.c
-    # As ``jobs.db.among``: one array parameter on PostgreSQL, a list on SQLite.
-    wanted = (
-        c.reuse_key == any_(bindparam("r_keys", type_=ARRAY(c.reuse_key.type)))
-        if postgres
-        else c.reuse_key.in_(bindparam("r_keys", expanding=True))
-    )
     picked = (
         select(func.min(c.id))
         .join(jobs, jobs.c.id == c.job_id)
         .where(
-            wanted,
-            c.reuse_key.is_not(None),
-            c.status == literal_column(f"'{ItemStatus.succeeded.value}'"),
-            c.reused_from.is_(None),
+            # As ``jobs.db.among``: one array parameter, whatever the batch's size.
+            c.reuse_key == any_(bindparam("r_keys", type_=ARRAY(c.reuse_key.type))),
+            text(" AND ".join(f"candidate.{term}" for term in REUSABLE_PREDICATE.split(" AND "))),
             c.model == bindparam("r_model", type_=c.model.type),
             c.model_revision == bindparam("r_revision", type_=c.model_revision.type),
             c.quantization == bindparam("r_quantization", type_=c.quantization.type),
@@ -119,13 +124,37 @@ def _sources(postgres: bool) -> Select[Any]:
         .group_by(c.reuse_key)
     )
     i = items.c
-    return select(
-        i.id,
-        i.reuse_key,
-        i.result_text,
-        i.result_json,
-        i.finish_reason,
-    ).where(i.id.in_(picked))
+    return select(i.id, i.reuse_key, i.result_text, i.result_json, i.finish_reason).where(
+        i.id.in_(picked)
+    )
+
+
+# SQLite, without statistics unless someone ran ANALYZE, would read the candidates through the
+# state's index (status = 'succeeded': most of a big table) rather than the selective partial
+# one; named with INDEXED BY, the index is used or the statement fails, never a walk through
+# every result. SQLAlchemy renders no such hint for SQLite, hence the text.
+_SQLITE_SOURCES = (
+    text(
+        "SELECT items.id, items.reuse_key, items.result_text, items.result_json, "
+        "items.finish_reason FROM items WHERE items.id IN ("
+        "SELECT min(candidate.id) FROM items AS candidate INDEXED BY ix_items_reuse_key "
+        "JOIN jobs ON jobs.id = candidate.job_id "
+        "WHERE candidate.reuse_key IN :r_keys AND "
+        + " AND ".join(f"candidate.{term}" for term in REUSABLE_PREDICATE.split(" AND "))
+        + " AND candidate.model = :r_model AND candidate.model_revision = :r_revision "
+        "AND candidate.quantization = :r_quantization "
+        f"AND jobs.status != '{JobStatus.deleting.value}' "
+        "GROUP BY candidate.reuse_key)"
+    )
+    .bindparams(bindparam("r_keys", expanding=True))
+    .columns(
+        Item.__table__.c.id,
+        Item.__table__.c.reuse_key,
+        Item.__table__.c.result_text,
+        Item.__table__.c.result_json,
+        Item.__table__.c.finish_reason,
+    )
+)
 
 
 def _write(session: Session, copies: list[tuple[ClaimedItem, Any]], now: datetime) -> set[str]:

@@ -13,17 +13,26 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import event, select, text
 
-from jobs.db import Item, Job, SessionFactory
-from jobs.lifecycle import mark_deleting
+from jobs.db import Item, ItemPage, Job, SessionFactory, utcnow
+from jobs.lifecycle import claim_items, mark_deleting
 from jobs.queries import read_progress
 from jobs.states import ItemStatus, JobStatus
+from jobs.submit.openai_reader import BatchFormat
 from jobs.submit.request import SubmitRequest
 from model.engine import Engine, EngineSpec
 from storage import Blobs
-from tests.helpers import image_bytes, make_resources, write_images
+from tests.helpers import (
+    INVOICE_SCHEMA,
+    image_bytes,
+    make_resources,
+    submit_captions,
+    write_images,
+    write_pdf,
+)
 from workers.local import run_job_locally
+from workers.pipeline import reuse_earlier_results
 from workers.resources import WorkerResources
 
 MODEL = "tiny-llava"
@@ -200,3 +209,173 @@ def test_a_job_being_deleted_is_no_source(
     mark_deleting(session_factory, [first_id])
     _, items, cost = _run(session_factory, blobs, tiny, [str(tmp_path / "c")], reuse=True)
     assert cost[0] > 0 and all(i.reused_from is None for i in items.values())
+
+
+def _openai_job(
+    sf: SessionFactory, blobs: Blobs, engine: Engine, folder: Path, bodies: dict[str, Any]
+) -> tuple[dict[str, Item], tuple[float, float]]:
+    """Runs an OpenAI-Batch file of ``bodies`` by custom_id, with --reuse; returns its items by
+    custom_id and the model work it cost."""
+    lines = [
+        {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for cid, body in bodies.items()
+    ]
+    batch = folder / f"requests-{len(list(folder.glob('*.jsonl')))}.jsonl"
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    request = SubmitRequest.of(
+        "chat", [str(batch)], MODEL, input_format=BatchFormat.auto, reuse=True
+    )
+    before = _generated()
+    result = run_job_locally(request, _worker(sf, blobs, engine), max_prompt_chars=4000)
+    after = _generated()
+    with sf() as session:
+        items = session.scalars(select(Item).where(Item.job_id == result.job_id)).all()
+    assert all(item.status == ItemStatus.succeeded for item in items)
+    return {i.custom_id or "": i for i in items}, (after[0] - before[0], after[1] - before[1])
+
+
+def _body(image: str, **given: Any) -> dict[str, Any]:
+    content = [
+        {"type": "text", "text": "Describe the product."},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_completion_tokens": 6,
+        **given,
+    }
+
+
+def test_openai_requests_reuse_greedy_and_seeded_answers_only(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """Greedy decoding and a seeded draw give the same text for the same request in any batch,
+    so they are reused; a draw without a seed is a new one each run, and is never passed off
+    as one; a changed sampling setting, stop or token budget is another request."""
+    write_images(tmp_path / "photos", 1)
+    image = "photos/img000.png"
+    seeded = {"temperature": 1.3, "seed": 99}
+    asked = {
+        "greedy": _body(image),
+        "seeded": _body(image, **seeded),
+        "unseeded": _body(image, temperature=1.3),
+    }
+    first, _ = _openai_job(session_factory, blobs, tiny, tmp_path, asked)
+    assert first["unseeded"].reuse_key is None
+
+    changed = {
+        "hotter": _body(image, temperature=1.5, seed=99),
+        "stopped": _body(image, stop=["zzz"]),
+        "longer": _body(image, max_completion_tokens=7),
+    }
+    second, cost = _openai_job(session_factory, blobs, tiny, tmp_path, {**asked, **changed})
+    assert second["greedy"].reused_from == first["greedy"].id
+    assert second["seeded"].reused_from == first["seeded"].id
+    assert second["seeded"].result_text == first["seeded"].result_text
+    ran = {"unseeded", *changed}
+    assert {cid for cid, item in second.items() if item.reused_from is None} == ran
+    assert cost[1] == sum(second[cid].completion_tokens or 0 for cid in ran)
+
+
+def test_a_document_reuses_its_page_results_too(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    write_pdf(tmp_path / "invoice.pdf", 2)
+    ask = {"schema": INVOICE_SCHEMA, "pages": "all", "max_new_tokens": 400}
+
+    def extract(**given: Any) -> tuple[Item, list[ItemPage], tuple[float, float]]:
+        request = SubmitRequest.of(
+            "extract", [str(tmp_path / "invoice.pdf")], MODEL, **ask, **given
+        )
+        before = _generated()
+        result = run_job_locally(
+            request, _worker(session_factory, blobs, tiny), max_prompt_chars=4000
+        )
+        after = _generated()
+        with session_factory() as session:
+            item = session.scalars(select(Item).where(Item.job_id == result.job_id)).one()
+            pages = session.scalars(
+                select(ItemPage).where(ItemPage.item_id == item.id).order_by(ItemPage.page_number)
+            ).all()
+        assert item.status == ItemStatus.succeeded, item.error_message
+        return item, list(pages), (after[0] - before[0], after[1] - before[1])
+
+    first, first_pages, _ = extract()
+    again, pages, cost = extract(reuse=True)
+    assert cost == (0, 0) and again.reused_from == first.id
+    assert again.result_json == first.result_json and again.result_text == first.result_text
+    assert [(p.page_number, p.result_json, p.result_text) for p in pages] == [
+        (p.page_number, p.result_json, p.result_text) for p in first_pages
+    ]
+    assert len(pages) == 2 and all(p.tokens_out is None for p in pages)
+
+
+def test_the_lookup_is_one_indexed_read_per_batch_and_nothing_without_reuse(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """The hot path: a batch of a job that asked for reuse costs one read (through the partial
+    index ix_items_reuse_key, among many results of the same model) and one write; any other
+    job's batch costs nothing more than before."""
+    write_images(tmp_path / "c", 8)
+    first_id, _, _ = _run(session_factory, blobs, tiny, [str(tmp_path / "c")], max_new_tokens=8)
+    res = _worker(session_factory, blobs, tiny)
+    engine = session_factory.kw["bind"]
+    postgres = engine.dialect.name == "postgresql"
+    _many_results(session_factory, first_id, tiny.revision, postgres=postgres)
+
+    sent: list[tuple[str, Any]] = []
+
+    def note(_c: object, _cur: object, statement: str, params: Any, *_: object) -> None:
+        sent.append((statement, params))
+
+    for reuse, expected in ((False, []), (True, ["SELECT", "UPDATE"])):
+        _, ids = submit_captions(
+            session_factory, blobs, tmp_path, n=8, model=MODEL, reuse=reuse, batch_size=8
+        )
+        claimed = claim_items(
+            session_factory, ids, worker="w", lease_seconds=60, serving=res.serving
+        )
+        sent.clear()
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            reused = reuse_earlier_results(claimed, res)
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+        assert [s.split(None, 1)[0].upper() for s, _ in sent] == expected
+        assert len(reused) == (8 if reuse else 0)
+
+    lookup, params = sent[0]
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + lookup, params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    finally:
+        raw.rollback()
+        raw.close()
+    assert "ix_items_reuse_key" in plan, plan
+
+
+def _many_results(sf: SessionFactory, job_id: str, revision: str | None, *, postgres: bool) -> None:
+    """20,000 more succeeded results of the same model in ``job_id``, and fresh statistics
+    (PostgreSQL's, which then knows most items are succeeded: SQLite has none unless asked)."""
+    numbers = (
+        "SELECT g AS n FROM generate_series(1, 20000) AS g"
+        if postgres
+        else "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) "
+        "SELECT n FROM s"
+    )
+    with sf.begin() as session:
+        session.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at, reuse_key, model, model_revision, quantization) "
+                "SELECT 'many-' || n, :job, 1000 + n, 's', 'u', 'succeeded', 1, 0, "
+                ":now, 'k-' || n, :model, :revision, 'none' FROM (" + numbers + ") AS numbers"
+            ),
+            {"job": job_id, "now": utcnow(), "model": MODEL, "revision": revision},
+        )
+    if postgres:
+        with sf.begin() as session:
+            session.execute(text("ANALYZE items"))
