@@ -159,6 +159,11 @@ class Job(Base):
     retained_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # A job being deleted (status "deleting") keeps its stored inputs when this is set.
     keep_inputs: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # What the job's end sends (jobs.delivery): a signed webhook to notify_url, its results
+    # written to output_uri in output_format. Queued in the transaction that ends the job.
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    output_uri: Mapped[str | None] = mapped_column(Text)
+    output_format: Mapped[str | None] = mapped_column(String(16))
 
 
 class Item(Base):
@@ -320,6 +325,11 @@ class Schedule(Base):
     retain_seconds: Mapped[int | None] = mapped_column(Integer)
     # Where the pruning of the schedule's history goes on from (the last key it looked at).
     history_cursor: Mapped[str | None] = mapped_column(Text)
+    # Given to every job the schedule fires (--notify, --output); output_uri may name
+    # {schedule}, {job} and {date}.
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    output_uri: Mapped[str | None] = mapped_column(Text)
+    output_format: Mapped[str | None] = mapped_column(String(16))
 
 
 class ScheduleObject(Base):
@@ -353,6 +363,51 @@ class BlobCandidate(Base):
     uri: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Delivery(Base):
+    """Something a job's end sends (jobs.delivery): written in the transaction that ends the
+    job, so it is never lost, then sent by a sweeper at least once, retried with backoff."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index(
+            "ix_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    what: Mapped[str] = mapped_column(String(16))  # "webhook" | "output"
+    target: Mapped[str] = mapped_column(Text)  # the URL, or where the results go
+    job_status: Mapped[str] = mapped_column(String(16))  # how the job ended
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | abandoned
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JsonType)  # what was written, or answered
+
+
+class DeliveryAttempt(Base):
+    """One try of a delivery: what ``llava-batch notifications JOB`` shows."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class SubmitInFlight(Base):

@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     purge_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # The time one sweeper pass spends deleting, at most; the rest waits for the next pass.
     purge_seconds_per_pass: Annotated[float, Field(gt=0, le=3600)] = 5
+    # The time one sweeper pass spends on deliveries (webhooks, results written), at most.
+    delivery_seconds_per_pass: Annotated[float, Field(gt=0, le=3600)] = 30
     # PostgreSQL: how long a statement waits for a row lock (then a retryable error), and how
     # long a session may sit idle inside a transaction (a paused client) before it is ended.
     db_lock_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.delivery.outbox import queue_deliveries
 from jobs.hooks import reached
 from jobs.lifecycle.common import UNFINISHED_JOB_STATES, in_state, is_postgres
 from jobs.states import ItemStatus, JobStatus
@@ -111,12 +112,12 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
             ),
             finished_at=now,
         )
-        .returning(Job.status, Job.retain_seconds)
+        .returning(Job.status, Job.retain_seconds, Job.notify_url, Job.output_uri)
         .execution_options(synchronize_session=False)
     ).first()
     if ended is None:
         return 0
-    status, retain_seconds = ended
+    status, retain_seconds, notify_url, output_uri = ended
     if retain_seconds is not None:  # its retention counts from now (jobs.retention)
         session.execute(
             update(Job)
@@ -124,6 +125,8 @@ def finalise_in_session(session: Session, job_id: str, *, now: datetime) -> int:
             .values(retained_until=now + timedelta(seconds=retain_seconds))
             .execution_options(synchronize_session=False)
         )
+    # In this transaction: a job never ends without what its end must send (jobs.delivery).
+    queue_deliveries(session, job_id, status, notify_url=notify_url, output_uri=output_uri, now=now)
     log.info("job finished job=%s status=%s", job_id, status)
     return 1
 
