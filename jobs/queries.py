@@ -275,6 +275,8 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
         "finish_reason": item.finish_reason,
         "usage": item_usage(item),
         "model": item.model,  # what produced it (None: no worker claimed it yet)
+        # A copy of that item's result (--reuse): the model did not run for this one.
+        "reused_from": item.reused_from,
     }
 
 

@@ -57,7 +57,9 @@ def test_a_catalogue_run_again_runs_only_its_new_photo(
     for source, row in first.items():
         assert second[source]["result"] == row["result"]
         assert second[source]["usage"] is None  # a copy: the model spent nothing on it
+        assert second[source]["reused_from"] == row["item_id"]
     assert second[str(new)]["usage"]["completion_tokens"] > 0
+    assert second[str(new)]["reused_from"] is None
 
     job_id = _latest_job(run_cli, db_env)
     status = _status(run_cli, db_env, job_id)
