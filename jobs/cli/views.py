@@ -165,7 +165,7 @@ def show_progress(progress: JobProgress, *, json_out: bool, console: Console = o
         )
     if progress.usage is not None and progress.usage.reused_items:
         console.print(
-            f"  reused: {progress.usage.reused_items} result(s) copied from earlier jobs, "
+            f"  reused: {progress.usage.reused_items} result(s) copied from earlier results, "
             "the model not run for them (no tokens counted)"
         )
     if progress.metadata:
