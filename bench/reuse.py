@@ -10,6 +10,12 @@ whole catalogue again twice, in one process and on one warm model: with ``--reus
 new ones run; the rest are copies), then without (every photo runs). Prints the seconds of
 each, the items the model ran for, and the speed-up of reuse. Each run is a new job over the
 same folder, as a user resubmitting it would make.
+
+    python bench/reuse.py --lookup-sources 1000000 [--url postgresql://…]
+
+measures the hot path instead: what copying a claimed batch of 8 costs (the lookup through
+``ix_items_reuse_key`` and the write, ``jobs.lifecycle.reuse.reuse_results``) among that many
+earlier results of the same model, in a throwaway PostgreSQL database (median and p90 ms).
 """
 
 from __future__ import annotations
@@ -86,6 +92,86 @@ def resources(home: Path, engine: Engine, args: argparse.Namespace) -> WorkerRes
     )
 
 
+def lookup_cost(url: str, sources: int, reps: int) -> None:
+    """Batches of 8 claimed and copied from among ``sources`` earlier results."""
+    import statistics
+    import uuid
+
+    import psycopg
+    from sqlalchemy import text
+
+    from jobs.db import make_engine, make_session_factory, new_id, utcnow
+    from jobs.fleet import Serving
+    from jobs.lifecycle import claim_items
+    from jobs.lifecycle.reuse import reuse_results
+    from jobs.migrate import upgrade_database
+
+    name = f"bench_reuse_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        db = make_engine(db_url)
+        upgrade_database(db)
+        sf = make_session_factory(db)
+        serving = Serving("bench", "rev-1", "none")
+        earlier, later = new_id(), new_id()
+        with sf.begin() as session:
+            for job, status in ((earlier, "completed"), (later, "in_progress")):
+                session.execute(
+                    text(
+                        "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                        "VALUES (:id, 'caption', :status, '{\"reuse\": true}', 'bench', :now)"
+                    ),
+                    {"id": job, "status": status, "now": utcnow()},
+                )
+            session.execute(
+                text(
+                    "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                    "transient_failures, created_at, reuse_key, model, model_revision, "
+                    "quantization, result_text) "
+                    "SELECT gen_random_uuid()::text, :job, g, 'x', 'file:///x', 'succeeded', 1, "
+                    "0, :now, md5(g::text) || md5('k' || g), 'bench', 'rev-1', 'none', "
+                    "'a caption' FROM generate_series(0, :n - 1) AS g"
+                ),
+                {"job": earlier, "n": sources, "now": utcnow()},
+            )
+            session.execute(  # the resubmission: the first reps*8 photos again
+                text(
+                    "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                    "transient_failures, created_at, reuse_key) "
+                    "SELECT gen_random_uuid()::text, :job, g, 'x', 'file:///x', 'queued', 0, 0, "
+                    ":now, md5(g::text) || md5('k' || g) FROM generate_series(0, :n - 1) AS g"
+                ),
+                {"job": later, "n": reps * 8, "now": utcnow()},
+            )
+        with sf.begin() as session:
+            session.execute(text("ANALYZE items"))
+        with sf() as session:
+            ids = list(
+                session.scalars(
+                    text("SELECT id FROM items WHERE job_id = :job ORDER BY seq"), {"job": later}
+                )
+            )
+        timings = []
+        for rep in range(reps):
+            batch = ids[rep * 8 : rep * 8 + 8]
+            claimed = claim_items(sf, batch, worker="b", lease_seconds=600, serving=serving)
+            start = time.perf_counter()
+            assert len(reuse_results(sf, claimed, serving)) == len(batch)
+            timings.append((time.perf_counter() - start) * 1000)
+        db.dispose()
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    timings.sort()
+    p90 = timings[int(len(timings) * 0.9) - 1]
+    print(
+        f"copy a batch of 8 among {sources} results: median "
+        f"{statistics.median(timings):.2f} ms, p90 {p90:.2f} ms ({reps} batches)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,7 +182,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--model", default="tiny-llava")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--lookup-sources", type=int, default=0)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    if args.lookup_sources:
+        lookup_cost(args.url, args.lookup_sources, args.reps)
+        return
 
     engine: Any = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
     with tempfile.TemporaryDirectory() as tmp:

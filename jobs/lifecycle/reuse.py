@@ -44,6 +44,7 @@ from jobs.db import (
     Job,
     SessionFactory,
     among,
+    commit_without_flush,
     new_id,
     utcnow,
 )
@@ -93,6 +94,9 @@ def reuse_results(
         written = _write(session, copies, now)
         if pages and written:
             _copy_pages(session, {item.id: src.id for item, src in copies if item.id in written})
+        # As a record commits (jobs.lifecycle.records): a copy a database crash takes back
+        # leaves its item running under a lease nobody renews, and the sweeper runs it again.
+        commit_without_flush(session)
     return {item.id: source.id for item, source in copies if item.id in written}
 
 
