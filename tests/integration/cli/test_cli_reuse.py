@@ -25,7 +25,11 @@ def _run(run_cli: RunCli, env: dict[str, str], *args: str, **extra: str) -> list
     result = run_cli("run", *args, "--json", env=env, timeout=300, **extra)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    reused = sum(row["reused_from"] is not None for row in rows)
+    summary = f"(0 failed, {reused} reused from earlier results)" if reused else "(0 failed)"
+    assert summary in result.stderr, result.stderr
+    return rows
 
 
 def _status(run_cli: RunCli, env: dict[str, str], job_id: str) -> dict[str, Any]:
