@@ -60,6 +60,15 @@ CompletionWindow = Annotated[
         "results (default: LLAVA_BATCH_COMPLETION_WINDOW, none).",
     ),
 ]
+Notify = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="When the job ends, POST a signed webhook here (https; docs/webhooks.md). "
+        "Default: LLAVA_BATCH_NOTIFY_URL.",
+    ),
+]
 ModelName = Annotated[
     str | None,
     typer.Option(
@@ -125,12 +134,14 @@ def build_request(
     completion_window: str | None = None,
     retain: str | None = None,
     reuse: bool | None = None,
+    notify: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
     ``completion_window``: ``--completion-window`` as written (default: the setting);
     ``reuse``: ``--reuse``/``--no-reuse`` (None: the setting)."""
+    from jobs.delivery.webhook import notify_url_of
     from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
 
@@ -142,6 +153,7 @@ def build_request(
         else ctx.settings.completion_window_seconds
     )
     retain_seconds = parse_retain(retain) if retain is not None else ctx.settings.retain_seconds
+    notify_url = notify_url_of(notify, ctx.settings)
     return SubmitRequest.of(
         kind,
         sources,
@@ -159,5 +171,6 @@ def build_request(
         completion_window_seconds=window,
         retain_seconds=retain_seconds,
         reuse=ctx.settings.reuse if reuse is None else reuse,
+        notify_url=notify_url,
         **params,
     )

@@ -68,6 +68,10 @@ class SubmitRequest:
     # revision: jobs.lifecycle.reuse) gets a copy instead of a model run. Not part of what an
     # idempotency key stands for either: it changes the cost, not the results.
     reuse: bool = False
+    # Where the job's end is POSTed, signed (jobs.delivery.webhook); checked by whoever builds
+    # the request (jobs.delivery.webhook.notify_url_of). Not part of what an idempotency key
+    # stands for: who is told, not what is done.
+    notify_url: str | None = None
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -102,6 +106,7 @@ class SubmitRequest:
         completion_window_seconds: int | None = None,
         retain_seconds: int | None = None,
         reuse: bool = False,
+        notify_url: str | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -137,6 +142,7 @@ class SubmitRequest:
             completion_window_seconds=completion_window_seconds,
             retain_seconds=retain_seconds,
             reuse=reuse,
+            notify_url=notify_url,
         )
 
 
@@ -271,6 +277,7 @@ def build_job(
             else now + timedelta(seconds=request.completion_window_seconds)
         ),
     )
+    job.notify_url = request.notify_url
     if request.metadata:  # none: SQL NULL, not a JSON null
         job.job_metadata = dict(request.metadata)
     return job, items
