@@ -22,6 +22,7 @@ from jobs.cli.options import (
     CompletionWindow,
     MaxNew,
     ModelName,
+    Notify,
     Priority,
     Retain,
     build_request,
@@ -66,6 +67,7 @@ def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
         parameter("priority", Priority, None),
         parameter("completion_window", CompletionWindow, None),
         parameter("retain", Retain, None),
+        parameter("notify", Notify, None),
         parameter("model", ModelName, None),
     )
 
@@ -96,6 +98,7 @@ def request_for(
         priority=values["priority"],
         completion_window=values["completion_window"],
         retain=values["retain"],
+        notify=values["notify"],
         **request,
         **params,
     )

@@ -51,6 +51,15 @@ CompletionWindow = Annotated[
         "results (default: LLAVA_BATCH_COMPLETION_WINDOW, none).",
     ),
 ]
+Notify = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="When the job ends, POST a signed webhook here (https; docs/webhooks.md). "
+        "Default: LLAVA_BATCH_NOTIFY_URL.",
+    ),
+]
 ModelName = Annotated[
     str | None,
     typer.Option(
@@ -115,11 +124,13 @@ def build_request(
     priority: int | None = None,
     completion_window: str | None = None,
     retain: str | None = None,
+    notify: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
     ``completion_window``: ``--completion-window`` as written (default: the setting)."""
+    from jobs.delivery.webhook import notify_url_of
     from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
 
@@ -131,6 +142,7 @@ def build_request(
         else ctx.settings.completion_window_seconds
     )
     retain_seconds = parse_retain(retain) if retain is not None else ctx.settings.retain_seconds
+    notify_url = notify_url_of(notify, ctx.settings)
     return SubmitRequest.of(
         kind,
         sources,
@@ -147,5 +159,6 @@ def build_request(
         priority=priority or 0,
         completion_window_seconds=window,
         retain_seconds=retain_seconds,
+        notify_url=notify_url,
         **params,
     )

@@ -251,6 +251,7 @@ def _as_dict(s: Schedule) -> dict[str, object]:
         "last_run_at": _iso(s.last_run_at),
         "last_job_id": s.last_job_id,
         "next_due_at": _iso(s.next_due_at),
+        "notify_url": s.notify_url,
     }
 
 

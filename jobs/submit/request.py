@@ -63,6 +63,10 @@ class SubmitRequest:
     # Kept this long after it ends, then deleted (jobs.retention); None: until deleted. Not
     # part of what an idempotency key stands for either: how long, not what.
     retain_seconds: int | None = None
+    # Where the job's end is POSTed, signed (jobs.delivery.webhook); checked by whoever builds
+    # the request (jobs.delivery.webhook.notify_url_of). Not part of what an idempotency key
+    # stands for: who is told, not what is done.
+    notify_url: str | None = None
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -96,6 +100,7 @@ class SubmitRequest:
         priority: int = 0,
         completion_window_seconds: int | None = None,
         retain_seconds: int | None = None,
+        notify_url: str | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -130,6 +135,7 @@ class SubmitRequest:
             priority=priority,
             completion_window_seconds=completion_window_seconds,
             retain_seconds=retain_seconds,
+            notify_url=notify_url,
         )
 
 
@@ -250,6 +256,7 @@ def build_job(
             else now + timedelta(seconds=request.completion_window_seconds)
         ),
     )
+    job.notify_url = request.notify_url
     if request.metadata:  # none: SQL NULL, not a JSON null
         job.job_metadata = dict(request.metadata)
     return job, items

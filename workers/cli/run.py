@@ -28,6 +28,7 @@ import typer
 from jobs.cli import views
 from jobs.cli.context import Context
 from jobs.cli.errors import fail
+from jobs.cli.notifications import deliver_now
 from jobs.cli.progress import Interrupts, RunCounts, RunProgress
 from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.errors import ExitCode, RequestError
@@ -198,7 +199,9 @@ def _counts(ctx: Context, job_id: str) -> tuple[int, int, int]:
 
 
 def _finish(ctx: Context, job_id: str, out: RunOutput) -> NoReturn:
-    """The job's summary (on stdout after text results there, else on stderr) and its exit."""
+    """The job's summary (on stdout after text results there, else on stderr) and its exit;
+    first, one try of what the job's end sends (--notify)."""
+    deliver_now(ctx, job_id)
     with ctx.session_factory() as session:
         progress = read_progress(session, find_job(session, job_id))
     if out.fmt is RunFormat.text and out.to_stdout:
