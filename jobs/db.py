@@ -303,6 +303,30 @@ class ItemInput(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
 
 
+class Review(Base):
+    """A person's decision on an item's result (``jobs.review``), kept apart from the item:
+    the model's own result stays as it was, and an edit is stored beside it. An item has no
+    row until someone reviews it (unreviewed); the row goes with its item (cascade)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        # A job's reviews (filters, bulk decisions, whether an export needs the join at all).
+        Index("ix_reviews_job_decision", "job_id", "decision"),
+    )
+
+    # The primary key is the index the cascade from ``items`` needs: a ranged DELETE of items
+    # finds each item's review by it.
+    item_id: Mapped[str] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[str] = mapped_column(String(36))
+    decision: Mapped[str | None] = mapped_column(String(16))  # approved | rejected
+    edited_text: Mapped[str | None] = mapped_column(Text)
+    edited_json: Mapped[Any | None] = mapped_column(JsonType)
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Schedule(Base):
     """A recurring extraction over an S3 prefix; survives restarts because it lives here."""
 

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, utcnow
+from jobs.db import Item, Job, Review, utcnow
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
-from jobs.paging import ItemRecord, items_after
+from jobs.paging import ItemRecord, ReviewedRecord, items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 
@@ -227,15 +227,32 @@ def iter_items(
     *,
     statuses: Collection[str] | None = None,
     chunk: int = 1000,
+    reviews: bool = False,
+    reviewed: str | None = None,
 ) -> Iterator[ItemRecord]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
     one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
-    never sits in memory, nor in the session."""
+    never sits in memory, nor in the session. ``reviews``/``reviewed``: with each item's
+    review, and only items so reviewed (``jobs.paging.items_after``)."""
     after: int | None = -1
     while after is not None:
-        page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
+        page = items_after(
+            session,
+            job_id,
+            after,
+            limit=chunk,
+            statuses=statuses,
+            reviews=reviews,
+            reviewed=reviewed,
+        )
         yield from page.items
         after = page.next_after
+
+
+def has_reviews(session: Session, job_id: str) -> bool:
+    """Whether anyone reviewed an item of the job (an export of one nobody did needs no join)."""
+    found = select(Review.item_id).where(Review.job_id == job_id).limit(1)
+    return session.execute(found).first() is not None
 
 
 def iter_sources(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[str]:
@@ -277,6 +294,28 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
         "model": item.model,  # what produced it (None: no worker claimed it yet)
         # A copy of that item's result (--reuse): the model did not run for this one.
         "reused_from": item.reused_from,
+    }
+
+
+# The review fields of an item nobody reviewed (an export of a job read without the join).
+NO_REVIEW: dict[str, Any] = {
+    "decision": None,
+    "edited": None,
+    "reviewer": None,
+    "reviewed_at": None,
+}
+
+
+def review_fields(item: ReviewedRecord) -> dict[str, Any]:
+    """What ``results`` shows of an item's review (``jobs.review``): its ``decision``
+    (approved, rejected, or None: unreviewed), the ``edited`` result (JSON or text, as
+    ``result``; None: not edited), ``reviewer`` and ``reviewed_at``. ``item`` was read with
+    its review (``jobs.paging.REVIEW_COLUMNS``); one read without has ``NO_REVIEW``."""
+    return {
+        "decision": item.decision,
+        "edited": item.edited_json if item.edited_json is not None else item.edited_text,
+        "reviewer": item.reviewer,
+        "reviewed_at": _iso(item.reviewed_at),
     }
 
 

@@ -252,3 +252,41 @@ def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
             step(config, revision)
 
     return engine, to
+
+
+def test_0013_adds_reviews_that_go_with_their_item_and_goes_back(db_url: str) -> None:
+    """0013 adds ``reviews``: none for items written before it, a review is deleted with its
+    item (ON DELETE CASCADE), and it goes back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine, to = _stepper(db_url)
+    to("0011", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'caption', 'completed', '{}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at) VALUES "
+                "('i', 'j', 0, 's', 'u', 'succeeded', 0, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+    to("0013", command.upgrade)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar_one() == 0
+        connection.execute(
+            text(
+                "INSERT INTO reviews (item_id, job_id, decision, decided_at) "
+                "VALUES ('i', 'j', 'approved', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(text("DELETE FROM items WHERE id = 'i'"))
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar_one() == 0
+    to("0011", command.downgrade)
+    assert current_revision(engine) == "0011"
+    to("head", command.upgrade)
