@@ -13,7 +13,6 @@ from alembic import op
 from jobs.db import JsonType, UTCDateTime
 
 revision = "0013"
-# 0012 is another change in flight; until it lands this follows 0011 (renumbered at merge).
 down_revision = "0012"
 branch_labels = None
 depends_on = None
