@@ -178,6 +178,7 @@ class CsvWriter(ResultWriter):
     def write(self, item: ItemRecord) -> None:
         row = self._row(item)
         row.pop("model")  # one job, one model: status and the jobs table say which
+        row.pop("reused_from")  # the kind's columns; the jsonl format and SQL say which are copies
         usage = row.pop("usage") or {}
         first = {"finish_reason": row.pop("finish_reason"), **usage}
         if self._review is not None:

@@ -56,6 +56,8 @@ class ItemRecord(Protocol):
     @property
     def model_revision(self) -> str | None: ...
     @property
+    def reused_from(self) -> str | None: ...
+    @property
     def prompt_tokens(self) -> int | None: ...
     @property
     def completion_tokens(self) -> int | None: ...
@@ -95,6 +97,7 @@ RECORD_COLUMNS = (
     Item.finish_reason,
     Item.model,
     Item.model_revision,
+    Item.reused_from,
     Item.prompt_tokens,
     Item.completion_tokens,
     Item.tokens_out,

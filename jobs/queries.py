@@ -27,6 +27,8 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Items whose result is a copy of an earlier one (--reuse): no tokens of theirs above.
+    reused_items: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -107,6 +109,7 @@ class JobProgress:
             shown["turn"] = self.turn.as_dict()
         if self.usage is not None:
             shown["usage"] = self.usage.as_dict()
+            shown["reused"] = self.usage.reused_items
         if self.waiting_for_worker is not None:
             shown["waiting_for_worker"] = self.waiting_for_worker
         return shown
@@ -178,12 +181,15 @@ def read_progress(
 
 
 def read_usage(session: Session, job_id: str) -> Usage:
-    """The job's token totals over all its items (failed ones too: their tokens were spent)."""
+    """The job's token totals over all its items (failed ones too: their tokens were spent),
+    and how many of its results are reused copies (which spent none), in the same pass."""
     completion = func.coalesce(Item.completion_tokens, Item.tokens_out)  # older rows: tokens_out
-    prompt_sum, completion_sum = session.execute(
-        select(func.sum(Item.prompt_tokens), func.sum(completion)).where(Item.job_id == job_id)
+    prompt_sum, completion_sum, reused = session.execute(
+        select(
+            func.sum(Item.prompt_tokens), func.sum(completion), func.count(Item.reused_from)
+        ).where(Item.job_id == job_id)
     ).one()
-    return Usage(int(prompt_sum or 0), int(completion_sum or 0))
+    return Usage(int(prompt_sum or 0), int(completion_sum or 0), int(reused or 0))
 
 
 def list_recent_jobs(
@@ -286,6 +292,8 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
         "finish_reason": item.finish_reason,
         "usage": item_usage(item),
         "model": item.model,  # what produced it (None: no worker claimed it yet)
+        # A copy of that item's result (--reuse): the model did not run for this one.
+        "reused_from": item.reused_from,
     }
 
 

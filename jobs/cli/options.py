@@ -42,6 +42,15 @@ Retain = Annotated[
         "inputs no other job uses (default: LLAVA_BATCH_RETAIN, kept until deleted).",
     ),
 ]
+Reuse = Annotated[
+    bool | None,
+    typer.Option(
+        "--reuse/--no-reuse",
+        help="An item whose input bytes, prompt or questions, settings, model and revision "
+        "equal an item an earlier job's model run answered gets a copy of that answer, "
+        "without running the model (default: LLAVA_BATCH_REUSE, off).",
+    ),
+]
 CompletionWindow = Annotated[
     str | None,
     typer.Option(
@@ -124,12 +133,14 @@ def build_request(
     priority: int | None = None,
     completion_window: str | None = None,
     retain: str | None = None,
+    reuse: bool | None = None,
     notify: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
-    ``completion_window``: ``--completion-window`` as written (default: the setting)."""
+    ``completion_window``: ``--completion-window`` as written (default: the setting);
+    ``reuse``: ``--reuse``/``--no-reuse`` (None: the setting)."""
     from jobs.delivery.webhook import notify_url_of
     from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
@@ -159,6 +170,7 @@ def build_request(
         priority=priority or 0,
         completion_window_seconds=window,
         retain_seconds=retain_seconds,
+        reuse=ctx.settings.reuse if reuse is None else reuse,
         notify_url=notify_url,
         **params,
     )

@@ -163,6 +163,11 @@ def show_progress(progress: JobProgress, *, json_out: bool, console: Console = o
             f"  tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion "
             f"= {u.total_tokens}"
         )
+    if progress.usage is not None and progress.usage.reused_items:
+        console.print(
+            f"  reused: {progress.usage.reused_items} result(s) copied from earlier results, "
+            "the model not run for them (no tokens counted)"
+        )
     if progress.metadata:
         console.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
     sharing = describe_sharing(progress)

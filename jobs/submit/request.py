@@ -27,6 +27,7 @@ from jobs.settings import DEFAULT_MAX_INPUT_BYTES
 from jobs.states import ItemStatus, JobStatus
 from jobs.submit.fingerprint import fingerprint_of
 from jobs.submit.openai_reader import BatchFormat
+from jobs.submit.reuse_key import job_basis, reuse_key
 from jobs.submit.sources import InputSpec
 from model.checkpoints import max_context_of
 
@@ -63,6 +64,10 @@ class SubmitRequest:
     # Kept this long after it ends, then deleted (jobs.retention); None: until deleted. Not
     # part of what an idempotency key stands for either: how long, not what.
     retain_seconds: int | None = None
+    # --reuse: an item whose result an earlier item already has (same key, model and
+    # revision: jobs.lifecycle.reuse) gets a copy instead of a model run. Not part of what an
+    # idempotency key stands for either: it changes the cost, not the results.
+    reuse: bool = False
     # Where the job's end is POSTed, signed (jobs.delivery.webhook); checked by whoever builds
     # the request (jobs.delivery.webhook.notify_url_of). Not part of what an idempotency key
     # stands for: who is told, not what is done.
@@ -100,6 +105,7 @@ class SubmitRequest:
         priority: int = 0,
         completion_window_seconds: int | None = None,
         retain_seconds: int | None = None,
+        reuse: bool = False,
         notify_url: str | None = None,
         **params: Any,
     ) -> SubmitRequest:
@@ -135,6 +141,7 @@ class SubmitRequest:
             priority=priority,
             completion_window_seconds=completion_window_seconds,
             retain_seconds=retain_seconds,
+            reuse=reuse,
             notify_url=notify_url,
         )
 
@@ -216,8 +223,12 @@ def build_job(
         **request.params.model_dump(by_alias=True),
         "fingerprint": fingerprint or fingerprint_of(request),
     }
+    if request.reuse:  # only when asked: the params of every other job stay as they were
+        params["reuse"] = True
     asks = asks if asks is not None else [ItemAsk()] * len(inputs)
     now = utcnow()
+    job_prompt = kind.job_prompt(request.params)
+    basis = job_basis(kind.name, params)
     items = [
         Item(
             id=new_id(),
@@ -235,6 +246,16 @@ def build_job(
             error_code=spec.input_error[0] if spec.input_error else None,
             error_message=spec.input_error[1] if spec.input_error else None,
             finished_at=now if spec.input_error else None,
+            # (Several images are written by jobs.submit.rows, never here: no key then.)
+            reuse_key=None
+            if spec.input_error or spec.others
+            else reuse_key(
+                basis,
+                prompt=ask.prompt if ask.prompt is not None else job_prompt,
+                request=ask.request,
+                input_uri=uri,
+                input_sha256=sha256,
+            ),
         )
         for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
     ]
@@ -243,7 +264,7 @@ def build_job(
         name=request.name,
         kind=kind.name,
         status=JobStatus.queued,
-        prompt=kind.job_prompt(request.params),
+        prompt=job_prompt,
         params=params,
         model=request.model,
         idempotency_key=request.idempotency_key,

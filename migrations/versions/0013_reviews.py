@@ -1,7 +1,7 @@
 """Reviews: a person's decision on an item's result, and an edit kept beside the model's
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,7 @@ from alembic import op
 from jobs.db import JsonType, UTCDateTime
 
 revision = "0013"
-# 0012 is another change in flight; until it lands this follows 0011 (renumbered at merge).
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
