@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from storage.base import BlobStore, ObjectInfo
 from storage.errors import (
@@ -143,6 +143,16 @@ class S3Store(BlobStore):
         uri = f"s3://{self.bucket}/{full}"
         with _translating(uri):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        return uri
+
+    def write_file(self, key: str, fileobj: BinaryIO) -> str:
+        """Stores what ``fileobj`` holds from its position on under ``key``: one PUT, or a
+        multipart upload over 8 MiB, which S3 shows only once it is complete (one that dies
+        half-way leaves parts, never an object: a bucket lifecycle rule aborts them)."""
+        full = self._object_key(key)
+        uri = f"s3://{self.bucket}/{full}"
+        with _translating(uri):
+            self.client.upload_fileobj(fileobj, self.bucket, full)
         return uri
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:

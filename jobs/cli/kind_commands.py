@@ -20,6 +20,8 @@ from jobs.cli.context import Context
 from jobs.cli.options import (
     BatchSize,
     CompletionWindow,
+    DeliverFormat,
+    DeliverTo,
     MaxNew,
     ModelName,
     Priority,
@@ -67,6 +69,9 @@ def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
         parameter("completion_window", CompletionWindow, None),
         parameter("retain", Retain, None),
         parameter("model", ModelName, None),
+        # Where the results go when the job ends (jobs.delivery.targets).
+        parameter("deliver_to", DeliverTo, None),
+        parameter("deliver_format", DeliverFormat, None),
     )
 
 
@@ -96,6 +101,8 @@ def request_for(
         priority=values["priority"],
         completion_window=values["completion_window"],
         retain=values["retain"],
+        deliver_to=values["deliver_to"],
+        deliver_format=values["deliver_format"],
         **request,
         **params,
     )

@@ -51,6 +51,26 @@ CompletionWindow = Annotated[
         "results (default: LLAVA_BATCH_COMPLETION_WINDOW, none).",
     ),
 ]
+DeliverTo = Annotated[
+    str | None,
+    typer.Option(
+        "--deliver-to",
+        metavar="TARGET",
+        help="When the job ends, write its results and its errors file to this folder: "
+        "s3://bucket/prefix/ or a local directory (the sweeper's, or run's), under <job id>/ "
+        "unless TARGET names {job}; it may name {date} (UTC), and a schedule's {schedule}.",
+    ),
+]
+DeliverFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--deliver-format",
+        metavar="FORMAT",
+        help="With --deliver-to: jsonl (default), csv, openai (the OpenAI Batch output and "
+        "error files) or txt (one <input name>.txt per succeeded item, as results --format "
+        "txt writes them).",
+    ),
+]
 ModelName = Annotated[
     str | None,
     typer.Option(
@@ -115,6 +135,8 @@ def build_request(
     priority: int | None = None,
     completion_window: str | None = None,
     retain: str | None = None,
+    deliver_to: str | None = None,
+    deliver_format: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
@@ -147,5 +169,7 @@ def build_request(
         priority=priority or 0,
         completion_window_seconds=window,
         retain_seconds=retain_seconds,
+        output_uri=deliver_to,
+        output_format=deliver_format,
         **params,
     )

@@ -251,6 +251,9 @@ def _as_dict(s: Schedule) -> dict[str, object]:
         "last_run_at": _iso(s.last_run_at),
         "last_job_id": s.last_job_id,
         "next_due_at": _iso(s.next_due_at),
+        # Each job's results go there when it ends ({schedule}, {job}, {date} as written).
+        "deliver_to": s.output_uri,
+        "deliver_format": s.output_format,
     }
 
 

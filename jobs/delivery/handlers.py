@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jobs.db import SessionFactory
 from jobs.delivery.outbox import Handler
+from jobs.delivery.output import output_handler
 from jobs.settings import Settings
 from storage import Blobs
 
@@ -13,4 +14,5 @@ def handlers_for(
 ) -> dict[str, Handler]:
     """``what`` → the function that sends one delivery of that kind."""
     handlers: dict[str, Handler] = {}
+    handlers["output"] = output_handler(session_factory, blobs)
     return handlers

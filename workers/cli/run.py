@@ -179,7 +179,27 @@ def _work_here(
         for sig in Interrupts.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         _interrupted(ctx, job_id, res.model or ctx.settings.model)
+    _deliver(res, job_id)
     _finish(ctx, job_id, out)
+
+
+def _deliver(res: WorkerResources, job_id: str) -> None:
+    """What the job's end sends (its results to --deliver-to) is sent here, now: a run often
+    has no sweeper beside it. One that fails waits for the next sweeper pass (llava-batch
+    sweep), which tries again."""
+    from jobs.delivery import deliver_due
+    from jobs.delivery.handlers import handlers_for
+    from jobs.delivery.state import describe_output, read_output
+
+    deliver_due(
+        res.session_factory,
+        handlers_for(res.session_factory, res.blobs, res.settings),
+        among=[job_id],
+    )
+    with res.session_factory() as session:
+        output = read_output(session, find_job(session, job_id))
+    if output is not None:
+        views.err.print(describe_output(output), markup=False)
 
 
 def _job_facts(ctx: Context, job_id: str) -> tuple[str, str, str]:
