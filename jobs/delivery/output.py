@@ -83,6 +83,7 @@ def _write(
 ) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     files: list[str] = []
+    target.clear_leftovers(results_name(fmt), ERRORS, MANIFEST)
     with ExitStack() as files_open:
         errors_file = files_open.enter_context(target.open(ERRORS))
         name = results_name(fmt)
@@ -190,6 +191,15 @@ class _Target:
 
     def uri(self, name: str) -> str:
         return self.folder + name
+
+    def clear_leftovers(self, *names: str | None) -> None:
+        """Removes the temporary files a writer killed before renaming them left beside
+        ``names`` (S3 keeps nothing of an upload that did not complete)."""
+        if self.local is None or not self.local.is_dir():
+            return
+        for name in filter(None, names):
+            for leftover in self.local.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[str]]:
