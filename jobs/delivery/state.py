@@ -28,7 +28,10 @@ def read_output(session: Session, job: Job) -> dict[str, Any] | None:
             Delivery.next_attempt_at,
             Delivery.finished_at,
             Delivery.result,
-        ).where(Delivery.job_id == job.id, Delivery.what == "output")
+        )
+        .where(Delivery.job_id == job.id, Delivery.what == "output")
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())  # a retried job: its last end
+        .limit(1)
     ).first()
     if row is None:
         return {**shown, "state": "waiting"}
