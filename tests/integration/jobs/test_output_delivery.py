@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from jobs.control import retry_job
 from jobs.db import Delivery, Job, SessionFactory, utcnow
 from jobs.delivery import deliver_due, output, queue_deliveries
 from jobs.delivery.handlers import handlers_for
@@ -32,7 +33,7 @@ from model.fake import FakeEngine
 from storage import Blobs
 from tests.bulk import bulk_job
 from tests.helpers import ListPublisher, make_resources, write_images
-from workers.local import run_job_locally
+from workers.local import run_job_locally, work_locally
 
 FORMATS = ["jsonl", "csv", "openai", "txt"]
 
@@ -336,3 +337,32 @@ def test_a_big_job_is_written_a_page_at_a_time_in_bounded_memory(
     body = s3_client.get_object(Bucket=s3_bucket, Key="big/results.jsonl")["Body"].read()
     assert body == (tmp_path / "big" / "results.jsonl").read_bytes()
     assert body.count(b"\n") == n
+
+
+def test_a_retried_job_delivers_again_when_it_ends_again(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Each end of a job is delivered: a retry reopens it, and its next end rewrites the same
+    files in the same folder (no second set); ``status`` shows the last end's."""
+    out = tmp_path / "out"
+    job_id = _run(session_factory, blobs, [str(_inputs(tmp_path / "in"))], str(out))
+    _deliver(session_factory, blobs, job_id)
+    folder = Path(_folder(session_factory, job_id))
+    first = json.loads((folder / "manifest.json").read_text())
+    retried = retry_job(session_factory, ListPublisher(), job_id, batch_size=8, codes=None)
+    assert len(retried.item_ids) == 1
+    res = make_resources(session_factory, blobs, FakeEngine(), gpu_batch_size=8)
+    assert work_locally(job_id, res)
+    assert _deliver(session_factory, blobs, job_id) == 1
+    with session_factory() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+        shown = read_progress(session, find_job(session, job_id)).as_dict()["output"]
+    assert [r.status for r in rows] == ["delivered", "delivered"]
+    assert shown["state"] == "written" and shown["attempts"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "errors.jsonl",
+        "manifest.json",
+        "results.jsonl",
+    ]
+    again = json.loads((folder / "manifest.json").read_text())
+    assert again["results"] + again["errors"] == first["results"] + first["errors"] == 4
