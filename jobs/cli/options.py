@@ -171,5 +171,6 @@ def build_request(
         retain_seconds=retain_seconds,
         output_uri=deliver_to,
         output_format=deliver_format,
+        output_prefixes=ctx.settings.output_prefixes,
         **params,
     )

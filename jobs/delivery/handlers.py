@@ -14,5 +14,5 @@ def handlers_for(
 ) -> dict[str, Handler]:
     """``what`` → the function that sends one delivery of that kind."""
     handlers: dict[str, Handler] = {}
-    handlers["output"] = output_handler(session_factory, blobs)
+    handlers["output"] = output_handler(session_factory, blobs, settings.output_prefixes)
     return handlers

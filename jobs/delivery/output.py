@@ -29,13 +29,14 @@ import io
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from jobs.db import Item, Job, SessionFactory
 from jobs.delivery.outbox import Attempt, DeliveryTask, Handler
+from jobs.delivery.targets import OUTPUT_SETTING, allowed
 from jobs.errors import RequestError
 from jobs.exports import JsonlWriter, OpenAIWriter, ResultFormat, ResultWriter, open_result_writer
 from jobs.hooks import reached
@@ -58,10 +59,18 @@ def results_name(fmt: str) -> str | None:
     return {"jsonl": "results.jsonl", "openai": "results.jsonl", "csv": "results.csv"}.get(fmt)
 
 
-def output_handler(session_factory: SessionFactory, blobs: Blobs) -> Handler:
-    """The ``output`` handler: writes the job's files to ``task.target``."""
+def output_handler(
+    session_factory: SessionFactory, blobs: Blobs, prefixes: Sequence[str] = ()
+) -> Handler:
+    """The ``output`` handler: writes the job's files to ``task.target``, if it lies within
+    ``prefixes`` (this sweeper's ``LLAVA_BATCH_OUTPUT_PREFIXES``: a job submitted where the
+    setting was another is held to this one's)."""
 
     def deliver(task: DeliveryTask) -> Attempt:
+        if not allowed(task.target, prefixes):
+            return Attempt(
+                ok=False, detail=f"{task.target} is outside {OUTPUT_SETTING}", retry=False
+            )
         with session_factory() as session:
             job = session.get(Job, task.job_id)
             facts = None if job is None else (job.status, job.kind, job.model, job.output_format)

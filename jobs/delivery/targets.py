@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
@@ -58,6 +59,35 @@ def parse_target(text: str, *, option: str = "--deliver-to") -> str:
     if Path(absolute).exists() and not Path(absolute).is_dir():
         raise _refused(text, option, "is a file, not a directory")
     return absolute.rstrip("/") + "/"
+
+
+OUTPUT_SETTING = "LLAVA_BATCH_OUTPUT_PREFIXES"
+
+
+def allowed(folder: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``folder`` (a target, its placeholders filled) lies under one of ``prefixes``
+    (``LLAVA_BATCH_OUTPUT_PREFIXES``, as ``jobs.input_policy.parse_entries`` reads it; empty:
+    anywhere). A local folder is compared by its real path (a link out of a listed folder
+    does not count as inside it); listed folders are the only local ones allowed once the
+    setting is set, since the sweeper, not the submitter, writes them."""
+    if not prefixes:
+        return True
+    if is_s3_uri(folder):
+        return any(p.startswith("s3://") and folder.startswith(p) for p in prefixes)
+    real = Path(os.path.realpath(folder))
+    return any(
+        not p.startswith("s3://") and real.is_relative_to(os.path.realpath(p)) for p in prefixes
+    )
+
+
+def check_allowed(target: str, prefixes: Sequence[str], *, option: str = "--deliver-to") -> None:
+    """Refuses (``output_not_allowed``) a target outside ``LLAVA_BATCH_OUTPUT_PREFIXES``,
+    judged with its placeholders filled (no filling holds a ``/``)."""
+    if not allowed(fill(target, job="j", date="2000-01-01", schedule="s"), prefixes):
+        raise RequestError(
+            f"{option} {target[:200]!r} is outside {OUTPUT_SETTING} ({', '.join(prefixes)}).",
+            code="output_not_allowed",
+        )
 
 
 def names_schedule(target: str) -> bool:

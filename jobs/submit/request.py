@@ -68,6 +68,8 @@ class SubmitRequest:
     # idempotency key stands for: where the results go, not what they are.
     output_uri: str | None = None
     output_format: str | None = None
+    # A limit: where a target may lie, LLAVA_BATCH_OUTPUT_PREFIXES (jobs.delivery.targets).
+    output_prefixes: tuple[str, ...] = ()
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -103,6 +105,7 @@ class SubmitRequest:
         retain_seconds: int | None = None,
         output_uri: str | None = None,
         output_format: str | None = None,
+        output_prefixes: Sequence[str] = (),
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -140,6 +143,7 @@ class SubmitRequest:
             retain_seconds=retain_seconds,
             output_uri=target,
             output_format=fmt,
+            output_prefixes=tuple(output_prefixes),
         )
 
 
@@ -163,8 +167,10 @@ def output_of(target: str | None, fmt: str | None) -> tuple[str | None, str | No
 
 def check_output(request: SubmitRequest) -> None:
     """What a target and format cannot be for this request's kind, or outside a schedule."""
-    from jobs.delivery.targets import names_schedule
+    from jobs.delivery.targets import check_allowed, names_schedule
 
+    if request.output_uri is not None:
+        check_allowed(request.output_uri, request.output_prefixes)
     if request.output_uri is not None and names_schedule(request.output_uri):
         raise RequestError(
             f"--deliver-to {request.output_uri!r} names {{schedule}}: only a schedule's target "

@@ -106,6 +106,21 @@ def test_txt_is_refused_for_a_kind_of_several_answers_and_a_file_as_target(
     assert_one_line_error(refused, 2, "[invalid_output]", "is a file")
 
 
+def test_a_target_outside_the_output_prefixes_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
+    write_images(tmp_path / "in", 1)
+    source = str(tmp_path / "in")
+    prefixes = {"LLAVA_BATCH_OUTPUT_PREFIXES": f"s3://shop/out/,{tmp_path / 'exports'}"}
+    for target in ("s3://shop/outbox/", "s3://other/out/", str(tmp_path / "elsewhere")):
+        refused = run_cli("submit", "caption", source, "--deliver-to", target, **prefixes)
+        assert_one_line_error(refused, 2, "[output_not_allowed]", "LLAVA_BATCH_OUTPUT_PREFIXES")
+    refused = run_cli(
+        "schedule", "add", "s", "caption", source, "--every", "1h",
+        "--deliver-to", "s3://shop/{schedule}/", **prefixes,
+    )  # fmt: skip
+    assert_one_line_error(refused, 2, "[output_not_allowed]")
+    assert json.loads(run_cli("jobs", "--json").stdout) == []
+
+
 def test_schedule_add_keeps_its_template_and_refuses_a_bad_one(
     run_cli: RunCli, tmp_path: Path
 ) -> None:

@@ -366,3 +366,26 @@ def test_a_retried_job_delivers_again_when_it_ends_again(
     ]
     again = json.loads((folder / "manifest.json").read_text())
     assert again["results"] + again["errors"] == first["results"] + first["errors"] == 4
+
+
+def test_a_sweeper_writes_only_within_its_output_prefixes(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """LLAVA_BATCH_OUTPUT_PREFIXES where the results are written: a job submitted where it was
+    not set (or was another) is held to the sweeper's, and given up at once, nothing written
+    (a folder only through a link out of a listed one counts as outside it)."""
+    listed = tmp_path / "allowed"
+    listed.mkdir()
+    (listed / "link").symlink_to(tmp_path, target_is_directory=True)
+    outside = _run(session_factory, blobs, [str(_inputs(tmp_path / "in"))], str(tmp_path / "o"))
+    linked = _run(session_factory, blobs, [str(tmp_path / "in")], str(listed / "link" / "x"))
+    inside = _run(session_factory, blobs, [str(tmp_path / "in")], str(listed / "ok"))
+    settings = Settings(output_prefixes=str(listed))
+    handlers = handlers_for(session_factory, blobs, settings)
+    assert deliver_due(session_factory, handlers, among=[outside, linked, inside]) == 1
+    assert (listed / "ok" / inside / "manifest.json").is_file()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+    with session_factory() as session:
+        refused = read_progress(session, find_job(session, outside)).as_dict()["output"]
+    assert refused["state"] == "abandoned" and refused["attempts"] == 1
+    assert "LLAVA_BATCH_OUTPUT_PREFIXES" in refused["last_error"]
