@@ -127,8 +127,14 @@ def _add_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -
         views.err.print(f"warning: {views.no_worker_serves(request.model)}", markup=False)
     views.err.print(
         f"schedule {name}: {kind.name} over {schedule.source} on {request.model}, "
-        f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC"
+        f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC",
+        markup=False,
     )
+    if schedule.output_uri is not None:
+        views.err.print(
+            f"each job's results go to {schedule.output_uri} ({schedule.output_format})",
+            markup=False,
+        )
 
 
 _ADD = Family(

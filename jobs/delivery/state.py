@@ -69,7 +69,7 @@ def describe_output(output: dict[str, Any]) -> str:
         )
     tried = output["attempts"]
     if not tried:
-        return f"results being written to {uri} ({fmt})"
+        return f"results to be written to {uri} ({fmt}) by the next sweeper pass"
     return (
         f"results not written to {uri} yet: try {tried} failed ({output.get('last_error')}); "
         f"next at {output.get('next_attempt_at')}"

@@ -132,6 +132,7 @@ def test_schedule_add_keeps_its_template_and_refuses_a_bad_one(
         "--deliver-to", template, "--deliver-format", "csv",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
+    assert f"each job's results go to {template} (csv)" in added.stderr
     (listed,) = json.loads(run_cli("schedule", "list", "--json").stdout)
     assert (listed["deliver_to"], listed["deliver_format"]) == (template, "csv")
     refused = run_cli(
