@@ -9,7 +9,10 @@ caption, a validated object, a list of answers), a document item carries one out
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.geometry import Frame
 
 __all__ = ["ItemOutcome", "Outcome"]
 
@@ -29,6 +32,11 @@ class Outcome:
     finished: bool = True
     page: int | None = None
     pages: tuple[Outcome, ...] = ()
+    # A generation's image: where the processor put it on the canvas the model saw, and the
+    # image's own size (upright, before any reduced-scale decoding), for a kind that maps
+    # what the model wrote about places back to the image (``model.geometry``).
+    frame: Frame | None = None
+    source_size: tuple[int, int] | None = None
 
     @property
     def failed(self) -> bool:

@@ -41,6 +41,7 @@ __all__ = [
     "build_json_grammar",
     "check_json_grammar",
     "compile_json",
+    "compile_pattern",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,20 @@ def compile_json(bounded: Mapping[str, Any], tokenizer: llguidance.LLTokenizer) 
     if matcher.is_error():
         reason = _one_line(matcher.get_error())
         raise SchemaError(f"The decoder cannot compile the schema: {reason}.")
+    return CompiledJson(matcher, tokenizer.vocab_size, tuple(tokenizer.eos_tokens))
+
+
+def compile_pattern(pattern: str, tokenizer: llguidance.LLTokenizer) -> CompiledJson:
+    """Compile a regular expression (llguidance's syntax) that the whole output must match;
+    ``SchemaError`` if it does not compile. The logits processor takes it as it takes a schema:
+    the row ends once the pattern is complete and nothing more can follow."""
+    grammar: str = llguidance.LLMatcher.grammar_from_regex(pattern)
+    check_json_grammar(grammar, tokenizer)
+    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+    if matcher.is_error():
+        raise SchemaError(
+            f"The decoder cannot compile the pattern: {_one_line(matcher.get_error())}."
+        )
     return CompiledJson(matcher, tokenizer.vocab_size, tuple(tokenizer.eos_tokens))
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # Pillow loads where images are: the CLI that imports these names has none
     from PIL import Image
 
+    from model.geometry import Frame
+
 __all__ = [
     "ANY_JSON_OBJECT",
     "DEVICES_HELP",
@@ -221,6 +223,10 @@ class GenerationResult:
     tokens_out: int
     finished: bool = True
     tokens_in: int = 0  # prompt tokens the model read: text, template and image tokens
+    # How the processor placed the request's one image on the canvas the model saw (what a box
+    # the model wrote is normalised to); None for several images, none, or an engine that
+    # cannot say.
+    frame: Frame | None = None
 
 
 class Engine(Protocol):
@@ -244,6 +250,7 @@ class Engine(Protocol):
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
         fit_to_context: bool = False,
+        pattern: str | None = None,
     ) -> list[GenerationResult]:
         """Return exactly one result per request, in the same order.
 
@@ -256,7 +263,8 @@ class Engine(Protocol):
 
         With ``json_schema`` (a user schema, see ``model.schema``) decoding is constrained by its
         bounded form, and each finished result's text is one JSON object valid against it;
-        ``ANY_JSON_OBJECT`` constrains it to any JSON object.
+        ``ANY_JSON_OBJECT`` constrains it to any JSON object. With ``pattern`` (a regular
+        expression, not with ``json_schema``) each finished result's text matches it whole.
         Raises ``DeviceOutOfMemoryError`` when the batch does not fit (callers split and retry)
         and ``SchemaError`` when the schema is unsupported or cannot be compiled.
         """

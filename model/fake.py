@@ -13,7 +13,8 @@ With ``json_schema``, each result's text is one compact JSON object valid agains
 the same for every request: every property (required or not) filled with a placeholder of its
 type (see ``build_placeholder``); for ``ANY_JSON_OBJECT``, ``{}``. ``tokens_out`` is then the
 text's length in characters; a ``max_new_tokens`` smaller than that gives the text cut there and
-``finished=False``, like a real engine's truncated output.
+``finished=False``, like a real engine's truncated output. With ``pattern``, the text is the
+pattern's shortest match (``model.patterns.build_pattern_example``), counted the same way.
 
 A request's stop strings end its text as a real engine's do; its temperature, top_p and seed
 change nothing here (the text stays deterministic).
@@ -82,6 +83,7 @@ class FakeEngine:
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
         fit_to_context: bool = False,  # no context to fit: every budget fits
+        pattern: str | None = None,
     ) -> list[GenerationResult]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
@@ -98,6 +100,9 @@ class FakeEngine:
             )
         if self.delay_s > 0:
             time.sleep(self.delay_s)
+        if pattern is not None:
+            text = build_pattern_example(pattern)
+            return [replace(_cut(text, max_new_tokens), tokens_in=_read(r)) for r in requests]
         if bounded is not None:
             text = json.dumps(build_placeholder(bounded), ensure_ascii=False)
             return [replace(_cut(text, max_new_tokens), tokens_in=_read(r)) for r in requests]

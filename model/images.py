@@ -14,9 +14,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.errors import InputError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "read_image_size"]
+__all__ = ["DEFAULT_MAX_PIXELS", "SOURCE_SIZE", "decode_image", "read_image_size"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# ``Image.info`` key of a decoded image: its full width and height, upright, before any reduced
+# scale (``min_side``); a box found on the decoded image maps back to these pixels.
+SOURCE_SIZE = "llava_batch_source_size"
+# EXIF orientations that turn an image a quarter: width and height swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 # Containers that are images but that Pillow cannot read without extra plugins (HEIC/HEIF needs
 # pillow-heif): reported as unsupported rather than corrupt. Brands sit at bytes 8..12 of `ftyp`.
@@ -44,17 +49,26 @@ def decode_image(
         raise InputError("empty_input", "The input is empty (zero bytes).")
     try:
         image = _open_first_frame(data, max_pixels)
+        source = _upright_size(image)
         if min_side and image.format == "JPEG":
             image.draft(None, (min_side, min_side))
         # load() inside the try: truncation and most corruption only surface when the pixels
         # are actually decoded.
         image.load()
         image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        rgb = _to_rgb(image)
+        rgb.info[SOURCE_SIZE] = source
+        return rgb
     except InputError:
         raise
     except Exception as exc:
         raise _as_input_error(exc) from exc
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+    return (height, width) if turned else (width, height)
 
 
 def read_image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

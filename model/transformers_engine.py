@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from model.checkpoints import check_local_checkpoint
-from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json
+from model.constrained import CompiledJson, JsonLogitsProcessor, compile_json, compile_pattern
 from model.engine import (
     ANY_JSON_OBJECT,
     DEFAULT_GRAMMAR_CACHE_SIZE,
@@ -42,6 +42,7 @@ from model.engine import (
     is_any_json_object,
 )
 from model.errors import DeviceOutOfMemoryError, InputError, ModelLoadError, SchemaError
+from model.geometry import Frame, frame_of, preprocessing_of
 from model.lru import LruCache
 from model.sampling import RowSampler, StopStrings
 from model.schema import canonical_schema_json, prepare_schema
@@ -170,6 +171,10 @@ class TransformersEngine:
         specials = {self._image_token, *tokenizer.all_special_tokens}
         self._special_strings = sorted((s for s in specials if s), key=len, reverse=True)
         self._image_tokens_max = self._measure_image_tokens()
+        # What the image processor does to an image's geometry, so each result can say where
+        # its image lay in the canvas the model saw (None: a processor model.geometry does
+        # not know; its results carry no frame).
+        self._preprocessing = preprocessing_of(self._processor.image_processor)
         self._max_images = self._measure_max_images()
         # Compiled grammars by canonical schema JSON; the grammar tokenizer is built on first use.
         self._grammar_tokenizer: llguidance.LLTokenizer | None = None
@@ -261,6 +266,7 @@ class TransformersEngine:
         max_new_tokens: int,
         json_schema: Mapping[str, Any] | None = None,
         fit_to_context: bool = False,
+        pattern: str | None = None,
     ) -> list[GenerationResult]:
         """One result per request, in order: greedy unless the request's ``sampling`` says
         otherwise (``model.sampling``: per row, so requests of any settings share a batch).
@@ -275,7 +281,11 @@ class TransformersEngine:
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if json_schema is not None and pattern is not None:
+            raise ValueError("a generation is constrained by a schema or a pattern, not both")
         grammar = None if json_schema is None else self._grammar_for(json_schema)
+        if pattern is not None:
+            grammar = self._pattern_for(pattern)
         if not requests:
             return []
         with self._host_lock:
@@ -346,9 +356,15 @@ class TransformersEngine:
         read = inputs["attention_mask"].sum(dim=1).tolist()  # each prompt without its padding
         with self._host_lock:
             return [
-                self._decode(row, int(n), r.sampling.stop)
+                self._decode(row, int(n), r.sampling.stop, self._frame_of(r))
                 for row, n, r in zip(new_tokens, read, requests, strict=True)
             ]
+
+    def _frame_of(self, request: GenerationRequest) -> Frame | None:
+        if self._preprocessing is None or len(request.images) != 1:
+            return None
+        width, height = request.images[0].size
+        return frame_of(self._preprocessing, (width, height))
 
     @property
     def prepared_waiting(self) -> int:
@@ -423,6 +439,16 @@ class TransformersEngine:
         with self._host_lock:  # building the grammar tokenizer reads the HF tokenizer
             return self.grammars.get_or_build(key, build)
 
+    def _pattern_for(self, pattern: str) -> CompiledJson:
+        """The compiled grammar of a regular expression, compiled once per pattern (in the
+        same cache as the schemas, under a key no schema's canonical JSON takes)."""
+
+        def build() -> CompiledJson:
+            return compile_pattern(pattern, self._llg_tokenizer())
+
+        with self._host_lock:
+            return self.grammars.get_or_build("pattern:" + pattern, build)
+
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         if self._grammar_tokenizer is None:
             try:
@@ -490,7 +516,9 @@ class TransformersEngine:
             prepared[key] = value
         return prepared
 
-    def _decode(self, row: list[int], tokens_in: int, stop: Sequence[str]) -> GenerationResult:
+    def _decode(
+        self, row: list[int], tokens_in: int, stop: Sequence[str], frame: Frame | None = None
+    ) -> GenerationResult:
         # Generation stops at eos per row; shorter rows are then filled with pad.
         count = next((i for i, tok in enumerate(row) if tok in self._stop_ids), len(row))
         text = self._processor.tokenizer.decode(row[:count], skip_special_tokens=True)
@@ -501,6 +529,7 @@ class TransformersEngine:
             tokens_out=count,
             finished=stopped or count < len(row),
             tokens_in=tokens_in,
+            frame=frame,
         )
 
     def _measure_image_tokens(self) -> int:

@@ -48,10 +48,11 @@ def generate_tasks(
     max_new_tokens: int,
     json_schema: Mapping[str, Any] | None,
     fit_to_context: bool = False,
+    pattern: str | None = None,
 ) -> list[Outcome]:
     """One outcome per task, in order; a page's outcome carries its page number. Tasks go to
     the model ``micro_batch`` at a time, in an order that keeps padding small."""
-    budget = _Budget(max_new_tokens, json_schema, fit_to_context, micro_batch)
+    budget = _Budget(max_new_tokens, json_schema, fit_to_context, micro_batch, pattern)
     order = sorted(range(len(tasks)), key=lambda i: _padding_key(tasks[i]))
     results: list[Outcome | None] = [None] * len(tasks)
     start = 0
@@ -79,6 +80,7 @@ class _Budget:
     json_schema: Mapping[str, Any] | None
     fit_to_context: bool
     micro_batch: MicroBatch
+    pattern: str | None = None
 
 
 def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Outcome]:
@@ -94,6 +96,9 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
             max_new_tokens=budget.max_new_tokens,
             json_schema=budget.json_schema,
             fit_to_context=budget.fit_to_context,
+            # Only when there is one: an engine of a caller that constrains nothing by a
+            # pattern (a benchmark's, an older one) need not know the option.
+            **({"pattern": budget.pattern} if budget.pattern is not None else {}),
         )
     except SchemaError as exc:  # the job's schema, not any one item: every task fails alike
         return [
@@ -120,9 +125,23 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
             tokens_in=r.tokens_in,
             finished=r.finished,
             page=task.unit.page,
+            frame=r.frame,
+            source_size=_source_size(task.unit.image),
         )
         for task, r in zip(tasks, results, strict=True)
     ]
+
+
+def _source_size(image: Any) -> tuple[int, int] | None:
+    """One image's own size: as ``model.images.decode_image`` recorded it (before a reduced
+    scale), else as it is; None for several images or none."""
+    if image is None or isinstance(image, tuple):
+        return None
+    from model.images import SOURCE_SIZE
+
+    size = image.info.get(SOURCE_SIZE) if hasattr(image, "info") else None
+    width, height = size or image.size
+    return (int(width), int(height))
 
 
 def _split(

@@ -238,6 +238,7 @@ def _generate_grouped(engine: Engine, tasks: list[Task], micro_batch: MicroBatch
             max_new_tokens=how.max_new_tokens,
             json_schema=how.json_schema,
             fit_to_context=how.fit_to_context,
+            pattern=how.pattern,
         )
         for i, outcome in zip(indices, outcomes, strict=True):
             results[i] = outcome

@@ -170,6 +170,15 @@ def results(
             "left as they are).",
         ),
     ] = False,
+    crops: Annotated[
+        str | None,
+        typer.Option(
+            "--crops",
+            metavar="DIR",
+            help="A locate job: write each box found, cut out of its image, as a PNG into "
+            "this folder (named after the item and the expression), instead of the results.",
+        ),
+    ] = None,
 ) -> None:
     """One row per item: item_id, custom_id, input, status, result, error_code, error_message,
     finish_reason, usage; or the OpenAI Batch output format (--format openai); or one .txt
@@ -177,6 +186,20 @@ def results(
     from jobs.queries import find_job
 
     ctx = open_context()
+    if crops is not None:
+        from jobs.crops import write_crops
+
+        if output or errors or statuses or overwrite or fmt is not views.ResultFormat.jsonl:
+            raise RequestError(
+                "--crops writes images, not results: it takes no --format, -o, --errors, "
+                "--status or --overwrite.",
+                code="invalid_option",
+            )
+
+        with ctx.session_factory() as session:
+            counts = write_crops(session, find_job(session, job).id, crops, ctx.blobs)
+        views.err.print(counts.summary(crops))
+        return
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
         target = output or errors

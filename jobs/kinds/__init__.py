@@ -21,6 +21,7 @@ from jobs.kinds.base import Conversation, ItemAsk, Kind, KindParams
 from jobs.kinds.caption import Caption, CaptionParams
 from jobs.kinds.chat import Chat, ChatParams
 from jobs.kinds.extract import Extract, ExtractParams
+from jobs.kinds.locate import Locate, LocateParams
 
 __all__ = [
     "KINDS",
@@ -32,11 +33,14 @@ __all__ = [
     "ItemAsk",
     "Kind",
     "KindParams",
+    "LocateParams",
     "decode_params",
     "get_kind",
 ]
 
-KINDS: dict[str, Kind[Any]] = {kind.name: kind for kind in (Caption(), Extract(), Ask(), Chat())}
+KINDS: dict[str, Kind[Any]] = {
+    kind.name: kind for kind in (Caption(), Extract(), Ask(), Chat(), Locate())
+}
 
 
 def get_kind(name: str) -> Kind[Any]:

@@ -48,12 +48,14 @@ class Generation:
     json_schema: Mapping[str, Any] | None = None
     fit_to_context: bool = False
     sampling: Sampling = GREEDY
+    # A regular expression the whole output must match (``Engine.generate``'s ``pattern``).
+    pattern: str | None = None
 
     def key(self) -> tuple[Any, ...]:
         import json
 
         schema = None if self.json_schema is None else json.dumps(self.json_schema, sort_keys=True)
-        return (self.max_new_tokens, schema, self.fit_to_context)
+        return (self.max_new_tokens, schema, self.fit_to_context, self.pattern)
 
 
 def job_generation(
@@ -101,6 +103,9 @@ class Kind(Protocol[P]):
     # Whether an item's result is one text (or one JSON document): what ``results --format
     # txt`` writes to its item's sidecar file. A kind of several answers per item says no.
     one_text: ClassVar[bool]
+    # Whether its results hold boxes in the image's pixels (``pixels`` in each entry of the
+    # result's list): what ``results --crops`` cuts out (``jobs.crops``).
+    finds_boxes: ClassVar[bool]
 
     def document_rendering(self, params: P) -> tuple[str, int] | None:
         """For a kind that reads documents: which pages, at which dpi; otherwise None."""
@@ -162,6 +167,7 @@ class KindDefaults(Generic[P]):
     one conversation turn, one results row per item. A kind overrides what differs."""
 
     one_text: ClassVar[bool] = True
+    finds_boxes: ClassVar[bool] = False
 
     def document_rendering(self, params: P) -> tuple[str, int] | None:
         return None

@@ -71,4 +71,4 @@ def test_unknown_kinds_and_bad_parameters_are_request_errors() -> None:
     with pytest.raises(RequestError) as bad:
         _of("extract", schema=INVOICE_SCHEMA, dpi="high")
     assert bad.value.code == "invalid_request" and "dpi" in bad.value.message
-    assert set(KINDS) == {"caption", "extract", "ask", "chat"}
+    assert set(KINDS) == {"caption", "extract", "ask", "chat", "locate"}

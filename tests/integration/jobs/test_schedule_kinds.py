@@ -1,7 +1,8 @@
-"""Schedules of every kind (caption, extract, ask) over an S3 prefix or a local folder, on SQLite
-and PostgreSQL: each firing takes only what is new or changed, a local folder's files are stored
-as ``submit`` stores them, one job per due time however many schedulers race, and a request that
-``submit`` refuses is refused at ``schedule add`` with the same code, nothing written."""
+"""Schedules of every kind (caption, extract, ask, locate) over an S3 prefix or a local folder,
+on SQLite and PostgreSQL: each firing takes only what is new or changed, a local folder's files
+are stored as ``submit`` stores them, one job per due time however many schedulers race, and a
+request that ``submit`` refuses is refused at ``schedule add`` with the same code, nothing
+written."""
 
 from __future__ import annotations
 
@@ -336,3 +337,25 @@ def test_two_schedulers_racing_over_a_local_folder_create_one_job(
         created.append(int(out.strip()))
     assert sorted(created) == [0, 1]
     assert _count(sf, Job) == 1 and _count(sf, Item) == 5 and _count(sf, ScheduleObject) == 5
+
+
+def test_a_locate_schedule_over_a_local_folder_takes_its_expressions_to_each_new_image(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shelves"
+    write_images(folder, 2)
+    start = utcnow()
+    expressions = ["the red bus", "the price label"]
+    _add(session_factory, str(folder), _request("locate", expressions=expressions), start)
+    bell = ListPublisher()
+    (first,) = fire_due_schedules(session_factory, blobs, bell, now=start + DUE)
+    job = _job(session_factory, first)
+    assert job.kind == "locate" and job.params["expressions"] == expressions
+    assert job.params["template"] == "llava" and job.params["max_new_tokens"] == 25
+    assert len(_items(session_factory, first)) == 2
+    (folder / "new.png").write_bytes(image_bytes((40, 30), seed=9))
+    (second,) = fire_due_schedules(session_factory, blobs, bell, now=start + 2 * DUE)
+    assert [Path(i.source).name for i in _items(session_factory, second)] == ["new.png"]
+    with pytest.raises(RequestError) as refused:
+        _add(session_factory, str(folder), _request("locate"), start)
+    assert refused.value.code == "invalid_expressions"

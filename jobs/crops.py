@@ -1,0 +1,135 @@
+"""``results JOB --crops DIR``: each box a ``locate`` job found, cut out of its image as a PNG.
+
+A crop is named after its item and its expression: the item's sidecar name
+(``jobs.sidecars``: its path under the inputs' common folder, or its custom_id) without the
+extension, then ``.<n>-<expression>.png`` with ``n`` the expression's number from 1 and the
+expression cut to a safe slug: ``shelf/p1.jpg`` with "the red bus" as its second expression
+writes ``shelf/p1.2-the-red-bus.png``. The image is read from the store as the worker read it
+and turned upright by its EXIF orientation, the frame the pixel boxes are in. A box of no area
+(one that lay wholly in the padding) writes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from jobs.db import Item
+from jobs.errors import RequestError
+from jobs.kinds import get_kind
+from jobs.paging import items_after
+from jobs.queries import find_job, iter_sources
+from jobs.sidecars import SUFFIX, SidecarNames, common_roots, sidecar_path
+from jobs.states import ItemStatus
+from storage import Blobs, StorageError
+
+SLUG_CHARS = 40
+_NOT_SLUG = re.compile(r"[^0-9a-z]+")
+_COLUMNS = (
+    Item.id,
+    Item.seq,
+    Item.custom_id,
+    Item.source,
+    Item.input_uri,
+    Item.status,
+    Item.result_json,
+)
+_WITH_BOXES = (ItemStatus.succeeded, ItemStatus.failed)  # a failed item may have some
+
+
+@dataclass
+class CropCounts:
+    written: int = 0
+    empty: int = 0  # boxes of no area
+    unreadable: int = 0  # items whose image is gone from the store, or no longer decodes
+
+    def summary(self, directory: str) -> str:
+        parts = [f"wrote {self.written} crop(s) under {directory}"]
+        if self.empty:
+            parts.append(f"{self.empty} box(es) of no area wrote nothing")
+        if self.unreadable:
+            parts.append(f"{self.unreadable} item(s) whose image could not be read wrote nothing")
+        return "; ".join(parts)
+
+
+def write_crops(
+    session: Session, job_id: str, directory: str, blobs: Blobs, *, chunk: int = 1000
+) -> CropCounts:
+    """Writes every box of the job's items (succeeded, or failed with some boxes found) as a
+    PNG under ``directory``; returns what was done."""
+    from model.errors import InputError
+    from model.images import decode_image
+
+    job = find_job(session, job_id)
+    if not get_kind(job.kind).finds_boxes:
+        raise RequestError(
+            f"--crops cuts the boxes of a locate job out of its images; {job_id} is a "
+            f"{job.kind} job, which finds none.",
+            code="invalid_option",
+        )
+    root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RequestError(
+            f"{directory}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
+        ) from exc
+    roots = common_roots(iter_sources(session, job_id, chunk=chunk))
+    names = SidecarNames()
+    counts = CropCounts()
+    for item in _items(session, job_id, chunk):
+        # Named over every item, whatever its state, as sidecars are: the same names each time.
+        base, _ = names.take(sidecar_path(item, roots), item.seq)
+        boxes = [b for b in item.result_json or () if isinstance(b, dict) and b.get("pixels")]
+        if item.status not in _WITH_BOXES or not boxes:
+            continue
+        try:
+            image = decode_image(blobs.read_uri(item.input_uri))
+        except (StorageError, InputError):  # collected from the store, or no longer decodes
+            counts.unreadable += 1
+            continue
+        stem = base[-1][: -len(SUFFIX)]
+        for index, found in enumerate(item.result_json or ()):
+            if not isinstance(found, dict) or not found.get("pixels"):
+                continue
+            x1, y1, x2, y2 = (int(v) for v in found["pixels"])
+            if x2 <= x1 or y2 <= y1:
+                counts.empty += 1
+                continue
+            name = f"{stem}.{index + 1}-{slug(str(found.get('expression', '')))}.png"
+            target = root.joinpath(*base[:-1], name)
+            _write(target, image.crop((x1, y1, x2, y2)))
+            counts.written += 1
+    return counts
+
+
+def slug(expression: str) -> str:
+    """An expression as a file name's part: lower-case letters and digits joined by ``-``."""
+    cut = _NOT_SLUG.sub("-", expression.lower()).strip("-")[:SLUG_CHARS].strip("-")
+    return cut or "box"
+
+
+def _items(session: Session, job_id: str, chunk: int) -> Iterator[Any]:
+    after: int | None = -1
+    while after is not None:
+        page = items_after(session, job_id, after, limit=chunk, columns=_COLUMNS)
+        yield from page.items
+        after = page.next_after
+
+
+def _write(target: Path, crop: Any) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = io.BytesIO()
+        crop.save(data, "PNG")
+        target.write_bytes(data.getvalue())
+    except OSError as exc:
+        raise RequestError(
+            f"{target}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
+        ) from exc
