@@ -43,7 +43,7 @@ from jobs.hooks import reached
 from jobs.kinds import get_kind
 from jobs.paging import ItemRecord, items_after
 from jobs.sidecars import name_sidecars, sidecar_text, write_named
-from jobs.states import ItemStatus, JobStatus
+from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 from storage import Blobs, StorageError, atomic_file, is_s3_uri
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,11 @@ def _write_results(
         if item.status == ItemStatus.succeeded:
             writer.write(item)
             succeeded += 1
-        else:
+        elif item.status in TERMINAL_ITEM_STATES:
             failed.write(item)
             other += 1
+        # else: queued or running again (a retry reopened the job meanwhile): its next end
+        # writes the folder again.
     return {"results": succeeded, "errors": other}
 
 
@@ -153,7 +155,7 @@ def _write_sidecars(
         for entry in name_sidecars(_sources(sf, job_id), _items(sf, job_id)):
             if entry[2].status == ItemStatus.succeeded:
                 counts["results"] += 1
-            else:
+            elif entry[2].status in TERMINAL_ITEM_STATES:
                 errors.write(entry[2])
                 counts["errors"] += 1
             yield entry
