@@ -144,6 +144,7 @@ def add_schedule(
         next_due_at=now,
     )
     schedule.next_due_at = next_due(schedule, now)
+    schedule.notify_url = request.notify_url  # every job it fires tells the same URL
     with session_factory.begin() as session:
         if session.scalar(select(Schedule.id).where(Schedule.name == name)):
             raise RequestError(f"A schedule named {name!r} exists already.", code="schedule_exists")
@@ -178,6 +179,7 @@ def read_request(schedule: Schedule) -> SubmitRequest:
         priority=int(stored.get("priority", 0)),
         completion_window_seconds=stored.get("completion_window_seconds"),
         retain_seconds=schedule.retain_seconds,
+        notify_url=schedule.notify_url,
     )
     return _filled(request, schedule.name, schedule.output_uri, schedule.output_format)
 

@@ -78,6 +78,34 @@ def _worker_rows_kept_for(text: str) -> str:
     return text.strip()
 
 
+def _webhook_secret(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    from jobs.delivery.signing import webhook_key  # not at import: jobs.delivery reads the db
+
+    webhook_key(text)  # ValueError: a settings error naming the variable
+    return text.strip()
+
+
+def _networks(entries: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{entry!r} is not a network (10.0.0.0/8, fd00::/8, 127.0.0.1)"
+            ) from None
+    return entries
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
 def default_home() -> Path:
     return Path.home() / ".llava-batch"
 
@@ -185,6 +213,25 @@ class Settings(BaseSettings):
     # its rows renews it, a big submit's heartbeat too, every 200 s): a submit stalled longer
     # fails (submit_stalled), and a producer that died holds up blob collection this long.
     submit_in_flight_seconds: Annotated[int, Field(ge=600, le=7 * 86_400)] = 3600
+
+    # Webhooks (jobs.delivery.webhook, docs/webhooks.md). notify_url: where a job's end is
+    # POSTed when its submit names no --notify (empty: nowhere). webhook_secret: the Standard
+    # Webhooks key every one is signed with, whsec_<base64>; none is sent unsigned, so a
+    # --notify without it is refused. Webhooks go to https and public addresses only: plain http
+    # to the hosts of webhook_allow_http_hosts, loopback, private and link-local addresses in
+    # the networks of webhook_allow_networks (both comma-separated).
+    notify_url: str | None = None
+    webhook_secret: Annotated[str | None, AfterValidator(_webhook_secret)] = Field(
+        default=None, repr=False
+    )
+    webhook_allow_http_hosts: Annotated[
+        tuple[str, ...], NoDecode, BeforeValidator(_comma_list)
+    ] = ()
+    webhook_allow_networks: Annotated[
+        tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_networks)
+    ] = ()
+    # One try's connection, sending and answer, each at most this long; then the try failed.
+    webhook_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
 
     @property
     def submit_in_flight(self) -> timedelta:

@@ -20,7 +20,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from jobs.cli import retention, views
+from jobs.cli import notifications, retention, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
 from jobs.cli.options import Json, Timeout, parse_timeout
@@ -57,6 +57,7 @@ def build_app() -> typer.Typer:
     app.add_typer(build_schedule_app(), name="schedule")
     app.command("delete")(retention.delete)
     app.command("purge")(retention.purge)
+    app.command("notifications")(notifications.notifications)
     return commands.add_to(app)
 
 

@@ -24,6 +24,7 @@ from jobs.cli.options import (
     DeliverTo,
     MaxNew,
     ModelName,
+    Notify,
     Priority,
     Retain,
     build_request,
@@ -68,6 +69,7 @@ def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
         parameter("priority", Priority, None),
         parameter("completion_window", CompletionWindow, None),
         parameter("retain", Retain, None),
+        parameter("notify", Notify, None),
         parameter("model", ModelName, None),
         # Where the results go when the job ends (jobs.delivery.targets).
         parameter("deliver_to", DeliverTo, None),
@@ -103,6 +105,7 @@ def request_for(
         retain=values["retain"],
         deliver_to=values["deliver_to"],
         deliver_format=values["deliver_format"],
+        notify=values["notify"],
         **request,
         **params,
     )

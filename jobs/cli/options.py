@@ -71,6 +71,15 @@ DeliverFormat = Annotated[
         "txt writes them).",
     ),
 ]
+Notify = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="When the job ends, POST a signed webhook here (https; docs/webhooks.md). "
+        "Default: LLAVA_BATCH_NOTIFY_URL.",
+    ),
+]
 ModelName = Annotated[
     str | None,
     typer.Option(
@@ -137,11 +146,13 @@ def build_request(
     retain: str | None = None,
     deliver_to: str | None = None,
     deliver_format: str | None = None,
+    notify: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
     ``completion_window``: ``--completion-window`` as written (default: the setting)."""
+    from jobs.delivery.webhook import notify_url_of
     from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
 
@@ -153,6 +164,7 @@ def build_request(
         else ctx.settings.completion_window_seconds
     )
     retain_seconds = parse_retain(retain) if retain is not None else ctx.settings.retain_seconds
+    notify_url = notify_url_of(notify, ctx.settings)
     return SubmitRequest.of(
         kind,
         sources,
@@ -172,5 +184,6 @@ def build_request(
         output_uri=deliver_to,
         output_format=deliver_format,
         output_prefixes=ctx.settings.output_prefixes,
+        notify_url=notify_url,
         **params,
     )

@@ -260,6 +260,7 @@ def _as_dict(s: Schedule) -> dict[str, object]:
         # Each job's results go there when it ends ({schedule}, {job}, {date} as written).
         "deliver_to": s.output_uri,
         "deliver_format": s.output_format,
+        "notify_url": s.notify_url,
     }
 
 

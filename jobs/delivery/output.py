@@ -82,7 +82,8 @@ def output_handler(
             written = _write(session_factory, task, target, kind, model, fmt or "jsonl")
         except (StorageError, OSError, RequestError) as exc:
             return Attempt(ok=False, detail=f"{task.target}: {exc}")
-        return Attempt(ok=True, result={"uri": task.target, "format": fmt, **written})
+        said = f"{fmt}: {written['results']} result(s), {written['errors']} error(s)"
+        return Attempt(ok=True, detail=said, result={"uri": task.target, "format": fmt, **written})
 
     return deliver
 

@@ -70,6 +70,10 @@ class SubmitRequest:
     output_format: str | None = None
     # A limit: where a target may lie, LLAVA_BATCH_OUTPUT_PREFIXES (jobs.delivery.targets).
     output_prefixes: tuple[str, ...] = ()
+    # Where the job's end is POSTed, signed (jobs.delivery.webhook); checked by whoever builds
+    # the request (jobs.delivery.webhook.notify_url_of). Not part of what an idempotency key
+    # stands for: who is told, not what is done.
+    notify_url: str | None = None
 
     def identity(self, sources: Any) -> dict[str, Any]:
         """What an idempotency key stands for (``jobs.submit.fingerprint``), ``sources``
@@ -106,6 +110,7 @@ class SubmitRequest:
         output_uri: str | None = None,
         output_format: str | None = None,
         output_prefixes: Sequence[str] = (),
+        notify_url: str | None = None,
         **params: Any,
     ) -> SubmitRequest:
         """Builds the kind's parameters from keywords (``prompt=``, ``schema=``, ``questions=``;
@@ -144,6 +149,7 @@ class SubmitRequest:
             output_uri=target,
             output_format=fmt,
             output_prefixes=tuple(output_prefixes),
+            notify_url=notify_url,
         )
 
 
@@ -303,6 +309,7 @@ def build_job(
             else now + timedelta(seconds=request.completion_window_seconds)
         ),
     )
+    job.notify_url = request.notify_url
     if request.metadata:  # none: SQL NULL, not a JSON null
         job.job_metadata = dict(request.metadata)
     if request.output_uri is not None:  # its own folder, named now: jobs.delivery.targets

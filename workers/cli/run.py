@@ -28,6 +28,7 @@ import typer
 from jobs.cli import views
 from jobs.cli.context import Context
 from jobs.cli.errors import fail
+from jobs.cli.notifications import deliver_now
 from jobs.cli.progress import Interrupts, RunCounts, RunProgress
 from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.errors import ExitCode, RequestError
@@ -179,27 +180,7 @@ def _work_here(
         for sig in Interrupts.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         _interrupted(ctx, job_id, res.model or ctx.settings.model)
-    _deliver(res, job_id)
     _finish(ctx, job_id, out)
-
-
-def _deliver(res: WorkerResources, job_id: str) -> None:
-    """What the job's end sends (its results to --deliver-to) is sent here, now: a run often
-    has no sweeper beside it. One that fails waits for the next sweeper pass (llava-batch
-    sweep), which tries again."""
-    from jobs.delivery import deliver_due
-    from jobs.delivery.handlers import handlers_for
-    from jobs.delivery.state import describe_output, read_output
-
-    deliver_due(
-        res.session_factory,
-        handlers_for(res.session_factory, res.blobs, res.settings),
-        among=[job_id],
-    )
-    with res.session_factory() as session:
-        output = read_output(session, find_job(session, job_id))
-    if output is not None:
-        views.err.print(describe_output(output), markup=False)
 
 
 def _job_facts(ctx: Context, job_id: str) -> tuple[str, str, str]:
@@ -218,7 +199,9 @@ def _counts(ctx: Context, job_id: str) -> tuple[int, int, int]:
 
 
 def _finish(ctx: Context, job_id: str, out: RunOutput) -> NoReturn:
-    """The job's summary (on stdout after text results there, else on stderr) and its exit."""
+    """The job's summary (on stdout after text results there, else on stderr) and its exit;
+    first, one try of what the job's end sends (--notify)."""
+    deliver_now(ctx, job_id)
     with ctx.session_factory() as session:
         progress = read_progress(session, find_job(session, job_id))
     if out.fmt is RunFormat.text and out.to_stdout:
