@@ -77,6 +77,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# The condition of the index ix_items_reuse_key (and of every query meant to use it).
+REUSABLE_PREDICATE = "reuse_key IS NOT NULL AND status = 'succeeded' AND reused_from IS NULL"
+
 # ``jobs.turn_at`` of a job no worker has taken a batch of yet: before every real time.
 NEVER_SERVED = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -188,6 +191,15 @@ class Item(Base):
             postgresql_where=text("input_sha256 IS NOT NULL"),
             sqlite_where=text("input_sha256 IS NOT NULL"),
         ),
+        # The results a later job may reuse (jobs.lifecycle.reuse): only ones a model produced.
+        # A row enters it when it succeeds, so neither a submit's queued rows nor the copies
+        # reuse writes cost an index entry. Queries must repeat the predicate word for word.
+        Index(
+            "ix_items_reuse_key",
+            "reuse_key",
+            postgresql_where=text(REUSABLE_PREDICATE),
+            sqlite_where=text(REUSABLE_PREDICATE),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -224,6 +236,13 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What decides the item's result apart from the model (jobs.reuse.reuse_key): its input
+    # bytes, kind, prompt or request, and generation settings, hashed at submit. NULL: never
+    # reused nor a source (an input read in place, sampling without a seed, an older row).
+    reuse_key: Mapped[str | None] = mapped_column(String(64))
+    # Set on a result copied from an earlier item (--reuse) instead of running the model: that
+    # item's id, always one the model ran for. Its tokens were not spent again, so it has none.
+    reused_from: Mapped[str | None] = mapped_column(String(36))
 
 
 class WorkerRow(Base):
@@ -282,6 +301,30 @@ class ItemInput(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     uri: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class Review(Base):
+    """A person's decision on an item's result (``jobs.review``), kept apart from the item:
+    the model's own result stays as it was, and an edit is stored beside it. An item has no
+    row until someone reviews it (unreviewed); the row goes with its item (cascade)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        # A job's reviews (filters, bulk decisions, whether an export needs the join at all).
+        Index("ix_reviews_job_decision", "job_id", "decision"),
+    )
+
+    # The primary key is the index the cascade from ``items`` needs: a ranged DELETE of items
+    # finds each item's review by it.
+    item_id: Mapped[str] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[str] = mapped_column(String(36))
+    decision: Mapped[str | None] = mapped_column(String(16))  # approved | rejected
+    edited_text: Mapped[str | None] = mapped_column(Text)
+    edited_json: Mapped[Any | None] = mapped_column(JsonType)
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Schedule(Base):

@@ -84,6 +84,53 @@ RETRYABLE_ERROR_CODES: frozenset[ItemErrorCode] = frozenset(
 )
 
 
+# Each item error code in words, for a person reading a failure (the review page): what went
+# wrong with this item, in one plain sentence. docs/errors.md has the full story per code; a
+# test holds this table to ``ItemErrorCode``.
+ITEM_ERROR_WORDS: dict[ItemErrorCode, str] = {
+    ItemErrorCode.empty_input: "The input file is empty.",
+    ItemErrorCode.image_decode_error: "The image is corrupt or truncated.",
+    ItemErrorCode.image_too_large: "The image has more pixels than allowed.",
+    ItemErrorCode.unsupported_format: "The input is not an image format that can be read.",
+    ItemErrorCode.input_not_found: "The input does not exist (any more).",
+    ItemErrorCode.input_too_large: "The input file is larger than allowed.",
+    ItemErrorCode.input_access_denied: "The store refused access to the input.",
+    ItemErrorCode.invalid_uri: "The input's address is malformed.",
+    ItemErrorCode.input_scheme_not_allowed: "The image is a URL, and inputs are never fetched "
+    "from the network.",
+    ItemErrorCode.input_not_allowed: "The input lies outside the allowed input prefixes.",
+    ItemErrorCode.prompt_too_long: "The prompt does not fit the model's context.",
+    ItemErrorCode.too_many_images: "The request has more images than allowed.",
+    ItemErrorCode.images_not_supported: "The model takes one image per request, and this "
+    "request has several.",
+    ItemErrorCode.pdf_encrypted: "The PDF needs a password.",
+    ItemErrorCode.pdf_corrupt: "The PDF cannot be read.",
+    ItemErrorCode.pdf_too_many_pages: "The PDF has more selected pages than allowed.",
+    ItemErrorCode.pdf_page_out_of_range: "None of the selected pages exists in the PDF.",
+    ItemErrorCode.document_too_large: "The selected pages together are too large to render.",
+    ItemErrorCode.output_truncated: "The output ran out of tokens before its JSON was closed.",
+    ItemErrorCode.output_invalid: "The output does not match the schema.",
+    ItemErrorCode.schema_invalid: "The job's schema could not be compiled.",
+    ItemErrorCode.storage_unavailable: "The store kept failing through every retry.",
+    ItemErrorCode.out_of_memory: "The model ran out of device memory on this item.",
+    ItemErrorCode.worker_lost: "The worker died while processing this item, every time.",
+    ItemErrorCode.batch_expired: "The job's completion window passed before this item started.",
+    ItemErrorCode.storage_error: "The store failed reading the input.",
+    ItemErrorCode.internal_error: "Something unexpected went wrong processing this item.",
+}
+
+
+def error_words(code: str | None) -> str | None:
+    """An item error code in words (None: no code); a code this version does not know (a
+    newer worker's) reads as itself."""
+    if code is None:
+        return None
+    try:
+        return ITEM_ERROR_WORDS[ItemErrorCode(code)]
+    except ValueError:
+        return code
+
+
 class JobsError(Exception):
     """Base: a refusal the caller should see as one line, with a stable code. Never a bug, so
     never ``internal_error``: raised as-is it means "refused; nothing was changed"."""
@@ -123,6 +170,21 @@ class JobNotFinishedError(JobsError):
 
     code = "job_not_finished"
     exit_code = ExitCode.job_not_finished
+
+
+class ReviewJobNotFoundError(JobNotFoundError, RequestError):
+    """A review names a job that does not exist: a ``JobNotFoundError`` (exit 3) that a
+    caller handling review refusals as ``RequestError`` catches too."""
+
+    code = "job_not_found"
+    exit_code = ExitCode.not_found
+
+
+class ItemNotFoundError(NotFoundError, RequestError):
+    """A review names an item that does not exist (or whose job is being deleted)."""
+
+    code = "item_not_found"
+    exit_code = ExitCode.not_found
 
 
 class ScheduleNotFoundError(NotFoundError):

@@ -11,6 +11,12 @@
   (``skipped``).
 - ``txt``: not a stream but a folder, one file per succeeded item (``jobs.sidecars``).
 
+``results`` (``reviews``) adds each item's review (``jobs.review``) to ``jsonl`` and ``csv``:
+``decision, edited, reviewer, reviewed_at`` (``jobs.queries.review_fields``; in ``csv`` after
+the usage, on each item's first row). ``openai`` with ``use_edits`` writes a reviewer's edit
+as the answer's content in place of the model's: an edited item that failed (an extraction
+whose output did not match its schema, corrected by hand) is then written as a success.
+
 ``write`` takes an item (``jobs.paging.ItemRecord``: an ``Item``, or a row of
 ``jobs.queries.iter_items``); a caller that streams items as they finish (``run``) can hand
 each one over as it is recorded.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     from jobs.paging import ItemRecord
 
 USAGE_COLUMNS = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens")
+REVIEW_COLUMNS = ("decision", "edited", "reviewer", "reviewed_at")
 
 
 class ResultFormat(StrEnum):
@@ -57,60 +65,107 @@ def open_result_writer(
     kind: Kind[Any],
     model: str,
     errors: IO[str] | None = None,
+    reviews: bool = False,
+    joined: bool = False,
+    use_edits: bool = False,
 ) -> ResultWriter:
-    """A writer of ``fmt`` onto ``stream`` (``errors``: where ``openai`` puts failed items)."""
+    """A writer of ``fmt`` onto ``stream`` (``errors``: where ``openai`` puts failed items;
+    ``reviews``: ``jsonl`` and ``csv`` carry the review columns, read from each item when it
+    was ``joined`` with its review (``jobs.paging.ReviewedRecord``), else empty; ``use_edits``:
+    ``openai`` answers with a reviewer's edit where there is one, and needs ``joined``)."""
     if fmt is ResultFormat.txt:
         raise ValueError("txt writes a folder of files, not a stream: jobs.sidecars")
+    if use_edits and not joined:
+        raise ValueError("use_edits reads the edits: the items must be read with their reviews")
     if fmt is ResultFormat.openai:
-        return OpenAIWriter(stream, model=model, errors=errors)
+        return OpenAIWriter(stream, model=model, errors=errors, use_edits=use_edits)
+    review = _review_reader(joined) if reviews else None
     if fmt is ResultFormat.csv:
-        return CsvWriter(stream, kind)
-    return JsonlWriter(stream)
+        return CsvWriter(stream, kind, review=review)
+    return JsonlWriter(stream, review=review)
+
+
+ReviewReader = Callable[[Any], dict[str, Any]]
+
+
+def _review_reader(joined: bool) -> ReviewReader:
+    from jobs.queries import NO_REVIEW, review_fields
+
+    # Not getattr with a default on rows read without the join: a Row's missing attribute
+    # raises inside, and five of those per item halved the speed of an export.
+    return review_fields if joined else lambda _item: dict(NO_REVIEW)
 
 
 class JsonlWriter(ResultWriter):
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, review: ReviewReader | None = None) -> None:
         from jobs.queries import result_row  # once per export, not once per item
 
         self._stream = stream
         self._row = result_row
+        self._review = review
 
     def write(self, item: ItemRecord) -> None:
-        self._stream.write(json.dumps(self._row(item), ensure_ascii=False) + "\n")
+        row = self._row(item)
+        if self._review is not None:
+            row.update(self._review(item))
+        self._stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 class CsvWriter(ResultWriter):
     """The kind lays its rows out; the usage columns follow, on each item's first row."""
 
-    def __init__(self, stream: IO[str], kind: Kind[Any]) -> None:
+    def __init__(
+        self, stream: IO[str], kind: Kind[Any], *, review: ReviewReader | None = None
+    ) -> None:
         from jobs.queries import result_row  # once per export, not once per item
 
         self._kind = kind
         self._row = result_row
-        self._writer = csv.DictWriter(stream, fieldnames=(*kind.csv_fields(), *USAGE_COLUMNS))
+        self._review = review
+        columns = REVIEW_COLUMNS if review is not None else ()
+        fields = (*kind.csv_fields(), *USAGE_COLUMNS, *columns)
+        self._writer = csv.DictWriter(stream, fieldnames=fields)
         self._writer.writeheader()
 
     def write(self, item: ItemRecord) -> None:
         row = self._row(item)
         row.pop("model")  # one job, one model: status and the jobs table say which
+        row.pop("reused_from")  # the kind's columns; the jsonl format and SQL say which are copies
         usage = row.pop("usage") or {}
         first = {"finish_reason": row.pop("finish_reason"), **usage}
+        if self._review is not None:
+            review = self._review(item)
+            if not isinstance(review["edited"], str | None):  # JSON, as in the result column
+                review["edited"] = json.dumps(review["edited"], ensure_ascii=False)
+            first.update(review)
         for index, line in enumerate(self._kind.csv_rows(row)):
             self._writer.writerow({**line, **first} if index == 0 else line)
 
 
 class OpenAIWriter(ResultWriter):
-    def __init__(self, stream: IO[str], *, model: str, errors: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        model: str,
+        errors: IO[str] | None = None,
+        use_edits: bool = False,
+    ) -> None:
         from jobs.openai_batch import error_line, success_line  # once per export
 
         self._stream = stream
         self._errors = errors if errors is not None else stream
         self._model = model
         self._success, self._error = success_line, error_line
+        self._use_edits = use_edits
         self.skipped = 0
 
     def write(self, item: ItemRecord) -> None:
-        if item.status == ItemStatus.succeeded:
+        edited = self._edit(item) if self._use_edits else None
+        if edited is not None and item.status in (ItemStatus.succeeded, ItemStatus.failed):
+            line = self._success(item, self._model, edited=edited)
+            self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        elif item.status == ItemStatus.succeeded:
             line = self._success(item, self._model)
             self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         elif item.status in (ItemStatus.failed, ItemStatus.cancelled, ItemStatus.expired):
@@ -118,3 +173,7 @@ class OpenAIWriter(ResultWriter):
             self._errors.write(json.dumps(line, ensure_ascii=False) + "\n")
         else:  # queued or running: no output yet
             self.skipped += 1
+
+    @staticmethod
+    def _edit(item: Any) -> Any | None:  # a ReviewedRecord (use_edits reads with the join)
+        return item.edited_json if item.edited_json is not None else item.edited_text

@@ -85,9 +85,12 @@ def status_code(error_code: str) -> int:
     return STATUS_CODES.get(error_code, 500)
 
 
-def success_line(item: ItemRecord, model: str) -> dict[str, Any]:
-    """A succeeded item: its answer as a ``chat.completion``."""
-    if item.result_json is not None:
+def success_line(item: ItemRecord, model: str, *, edited: Any | None = None) -> dict[str, Any]:
+    """A succeeded item: its answer as a ``chat.completion``. ``edited``: a reviewer's edit
+    (``jobs.review``: text, or JSON), the message's content in place of the model's."""
+    if edited is not None:
+        content = edited if isinstance(edited, str) else json.dumps(edited, ensure_ascii=False)
+    elif item.result_json is not None:
         content = json.dumps(item.result_json, ensure_ascii=False)
     else:
         content = item.result_text or ""

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.db import Item
+from jobs.db import Item, Review
+from jobs.review.types import UNREVIEWED
 
 
 class ItemRecord(Protocol):
@@ -55,6 +56,8 @@ class ItemRecord(Protocol):
     @property
     def model_revision(self) -> str | None: ...
     @property
+    def reused_from(self) -> str | None: ...
+    @property
     def prompt_tokens(self) -> int | None: ...
     @property
     def completion_tokens(self) -> int | None: ...
@@ -64,6 +67,21 @@ class ItemRecord(Protocol):
     def created_at(self) -> datetime: ...
     @property
     def finished_at(self) -> datetime | None: ...
+
+
+class ReviewedRecord(ItemRecord, Protocol):
+    """An item read with its review (``REVIEW_COLUMNS``; None where there is none)."""
+
+    @property
+    def decision(self) -> str | None: ...
+    @property
+    def edited_text(self) -> str | None: ...
+    @property
+    def edited_json(self) -> Any | None: ...
+    @property
+    def reviewer(self) -> str | None: ...
+    @property
+    def reviewed_at(self) -> datetime | None: ...
 
 
 RECORD_COLUMNS = (
@@ -79,11 +97,23 @@ RECORD_COLUMNS = (
     Item.finish_reason,
     Item.model,
     Item.model_revision,
+    Item.reused_from,
     Item.prompt_tokens,
     Item.completion_tokens,
     Item.tokens_out,
     Item.created_at,
     Item.finished_at,
+)
+
+
+# What an export reads of an item's review (``jobs.review``), by one outer join; a job nobody
+# reviewed is paged without it, and its rows have none of these.
+REVIEW_COLUMNS = (
+    Review.decision,
+    Review.edited_text,
+    Review.edited_json,
+    Review.reviewer,
+    Review.decided_at.label("reviewed_at"),
 )
 
 
@@ -102,18 +132,31 @@ def items_after(
     limit: int,
     statuses: Collection[str] | None = None,
     columns: Sequence[Any] = RECORD_COLUMNS,
+    reviews: bool = False,
+    reviewed: str | None = None,
 ) -> Page:
     """The job's items with ``after < seq <= after + limit`` (only those in ``statuses``, when
     given), in seq order. Without ``statuses``, an empty page means the job has no item beyond
     ``after``; with them, go on from ``next_after`` until it is None. ``columns``: fewer than an
-    export reads, for a pass that needs only those (its rows are then not ``ItemRecord``s)."""
+    export reads, for a pass that needs only those (its rows are then not ``ItemRecord``s).
+    ``reviews``: each row carries its review too (``REVIEW_COLUMNS``, None where there is none),
+    one LEFT JOIN per page; ``reviewed``: only items so reviewed (approved, rejected or
+    unreviewed; it needs ``reviews``)."""
+    filtered = bool(statuses) or reviewed is not None
     while True:
         end = after + limit
-        query = select(*columns).where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
+        query = select(*columns, *(REVIEW_COLUMNS if reviews else ()))
+        if reviews:
+            query = query.select_from(Item).outerjoin(Review, Review.item_id == Item.id)
+        query = query.where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
         if statuses:
             query = query.where(Item.status.in_(list(statuses)))
+        if reviewed == UNREVIEWED:
+            query = query.where(Review.decision.is_(None))
+        elif reviewed is not None:
+            query = query.where(Review.decision == reviewed)
         items = session.execute(query.order_by(Item.seq)).all()
-        if statuses:
+        if filtered:
             if items or _any_between(session, job_id, after, end):
                 return Page(items, end)
         elif len(items) == limit:

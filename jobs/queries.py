@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from jobs.db import Item, Job, utcnow
+from jobs.db import Item, Job, Review, utcnow
 from jobs.delivery.state import read_output
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
-from jobs.paging import ItemRecord, items_after
+from jobs.paging import ItemRecord, ReviewedRecord, items_after
 from jobs.shares import Turn, eta_seconds, read_turn
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 
@@ -28,6 +28,8 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Items whose result is a copy of an earlier one (--reuse): no tokens of theirs above.
+    reused_items: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -110,6 +112,7 @@ class JobProgress:
             shown["turn"] = self.turn.as_dict()
         if self.usage is not None:
             shown["usage"] = self.usage.as_dict()
+            shown["reused"] = self.usage.reused_items
         if self.waiting_for_worker is not None:
             shown["waiting_for_worker"] = self.waiting_for_worker
         if self.output is not None:
@@ -184,12 +187,15 @@ def read_progress(
 
 
 def read_usage(session: Session, job_id: str) -> Usage:
-    """The job's token totals over all its items (failed ones too: their tokens were spent)."""
+    """The job's token totals over all its items (failed ones too: their tokens were spent),
+    and how many of its results are reused copies (which spent none), in the same pass."""
     completion = func.coalesce(Item.completion_tokens, Item.tokens_out)  # older rows: tokens_out
-    prompt_sum, completion_sum = session.execute(
-        select(func.sum(Item.prompt_tokens), func.sum(completion)).where(Item.job_id == job_id)
+    prompt_sum, completion_sum, reused = session.execute(
+        select(
+            func.sum(Item.prompt_tokens), func.sum(completion), func.count(Item.reused_from)
+        ).where(Item.job_id == job_id)
     ).one()
-    return Usage(int(prompt_sum or 0), int(completion_sum or 0))
+    return Usage(int(prompt_sum or 0), int(completion_sum or 0), int(reused or 0))
 
 
 def list_recent_jobs(
@@ -227,15 +233,32 @@ def iter_items(
     *,
     statuses: Collection[str] | None = None,
     chunk: int = 1000,
+    reviews: bool = False,
+    reviewed: str | None = None,
 ) -> Iterator[ItemRecord]:
     """A job's items in submission order (only those in ``statuses``, when given), streamed:
     one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
-    never sits in memory, nor in the session."""
+    never sits in memory, nor in the session. ``reviews``/``reviewed``: with each item's
+    review, and only items so reviewed (``jobs.paging.items_after``)."""
     after: int | None = -1
     while after is not None:
-        page = items_after(session, job_id, after, limit=chunk, statuses=statuses)
+        page = items_after(
+            session,
+            job_id,
+            after,
+            limit=chunk,
+            statuses=statuses,
+            reviews=reviews,
+            reviewed=reviewed,
+        )
         yield from page.items
         after = page.next_after
+
+
+def has_reviews(session: Session, job_id: str) -> bool:
+    """Whether anyone reviewed an item of the job (an export of one nobody did needs no join)."""
+    found = select(Review.item_id).where(Review.job_id == job_id).limit(1)
+    return session.execute(found).first() is not None
 
 
 def iter_sources(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[str]:
@@ -275,6 +298,30 @@ def result_row(item: ItemRecord) -> dict[str, Any]:
         "finish_reason": item.finish_reason,
         "usage": item_usage(item),
         "model": item.model,  # what produced it (None: no worker claimed it yet)
+        # A copy of that item's result (--reuse): the model did not run for this one.
+        "reused_from": item.reused_from,
+    }
+
+
+# The review fields of an item nobody reviewed (an export of a job read without the join).
+NO_REVIEW: dict[str, Any] = {
+    "decision": None,
+    "edited": None,
+    "reviewer": None,
+    "reviewed_at": None,
+}
+
+
+def review_fields(item: ReviewedRecord) -> dict[str, Any]:
+    """What ``results`` shows of an item's review (``jobs.review``): its ``decision``
+    (approved, rejected, or None: unreviewed), the ``edited`` result (JSON or text, as
+    ``result``; None: not edited), ``reviewer`` and ``reviewed_at``. ``item`` was read with
+    its review (``jobs.paging.REVIEW_COLUMNS``); one read without has ``NO_REVIEW``."""
+    return {
+        "decision": item.decision,
+        "edited": item.edited_json if item.edited_json is not None else item.edited_text,
+        "reviewer": item.reviewer,
+        "reviewed_at": _iso(item.reviewed_at),
     }
 
 

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     # 210 MB over 3,000 schemas. A schema that comes back after it was dropped is compiled again.
     grammar_cache_size: Annotated[int, Field(ge=1, le=100_000)] = DEFAULT_GRAMMAR_CACHE_SIZE
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
+    # Whether a submit or run that names neither --reuse nor --no-reuse reuses earlier results
+    # (jobs.lifecycle.reuse): an item equal to one an earlier job's model run answered gets a
+    # copy of that answer instead of a model run.
+    reuse: bool = False
     max_prompt_chars: Annotated[int, Field(ge=1)] = 4000
     max_image_pixels: Annotated[int, Field(ge=1)] = 50_000_000
     max_pdf_pages: Annotated[int, Field(ge=1)] = 50

@@ -24,7 +24,8 @@ _GENERATE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 1
 ITEMS = Counter(
     f"{PREFIX}_items",
     "Items a worker finished, by job kind and status (succeeded, failed; released: handed "
-    "back after a transient storage error).",
+    "back after a transient storage error; reused: an earlier result copied, the model not "
+    "run).",
     ["kind", "status"],
 )
 BATCH_DURATION = Histogram(
@@ -68,11 +69,23 @@ QUEUE_DEPTH = Gauge(
 
 
 def record_batch(
-    kind: str, seconds: float, succeeded: int, failures: Sequence[str], released: int
+    kind: str,
+    seconds: float,
+    succeeded: int,
+    failures: Sequence[str],
+    released: int,
+    *,
+    reused: int = 0,
 ) -> None:
-    """One batch message: its duration, its items by status, and each failure's error code."""
+    """One batch message: its duration, its items by status (``succeeded``: by a model run;
+    ``reused``: copies of earlier results), and each failure's error code."""
     BATCH_DURATION.labels(kind).observe(seconds)
-    counts = (("succeeded", succeeded), ("failed", len(failures)), ("released", released))
+    counts = (
+        ("succeeded", succeeded),
+        ("failed", len(failures)),
+        ("released", released),
+        ("reused", reused),
+    )
     for status, count in counts:
         if count:
             ITEMS.labels(kind, status).inc(count)

@@ -25,10 +25,13 @@ from jobs.lifecycle import (
     ItemOutcome,
     claim_items,
     claim_next,
+    finalise_jobs,
+    jobs_ready_to_finalise,
     lost_a_worker,
     record_results,
     release_items,
 )
+from jobs.lifecycle.reuse import asks_for_reuse, reuse_results
 from jobs.outcome import Outcome
 from jobs.submit.openai_reader import images_refusal
 from jobs.submit.sources import NO_INPUT, read_input_error, read_more_images
@@ -62,6 +65,7 @@ class BatchReport:
     failed: int = 0
     released: int = 0
     recorded: int = 0
+    reused: int = 0  # of ``succeeded``: copies of earlier results, the model not run for them
 
 
 def process_batch(
@@ -95,20 +99,69 @@ def _process_batch(
         if not claimed:
             log.info("nothing to claim (no work, or a duplicate message) items=%d", len(item_ids))
             return BatchReport()
-        outcomes, handed_back = run_batch(claimed, res)
+        reused = reuse_earlier_results(claimed, res)
+        to_run = [item for item in claimed if item.id not in reused]
+        outcomes, handed_back = run_batch(to_run, res) if to_run else ([], [])
         # Writes are retried while the database is unreachable, up to the lease's length.
         deadline = time.monotonic() + res.settings.lease_seconds
         recorded = record_with_retry(res, outcomes, deadline=deadline)
         released = release_with_retry(res, handed_back, deadline=deadline) if handed_back else 0
+        if reused and not to_run:  # no record to end the job: this batch's copies may
+            finish_jobs_with_retry(res, list(reused), deadline=deadline)
     failures = [o.outcome.error_code for o in outcomes if o.outcome.error_code is not None]
+    succeeded = len(outcomes) - len(failures)
     report = BatchReport(
-        len(claimed), len(outcomes) - len(failures), len(failures), released, recorded
+        len(claimed),
+        succeeded + len(reused),
+        len(failures),
+        released,
+        recorded + len(reused),
+        len(reused),
     )
     log.info("batch done job=%s %s", claimed[0].job_id, report)
     metrics.record_batch(
-        claimed[0].kind, time.monotonic() - started, report.succeeded, failures, released
+        claimed[0].kind,
+        time.monotonic() - started,
+        succeeded,
+        failures,
+        released,
+        reused=len(reused),
     )
     return report
+
+
+def reuse_earlier_results(claimed: Sequence[ClaimedItem], res: WorkerResources) -> dict[str, str]:
+    """Copies an earlier result to each claimed item that has one, when its job asked for
+    reuse (``jobs.lifecycle.reuse``); returns ``{item id: source id}`` of those. Before
+    anything is read or decoded, and only on a worker that knows what it serves (its model's
+    revision). A database error here costs only the saving: the items are run instead."""
+    if not asks_for_reuse(claimed[0].params):  # one message holds items of one job
+        return {}
+    serving = res.serving
+    if serving is None:
+        return {}
+    reached("reuse:before")
+    try:
+        return reuse_results(
+            res.session_factory,
+            claimed,
+            serving,
+            pages=get_kind(claimed[0].kind).reads_documents,
+        )
+    except DBAPIError as exc:
+        log.warning("looking up earlier results failed; running the items instead: %s", exc)
+        return {}
+
+
+def finish_jobs_with_retry(res: WorkerResources, item_ids: list[str], *, deadline: float) -> int:
+    """Finalises the jobs of these items if they have nothing left to run (a batch whose every
+    item was a copy has no record to do it), retried like a record."""
+
+    def finish() -> int:
+        done = jobs_ready_to_finalise(res.session_factory, of_items=item_ids)
+        return finalise_jobs(res.session_factory, done) if done else 0
+
+    return _with_retry("finalise", finish, deadline=deadline)
 
 
 def run_batch(

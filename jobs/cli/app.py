@@ -29,6 +29,7 @@ from jobs.cli.submit import build_submit_app
 from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
 from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.metadata import parse_meta
+from jobs.review.types import ReviewState
 from jobs.states import ItemStatus
 
 # What a command does (the queries, SQLAlchemy, the broker) is imported in its body: building
@@ -171,6 +172,18 @@ def results(
             "left as they are).",
         ),
     ] = False,
+    reviewed: Annotated[
+        ReviewState | None,
+        typer.Option("--reviewed", help="Only items so reviewed (on the review page)."),
+    ] = None,
+    use_edits: Annotated[
+        bool,
+        typer.Option(
+            "--use-edits",
+            help="--format openai: answer with the reviewers' edits where there are some "
+            "(an edited failed item is then a success).",
+        ),
+    ] = False,
     crops: Annotated[
         str | None,
         typer.Option(
@@ -182,18 +195,27 @@ def results(
     ] = None,
 ) -> None:
     """One row per item: item_id, custom_id, input, status, result, error_code, error_message,
-    finish_reason, usage; or the OpenAI Batch output format (--format openai); or one .txt
-    per succeeded item, its caption or answer, mirroring the input folders (--format txt)."""
+    finish_reason, usage, and its review: decision, edited, reviewer, reviewed_at; or the
+    OpenAI Batch output format (--format openai); or one .txt per succeeded item, its caption
+    or answer, mirroring the input folders (--format txt)."""
     from jobs.queries import find_job
 
     ctx = open_context()
     if crops is not None:
         from jobs.crops import write_crops
 
-        if output or errors or statuses or overwrite or fmt is not views.ResultFormat.jsonl:
+        if (
+            output
+            or errors
+            or statuses
+            or overwrite
+            or reviewed
+            or use_edits
+            or fmt is not views.ResultFormat.jsonl
+        ):
             raise RequestError(
                 "--crops writes images, not results: it takes no --format, -o, --errors, "
-                "--status or --overwrite.",
+                "--status, --overwrite, --reviewed or --use-edits.",
                 code="invalid_option",
             )
 
@@ -213,6 +235,8 @@ def results(
                 errors=errors,
                 statuses=[s.value for s in statuses or []],
                 overwrite=overwrite,
+                reviewed=reviewed.value if reviewed is not None else None,
+                use_edits=use_edits,
             )
         except OSError as exc:
             if target is None:

@@ -42,6 +42,15 @@ Retain = Annotated[
         "inputs no other job uses (default: LLAVA_BATCH_RETAIN, kept until deleted).",
     ),
 ]
+Reuse = Annotated[
+    bool | None,
+    typer.Option(
+        "--reuse/--no-reuse",
+        help="An item whose input bytes, prompt or questions, settings, model and revision "
+        "equal an item an earlier job's model run answered gets a copy of that answer, "
+        "without running the model (default: LLAVA_BATCH_REUSE, off).",
+    ),
+]
 CompletionWindow = Annotated[
     str | None,
     typer.Option(
@@ -146,12 +155,14 @@ def build_request(
     retain: str | None = None,
     deliver_to: str | None = None,
     deliver_format: str | None = None,
+    reuse: bool | None = None,
     notify: str | None = None,
     **params: Any,
 ) -> SubmitRequest:
     """A request for ``kind`` with the kind's own parameters (``params``; None: its default);
     ``metadata``: the parsed ``--meta`` options (``parse_meta``); ``model``: ``--model``;
-    ``completion_window``: ``--completion-window`` as written (default: the setting)."""
+    ``completion_window``: ``--completion-window`` as written (default: the setting);
+    ``reuse``: ``--reuse``/``--no-reuse`` (None: the setting)."""
     from jobs.delivery.webhook import notify_url_of
     from jobs.durations import parse_retain, parse_window
     from jobs.submit.request import SubmitRequest
@@ -184,6 +195,7 @@ def build_request(
         output_uri=deliver_to,
         output_format=deliver_format,
         output_prefixes=ctx.settings.output_prefixes,
+        reuse=ctx.settings.reuse if reuse is None else reuse,
         notify_url=notify_url,
         **params,
     )

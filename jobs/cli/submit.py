@@ -24,6 +24,7 @@ from jobs.cli.options import (
     Json,
     Meta,
     Name,
+    Reuse,
     Timeout,
     Wait,
     parse_timeout,
@@ -38,6 +39,7 @@ SHARED = shared_parameters(
     parameter("name", Name, None),
     parameter("idempotency_key", IdemKey, None),
     parameter("meta", Meta, None),
+    parameter("reuse", Reuse, None),
     parameter("wait", Wait, False),
     parameter("timeout", Timeout, None),
     parameter("json_out", Json, False),
@@ -67,6 +69,7 @@ def _submit_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]
         name=values["name"],
         idempotency_key=values["idempotency_key"],
         metadata=parse_meta(values["meta"]),
+        reuse=values["reuse"],
     )
     _submit(ctx, request, wait=values["wait"], timeout=timeout, json_out=values["json_out"])
 

@@ -163,6 +163,11 @@ def show_progress(progress: JobProgress, *, json_out: bool, console: Console = o
             f"  tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion "
             f"= {u.total_tokens}"
         )
+    if progress.usage is not None and progress.usage.reused_items:
+        console.print(
+            f"  reused: {progress.usage.reused_items} result(s) copied from earlier results, "
+            "the model not run for them (no tokens counted)"
+        )
     if progress.metadata:
         console.print(f"  metadata: {describe_metadata(progress.metadata)}", markup=False)
     sharing = describe_sharing(progress)
@@ -309,16 +314,32 @@ def write_results(
     statuses: Collection[str] | None = None,
     overwrite: bool = False,
     chunk: int = 1000,
+    reviewed: str | None = None,
+    use_edits: bool = False,
 ) -> None:
     """Streams a job's results in ``fmt`` to ``output`` (None: stdout), ``chunk`` items per
     query; ``errors``: a separate file for the failed items (``openai`` only); ``statuses``:
-    only items in these states. ``txt``: one file per item into the folder ``output``
-    (``jobs.sidecars``), replacing files there only with ``overwrite``."""
+    only items in these states; ``reviewed``: only items so reviewed (approved, rejected,
+    unreviewed); ``use_edits``: ``openai`` answers with the reviewers' edits. ``txt``: one
+    file per item into the folder ``output`` (``jobs.sidecars``), replacing files there only
+    with ``overwrite``. ``jsonl`` and ``csv`` carry each item's review; the reviews are read
+    by a join only when the job has any."""
     from jobs.exports import open_result_writer
     from jobs.kinds import get_kind
-    from jobs.queries import find_job, iter_items
+    from jobs.queries import find_job, has_reviews, iter_items
 
     job = find_job(session, job_id)
+    if use_edits and fmt is not ResultFormat.openai:
+        raise RequestError(
+            "--use-edits goes with --format openai (jsonl and csv carry the edits in their "
+            "own column).",
+            code="invalid_option",
+        )
+    if reviewed is not None and fmt is ResultFormat.txt:
+        raise RequestError(
+            "--reviewed does not go with --format txt: it writes the succeeded items only.",
+            code="invalid_option",
+        )
     if errors is not None and fmt is not ResultFormat.openai:
         raise RequestError("--errors goes with --format openai.", code="invalid_option")
     if overwrite and fmt is not ResultFormat.txt:
@@ -341,8 +362,21 @@ def write_results(
     with ExitStack() as files:
         stream = files.enter_context(_open_output(output)) if output else sys.stdout
         error_stream = files.enter_context(_open_output(errors)) if errors else None
-        writer = open_result_writer(fmt, stream, kind=kind, model=model, errors=error_stream)
-        for item in iter_items(session, job_id, statuses=statuses, chunk=chunk):
+        joined = reviewed is not None or has_reviews(session, job_id)
+        writer = open_result_writer(
+            fmt,
+            stream,
+            kind=kind,
+            model=model,
+            errors=error_stream,
+            reviews=True,
+            joined=joined,
+            use_edits=use_edits and joined,  # nobody reviewed: there is no edit to use
+        )
+        items = iter_items(
+            session, job_id, statuses=statuses, chunk=chunk, reviews=joined, reviewed=reviewed
+        )
+        for item in items:
             writer.write(item)
         stream.flush()
     if writer.skipped:

@@ -17,6 +17,9 @@ PostgreSQL and SQLite (where one writer at a time makes each UPDATE atomic).
 |            | batch for a doorbell)                  |                                          |
 | heartbeat  | lease extended                         | token = mine, running                    |
 | record     | running -> succeeded / failed          | token = mine; a bad row fails only itself |
+| reuse      | running -> succeeded, an earlier result | token = mine; same key, model, revision;  |
+|            | copied, reused_from set (jobs.lifecycle| source not a copy, its job not deleting  |
+|            | .reuse)                                |                                          |
 | hand back  | running -> queued (cancelled: closing) | token = mine; backoff, attempt refunded  |
 | stop       | running -> queued (cancelled: closing) | worker = mine (interrupted run), no wait |
 | expire     | running -> queued / failed / cancelled | running and lease_expires_at < now       |

@@ -147,6 +147,7 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
             items.attempts,
             items.transient_failures,
             items.request,
+            items.reuse_key,
             jobs.prompt.label("job_prompt"),
             jobs.params,
             jobs.kind,
@@ -352,6 +353,7 @@ def _next_items_statement(postgres: bool, *, routed: bool, wait: bool = False) -
             items.attempts,
             items.transient_failures,
             items.request,
+            items.reuse_key,
         )
     )
 
@@ -413,6 +415,7 @@ def _claimed_item(row: Any, token: str) -> ClaimedItem:
         params=dict(row.params or {}),
         transient_failures=row.transient_failures,
         request=row.request,
+        reuse_key=row.reuse_key,
     )
 
 

@@ -41,6 +41,7 @@ class ClaimedItem:
     params: dict[str, Any] = field(default_factory=dict)
     transient_failures: int = 0
     request: dict[str, Any] | None = None  # what the item itself asks, beyond the job's params
+    reuse_key: str | None = None  # what decides its result, but the model (jobs.submit.reuse_key)
 
 
 def is_postgres(session: Session) -> bool:

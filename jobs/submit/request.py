@@ -27,6 +27,7 @@ from jobs.settings import DEFAULT_MAX_INPUT_BYTES
 from jobs.states import ItemStatus, JobStatus
 from jobs.submit.fingerprint import fingerprint_of
 from jobs.submit.openai_reader import BatchFormat
+from jobs.submit.reuse_key import job_basis, reuse_key
 from jobs.submit.sources import InputSpec
 from model.checkpoints import max_context_of
 
@@ -70,6 +71,10 @@ class SubmitRequest:
     output_format: str | None = None
     # A limit: where a target may lie, LLAVA_BATCH_OUTPUT_PREFIXES (jobs.delivery.targets).
     output_prefixes: tuple[str, ...] = ()
+    # --reuse: an item whose result an earlier item already has (same key, model and
+    # revision: jobs.lifecycle.reuse) gets a copy instead of a model run. Not part of what an
+    # idempotency key stands for either: it changes the cost, not the results.
+    reuse: bool = False
     # Where the job's end is POSTed, signed (jobs.delivery.webhook); checked by whoever builds
     # the request (jobs.delivery.webhook.notify_url_of). Not part of what an idempotency key
     # stands for: who is told, not what is done.
@@ -110,6 +115,7 @@ class SubmitRequest:
         output_uri: str | None = None,
         output_format: str | None = None,
         output_prefixes: Sequence[str] = (),
+        reuse: bool = False,
         notify_url: str | None = None,
         **params: Any,
     ) -> SubmitRequest:
@@ -149,6 +155,7 @@ class SubmitRequest:
             output_uri=target,
             output_format=fmt,
             output_prefixes=tuple(output_prefixes),
+            reuse=reuse,
             notify_url=notify_url,
         )
 
@@ -269,8 +276,12 @@ def build_job(
         **request.params.model_dump(by_alias=True),
         "fingerprint": fingerprint or fingerprint_of(request),
     }
+    if request.reuse:  # only when asked: the params of every other job stay as they were
+        params["reuse"] = True
     asks = asks if asks is not None else [ItemAsk()] * len(inputs)
     now = utcnow()
+    job_prompt = kind.job_prompt(request.params)
+    basis = job_basis(kind.name, params)
     items = [
         Item(
             id=new_id(),
@@ -288,6 +299,16 @@ def build_job(
             error_code=spec.input_error[0] if spec.input_error else None,
             error_message=spec.input_error[1] if spec.input_error else None,
             finished_at=now if spec.input_error else None,
+            # (Several images are written by jobs.submit.rows, never here: no key then.)
+            reuse_key=None
+            if spec.input_error or spec.others
+            else reuse_key(
+                basis,
+                prompt=ask.prompt if ask.prompt is not None else job_prompt,
+                request=ask.request,
+                input_uri=uri,
+                input_sha256=sha256,
+            ),
         )
         for seq, (spec, (uri, sha256), ask) in enumerate(zip(inputs, stored, asks, strict=True))
     ]
@@ -296,7 +317,7 @@ def build_job(
         name=request.name,
         kind=kind.name,
         status=JobStatus.queued,
-        prompt=kind.job_prompt(request.params),
+        prompt=job_prompt,
         params=params,
         model=request.model,
         idempotency_key=request.idempotency_key,

@@ -39,6 +39,7 @@ from jobs.lifecycle import (
 from jobs.states import ItemStatus
 from jobs.submit.in_flight import InFlight
 from jobs.submit.input_store import UPLOAD_THREADS, store_all_with
+from jobs.submit.reuse_key import job_basis, reuse_key
 from jobs.submit.sources import INPUT_ERROR, MORE_IMAGES, InputSpec
 from storage import Blobs
 
@@ -292,12 +293,24 @@ def item_rows(
     is written ``failed`` with its code: it is terminal from the start, so the job finishes
     without any worker reading it."""
     kind = get_kind(request.kind)
+    job_prompt = kind.job_prompt(request.params)
+    basis = job_basis(kind.name, request.params.model_dump(by_alias=True))
     rows: list[dict[str, Any]] = []
     for offset, (spec, ((uri, sha256), others)) in enumerate(
         zip(chunk, store_all_with(pool, chunk, blobs), strict=True)
     ):
         ask = ask_for(kind, request.params, spec, max_prompt_chars)
         code, message = spec.input_error or (None, None)
+        key = None
+        if code is None:  # computed before MORE_IMAGES joins the request: the bytes count
+            key = reuse_key(
+                basis,
+                prompt=ask.prompt if ask.prompt is not None else job_prompt,
+                request=ask.request,
+                input_uri=uri,
+                input_sha256=sha256,
+                other_sha256s=[other_sha for _, other_sha in others],
+            )
         if others:  # the worker reads them from the request; item_inputs keeps them stored
             ask = replace(ask, request={**(ask.request or {}), MORE_IMAGES: [u for u, _ in others]})
         rows.append(
@@ -318,6 +331,7 @@ def item_rows(
                 "error_code": code,
                 "error_message": message,
                 "finished_at": None if code is None else utcnow(),
+                "reuse_key": key,
             }
         )
     return rows

@@ -76,3 +76,12 @@ def test_every_code_a_failed_item_can_get_is_an_item_error_code() -> None:
     known = {code.value for code in ItemErrorCode}
     assert storage_codes <= known, storage_codes - known
     assert set(INPUT_ERROR_CODES) <= known, set(INPUT_ERROR_CODES) - known
+
+
+def test_every_item_error_code_has_words_for_the_review_page() -> None:
+    from jobs.errors import ITEM_ERROR_WORDS, error_words
+
+    assert set(ITEM_ERROR_WORDS) == set(ItemErrorCode)
+    for code, words in ITEM_ERROR_WORDS.items():
+        assert words.endswith(".") and words[0].isupper() and "\n" not in words, code
+    assert error_words("a_newer_code") == "a_newer_code" and error_words(None) is None

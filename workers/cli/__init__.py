@@ -26,7 +26,7 @@ from jobs.cli.kind_commands import (
     shared_parameters,
     sources_parameter,
 )
-from jobs.cli.options import Json
+from jobs.cli.options import Json, Reuse
 from jobs.cli.run_output import RunFormat
 from jobs.errors import RequestError
 from jobs.kinds import KINDS, Kind
@@ -74,7 +74,7 @@ def main() -> NoReturn:
 
 def _run_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -> None:
     ctx = open_context()
-    request = request_for(ctx, kind, values, params)
+    request = request_for(ctx, kind, values, params, reuse=values["reuse"])
     _run_here(
         ctx,
         request,
@@ -93,6 +93,7 @@ RUN = Family(
         parameter("output", Output, None),
         parameter("errors", Errors, None),
         parameter("json_out", Json, False),
+        parameter("reuse", Reuse, None),
     ),
     action=_run_kind,
 )

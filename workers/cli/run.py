@@ -207,9 +207,11 @@ def _finish(ctx: Context, job_id: str, out: RunOutput) -> NoReturn:
     if out.fmt is RunFormat.text and out.to_stdout:
         views.show_progress(progress, json_out=False)
     else:
+        reused = progress.usage.reused_items if progress.usage is not None else 0
+        copies = f", {reused} reused from earlier results" if reused else ""
         views.err.print(
             f"job {job_id} {progress.status}: {progress.done}/{progress.total} item(s) done "
-            f"({progress.counts.get('failed', 0)} failed)"
+            f"({progress.counts.get('failed', 0)} failed{copies})"
         )
     views.warn_if_tiny(progress.model)
     raise typer.Exit(views.exit_code_for(ctx, job_id))

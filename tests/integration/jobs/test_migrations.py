@@ -119,6 +119,7 @@ def test_0008_gives_existing_jobs_priority_0_and_no_window_and_goes_back(db_url:
             text("SELECT priority, expires_at, completion_window_seconds, turn_at FROM jobs")
         ).one()
     assert tuple(row)[:3] == (0, None, None) and row.turn_at is not None  # never served
+    to("head", command.upgrade)  # the claim of today's code reads the columns of later ones
     claimed = claim_next(make_session_factory(engine), worker="w", lease_seconds=60)
     assert [c.id for c in claimed] == ["i0", "i1"]
     to("0007", command.downgrade)
@@ -205,6 +206,40 @@ def test_0010_keeps_existing_items_and_an_item_input_goes_with_its_item(db_url: 
     to("head", command.upgrade)
 
 
+def test_0012_leaves_existing_items_without_a_key_and_goes_back(db_url: str) -> None:
+    """0012 adds the reuse columns empty: an item written before it has no key (never reused,
+    nor a source: what it was asked is not known the same way), the partial index holds none
+    of them, and it goes back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine, to = _stepper(db_url)
+    to("0011", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'caption', 'completed', '{}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at, result_text) VALUES "
+                "('i', 'j', 0, 's', 'u', 'succeeded', 1, 0, CURRENT_TIMESTAMP, 'a caption')"
+            )
+        )
+    to("0012", command.upgrade)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT reuse_key, reused_from, result_text FROM items")
+        ).one()
+        assert tuple(row) == (None, None, "a caption")
+    to("0011", command.downgrade)
+    assert current_revision(engine) == "0011"
+    to("head", command.upgrade)
+
+
 def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
     """The database's engine, and a function that runs one Alembic step (``command.upgrade``
     or ``command.downgrade``) to a revision on it."""
@@ -217,3 +252,41 @@ def _stepper(db_url: str) -> tuple[Engine, Callable[[str, Any], None]]:
             step(config, revision)
 
     return engine, to
+
+
+def test_0013_adds_reviews_that_go_with_their_item_and_goes_back(db_url: str) -> None:
+    """0013 adds ``reviews``: none for items written before it, a review is deleted with its
+    item (ON DELETE CASCADE), and it goes back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine, to = _stepper(db_url)
+    to("0011", command.upgrade)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, params, model, created_at) "
+                "VALUES ('j', 'caption', 'completed', '{}', 'm', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO items (id, job_id, seq, source, input_uri, status, attempts, "
+                "transient_failures, created_at) VALUES "
+                "('i', 'j', 0, 's', 'u', 'succeeded', 0, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+    to("0013", command.upgrade)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar_one() == 0
+        connection.execute(
+            text(
+                "INSERT INTO reviews (item_id, job_id, decision, decided_at) "
+                "VALUES ('i', 'j', 'approved', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(text("DELETE FROM items WHERE id = 'i'"))
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar_one() == 0
+    to("0011", command.downgrade)
+    assert current_revision(engine) == "0011"
+    to("head", command.upgrade)

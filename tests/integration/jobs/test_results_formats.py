@@ -194,12 +194,17 @@ def test_usage_is_in_every_format_and_in_the_status_totals(
     _export(session_factory, job_id, ResultFormat.csv, out)
     with out.open(encoding="utf-8") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0])[-4:] == [
+    assert list(table[0])[-8:] == [
         "finish_reason",
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "decision",  # the review's (nobody reviewed this job: empty)
+        "edited",
+        "reviewer",
+        "reviewed_at",
     ]
+    assert {r["decision"] for r in table} == {""}
     assert [r["custom_id"] for r in table] == [*ODD_IDS, "broken-1"]
     assert sum(int(r["total_tokens"] or 0) for r in table) == usage.total_tokens
 

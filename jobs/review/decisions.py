@@ -1,0 +1,247 @@
+"""What a reviewer changes: a decision on items (by id, or over a filtered view), an edit of
+an item's result, or neither again. The model's result in ``items`` is never touched; a
+review is one ``reviews`` row per item, written by an upsert so two reviewers at once never
+collide on the insert (the later one wins)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import String, delete, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from jobs.db import Item, Job, Review, SessionFactory, UTCDateTime, among, utcnow
+from jobs.errors import ItemNotFoundError, RequestError
+from jobs.hooks import reached
+from jobs.review.filters import conditions, joined, live_job
+from jobs.review.types import (
+    APPROVED,
+    DECISIONS,
+    MAX_EDIT_CHARS,
+    MAX_REVIEWER_CHARS,
+    ItemFilter,
+)
+from jobs.states import JobStatus
+
+CHUNK = 500
+
+
+def decide(
+    session_factory: SessionFactory, item_ids: Sequence[str], decision: str, reviewer: str
+) -> int:
+    """Approves or rejects these items; returns how many changed (one already so is not). An
+    edit already made is kept. An unknown id refuses them all: nothing is changed."""
+    _check_decision(decision)
+    _check_reviewer(reviewer)
+    wanted = list(dict.fromkeys(item_ids))
+    now = utcnow()
+    changed = 0
+    with _items_may_go(), session_factory.begin() as session:
+        for start in range(0, len(wanted), CHUNK):
+            ids = wanted[start : start + CHUNK]
+            found = {
+                row.id: row.job_id
+                for row in session.execute(
+                    select(Item.id, Item.job_id)
+                    .join(Job, Job.id == Item.job_id)
+                    .where(among(session, Item.id, ids), Job.status != JobStatus.deleting)
+                )
+            }
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise ItemNotFoundError(f"No item {missing[0]!r}: nothing was changed.")
+            rows = [
+                {
+                    "item_id": i,
+                    "job_id": found[i],
+                    "decision": decision,
+                    "reviewer": reviewer,
+                    "decided_at": now,
+                }
+                for i in ids
+            ]
+            reached("review:checked")
+            changed += _upsert_decisions(session, rows)
+    return changed
+
+
+def decide_filtered(
+    session_factory: SessionFactory, job_id: str, flt: ItemFilter, decision: str, reviewer: str
+) -> int:
+    """Approves or rejects exactly the items ``list_items(job_id, flt)`` counts (all its
+    pages, not just one); returns how many changed. One INSERT … SELECT: no item is read into
+    this process, whatever the view's size."""
+    _check_decision(decision)
+    _check_reviewer(reviewer)
+    flt = flt.checked()
+    with _items_may_go(), session_factory.begin() as session:
+        live_job(session, job_id)
+        chosen = joined(
+            Item.id,
+            Item.job_id,
+            literal(decision, String(16)),
+            literal(reviewer, String(MAX_REVIEWER_CHARS)),
+            literal(utcnow(), UTCDateTime()),
+        ).where(*conditions(job_id, flt), Review.decision.is_distinct_from(decision))
+        insert = _insert(session).from_select(
+            ["item_id", "job_id", "decision", "reviewer", "decided_at"], chosen
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[Review.item_id],
+            set_={
+                "decision": insert.excluded.decision,
+                "reviewer": insert.excluded.reviewer,
+                "decided_at": insert.excluded.decided_at,
+            },
+        )
+        result = session.execute(statement.execution_options(preserve_rowcount=True))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def edit(
+    session_factory: SessionFactory,
+    item_id: str,
+    edited: str,
+    reviewer: str,
+    *,
+    decision: str | None = APPROVED,
+) -> None:
+    """Keeps ``edited`` as the item's corrected result beside the model's own. An item whose
+    result is JSON (extract, ask, a chat with a response format) takes JSON, and an extract's
+    must validate against its job's schema; any other takes text. An edit approves the item,
+    unless ``decision`` says otherwise (None: its decision stays as it was)."""
+    if decision is not None:
+        _check_decision(decision)
+    _check_reviewer(reviewer)
+    if len(edited) > MAX_EDIT_CHARS:
+        raise RequestError(
+            f"An edit has at most {MAX_EDIT_CHARS:,} characters.", code="review_edit_invalid"
+        )
+    with _items_may_go(), session_factory.begin() as session:
+        item, job = _live_item(session, item_id)
+        text, obj = _parse_edit(job, item, edited)
+        reached("review:checked")
+        values: dict[str, Any] = {
+            "item_id": item.id,
+            "job_id": job.id,
+            "decision": decision,
+            "edited_text": text,
+            "edited_json": obj,
+            "reviewer": reviewer,
+            "decided_at": utcnow(),
+        }
+        insert = _insert(session).values(values)
+        changes = ["edited_text", "edited_json", "reviewer", "decided_at"]
+        if decision is not None:
+            changes.append("decision")
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[Review.item_id],
+                set_={name: getattr(insert.excluded, name) for name in changes},
+            )
+        )
+
+
+def clear(session_factory: SessionFactory, item_id: str) -> None:
+    """Takes the item back to unreviewed: its decision and its edit go."""
+    with session_factory.begin() as session:
+        _live_item(session, item_id)
+        session.execute(delete(Review).where(Review.item_id == item_id))
+
+
+def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | None]:
+    """(text, None) for a text result; (None, object) for a JSON one, checked."""
+    if job.kind != "extract" and item.result_json is None and job.kind != "ask":
+        return edited, None
+    try:
+        obj = json.loads(edited)
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            f"The edit is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+            code="review_edit_invalid",
+        ) from exc
+    schema = (job.params or {}).get("schema")
+    if job.kind == "extract" and schema is not None:
+        import jsonschema  # the page and the CLI's start need it not: only an edit
+
+        from model.schema import validate_output
+
+        try:
+            validate_output(schema, obj)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+            raise RequestError(
+                f"The edit does not match the job's schema at {where}: {exc.message}.",
+                code="review_edit_invalid",
+            ) from exc
+    if job.kind == "ask" and not (
+        isinstance(obj, list) and all(isinstance(entry, dict) for entry in obj)
+    ):
+        raise RequestError(
+            "An ask edit is a JSON list of answers (objects), as its result is.",
+            code="review_edit_invalid",
+        )
+    return None, obj
+
+
+@contextmanager
+def _items_may_go() -> Iterator[None]:
+    """An item checked a moment ago may be deleted (its job's deletion) before its review is
+    written: the foreign key refuses the write, and the reviewer is told it is gone."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise ItemNotFoundError(
+            "The item was deleted (its job is being deleted): nothing was changed."
+        ) from exc
+
+
+def _live_item(session: Session, item_id: str) -> tuple[Item, Job]:
+    found = session.execute(
+        select(Item, Job).join(Job, Job.id == Item.job_id).where(Item.id == item_id)
+    ).first()
+    if found is None or found.Job.status == JobStatus.deleting:
+        raise ItemNotFoundError(f"No item {item_id!r}.")
+    return found.Item, found.Job
+
+
+def _upsert_decisions(session: Session, rows: list[dict[str, Any]]) -> int:
+    insert = _insert(session).values(rows)
+    statement = insert.on_conflict_do_update(
+        index_elements=[Review.item_id],
+        set_={
+            "decision": insert.excluded.decision,
+            "reviewer": insert.excluded.reviewer,
+            "decided_at": insert.excluded.decided_at,
+        },
+        # An item already so decided is left as it was, and not counted as changed.
+        where=Review.decision.is_distinct_from(insert.excluded.decision),
+    )
+    result = session.execute(statement.execution_options(preserve_rowcount=True))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(Review)
+
+
+def _check_decision(decision: str) -> None:
+    if decision not in DECISIONS:
+        raise RequestError(
+            f"A decision is {' or '.join(DECISIONS)}, not {decision!r}.",
+            code="review_decision_invalid",
+        )
+
+
+def _check_reviewer(reviewer: str) -> None:
+    if not reviewer.strip() or len(reviewer) > MAX_REVIEWER_CHARS:
+        raise RequestError(
+            f"A reviewer is named by 1 to {MAX_REVIEWER_CHARS} characters.",
+            code="review_reviewer_invalid",
+        )
