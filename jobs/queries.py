@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, Review, utcnow
+from jobs.delivery.state import read_output
 from jobs.errors import JobNotFoundError
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.paging import ItemRecord, ReviewedRecord, items_after
@@ -65,6 +66,8 @@ class JobProgress:
     turn: Turn | None = None  # its place in the claim order (None: not asked, or finished)
     retain_seconds: int | None = None  # kept this long after it ends (None: until deleted)
     retained_until: datetime | None = None  # deleted then (set when it ends)
+    # Where its results are written when it ends (--deliver-to): jobs.delivery.state.
+    output: dict[str, Any] | None = None
 
     @property
     def total(self) -> int:
@@ -112,6 +115,8 @@ class JobProgress:
             shown["reused"] = self.usage.reused_items
         if self.waiting_for_worker is not None:
             shown["waiting_for_worker"] = self.waiting_for_worker
+        if self.output is not None:
+            shown["output"] = self.output
         return shown
 
 
@@ -177,6 +182,7 @@ def read_progress(
         turn=place,
         retain_seconds=job.retain_seconds,
         retained_until=job.retained_until,
+        output=read_output(session, job),
     )
 
 

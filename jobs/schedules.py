@@ -37,6 +37,7 @@ from jobs.db import (
     commit_without_flush,
     utcnow,
 )
+from jobs.delivery.targets import fill_schedule
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
@@ -125,7 +126,7 @@ def add_schedule(
     source = build_source(source)
     InputPolicy(request.input_prefixes).check_source(source)
     request = replace(request, sources=[source], name=name, idempotency_key=None)
-    check_request(request, max_prompt_chars)
+    check_request(_filled(request, name), max_prompt_chars)
     kind = get_kind(request.kind)
     schedule = Schedule(
         name=name,
@@ -137,6 +138,9 @@ def add_schedule(
         params=_stored(request),
         retain_seconds=request.retain_seconds,
         paused=False,
+        # As given ({schedule} and all): each firing's job gets it filled (read_request).
+        output_uri=request.output_uri,
+        output_format=request.output_format,
         next_due_at=now,
     )
     schedule.next_due_at = next_due(schedule, now)
@@ -165,7 +169,7 @@ def read_request(schedule: Schedule) -> SubmitRequest:
     else:  # a row written before schedules had kinds: extraction, its instructions in `prompt`
         given = {k: v for k, v in stored.items() if k != "model"}
         given["instructions"] = schedule.prompt
-    return SubmitRequest(
+    request = SubmitRequest(
         kind=kind.name,
         sources=[],
         model=stored["model"],
@@ -176,6 +180,26 @@ def read_request(schedule: Schedule) -> SubmitRequest:
         completion_window_seconds=stored.get("completion_window_seconds"),
         retain_seconds=schedule.retain_seconds,
         notify_url=schedule.notify_url,
+    )
+    return _filled(request, schedule.name, schedule.output_uri, schedule.output_format)
+
+
+def _filled(
+    request: SubmitRequest,
+    name: str,
+    target: str | None = None,
+    fmt: str | None = None,
+) -> SubmitRequest:
+    """``request`` with its target's ``{schedule}`` filled in by the schedule's ``name``
+    (``target``, ``fmt``: the schedule's, for a stored one); {job} and {date} are each job's
+    (``build_job``)."""
+    target = target if target is not None else request.output_uri
+    if target is None:
+        return request
+    return replace(
+        request,
+        output_uri=fill_schedule(target, name),
+        output_format=fmt if fmt is not None else request.output_format,
     )
 
 

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # separated by commas. Empty: anything the credentials can read, as before. NoDecode: the
     # variable is a plain list, not JSON.
     input_prefixes: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_entries)] = ()
+    # Where a job's results may be delivered (--deliver-to: jobs.delivery.targets), in the same
+    # form. Empty: anywhere the credentials (and the sweeper's file permissions) can write.
+    output_prefixes: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_entries)] = ()
 
     model: str = "tiny-llava"
     # Checked by the engine's own rules (model.engine), the one place they are written.

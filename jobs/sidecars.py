@@ -95,17 +95,35 @@ def write_sidecars(
             "item: use --format jsonl or csv.",
             code="invalid_option",
         )
+    named = name_sidecars(
+        iter_sources(session, job_id, chunk=chunk), iter_items(session, job_id, chunk=chunk)
+    )
+    return write_named(directory, named, overwrite=overwrite)
+
+
+Named = Iterator[tuple[tuple[str, ...], int, ItemRecord]]
+
+
+def name_sidecars(sources: Iterable[str], items: Iterable[ItemRecord]) -> Named:
+    """Each item (of ``items``, a job's in submission order; ``sources``: their sources, read
+    first for the roots) with its sidecar path and 1 when that path was renamed."""
+    roots = common_roots(sources)
+    names = SidecarNames()
+    for item in items:
+        relative, renamed = names.take(sidecar_path(item, roots), item.seq)
+        yield relative, renamed, item
+
+
+def write_named(directory: str, named: Named, *, overwrite: bool) -> SidecarCounts:
+    """Writes the succeeded items of ``named`` (``name_sidecars``) under ``directory``."""
     try:
         folders = _Folders(Path(directory))
     except OSError as exc:
         raise RequestError(
             f"{directory}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
         ) from exc
-    roots = common_roots(iter_sources(session, job_id, chunk=chunk))
     counts = SidecarCounts()
-    names = SidecarNames()
-    for item in iter_items(session, job_id, chunk=chunk):
-        relative, renamed = names.take(sidecar_path(item, roots), item.seq)
+    for relative, renamed, item in named:
         if item.status in _NO_RESULT:
             counts.no_result += 1
         elif item.status != ItemStatus.succeeded:
@@ -277,6 +295,8 @@ def _place(target: Path, data: bytes, overwrite: bool) -> bool:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the name points at it
         if overwrite:
             os.replace(temporary, target)
             return True

@@ -14,7 +14,7 @@ from storage.errors import (
     StorageError,
     TransientStorageError,
 )
-from storage.local import LocalStore
+from storage.local import LocalStore, atomic_file
 from storage.s3 import S3Store, build_s3_client
 from storage.uri import is_s3_uri, parse_s3_uri, uri_scheme
 
@@ -32,6 +32,7 @@ __all__ = [
     "StorageError",
     "StoredBlob",
     "TransientStorageError",
+    "atomic_file",
     "build_s3_client",
     "is_s3_uri",
     "open_blobs",

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from storage.base import BlobStore, ObjectInfo
@@ -134,6 +134,16 @@ class Blobs:
                 uri=uri,
             )
         return self._local_store(uri).read_file(parse_file_uri(uri), max_bytes=max_bytes)
+
+    def write_uri(self, uri: str, data: bytes | BinaryIO) -> str:
+        """Writes ``s3://any-bucket/key`` whole (bytes: one PUT; a file, from its position on:
+        one PUT or a multipart upload that S3 shows only once complete). Local folders outside
+        our store are written with ``storage.local.atomic_file`` instead."""
+        bucket, key = parse_s3_uri(uri)
+        store = S3Store(self._client(), bucket)
+        if isinstance(data, bytes):
+            return store.write_bytes(key, data)
+        return store.write_file(key, data)
 
     def list_uri(self, uri_prefix: str) -> Iterator[ObjectInfo]:
         """Objects under ``s3://bucket/prefix`` (keys relative to the bucket) or under a

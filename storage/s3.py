@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from storage.base import BlobStore, ObjectInfo
 from storage.errors import (
@@ -24,6 +24,7 @@ from storage.uri import parse_s3_uri, validate_key
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+_PART_BYTES = 8 * 1024 * 1024
 # The most keys one DeleteObjects request may name.
 _DELETE_BATCH = 1000
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
@@ -143,6 +144,23 @@ class S3Store(BlobStore):
         uri = f"s3://{self.bucket}/{full}"
         with _translating(uri):
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+        return uri
+
+    def write_file(self, key: str, fileobj: BinaryIO) -> str:
+        """Stores what ``fileobj`` holds from its position on under ``key``: one PUT, or a
+        multipart upload over 8 MiB, which S3 shows only once it is complete (one that dies
+        half-way leaves parts, never an object: a bucket lifecycle rule aborts them)."""
+        from boto3.s3.transfer import TransferConfig
+
+        # Parts of 8 MiB, 4 at a time: what an upload holds in memory is bounded (about 32 MiB)
+        # whatever the file's size.
+        config = TransferConfig(
+            multipart_threshold=_PART_BYTES, multipart_chunksize=_PART_BYTES, max_concurrency=4
+        )
+        full = self._object_key(key)
+        uri = f"s3://{self.bucket}/{full}"
+        with _translating(uri):
+            self.client.upload_fileobj(fileobj, self.bucket, full, Config=config)
         return uri
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:

@@ -20,6 +20,8 @@ from jobs.cli.context import Context
 from jobs.cli.options import (
     BatchSize,
     CompletionWindow,
+    DeliverFormat,
+    DeliverTo,
     MaxNew,
     ModelName,
     Notify,
@@ -69,6 +71,9 @@ def shared_parameters(*own: inspect.Parameter) -> tuple[inspect.Parameter, ...]:
         parameter("retain", Retain, None),
         parameter("notify", Notify, None),
         parameter("model", ModelName, None),
+        # Where the results go when the job ends (jobs.delivery.targets).
+        parameter("deliver_to", DeliverTo, None),
+        parameter("deliver_format", DeliverFormat, None),
     )
 
 
@@ -98,6 +103,8 @@ def request_for(
         priority=values["priority"],
         completion_window=values["completion_window"],
         retain=values["retain"],
+        deliver_to=values["deliver_to"],
+        deliver_format=values["deliver_format"],
         notify=values["notify"],
         **request,
         **params,

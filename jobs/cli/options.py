@@ -60,6 +60,26 @@ CompletionWindow = Annotated[
         "results (default: LLAVA_BATCH_COMPLETION_WINDOW, none).",
     ),
 ]
+DeliverTo = Annotated[
+    str | None,
+    typer.Option(
+        "--deliver-to",
+        metavar="TARGET",
+        help="When the job ends, write its results and its errors file to this folder: "
+        "s3://bucket/prefix/ or a local directory (the sweeper's, or run's), under <job id>/ "
+        "unless TARGET names {job}; it may name {date} (UTC), and a schedule's {schedule}.",
+    ),
+]
+DeliverFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--deliver-format",
+        metavar="FORMAT",
+        help="With --deliver-to: jsonl (default), csv, openai (the OpenAI Batch output and "
+        "error files) or txt (one <input name>.txt per succeeded item, as results --format "
+        "txt writes them).",
+    ),
+]
 Notify = Annotated[
     str | None,
     typer.Option(
@@ -133,6 +153,8 @@ def build_request(
     priority: int | None = None,
     completion_window: str | None = None,
     retain: str | None = None,
+    deliver_to: str | None = None,
+    deliver_format: str | None = None,
     reuse: bool | None = None,
     notify: str | None = None,
     **params: Any,
@@ -170,6 +192,9 @@ def build_request(
         priority=priority or 0,
         completion_window_seconds=window,
         retain_seconds=retain_seconds,
+        output_uri=deliver_to,
+        output_format=deliver_format,
+        output_prefixes=ctx.settings.output_prefixes,
         reuse=ctx.settings.reuse if reuse is None else reuse,
         notify_url=notify_url,
         **params,

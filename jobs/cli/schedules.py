@@ -127,8 +127,14 @@ def _add_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -
         views.err.print(f"warning: {views.no_worker_serves(request.model)}", markup=False)
     views.err.print(
         f"schedule {name}: {kind.name} over {schedule.source} on {request.model}, "
-        f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC"
+        f"next run {schedule.next_due_at:%Y-%m-%d %H:%M:%S} UTC",
+        markup=False,
     )
+    if schedule.output_uri is not None:
+        views.err.print(
+            f"each job's results go to {schedule.output_uri} ({schedule.output_format})",
+            markup=False,
+        )
 
 
 _ADD = Family(
@@ -251,6 +257,9 @@ def _as_dict(s: Schedule) -> dict[str, object]:
         "last_run_at": _iso(s.last_run_at),
         "last_job_id": s.last_job_id,
         "next_due_at": _iso(s.next_due_at),
+        # Each job's results go there when it ends ({schedule}, {job}, {date} as written).
+        "deliver_to": s.output_uri,
+        "deliver_format": s.output_format,
         "notify_url": s.notify_url,
     }
 

@@ -178,6 +178,10 @@ def show_progress(progress: JobProgress, *, json_out: bool, console: Console = o
         console.print(f"  {retention}", markup=False)
     if progress.waiting_for_worker:
         console.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
+    if progress.output is not None:
+        from jobs.delivery.state import describe_output
+
+        console.print(f"  {describe_output(progress.output)}", markup=False)
 
 
 def describe_retention(progress: JobProgress) -> str:

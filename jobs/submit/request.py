@@ -64,6 +64,13 @@ class SubmitRequest:
     # Kept this long after it ends, then deleted (jobs.retention); None: until deleted. Not
     # part of what an idempotency key stands for either: how long, not what.
     retain_seconds: int | None = None
+    # Where the job's results are written when it ends (--deliver-to: jobs.delivery.targets,
+    # as parse_target stores it) and in which format (--deliver-format). Not part of what an
+    # idempotency key stands for: where the results go, not what they are.
+    output_uri: str | None = None
+    output_format: str | None = None
+    # A limit: where a target may lie, LLAVA_BATCH_OUTPUT_PREFIXES (jobs.delivery.targets).
+    output_prefixes: tuple[str, ...] = ()
     # --reuse: an item whose result an earlier item already has (same key, model and
     # revision: jobs.lifecycle.reuse) gets a copy instead of a model run. Not part of what an
     # idempotency key stands for either: it changes the cost, not the results.
@@ -105,6 +112,9 @@ class SubmitRequest:
         priority: int = 0,
         completion_window_seconds: int | None = None,
         retain_seconds: int | None = None,
+        output_uri: str | None = None,
+        output_format: str | None = None,
+        output_prefixes: Sequence[str] = (),
         reuse: bool = False,
         notify_url: str | None = None,
         **params: Any,
@@ -114,6 +124,7 @@ class SubmitRequest:
         ``max_new_tokens`` the kind chooses (``default_max_new_tokens``: the setting)."""
         handler = get_kind(kind)
         check_priority(priority)
+        target, fmt = output_of(output_uri, output_format)
         given = {key: value for key, value in params.items() if value is not None}
         try:
             typed = handler.params_type.model_validate(given)
@@ -141,8 +152,49 @@ class SubmitRequest:
             priority=priority,
             completion_window_seconds=completion_window_seconds,
             retain_seconds=retain_seconds,
+            output_uri=target,
+            output_format=fmt,
+            output_prefixes=tuple(output_prefixes),
             reuse=reuse,
             notify_url=notify_url,
+        )
+
+
+def output_of(target: str | None, fmt: str | None) -> tuple[str | None, str | None]:
+    """``--deliver-to`` as stored (``jobs.delivery.targets.parse_target``) and its format
+    (jsonl unless told); a format with no target is refused."""
+    from jobs.delivery.targets import parse_target
+    from jobs.exports import ResultFormat
+
+    if fmt is not None and fmt not in ResultFormat.__members__:
+        raise RequestError(
+            f"--deliver-format {fmt[:50]!r} is not one of jsonl, csv, openai, txt.",
+            code="invalid_option",
+        )
+    if target is None:
+        if fmt is not None:
+            raise RequestError("--deliver-format goes with --deliver-to.", code="invalid_option")
+        return None, None
+    return parse_target(target), fmt or ResultFormat.jsonl.value
+
+
+def check_output(request: SubmitRequest) -> None:
+    """What a target and format cannot be for this request's kind, or outside a schedule."""
+    from jobs.delivery.targets import check_allowed, names_schedule
+
+    if request.output_uri is not None:
+        check_allowed(request.output_uri, request.output_prefixes)
+    if request.output_uri is not None and names_schedule(request.output_uri):
+        raise RequestError(
+            f"--deliver-to {request.output_uri!r} names {{schedule}}: only a schedule's target "
+            "may (schedule add … --deliver-to).",
+            code="invalid_output",
+        )
+    if request.output_format == "txt" and not get_kind(request.kind).one_text:
+        raise RequestError(
+            f"--deliver-format txt writes one text per item; a {request.kind} job has several "
+            "answers per item: use jsonl, csv or openai.",
+            code="invalid_option",
         )
 
 
@@ -189,6 +241,7 @@ def check_request(request: SubmitRequest, max_prompt_chars: int) -> None:
         check_metadata(request.metadata)
     get_kind(request.kind).check(request.params, max_prompt_chars=max_prompt_chars)
     check_fits_context(request)
+    check_output(request)
 
 
 def check_fits_context(request: SubmitRequest) -> None:
@@ -280,4 +333,9 @@ def build_job(
     job.notify_url = request.notify_url
     if request.metadata:  # none: SQL NULL, not a JSON null
         job.job_metadata = dict(request.metadata)
+    if request.output_uri is not None:  # its own folder, named now: jobs.delivery.targets
+        from jobs.delivery.targets import job_folder
+
+        job.output_uri = job_folder(request.output_uri, job_id=job_id, made_at=now)
+        job.output_format = request.output_format
     return job, items
