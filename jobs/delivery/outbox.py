@@ -31,8 +31,17 @@ RETRY_DELAYS = (
 )
 GIVE_UP_AFTER = timedelta(hours=24)
 # How long a sweeper may take over one try before another may take it again (a handler's own
-# timeouts are well inside it).
+# timeouts are well inside it). Writing a big job's results (a million items: an export of
+# some 20 s, then its upload) may take minutes: another writer taken in meanwhile would waste
+# the work and could remove the first one's temporary file, so an output holds it longer.
 LEASE = timedelta(minutes=5)
+LEASES = {"output": timedelta(hours=1)}
+
+
+def lease_for(what: str) -> timedelta:
+    return LEASES.get(what, LEASE)
+
+
 MAX_DETAIL_CHARS = 1000
 
 
@@ -125,7 +134,7 @@ def deliver_due(
     started = time.monotonic()
     now = now or clock()
     query = (
-        select(Delivery.id)
+        select(Delivery.id, Delivery.what)
         .where(Delivery.status == PENDING, Delivery.next_attempt_at <= now)
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
@@ -133,12 +142,12 @@ def deliver_due(
     if among is not None:
         query = query.where(Delivery.job_id.in_(sorted(among)))
     with session_factory() as session:
-        due = list(session.scalars(query))
+        due = [(row[0], row[1]) for row in session.execute(query)]
     delivered = 0
-    for delivery_id in due:
+    for delivery_id, what in due:
         if seconds is not None and time.monotonic() - started > seconds:
             break
-        task = _take(session_factory, delivery_id, now)
+        task = _take(session_factory, delivery_id, now, lease_for(what))
         if task is None:
             continue  # another sweeper took it
         reached("delivery:taken")
@@ -156,7 +165,9 @@ def deliver_due(
     return delivered
 
 
-def _take(session_factory: SessionFactory, delivery_id: str, now: datetime) -> DeliveryTask | None:
+def _take(
+    session_factory: SessionFactory, delivery_id: str, now: datetime, lease: timedelta = LEASE
+) -> DeliveryTask | None:
     with session_factory.begin() as session:
         row = session.execute(
             update(Delivery)
@@ -165,7 +176,7 @@ def _take(session_factory: SessionFactory, delivery_id: str, now: datetime) -> D
                 Delivery.status == PENDING,
                 Delivery.next_attempt_at <= now,
             )
-            .values(attempts=Delivery.attempts + 1, next_attempt_at=now + LEASE)
+            .values(attempts=Delivery.attempts + 1, next_attempt_at=now + lease)
             .returning(
                 Delivery.job_id,
                 Delivery.what,

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from jobs.db import Delivery, SessionFactory, utcnow
 from jobs.delivery import deliver_due
 from jobs.delivery.handlers import handlers_for
-from jobs.delivery.outbox import LEASE
+from jobs.delivery.outbox import lease_for
 from jobs.settings import Settings
 from jobs.submit.request import SubmitRequest
 from model.fake import FakeEngine
@@ -146,7 +146,11 @@ def test_a_sweeper_killed_mid_write_leaves_no_partial_file_and_the_next_writes_o
     # Before its lease runs out no other pass takes it; after, the next one writes it.
     handlers = handlers_for(session_factory, blobs, Settings())
     assert deliver_due(session_factory, handlers, among=[job_id]) == 0
-    later = utcnow() + LEASE + timedelta(seconds=1)
+    assert (
+        deliver_due(session_factory, handlers, among=[job_id], now=utcnow() + timedelta(minutes=10))
+        == 0
+    )  # a webhook's lease would have run out: a big job's write may take that long
+    later = utcnow() + lease_for("output") + timedelta(seconds=1)
     assert deliver_due(session_factory, handlers, among=[job_id], now=later) == 1
     _check_whole(files(), job_id)  # (locally: the killed writer's temporary file is gone too)
     done = _delivery(session_factory, job_id)
