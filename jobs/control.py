@@ -14,7 +14,7 @@ from jobs.errors import RETRYABLE_ERROR_CODES
 from jobs.lifecycle import RETRYABLE_ITEM_STATES, cancel_job, requeue_failed
 from jobs.states import ItemStatus
 
-__all__ = ["RetryResult", "cancel_job", "retry_job"]
+__all__ = ["RetryResult", "cancel_job", "describe_retry", "retry_batch_size", "retry_job"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,26 @@ def retry_job(
         session_factory, publisher, job_id, ids, model=model, batch_size=batch_size, stamp=stamp
     )
     return RetryResult(ids, dispatched, skipped)
+
+
+def retry_batch_size(job: Job, default: int) -> int:
+    """The batch size a retry dispatches with: the job's own, else the deployment's."""
+    return int(job.params.get("batch_size") or default)
+
+
+def describe_retry(job_id: str, retried: RetryResult, states: Sequence[str]) -> list[str]:
+    """What a retry says it did, in the words the CLI and the review page both show."""
+    lines = [
+        f"job {job_id}: {len(retried.item_ids)} {' or '.join(states)} item(s) re-queued"
+        + ("" if retried.dispatched else " (broker unreachable: the sweeper will dispatch)")
+    ]
+    if retried.skipped:
+        codes = ", ".join(f"{code} {n}" for code, n in retried.skipped.items())
+        lines.append(
+            f"job {job_id}: {sum(retried.skipped.values())} failed item(s) skipped, their "
+            f"failure would repeat ({codes}); --all re-queues them too"
+        )
+    return lines
 
 
 def _failed_by_code(session_factory: SessionFactory, job_id: str) -> dict[str, int]:

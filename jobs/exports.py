@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ from jobs.states import ItemStatus
 # The rows are built by the queries (SQLAlchemy), imported when one is written: the CLI takes
 # ResultFormat for its options at start-up, before it knows whether it reads the database.
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from jobs.db import Job
     from jobs.kinds import Kind
     from jobs.paging import ItemRecord
 
@@ -83,6 +87,50 @@ def open_result_writer(
     if fmt is ResultFormat.csv:
         return CsvWriter(stream, kind, review=review)
     return JsonlWriter(stream, review=review)
+
+
+@dataclass(frozen=True)
+class JobExport:
+    """A job's results ready to be written: feed ``items`` to ``writer`` one at a time."""
+
+    writer: ResultWriter
+    items: Iterator[ItemRecord]
+
+
+def open_job_export(
+    session: Session,
+    job: Job,
+    fmt: ResultFormat,
+    stream: IO[str],
+    *,
+    errors: IO[str] | None = None,
+    statuses: Collection[str] | None = None,
+    chunk: int = 1000,
+    reviewed: str | None = None,
+    use_edits: bool = False,
+) -> JobExport:
+    """``results`` of ``job`` in ``fmt`` onto ``stream``, as the CLI and the review page's
+    export both write them: ``statuses``, ``reviewed`` (approved, rejected, unreviewed): only
+    those items; ``use_edits``: ``openai`` answers with the reviewers' edits. ``jsonl`` and
+    ``csv`` carry each item's review, read by a join only when the job has any."""
+    from jobs.kinds import get_kind
+    from jobs.queries import has_reviews, iter_items
+
+    joined = reviewed is not None or has_reviews(session, job.id)
+    writer = open_result_writer(
+        fmt,
+        stream,
+        kind=get_kind(job.kind),
+        model=job.model,
+        errors=errors,
+        reviews=True,
+        joined=joined,
+        use_edits=use_edits and joined,  # nobody reviewed: there is no edit to use
+    )
+    items = iter_items(
+        session, job.id, statuses=statuses, chunk=chunk, reviews=joined, reviewed=reviewed
+    )
+    return JobExport(writer, items)
 
 
 ReviewReader = Callable[[Any], dict[str, Any]]

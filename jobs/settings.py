@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     # its rows renews it, a big submit's heartbeat too, every 200 s): a submit stalled longer
     # fails (submit_stalled), and a producer that died holds up blob collection this long.
     submit_in_flight_seconds: Annotated[int, Field(ge=600, le=7 * 86_400)] = 3600
+    # The review page's token (`serve`): asked once by the page, then kept in a cookie. Needed
+    # to bind anywhere but loopback; when set, loopback asks for it too.
+    serve_token: SecretStr = SecretStr("")
 
     # Webhooks (jobs.delivery.webhook, docs/webhooks.md). notify_url: where a job's end is
     # POSTed when its submit names no --notify (empty: nowhere). webhook_secret: the Standard

@@ -1,4 +1,5 @@
 import os
+from typing import Any
 
 import pytest
 
@@ -15,3 +16,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "xdist_group(name): run these tests on one xdist process, one at a time"
     )
+
+
+@pytest.fixture
+def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts PDFium page renders, one entry per page rendered (a spy: the real render runs)."""
+    import pypdfium2 as pdfium
+
+    calls: list[int] = []
+    real = pdfium.PdfPage.render
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pdfium.PdfPage, "render", counting)
+    return calls

@@ -20,7 +20,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from jobs.cli import notifications, retention, views
+from jobs.cli import notifications, retention, serve, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
 from jobs.cli.options import Json, Timeout, parse_timeout
@@ -59,6 +59,7 @@ def build_app() -> typer.Typer:
     app.command("delete")(retention.delete)
     app.command("purge")(retention.purge)
     app.command("notifications")(notifications.notifications)
+    app.command("serve")(serve.serve)
     return commands.add_to(app)
 
 
@@ -305,14 +306,14 @@ def retry(
 ) -> None:
     """Re-queue the expired items of a job and the failed ones that can succeed again (with a
     new completion window, if it has one); the others keep their results."""
-    from jobs.control import retry_job
+    from jobs.control import describe_retry, retry_batch_size, retry_job
     from jobs.dispatch import CeleryPublisher
     from jobs.queries import find_job
 
     ctx = open_context()
     with ctx.session_factory() as session:
         found = find_job(session, job)
-        job_id, batch = found.id, int(found.params.get("batch_size") or ctx.settings.message_size)
+        job_id, batch = found.id, retry_batch_size(found, ctx.settings.message_size)
     publisher = CeleryPublisher.for_settings(ctx.settings)
     states = (only.value,) if only is not None else ("failed", "expired")
     retried = retry_job(
@@ -323,16 +324,8 @@ def retry(
         only=states,
         codes=None if every_failure else RETRYABLE_ERROR_CODES,
     )
-    views.err.print(
-        f"job {job_id}: {len(retried.item_ids)} {' or '.join(states)} item(s) re-queued"
-        + ("" if retried.dispatched else " (broker unreachable: the sweeper will dispatch)")
-    )
-    if retried.skipped:
-        codes = ", ".join(f"{code} {n}" for code, n in retried.skipped.items())
-        views.err.print(
-            f"job {job_id}: {sum(retried.skipped.values())} failed item(s) skipped, their "
-            f"failure would repeat ({codes}); --all re-queues them too"
-        )
+    for line in describe_retry(job_id, retried, states):
+        views.err.print(line)
 
 
 # A negative priority is a value, not an option: `llava-batch priority JOB -5`.

@@ -323,10 +323,9 @@ def write_results(
     unreviewed); ``use_edits``: ``openai`` answers with the reviewers' edits. ``txt``: one
     file per item into the folder ``output`` (``jobs.sidecars``), replacing files there only
     with ``overwrite``. ``jsonl`` and ``csv`` carry each item's review; the reviews are read
-    by a join only when the job has any."""
-    from jobs.exports import open_result_writer
-    from jobs.kinds import get_kind
-    from jobs.queries import find_job, has_reviews, iter_items
+    by a join only when the job has any (``jobs.exports.open_job_export``)."""
+    from jobs.exports import open_job_export
+    from jobs.queries import find_job
 
     job = find_job(session, job_id)
     if use_edits and fmt is not ResultFormat.openai:
@@ -358,25 +357,22 @@ def write_results(
         and Path(errors).resolve() == Path(output).resolve()
     ):
         raise RequestError("--errors must name another file than -o.", code="invalid_output")
-    kind, model = get_kind(job.kind), job.model
     with ExitStack() as files:
         stream = files.enter_context(_open_output(output)) if output else sys.stdout
         error_stream = files.enter_context(_open_output(errors)) if errors else None
-        joined = reviewed is not None or has_reviews(session, job_id)
-        writer = open_result_writer(
+        export = open_job_export(
+            session,
+            job,
             fmt,
             stream,
-            kind=kind,
-            model=model,
             errors=error_stream,
-            reviews=True,
-            joined=joined,
-            use_edits=use_edits and joined,  # nobody reviewed: there is no edit to use
+            statuses=statuses,
+            chunk=chunk,
+            reviewed=reviewed,
+            use_edits=use_edits,
         )
-        items = iter_items(
-            session, job_id, statuses=statuses, chunk=chunk, reviews=joined, reviewed=reviewed
-        )
-        for item in items:
+        writer = export.writer
+        for item in export.items:
             writer.write(item)
         stream.flush()
     if writer.skipped:

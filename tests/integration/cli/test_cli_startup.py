@@ -38,6 +38,12 @@ NOT_AT_START = (
     "workers.tasks",
     "workers.pipeline",
     "croniter",
+    # the review page's web stack: only `serve` imports it, in its body
+    "starlette",
+    "jinja2",
+    "uvicorn",
+    "multipart",
+    "jobs.web",
 )
 # What a help page needs neither: it reads no database and no settings.
 NOT_FOR_HELP = (
@@ -105,6 +111,7 @@ def _probe(
         ("status", "--help"),
         ("run", "--help"),
         ("schedule", "add", "--help"),
+        ("serve", "--help"),
     ],
     ids=" ".join,
 )

@@ -62,21 +62,6 @@ def page_bomb(path: Path, pages: int = 50, side_pt: float = 3500) -> Path:
     return path
 
 
-@pytest.fixture
-def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import pypdfium2 as pdfium
-
-    calls: list[int] = []
-    real = pdfium.PdfPage.render
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(pdfium.PdfPage, "render", counting)
-    return calls
-
-
 def test_page_bomb_fails_its_own_item_before_any_page_is_rendered(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, render_calls: list[int]
 ) -> None:

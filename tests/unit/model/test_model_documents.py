@@ -192,22 +192,6 @@ def page_bomb(pages: int, side_pt: float) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts PDFium page renders (one entry per page rendered)."""
-    import pypdfium2 as pdfium
-
-    calls: list[int] = []
-    real = pdfium.PdfPage.render
-
-    def counting(self: object, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pdfium.PdfPage, "render", counting)
-    return calls
-
-
 def test_page_bomb_is_refused_from_page_sizes_before_rendering(render_calls: list[int]) -> None:
     # The issue's bomb at a small scale: each page is under the per-page limit, the sum is not.
     data = page_bomb(50, 3500)

@@ -1,0 +1,363 @@
+"""The review page's server through its ASGI app (docs/review.md) on both databases: the jobs
+page (progress, cancel and retry with the CLI's functions and words), the fleet page, and the
+security model: CSRF and Origin on every POST, loopback host names only, a strict CSP, the
+token's login and cookie."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from starlette.testclient import TestClient
+
+from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.fleet import Serving, beat_worker
+from jobs.lifecycle import claim_items, record_results
+from jobs.outcome import ItemOutcome, Outcome
+from jobs.review import ItemFilter, item_detail, list_items
+from jobs.web.security import CONTENT_SECURITY_POLICY, session_value
+from storage import Blobs
+from tests.helpers import caption_outcome, make_settings, submit_captions
+from tests.integration.cli.conftest import RunCli
+from tests.integration.web.conftest import BASE, ReviewJob, post
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+TEMPLATES = Path(__file__).resolve().parents[3] / "jobs" / "web" / "templates"
+
+
+def _half_done(sf: SessionFactory, blobs: Blobs, tmp_path: Path) -> str:
+    job_id, ids = submit_captions(sf, blobs, tmp_path, n=4)
+    claimed = claim_items(sf, ids[:2], worker="w", lease_seconds=60)
+    record_results(sf, [caption_outcome(c.id, c.lease_token) for c in claimed])
+    return job_id
+
+
+def _flash(page: str) -> list[str]:
+    return re.findall(r'<p class="flash[^"]*" role="status">([^<]*)</p>', page)
+
+
+def test_the_jobs_page_shows_progress_and_refreshes_while_a_job_runs(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
+) -> None:
+    job_id = _half_done(session_factory, blobs, tmp_path)
+    deadline = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
+    with session_factory.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(expires_at=deadline, retain_seconds=30 * 86400, priority=7)
+        )
+    page = client.get("/").text
+    row = page[page.index(f'id="job-{job_id}"') :].split("</tr>")[0]
+    assert '<progress max="4" value="2">' in row
+    assert "<td>2031-05-04 03:02:01 UTC</td>" in row  # its completion window's deadline
+    assert "<td>30d after it ends</td>" in row  # its retention
+    assert "<td>7</td>" in row  # its priority
+    assert "2 / 4 · queued 2 · succeeded 2" in row
+    assert "/s</td>" in row  # its rate
+    assert 'http-equiv="refresh"' in page
+    assert f'action="/jobs/{job_id}/cancel"' in row
+    assert "/retry" not in row  # nothing failed or expired to retry
+
+
+def test_cancel_and_retry_say_what_the_cli_says(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    client: TestClient,
+    db_url: str,
+    run_cli: RunCli,
+) -> None:
+    job_id = _half_done(session_factory, blobs, tmp_path)
+    response = post(client, f"/jobs/{job_id}/cancel")
+    assert response.status_code == 303
+    page = client.get("/").text
+    assert _flash(page) == [f"job {job_id}: cancelled"]
+    assert _flash(client.get("/").text) == []  # shown once
+    with session_factory() as session:
+        assert session.get(Job, job_id).status == "cancelled"  # type: ignore[union-attr]
+    assert 'http-equiv="refresh"' not in page  # nothing runs now
+    post(client, f"/jobs/{job_id}/retry")
+    shown = _flash(client.get("/").text)
+    storage = str(tmp_path / "blobs")
+    cli = run_cli("retry", job_id, LLAVA_BATCH_DATABASE_URL=db_url, LLAVA_BATCH_STORAGE_URL=storage)
+    assert cli.returncode == 2, cli.stderr
+    assert shown == [cli.stderr.strip().splitlines()[-1]]
+    assert "[job_cancelled]" in shown[0]
+
+
+def test_retry_requeues_what_the_cli_requeues(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
+) -> None:
+    job_id, ids = submit_captions(session_factory, blobs, tmp_path, n=3)
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60)
+    codes = ["worker_lost", "image_decode_error", None]
+    record_results(
+        session_factory,
+        [
+            ItemOutcome(c.id, c.lease_token, Outcome(error_code=code, error_message="x"))
+            if code
+            else caption_outcome(c.id, c.lease_token)
+            for c, code in zip(claimed, codes, strict=True)
+        ],
+    )
+    page = client.get("/").text
+    row = page[page.index(f'id="job-{job_id}"') :].split("</tr>")[0]
+    assert f'action="/jobs/{job_id}/retry"' in row
+    post(client, f"/jobs/{job_id}/retry")
+    assert _flash(client.get("/").text) == [
+        f"job {job_id}: 1 failed or expired item(s) re-queued "
+        "(broker unreachable: the sweeper will dispatch)",
+        f"job {job_id}: 1 failed item(s) skipped, their failure would repeat "
+        "(image_decode_error 1); --all re-queues them too",
+    ]
+    with session_factory() as session:
+        queued = session.scalar(
+            select(func.count()).where(Item.job_id == job_id, Item.status == "queued")
+        )
+    assert queued == 1
+
+
+def test_the_fleet_page_shows_workers_backlog_rate_and_failures(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
+) -> None:
+    _, ids = submit_captions(session_factory, blobs, tmp_path, n=5)
+    beat_worker(session_factory, "gpu-node-7", Serving("fake", "rev-1", "none"))
+    beat_worker(
+        session_factory,
+        "gone-node",
+        Serving("fake", None, "none"),
+        now=utcnow() - timedelta(hours=1),
+    )
+    claimed = claim_items(session_factory, ids[:2], worker="w", lease_seconds=60)
+    record_results(
+        session_factory,
+        [
+            ItemOutcome(c.id, c.lease_token, Outcome(error_code="image_decode_error"))
+            for c in claimed
+        ],
+    )
+    page = client.get("/fleet").text
+    row = page[page.index('data-model="fake"') :].split("</tr>")[0]
+    assert "gpu-node-7 @ rev-1" in row and "gone-node" not in row
+    assert '<td class="backlog">3</td>' in row
+    assert "image_decode_error 2" in row
+    rate = re.search(r'<td class="rate">([0-9.]+)</td>', row)
+    assert rate and float(rate.group(1)) > 0
+
+
+@SQLITE_ONLY
+def test_a_post_without_the_csrf_token_or_from_another_site_is_refused(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
+) -> None:
+    job_id = _half_done(session_factory, blobs, tmp_path)
+    url = f"/jobs/{job_id}/cancel"
+    token = client.cookies.get("llava_batch_csrf") or ""
+    refused = [
+        client.post(url, data={}, headers={"origin": BASE}),
+        client.post(url, data={"csrf": token + "x"}, headers={"origin": BASE}),
+        client.post(url, data={"csrf": token}, headers={"origin": "https://evil.example"}),
+        client.post(url, data={"csrf": token}),  # neither Origin nor Referer
+    ]
+    assert [r.status_code for r in refused] == [403, 403, 403, 403]
+    with session_factory() as session:
+        assert session.get(Job, job_id).status == "in_progress"  # type: ignore[union-attr]
+    accepted = client.post(
+        url, data={"csrf": token}, headers={"referer": BASE + "/"}, follow_redirects=False
+    )
+    assert accepted.status_code == 303
+
+
+@SQLITE_ONLY
+def test_on_loopback_only_loopback_host_names_are_answered(client: TestClient) -> None:
+    """A DNS rebinding page (evil.example resolving to 127.0.0.1) reads nothing."""
+    assert client.get("/", headers={"host": "evil.example"}).status_code == 421
+    assert client.get("/", headers={"host": "localhost:8000"}).status_code == 200
+
+
+@SQLITE_ONLY
+def test_every_response_carries_a_strict_content_security_policy(client: TestClient) -> None:
+    for url in ("/", "/fleet", "/static/review.js", "/no/such/page"):
+        headers = client.get(url).headers
+        assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY, url
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+    assert "unsafe" not in CONTENT_SECURITY_POLICY
+    # and the templates need nothing else: no inline script, no event handler attribute
+    for template in TEMPLATES.glob("*.html"):
+        text = template.read_text(encoding="utf-8")
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), template
+        assert not re.search(r"\son[a-z]+\s*=", text), template
+        assert "|safe" not in text and "autoescape false" not in text, template
+
+
+@SQLITE_ONLY
+def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    from jobs.web.app import create_app
+
+    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
+    app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
+    with TestClient(app, base_url="https://review.example.com") as client:
+        first = client.get("/", follow_redirects=False)
+        assert (first.status_code, first.headers["location"]) == (303, "/login")
+        assert client.get("/fleet", follow_redirects=False).status_code == 303
+        assert client.get("/items/x/thumb", follow_redirects=False).status_code == 303
+        csrf = client.cookies.get("llava_batch_csrf") or ""
+        origin = {"origin": "https://review.example.com"}
+        assert client.post("/jobs/x/cancel", data={"csrf": csrf}, headers=origin).status_code == 401
+        wrong = client.post("/login", data={"csrf": csrf, "token": "guess"}, headers=origin)
+        assert wrong.status_code == 401
+        right = client.post(
+            "/login",
+            data={"csrf": csrf, "token": "s3cret-token"},
+            headers=origin,
+            follow_redirects=False,
+        )
+        assert right.status_code == 303
+        cookie = right.headers["set-cookie"]
+        assert cookie.startswith(f"llava_batch_session={session_value('s3cret-token')};")
+        assert "s3cret-token" not in cookie
+        for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+            assert attribute in cookie, cookie
+        assert client.get("/").status_code == 200
+        # any host name: off loopback the token is the guard
+        assert client.get("/fleet").status_code == 200
+
+
+def test_bulk_decisions_touch_the_filtered_view_only(
+    session_factory: SessionFactory, client: TestClient, review_job: ReviewJob
+) -> None:
+    job_id = review_job.job_id
+    response = post(
+        client,
+        f"/jobs/{job_id}/decide",
+        status="failed",
+        code="image_decode_error",
+        decision="rejected",
+    )
+    assert response.headers["location"] == (f"/jobs/{job_id}?status=failed&code=image_decode_error")
+    assert _flash(client.get(f"/jobs/{job_id}").text) == ["6 item(s) rejected by ada"]
+    rows = list_items(session_factory, job_id, ItemFilter()).rows
+    rejected = {r.item_id for r in rows if r.decision == "rejected"}
+    assert rejected == {r.item_id for r in rows if r.error_code == "image_decode_error"}
+    assert {r.decision for r in rows if r.item_id not in rejected} == {None}
+    assert post(client, f"/jobs/{job_id}/decide", decision="maybe").status_code == 400
+    assert client.get(f"/jobs/{job_id}?status=nonsense").status_code == 400
+
+
+def _extract_job(sf: SessionFactory) -> tuple[str, list[str]]:
+    """A finished extract job written directly: a valid result, one its schema refused (the
+    worker fails it ``output_invalid``, its text kept), one cut at its token budget."""
+    now = utcnow()
+    schema = {
+        "type": "object",
+        "properties": {"total": {"type": "number"}},
+        "required": ["total"],
+        "additionalProperties": False,
+    }
+    results: list[dict[str, Any]] = [
+        {"result_json": {"total": 12.5}, "finish_reason": "stop"},
+        {
+            "status": "failed",
+            "result_text": '{"total": "twelve"}',
+            "error_code": "output_invalid",
+            "error_message": "total: 'twelve' is not of type 'number'",
+            "finish_reason": "stop",
+        },
+        {"result_json": {"total": 1}, "finish_reason": "length"},
+    ]
+    with sf.begin() as session:
+        job = Job(
+            kind="extract",
+            status="completed",
+            params={"schema": schema},
+            model="m",
+            prompt="Read the total.",
+        )
+        session.add(job)
+        session.flush()
+        ids = []
+        for seq, result in enumerate(results):
+            item = Item(
+                job_id=job.id,
+                seq=seq,
+                source=f"invoice-{seq}.png",
+                input_uri=f"file:///in/{seq}.png",
+                **{"status": "succeeded", **result},
+                prompt_tokens=321,
+                completion_tokens=17,
+                attempts=2,
+                model="m",
+                model_revision="rev-9f3",
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+            )
+            session.add(item)
+            session.flush()
+            ids.append(item.id)
+        return job.id, ids
+
+
+def test_the_item_page_tells_how_it_ran_and_an_edit_must_fit_the_schema(
+    session_factory: SessionFactory, client: TestClient
+) -> None:
+    job_id, (valid, invalid, cut) = _extract_job(session_factory)
+    grid = client.get(f"/jobs/{job_id}").text
+    marks = {
+        item: grid[grid.index(f'id="item-{item}"') :].split("</li>")[0]
+        for item in (valid, invalid, cut)
+    }
+    assert "schema-invalid" in marks[invalid] and "schema-invalid" not in marks[valid]
+    assert "truncated" in marks[cut] and "truncated" not in marks[valid]
+    assert "&#34;total&#34;: 12.5" in marks[valid]  # pretty JSON, escaped
+
+    page = client.get(f"/items/{valid}?edit=1").text
+    for fact in ("Read the total.", "m @ rev-9f3", "321 in, 17 out", "<dd>2</dd>", "invoice-0.png"):
+        assert fact in page, fact
+    refused = post(client, f"/items/{valid}/edit", edited='{"total": "x"}')
+    assert refused.status_code == 422
+    problem = re.search(r'<p class="refused" id="error">error: ([^<]*)</p>', refused.text)
+    assert problem and problem.group(1).endswith("[review_edit_invalid]"), problem
+    assert "&#34;total&#34;: &#34;x&#34;" in refused.text  # kept
+    assert item_detail(session_factory, valid).edited_json is None  # type: ignore[union-attr]
+    saved = post(client, f"/items/{valid}/edit", edited='{"total": 13}')
+    assert saved.status_code == 303
+    detail = item_detail(session_factory, valid)
+    assert detail is not None
+    assert (detail.edited_json, detail.result_json) == ({"total": 13}, {"total": 12.5})
+    assert detail.decision == "approved" and detail.reviewer == "ada"
+
+
+def test_answers_show_as_question_and_answer(
+    session_factory: SessionFactory, client: TestClient
+) -> None:
+    answers = [
+        {"question": "What brand <b>is</b> it?", "answer": "Acme"},
+        {"question": "Is there text?", "answer": None, "error_code": "output_truncated"},
+    ]
+    with session_factory.begin() as session:
+        job = Job(kind="ask", status="completed", params={}, model="m")
+        session.add(job)
+        session.flush()
+        session.add(
+            Item(
+                job_id=job.id,
+                seq=0,
+                source="p.png",
+                input_uri="file:///in/p.png",
+                status="succeeded",
+                result_json=answers,
+            )
+        )
+        job_id = job.id
+    grid = client.get(f"/jobs/{job_id}").text
+    assert "<dt>What brand &lt;b&gt;is&lt;/b&gt; it?</dt>" in grid
+    assert "<dd>Acme</dd>" in grid
+    assert '<dd class="failure">output_truncated </dd>' in grid
