@@ -16,11 +16,13 @@ import io
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from jobs.web.boxes import Box, draw_boxes
 from model.documents import MIN_DPI, is_pdf, render_pages
 from model.errors import InputError
 
@@ -49,9 +51,12 @@ class Picture:
     problem: str | None = None
 
 
-def render(data: bytes, *, page: int, side: int, budgets: Budgets) -> bytes:
+def render(
+    data: bytes, *, page: int, side: int, budgets: Budgets, boxes: Sequence[Box] = ()
+) -> bytes:
     """``data`` (an image, or page ``page`` of a PDF) as a JPEG at most ``side`` pixels on its
-    longer side. Raises ``InputError`` (the worker's codes) for what cannot be shown."""
+    longer side, ``boxes`` drawn on it. Raises ``InputError`` (the worker's codes) for what
+    cannot be shown."""
     if is_pdf(data):
         dpi = MIN_DPI if side <= THUMB_SIDE else FULL_DPI
         document = render_pages(
@@ -73,7 +78,7 @@ def render(data: bytes, *, page: int, side: int, budgets: Budgets) -> bytes:
         image = decode_image(data, max_pixels=budgets.max_image_pixels, min_side=side)
     image.thumbnail((side, side))
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=85)
+    draw_boxes(image.convert("RGB"), boxes).save(out, format="JPEG", quality=85)
     return out.getvalue()
 
 
@@ -129,12 +134,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def picture_of(data: bytes, *, page: int, side: int, budgets: Budgets) -> Picture:
+def picture_of(
+    data: bytes, *, page: int, side: int, budgets: Budgets, boxes: Sequence[Box] = ()
+) -> Picture:
     """``render``, with a placeholder and its code for an input that cannot be shown."""
     if len(data) > budgets.max_input_bytes:
         return Picture(placeholder(min(side, THUMB_SIDE)), "input_too_large")
     with RENDERS:
         try:
-            return Picture(render(data, page=page, side=side, budgets=budgets))
+            return Picture(render(data, page=page, side=side, budgets=budgets, boxes=boxes))
         except InputError as exc:
             return Picture(placeholder(min(side, THUMB_SIDE)), exc.code)

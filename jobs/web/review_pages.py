@@ -16,9 +16,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 
 from jobs.db import SessionFactory
 from jobs.errors import ItemNotFoundError, RequestError
+from jobs.kinds import get_kind
 from jobs.review import (
     DECISIONS,
     REVIEW_STATES,
+    ItemDetail,
     ItemFilter,
     decide,
     decide_filtered,
@@ -28,6 +30,7 @@ from jobs.review import (
     list_items,
 )
 from jobs.states import ItemStatus
+from jobs.web.boxes import Box, boxes_of
 from jobs.web.images import FULL_SIDE, THUMB_SIDE, Picture, picture_of, placeholder
 from jobs.web.pages import deps_of, shown, take_flash, with_flash
 from jobs.web.security import check_csrf
@@ -120,6 +123,7 @@ def item_page(request: Request) -> Response:
             request,
             "item.html",
             item=detail,
+            boxes=boxes_shown(detail),
             editing=request.query_params.get("edit") == "1",
             back=_local(request.query_params.get("back")) or f"/jobs/{detail.job_id}",
             problem=None,
@@ -191,6 +195,7 @@ async def edit_one(request: Request) -> Response:
             "item.html",
             422,
             item=detail,
+            boxes=boxes_shown(detail),
             editing=True,
             back=back or f"/jobs/{detail.job_id}",
             problem=f"{exc.message} [{exc.code}]",
@@ -255,7 +260,16 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
     deps = deps_of(request)
     page = _number(request.query_params.get("page", "1"), "page")
     which = _number(request.query_params.get("input", "1"), "input")
-    uri, key = _input_of(deps.session_factory, request.path_params["item_id"], which)
+    item_id = request.path_params["item_id"]
+    uri, key = _input_of(deps.session_factory, item_id, which)
+    # ``boxes=1``: the item's boxes drawn on its image (the item page); never cached, since
+    # the thumbnail cache is per input and an edit may move them.
+    boxes = (
+        _boxes(deps.session_factory, item_id)
+        if request.query_params.get("boxes") == "1" and (page, which) == (1, 1)
+        else []
+    )
+    cached = cached and not boxes
     picture = deps.thumbnails.get(key, page) if cached else None
     if picture is None:
         try:
@@ -263,7 +277,7 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
         except StorageError as exc:  # not cached: the store may answer next time
             picture = Picture(placeholder(), getattr(exc, "code", "storage_error"))
         else:
-            picture = picture_of(data, page=page, side=side, budgets=deps.budgets)
+            picture = picture_of(data, page=page, side=side, budgets=deps.budgets, boxes=boxes)
             if cached:
                 deps.thumbnails.put(key, page, picture)
     headers = {
@@ -274,6 +288,17 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
     if picture.problem is not None:
         headers["X-Picture-Problem"] = picture.problem
     return Response(picture.data, media_type="image/jpeg", headers=headers)
+
+
+def _boxes(session_factory: SessionFactory, item_id: str) -> list[Box]:
+    detail = item_detail(session_factory, item_id)
+    return [] if detail is None else boxes_shown(detail)
+
+
+def boxes_shown(detail: ItemDetail) -> list[Box]:
+    """The boxes the item page draws: the reviewer's edit when there is one, else the model's."""
+    result = detail.edited_json if detail.edited_json is not None else detail.result_json
+    return boxes_of(get_kind(detail.job_kind).finds_boxes, result)
 
 
 def _number(text: str, name: str) -> int:

@@ -145,3 +145,83 @@ def test_pictures_are_served_by_item_id_re_encoded_and_cached(
     second = client.get(f"/items/{photo}/image?input=2")
     assert second.headers["x-picture-problem"] == "image_too_large"
     assert client.get(f"/items/{photo}/image?input=3").status_code == 404
+
+
+def test_a_locate_items_boxes_are_drawn_on_its_image_one_colour_per_expression(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, client: TestClient
+) -> None:
+    """Issue 26, point 5: the item page draws each expression's box over the image in its own
+    colour (drawn into the picture we encode: no script, no inline style), with a legend;
+    an edit moves them; a caption item's picture is untouched."""
+    from jobs.lifecycle import claim_items, record_results
+    from jobs.outcome import ItemOutcome, Outcome
+    from jobs.review import edit
+    from jobs.submit.job import submit_job
+    from jobs.submit.request import SubmitRequest
+    from jobs.web.boxes import PALETTE
+    from tests.helpers import ListPublisher, queued_ids
+
+    folder = tmp_path / "shelf"
+    folder.mkdir()
+    Image.new("RGB", (400, 200), (128, 128, 128)).save(folder / "shelf.png")
+    submitted = submit_job(
+        SubmitRequest.of(
+            "locate",
+            [str(folder)],
+            "fake",
+            expressions=["the lid", "<script>window.pwned=1</script>"],
+            batch_size=8,
+        ),
+        session_factory=session_factory,
+        blobs=blobs,
+        publisher=ListPublisher(),
+        max_prompt_chars=1000,
+    )
+    (item_id,) = queued_ids(session_factory, submitted.job_id)
+    (claimed,) = claim_items(session_factory, [item_id], worker="w", lease_seconds=60)
+    found = [
+        {"expression": "the lid", "box": [0.1, 0.2, 0.4, 0.8]},
+        {"expression": "<script>window.pwned=1</script>", "box": [0.5, 0.1, 0.9, 0.5]},
+    ]
+    record_results(
+        session_factory, [ItemOutcome(item_id, claimed.lease_token, Outcome(json=found))]
+    )
+
+    page = client.get(f"/items/{item_id}")
+    assert page.status_code == 200
+    assert f"/items/{item_id}/image?page=1&amp;boxes=1" in page.text
+    assert '<li class="box-c0">the lid</li>' in page.text
+    assert '<li class="box-c1">&lt;script&gt;window.pwned=1&lt;/script&gt;</li>' in page.text
+
+    def pixel(data: bytes, x: int, y: int) -> tuple[int, int, int]:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (400, 200)
+            return image.convert("RGB").getpixel((x, y))  # type: ignore[return-value]
+
+    def near(got: tuple[int, int, int], want: tuple[int, int, int]) -> bool:
+        return all(abs(a - b) <= 40 for a, b in zip(got, want, strict=True))  # JPEG
+
+    drawn = client.get(f"/items/{item_id}/image?boxes=1").content
+    # inside the 4-pixel lines drawn inward from the left edge of "the lid" (x = 0.1 of 399)
+    # and the top edge of the second box (y = 0.1 of 199)
+    assert near(pixel(drawn, 41, 100), PALETTE[0])
+    assert near(pixel(drawn, 300, 21), PALETTE[1])
+    assert near(pixel(drawn, 200, 190), (128, 128, 128))  # outside both: the image itself
+    plain = client.get(f"/items/{item_id}/image").content
+    assert near(pixel(plain, 41, 100), (128, 128, 128))
+
+    edit(
+        session_factory,
+        item_id,
+        '[{"expression": "the lid", "box": [0.6, 0.2, 0.9, 0.8]}]',
+        "ada",
+    )
+    moved = client.get(f"/items/{item_id}/image?boxes=1").content
+    assert near(pixel(moved, 41, 100), (128, 128, 128))
+    assert near(pixel(moved, 241, 100), PALETTE[0])
+    assert "box-c1" not in client.get(f"/items/{item_id}").text
+
+    _, (caption,) = submit_captions(session_factory, blobs, tmp_path / "cap", n=1)
+    assert client.get(f"/items/{caption}/image?boxes=1").content == (
+        client.get(f"/items/{caption}/image").content
+    )
