@@ -431,6 +431,9 @@ def test_an_earlier_ends_write_is_not_made_while_a_retry_runs(
     with sf() as session:
         (first,) = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
     assert first.status == "abandoned" and "retried" in (first.last_error or "")
+    with sf() as session:  # status speaks of the end to come, not of the superseded one
+        shown = read_progress(session, find_job(session, job_id)).as_dict()["output"]
+    assert shown["state"] == "waiting"
     res = make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8)
     assert work_locally(job_id, res)
     assert _deliver(sf, blobs, job_id) == 1
