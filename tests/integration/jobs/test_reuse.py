@@ -463,3 +463,42 @@ def test_a_document_copied_while_its_source_is_deleted_keeps_its_pages(
         assert item.status == ItemStatus.succeeded and len(pages) == 2
     else:  # or not copied, and left to run
         assert item.status == ItemStatus.running and not pages
+
+
+def test_among_several_sources_the_lowest_id_and_never_a_copy(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """Two earlier runs of the same catalogue, then a copy of it: each item copies the source
+    of the lowest id; a fourth job copies a source too, never the third job's copies."""
+    write_images(tmp_path / "c", 2)
+    folder = [str(tmp_path / "c")]
+    _, first, _ = _run(session_factory, blobs, tiny, folder)
+    _, second, _ = _run(session_factory, blobs, tiny, folder)
+    for _ in range(2):
+        _, copies, cost = _run(session_factory, blobs, tiny, folder, reuse=True)
+        assert cost == (0, 0)
+        for source, item in copies.items():
+            assert item.reused_from == min(first[source].id, second[source].id)
+
+
+def test_a_worker_whose_revision_is_unknown_reuses_nothing(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """The same model name at an unknown revision may be another model: no copy, the items are
+    left to run, though a source of that name is there."""
+    from jobs.fleet import Serving
+    from jobs.lifecycle.reuse import reuse_results
+
+    write_images(tmp_path / "c", 2)
+    _run(session_factory, blobs, tiny, [str(tmp_path / "c")], max_new_tokens=6)
+    res = _worker(session_factory, blobs, tiny)
+    assert res.serving is not None
+    unknown = replace(res.serving, revision=None)
+    _, ids = submit_captions(
+        session_factory, blobs, tmp_path, n=2, model=MODEL, reuse=True, max_new_tokens=6
+    )
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60, serving=unknown)
+    assert len(claimed) == 2 and all(item.reuse_key for item in claimed)
+    assert reuse_results(session_factory, claimed, unknown) == {}
+    known = reuse_results(session_factory, claimed, replace(unknown, revision=tiny.revision))
+    assert len(known) == 2  # the same items, where the revision is known: copied
