@@ -486,7 +486,6 @@ def test_a_worker_whose_revision_is_unknown_reuses_nothing(
 ) -> None:
     """The same model name at an unknown revision may be another model: no copy, the items are
     left to run, though a source of that name is there."""
-    from jobs.fleet import Serving
     from jobs.lifecycle.reuse import reuse_results
 
     write_images(tmp_path / "c", 2)
