@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -175,12 +176,14 @@ class _CutOff:
         self._timer.daemon = True
 
     def watch(self, sock: socket.socket) -> None:
-        """The connection's socket, once made (its descriptor: TLS takes the object over)."""
+        """The connection's socket, once made. A duplicate of its descriptor is kept (TLS takes
+        the object over, and a handshake that fails closes it): only this class closes that
+        one, so a shutdown can never reach another socket given the same number since."""
         with self._lock:
             if self.fired:
                 sock.close()
                 raise TimeoutError("timed out")
-            self._fd = sock.fileno()
+            self._fd = os.dup(sock.fileno())
 
     def _fire(self) -> None:
         with self._lock:
@@ -203,7 +206,9 @@ class _CutOff:
 
     def __exit__(self, *_exc: object) -> None:
         self._timer.cancel()
-        with self._lock:  # before the connection closes: its descriptor is never reused here
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
             self._fd = None
 
 
