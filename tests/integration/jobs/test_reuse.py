@@ -501,3 +501,29 @@ def test_a_worker_whose_revision_is_unknown_reuses_nothing(
     assert reuse_results(session_factory, claimed, unknown) == {}
     known = reuse_results(session_factory, claimed, replace(unknown, revision=tiny.revision))
     assert len(known) == 2  # the same items, where the revision is known: copied
+
+
+def test_a_lookup_the_database_refuses_costs_only_the_saving(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """A database error in the lookup (here a column it reads is gone: a real error of either
+    database) leaves the claimed items to run, nothing written, and the worker goes on."""
+    write_images(tmp_path / "c", 2)
+    _run(session_factory, blobs, tiny, [str(tmp_path / "c")], max_new_tokens=6)
+    res = _worker(session_factory, blobs, tiny)
+    _, ids = submit_captions(
+        session_factory, blobs, tmp_path, n=2, model=MODEL, reuse=True, max_new_tokens=6
+    )
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60, serving=res.serving)
+    rename = "ALTER TABLE items RENAME COLUMN {} TO {}"
+    with session_factory.begin() as session:
+        session.execute(text(rename.format("reused_from", "reused_from_gone")))
+    try:
+        assert reuse_earlier_results(claimed, res) == {}
+    finally:
+        with session_factory.begin() as session:
+            session.execute(text(rename.format("reused_from_gone", "reused_from")))
+    with session_factory() as session:
+        states = session.scalars(select(Item.status).where(Item.id.in_(ids))).all()
+    assert set(states) == {ItemStatus.running}
+    assert len(reuse_earlier_results(claimed, res)) == 2  # the database back: copied
