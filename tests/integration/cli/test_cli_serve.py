@@ -14,6 +14,12 @@ def test_binding_beyond_loopback_needs_a_token(run_cli: RunCli) -> None:
     assert_one_line_error(result, 2, "[serve_token_required]", "LLAVA_BATCH_SERVE_TOKEN")
 
 
+def test_a_host_name_starting_with_127_is_not_loopback(run_cli: RunCli) -> None:
+    """A name such as 127.0.0.1.nip.io resolves wherever its owner says: it needs the token."""
+    result = run_cli("serve", "--host", "127.0.0.1.example.invalid", "--port", "0")
+    assert_one_line_error(result, 2, "[serve_token_required]", "LLAVA_BATCH_SERVE_TOKEN")
+
+
 def test_a_port_taken_is_refused_in_one_line(run_cli: RunCli) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -180,6 +180,16 @@ def test_on_loopback_only_loopback_host_names_are_answered(client: TestClient) -
 
 
 @SQLITE_ONLY
+def test_a_host_name_that_only_looks_like_loopback_is_not_answered(client: TestClient) -> None:
+    """A rebinding name under the attacker's domain may well start with "127.": it is a name,
+    not a loopback address, and is answered 421 like any other."""
+    for host in ("127.attacker.example", "127.0.0.1.nip.io:8000", "localhost.attacker.example"):
+        assert client.get("/", headers={"host": host}).status_code == 421, host
+    for host in ("127.0.0.2:8000", "[::1]:8000"):
+        assert client.get("/", headers={"host": host}).status_code == 200, host
+
+
+@SQLITE_ONLY
 def test_every_response_carries_a_strict_content_security_policy(client: TestClient) -> None:
     for url in ("/", "/fleet", "/static/review.js", "/no/such/page"):
         headers = client.get(url).headers
