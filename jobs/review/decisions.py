@@ -159,9 +159,7 @@ def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | No
     schema the model's answer was held to: an extract's job's, a chat item's own request's
     (a chat job's lines each give theirs), whether that answer passed it or not."""
     params = job.params or {}
-    schema = (
-        params.get("schema") if job.kind == "extract" else (item.request or {}).get("schema")
-    )
+    schema = params.get("schema") if job.kind == "extract" else (item.request or {}).get("schema")
     if schema is None and item.result_json is None and job.kind not in ("extract", "ask"):
         return edited, None
     try:
