@@ -5,6 +5,7 @@ already taken (docs/review.md#security, docs/errors.md)."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from tests.integration.cli.conftest import RunCli, assert_one_line_error
 
@@ -32,3 +33,18 @@ def test_a_port_taken_is_refused_in_one_line(run_cli: RunCli) -> None:
 def test_half_a_certificate_is_refused(run_cli: RunCli) -> None:
     result = run_cli("serve", "--port", "0", "--ssl-certfile", "cert.pem")
     assert_one_line_error(result, 2, "[invalid_option]", "--ssl-keyfile")
+
+
+def test_a_certificate_that_cannot_be_loaded_is_refused_before_listening(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Checked before serve says where it serves: a missing file or one that holds no
+    certificate is the user's option, not an internal error after "serving on https://…"."""
+    not_pem = tmp_path / "cert.pem"
+    not_pem.write_text("not a certificate\n", encoding="utf-8")
+    for cert in (str(tmp_path / "missing.pem"), str(not_pem)):
+        result = run_cli(
+            "serve", "--port", "0", "--ssl-certfile", cert, "--ssl-keyfile", cert, timeout=30
+        )
+        assert_one_line_error(result, 2, "[invalid_option]", "--ssl-certfile", cert)
+        assert "serving on" not in result.stderr
