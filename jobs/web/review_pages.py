@@ -36,6 +36,10 @@ from jobs.web.pages import deps_of, shown, take_flash, with_flash
 from jobs.web.security import check_csrf
 
 PAGE_SIZE = 100
+# What the integer columns a URL's numbers are compared with hold (seq, an input's position):
+# a larger one is refused here, not a database error (SQLite's OverflowError, PostgreSQL's
+# "integer out of range").
+LARGEST = 2**31 - 1
 
 
 def filter_of(params: QueryParams | ImmutableMultiDict[str, Any]) -> ItemFilter:
@@ -71,7 +75,9 @@ def _position(params: QueryParams) -> tuple[int | None, int | None]:
         after = int(params["after"]) if "after" in params else None
         before = int(params["before"]) if "before" in params else None
     except ValueError:
-        raise HTTPException(400, "after and before are item sequence numbers.") from None
+        after = before = LARGEST + 1
+    if any(n is not None and not -LARGEST <= n <= LARGEST for n in (after, before)):
+        raise HTTPException(400, "after and before are item sequence numbers.")
     return after, before
 
 
@@ -302,7 +308,8 @@ def boxes_shown(detail: ItemDetail) -> list[Box]:
 
 
 def _number(text: str, name: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    # isascii: str.isdigit takes "²", which int refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= LARGEST:
         raise HTTPException(400, f"{name} is a number from 1.")
     return int(text)
 

@@ -371,3 +371,25 @@ def test_answers_show_as_question_and_answer(
     assert "<dt>What brand &lt;b&gt;is&lt;/b&gt; it?</dt>" in grid
     assert "<dd>Acme</dd>" in grid
     assert '<dd class="failure">output_truncated </dd>' in grid
+
+
+def test_numbers_in_a_url_beyond_what_a_column_holds_are_refused_not_an_error(
+    client: TestClient, review_job: ReviewJob
+) -> None:
+    """A keyset or an input number past the database's integers (SQLite's OverflowError,
+    PostgreSQL's integer out of range) or a digit that is not 0-9 ("²": str.isdigit says
+    yes, int says no) is a 400 naming the parameter, not a server error."""
+    job, item = review_job.job_id, review_job.item_ids[0]
+    big = "9" * 25
+    for url in (
+        f"/jobs/{job}?after={big}",
+        f"/jobs/{job}?before={big}",
+        f"/jobs/{job}?after=-{big}",
+        f"/items/{item}/image?input={big}",
+        f"/items/{item}/image?page=%C2%B2",
+        f"/items/{item}/thumb?input=%C2%B2",
+    ):
+        response = client.get(url)
+        assert response.status_code == 400, (url, response.status_code)
+    # the largest a column holds still pages: past the last item, an empty page
+    assert client.get(f"/jobs/{job}?after={2**31 - 1}").status_code == 200
