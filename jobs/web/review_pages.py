@@ -154,11 +154,8 @@ async def decide_one(request: Request) -> Response:
     form, decision = await _decision(request)
     deps = deps_of(request)
     item_id = request.path_params["item_id"]
-    changed = await run_in_threadpool(
-        decide, deps.session_factory, [item_id], decision, deps.reviewer
-    )
-    if not changed:
-        raise ItemNotFoundError(f"No item {item_id}.")
+    # decide refuses an unknown item itself (item_not_found); 0 changed is an item already so.
+    await run_in_threadpool(decide, deps.session_factory, [item_id], decision, deps.reviewer)
     if "x-csrf-token" in request.headers:
         return JSONResponse({"item_id": item_id, "decision": decision, "reviewer": deps.reviewer})
     back = _local(form.get("back")) or f"/items/{item_id}"
