@@ -281,7 +281,9 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
             picture = Picture(placeholder(), getattr(exc, "code", "storage_error"))
         else:
             picture = picture_of(data, page=page, side=side, budgets=deps.budgets, boxes=boxes)
-            if cached:
+            # A page the input lacks is the asker's number, not the input's: one cached file
+            # per number asked would fill the disk.
+            if cached and picture.problem != "pdf_page_out_of_range":
                 deps.thumbnails.put(key, page, picture)
     headers = {
         "Cache-Control": "private, max-age=86400",
