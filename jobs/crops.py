@@ -6,7 +6,8 @@ extension, then ``.<n>-<expression>.png`` with ``n`` the expression's number fro
 expression cut to a safe slug: ``shelf/p1.jpg`` with "the red bus" as its second expression
 writes ``shelf/p1.2-the-red-bus.png``. The image is read from the store as the worker read it
 and turned upright by its EXIF orientation, the frame the pixel boxes are in. A box of no area
-(one that lay wholly in the padding) writes nothing.
+(one that lay wholly in the padding) writes nothing. Folders are made as sidecars' are: one under
+DIR that links out of it is never written through.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jobs.errors import RequestError
 from jobs.kinds import get_kind
 from jobs.paging import items_after
 from jobs.queries import find_job, iter_sources
-from jobs.sidecars import SUFFIX, SidecarNames, common_roots, sidecar_path
+from jobs.sidecars import SUFFIX, SidecarNames, _Folders, _place, common_roots, sidecar_path
 from jobs.states import ItemStatus
 from storage import Blobs, StorageError
 
@@ -48,6 +49,7 @@ class CropCounts:
     written: int = 0
     empty: int = 0  # boxes of no area
     unreadable: int = 0  # items whose image is gone from the store, or no longer decodes
+    escaping: int = 0  # their folder under DIR is a symbolic link out of it
 
     def summary(self, directory: str) -> str:
         parts = [f"wrote {self.written} crop(s) under {directory}"]
@@ -55,6 +57,11 @@ class CropCounts:
             parts.append(f"{self.empty} box(es) of no area wrote nothing")
         if self.unreadable:
             parts.append(f"{self.unreadable} item(s) whose image could not be read wrote nothing")
+        if self.escaping:
+            parts.append(
+                f"{self.escaping} not written: their folder under {directory} is a symbolic link "
+                "out of it"
+            )
         return "; ".join(parts)
 
 
@@ -73,9 +80,9 @@ def write_crops(
             f"{job.kind} job, which finds none.",
             code="invalid_option",
         )
-    root = Path(directory)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        # As sidecars' folders: made a segment at a time, never written through a link out.
+        folders = _Folders(Path(directory))
     except OSError as exc:
         raise RequestError(
             f"{directory}: cannot be written ({exc.strerror or exc}).", code="invalid_output"
@@ -103,8 +110,9 @@ def write_crops(
                 counts.empty += 1
                 continue
             name = f"{stem}.{index + 1}-{slug(str(found.get('expression', '')))}.png"
-            target = root.joinpath(*base[:-1], name)
-            _write(target, image.crop((x1, y1, x2, y2)))
+            if not _write(folders, (*base[:-1], name), image.crop((x1, y1, x2, y2))):
+                counts.escaping += 1
+                continue
             counts.written += 1
     return counts
 
@@ -123,12 +131,16 @@ def _items(session: Session, job_id: str, chunk: int) -> Iterator[Any]:
         after = page.next_after
 
 
-def _write(target: Path, crop: Any) -> None:
+def _write(folders: _Folders, relative: tuple[str, ...], crop: Any) -> bool:
+    """Writes the crop whole under DIR (a temporary file renamed over the name, so a link
+    standing there is replaced, not followed); False when its folder links out of DIR."""
+    target = folders.root.joinpath(*relative)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not folders.make(relative[:-1]):
+            return False
         data = io.BytesIO()
         crop.save(data, "PNG")
-        target.write_bytes(data.getvalue())
+        return _place(target, data.getvalue(), overwrite=True)
     except OSError as exc:
         raise RequestError(
             f"{target}: cannot be written ({exc.strerror or exc}).", code="invalid_output"

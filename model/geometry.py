@@ -289,7 +289,14 @@ def to_source(box: Box, frame: Frame, source: Size, *, tolerance: float = 0.0) -
         or cy1 < top - slack_y
         or cy2 > bottom + slack_y
     )
-    if cx2 < left or cx1 > right or cy2 < top or cy1 > bottom:
+    # Outside: in the padding, with no area of the image left (a box ending on its edge too;
+    # a box of no area on the image, such as [0, 0, 0, 0], is not in the padding).
+    if (
+        (cx2 <= left and cx1 < left)
+        or (cx1 >= right and cx2 > right)
+        or (cy2 <= top and cy1 < top)
+        or (cy1 >= bottom and cy2 > bottom)
+    ):
         flags.append("outside_image")
     elif strays:
         flags.append("clipped_to_image")

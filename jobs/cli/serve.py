@@ -53,6 +53,8 @@ def serve(
         )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise RequestError("--ssl-certfile and --ssl-keyfile go together.", code="invalid_option")
+    if ssl_certfile is not None:
+        _check_certificate(ssl_certfile, ssl_keyfile)
     name = reviewer or getpass.getuser()
     if not name.strip() or len(name) > 200:
         raise RequestError("--reviewer is a name of 1 to 200 characters.", code="invalid_option")
@@ -85,3 +87,18 @@ def serve(
         server_header=False,
     )
     uvicorn.Server(config).run(sockets=[listener])
+
+
+def _check_certificate(certfile: str, keyfile: str | None) -> None:
+    """Loads the pair as uvicorn will, before anything is said or bound: uvicorn loads it only
+    once serving has begun, where a missing or wrong file was an internal error."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as exc:  # ssl.SSLError too
+        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        raise RequestError(
+            f"--ssl-certfile {certfile} with --ssl-keyfile {keyfile} cannot be loaded ({reason}).",
+            code="invalid_option",
+        ) from None

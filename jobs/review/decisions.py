@@ -155,8 +155,12 @@ def clear(session_factory: SessionFactory, item_id: str) -> None:
 
 
 def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | None]:
-    """(text, None) for a text result; (None, object) for a JSON one, checked."""
-    if job.kind != "extract" and item.result_json is None and job.kind != "ask":
+    """(text, None) for a text result; (None, object) for a JSON one, checked against the
+    schema the model's answer was held to: an extract's job's, a chat item's own request's
+    (a chat job's lines each give theirs), whether that answer passed it or not."""
+    params = job.params or {}
+    schema = params.get("schema") if job.kind == "extract" else (item.request or {}).get("schema")
+    if schema is None and item.result_json is None and job.kind not in ("extract", "ask"):
         return edited, None
     try:
         obj = json.loads(edited)
@@ -165,8 +169,7 @@ def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | No
             f"The edit is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
             code="review_edit_invalid",
         ) from exc
-    schema = (job.params or {}).get("schema")
-    if job.kind == "extract" and schema is not None:
+    if schema is not None:
         import jsonschema  # the page and the CLI's start need it not: only an edit
 
         from model.schema import validate_output
@@ -176,7 +179,7 @@ def _parse_edit(job: Job, item: Item, edited: str) -> tuple[str | None, Any | No
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
             raise RequestError(
-                f"The edit does not match the job's schema at {where}: {exc.message}.",
+                f"The edit does not match its schema at {where}: {exc.message}.",
                 code="review_edit_invalid",
             ) from exc
     if job.kind == "ask" and not (

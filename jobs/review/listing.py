@@ -74,16 +74,17 @@ def list_items(
             ).all()
             more_before = len(found) > limit
             found = list(reversed(found[:limit]))
-            next_after = found[-1].seq if found else before - 1
-            more_after = _any(session, where, Item.seq > next_after)
+            # An empty page links nowhere: no probe (nor one past the column's range).
+            more_after = bool(found) and _any(session, where, Item.seq > found[-1].seq)
         else:
             if after is not None:
                 query = query.where(Item.seq > after)
             found = session.execute(query.order_by(Item.seq).limit(limit + 1)).all()
             more_after = len(found) > limit
             found = found[:limit]
-            prev_before = found[0].seq if found else (after + 1 if after is not None else 0)
-            more_before = after is not None and _any(session, where, Item.seq < prev_before)
+            more_before = (
+                bool(found) and after is not None and _any(session, where, Item.seq < found[0].seq)
+            )
         total = _count(session, job_id, ItemFilter())
         if flt.empty:
             shown = total

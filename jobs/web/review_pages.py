@@ -36,6 +36,10 @@ from jobs.web.pages import deps_of, shown, take_flash, with_flash
 from jobs.web.security import check_csrf
 
 PAGE_SIZE = 100
+# What the integer columns a URL's numbers are compared with hold (seq, an input's position):
+# a larger one is refused here, not a database error (SQLite's OverflowError, PostgreSQL's
+# "integer out of range").
+LARGEST = 2**31 - 1
 
 
 def filter_of(params: QueryParams | ImmutableMultiDict[str, Any]) -> ItemFilter:
@@ -71,7 +75,9 @@ def _position(params: QueryParams) -> tuple[int | None, int | None]:
         after = int(params["after"]) if "after" in params else None
         before = int(params["before"]) if "before" in params else None
     except ValueError:
-        raise HTTPException(400, "after and before are item sequence numbers.") from None
+        after = before = LARGEST + 1
+    if any(n is not None and not -LARGEST <= n <= LARGEST for n in (after, before)):
+        raise HTTPException(400, "after and before are item sequence numbers.")
     return after, before
 
 
@@ -148,11 +154,8 @@ async def decide_one(request: Request) -> Response:
     form, decision = await _decision(request)
     deps = deps_of(request)
     item_id = request.path_params["item_id"]
-    changed = await run_in_threadpool(
-        decide, deps.session_factory, [item_id], decision, deps.reviewer
-    )
-    if not changed:
-        raise ItemNotFoundError(f"No item {item_id}.")
+    # decide refuses an unknown item itself (item_not_found); 0 changed is an item already so.
+    await run_in_threadpool(decide, deps.session_factory, [item_id], decision, deps.reviewer)
     if "x-csrf-token" in request.headers:
         return JSONResponse({"item_id": item_id, "decision": decision, "reviewer": deps.reviewer})
     back = _local(form.get("back")) or f"/items/{item_id}"
@@ -278,7 +281,9 @@ def _picture(request: Request, *, side: int, cached: bool) -> Response:
             picture = Picture(placeholder(), getattr(exc, "code", "storage_error"))
         else:
             picture = picture_of(data, page=page, side=side, budgets=deps.budgets, boxes=boxes)
-            if cached:
+            # A page the input lacks is the asker's number, not the input's: one cached file
+            # per number asked would fill the disk.
+            if cached and picture.problem != "pdf_page_out_of_range":
                 deps.thumbnails.put(key, page, picture)
     headers = {
         "Cache-Control": "private, max-age=86400",
@@ -302,7 +307,8 @@ def boxes_shown(detail: ItemDetail) -> list[Box]:
 
 
 def _number(text: str, name: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    # isascii: str.isdigit takes "²", which int refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= LARGEST:
         raise HTTPException(400, f"{name} is a number from 1.")
     return int(text)
 

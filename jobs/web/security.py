@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from urllib.parse import urlsplit
 
@@ -41,7 +42,15 @@ OPEN_PATHS = ("/login", "/static/")
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_NAMES or host.startswith("127.")
+    """A loopback address (127.0.0.0/8, ::1) or ``localhost``; never a name that merely starts
+    like one: ``127.0.0.1.nip.io`` resolves wherever its owner says, and a rebinding page under
+    such a name would otherwise be answered as this site."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 def session_value(token: str) -> str:

@@ -64,6 +64,10 @@ def test_manifest_prompts_ids_and_the_read_side(run_cli: RunCli, tmp_path: Path)
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "decision",  # the review page's (docs/review.md): empty until someone reviews
+        "edited",
+        "reviewer",
+        "reviewed_at",
     ]
 
 

@@ -76,7 +76,7 @@ class KnownBoxes(DelegatingEngine):
         self.text = text
         self.patterns: list[str | None] = []
         # As the worker asks the real one: a big JPEG is then read at a reduced scale.
-        self.input_side = engine.input_side
+        self.input_side = getattr(engine, "input_side", None)
 
     def generate(
         self, requests: Sequence[GenerationRequest], **options: Any
@@ -209,3 +209,39 @@ def test_a_manifest_gives_each_item_its_own_expressions_and_bad_requests_are_ref
     with pytest.raises(RequestError) as refused:
         run_job_locally(_locate([str(bad)]), res, max_prompt_chars=1000)
     assert refused.value.code == "manifest_invalid"
+
+
+def test_crops_never_write_through_a_symbolic_link_out_of_their_folder(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Crops are named as sidecars are, folders and all, and keep their promise: a folder under
+    DIR that links out of it is not written through (counted instead), and a link standing at
+    a crop's own name is replaced, not followed."""
+    inputs = tmp_path / "in"
+    for folder, seed in (("a", 1), ("b", 2)):
+        (inputs / folder).mkdir(parents=True)
+        (inputs / folder / "x.png").write_bytes(image_bytes((40, 30), seed=seed))
+    engine = KnownBoxes(FakeEngine(), "[0.25, 0.10, 0.75, 0.90]")
+    res = make_resources(session_factory, blobs, engine, gpu_batch_size=8)
+    result = run_job_locally(
+        _locate([str(inputs)], expressions=["the lid"]), res, max_prompt_chars=1000
+    )
+    boxes = [f["pixels"] for i in _rows(session_factory, result.job_id) for f in i.result_json]
+    assert boxes == [[10, 3, 30, 27]] * 2
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"not to be overwritten")
+    out = tmp_path / "crops"
+    out.mkdir()
+    (out / "a").symlink_to(elsewhere, target_is_directory=True)
+    (out / "b").mkdir()
+    (out / "b" / "x.1-the-lid.png").symlink_to(precious)
+    with session_factory() as session:
+        counts = write_crops(session, result.job_id, str(out), blobs)
+    assert list(elsewhere.iterdir()) == []
+    assert precious.read_bytes() == b"not to be overwritten"
+    written = out / "b" / "x.1-the-lid.png"
+    assert not written.is_symlink() and Image.open(written).format == "PNG"
+    assert (counts.written, counts.escaping) == (1, 1)
+    assert "symbolic link" in counts.summary(str(out))

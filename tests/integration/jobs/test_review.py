@@ -405,3 +405,37 @@ def test_a_review_of_an_item_deleted_meanwhile_says_it_is_gone(
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Review)) == 0
         assert session.get(Job, job_id) is None  # the deletion went through meanwhile
+
+
+def test_a_chat_edit_must_validate_against_its_own_requests_schema(
+    session_factory: SessionFactory,
+) -> None:
+    """A chat item's schema is its request's (each line of a chat job may give its own), not
+    the job's: its edit is JSON checked against it, whether the model's answer passed it or
+    failed it (an edited failure goes out as the answer with ``--use-edits``)."""
+    request = {"messages": [{"role": "user", "text": "Total?"}], "schema": SCHEMA}
+    job_id = _job(
+        session_factory,
+        [
+            {"request": dict(request), "result_json": {"total": 3}, "result_text": '{"total": 3}'},
+            {
+                "request": dict(request),
+                "status": "failed",
+                "error_code": "output_invalid",
+                "result_text": '{"total": "x"}',
+            },
+            {"request": {"messages": request["messages"]}, "result_text": "Three."},
+        ],
+        kind="chat",
+    )
+    passed, failed, free = list_items(session_factory, job_id, ItemFilter()).rows
+    for row in (passed, failed):
+        for bad, words in [('{"total": "three"}', "total"), ("{not json", "not valid JSON")]:
+            with pytest.raises(RequestError) as refused:
+                edit(session_factory, row.item_id, bad, "ann")
+            assert refused.value.code == "review_edit_invalid", row.seq
+            assert words in refused.value.message, refused.value.message
+        edit(session_factory, row.item_id, '{"total": 7}', "ann")
+        assert _row(session_factory, job_id, row.seq).edited_json == {"total": 7}
+    edit(session_factory, free.item_id, "Seven.", "ann")  # no schema: text, as its result is
+    assert _row(session_factory, job_id, free.seq).edited_text == "Seven."

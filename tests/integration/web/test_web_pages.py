@@ -180,6 +180,16 @@ def test_on_loopback_only_loopback_host_names_are_answered(client: TestClient) -
 
 
 @SQLITE_ONLY
+def test_a_host_name_that_only_looks_like_loopback_is_not_answered(client: TestClient) -> None:
+    """A rebinding name under the attacker's domain may well start with "127.": it is a name,
+    not a loopback address, and is answered 421 like any other."""
+    for host in ("127.attacker.example", "127.0.0.1.nip.io:8000", "localhost.attacker.example"):
+        assert client.get("/", headers={"host": host}).status_code == 421, host
+    for host in ("127.0.0.2:8000", "[::1]:8000"):
+        assert client.get("/", headers={"host": host}).status_code == 200, host
+
+
+@SQLITE_ONLY
 def test_every_response_carries_a_strict_content_security_policy(client: TestClient) -> None:
     for url in ("/", "/fleet", "/static/review.js", "/no/such/page"):
         headers = client.get(url).headers
@@ -361,3 +371,74 @@ def test_answers_show_as_question_and_answer(
     assert "<dt>What brand &lt;b&gt;is&lt;/b&gt; it?</dt>" in grid
     assert "<dd>Acme</dd>" in grid
     assert '<dd class="failure">output_truncated </dd>' in grid
+
+
+def test_numbers_in_a_url_beyond_what_a_column_holds_are_refused_not_an_error(
+    client: TestClient, review_job: ReviewJob
+) -> None:
+    """A keyset or an input number past the database's integers (SQLite's OverflowError,
+    PostgreSQL's integer out of range) or a digit that is not 0-9 ("²": str.isdigit says
+    yes, int says no) is a 400 naming the parameter, not a server error."""
+    job, item = review_job.job_id, review_job.item_ids[0]
+    big = "9" * 25
+    for url in (
+        f"/jobs/{job}?after={big}",
+        f"/jobs/{job}?before={big}",
+        f"/jobs/{job}?after=-{big}",
+        f"/items/{item}/image?input={big}",
+        f"/items/{item}/image?page=%C2%B2",
+        f"/items/{item}/thumb?input=%C2%B2",
+    ):
+        response = client.get(url)
+        assert response.status_code == 400, (url, response.status_code)
+    # the largest a column holds still pages: past the last item, an empty page
+    assert client.get(f"/jobs/{job}?after={2**31 - 1}").status_code == 200
+
+
+@SQLITE_ONLY
+def test_a_back_link_is_never_to_another_site(client: TestClient, review_job: ReviewJob) -> None:
+    """``back`` (where the item page and a decision return to) is kept only as a path of this
+    site: a scheme, a host, "//", a backslash or a tab that a browser drops all fall back to the
+    job's or the item's own page (docs/review.md#security)."""
+    job, item = review_job.job_id, review_job.item_ids[0]
+    hostile = (
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "javascript:alert(1)",
+        "evil.example",
+    )
+    for back in hostile:
+        page = client.get(f"/items/{item}", params={"back": back}).text
+        link = re.search(r'<a href="([^"]*)" id="back">', page)
+        assert link and link.group(1) == f"/jobs/{job}", (back, link)
+        decided = post(client, f"/items/{item}/decide", decision="approved", back=back)
+        assert decided.status_code == 303, (back, decided.status_code, decided.text[:300])
+        assert decided.headers["location"] == f"/items/{item}", back
+    kept = f"/jobs/{job}?status=failed&after=3"
+    page = client.get(f"/items/{item}", params={"back": kept}).text
+    assert f'href="{kept.replace("&", "&amp;")}" id="back"' in page
+    decided = post(client, f"/items/{item}/decide", decision="rejected", back=kept)
+    assert decided.headers["location"] == kept
+
+
+def test_deciding_an_item_as_it_already_is_is_not_an_unknown_item(
+    client: TestClient, review_job: ReviewJob
+) -> None:
+    """``y`` twice on one row, or Approve on an approved item: the decision stands (nothing
+    changed), not "No item" (404), which the keys' badge showed as "not saved"."""
+    item = review_job.item_ids[0]
+    csrf = client.cookies.get("llava_batch_csrf") or ""
+    for _ in range(2):
+        keyed = client.post(
+            f"/items/{item}/decide",
+            data={"decision": "approved"},
+            headers={"origin": BASE, "x-csrf-token": csrf},
+        )
+        assert keyed.status_code == 200, keyed.text[:200]
+        assert keyed.json()["decision"] == "approved"
+    button = post(client, f"/items/{item}/decide", decision="approved")
+    assert (button.status_code, button.headers.get("location")) == (303, f"/items/{item}")
+    unknown = post(client, "/items/no-such-item/decide", decision="approved")
+    assert unknown.status_code == 404

@@ -133,6 +133,16 @@ def test_pictures_are_served_by_item_id_re_encoded_and_cached(
     client.get(f"/items/{bomb}/thumb")
     assert reads == []  # judged once: the placeholder is cached too
 
+    # A page the input does not have says so, and is not cached: its number is the asker's,
+    # not the input's, and one file per number asked for would fill the disk.
+    cache = tmp_path / "home" / "thumbnails"
+    before = sorted(cache.rglob("*"))
+    for page in (2, 3, 2**31 - 1):
+        for item in (photo, bomb):
+            past = client.get(f"/items/{item}/thumb?page={page}")
+            assert past.headers["x-picture-problem"] == "pdf_page_out_of_range"
+    assert sorted(cache.rglob("*")) == before
+
     assert client.get("/items/no-such-item/thumb").status_code == 404
     for bad in ("page=x", "page=0", "input=-1"):
         assert client.get(f"/items/{photo}/thumb?{bad}").status_code == 400, bad

@@ -145,6 +145,13 @@ def test_a_box_in_the_padding_is_clipped_and_one_wholly_in_it_is_flagged() -> No
     assert clipped.pixels[1] == 0 and clipped.flags == ("clipped_to_image",)
     outside = to_source((0.1, 0.0, 0.5, 0.2), frame, (400, 200))
     assert "outside_image" in outside.flags
+    # Wholly in the padding and ending on the image's edge: nothing of the image is left.
+    for edge in ((0.1, 0.0, 0.5, 0.25), (0.1, 0.75, 0.5, 1.0)):
+        touching = to_source(edge, frame, (400, 200))
+        assert touching.flags == ("outside_image",), edge
+        assert touching.pixels[1] == touching.pixels[3], touching.pixels
+    # A box of no area on the image itself lies in no padding.
+    assert to_source((0.1, 0.25, 0.1, 0.25), frame, (400, 200)).flags == ()
     # Straying into the padding by less than the tolerance is the model's precision, not a flag.
     near = to_source((0.1, 0.248, 0.5, 0.6), frame, (400, 200), tolerance=0.005)
     assert near.flags == ()
