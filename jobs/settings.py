@@ -237,7 +237,8 @@ class Settings(BaseSettings):
     webhook_allow_networks: Annotated[
         tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_networks)
     ] = ()
-    # One try's connection, sending and answer, each at most this long; then the try failed.
+    # One try's connection, sending and answer, all of it at most this long (a receiver that
+    # drips its answer is cut off: jobs.delivery.webhook); then the try failed.
     webhook_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
 
     @property

@@ -74,8 +74,16 @@ def output_handler(
         with session_factory() as session:
             job = session.get(Job, task.job_id)
             facts = None if job is None else (job.status, job.kind, job.model, job.output_format)
+            ended_at = None if job is None else job.finished_at
         if facts is None or facts[0] == JobStatus.deleting:
             return Attempt(ok=False, detail="the job was deleted", retry=False)
+        if ended_at is None or ended_at > task.created_at:
+            # A retry reopened the job since this end (finalise stamps both with one time):
+            # written now, a manifest would stand over a running job, or replace a later end's
+            # files with this end's status. Every end queues its own write; the last one writes.
+            return Attempt(
+                ok=False, detail="superseded: the job was retried since it ended", retry=False
+            )
         _, kind, model, fmt = facts
         target = _Target(task.target, blobs)
         try:

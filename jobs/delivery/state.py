@@ -33,7 +33,7 @@ def read_output(session: Session, job: Job) -> dict[str, Any] | None:
         .order_by(Delivery.created_at.desc(), Delivery.id.desc())  # a retried job: its last end
         .limit(1)
     ).first()
-    if row is None:
+    if row is None or job.finished_at is None:  # not ended, or open again after a retry
         return {**shown, "state": "waiting"}
     status, attempts, last_error, next_at, finished_at, result = row
     state = {"delivered": "written"}.get(status, status)

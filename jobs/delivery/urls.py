@@ -135,6 +135,8 @@ def refusal(address: str, policy: UrlPolicy) -> str | None:
         ("unspecified", ip.is_unspecified),
         ("multicast", ip.is_multicast),
         ("private", ip.is_private),
+        # fec0::/10: deprecated, yet routed inside networks that kept it, and global to Python.
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("reserved", ip.is_reserved),
         ("non-public", not ip.is_global),  # shared (100.64/10), documentation, 6to4 relays…
     ):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -134,27 +136,84 @@ def post(
     }
     problem = "no address"
     for address in target.addresses:
-        connection = _connection(target, address, timeout, tls)
+        cut_off = _CutOff(timeout)
+        connection = _connection(target, address, timeout, tls, cut_off.watch)
         try:
-            try:
-                connection.connect()
-            except OSError as exc:
-                problem = _failure(address, exc, timeout)
-                continue
-            connection.request("POST", target.path, body=body, headers=request_headers)
-            response = connection.getresponse()
-            excerpt = _printable(response.read(EXCERPT_BYTES).decode("utf-8", "replace"))
-            location = _printable(response.getheader("location") or "")
-            return _answered(response.status, location, excerpt)
+            with cut_off:
+                try:
+                    connection.connect()
+                except OSError as exc:
+                    problem = _failure(address, exc, timeout, cut_off.fired)
+                    continue
+                connection.request("POST", target.path, body=body, headers=request_headers)
+                response = connection.getresponse()
+                if cut_off.fired:  # its head broken off (an end of file ends the headers)
+                    return Attempt(ok=False, detail=_failure(address, None, timeout, True))
+                location = _printable(response.getheader("location") or "")
+                try:
+                    excerpt = _printable(response.read(EXCERPT_BYTES).decode("utf-8", "replace"))
+                except (OSError, http.client.HTTPException):
+                    excerpt = ""  # it answered; its words came too slowly, or broken off
+                return _answered(response.status, location, excerpt)
         except (OSError, http.client.HTTPException) as exc:
-            return Attempt(ok=False, detail=_failure(address, exc, timeout))
+            return Attempt(ok=False, detail=_failure(address, exc, timeout, cut_off.fired))
         finally:
             connection.close()
     return Attempt(ok=False, detail=problem)
 
 
-def _failure(address: str, exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
+class _CutOff:
+    """Shuts a connection down once its exchange has taken ``seconds`` in all. A socket's
+    timeout bounds each wait for a byte, not the whole: a receiver (whoever submits names it)
+    answering a byte at a time would hold the sweeper, and every delivery and sweep behind it,
+    for hours, past the delivery's lease, and be sent a second copy meanwhile."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        """The connection's socket, once made. A duplicate of its descriptor is kept (TLS takes
+        the object over, and a handshake that fails closes it): only this class closes that
+        one, so a shutdown can never reach another socket given the same number since."""
+        with self._lock:
+            if self.fired:
+                sock.close()
+                raise TimeoutError("timed out")
+            self._fd = os.dup(sock.fileno())
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._fd is None:
+                return
+            # A socket object over the same descriptor, detached again: only the shutdown
+            # is done through it (the reader's blocked recv then returns).
+            view = socket.socket(fileno=self._fd)
+            try:
+                view.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                view.detach()
+
+    def __enter__(self) -> _CutOff:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = None
+
+
+def _failure(address: str, exc: BaseException | None, timeout: float, cut_off: bool = False) -> str:
+    if cut_off or isinstance(exc, TimeoutError):
         return f"{address}: no answer within {timeout:g}s"
     return f"{address}: {type(exc).__name__}: {exc}".strip().rstrip(":")
 
@@ -175,7 +234,11 @@ def _answered(status: int, location: str, excerpt: str) -> Attempt:
 
 
 def _connection(
-    target: Target, address: str, timeout: float, tls: ssl.SSLContext | None
+    target: Target,
+    address: str,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    made: Callable[[socket.socket], None],
 ) -> http.client.HTTPConnection:
     """A connection to ``address`` that speaks to ``target.host``: TLS is verified for the
     host name, and no second lookup can take it elsewhere."""
@@ -188,7 +251,9 @@ def _connection(
         connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
 
     def pinned(_where: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
-        return socket.create_connection((address, target.port), timeout, source_address)
+        sock = socket.create_connection((address, target.port), timeout, source_address)
+        made(sock)
+        return sock
 
     connection._create_connection = pinned  # type: ignore[attr-defined]
     return connection

@@ -49,6 +49,7 @@ from jobs.db import (
     utcnow,
 )
 from jobs.fleet import Serving
+from jobs.hooks import reached
 from jobs.lifecycle.common import ClaimedItem, is_postgres
 from jobs.states import ItemStatus, JobStatus
 
@@ -79,7 +80,7 @@ def reuse_results(
         found = {
             row.reuse_key: row
             for row in session.execute(
-                _sources(is_postgres(session)),
+                _sources(is_postgres(session), hold=pages),
                 {
                     "r_keys": keys,
                     "r_model": serving.model,
@@ -92,6 +93,7 @@ def reuse_results(
         if not copies:
             return {}
         written = _write(session, copies, now)
+        reached("reuse:copied")
         if pages and written:
             _copy_pages(session, {item.id: src.id for item, src in copies if item.id in written})
         # As a record commits (jobs.lifecycle.records): a copy a database crash takes back
@@ -101,12 +103,18 @@ def reuse_results(
 
 
 @cache
-def _sources(postgres: bool) -> Executable:
+def _sources(postgres: bool, *, hold: bool = False) -> Executable:
     """One source per key (the lowest id among equals: any will do, all were run alike), with
     what is copied of it. The conditions of the partial index ix_items_reuse_key are repeated
     word for word, the state as a literal, so the planner can prove the index applies (a bound
     state would not, in a prepared statement's generic plan). Built once per database, as the
-    claim's statements are (jobs.lifecycle.claims)."""
+    claim's statements are (jobs.lifecycle.claims).
+
+    ``hold``: the sources are locked ``FOR SHARE`` on PostgreSQL, where each statement reads
+    anew: a document's pages are copied by a later statement, and a deletion of the source's
+    job committed in between would leave the copy without them. Its DELETE waits for this
+    short transaction instead. Only then: the lock writes to each source's row. (On SQLite
+    the copy's write holds the database until it commits.)"""
     if not postgres:
         return _SQLITE_SOURCES
     items: Table = Item.__table__  # type: ignore[assignment]
@@ -128,9 +136,10 @@ def _sources(postgres: bool) -> Executable:
         .group_by(c.reuse_key)
     )
     i = items.c
-    return select(i.id, i.reuse_key, i.result_text, i.result_json, i.finish_reason).where(
+    found = select(i.id, i.reuse_key, i.result_text, i.result_json, i.finish_reason).where(
         i.id.in_(picked)
     )
+    return found.with_for_update(read=True, of=items) if hold else found
 
 
 # SQLite, without statistics unless someone ran ANALYZE, would read the candidates through the

@@ -39,6 +39,9 @@ def resolving_to(*addresses: str):  # type: ignore[no-untyped-def]
         ("0.0.0.0", "unspecified"),
         ("224.0.0.1", "multicast"),
         ("100.64.0.1", "non-public"),  # carrier-grade NAT, shared
+        # Deprecated (RFC 3879) but still routed where a network kept it: Python does not
+        # count it private, nor (before 3.12) not global.
+        ("fec0::1", "site-local"),
     ],
 )
 def test_non_public_addresses_are_refused(address: str, kind: str) -> None:

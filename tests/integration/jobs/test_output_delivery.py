@@ -24,6 +24,7 @@ from jobs.delivery import deliver_due, output, queue_deliveries
 from jobs.delivery.handlers import handlers_for
 from jobs.delivery.state import describe_output
 from jobs.dispatch import Publisher
+from jobs.lifecycle import cancel_job
 from jobs.queries import find_job, read_progress
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.settings import Settings
@@ -316,12 +317,15 @@ def test_a_big_job_is_written_a_page_at_a_time_in_bounded_memory(
     )
 
     def deliver_to(folder: str) -> None:
+        now = utcnow()  # as a job's end stamps it and its deliveries (finalise)
         with session_factory.begin() as session:
             session.execute(
-                update(Job).where(Job.id == job_id).values(output_uri=folder, output_format="jsonl")
+                update(Job)
+                .where(Job.id == job_id)
+                .values(output_uri=folder, output_format="jsonl", finished_at=now)
             )
             queue_deliveries(
-                session, job_id, "completed", notify_url=None, output_uri=folder, now=utcnow()
+                session, job_id, "completed", notify_url=None, output_uri=folder, now=now
             )
         assert _deliver(session_factory, blobs, job_id) == 1
 
@@ -389,3 +393,84 @@ def test_a_sweeper_writes_only_within_its_output_prefixes(
         refused = read_progress(session, find_job(session, outside)).as_dict()["output"]
     assert refused["state"] == "abandoned" and refused["attempts"] == 1
     assert "LLAVA_BATCH_OUTPUT_PREFIXES" in refused["last_error"]
+
+
+def _blocked_end(sf: SessionFactory, blobs: Blobs, tmp_path: Path) -> str:
+    """A job of ``_inputs`` ended, its first write failed (a file where its folder goes), then
+    retried: open again, that end's delivery still pending."""
+    blocker = tmp_path / "out"
+    job_id = _run(sf, blobs, [str(_inputs(tmp_path / "in"))], str(blocker))
+    blocker.write_text("in the way")
+    assert _deliver(sf, blobs, job_id) == 0
+    blocker.unlink()
+    retried = retry_job(sf, ListPublisher(), job_id, batch_size=8, codes=None)
+    assert len(retried.item_ids) == 1
+    return job_id
+
+
+def _all_due(sf: SessionFactory, job_id: str) -> None:
+    with sf.begin() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.status == "pending")
+            .values(next_attempt_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+
+
+def test_an_earlier_ends_write_is_not_made_while_a_retry_runs(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The first end's delivery, tried again after a retry reopened the job: it would write a
+    manifest (the file a pipeline waits for) over a job still running, its retried item in
+    neither file. It is superseded instead: the next end writes the folder."""
+    sf = session_factory
+    job_id = _blocked_end(sf, blobs, tmp_path)
+    _all_due(sf, job_id)
+    assert _deliver(sf, blobs, job_id) == 0
+    assert not (Path(_folder(sf, job_id)) / "manifest.json").exists()
+    with sf() as session:
+        (first,) = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
+    assert first.status == "abandoned" and "retried" in (first.last_error or "")
+    with sf() as session:  # status speaks of the end to come, not of the superseded one
+        shown = read_progress(session, find_job(session, job_id)).as_dict()["output"]
+    assert shown["state"] == "waiting"
+    res = make_resources(sf, blobs, FakeEngine(), gpu_batch_size=8)
+    assert work_locally(job_id, res)
+    assert _deliver(sf, blobs, job_id) == 1
+    manifest = json.loads((Path(_folder(sf, job_id)) / "manifest.json").read_text())
+    assert (manifest["results"], manifest["errors"]) == (3, 1)
+
+
+def test_an_earlier_ends_write_never_replaces_a_later_ends(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A retried job that ended again (cancelled, here) before its first end's delivery was
+    tried again: the later end's files stay, not overwritten by a manifest of the first end's
+    status."""
+    sf = session_factory
+    job_id = _blocked_end(sf, blobs, tmp_path)
+    cancel_job(sf, job_id)
+    with sf() as session:
+        assert session.scalar(select(Job.status).where(Job.id == job_id)) == "cancelled"
+        rows = session.scalars(
+            select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.created_at)
+        ).all()
+        first, last = rows[0].id, rows[-1].id
+    # The later end's delivery goes first; the first end's is tried after it.
+    with sf.begin() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == last)
+            .values(next_attempt_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == first)
+            .values(next_attempt_at=datetime(2000, 1, 2, tzinfo=UTC))
+        )
+    _deliver(sf, blobs, job_id)
+    manifest = json.loads((Path(_folder(sf, job_id)) / "manifest.json").read_text())
+    assert manifest["status"] == "cancelled"
+    with sf() as session:
+        assert session.get(Delivery, first).status == "abandoned"  # type: ignore[union-attr]
+        assert session.get(Delivery, last).status == "delivered"  # type: ignore[union-attr]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -381,3 +383,147 @@ def _many_results(sf: SessionFactory, job_id: str, revision: str | None, *, post
     if postgres:
         with sf.begin() as session:
             session.execute(text("ANALYZE items"))
+
+
+def test_a_document_copied_while_its_source_is_deleted_keeps_its_pages(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """The source's job is deleted while a copy of it is being recorded (the copy's item
+    written, its pages not yet): the deletion waits for the copy, so the copy has the source's
+    pages, never a document result without them (PostgreSQL reads each statement anew; on
+    SQLite the copy's write holds the database already)."""
+    from jobs.hooks import pause_at
+    from jobs.retention.purge import delete_jobs
+    from jobs.submit.job import submit_job
+    from tests.helpers import ListPublisher
+
+    sf = session_factory
+    write_pdf(tmp_path / "invoice.pdf", 2)
+    ask = {"schema": INVOICE_SCHEMA, "pages": "all", "max_new_tokens": 400}
+    source = run_job_locally(
+        SubmitRequest.of("extract", [str(tmp_path / "invoice.pdf")], MODEL, **ask),
+        _worker(sf, blobs, tiny),
+        max_prompt_chars=4000,
+    ).job_id
+    again = submit_job(
+        SubmitRequest.of("extract", [str(tmp_path / "invoice.pdf")], MODEL, reuse=True, **ask),
+        session_factory=sf,
+        blobs=blobs,
+        publisher=ListPublisher(),
+        max_prompt_chars=4000,
+    ).job_id
+    res = _worker(sf, blobs, tiny)
+    with sf() as session:
+        ids = list(session.scalars(select(Item.id).where(Item.job_id == again)))
+    claimed = claim_items(sf, ids, worker="w", lease_seconds=60, serving=res.serving)
+    postgres = sf.kw["bind"].dialect.name == "postgresql"
+
+    copied, go_on = threading.Event(), threading.Event()
+    deleting, deleted = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        copied.set()
+        assert go_on.wait(30)
+
+    found: dict[str, str] = {}
+
+    def copy() -> None:
+        with pause_at("reuse:copied", hold):
+            found.update(reuse_earlier_results(claimed, res))
+
+    def delete() -> None:
+        deleting.set()
+        delete_jobs(sf, blobs, [source], batch=100)
+        deleted.set()
+
+    copier = threading.Thread(target=copy)
+    copier.start()
+    try:
+        assert copied.wait(30)
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        assert deleting.wait(30)
+        # Let the deletion run as far as it can: to its end, or to a wait on the copy's locks.
+        deadline = time.monotonic() + 30
+        while postgres and not deleted.is_set() and time.monotonic() < deadline:
+            with sf() as session:
+                if session.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
+                    break
+            time.sleep(0.02)
+    finally:
+        go_on.set()
+        copier.join(30)
+    deleter.join(60)
+    assert deleted.is_set()
+    with sf() as session:
+        item = session.get(Item, ids[0])
+        pages = session.scalars(select(ItemPage).where(ItemPage.item_id == ids[0])).all()
+    assert item is not None
+    if found:  # copied: with the pages the source had
+        assert item.status == ItemStatus.succeeded and len(pages) == 2
+    else:  # or not copied, and left to run
+        assert item.status == ItemStatus.running and not pages
+
+
+def test_among_several_sources_the_lowest_id_and_never_a_copy(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """Two earlier runs of the same catalogue, then a copy of it: each item copies the source
+    of the lowest id; a fourth job copies a source too, never the third job's copies."""
+    write_images(tmp_path / "c", 2)
+    folder = [str(tmp_path / "c")]
+    _, first, _ = _run(session_factory, blobs, tiny, folder)
+    _, second, _ = _run(session_factory, blobs, tiny, folder)
+    for _ in range(2):
+        _, copies, cost = _run(session_factory, blobs, tiny, folder, reuse=True)
+        assert cost == (0, 0)
+        for source, item in copies.items():
+            assert item.reused_from == min(first[source].id, second[source].id)
+
+
+def test_a_worker_whose_revision_is_unknown_reuses_nothing(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """The same model name at an unknown revision may be another model: no copy, the items are
+    left to run, though a source of that name is there."""
+    from jobs.lifecycle.reuse import reuse_results
+
+    write_images(tmp_path / "c", 2)
+    _run(session_factory, blobs, tiny, [str(tmp_path / "c")], max_new_tokens=6)
+    res = _worker(session_factory, blobs, tiny)
+    assert res.serving is not None
+    unknown = replace(res.serving, revision=None)
+    _, ids = submit_captions(
+        session_factory, blobs, tmp_path, n=2, model=MODEL, reuse=True, max_new_tokens=6
+    )
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60, serving=unknown)
+    assert len(claimed) == 2 and all(item.reuse_key for item in claimed)
+    assert reuse_results(session_factory, claimed, unknown) == {}
+    known = reuse_results(session_factory, claimed, replace(unknown, revision=tiny.revision))
+    assert len(known) == 2  # the same items, where the revision is known: copied
+
+
+def test_a_lookup_the_database_refuses_costs_only_the_saving(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """A database error in the lookup (here a column it reads is gone: a real error of either
+    database) leaves the claimed items to run, nothing written, and the worker goes on."""
+    write_images(tmp_path / "c", 2)
+    _run(session_factory, blobs, tiny, [str(tmp_path / "c")], max_new_tokens=6)
+    res = _worker(session_factory, blobs, tiny)
+    _, ids = submit_captions(
+        session_factory, blobs, tmp_path, n=2, model=MODEL, reuse=True, max_new_tokens=6
+    )
+    claimed = claim_items(session_factory, ids, worker="w", lease_seconds=60, serving=res.serving)
+    rename = "ALTER TABLE items RENAME COLUMN {} TO {}"
+    with session_factory.begin() as session:
+        session.execute(text(rename.format("reused_from", "reused_from_gone")))
+    try:
+        assert reuse_earlier_results(claimed, res) == {}
+    finally:
+        with session_factory.begin() as session:
+            session.execute(text(rename.format("reused_from_gone", "reused_from")))
+    with session_factory() as session:
+        states = session.scalars(select(Item.status).where(Item.id.in_(ids))).all()
+    assert set(states) == {ItemStatus.running}
+    assert len(reuse_earlier_results(claimed, res)) == 2  # the database back: copied

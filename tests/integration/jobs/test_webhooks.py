@@ -6,6 +6,7 @@ and the connection made to the address checked, no redirect followed."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -299,3 +300,45 @@ def test_the_next_address_is_tried_only_when_one_refuses_the_connection(
             silent.close()
         assert len(hook.received) == 1  # no second copy to the next address
     assert _the_delivery(sf, timed_out)["last_error"] == "127.0.0.3: no answer within 0.5s"
+
+
+def test_a_receiver_answering_a_byte_at_a_time_is_cut_off_at_the_timeout(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """The timeout bounds the whole exchange, not each wait for a byte: a receiver (anyone who
+    may submit names it) that drips its answer would otherwise hold the sweeper, and every
+    delivery and sweep behind it, past the delivery's lease, and be sent a second copy."""
+    sf = session_factory
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)  # the request
+            connection.sendall(b"HTTP/1.1 200 OK\r\nx-slow: ")
+            for _ in range(100):  # 10 s of headers, a byte every 0.1 s: never 0.5 s silent
+                if stop.wait(0.1):
+                    return
+                connection.sendall(b"a")
+            connection.sendall(b"\r\ncontent-length: 0\r\n\r\n")
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+    try:
+        port = server.getsockname()[1]
+        job_id = _ended_job(sf, blobs, tmp_path, f"http://127.0.0.1:{port}/h")
+        send = webhook_handler(sf, secret=SECRET, policy=ALLOW_LOCAL, timeout=0.5)
+        started = time.monotonic()
+        assert deliver_due(sf, {"webhook": send}) == 0
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        dripping.join(5)
+        server.close()
+    assert took < 3, took
+    row = _the_delivery(sf, job_id)
+    assert row["status"] == "pending"
+    assert row["last_error"] == "127.0.0.1: no answer within 0.5s"
