@@ -66,12 +66,21 @@ class CropCounts:
 
 
 def write_crops(
-    session: Session, job_id: str, directory: str, blobs: Blobs, *, chunk: int = 1000
+    session: Session,
+    job_id: str,
+    directory: str,
+    blobs: Blobs,
+    *,
+    chunk: int = 1000,
+    max_pixels: int | None = None,
+    max_bytes: int | None = None,
 ) -> CropCounts:
     """Writes every box of the job's items (succeeded, or failed with some boxes found) as a
-    PNG under ``directory``; returns what was done."""
+    PNG under ``directory``; returns what was done. Images are read under the budgets the
+    worker ran them under (``LLAVA_BATCH_MAX_IMAGE_PIXELS``, ``_MAX_INPUT_BYTES``): what a
+    worker found boxes in is cut, and nothing bigger is decoded."""
     from model.errors import InputError
-    from model.images import decode_image
+    from model.images import DEFAULT_MAX_PIXELS, decode_image
 
     job = find_job(session, job_id)
     if not get_kind(job.kind).finds_boxes:
@@ -97,7 +106,8 @@ def write_crops(
         if item.status not in _WITH_BOXES or not boxes:
             continue
         try:
-            image = decode_image(blobs.read_uri(item.input_uri))
+            data = blobs.read_uri(item.input_uri, max_bytes=max_bytes)
+            image = decode_image(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
         except (StorageError, InputError):  # collected from the store, or no longer decodes
             counts.unreadable += 1
             continue

@@ -221,7 +221,14 @@ def results(
             )
 
         with ctx.session_factory() as session:
-            counts = write_crops(session, find_job(session, job).id, crops, ctx.blobs)
+            counts = write_crops(
+                session,
+                find_job(session, job).id,
+                crops,
+                ctx.blobs,
+                max_pixels=ctx.settings.max_image_pixels,
+                max_bytes=ctx.settings.max_input_bytes,
+            )
         views.err.print(counts.summary(crops))
         return
     with ctx.session_factory() as session:

@@ -173,6 +173,12 @@ def test_a_known_box_maps_through_the_centre_crop_to_the_upright_full_size_pixel
     cropped = Image.open(tmp_path / "crops" / "wide.1-the-red-bus.png")
     assert cropped.size == (30, 48)
     assert Image.open(tmp_path / "crops" / "turned.2-the-logo-on-the-pack.png").size == (60, 96)
+    # Read under the budgets the worker ran under: an image over them is not decoded for crops.
+    with session_factory() as session:
+        small = write_crops(
+            session, result.job_id, str(tmp_path / "small"), blobs, max_pixels=120 * 60 - 1
+        )
+    assert (small.written, small.unreadable) == (0, 2)
 
 
 def test_a_manifest_gives_each_item_its_own_expressions_and_bad_requests_are_refused(
