@@ -32,8 +32,8 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,7 +291,10 @@ class _Folders:
 def _place(target: Path, data: bytes, overwrite: bool) -> bool:
     """Writes ``data`` to a temporary file beside ``target`` and moves it there: replacing what
     is there (``overwrite``), or only if nothing is (False when something was)."""
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+    # A short name of its own: the target's may already be as long as a name can be.
+    temporary = str(target.with_name(f".{uuid.uuid4().hex}.tmp"))
+    # 0o666 less the umask, as any file the user makes (mkstemp would make it owner-only).
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ def test_sidecars_mirror_nested_folders_and_collisions_get_their_own_names(
     assert "wrote 7 sidecar file(s)" in replaced.stderr
     assert "already there" not in replaced.stderr
     assert not [p for p in out.rglob(".*") if p.is_file()]
+    # Readable as any file the user makes there (0o666 less the umask), not owner-only.
+    (tmp_path / "ordinary.txt").write_text("x", encoding="utf-8")
+    ordinary = stat.S_IMODE((tmp_path / "ordinary.txt").stat().st_mode)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*.txt")} == {ordinary}
 
     # A sidecar that cannot be written stops the export with one line, saying how far it got.
     (out / "a" / "img001.txt").unlink()
