@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Review
-from jobs.review.types import UNREVIEWED
+from jobs.review.filters import in_review_state, joined
 
 
 class ItemRecord(Protocol):
@@ -141,20 +141,16 @@ def items_after(
     export reads, for a pass that needs only those (its rows are then not ``ItemRecord``s).
     ``reviews``: each row carries its review too (``REVIEW_COLUMNS``, None where there is none),
     one LEFT JOIN per page; ``reviewed``: only items so reviewed (approved, rejected or
-    unreviewed; it needs ``reviews``)."""
+    unreviewed), by the review page's own test of it (``jobs.review.filters``)."""
     filtered = bool(statuses) or reviewed is not None
     while True:
         end = after + limit
-        query = select(*columns, *(REVIEW_COLUMNS if reviews else ()))
-        if reviews:
-            query = query.select_from(Item).outerjoin(Review, Review.item_id == Item.id)
+        query = joined(*columns, *REVIEW_COLUMNS) if reviews else select(*columns)
         query = query.where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
         if statuses:
             query = query.where(Item.status.in_(list(statuses)))
-        if reviewed == UNREVIEWED:
-            query = query.where(Review.decision.is_(None))
-        elif reviewed is not None:
-            query = query.where(Review.decision == reviewed)
+        if reviewed is not None:
+            query = query.where(in_review_state(reviewed))
         items = session.execute(query.order_by(Item.seq)).all()
         if filtered:
             if items or _any_between(session, job_id, after, end):

@@ -66,7 +66,7 @@ def decide(
                 for i in ids
             ]
             reached("review:checked")
-            changed += _upsert_decisions(session, rows)
+            changed += _upsert_decisions(session, _insert(session).values(rows))
     return changed
 
 
@@ -91,16 +91,7 @@ def decide_filtered(
         insert = _insert(session).from_select(
             ["item_id", "job_id", "decision", "reviewer", "decided_at"], chosen
         )
-        statement = insert.on_conflict_do_update(
-            index_elements=[Review.item_id],
-            set_={
-                "decision": insert.excluded.decision,
-                "reviewer": insert.excluded.reviewer,
-                "decided_at": insert.excluded.decided_at,
-            },
-        )
-        result = session.execute(statement.execution_options(preserve_rowcount=True))
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return _upsert_decisions(session, insert)
 
 
 def edit(
@@ -213,8 +204,9 @@ def _live_item(session: Session, item_id: str) -> tuple[Item, Job]:
     return found.Item, found.Job
 
 
-def _upsert_decisions(session: Session, rows: list[dict[str, Any]]) -> int:
-    insert = _insert(session).values(rows)
+def _upsert_decisions(session: Session, insert: Any) -> int:
+    """Writes the decisions ``insert`` holds (rows, or a SELECT) over those already there, an
+    edit kept; returns how many changed."""
     statement = insert.on_conflict_do_update(
         index_elements=[Review.item_id],
         set_={

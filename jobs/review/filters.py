@@ -27,10 +27,8 @@ def conditions(job_id: str, flt: ItemFilter) -> list[ColumnElement[bool]]:
     # A review state as (NOT) EXISTS, not as a condition on the outer join's columns: for
     # ``reviews.decision IS NULL`` after the join PostgreSQL guessed one row, and sorted all the
     # job's items for every page; as an anti-join it walks the seq index and stops at the page.
-    if flt.review == UNREVIEWED:
-        where.append(~_reviewed(None))
-    elif flt.review is not None:
-        where.append(_reviewed(flt.review))
+    if flt.review is not None:
+        where.append(in_review_state(flt.review))
     if flt.text is not None:
         where.append(searched().contains(flt.text.lower(), autoescape=True))
     return where
@@ -45,6 +43,11 @@ def searched() -> ColumnElement[str]:
     result = func.coalesce(Item.result_text, cast(Item.result_json, Text), "")
     whole = result + "\n" + func.coalesce(Item.custom_id, "") + "\n" + Item.source
     return func.lower(whole, type_=Text)
+
+
+def in_review_state(state: str) -> ColumnElement[bool]:
+    """The item is so reviewed (approved, rejected or unreviewed); it needs no join."""
+    return ~_reviewed(None) if state == UNREVIEWED else _reviewed(state)
 
 
 def _reviewed(decision: str | None) -> ColumnElement[bool]:

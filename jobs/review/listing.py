@@ -85,13 +85,14 @@ def list_items(
             more_before = (
                 bool(found) and after is not None and _any(session, where, Item.seq < found[0].seq)
             )
-        total = _count(session, job_id, ItemFilter())
+        everything = select(func.count()).select_from(Item).where(Item.job_id == job_id)
+        total = int(session.scalar(everything) or 0)
         if flt.empty:
             shown = total
         elif after is None and before is None and not more_after:
             shown = len(found)  # the first page holds them all: a rare search counts no more
         else:
-            shown = _count(session, job_id, flt)
+            shown = _count(session, job_id, flt, total)
         rows = [review_row(r) for r in found]
         return Page(
             rows=rows,
@@ -107,15 +108,15 @@ def _any(session: Session, where: list[Any], beyond: Any) -> bool:
     return session.execute(probe).first() is not None
 
 
-def _count(session: Session, job_id: str, flt: ItemFilter) -> int:
-    """How many of the job's items match ``flt``. A review state alone is counted from the
-    reviews' index, not from a join of every item of the job."""
+def _count(session: Session, job_id: str, flt: ItemFilter, total: int) -> int:
+    """How many of the job's ``total`` items match ``flt``. A review state alone is counted
+    from the reviews' index, not from a join of every item of the job."""
     if flt.review is not None and flt == ItemFilter(review=flt.review):
         decided = select(func.count()).select_from(Review).where(Review.job_id == job_id)
         if flt.review != UNREVIEWED:
             return int(session.scalar(decided.where(Review.decision == flt.review)) or 0)
         reviewed = int(session.scalar(decided.where(Review.decision.is_not(None))) or 0)
-        return _count(session, job_id, ItemFilter()) - reviewed
+        return total - reviewed
     query = select(func.count()).select_from(Item)
     return int(session.scalar(query.where(*conditions(job_id, flt))) or 0)
 

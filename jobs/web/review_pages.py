@@ -104,7 +104,7 @@ def job_page(request: Request) -> Response:
             "job.html",
             job=progress,
             page=page,
-            flt=filter_of(request.query_params),
+            flt=flt,
             codes=codes,
             statuses=[s.value for s in ItemStatus],
             review_states=REVIEW_STATES,

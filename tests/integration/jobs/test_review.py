@@ -182,6 +182,10 @@ def test_review_filter_and_bulk_decisions_touch_only_the_filtered_view(
     assert seqs(ItemFilter(review="approved")) == approved
     unreviewed = [s for s in range(30) if s % 3 != 2 and not s % 2]
     assert seqs(ItemFilter(review="unreviewed")) == unreviewed
+    # A review state alone is counted from the reviews (a page too small to hold them all).
+    for state, expected in [("rejected", 10), ("approved", len(approved)), ("unreviewed", 10)]:
+        counted = list_items(session_factory, job_id, ItemFilter(review=state), limit=4)
+        assert (counted.shown, counted.total) == (expected, 30)
     page = list_items(session_factory, job_id, ItemFilter(review="approved", text="number 1"))
     assert page.shown == 4 and {r.reviewer for r in page.rows} == {"bob"}
     assert seqs(ItemFilter(review="unreviewed"), other) == list(range(6))  # another job: untouched
