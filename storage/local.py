@@ -190,7 +190,17 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     temporary file beside it, flushed to disk, then renamed over ``path`` (the folder is synced
     too, so the rename survives a power cut). An exception, or a process killed meanwhile,
     leaves ``path`` as it was (a killed one leaves its ``.<name>.<random>.tmp`` behind)."""
+    with _replacing(path) as f:
+        yield f
+    _sync_folder(path.parent)
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    # Readers see the old file or the new one, never a partial write; the temp file lives in
+    # the same directory so os.replace stays a same-filesystem rename.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+    # 0o666 filtered by the umask, like an ordinary open(); mkstemp would force 0o600.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -201,7 +211,6 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -218,17 +227,7 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    # Readers see the old file or the new one, never a partial write; the temp file lives in
-    # the same directory so os.replace stays a same-filesystem rename.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-    # 0o666 filtered by the umask, like an ordinary open(); mkstemp would force 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Without atomic_file's folder sync, as the store has always written: that would be a
+    # second fsync for every stored input.
+    with _replacing(path) as f:
+        f.write(data)

@@ -122,3 +122,41 @@ def post(client: TestClient, url: str, **data: str) -> httpx.Response:
     """A POST as the page's own form sends it: its CSRF field, its Origin."""
     form = {"csrf": client.cookies.get("llava_batch_csrf") or "", **data}
     return client.post(url, data=form, headers={"origin": BASE}, follow_redirects=False)
+
+
+# The boxes build_locate_item records: "the lid" on the left, then one whose expression is
+# script (its legend must show it as text).
+LOCATE_BOXES = [
+    {"expression": "the lid", "box": [0.1, 0.2, 0.4, 0.8]},
+    {"expression": HOSTILE, "box": [0.5, 0.1, 0.9, 0.5]},
+]
+
+
+def build_locate_item(sf: SessionFactory, blobs: Blobs, tmp_path: Path) -> str:
+    """A ``locate`` job of one flat grey 400 x 200 image, submitted through the real path, whose
+    item succeeded with ``LOCATE_BOXES``; returns the item's id."""
+    from PIL import Image
+
+    from jobs.submit.job import submit_job
+    from jobs.submit.request import SubmitRequest
+
+    folder = tmp_path / "shelf"
+    folder.mkdir()
+    Image.new("RGB", (400, 200), (128, 128, 128)).save(folder / "shelf.png")
+    submitted = submit_job(
+        SubmitRequest.of(
+            "locate",
+            [str(folder)],
+            "fake",
+            expressions=[box["expression"] for box in LOCATE_BOXES],
+            batch_size=8,
+        ),
+        session_factory=sf,
+        blobs=blobs,
+        publisher=ListPublisher(),
+        max_prompt_chars=1000,
+    )
+    (item_id,) = queued_ids(sf, submitted.job_id)
+    (claimed,) = claim_items(sf, [item_id], worker="w", lease_seconds=60)
+    record_results(sf, [ItemOutcome(item_id, claimed.lease_token, Outcome(json=LOCATE_BOXES))])
+    return item_id

@@ -291,3 +291,27 @@ def test_with_a_token_the_page_asks_for_it_once(
             "Strict",
         )
         assert browser.execute_script("return document.cookie") == ""  # no script reads them
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_locate_item_shows_its_boxes_and_their_legend_in_a_real_browser(
+    browser: WebDriver, server: str, session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Issue 26, point 5, in Chromium: the item page loads the picture with the boxes drawn
+    (a real JPEG the browser decoded, at the image's size) and a legend that shows each
+    expression, script included, as text; nothing of it runs. (The drawing itself, pixel by
+    pixel and on both databases: test_web_pictures.py.)"""
+    from tests.integration.web.conftest import LOCATE_BOXES, build_locate_item
+
+    item_id = build_locate_item(session_factory, blobs, tmp_path)
+    browser.get(f"{server}/items/{item_id}")
+    legend = browser.find_elements(By.CSS_SELECTOR, "#boxes li")
+    assert [entry.text for entry in legend] == [box["expression"] for box in LOCATE_BOXES]
+    assert [entry.get_attribute("class") for entry in legend] == ["box-c0", "box-c1"]
+    picture = browser.find_element(By.CSS_SELECTOR, "img.full")
+    assert picture.get_attribute("src").endswith(f"/items/{item_id}/image?page=1&boxes=1")
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script("return arguments[0].complete", picture)
+    )
+    assert browser.execute_script("return arguments[0].naturalWidth", picture) == 400
+    _ran_nothing(browser)

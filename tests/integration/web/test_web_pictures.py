@@ -163,45 +163,19 @@ def test_a_locate_items_boxes_are_drawn_on_its_image_one_colour_per_expression(
     """Issue 26, point 5: the item page draws each expression's box over the image in its own
     colour (drawn into the picture we encode: no script, no inline style), with a legend;
     an edit moves them; a caption item's picture is untouched."""
-    from jobs.lifecycle import claim_items, record_results
-    from jobs.outcome import ItemOutcome, Outcome
     from jobs.review import edit
-    from jobs.submit.job import submit_job
-    from jobs.submit.request import SubmitRequest
     from jobs.web.boxes import PALETTE
-    from tests.helpers import ListPublisher, queued_ids
+    from tests.integration.web.conftest import build_locate_item
 
-    folder = tmp_path / "shelf"
-    folder.mkdir()
-    Image.new("RGB", (400, 200), (128, 128, 128)).save(folder / "shelf.png")
-    submitted = submit_job(
-        SubmitRequest.of(
-            "locate",
-            [str(folder)],
-            "fake",
-            expressions=["the lid", "<script>window.pwned=1</script>"],
-            batch_size=8,
-        ),
-        session_factory=session_factory,
-        blobs=blobs,
-        publisher=ListPublisher(),
-        max_prompt_chars=1000,
-    )
-    (item_id,) = queued_ids(session_factory, submitted.job_id)
-    (claimed,) = claim_items(session_factory, [item_id], worker="w", lease_seconds=60)
-    found = [
-        {"expression": "the lid", "box": [0.1, 0.2, 0.4, 0.8]},
-        {"expression": "<script>window.pwned=1</script>", "box": [0.5, 0.1, 0.9, 0.5]},
-    ]
-    record_results(
-        session_factory, [ItemOutcome(item_id, claimed.lease_token, Outcome(json=found))]
-    )
+    item_id = build_locate_item(session_factory, blobs, tmp_path)
 
     page = client.get(f"/items/{item_id}")
     assert page.status_code == 200
     assert f"/items/{item_id}/image?page=1&amp;boxes=1" in page.text
     assert '<li class="box-c0">the lid</li>' in page.text
-    assert '<li class="box-c1">&lt;script&gt;window.pwned=1&lt;/script&gt;</li>' in page.text
+    assert '<li class="box-c1">&lt;script&gt;window.__pwned=1;alert(1)&lt;/script&gt;&lt;img' in (
+        page.text
+    )
 
     def pixel(data: bytes, x: int, y: int) -> tuple[int, int, int]:
         with Image.open(io.BytesIO(data)) as image:
