@@ -25,8 +25,7 @@ from jobs.errors import ItemErrorCode as Code
 from jobs.paging import ItemRecord
 from jobs.queries import JobProgress, find_job, item_usage, read_progress
 from jobs.states import ItemStatus, JobStatus
-
-ENDPOINT = "/v1/chat/completions"
+from jobs.submit.openai_reader import CHAT_COMPLETIONS
 
 # The HTTP status of each failed item's response, by its error code; a code not listed is 500.
 STATUS_CODES: dict[str, int] = {
@@ -187,7 +186,7 @@ def batch_object(session: Session, job_ref: str) -> dict[str, Any]:
     return {
         "id": job.id,
         "object": "batch",
-        "endpoint": ENDPOINT,
+        "endpoint": CHAT_COMPLETIONS,  # the one endpoint a request line may name
         "model": job.model,
         "errors": _failures(session, job.id) if status == JobStatus.failed else None,
         "input_file_id": job.id,  # no files here: the job holds its requests

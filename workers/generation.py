@@ -96,9 +96,7 @@ def _generate(engine: Engine, tasks: Sequence[Task], budget: _Budget) -> list[Ou
             max_new_tokens=budget.max_new_tokens,
             json_schema=budget.json_schema,
             fit_to_context=budget.fit_to_context,
-            # Only when there is one: an engine of a caller that constrains nothing by a
-            # pattern (a benchmark's, an older one) need not know the option.
-            **({"pattern": budget.pattern} if budget.pattern is not None else {}),
+            pattern=budget.pattern,
         )
     except SchemaError as exc:  # the job's schema, not any one item: every task fails alike
         return [

@@ -15,6 +15,7 @@ from jobs.kinds.base import (
     KindDefaults,
     KindParams,
     job_generation,
+    listed_prompts,
 )
 from jobs.kinds.options import KindCommands, Option
 from jobs.limits import check_prompt
@@ -90,24 +91,15 @@ class Ask(KindDefaults[AskParams]):
         where: str,
         max_prompt_chars: int,
     ) -> ItemAsk:
-        given = extra.get("questions")
-        if prompt is not None and given is None:
-            given = [prompt]  # one question as "prompt", like the other kinds
-        if given is None:
-            return ItemAsk()
-        if (
-            not isinstance(given, list)
-            or not given
-            or len(given) > MAX_QUESTIONS
-            or not all(isinstance(q, str) for q in given)
-        ):
-            raise RequestError(
-                f'{where}: "questions" must be a list of 1 to {MAX_QUESTIONS} strings.',
-                code="manifest_invalid",
-            )
-        for number, question in enumerate(given, start=1):
-            check_prompt(question, max_prompt_chars, where=f"{where}, question {number}")
-        return ItemAsk(request={"questions": list(given)})
+        return listed_prompts(
+            prompt,
+            extra,
+            field="questions",
+            noun="question",
+            most=MAX_QUESTIONS,
+            where=where,
+            max_prompt_chars=max_prompt_chars,
+        )
 
     def generation(self, params: AskParams, item: ClaimedItem, *, configured: int) -> Generation:
         return job_generation(params, configured, None)

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from jobs.errors import RequestError
 from jobs.kinds.options import KindCommands
+from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import GREEDY, Sampling, Turn
 
@@ -198,6 +200,39 @@ def one_row(row: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     if result is not None and not isinstance(result, str):
         row = {**row, "result": json.dumps(result, ensure_ascii=False)}
     yield dict(row)
+
+
+def listed_prompts(
+    prompt: str | None,
+    extra: Mapping[str, Any],
+    *,
+    field: str,
+    noun: str,
+    most: int,
+    where: str,
+    max_prompt_chars: int,
+) -> ItemAsk:
+    """What an input line asks of a kind of several prompts per image (``ask``'s questions,
+    ``locate``'s expressions): its list under ``field``, or its one ``prompt`` as a list of one;
+    nothing when it gives neither (the job's own list then serves)."""
+    given = extra.get(field)
+    if prompt is not None and given is None:
+        given = [prompt]  # one as "prompt", like the other kinds
+    if given is None:
+        return ItemAsk()
+    if (
+        not isinstance(given, list)
+        or not given
+        or len(given) > most
+        or not all(isinstance(p, str) for p in given)
+    ):
+        raise RequestError(
+            f'{where}: "{field}" must be a list of 1 to {most} strings.',
+            code="manifest_invalid",
+        )
+    for number, text in enumerate(given, start=1):
+        check_prompt(text, max_prompt_chars, where=f"{where}, {noun} {number}")
+    return ItemAsk(request={field: list(given)})
 
 
 def generation_failed(generated: Outcome) -> Outcome:

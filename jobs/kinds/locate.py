@@ -23,6 +23,7 @@ from jobs.kinds.base import (
     ItemAsk,
     KindDefaults,
     KindParams,
+    listed_prompts,
 )
 from jobs.kinds.options import KindCommands, Option
 from jobs.limits import check_prompt
@@ -158,24 +159,15 @@ class Locate(KindDefaults[LocateParams]):
         where: str,
         max_prompt_chars: int,
     ) -> ItemAsk:
-        given = extra.get("expressions")
-        if prompt is not None and given is None:
-            given = [prompt]  # one expression as "prompt", like the other kinds
-        if given is None:
-            return ItemAsk()
-        if (
-            not isinstance(given, list)
-            or not given
-            or len(given) > MAX_EXPRESSIONS
-            or not all(isinstance(e, str) for e in given)
-        ):
-            raise RequestError(
-                f'{where}: "expressions" must be a list of 1 to {MAX_EXPRESSIONS} strings.',
-                code="manifest_invalid",
-            )
-        for number, expression in enumerate(given, start=1):
-            check_prompt(expression, max_prompt_chars, where=f"{where}, expression {number}")
-        return ItemAsk(request={"expressions": list(given)})
+        return listed_prompts(
+            prompt,
+            extra,
+            field="expressions",
+            noun="expression",
+            most=MAX_EXPRESSIONS,
+            where=where,
+            max_prompt_chars=max_prompt_chars,
+        )
 
     def generation(self, params: LocateParams, item: ClaimedItem, *, configured: int) -> Generation:
         template = _template(params)
