@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import Item
 from jobs.errors import RequestError
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.paging import items_after
 from jobs.queries import find_job, iter_sources
 from jobs.sidecars import SUFFIX, SidecarNames, _Folders, _place, common_roots, sidecar_path

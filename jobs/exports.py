@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from jobs.db import Job
-    from jobs.kinds import Kind
+    from jobs.kinds.base import Kind
     from jobs.paging import ItemRecord
 
 USAGE_COLUMNS = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens")
@@ -113,7 +113,7 @@ def open_job_export(
     export both write them: ``statuses``, ``reviewed`` (approved, rejected, unreviewed): only
     those items; ``use_edits``: ``openai`` answers with the reviewers' edits. ``jsonl`` and
     ``csv`` carry each item's review, read by a join only when the job has any."""
-    from jobs.kinds import get_kind
+    from jobs.kinds.registry import get_kind
     from jobs.queries import has_reviews, iter_items
 
     joined = reviewed is not None or has_reviews(session, job.id)

@@ -42,7 +42,8 @@ from jobs.dispatch import Publisher, dispatch_items
 from jobs.durations import parse_period
 from jobs.errors import RequestError, ScheduleNotFoundError
 from jobs.input_policy import INPUT_NOT_ALLOWED, InputPolicy
-from jobs.kinds import ItemAsk, get_kind
+from jobs.kinds.base import ItemAsk
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle import finalise_jobs
 from jobs.limits import MAX_NAME_CHARS, check_text
 from jobs.schedule_history import not_seen, prune_history

@@ -41,7 +41,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from jobs.errors import RequestError
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.paging import ItemRecord
 from jobs.queries import find_job, iter_items, iter_sources
 from jobs.states import ItemStatus

@@ -19,7 +19,7 @@ from jobs.db import is_retryable, new_id
 from jobs.errors import ItemErrorCode
 from jobs.hooks import reached
 from jobs.input_policy import INPUT_NOT_ALLOWED
-from jobs.kinds import decode_params, get_kind
+from jobs.kinds.registry import decode_params, get_kind
 from jobs.lifecycle import (
     ClaimedItem,
     ItemOutcome,

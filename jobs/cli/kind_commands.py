@@ -1,10 +1,12 @@
 """``submit <kind>``, ``run <kind>`` and ``schedule add <kind>``, made for every entry of
-``KINDS`` from the options the kind declares once (``jobs.kinds.options``).
+``COMMANDS`` from the options the kind declares once (``jobs.kinds.commands``).
 
 A command here is a function whose signature is built from the kind's options and the family's
 shared ones, so typer reads it as it reads a written one: the same types, checks and help.
 What the command does is the family's ``action``: it gets the kind, the values of the shared
-options, and the kind's parameters (each option's ``read`` applied).
+options, and the kind's parameters (each option's ``read`` applied). The kind
+(``jobs.kinds.registry``: pydantic, the model code) is imported when the command runs, not when
+it is made, so building the app stays light.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from jobs.cli.options import (
     Retain,
     build_request,
 )
-from jobs.kinds import KINDS, Kind
+from jobs.kinds.commands import COMMANDS
 from jobs.kinds.options import REQUIRED, KindCommands, Option
 
 if TYPE_CHECKING:
+    from jobs.kinds.base import Kind
     from jobs.submit.request import SubmitRequest
 
-KindAction = Callable[[Kind[Any], dict[str, Any], dict[str, Any]], None]
+KindAction = Callable[["Kind[Any]", dict[str, Any], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -120,28 +123,30 @@ def sources_of(values: Mapping[str, Any]) -> list[str]:
 
 
 def add_kind_commands(group: typer.Typer, family: Family) -> None:
-    """One command in ``group`` for each kind of ``KINDS`` that has one in this family."""
-    for kind in KINDS.values():
-        doc = family.help_of(kind.cli)
+    """One command in ``group`` for each kind of ``COMMANDS`` that has one in this family."""
+    for name, cli in COMMANDS.items():
+        doc = family.help_of(cli)
         if doc is not None:
-            group.command(kind.cli.word)(_command(kind, doc, family))
+            group.command(cli.word)(_command(name, cli, doc, family))
 
 
-def _command(kind: Kind[Any], doc: str, family: Family) -> Callable[..., None]:
-    taken = {name for p in family.shared for name in _flags_of(p)}
-    own = [_option_parameter(option, taken) for option in kind.cli.options]
-    shared = [_max_new_tokens_help(p, kind.cli) for p in family.shared]
-    params = [*family.first(kind.cli), *own, *shared]
-    kind_params = {option.param: option for option in kind.cli.options}
+def _command(name: str, cli: KindCommands, doc: str, family: Family) -> Callable[..., None]:
+    taken = {flag for p in family.shared for flag in _flags_of(p)}
+    own = [_option_parameter(option, taken) for option in cli.options]
+    shared = [_max_new_tokens_help(p, cli) for p in family.shared]
+    params = [*family.first(cli), *own, *shared]
+    kind_params = {option.param: option for option in cli.options}
 
     def command(**values: Any) -> None:
-        given = {name: values.pop(name) for name in kind_params}
-        family.action(kind, values, _read(given, kind_params))
+        from jobs.kinds.registry import get_kind
+
+        given = {param: values.pop(param) for param in kind_params}
+        family.action(get_kind(name), values, _read(given, kind_params))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
-    command.__name__ = command.__qualname__ = f"{kind.name}_command"
+    command.__name__ = command.__qualname__ = f"{name}_command"
     return command
 
 

@@ -27,7 +27,7 @@ from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 # ``RunFormat`` is an option type the CLI takes at start-up.
 if TYPE_CHECKING:
     from jobs.db import SessionFactory
-    from jobs.kinds import Kind
+    from jobs.kinds.base import Kind
     from jobs.paging import ItemRecord
 
 

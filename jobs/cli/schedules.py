@@ -31,10 +31,10 @@ from jobs.cli.kind_commands import (
     request_for,
     shared_parameters,
 )
-from jobs.kinds import Kind
 
 if TYPE_CHECKING:
     from jobs.db import Schedule
+    from jobs.kinds.base import Kind
 
 schedule_commands = Commands()
 NameArg = Annotated[str, typer.Argument(help="The schedule's name.")]

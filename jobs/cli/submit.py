@@ -29,10 +29,10 @@ from jobs.cli.options import (
     Wait,
     parse_timeout,
 )
-from jobs.kinds import Kind
 from jobs.metadata import parse_meta
 
 if TYPE_CHECKING:
+    from jobs.kinds.base import Kind
     from jobs.submit.request import SubmitRequest
 
 SHARED = shared_parameters(

@@ -40,7 +40,7 @@ from jobs.delivery.targets import OUTPUT_SETTING, allowed
 from jobs.errors import RequestError
 from jobs.exports import JsonlWriter, OpenAIWriter, ResultFormat, ResultWriter, open_result_writer
 from jobs.hooks import reached
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.paging import ItemRecord, items_after
 from jobs.sidecars import name_sidecars, sidecar_text, write_named
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus

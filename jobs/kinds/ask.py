@@ -17,7 +17,6 @@ from jobs.kinds.base import (
     job_generation,
     listed_prompts,
 )
-from jobs.kinds.options import KindCommands, Option
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
@@ -49,28 +48,6 @@ class Ask(KindDefaults[AskParams]):
     params_type = AskParams
     one_text: ClassVar[bool] = False  # one answer per question
 
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="ask",
-        does="Ask questions about images",
-        submit="Ask questions about images: one answer per question, or a multi-turn conversation.",
-        schedule="Ask questions about the new images under SOURCE at every due time.",
-        options=(
-            Option(
-                "questions",
-                list[str] | None,
-                "A question for every image (repeat for several); a manifest line's "
-                '"questions" replace them for its item.',
-                flags=("-q", "--question"),
-            ),
-            Option(
-                "conversation",
-                bool,
-                "Ask the questions as the turns of one chat: each answer is in the next one's "
-                "context.",
-                default=False,
-            ),
-        ),
-    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: AskParams, *, max_prompt_chars: int) -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from jobs.errors import RequestError
-from jobs.kinds.options import KindCommands
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import GREEDY, Sampling, Turn
@@ -99,7 +98,6 @@ class ItemAsk:
 
 class Kind(Protocol[P]):
     name: ClassVar[str]
-    cli: ClassVar[KindCommands]  # its commands and their options (jobs.kinds.options)
     params_type: type[P]
     reads_documents: ClassVar[bool]  # PDFs are inputs, each selected page a unit
     # Whether an item's result is one text (or one JSON document): what ``results --format

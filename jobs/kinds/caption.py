@@ -13,7 +13,6 @@ from jobs.kinds.base import (
     KindParams,
     job_generation,
 )
-from jobs.kinds.options import KindCommands, Option
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
@@ -32,19 +31,6 @@ class Caption(KindDefaults[CaptionParams]):
     name: ClassVar[str] = "caption"
     params_type = CaptionParams
 
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="caption",
-        does="Caption images",
-        submit="Caption images: files, directories, s3://bucket/prefix or a .jsonl manifest.",
-        schedule="Caption the new images under SOURCE at every due time.",
-        options=(
-            Option(
-                "prompt",
-                str | None,
-                "Instruction for every item (default: a one-sentence caption).",
-            ),
-        ),
-    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: CaptionParams, *, max_prompt_chars: int) -> None:

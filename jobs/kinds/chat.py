@@ -19,10 +19,9 @@ from jobs.kinds.base import (
     KindParams,
     generation_failed,
 )
-from jobs.kinds.options import KindCommands, Option
 from jobs.limits import check_prompt, setting_bounds
 from jobs.outcome import Outcome
-from jobs.submit.openai_reader import BatchFormat, sampling_fields
+from jobs.submit.openai_reader import sampling_fields
 from model.engine import (
     ANY_JSON_OBJECT,
     ROLES,
@@ -46,27 +45,6 @@ class Chat(KindDefaults[ChatParams]):
     name: ClassVar[str] = "chat"
     params_type = ChatParams
 
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="batch",
-        does="Run an OpenAI-Batch JSONL file (or a chat manifest)",
-        submit="Run an OpenAI-Batch JSONL file (or a chat manifest): one item per request; the "
-        "file's model is the job's.",
-        run="Run an OpenAI-Batch JSONL file (or a chat manifest) here and now: one item per "
-        "request; --format openai writes the OpenAI Batch output.",
-        input_help="A .jsonl file of chat requests: OpenAI-Batch lines (custom_id, method, url, "
-        'body) or our manifest lines ({"input", "messages", …}).',
-        one_file=True,
-        max_new_tokens_help="Tokens per request that gives no max_tokens of its own.",
-        options=(
-            Option(
-                "input_format",
-                BatchFormat,
-                "The file's format; auto: detected from its first line.",
-                default=BatchFormat.auto,
-                flags=("--input-format", "--format"),
-            ),
-        ),
-    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: ChatParams, *, max_prompt_chars: int) -> None:

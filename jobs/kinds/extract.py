@@ -17,24 +17,13 @@ from jobs.kinds.base import (
     KindParams,
     job_generation,
 )
-from jobs.kinds.options import REQUIRED, KindCommands, Option
+from jobs.kinds.commands import DEFAULT_DPI, DEFAULT_PAGES
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
 
 if TYPE_CHECKING:  # the lifecycle (SQLAlchemy) is the worker's, not --help's
     from jobs.lifecycle import ClaimedItem
-
-DEFAULT_PAGES = "all"
-DEFAULT_DPI = 144
-
-
-def _read_schema(path: str) -> dict[str, Any]:
-    """The ``--schema`` file, parsed (jsonschema loads here: submitting needs it, ``--help``
-    does not)."""
-    from jobs.extraction import read_schema_file
-
-    return read_schema_file(path)
 
 
 class ExtractParams(KindParams):
@@ -51,32 +40,6 @@ class Extract(KindDefaults[ExtractParams]):
     name: ClassVar[str] = "extract"
     params_type = ExtractParams
 
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="extract",
-        does="Extract schema-valid JSON",
-        submit="Extract schema-valid JSON from PDFs and images (one merged result per document).",
-        schedule="Extract schema-valid JSON from the new PDFs and images under SOURCE at every "
-        "due time.",
-        options=(
-            Option(
-                "schema",
-                str,
-                "JSON Schema file the output must validate against.",
-                default=REQUIRED,
-                read=_read_schema,
-            ),
-            Option(
-                "instructions",
-                str | None,
-                "Extra instructions for the model.",
-                flags=("--prompt",),
-            ),
-            Option(
-                "pages", str, 'PDF pages: "all", "first", or like "1-3" / "1,3,5-7".', DEFAULT_PAGES
-            ),
-            Option("dpi", int, "PDF rendering resolution.", DEFAULT_DPI),
-        ),
-    )
     reads_documents: ClassVar[bool] = True
 
     def check(self, params: ExtractParams, *, max_prompt_chars: int) -> None:

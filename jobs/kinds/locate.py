@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobs.errors import ItemErrorCode, RequestError
@@ -25,7 +24,7 @@ from jobs.kinds.base import (
     KindParams,
     listed_prompts,
 )
-from jobs.kinds.options import KindCommands, Option
+from jobs.kinds.templates import DEFAULT_TEMPLATE, TEMPLATES, Template
 from jobs.limits import check_prompt
 from jobs.outcome import Outcome
 from model.engine import Turn
@@ -55,46 +54,6 @@ CSV_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class Template:
-    """How a checkpoint family was taught to ground an expression: the instruction (``{}``
-    stands for the expression) and the decimals of each coordinate in its answers."""
-
-    prompt: str
-    decimals: int
-
-    def ask(self, expression: str) -> str:
-        expression = expression.strip()
-        # The training lines end the expression with a full stop; one given already is kept.
-        if expression[-1:] not in (".", "?", "!"):
-            expression += "."
-        return self.prompt.format(expression)
-
-    @property
-    def pattern(self) -> str:
-        """The answer, as a regular expression: four numbers in [0, 1] with exactly
-        ``decimals`` decimals, as ``[x1, y1, x2, y2]``."""
-        number = rf"(?:0\.[0-9]{{{self.decimals}}}|1\.{'0' * self.decimals})"
-        return rf"\[{number}, {number}, {number}, {number}\]"
-
-    @property
-    def max_chars(self) -> int:
-        return len("[, , , ]") + 4 * (2 + self.decimals)
-
-
-# LLaVA-1.5's instruction-tuning mix (llava_v1_5_mix665k: RefCOCO, RefCOCO+, RefCOCOg and Visual
-# Genome regions) asks "Please provide the bounding box coordinate of the region this sentence
-# describes: …" and answers "[0.61, 0.36, 0.92, 0.83]"; LLaVA-NeXT (1.6) was tuned on the same
-# lines. docs/kinds/locate.md#templates has the sources.
-TEMPLATES: dict[str, Template] = {
-    "llava": Template(
-        "Please provide the bounding box coordinate of the region this sentence describes: {}",
-        decimals=2,
-    ),
-}
-DEFAULT_TEMPLATE = "llava"
-
-
 class LocateParams(KindParams):
     expressions: tuple[str, ...] = ()
     template: str = DEFAULT_TEMPLATE
@@ -106,29 +65,6 @@ class Locate(KindDefaults[LocateParams]):
     one_text: ClassVar[bool] = False  # one box per expression
     finds_boxes: ClassVar[bool] = True
 
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="locate",
-        does="Locate what expressions describe in images",
-        submit="Locate what expressions describe in images: a box in the image's pixels for "
-        "each expression.",
-        schedule="Locate the expressions in the new images under SOURCE at every due time.",
-        options=(
-            Option(
-                "expressions",
-                list[str] | None,
-                "What to find, as a phrase (repeat for several); a manifest line's "
-                '"expressions" replace them for its item.',
-                flags=("-q", "--expression"),
-            ),
-            Option(
-                "template",
-                str,
-                f"How the checkpoint was taught to ground: {', '.join(TEMPLATES)}.",
-                DEFAULT_TEMPLATE,
-            ),
-        ),
-        max_new_tokens_help="Tokens to generate per expression (default: what the box takes).",
-    )
     reads_documents: ClassVar[bool] = False
 
     def check(self, params: LocateParams, *, max_prompt_chars: int) -> None:

@@ -23,7 +23,7 @@ from jobs.errors import RequestError
 from jobs.fleet import images_per_request, served_models
 from jobs.hooks import reached
 from jobs.input_policy import InputPolicy
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle import finalise_jobs
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus
 from jobs.submit import rows as submit_rows

@@ -21,11 +21,11 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from jobs.errors import RequestError
 from jobs.limits import MAX_CUSTOM_ID_CHARS, MAX_LINE_NESTING, MAX_MODEL_CHARS, check_text
+from jobs.submit.batch_format import BatchFormat as BatchFormat
 from model.engine import ANY_JSON_OBJECT, MAX_TEMPERATURE, SEED_RANGE
 from model.nesting import NestingError, loads_bounded
 
@@ -88,14 +88,6 @@ _IMAGE_SUFFIXES = {
     "image/bmp": ".bmp",
     "image/tiff": ".tiff",
 }
-
-
-class BatchFormat(StrEnum):
-    """How ``submit batch`` reads its file: detected from the first line, or named."""
-
-    auto = "auto"
-    openai = "openai"  # OpenAI-Batch JSONL
-    manifest = "manifest"  # our own manifest, each line a chat request (jobs/kinds/chat.py)
 
 
 @dataclass(frozen=True)

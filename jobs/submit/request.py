@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from jobs.db import Item, Job, new_id, utcnow
 from jobs.errors import RequestError
 from jobs.input_policy import parse_entries
-from jobs.kinds import ItemAsk, KindParams, get_kind
+from jobs.kinds.base import ItemAsk, KindParams
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle.expiry import check_priority
 from jobs.limits import (
     MAX_IDEMPOTENCY_KEY_CHARS,

@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, ItemInput, Job, SessionFactory, new_id, utcnow
 from jobs.dispatch import Publisher, dispatch_items
 from jobs.hooks import reached
-from jobs.kinds import ItemAsk, Kind, KindParams, get_kind
+from jobs.kinds.base import ItemAsk, Kind, KindParams
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle import (
     abandon_submissions,
     continue_submission,

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 
 from jobs.db import SessionFactory
 from jobs.errors import ItemNotFoundError, RequestError
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.review import (
     DECISIONS,
     REVIEW_STATES,

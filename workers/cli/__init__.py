@@ -2,7 +2,7 @@
 that need a model (``worker``, ``run <kind>``) to ``jobs.cli``'s app, which holds every other
 command; this package is the only place that imports both ``jobs.cli`` and the worker side.
 
-The ``run`` commands are made from ``KINDS`` like ``submit``'s (``jobs.cli.kind_commands``).
+The ``run`` commands are made from ``COMMANDS`` like ``submit``'s (``jobs.cli.kind_commands``).
 Imports stay light at module level: the pipeline, Celery and the model load inside the commands
 that use them (``workers.cli.run``), so ``--help`` never imports torch.
 """
@@ -29,9 +29,10 @@ from jobs.cli.kind_commands import (
 from jobs.cli.options import Json, Reuse
 from jobs.cli.run_output import RunFormat
 from jobs.errors import RequestError
-from jobs.kinds import KINDS, Kind
+from jobs.kinds.commands import COMMANDS
 
 if TYPE_CHECKING:
+    from jobs.kinds.base import Kind
     from jobs.submit.request import SubmitRequest
 
 
@@ -161,7 +162,7 @@ def run_group(
     if resume is None:
         raise RequestError(
             "a command is missing: llava-batch run KIND SOURCE… (KIND: "
-            f"{', '.join(k.cli.word for k in KINDS.values())}), or llava-batch run --resume JOB.",
+            f"{', '.join(c.word for c in COMMANDS.values())}), or llava-batch run --resume JOB.",
             code="usage_error",
         )
     from workers.cli.run import choose_format, resume_job

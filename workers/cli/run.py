@@ -32,7 +32,7 @@ from jobs.cli.notifications import deliver_now
 from jobs.cli.progress import Interrupts, RunCounts, RunProgress
 from jobs.cli.run_output import FinishedItems, RunFormat, RunOutput, check_run_output
 from jobs.errors import ExitCode, RequestError
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle import OPEN_JOB_STATES, count_items
 from jobs.metrics import serve_metrics
 from jobs.queries import find_job, read_progress

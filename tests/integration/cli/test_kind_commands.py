@@ -1,6 +1,7 @@
-"""A kind's commands come from its one declaration: registering a toy kind in ``KINDS`` makes
-``submit toy``, ``run toy`` and ``schedule add NAME toy`` appear with its options (and a submit
-through them stores its parameters), and removing it makes them disappear."""
+"""A kind's commands come from its one declaration: registering a toy kind (its handler in
+``KINDS``, its commands in ``COMMANDS``) makes ``submit toy``, ``run toy`` and ``schedule add NAME
+toy`` appear with its options (and a submit through them stores its parameters), and removing it
+makes them disappear."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from jobs.db import Job, make_session_factory, open_database
-from jobs.kinds import KINDS
 from jobs.kinds.caption import Caption, CaptionParams
+from jobs.kinds.commands import COMMANDS
 from jobs.kinds.options import REQUIRED, KindCommands, Option
+from jobs.kinds.registry import KINDS
 from jobs.settings import load_settings
 from tests.services import free_port
 from workers.cli import build_app
@@ -39,16 +41,18 @@ class Toy(Caption):
 
     name: ClassVar[str] = "toy"
     params_type = ToyParams  # type: ignore[assignment]
-    cli: ClassVar[KindCommands] = KindCommands(
-        word="toy",
-        does="Toy images",
-        submit="Submit a toy job.",
-        schedule="Toy the new images under SOURCE.",
-        options=(
-            Option("colour", str, "The toy's colour.", default=REQUIRED, read=_upper),
-            Option("shades", int, "How many shades.", default=1, min=1, flags=("-s", "--shades")),
-        ),
-    )
+
+
+TOY_COMMANDS = KindCommands(
+    word="toy",
+    does="Toy images",
+    submit="Submit a toy job.",
+    schedule="Toy the new images under SOURCE.",
+    options=(
+        Option("colour", str, "The toy's colour.", default=REQUIRED, read=_upper),
+        Option("shades", int, "How many shades.", default=1, min=1, flags=("-s", "--shades")),
+    ),
+)
 
 
 @pytest.fixture
@@ -63,10 +67,11 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 @pytest.fixture
 def toy() -> Iterator[None]:
     KINDS["toy"] = Toy()
+    COMMANDS["toy"] = TOY_COMMANDS
     try:
         yield
     finally:
-        del KINDS["toy"]
+        del KINDS["toy"], COMMANDS["toy"]
 
 
 def _commands(app: typer.Typer, *group: str) -> set[str]:
@@ -121,7 +126,7 @@ def test_a_submit_through_the_generated_command_stores_the_kinds_parameters(
 
 
 def test_without_the_kind_its_commands_are_gone(runner: CliRunner) -> None:
-    assert "toy" not in KINDS
+    assert "toy" not in KINDS and "toy" not in COMMANDS
     app = build_app()
     for group in GROUPS:
         assert "toy" not in _commands(app, *group)
@@ -133,9 +138,15 @@ def test_every_kind_of_kinds_has_its_commands(runner: CliRunner) -> None:
     app = build_app()
     submit, run, schedule = (_commands(app, *group) for group in GROUPS)
     assert len(submit) == len(run) == len(KINDS)
-    for kind in KINDS.values():
-        assert kind.cli.word in submit and kind.cli.word in run
-        assert (kind.cli.word in schedule) == (kind.cli.schedule is not None)
+    for cli in COMMANDS.values():
+        assert cli.word in submit and cli.word in run
+        assert (cli.word in schedule) == (cli.schedule is not None)
+
+
+def test_every_kind_has_its_commands_declared_and_nothing_else_has() -> None:
+    """``COMMANDS`` is kept apart from ``KINDS`` so that building the app imports no kind: the
+    two name the same kinds, in the same order (the order of the commands in the help)."""
+    assert list(COMMANDS) == list(KINDS)
 
 
 def test_every_kind_has_its_docs_page() -> None:

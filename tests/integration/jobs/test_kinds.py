@@ -9,7 +9,10 @@ import pytest
 from pydantic import BaseModel
 
 from jobs.errors import RequestError
-from jobs.kinds import KINDS, AskParams, CaptionParams, ExtractParams, decode_params, get_kind
+from jobs.kinds.ask import AskParams
+from jobs.kinds.caption import CaptionParams
+from jobs.kinds.extract import ExtractParams
+from jobs.kinds.registry import KINDS, decode_params, get_kind
 from jobs.submit.request import SubmitRequest, build_job
 from model.schema import default_max_new_tokens
 from tests.helpers import INVOICE_SCHEMA

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.errors import RequestError
-from jobs.kinds import get_kind
+from jobs.kinds.registry import get_kind
 from jobs.lifecycle import claim_next
 from jobs.submit import job as submit_module
 from jobs.submit import rows as submit_rows
