@@ -5,32 +5,7 @@ Importing this package (and ``model.engine``, ``model.errors``, ``model.images``
 fast. The real engine lives in
 ``model.transformers_engine`` and the offline tiny checkpoints in ``model.tiny``; import those
 only where the model actually runs (the worker).
+
+This ``__init__`` imports nothing: import the module you need. The CLI reads a bound of
+``model.schema_refs`` while building its commands, and that need not load the engine's types.
 """
-
-from model.engine import (
-    TINY_MODELS,
-    Engine,
-    EngineSpec,
-    GenerationRequest,
-    GenerationResult,
-)
-from model.errors import (
-    DeviceOutOfMemoryError,
-    InputError,
-    ModelError,
-    ModelLoadError,
-    SchemaError,
-)
-
-__all__ = [
-    "TINY_MODELS",
-    "DeviceOutOfMemoryError",
-    "Engine",
-    "EngineSpec",
-    "GenerationRequest",
-    "GenerationResult",
-    "InputError",
-    "ModelError",
-    "ModelLoadError",
-    "SchemaError",
-]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from enum import StrEnum
-from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -65,6 +64,8 @@ def build_app() -> typer.Typer:
 
 def _show_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version
+
         views.out.print(f"llava-batch {version('llava-batch')}", markup=False)
         raise typer.Exit()
 

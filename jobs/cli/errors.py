@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 import typer
 
@@ -24,8 +24,10 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from jobs.cli.views import err, first_line
 from jobs.errors import ExitCode, JobsError
-from model.errors import ModelLoadError, SchemaError
-from storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from model.errors import SchemaError
+    from storage.errors import StorageError
 
 PROG = "llava-batch"
 
@@ -51,7 +53,8 @@ class Failure:
 def _loaded(module: str, name: str) -> type[BaseException] | None:
     """The exception class ``module.name`` if that module was imported, else None: an error of
     a module never imported cannot have been raised, and importing the settings or SQLAlchemy
-    here would undo the light start of ``--help`` and of a mistyped command."""
+    here would undo the light start of ``--help`` and of a mistyped command (``storage``'s
+    package imports all of it, its S3 store too)."""
     loaded = sys.modules.get(module)
     return None if loaded is None else cast(type[BaseException], getattr(loaded, name))
 
@@ -71,16 +74,17 @@ def describe(exc: BaseException) -> Failure:
         )
     if isinstance(exc, ClickException):
         return Failure(exc.format_message(), "usage_error", ExitCode.invalid_request)
-    if isinstance(exc, ModelLoadError):
+    if _is(exc, "model.errors", "ModelLoadError"):
         return Failure(
             f"the model cannot be loaded: {first_line(exc)}",
             "model_load_error",
             ExitCode.model_load_error,
         )
-    if isinstance(exc, SchemaError):
-        return Failure(exc.message, exc.code, ExitCode.invalid_request)
-    if isinstance(exc, StorageError):
-        return Failure(first_line(exc), exc.code, ExitCode.invalid_request)
+    if _is(exc, "model.errors", "SchemaError"):
+        schema_error = cast("SchemaError", exc)
+        return Failure(schema_error.message, schema_error.code, ExitCode.invalid_request)
+    if _is(exc, "storage.errors", "StorageError"):
+        return Failure(first_line(exc), cast("StorageError", exc).code, ExitCode.invalid_request)
     if _is(exc, "pydantic", "ValidationError"):
         return Failure(_settings_problems(exc), "invalid_settings", ExitCode.invalid_request)
     if _is(exc, "jobs.settings", "UnknownSettingError"):

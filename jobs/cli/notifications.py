@@ -7,7 +7,6 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from jobs.cli import views
 from jobs.cli.context import open_context
@@ -24,6 +23,8 @@ def notifications(
 ) -> None:
     """What the job's end sends (--notify, --output): each delivery's state, next try, and
     every try's time, HTTP status and answer."""
+    from rich.table import Table
+
     from jobs.delivery.report import deliveries_of
     from jobs.queries import find_job
 

@@ -18,7 +18,6 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 from typer.core import TyperGroup
 
 from jobs.cli import views
@@ -163,6 +162,8 @@ def list_schedules(
     if json_out:
         print(json.dumps([_as_dict(s) for s in rows]))
         return
+    from rich.table import Table
+
     table = Table("name", "kind", "source", "every/cron", "paused", "last run", "last job", "next")
     for s in rows:
         table.add_row(

@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from jobs.cli.progress import RunCounts, RunProgress
-from jobs.durations import written_period
 from jobs.errors import ExitCode, RequestError, WaitTimeoutError
 from jobs.exports import ResultFormat as ResultFormat  # re-exported: the CLI's option type
 from jobs.metadata import describe_metadata
 from jobs.states import TERMINAL_JOB_STATES, ItemStatus, JobStatus
-from model.engine import TINY_MODELS
 
-# The queries (SQLAlchemy) load inside the functions that read the database: the CLI builds
-# every command's options from this module, and --help reads none.
+# The queries (SQLAlchemy) load inside the functions that read the database, and what only
+# some output needs (tables, the progress bar, periods, the model list) inside the functions
+# that print it: the CLI builds every command's options from this module, and --help reads none.
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -60,6 +57,8 @@ def say_metrics_port(port: int | None) -> None:
 
 
 def warn_if_tiny(model: str) -> None:
+    from model.engine import TINY_MODELS
+
     if model in TINY_MODELS:
         err.print(TINY_WARNING.format(model=model), markup=False)
 
@@ -189,6 +188,8 @@ def describe_retention(progress: JobProgress) -> str:
     if progress.retained_until is not None:
         return f"retained until {progress.retained_until:%Y-%m-%d %H:%M:%S} UTC"
     if progress.retain_seconds is not None:
+        from jobs.durations import written_period
+
         return f"retained for {written_period(progress.retain_seconds)} after it ends"
     return ""
 
@@ -232,6 +233,8 @@ def show_jobs(jobs: Sequence[JobProgress], *, json_out: bool) -> None:
     # narrow as it was.
     prioritised = any(p.priority for p in jobs)
     retained = any(p.retained_until is not None for p in jobs)
+    from rich.table import Table
+
     columns = ["job", "name", "kind", "status", "priority", "done", "failed", "created"]
     table = Table(
         *(c for c in columns if prioritised or c != "priority"),
@@ -262,6 +265,8 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
     line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
     seconds; when they pass first, ``WaitTimeoutError`` (the job goes on)."""
     from jobs.cli.fleet import with_waiting
+    from jobs.cli.progress import RunCounts, RunProgress
+    from jobs.durations import written_period
     from jobs.queries import find_job, read_progress
 
     deadline = None if timeout is None else time.monotonic() + timeout
