@@ -22,6 +22,7 @@ import typer
 from jobs.cli import notifications, retention, serve, views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
+from jobs.cli.groups import Group
 from jobs.cli.options import Json, Timeout, parse_timeout
 from jobs.cli.schedules import build_schedule_app
 from jobs.cli.submit import build_submit_app
@@ -43,6 +44,7 @@ commands = Commands()
 def build_app() -> typer.Typer:
     """The app of every command that needs no model; ``workers.cli`` adds the others."""
     app = typer.Typer(
+        cls=Group,
         name="llava-batch",
         help="Batch captioning and extraction with LLaVA models.",
         no_args_is_help=True,
@@ -50,7 +52,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(_root)
-    db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+    db_app = typer.Typer(cls=Group, help="Database schema.", no_args_is_help=True)
     db_app.command("upgrade")(db_upgrade)
     app.add_typer(build_submit_app(), name="submit")
     app.add_typer(db_app, name="db")

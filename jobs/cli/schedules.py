@@ -18,11 +18,11 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from jobs.cli import views
 from jobs.cli.commands import Commands
 from jobs.cli.context import open_context
+from jobs.cli.groups import Group
 from jobs.cli.kind_commands import (
     Family,
     add_kind_commands,
@@ -51,7 +51,7 @@ Cron = Annotated[
 ]
 
 
-class _AddGroup(TyperGroup):
+class _AddGroup(Group):
     """``schedule add NAME KIND SOURCE …``; also the form from before schedules had kinds,
     ``schedule add NAME --source s3://… --schema FILE …``, which is ``add NAME extract s3://… …``:
     the options it took are the extract command's, under the same names."""
@@ -83,6 +83,7 @@ def _without_source_option(args: list[str]) -> list[str]:
 
 def build_schedule_app() -> typer.Typer:
     schedule_app = typer.Typer(
+        cls=Group,
         help="Recurring jobs over what is new under an S3 prefix or a local folder.",
         no_args_is_help=True,
     )

@@ -11,6 +11,7 @@ import typer
 
 from jobs.cli import views
 from jobs.cli.context import Context, open_context
+from jobs.cli.groups import Group
 from jobs.cli.kind_commands import (
     Family,
     add_kind_commands,
@@ -47,7 +48,7 @@ SHARED = shared_parameters(
 
 
 def build_submit_app() -> typer.Typer:
-    submit_app = typer.Typer(help="Submit a job; prints its id.", no_args_is_help=True)
+    submit_app = typer.Typer(cls=Group, help="Submit a job; prints its id.", no_args_is_help=True)
     family = Family(
         help_of=lambda cli: cli.submit,
         first=lambda cli: [sources_parameter(cli)],

@@ -18,6 +18,7 @@ from jobs.cli import views
 from jobs.cli.app import build_app as build_jobs_app
 from jobs.cli.context import Context, open_context
 from jobs.cli.errors import run_cli
+from jobs.cli.groups import Group
 from jobs.cli.kind_commands import (
     Family,
     add_kind_commands,
@@ -57,6 +58,7 @@ def build_app() -> typer.Typer:
     """Every command: ``jobs.cli``'s, ``run <kind>`` for each kind, and ``worker``."""
     app = build_jobs_app()
     run_app = typer.Typer(
+        cls=Group,
         help="Run a job in this process (no broker, no separate worker), or resume one: "
         "llava-batch run --resume JOB.",
         no_args_is_help=True,
