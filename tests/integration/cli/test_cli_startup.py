@@ -45,17 +45,27 @@ NOT_AT_START = (
     "multipart",
     "jobs.web",
 )
-# What a help page needs neither: it reads no database and no settings.
+# What a help page needs neither: it reads no database and no settings, validates nothing (the
+# kinds' parameters and typer's coercion are pydantic), and prints no progress bar. Its commands
+# are made from the kinds' declarations (jobs.kinds.commands), not from the kinds, and the error
+# boundary names storage's errors without importing storage.
 NOT_FOR_HELP = (
     *NOT_AT_START,
     "sqlalchemy",
     "psycopg",
     "sqlite3",
     "pydantic_settings",
+    "pydantic",
     "jobs.db",
     "jobs.settings",
     "jobs.queries",
     "jobs.lifecycle",
+    "jobs.kinds.registry",
+    "jobs.kinds.base",
+    "jobs.submit.openai_reader",
+    "model.engine",
+    "storage",
+    "rich.progress",
 )
 # llguidance is not here: it imports no torch, and a submit may compile a schema with it.
 NEVER = ("torch", "transformers", "triton")
