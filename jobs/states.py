@@ -34,3 +34,12 @@ TERMINAL_ITEM_STATES = frozenset(
 TERMINAL_JOB_STATES = frozenset(
     {JobStatus.completed, JobStatus.cancelled, JobStatus.failed, JobStatus.expired}
 )
+
+
+class ReviewState(StrEnum):
+    """Where an item stands in review (``results --reviewed``, the page's review filter).
+    Here, not in ``jobs.review``, so that building the CLI's options loads no review layer."""
+
+    approved = "approved"
+    rejected = "rejected"
+    unreviewed = "unreviewed"

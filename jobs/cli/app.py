@@ -29,8 +29,7 @@ from jobs.cli.submit import build_submit_app
 from jobs.errors import RETRYABLE_ERROR_CODES, RequestError
 from jobs.limits import MAX_PRIORITY, MIN_PRIORITY
 from jobs.metadata import parse_meta
-from jobs.review.types import ReviewState
-from jobs.states import ItemStatus
+from jobs.states import ItemStatus, ReviewState
 
 # What a command does (the queries, SQLAlchemy, the broker) is imported in its body: building
 # the app for ``--help`` or for one command imports none of it (tests/integration/cli/

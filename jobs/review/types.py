@@ -5,20 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from jobs.errors import RequestError
 from jobs.states import ItemStatus
-
-
-class ReviewState(StrEnum):
-    """Where an item stands in review (``results --reviewed``, the page's review filter)."""
-
-    approved = "approved"
-    rejected = "rejected"
-    unreviewed = "unreviewed"
-
+from jobs.states import ReviewState as ReviewState  # re-exported: the review layer's value
 
 APPROVED = ReviewState.approved.value
 REJECTED = ReviewState.rejected.value

@@ -63,6 +63,7 @@ NOT_FOR_HELP = (
     "jobs.kinds.registry",
     "jobs.kinds.base",
     "jobs.submit.openai_reader",
+    "jobs.review",
     "model.engine",
     "storage",
     "rich.progress",
