@@ -266,7 +266,7 @@ def main() -> None:
             run_gpu_mode(args, make_images=make_images, run_raw=run_raw, run_embedded=run_embedded)
         )
 
-    engine = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
+    engine = load_transformers_engine(build_engine_spec(Settings.from_env(model=args.model)))
     args.torch_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         images_dir = Path(tmp) / "images"
