@@ -88,8 +88,9 @@ STAGES: tuple[tuple[str, str, str | None], ...] = (
     # A pool thread done with a task wakes the thread waiting for it; on a busy machine a niced
     # decode thread is then often seen runnable here, waiting for a core or the GIL.
     ("hand-over", "concurrent/futures/_base.py", "set_result"),
-    # run_embedded removes its scratch home (a copy of every input) after its clock stops, but
-    # inside the profiled window.
+    # run_embedded migrates its scratch database before its clock starts and removes its
+    # scratch home (a copy of every input) after it stops, both inside the profiled window.
+    ("bench setup", "jobs/migrate.py", "upgrade_database"),
     ("bench cleanup", "shutil.py", "rmtree"),
 )
 # Innermost frames that block: a lock or condition, a queue, a future, select/poll, a sleep.
@@ -139,6 +140,7 @@ ORDER = (
     "record",
     "submit",
     "hand-over",
+    "bench setup",
     "bench cleanup",
     "other database",
     "idle",
