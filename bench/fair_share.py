@@ -548,7 +548,7 @@ class Jobs:
         from storage import open_blobs
 
         self.run, self.env = run, run.env(db_url, part)
-        self.settings = Settings(
+        self.settings = Settings.from_env(
             home=run.home,
             database_url=db_url,
             broker_url=run.redis_url,

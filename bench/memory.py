@@ -144,7 +144,7 @@ def child(home: Path, limit_gib: float, max_item_pixels: int | None) -> None:
     batches = json.loads((home / "batches.json").read_text())
     # One slot with one decode thread; the item budget only where one is asked for.
     budget = {"max_item_pixels": max_item_pixels} if max_item_pixels else {}
-    settings = Settings(
+    settings = Settings.from_env(
         gpu_batch_size=MODEL_BATCH, max_new_tokens=32, worker_slots=1, decode_threads=1, **budget
     )
     res = WorkerResources(

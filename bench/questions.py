@@ -50,7 +50,7 @@ def run_ask(images: Path, engine: Engine, args: argparse.Namespace, questions: i
     home = Path(tempfile.mkdtemp(prefix="bench-ask-"))
     db = make_engine(f"sqlite:///{home / 'bench.sqlite3'}")
     upgrade_database(db)
-    settings = Settings(
+    settings = Settings.from_env(
         gpu_batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         worker_slots=1,
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-llava")
     args = parser.parse_args()
 
-    engine: Any = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
+    engine: Any = load_transformers_engine(build_engine_spec(Settings.from_env(model=args.model)))
     model = engine._model
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"

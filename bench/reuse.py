@@ -77,7 +77,7 @@ def resources(home: Path, engine: Engine, args: argparse.Namespace) -> WorkerRes
 
     db = make_engine(args.database_url or f"sqlite:///{home / 'bench.sqlite3'}")
     upgrade_database(db)
-    settings = Settings(
+    settings = Settings.from_env(
         model=args.model,
         gpu_batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
@@ -190,7 +190,7 @@ def main() -> None:
         lookup_cost(args.url, args.lookup_sources, args.reps)
         return
 
-    engine: Any = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
+    engine: Any = load_transformers_engine(build_engine_spec(Settings.from_env(model=args.model)))
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         images = home / "catalogue"

@@ -127,7 +127,7 @@ def time_pages(sf: Any, engine: Any, job_id: str, middle: int, runs: int) -> boo
     with tempfile.TemporaryDirectory() as home:
         blobs = open_blobs(str(Path(home) / "blobs"))
         stored = _store_photos(engine, blobs, job_id, 100)
-        settings = Settings(home=Path(home), database_url=str(engine.url))
+        settings = Settings.from_env(home=Path(home), database_url=str(engine.url))
         app = create_app(settings, sf, blobs, reviewer="bench")
         worst = 0.0
         with TestClient(app, base_url="https://127.0.0.1") as client:

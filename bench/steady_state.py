@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     home = Path(tempfile.mkdtemp(prefix="bench-steady-"))
     write_images(home / "images", args.items)
-    settings = Settings(
+    settings = Settings.from_env(
         home=home,
         model="tiny-llava",
         message_size=args.batch_size,

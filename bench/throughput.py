@@ -70,7 +70,7 @@ from model.engine import Engine, GenerationRequest  # noqa: E402
 from model.images import decode_image  # noqa: E402
 from workers.resources import build_engine_spec, load_transformers_engine  # noqa: E402
 
-__all__ = ["PROMPT", "main", "make_images", "run_embedded", "run_raw"]
+__all__ = ["PROMPT", "main", "make_images", "run_embedded", "run_raw", "warm_up"]
 
 make_images = make_catalogue  # the name bench/throughput_gpu.py is given
 
@@ -266,7 +266,7 @@ def main() -> None:
             run_gpu_mode(args, make_images=make_images, run_raw=run_raw, run_embedded=run_embedded)
         )
 
-    engine = load_transformers_engine(build_engine_spec(Settings(model=args.model)))
+    engine = load_transformers_engine(build_engine_spec(Settings.from_env(model=args.model)))
     args.torch_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         images_dir = Path(tmp) / "images"
@@ -279,12 +279,7 @@ def main() -> None:
             f"{args.images_info}",
             file=sys.stderr,
         )
-        # Warm up: a full batch and a single image, so no column pays for first calls.
-        first = [decode_image(p.read_bytes()) for p in paths[: args.batch_size]]
-        engine.generate(
-            [GenerationRequest(im, PROMPT) for im in first], max_new_tokens=args.max_new_tokens
-        )
-        engine.generate([GenerationRequest(first[0], PROMPT)], max_new_tokens=args.max_new_tokens)
+        warm_up(engine, paths, args)
         runs = []
         for turn in range(args.repeat):
             print(f"run {turn + 1} of {args.repeat}", file=sys.stderr)
@@ -294,6 +289,15 @@ def main() -> None:
     print(render(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def warm_up(engine: Engine, paths: list[Path], args: argparse.Namespace) -> None:
+    """A full batch and a single image, so no column pays for first calls."""
+    first = [decode_image(p.read_bytes()) for p in paths[: args.batch_size]]
+    engine.generate(
+        [GenerationRequest(im, PROMPT) for im in first], max_new_tokens=args.max_new_tokens
+    )
+    engine.generate([GenerationRequest(first[0], PROMPT)], max_new_tokens=args.max_new_tokens)
 
 
 def images_info(paths: list[Path]) -> str:

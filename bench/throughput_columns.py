@@ -98,7 +98,7 @@ def run_embedded(images_dir: Path, engine: Engine, args: argparse.Namespace, tag
     home = Path(tempfile.mkdtemp(prefix=f"bench-{tag}-"))
     # The product's own configuration (its defaults: worker slots, budgets), with the bench's
     # batch sizes; the environment's LLAVA_BATCH_* apply too, as they would to `run`.
-    settings = Settings(
+    settings = Settings.from_env(
         home=home,
         database_url="",
         storage_url="",
@@ -147,7 +147,7 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         "LLAVA_BATCH_MODEL": args.model,
     }
     subprocess.run([cli, "db", "upgrade"], env=env, check=True)
-    settings = Settings()
+    settings = Settings.from_env()
     db = open_database(settings)
     session_factory = make_session_factory(db)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
+from jobs import progress
 from jobs.db import SessionFactory, WorkerRow, utcnow
+from jobs.progress import LIVE_PERIODS as LIVE_PERIODS  # re-exported: jobs.fleet_report
+from jobs.sqlread import session_reader
 
-# A worker is live while it beat within this many of its periods: one late beat is not a death.
-LIVE_PERIODS = 3
 # Rows of workers not seen this long are deleted by the sweeper (LLAVA_BATCH_WORKER_ROWS_KEPT_FOR),
 # at most FORGET_ROWS a pass: a fleet that scaled down by thousands is forgotten over a few
 # passes, in short statements.
@@ -95,16 +96,11 @@ def live_workers(
     heartbeat_seconds: float,
     now: datetime | None = None,
 ) -> int:
-    """How many workers beat for ``model`` within the last ``LIVE_PERIODS`` heartbeats."""
-    now = now or utcnow()
-    since = now - timedelta(seconds=heartbeat_seconds * LIVE_PERIODS)
+    """``jobs.progress.live_workers`` in a session of its own."""
     with session_factory() as session:
-        count = session.execute(
-            select(func.count())
-            .select_from(WorkerRow)
-            .where(WorkerRow.model == model, WorkerRow.seen_at >= since)
-        ).scalar_one()
-    return int(count)
+        return progress.live_workers(
+            session_reader(session), model, heartbeat_seconds=heartbeat_seconds, now=now
+        )
 
 
 def images_per_request(session_factory: SessionFactory, model: str) -> int | None:

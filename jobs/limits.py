@@ -30,7 +30,7 @@ MAX_MANIFEST_NESTING = 16
 
 def setting_bounds(name: str) -> tuple[int, int]:
     """The (lowest, highest) value the setting ``name`` accepts."""
-    from jobs.settings import Settings  # pydantic-settings: only when a bound is checked
+    from jobs.settings import Settings  # pydantic: only when a bound is checked
 
     low = high = None
     for constraint in Settings.model_fields[name].metadata:

@@ -9,22 +9,18 @@ is imported only to migrate.
 
 from __future__ import annotations
 
-import ast
-import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 import migrations
-from jobs.errors import SchemaMissingError
+from jobs.revisions import check_revision, head_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-VERSIONS = Path(migrations.__file__).parent / "versions"
 
 
 def build_alembic_config(url: str) -> Config:
@@ -46,43 +42,6 @@ def upgrade_database(engine: Engine) -> str:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     return head_revision()
-
-
-def head_revision() -> str:
-    """The newest revision the migrations define (the same for every database)."""
-    return _read_head_revision(VERSIONS)
-
-
-@functools.cache
-def _read_head_revision(versions: Path) -> str:
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in versions.glob("*.py"):
-        found = _module_constants(path, ("revision", "down_revision"))
-        if isinstance(found.get("revision"), str):
-            revisions.add(found["revision"])
-            down = found.get("down_revision")
-            parents.update([down] if isinstance(down, str) else down or ())
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise RuntimeError(f"the migrations in {versions} have {len(heads)} heads: {sorted(heads)}")
-    return heads.pop()
-
-
-def _module_constants(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
-    """Module-level ``name = <literal>`` assignments, read without importing the module."""
-    found: dict[str, Any] = {}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        for target in targets:
-            if isinstance(target, ast.Name) and target.id in names:
-                found[target.id] = ast.literal_eval(value)
-    return found
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -108,7 +67,4 @@ def _is_missing_table(exc: OperationalError | ProgrammingError) -> bool:
 
 def check_schema(engine: Engine) -> None:
     """Raises SchemaMissingError unless the database is at the newest revision."""
-    current = current_revision(engine)
-    if current != head_revision():
-        state = "has no llava-batch tables" if current is None else f"is at revision {current}"
-        raise SchemaMissingError(f"The database {state}; run `llava-batch db upgrade` first.")
+    check_revision(current_revision(engine))

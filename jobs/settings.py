@@ -1,6 +1,8 @@
 """One settings object, read from ``LLAVA_BATCH_*`` environment variables.
 
-Only the CLI and the worker bootstrap build it; everything else takes values as arguments.
+Only the CLI and the worker bootstrap read it (``load_settings``); everything else takes values
+as arguments. ``Settings(...)`` itself is the values it is given over the defaults and reads no
+environment: ``Settings.from_env`` does.
 S3 endpoint and credentials are deliberately absent: boto3's own configuration chain
 (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, profiles) owns them.
 """
@@ -12,10 +14,9 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from jobs.durations import MAX_WINDOW_SECONDS, parse_period, parse_retain, parse_window
 from jobs.errors import RequestError
@@ -110,10 +111,14 @@ def default_home() -> Path:
     return Path.home() / ".llava-batch"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
+    # A plain model, not pydantic-settings' BaseSettings: importing that (with python-dotenv
+    # and argparse) cost every command that reads settings 25-40 ms of its start (issue 27);
+    # from_env reads the variables itself.
     # populate_by_name: a field read from a variable of another name (message_size) is still
-    # set by its own name in code, Settings(message_size=…).
-    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", populate_by_name=True)
+    # set by its own name in code, Settings(message_size=…). validate_default: the defaults
+    # pass the same checks as a variable's value, as under BaseSettings.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
 
     home: Path = Field(default_factory=default_home)
     database_url: str = ""
@@ -121,12 +126,11 @@ class Settings(BaseSettings):
     storage_url: str = ""
     queue: str = "llava-batch"
     # What a user's input may name (jobs.input_policy): s3://bucket/prefix/ and local folders,
-    # separated by commas. Empty: anything the credentials can read, as before. NoDecode: the
-    # variable is a plain list, not JSON.
-    input_prefixes: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_entries)] = ()
+    # separated by commas (a plain list, not JSON). Empty: anything the credentials can read.
+    input_prefixes: Annotated[tuple[str, ...], BeforeValidator(parse_entries)] = ()
     # Where a job's results may be delivered (--deliver-to: jobs.delivery.targets), in the same
     # form. Empty: anywhere the credentials (and the sweeper's file permissions) can write.
-    output_prefixes: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_entries)] = ()
+    output_prefixes: Annotated[tuple[str, ...], BeforeValidator(parse_entries)] = ()
 
     model: str = "tiny-llava"
     # Checked by the engine's own rules (model.engine), the one place they are written.
@@ -231,15 +235,31 @@ class Settings(BaseSettings):
     webhook_secret: Annotated[str | None, AfterValidator(_webhook_secret)] = Field(
         default=None, repr=False
     )
-    webhook_allow_http_hosts: Annotated[
-        tuple[str, ...], NoDecode, BeforeValidator(_comma_list)
-    ] = ()
+    webhook_allow_http_hosts: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = ()
     webhook_allow_networks: Annotated[
-        tuple[str, ...], NoDecode, BeforeValidator(_comma_list), AfterValidator(_networks)
+        tuple[str, ...], BeforeValidator(_comma_list), AfterValidator(_networks)
     ] = ()
     # One try's connection, sending and answer, all of it at most this long (a receiver that
     # drips its answer is cut off: jobs.delivery.webhook); then the try failed.
     webhook_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **values: Any) -> Self:
+        """``values`` over the settings' variables in ``environ`` (``os.environ``) over the
+        defaults. A variable's text is validated as it is (none is JSON), an empty one too;
+        unknown variables are load_settings's to refuse."""
+        # Variable names match in any case, as under pydantic-settings (the later of two
+        # spellings counts). A value is passed under the variable's own name where the field
+        # reads one of another name, so that a validation error's loc names it.
+        environ = os.environ if environ is None else environ
+        by_name = {name.lower(): value for name, value in environ.items()}
+        read: dict[str, str] = {}
+        for field, info in cls.model_fields.items():
+            key = info.validation_alias if isinstance(info.validation_alias, str) else field
+            variable = variable_of(field).lower()
+            if variable in by_name and field not in values and key not in values:
+                read[key] = by_name[variable]
+        return cls.model_validate({**read, **values})
 
     @property
     def submit_in_flight(self) -> timedelta:
@@ -310,4 +330,4 @@ def check_unknown_variables(environ: Mapping[str, str]) -> None:
 def load_settings() -> Settings:
     # A typo would otherwise be ignored silently and the default used instead.
     check_unknown_variables(os.environ)
-    return Settings()
+    return Settings.from_env(os.environ)

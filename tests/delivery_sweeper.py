@@ -20,7 +20,7 @@ from tests.helpers import ListPublisher
 
 def main() -> None:
     marker, pause_at_call = Path(sys.argv[1]), int(sys.argv[2])
-    settings = Settings()
+    settings = Settings.from_env()
     sf = make_session_factory(make_engine(settings.resolved_database_url))
     blobs = open_blobs(settings.resolved_storage_url)
     calls = 0

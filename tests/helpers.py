@@ -13,7 +13,6 @@ from typing import Any
 
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from jobs.db import SessionFactory, make_engine, make_session_factory
 from jobs.lifecycle import ItemOutcome
@@ -162,24 +161,9 @@ def migrated_session_factory(url: str) -> SessionFactory:
     return make_session_factory(engine)
 
 
-class _OwnSettings(Settings):
-    """Settings of their defaults and what a test passes, never the environment's."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
 def make_settings(**values: Any) -> Settings:
     """``Settings`` of ``values`` over the defaults; LLAVA_BATCH_* variables are not read."""
-    return _OwnSettings(**values)
+    return Settings(**values)
 
 
 def make_resources(

@@ -114,14 +114,27 @@ def status(
 ) -> None:
     """Job status, counts per item state, items/s, ETA, token usage and metadata; or the job as
     an OpenAI Batch object (--format openai)."""
-    from jobs.cli.fleet import with_waiting
-    from jobs.queries import find_job, read_progress
-
     openai = fmt is views.StatusFormat.openai
     if openai and json_out:
         raise RequestError("--json goes with --format json, not openai.", code="invalid_option")
     json_out = json_out or fmt is views.StatusFormat.json
     seconds = parse_timeout(timeout, waiting=watch, waits_with="--watch")
+    if not watch and not openai:  # the common case: plain SQL, no SQLAlchemy to import
+        from jobs.cli.context import open_reading
+        from jobs.cli.fleet import with_waiting
+        from jobs.progress import find_job_row, live_workers, read_progress
+
+        with open_reading() as (settings, reader):
+            progress = read_progress(reader, find_job_row(reader, job))
+
+            def served() -> bool:
+                beat = settings.worker_heartbeat_seconds
+                return live_workers(reader, progress.model, heartbeat_seconds=beat) > 0
+
+            views.show_progress(with_waiting(progress, served), json_out=json_out)
+        return
+    from jobs.queries import find_job
+
     ctx = open_context()
     with ctx.session_factory() as session:
         job_id = find_job(session, job).id
@@ -130,15 +143,10 @@ def status(
         if not openai:
             views.show_progress(ended, json_out=json_out)
             return
-    if openai:
-        from jobs.openai_batch import batch_object
+    from jobs.openai_batch import batch_object
 
-        with ctx.session_factory() as session:
-            views.show_batch(batch_object(session, job_id))
-        return
     with ctx.session_factory() as session:
-        progress = read_progress(session, find_job(session, job_id))
-    views.show_progress(with_waiting(ctx, progress), json_out=json_out)
+        views.show_batch(batch_object(session, job_id))
 
 
 @commands.command("results")
@@ -271,13 +279,13 @@ def jobs_list(
     json_out: Json = False,
 ) -> None:
     """Recent jobs with their counts and metadata, newest first."""
-    from jobs.queries import list_recent_jobs
+    from jobs.cli.context import open_reading
+    from jobs.progress import list_recent_jobs
 
-    ctx = open_context()
     wanted = parse_meta(meta)
-    with ctx.session_factory() as session:
-        found = list_recent_jobs(session, limit=limit, name=name, metadata=wanted)
-        views.show_jobs(found, json_out=json_out)
+    with open_reading() as (_, reader):
+        found = list_recent_jobs(reader, limit=limit, name=name, metadata=wanted)
+    views.show_jobs(found, json_out=json_out)
 
 
 @commands.command("cancel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ from jobs.states import ItemStatus, JobStatus
 
 if TYPE_CHECKING:
     from jobs.cli.context import Context
-    from jobs.queries import JobProgress
+    from jobs.progress import JobProgress
 
 
 def is_served(ctx: Context, model: str) -> bool:
@@ -23,13 +24,14 @@ def is_served(ctx: Context, model: str) -> bool:
     return count > 0
 
 
-def with_waiting(ctx: Context, progress: JobProgress) -> JobProgress:
-    """``progress``, saying whether its queued items wait for a worker nobody runs. While no
-    live worker serves its model it has no rate and no ETA: nothing moves it, and a rate from
-    its past (a worker that has since stopped) would promise an end that is not coming."""
+def with_waiting(progress: JobProgress, served: Callable[[], bool]) -> JobProgress:
+    """``progress``, saying whether its queued items wait for a worker nobody runs (``served``:
+    whether a live worker serves its model, asked only of an open job). While none does it has
+    no rate and no ETA: nothing moves it, and a rate from its past (a worker that has since
+    stopped) would promise an end that is not coming."""
     if progress.status not in (JobStatus.queued, JobStatus.in_progress):
         return progress
-    if is_served(ctx, progress.model):
+    if served():
         return replace(progress, waiting_for_worker=False)
     return replace(
         progress,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Collection, Sequence
 from contextlib import ExitStack
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from jobs.cli.context import Context
-    from jobs.queries import JobProgress
+    from jobs.progress import JobProgress
     from jobs.submit.request import SubmitResult
 
 # No markup and no emoji codes in anything printed: what is printed holds user text (file names,
@@ -178,7 +179,7 @@ def show_progress(progress: JobProgress, *, json_out: bool, console: Console = o
     if progress.waiting_for_worker:
         console.print(f"  waiting: {no_worker_serves(progress.model)}", markup=False)
     if progress.output is not None:
-        from jobs.delivery.state import describe_output
+        from jobs.progress import describe_output
 
         console.print(f"  {describe_output(progress.output)}", markup=False)
 
@@ -264,7 +265,7 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
     Meanwhile its progress goes to stderr (``RunProgress``): a bar on a terminal, otherwise a
     line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
     seconds; when they pass first, ``WaitTimeoutError`` (the job goes on)."""
-    from jobs.cli.fleet import with_waiting
+    from jobs.cli.fleet import is_served, with_waiting
     from jobs.cli.progress import RunCounts, RunProgress
     from jobs.durations import written_period
     from jobs.queries import find_job, read_progress
@@ -277,7 +278,8 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
             shown.sync(progress.done, progress.counts[ItemStatus.failed], total=progress.total)
             if progress.status in TERMINAL_JOB_STATES:
                 break
-            waiting = with_waiting(ctx, progress).waiting_for_worker
+            served = partial(is_served, ctx, progress.model)
+            waiting = with_waiting(progress, served).waiting_for_worker
             shown.tick(f"{progress.status}, waiting for a worker" if waiting else progress.status)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeoutError(

@@ -14,17 +14,18 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    func,
     or_,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
+from jobs import progress
 from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.delivery.outbox import queue_deliveries
 from jobs.hooks import reached
 from jobs.lifecycle.common import UNFINISHED_JOB_STATES, in_state, is_postgres
+from jobs.sqlread import session_reader
 from jobs.states import ItemStatus, JobStatus
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,5 @@ def _ready_to_finalise(*, among: bool, of_items: bool) -> Select[str]:
 
 
 def count_items(session: Session, job_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-    ).all()
-    return {str(status): int(n) for status, n in rows}
+    """Items per state (only states that have some): ``jobs.progress.count_items``."""
+    return progress.count_items(session_reader(session), job_id)

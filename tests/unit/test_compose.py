@@ -237,7 +237,7 @@ def test_metrics_are_served_on_a_fixed_port(
         monkeypatch.delenv(key)
     for key, value in env_of(services[name]).items():
         monkeypatch.setenv(key, value)
-    settings = Settings()
+    settings = Settings.from_env()
     assert (settings.metrics_port, settings.metrics_port_fixed) == (9464, True)
 
 
@@ -276,7 +276,7 @@ def test_worker_environment_builds_valid_settings(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
 
-    settings = Settings()  # raises ValidationError on a bad value
+    settings = Settings.from_env()  # raises ValidationError on a bad value
 
     from_env = {key for key in env if key.startswith(PREFIX)}
     assert {variable_of(name) for name in settings.model_fields_set} == from_env

@@ -18,11 +18,11 @@ def test_the_setting_is_a_comma_separated_list_checked_and_normalised(
     monkeypatch.setenv(
         "LLAVA_BATCH_INPUT_PREFIXES", f" s3://bucket/in, s3://other , {tmp_path}/x/.."
     )
-    assert Settings().input_prefixes == ("s3://bucket/in/", "s3://other/", str(tmp_path))
+    assert Settings.from_env().input_prefixes == ("s3://bucket/in/", "s3://other/", str(tmp_path))
     monkeypatch.setenv("LLAVA_BATCH_INPUT_PREFIXES", "")
-    assert Settings().input_prefixes == ()
+    assert Settings.from_env().input_prefixes == ()
     monkeypatch.delenv("LLAVA_BATCH_INPUT_PREFIXES")
-    assert Settings().input_prefixes == ()
+    assert Settings.from_env().input_prefixes == ()
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_the_setting_is_a_comma_separated_list_checked_and_normalised(
 def test_a_bad_entry_stops_the_settings(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
     monkeypatch.setenv("LLAVA_BATCH_INPUT_PREFIXES", f"s3://bucket/in/,{bad}")
     with pytest.raises(ValidationError, match="input_prefixes"):
-        Settings()
+        Settings.from_env()
 
 
 def test_an_s3_entry_admits_its_folder_and_nothing_beside_it() -> None:

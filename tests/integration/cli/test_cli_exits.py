@@ -164,10 +164,10 @@ def _internal_error(cli: Cli, tmp_path: Path) -> Result:
     code = (
         "import sys\n"
         "from importlib.metadata import entry_points\n"
-        "import jobs.queries\n"
+        "import jobs.progress\n"
         "def broken(*args, **kwargs):\n"
         "    raise RuntimeError('an injected bug')\n"
-        "jobs.queries.list_recent_jobs = broken\n"
+        "jobs.progress.list_recent_jobs = broken\n"
         "(main,) = entry_points(group='console_scripts', name='llava-batch')\n"
         "sys.argv = ['llava-batch', 'jobs']\n"
         "main.load()()\n"

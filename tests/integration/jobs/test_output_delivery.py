@@ -22,9 +22,9 @@ from jobs.control import retry_job
 from jobs.db import Delivery, Job, SessionFactory, utcnow
 from jobs.delivery import deliver_due, output, queue_deliveries
 from jobs.delivery.handlers import handlers_for
-from jobs.delivery.state import describe_output
 from jobs.dispatch import Publisher
 from jobs.lifecycle import cancel_job
+from jobs.progress import describe_output
 from jobs.queries import find_job, read_progress
 from jobs.schedules import add_schedule, fire_due_schedules
 from jobs.settings import Settings

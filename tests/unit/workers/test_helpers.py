@@ -51,7 +51,7 @@ def test_decode_threads_per_slot(configured: int, slots: int, cores: int, per_sl
 
 def test_the_setting_is_the_workers_total(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAVA_BATCH_DECODE_THREADS", "6")
-    assert Settings().decode_threads == 6
+    assert Settings.from_env().decode_threads == 6
     monkeypatch.setenv("LLAVA_BATCH_DECODE_THREADS", "-1")
     with pytest.raises(ValueError, match="decode_threads"):
-        Settings()
+        Settings.from_env()
