@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,9 +146,12 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         "LLAVA_BATCH_GPU_BATCH_SIZE": str(args.batch_size),
         "LLAVA_BATCH_MAX_NEW_TOKENS": str(args.max_new_tokens),
         "LLAVA_BATCH_MODEL": args.model,
+        # A queue of this run's own: doorbells an earlier run left in the broker (a job ends
+        # with some unrung) would otherwise be counted against this run's bell limit.
+        "LLAVA_BATCH_QUEUE": f"llava-batch-bench-{uuid.uuid4().hex[:8]}",
     }
     subprocess.run([cli, "db", "upgrade"], env=env, check=True)
-    settings = Settings.from_env()
+    settings = Settings.from_env(env)
     db = open_database(settings)
     session_factory = make_session_factory(db)
 
@@ -209,7 +213,21 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         worker.terminate()
         worker.wait(60)
         db.dispose()
+        _drop_queue(settings)
     return seconds
+
+
+def _drop_queue(settings: Any) -> None:
+    """Deletes this run's broker queue and the doorbells left in it (Redis only)."""
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        from jobs.fleet import queue_for
+
+        client = redis.Redis.from_url(settings.broker_url)
+        queue = queue_for(settings.queue, settings.model)
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
 
 
 def _full_decode(path: Path) -> Image.Image:
