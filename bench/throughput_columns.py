@@ -147,7 +147,7 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         "LLAVA_BATCH_MAX_NEW_TOKENS": str(args.max_new_tokens),
         "LLAVA_BATCH_MODEL": args.model,
         # A queue of this run's own: doorbells an earlier run left in the broker (a job ends
-        # with some unrung) would otherwise be counted against this run's bell limit.
+        # with some in its queue) are not counted against this run's bell limit.
         "LLAVA_BATCH_QUEUE": f"llava-batch-bench-{uuid.uuid4().hex[:8]}",
     }
     subprocess.run([cli, "db", "upgrade"], env=env, check=True)
