@@ -179,6 +179,7 @@ def read_request(schedule: Schedule) -> SubmitRequest:
         max_input_bytes=stored.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES),
         priority=int(stored.get("priority", 0)),
         completion_window_seconds=stored.get("completion_window_seconds"),
+        reuse=bool(stored.get("reuse", False)),
         retain_seconds=schedule.retain_seconds,
         notify_url=schedule.notify_url,
     )
@@ -214,6 +215,8 @@ def _stored(request: SubmitRequest) -> dict[str, Any]:
         # and its window starts when it fires.
         "priority": request.priority,
         "completion_window_seconds": request.completion_window_seconds,
+        # An invoice sent again (a new object, the same bytes) gets its earlier answer (--reuse).
+        "reuse": request.reuse,
     }
 
 

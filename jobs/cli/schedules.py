@@ -30,6 +30,7 @@ from jobs.cli.kind_commands import (
     request_for,
     shared_parameters,
 )
+from jobs.cli.options import Reuse
 
 if TYPE_CHECKING:
     from jobs.db import Schedule
@@ -112,7 +113,7 @@ def _add_kind(kind: Kind[Any], values: dict[str, Any], params: dict[str, Any]) -
     assert cli.parent is not None  # the `add NAME` group
     name: str = cli.parent.params["name"]
     ctx = open_context()
-    request = request_for(ctx, kind, values, params, name=name)
+    request = request_for(ctx, kind, values, params, name=name, reuse=values["reuse"])
     schedule = add_schedule(
         ctx.session_factory,
         name=name,
@@ -143,7 +144,11 @@ _ADD = Family(
         parameter("cli", typer.Context),
         parameter("source", Source),
     ],
-    shared=shared_parameters(parameter("every", Every, None), parameter("cron", Cron, None)),
+    shared=shared_parameters(
+        parameter("every", Every, None),
+        parameter("cron", Cron, None),
+        parameter("reuse", Reuse, None),
+    ),
     action=_add_kind,
 )
 
@@ -263,6 +268,8 @@ def _as_dict(s: Schedule) -> dict[str, object]:
         "deliver_to": s.output_uri,
         "deliver_format": s.output_format,
         "notify_url": s.notify_url,
+        # Each job copies earlier results for inputs asked about before (--reuse).
+        "reuse": bool(s.params.get("reuse", False)),
     }
 
 

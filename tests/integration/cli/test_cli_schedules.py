@@ -37,7 +37,19 @@ def test_a_schedule_of_each_kind_is_added_listed_and_run(run_cli: RunCli, tmp_pa
     schema = tmp_path / "invoice.schema.json"
     schema.write_text(json.dumps(INVOICE_SCHEMA))
     every = ["--every", "15m"]
-    _ok(run_cli("schedule", "add", "shots", "caption", str(folder), *every, "--prompt", "Name it."))
+    _ok(
+        run_cli(
+            "schedule",
+            "add",
+            "shots",
+            "caption",
+            str(folder),
+            *every,
+            "--prompt",
+            "Name it.",
+            "--reuse",
+        )
+    )
     other = run_cli(
         "schedule", "add", "other", "caption", str(folder), *every, "--model", "acme/llava"
     )
@@ -69,9 +81,15 @@ def test_a_schedule_of_each_kind_is_added_listed_and_run(run_cli: RunCli, tmp_pa
     }
     assert listed["shots"]["source"] == str(folder) and listed["old"]["source"] == "s3://acme/old/"
     assert (listed["shots"]["model"], listed["other"]["model"]) == ("tiny-llava", "acme/llava")
+    assert (listed["shots"]["reuse"], listed["other"]["reuse"]) == (True, False)
     assert "caption" in _ok(run_cli("schedule", "list"))
 
     job_id = _ok(run_cli("schedule", "run-now", "shots")).strip()
+    engine = create_engine(f"sqlite:///{tmp_path / 'home' / 'llava-batch.sqlite3'}")
+    with engine.connect() as conn:
+        params = conn.execute(text("select params from jobs where id = :j"), {"j": job_id})
+        assert json.loads(params.scalar_one())["reuse"] is True  # its job copies earlier results
+    engine.dispose()
     status = json.loads(_ok(run_cli("status", job_id, "--json")))
     assert (status["kind"], status["name"], status["total"]) == ("caption", "shots", 2)
     assert _ok(run_cli("schedule", "run-now", "shots")).strip() == ""  # nothing new, no job

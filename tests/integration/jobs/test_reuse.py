@@ -527,3 +527,58 @@ def test_a_lookup_the_database_refuses_costs_only_the_saving(
         states = session.scalars(select(Item.status).where(Item.id.in_(ids))).all()
     assert set(states) == {ItemStatus.running}
     assert len(reuse_earlier_results(claimed, res)) == 2  # the database back: copied
+
+
+def test_a_schedule_with_reuse_answers_a_resent_input_from_its_earlier_result(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, tiny: Engine
+) -> None:
+    """A scheduled extraction's inbox gets the same invoice again under a new name: with
+    ``schedule add … --reuse`` its job copies the earlier answer; a schedule without reuse runs
+    the model for it."""
+    from jobs.schedules import add_schedule, fire_due_schedules
+    from tests.helpers import ListPublisher
+    from workers.local import work_locally
+
+    worker = _worker(session_factory, blobs, tiny)
+    jobs: dict[str, list[Item]] = {}
+    for reuse in (True, False):
+        inbox = tmp_path / f"inbox-{reuse}"
+        write_images(inbox, 2)
+        request = SubmitRequest.of(
+            "caption", [str(inbox)], MODEL, max_new_tokens=6, batch_size=4, reuse=reuse
+        )
+        name = f"inbox-{reuse}"
+        start = utcnow()
+        add_schedule(
+            session_factory,
+            name=name,
+            source=str(inbox),
+            request=request,
+            every="1h",
+            cron=None,
+            max_prompt_chars=1000,
+            now=start,
+        )
+        (first,) = fire_due_schedules(session_factory, blobs, ListPublisher(), names=[name])
+        assert work_locally(first, worker)
+        shutil.copy(inbox / "img000.png", inbox / "resent.png")  # the same bytes, a new name
+        before = _generated()
+        (second,) = fire_due_schedules(session_factory, blobs, ListPublisher(), names=[name])
+        assert work_locally(second, worker)
+        with session_factory() as session:
+            job = session.get(Job, second)
+            assert job is not None and job.status == JobStatus.completed
+            assert bool(job.params.get("reuse")) is reuse
+            jobs[name] = list(session.scalars(select(Item).where(Item.job_id == second)))
+            (earlier,) = session.scalars(
+                select(Item).where(Item.job_id == first, Item.source.endswith("img000.png"))
+            )
+        (resent,) = jobs[name]
+        assert resent.source.endswith("resent.png") and resent.status == ItemStatus.succeeded
+        if reuse:
+            assert resent.reused_from == earlier.id
+            assert resent.result_text == earlier.result_text
+            assert _generated() == before  # the model did not run
+        else:
+            assert resent.reused_from is None
+            assert _generated()[0] > before[0]
