@@ -142,8 +142,9 @@ def items_after(
     ``after``; with them, go on from ``next_after`` until it is None. ``columns``: fewer than an
     export reads, for a pass that needs only those (its rows are then not ``ItemRecord``s).
     ``reviews``: each row carries its review too (``REVIEW_COLUMNS``, None where there is none),
-    read by the page's item ids (``_with_reviews``); ``reviewed``: only items so reviewed (approved, rejected or
-    unreviewed), by the review page's own test of it (``jobs.review.filters``)."""
+    read by the page's item ids (``_with_reviews``); ``reviewed``: only items so reviewed
+    (approved, rejected or unreviewed), by the review page's own test of it
+    (``jobs.review.filters``)."""
     filtered = bool(statuses) or reviewed is not None
     while True:
         end = after + limit
