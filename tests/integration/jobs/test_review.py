@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory, utcnow
 from jobs.errors import ItemNotFoundError, JobNotFoundError, RequestError
+from jobs.hooks import pause_at
 from jobs.lifecycle import delete_step, mark_deleting
 from jobs.retention.blobs import queue_inputs_of
 from jobs.review import (
@@ -23,6 +24,7 @@ from jobs.review import (
     clear,
     decide,
     decide_filtered,
+    decisions,
     edit,
     error_codes,
     item_detail,
@@ -443,3 +445,75 @@ def test_a_chat_edit_must_validate_against_its_own_requests_schema(
         assert _row(session_factory, job_id, row.seq).edited_json == {"total": 7}
     edit(session_factory, free.item_id, "Seven.", "ann")  # no schema: text, as its result is
     assert _row(session_factory, job_id, free.seq).edited_text == "Seven."
+
+
+def _decisions(sf: SessionFactory, job_id: str) -> dict[int, tuple[str | None, str | None]]:
+    """(decision, reviewer) by seq, of every item of the job."""
+    rows = list_items(sf, job_id, ItemFilter(), limit=500).rows
+    return {r.seq: (r.decision, r.reviewer) for r in rows}
+
+
+def test_a_bulk_decision_writes_a_window_of_the_job_per_transaction(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of 4 seqs: 30 items take 8 transactions, each committed before the next, and
+    together they decide what one statement over the job decided."""
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    seen: list[int] = []
+
+    def committed() -> None:  # what another session sees after each window
+        with session_factory() as session:
+            seen.append(session.scalar(select(func.count()).select_from(Review)) or 0)
+
+    with pause_at("review:bulk_window", committed):
+        changed = decide_filtered(session_factory, job_id, ItemFilter(), "approved", "ann")
+    assert changed == 30 and seen == [4, 8, 12, 16, 20, 24, 28, 30]
+    failed = ItemFilter(status="failed")
+    assert decide_filtered(session_factory, job_id, failed, "rejected", "bob") == 10
+    assert decide_filtered(session_factory, job_id, failed, "rejected", "bob") == 0
+    expected = {s: ("rejected", "bob") if s % 3 == 2 else ("approved", "ann") for s in range(30)}
+    assert _decisions(session_factory, job_id) == expected
+
+
+def test_a_bulk_decision_stopped_half_way_and_run_again_decides_the_rest(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    windows = 0
+
+    def stop_at_the_third() -> None:
+        nonlocal windows
+        windows += 1
+        if windows == 3:
+            raise RuntimeError("the server went away")
+
+    unreviewed = ItemFilter(review="unreviewed")
+    with pause_at("review:bulk_window", stop_at_the_third), pytest.raises(RuntimeError):
+        decide_filtered(session_factory, job_id, unreviewed, "approved", "ann")
+    assert [s for s, (d, _) in _decisions(session_factory, job_id).items() if d] == list(range(12))
+    assert decide_filtered(session_factory, job_id, unreviewed, "approved", "ann") == 18
+    assert decide_filtered(session_factory, job_id, unreviewed, "approved", "ann") == 0
+    assert set(_decisions(session_factory, job_id).values()) == {("approved", "ann")}
+
+
+def test_a_single_decision_made_during_a_bulk_one_is_kept(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob rejects two items while Ann approves the unreviewed view, after her first window:
+    one she has approved already (his is the later decision), one she has not reached (it has
+    left her view by then). Neither of his is written over."""
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    ids = {r.seq: r.item_id for r in list_items(session_factory, job_id, ItemFilter()).rows}
+    changed, _ = Interleaving("review:bulk_window").run(
+        lambda: decide_filtered(
+            session_factory, job_id, ItemFilter(review="unreviewed"), "approved", "ann"
+        ),
+        lambda: decide(session_factory, [ids[1], ids[20]], "rejected", "bob"),
+    )
+    assert changed == 29  # 4 in the first window, then 26 less the one Bob took
+    found = _decisions(session_factory, job_id)
+    assert found[1] == found[20] == ("rejected", "bob")
+    assert {found[s] for s in range(30) if s not in (1, 20)} == {("approved", "ann")}
