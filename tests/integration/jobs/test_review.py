@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory, utcnow
@@ -517,3 +517,34 @@ def test_a_single_decision_made_during_a_bulk_one_is_kept(
     found = _decisions(session_factory, job_id)
     assert found[1] == found[20] == ("rejected", "bob")
     assert {found[s] for s in range(30) if s not in (1, 20)} == {("approved", "ann")}
+
+
+def test_a_reviewed_export_reads_each_pages_reviews_by_item_id_not_by_a_join(
+    session_factory: SessionFactory, tmp_path: Path
+) -> None:
+    """A join of each page to the reviews let PostgreSQL hash the whole job's reviews for
+    every page; by the page's item ids, each page reads its own reviews only."""
+    job_id = _job(session_factory, _mixed(30))
+    decide_filtered(session_factory, job_id, ItemFilter(status="failed"), "rejected", "ann")
+    edit(session_factory, _row(session_factory, job_id, 4).item_id, "A sky.", "bob")
+    statements: list[str] = []
+    out = tmp_path / "out.jsonl"
+    with session_factory() as session:
+
+        def seen(*args: Any) -> None:
+            statements.append(args[2])
+
+        event.listen(session.get_bind(), "before_cursor_execute", seen)
+        try:
+            write_results(session, job_id, ResultFormat.jsonl, str(out), chunk=7)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", seen)
+    assert not [s for s in statements if "JOIN reviews" in s]
+    assert len([s for s in statements if "FROM reviews" in s]) == 1 + 5  # has_reviews; 5 pages
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["input"] for line in lines] == [f"imgs/photo-{s:04d}.png" for s in range(30)]
+    assert [line["decision"] for line in lines] == [
+        "rejected" if s % 3 == 2 else "approved" if s == 4 else None for s in range(30)
+    ]
+    assert (lines[4]["edited"], lines[4]["reviewer"]) == ("A sky.", "bob")
+    assert lines[5]["reviewed_at"] is not None and lines[6]["reviewer"] is None
