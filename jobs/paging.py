@@ -186,7 +186,7 @@ def _with_reviews(session: Session, items: Sequence[Any]) -> list[Any]:
 @cache
 def _reviewed_record(fields: tuple[str, ...]) -> Any:
     """A row type of ``fields`` and the review's: attributes by name, as a ``Row``'s."""
-    return namedtuple("ReviewedRow", (*fields, *(c.key for c in REVIEW_COLUMNS)))  # type: ignore[misc]
+    return namedtuple("ReviewedRow", (*fields, *(c.key for c in REVIEW_COLUMNS)))
 
 
 def _first_after(session: Session, job_id: str, seq: int) -> int | None:

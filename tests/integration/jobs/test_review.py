@@ -548,3 +548,36 @@ def test_a_reviewed_export_reads_each_pages_reviews_by_item_id_not_by_a_join(
     ]
     assert (lines[4]["edited"], lines[4]["reviewer"]) == ("A sky.", "bob")
     assert lines[5]["reviewed_at"] is not None and lines[6]["reviewer"] is None
+
+
+def test_counts_stop_at_their_bound(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every count reads at most its bound of matching rows and says ``more`` beyond it."""
+    from jobs.review import Count, item_counts, listing
+
+    job_id = _job(session_factory, _mixed(30))
+    exact = item_counts(session_factory, job_id)
+    assert exact == {"succeeded": 20, "failed": 10} and not any(n.more for n in exact.values())
+    monkeypatch.setattr(listing, "COUNT_BOUND", 5)
+    counted = item_counts(session_factory, job_id)
+    assert {state: (n, n.more) for state, n in counted.items()} == {
+        "succeeded": (5, True),
+        "failed": (5, True),
+    }
+    codes = error_codes(session_factory, job_id)  # five of each: not more than the bound
+    assert [(code, n, n.more) for code, n in codes] == [
+        ("image_decode_error", 5, False),
+        ("input_not_found", 5, False),
+    ]
+    page = list_items(session_factory, job_id, ItemFilter(status="failed"), limit=4)
+    assert (str(page.shown), str(page.total)) == ("5+", "5+")
+    # a first page holding all its view counted them: exact beyond the bound
+    assert str(list_items(session_factory, job_id, ItemFilter(text="sku-1")).shown) == "8"
+    monkeypatch.setattr(listing, "COUNT_BOUND", 4)
+    codes = error_codes(session_factory, job_id)
+    assert [(code, str(n)) for code, n in codes] == [
+        ("image_decode_error", "4+"),
+        ("input_not_found", "4+"),
+    ]
+    assert str(Count.sum(n for _, n in codes)) == "8+"
