@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p50, p95, page = timed(lambda f=flt, w=where: list_items(sf, job_id, f, **w), args.runs)
             group = "text" if flt.text else "other"
             worst[group] = max(worst[group], p95)
-            print(f"{label:28} {p50:8.1f} {p95:8.1f} {page.shown:7,} {len(page.rows)}")
+            print(f"{label:28} {p50:8.1f} {p95:8.1f} {page.shown!s:>7} {len(page.rows)}")
         p50, p95, _ = timed(lambda: error_codes(sf, job_id), args.runs)
         print(f"{'error_codes (chips)':28} {p50:8.1f} {p95:8.1f}")
         p50, p95, _ = timed(lambda: item_counts(sf, job_id), args.runs)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, delete, exists, literal, select
+from sqlalchemy import ColumnElement, String, and_, delete, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item, Job, Review, SessionFactory, UTCDateTime, among, utcnow
 from jobs.errors import ItemNotFoundError, RequestError
 from jobs.hooks import reached
-from jobs.review.filters import conditions, live_job
+from jobs.review.filters import conditions, live_job, review_state
 from jobs.review.types import (
     APPROVED,
     DECISIONS,
@@ -78,10 +79,10 @@ def decide_filtered(
 ) -> int:
     """Approves or rejects exactly the items ``list_items(job_id, flt)`` counts (all its
     pages, not just one); returns how many changed. The job is walked by seq in windows of
-    ``BULK_CHUNK`` items, one INSERT … SELECT and one transaction each: no item is read into
-    this process, and no statement holds more than a window's rows, whatever the job's size.
-    Stopped half-way and run again, it decides the rest (an item already so is not counted).
-    An item decided by someone else meanwhile keeps that decision if it has left the view
+    ``BULK_CHUNK`` items, one transaction each, so none holds more than a window's rows
+    whatever the job's size; only the ids of one window are read into this process. Stopped
+    half-way and run again, it decides the rest (an item already so is not counted). An item
+    decided by someone else meanwhile keeps that decision if it has left the view
     (``_upsert_decisions``' ``still``); otherwise the later decision wins, as for two
     single ones."""
     _check_decision(decision)
@@ -94,25 +95,53 @@ def decide_filtered(
         with _items_may_go(), session_factory.begin() as session:
             live_job(session, job_id)
             end = _window_end(session, job_id, after)
-            window = [] if after is None else [Item.seq > after]
-            if end is not None:
-                window.append(Item.seq <= end)
-            already = exists().where(Review.item_id == Item.id, Review.decision == decision)
-            chosen = select(
-                Item.id,
-                Item.job_id,
-                literal(decision, String(16)),
-                literal(reviewer, String(MAX_REVIEWER_CHARS)),
-                literal(now, UTCDateTime()),
-            ).where(*conditions(job_id, flt), *window, ~already)
-            insert = _insert(session).from_select(
-                ["item_id", "job_id", "decision", "reviewer", "decided_at"], chosen
-            )
-            changed += _upsert_decisions(session, insert, still=_still_in_view(flt))
+            ids = _chosen(session, job_id, flt, decision, after, end)
+            if ids:
+                rows = select(
+                    Item.id,
+                    Item.job_id,
+                    literal(decision, String(16)),
+                    literal(reviewer, String(MAX_REVIEWER_CHARS)),
+                    literal(now, UTCDateTime()),
+                ).where(among(session, Item.id, ids))
+                insert = _insert(session).from_select(
+                    ["item_id", "job_id", "decision", "reviewer", "decided_at"], rows
+                )
+                changed += _upsert_decisions(session, insert, still=_still_in_view(flt))
         reached("review:bulk_window")
         if end is None:
             return changed
         after = end
+
+
+def _chosen(
+    session: Session,
+    job_id: str,
+    flt: ItemFilter,
+    decision: str,
+    after: int | None,
+    end: int | None,
+) -> list[str]:
+    """The ids of the items with ``after < seq <= end`` in the view of ``flt`` that are not
+    ``decision`` already. The items' own conditions in SQL; their reviews read by the ids (the
+    primary key) and the review state tested here: as (NOT) EXISTS in the same statement,
+    PostgreSQL hashed all of the reviews table for every window (80 ms a window at 100k
+    reviews, growing as the bulk decision wrote more)."""
+    window = [] if after is None else [Item.seq > after]
+    if end is not None:
+        window.append(Item.seq <= end)
+    own = conditions(job_id, replace(flt, review=None))
+    ids = list(session.scalars(select(Item.id).where(*own, *window)))
+    if not ids:
+        return []
+    reviews = select(Review.item_id, Review.decision).where(among(session, Review.item_id, ids))
+    decided = {item_id: found for item_id, found in session.execute(reviews)}
+    return [
+        i
+        for i in ids
+        if decided.get(i) != decision
+        and (flt.review is None or review_state(decided.get(i)) == flt.review)
+    ]
 
 
 def _window_end(session: Session, job_id: str, after: int | None) -> int | None:
