@@ -184,6 +184,15 @@ class Item(Base):
         Index("ix_items_status_lease", "status", "lease_expires_at"),
         # results pages a job by seq, whatever each item's status.
         Index("ix_items_job_seq", "job_id", "seq"),
+        # A job's error codes and how many items have each (the review page's chips, counted
+        # up to a bound: jobs.review.listing), read without the job's other items.
+        Index(
+            "ix_items_job_error_code",
+            "job_id",
+            "error_code",
+            postgresql_where=text("error_code IS NOT NULL"),
+            sqlite_where=text("error_code IS NOT NULL"),
+        ),
         # Whether any item still references a stored input (blob collection).
         Index(
             "ix_items_input_sha256",

@@ -14,6 +14,7 @@ from jobs.review.types import (
     REJECTED,
     REVIEW_STATES,
     UNREVIEWED,
+    Count,
     ItemDetail,
     ItemFilter,
     Page,
@@ -31,6 +32,7 @@ __all__ = [
     "REJECTED",
     "REVIEW_STATES",
     "UNREVIEWED",
+    "Count",
     "ItemDetail",
     "ItemFilter",
     "Page",
@@ -42,6 +44,7 @@ __all__ = [
     "decide_filtered",
     "edit",
     "error_codes",
+    "item_counts",
     "item_detail",
     "list_items",
 ]
@@ -61,10 +64,16 @@ def list_items(
     return listing.list_items(session_factory, job_id, flt, after=after, before=before, limit=limit)
 
 
-def error_codes(session_factory: SessionFactory, job_id: str) -> list[tuple[str, int]]:
+def error_codes(session_factory: SessionFactory, job_id: str) -> list[tuple[str, Count]]:
     from jobs.review import listing
 
     return listing.error_codes(session_factory, job_id)
+
+
+def item_counts(session_factory: SessionFactory, job_id: str) -> dict[str, Count]:
+    from jobs.review import listing
+
+    return listing.item_counts(session_factory, job_id)
 
 
 def item_detail(session_factory: SessionFactory, item_id: str) -> ItemDetail | None:

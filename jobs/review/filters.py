@@ -50,6 +50,12 @@ def in_review_state(state: str) -> ColumnElement[bool]:
     return ~_reviewed(None) if state == UNREVIEWED else _reviewed(state)
 
 
+def review_state(decision: str | None) -> str:
+    """The review state of an item whose review has ``decision`` (None: none, or no review),
+    as ``in_review_state`` tests it in SQL."""
+    return decision or UNREVIEWED
+
+
 def _reviewed(decision: str | None) -> ColumnElement[bool]:
     """The item has a review with this decision (None: with any decision)."""
     mine = aliased(Review)  # the page's query joins reviews too

@@ -3,16 +3,16 @@ codes for the filter chips; one item in full.
 
 A page is a keyset range of the (job_id, seq) index read in seq order and stopped at its
 limit, joined to the reviews of only the rows it returns, so a page of 100 costs about 100
-rows whatever the job's size. The counts (``shown`` and ``total``) read the job's rows: an
-index-only count without a filter; with one, a scan of the job's rows (bench/review_page.py
-times both on a 50k-item job).
+rows whatever the job's size. Every count (``shown`` and ``total``, the items per state, per
+error code) stops at ``COUNT_BOUND`` matching rows and says ``more`` beyond (``Count``):
+counting all of a 1M-item job's rows took the page 0.7 to 1.9 s (bench/review_page.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory
@@ -21,13 +21,18 @@ from jobs.review.filters import conditions, joined, live_job
 from jobs.review.types import (
     MAX_PAGE,
     UNREVIEWED,
+    Count,
     ItemDetail,
     ItemFilter,
     Page,
     PageResult,
     ReviewRow,
 )
-from jobs.states import JobStatus
+from jobs.states import ItemStatus, JobStatus
+
+# The most rows a count reads before it says "more" (``Count``); read at each call, so a test
+# may lower it.
+COUNT_BOUND = 10_000
 
 ROW_COLUMNS = (
     Item.id,
@@ -85,12 +90,11 @@ def list_items(
             more_before = (
                 bool(found) and after is not None and _any(session, where, Item.seq < found[0].seq)
             )
-        everything = select(func.count()).select_from(Item).where(Item.job_id == job_id)
-        total = int(session.scalar(everything) or 0)
+        total = bounded_count(session, _ones().where(Item.job_id == job_id))
         if flt.empty:
             shown = total
         elif after is None and before is None and not more_after:
-            shown = len(found)  # the first page holds them all: a rare search counts no more
+            shown = Count(len(found))  # the first page holds them all: a rare search counts no more
         else:
             shown = _count(session, job_id, flt, total)
         rows = [review_row(r) for r in found]
@@ -108,17 +112,45 @@ def _any(session: Session, where: list[Any], beyond: Any) -> bool:
     return session.execute(probe).first() is not None
 
 
-def _count(session: Session, job_id: str, flt: ItemFilter, total: int) -> int:
-    """How many of the job's ``total`` items match ``flt``. A review state alone is counted
-    from the reviews' index, not from a join of every item of the job."""
+def _count(session: Session, job_id: str, flt: ItemFilter, total: Count) -> Count:
+    """How many of the job's ``total`` items match ``flt`` (up to the bound). A review state
+    alone is counted from the reviews' index, not from a join of every item of the job."""
     if flt.review is not None and flt == ItemFilter(review=flt.review):
-        decided = select(func.count()).select_from(Review).where(Review.job_id == job_id)
+        decided = select(literal(1)).select_from(Review).where(Review.job_id == job_id)
         if flt.review != UNREVIEWED:
-            return int(session.scalar(decided.where(Review.decision == flt.review)) or 0)
-        reviewed = int(session.scalar(decided.where(Review.decision.is_not(None))) or 0)
-        return total - reviewed
-    query = select(func.count()).select_from(Item)
-    return int(session.scalar(query.where(*conditions(job_id, flt))) or 0)
+            return bounded_count(session, decided.where(Review.decision == flt.review))
+        if not total.more:  # then fewer are reviewed than the bound: exact
+            return Count(
+                total - bounded_count(session, decided.where(Review.decision.is_not(None)))
+            )
+    return bounded_count(session, _ones().where(*conditions(job_id, flt)))
+
+
+def _ones() -> Select[Any]:
+    return select(literal(1)).select_from(Item)
+
+
+def bounded_count(session: Session, ones: Select[Any]) -> Count:
+    """How many rows ``ones`` selects, read no further than ``COUNT_BOUND`` of them and one:
+    ``SELECT count(*) FROM (… LIMIT bound + 1)``."""
+    found = session.scalar(select(func.count()).select_from(ones.limit(COUNT_BOUND + 1).subquery()))
+    n = int(found or 0)
+    return Count(min(n, COUNT_BOUND), n > COUNT_BOUND)
+
+
+def item_counts(session_factory: SessionFactory, job_id: str) -> dict[str, Count]:
+    """The job's items per state (only states that have some), each counted up to the bound:
+    one short read of the (job_id, status, seq) index per state, not a GROUP BY of all the
+    job's rows (0.15 to 0.26 s at 1M items on PostgreSQL)."""
+    with session_factory() as session:
+        live_job(session, job_id)
+        counts = {
+            state.value: bounded_count(
+                session, _ones().where(Item.job_id == job_id, Item.status == state.value)
+            )
+            for state in ItemStatus
+        }
+        return {state: n for state, n in counts.items() if n}
 
 
 def review_row(row: Any) -> ReviewRow:
@@ -143,18 +175,36 @@ def review_row(row: Any) -> ReviewRow:
     )
 
 
-def error_codes(session_factory: SessionFactory, job_id: str) -> list[tuple[str, int]]:
-    """The job's items' error codes with how many items have each, most first."""
+# The job's distinct error codes, one probe of ix_items_job_error_code each (a skip scan):
+# not a GROUP BY over each failed item.
+_CODES = text(
+    """
+WITH RECURSIVE codes(code) AS (
+  SELECT (SELECT error_code FROM items WHERE job_id = :job_id AND error_code IS NOT NULL
+          ORDER BY error_code LIMIT 1)
+  UNION ALL
+  SELECT (SELECT error_code FROM items WHERE job_id = :job_id AND error_code IS NOT NULL
+            AND error_code > codes.code ORDER BY error_code LIMIT 1)
+  FROM codes WHERE codes.code IS NOT NULL
+)
+SELECT code FROM codes WHERE code IS NOT NULL
+"""
+)
+
+
+def error_codes(session_factory: SessionFactory, job_id: str) -> list[tuple[str, Count]]:
+    """The job's items' error codes with how many items have each (up to the bound), most
+    first."""
     with session_factory() as session:
         live_job(session, job_id)
-        n = func.count().label("n")
-        found = session.execute(
-            select(Item.error_code, n)
-            .where(Item.job_id == job_id, Item.error_code.is_not(None))
-            .group_by(Item.error_code)
-            .order_by(n.desc(), Item.error_code)
-        ).all()
-        return [(str(code), int(count)) for code, count in found]
+        codes = session.scalars(_CODES, {"job_id": job_id}).all()
+        # IS NOT NULL said, not only implied: both planners then surely take the partial index.
+        having = [Item.job_id == job_id, Item.error_code.is_not(None)]
+        counted = [
+            (str(code), bounded_count(session, _ones().where(*having, Item.error_code == code)))
+            for code in codes
+        ]
+        return sorted(counted, key=lambda pair: (-pair[1], pair[0]))
 
 
 def item_detail(session_factory: SessionFactory, item_id: str) -> ItemDetail | None:

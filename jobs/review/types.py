@@ -3,6 +3,8 @@ after its session is gone), and the rules for the values a caller passes in."""
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,31 @@ MAX_REVIEWER_CHARS = 200
 MAX_TEXT_FILTER_CHARS = 200
 MAX_EDIT_CHARS = 1_000_000
 MAX_PAGE = 500
+
+
+class Count(int):
+    """A number of items counted up to a bound: ``more`` when there are more than it says (the
+    review page counts a 1M-item job's rows no further than that). Shown as ``10,000+`` then,
+    as the plain number otherwise."""
+
+    more: bool
+
+    def __new__(cls, n: int, more: bool = False) -> Count:
+        count = super().__new__(cls, n)
+        count.more = more
+        return count
+
+    @classmethod
+    def sum(cls, counts: Iterable[Count]) -> Count:
+        """Their sum: at least that many if any of them is."""
+        counts = list(counts)
+        return cls(builtins.sum(counts), any(c.more for c in counts))
+
+    def __str__(self) -> str:
+        return f"{int(self):,}+" if self.more else str(int(self))
+
+    def __html__(self) -> str:  # what Jinja2 shows
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -95,8 +122,10 @@ class ReviewRow:
 @dataclass(frozen=True)
 class Page:
     rows: list[ReviewRow]
-    shown: int  # items of the job that match the filter
-    total: int  # items of the job
+    # Items of the job that match the filter, and items of the job: each counted up to a
+    # bound (``jobs.review.listing.COUNT_BOUND``), ``more`` beyond it.
+    shown: Count
+    total: Count
     # The keys of the neighbouring pages: list_items(after=next_after), (before=prev_before);
     # None where no item matching the filter lies that way.
     next_after: int | None

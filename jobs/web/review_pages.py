@@ -20,16 +20,18 @@ from jobs.kinds.registry import get_kind
 from jobs.review import (
     DECISIONS,
     REVIEW_STATES,
+    Count,
     ItemDetail,
     ItemFilter,
     decide,
     decide_filtered,
     edit,
     error_codes,
+    item_counts,
     item_detail,
     list_items,
 )
-from jobs.states import ItemStatus
+from jobs.states import TERMINAL_ITEM_STATES, ItemStatus
 from jobs.web.boxes import Box, boxes_of
 from jobs.web.images import FULL_SIDE, THUMB_SIDE, Picture, picture_of, placeholder
 from jobs.web.pages import deps_of, shown, take_flash, with_flash
@@ -82,7 +84,10 @@ def _position(params: QueryParams) -> tuple[int | None, int | None]:
 
 
 def job_page(request: Request) -> Response:
-    from jobs.queries import find_job, read_progress
+    """The job's items, a page at a time. Its counts (per state, per error code, ``N of M
+    shown``) are each counted up to a bound (``jobs.review.Count``: ``10,000+`` beyond), so a
+    1M-item job's page costs about what a small one's does."""
+    from jobs.queries import find_job, job_row
     from jobs.web.app import render
 
     deps = deps_of(request)
@@ -90,8 +95,9 @@ def job_page(request: Request) -> Response:
     after, before = _position(request.query_params)
     with deps.session_factory() as session:
         job = find_job(session, request.path_params["job_id"])
-        progress = read_progress(session, job, usage=False, turn=False)
+        row = job_row(job)
         schema = job.params.get("schema")
+    counts = item_counts(deps.session_factory, job.id)
     page = list_items(
         deps.session_factory, job.id, flt, after=after, before=before, limit=PAGE_SIZE
     )
@@ -102,7 +108,10 @@ def job_page(request: Request) -> Response:
         render(
             request,
             "job.html",
-            job=progress,
+            job=row,
+            counts=counts,
+            done=Count.sum(n for state, n in counts.items() if state in TERMINAL_ITEM_STATES),
+            total=Count.sum(counts.values()),
             page=page,
             flt=flt,
             codes=codes,

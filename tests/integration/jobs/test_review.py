@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from jobs.cli.views import ResultFormat, write_results
 from jobs.db import Item, ItemInput, ItemPage, Job, Review, SessionFactory, utcnow
 from jobs.errors import ItemNotFoundError, JobNotFoundError, RequestError
+from jobs.hooks import pause_at
 from jobs.lifecycle import delete_step, mark_deleting
 from jobs.retention.blobs import queue_inputs_of
 from jobs.review import (
@@ -23,6 +24,7 @@ from jobs.review import (
     clear,
     decide,
     decide_filtered,
+    decisions,
     edit,
     error_codes,
     item_detail,
@@ -443,3 +445,154 @@ def test_a_chat_edit_must_validate_against_its_own_requests_schema(
         assert _row(session_factory, job_id, row.seq).edited_json == {"total": 7}
     edit(session_factory, free.item_id, "Seven.", "ann")  # no schema: text, as its result is
     assert _row(session_factory, job_id, free.seq).edited_text == "Seven."
+
+
+def _decisions(sf: SessionFactory, job_id: str) -> dict[int, tuple[str | None, str | None]]:
+    """(decision, reviewer) by seq, of every item of the job."""
+    rows = list_items(sf, job_id, ItemFilter(), limit=500).rows
+    return {r.seq: (r.decision, r.reviewer) for r in rows}
+
+
+def test_a_bulk_decision_writes_a_window_of_the_job_per_transaction(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of 4 seqs: 30 items take 8 transactions, each committed before the next, and
+    together they decide what one statement over the job decided."""
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    seen: list[int] = []
+
+    def committed() -> None:  # what another session sees after each window
+        with session_factory() as session:
+            seen.append(session.scalar(select(func.count()).select_from(Review)) or 0)
+
+    with pause_at("review:bulk_window", committed):
+        changed = decide_filtered(session_factory, job_id, ItemFilter(), "approved", "ann")
+    assert changed == 30 and seen == [4, 8, 12, 16, 20, 24, 28, 30]
+    # The review state is not a (NOT) EXISTS in a window's statements: PostgreSQL hashed all of
+    # the reviews table for it, window after window.
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = session_factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        unreviewed = ItemFilter(review="unreviewed")
+        assert decide_filtered(session_factory, job_id, unreviewed, "rejected", "bob") == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements and not [s for s in statements if "EXISTS" in s]
+    failed = ItemFilter(status="failed")
+    assert decide_filtered(session_factory, job_id, failed, "rejected", "bob") == 10
+    assert decide_filtered(session_factory, job_id, failed, "rejected", "bob") == 0
+    expected = {s: ("rejected", "bob") if s % 3 == 2 else ("approved", "ann") for s in range(30)}
+    assert _decisions(session_factory, job_id) == expected
+
+
+def test_a_bulk_decision_stopped_half_way_and_run_again_decides_the_rest(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    windows = 0
+
+    def stop_at_the_third() -> None:
+        nonlocal windows
+        windows += 1
+        if windows == 3:
+            raise RuntimeError("the server went away")
+
+    unreviewed = ItemFilter(review="unreviewed")
+    with pause_at("review:bulk_window", stop_at_the_third), pytest.raises(RuntimeError):
+        decide_filtered(session_factory, job_id, unreviewed, "approved", "ann")
+    assert [s for s, (d, _) in _decisions(session_factory, job_id).items() if d] == list(range(12))
+    assert decide_filtered(session_factory, job_id, unreviewed, "approved", "ann") == 18
+    assert decide_filtered(session_factory, job_id, unreviewed, "approved", "ann") == 0
+    assert set(_decisions(session_factory, job_id).values()) == {("approved", "ann")}
+
+
+def test_a_single_decision_made_during_a_bulk_one_is_kept(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob rejects two items while Ann approves the unreviewed view, after her first window:
+    one she has approved already (his is the later decision), one she has not reached (it has
+    left her view by then). Neither of his is written over."""
+    monkeypatch.setattr(decisions, "BULK_CHUNK", 4)
+    job_id = _job(session_factory, _mixed(30))
+    ids = {r.seq: r.item_id for r in list_items(session_factory, job_id, ItemFilter()).rows}
+    changed, _ = Interleaving("review:bulk_window").run(
+        lambda: decide_filtered(
+            session_factory, job_id, ItemFilter(review="unreviewed"), "approved", "ann"
+        ),
+        lambda: decide(session_factory, [ids[1], ids[20]], "rejected", "bob"),
+    )
+    assert changed == 29  # 4 in the first window, then 26 less the one Bob took
+    found = _decisions(session_factory, job_id)
+    assert found[1] == found[20] == ("rejected", "bob")
+    assert {found[s] for s in range(30) if s not in (1, 20)} == {("approved", "ann")}
+
+
+def test_a_reviewed_export_reads_each_pages_reviews_by_item_id_not_by_a_join(
+    session_factory: SessionFactory, tmp_path: Path
+) -> None:
+    """A join of each page to the reviews let PostgreSQL hash the whole job's reviews for
+    every page; by the page's item ids, each page reads its own reviews only."""
+    job_id = _job(session_factory, _mixed(30))
+    decide_filtered(session_factory, job_id, ItemFilter(status="failed"), "rejected", "ann")
+    edit(session_factory, _row(session_factory, job_id, 4).item_id, "A sky.", "bob")
+    statements: list[str] = []
+    out = tmp_path / "out.jsonl"
+    with session_factory() as session:
+
+        def seen(*args: Any) -> None:
+            statements.append(args[2])
+
+        event.listen(session.get_bind(), "before_cursor_execute", seen)
+        try:
+            write_results(session, job_id, ResultFormat.jsonl, str(out), chunk=7)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", seen)
+    assert not [s for s in statements if "JOIN reviews" in s]
+    assert len([s for s in statements if "FROM reviews" in s]) == 1 + 5  # has_reviews; 5 pages
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["input"] for line in lines] == [f"imgs/photo-{s:04d}.png" for s in range(30)]
+    assert [line["decision"] for line in lines] == [
+        "rejected" if s % 3 == 2 else "approved" if s == 4 else None for s in range(30)
+    ]
+    assert (lines[4]["edited"], lines[4]["reviewer"]) == ("A sky.", "bob")
+    assert lines[5]["reviewed_at"] is not None and lines[6]["reviewer"] is None
+
+
+def test_counts_stop_at_their_bound(
+    session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every count reads at most its bound of matching rows and says ``more`` beyond it."""
+    from jobs.review import Count, item_counts, listing
+
+    job_id = _job(session_factory, _mixed(30))
+    exact = item_counts(session_factory, job_id)
+    assert exact == {"succeeded": 20, "failed": 10} and not any(n.more for n in exact.values())
+    monkeypatch.setattr(listing, "COUNT_BOUND", 5)
+    counted = item_counts(session_factory, job_id)
+    assert {state: (n, n.more) for state, n in counted.items()} == {
+        "succeeded": (5, True),
+        "failed": (5, True),
+    }
+    codes = error_codes(session_factory, job_id)  # five of each: not more than the bound
+    assert [(code, n, n.more) for code, n in codes] == [
+        ("image_decode_error", 5, False),
+        ("input_not_found", 5, False),
+    ]
+    page = list_items(session_factory, job_id, ItemFilter(status="failed"), limit=4)
+    assert (str(page.shown), str(page.total)) == ("5+", "5+")
+    # a first page holding all its view counted them: exact beyond the bound
+    assert str(list_items(session_factory, job_id, ItemFilter(text="sku-1")).shown) == "8"
+    monkeypatch.setattr(listing, "COUNT_BOUND", 4)
+    codes = error_codes(session_factory, job_id)
+    assert [(code, str(n)) for code, n in codes] == [
+        ("image_decode_error", "4+"),
+        ("input_not_found", "4+"),
+    ]
+    assert str(Count.sum(n for _, n in codes)) == "8+"

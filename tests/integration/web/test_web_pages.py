@@ -442,3 +442,64 @@ def test_deciding_an_item_as_it_already_is_is_not_an_unknown_item(
     assert (button.status_code, button.headers.get("location")) == (303, f"/items/{item}")
     unknown = post(client, "/items/no-such-item/decide", decision="approved")
     assert unknown.status_code == 404
+
+
+def _counts_shown(page: str) -> dict[str, Any]:
+    """The job page's counts as a reader sees them: the job line, the banner, the chips and
+    the bulk buttons."""
+    chips = re.findall(r'data-(?:status|code)="([^"]+)">[^<]* ([0-9,+]+)</a>', page)
+    return {
+        "done": re.search(r"· ([0-9,+]+ / [0-9,+]+) done", page).group(1),  # type: ignore[union-attr]
+        "banner": re.search(r'id="banner">([^<]*)<', page).group(1),  # type: ignore[union-attr]
+        "chips": dict(chips),
+        "approve": re.search(r'id="approve-shown">([^<]*)<', page).group(1),  # type: ignore[union-attr]
+    }
+
+
+def test_the_job_pages_counts_are_exact_for_a_small_job(
+    client: TestClient, review_job: ReviewJob
+) -> None:
+    job_id = review_job.job_id
+    assert _counts_shown(client.get(f"/jobs/{job_id}").text) == {
+        "done": "24 / 24",
+        "banner": "24 of 24 shown",
+        "chips": {
+            "succeeded": "12",
+            "failed": "12",
+            "image_decode_error": "6",
+            "output_truncated": "6",
+        },
+        "approve": "Approve the 24 shown",
+    }
+    failed = _counts_shown(client.get(f"/jobs/{job_id}?status=failed&after=5").text)
+    assert (failed["banner"], failed["approve"]) == ("12 of 24 shown", "Approve the 12 shown")
+
+
+def test_the_job_pages_counts_stop_at_a_bound_and_say_so(
+    client: TestClient, review_job: ReviewJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count reads no more than its bound (10,000 rows; 5 here) of matching rows: beyond
+    it, the page says "5+"."""
+    from jobs.review import listing
+
+    monkeypatch.setattr(listing, "COUNT_BOUND", 5)
+    job_id = review_job.job_id
+    assert _counts_shown(client.get(f"/jobs/{job_id}").text) == {
+        "done": "10+ / 10+",
+        "banner": "5+ of 5+ shown",
+        "chips": {
+            "succeeded": "5+",
+            "failed": "5+",
+            "image_decode_error": "5+",
+            "output_truncated": "5+",
+        },
+        "approve": "Approve the 5+ shown",
+    }
+    # A first page holding every item of its view has counted them all: exact.
+    few = _counts_shown(client.get(f"/jobs/{job_id}?code=output_truncated").text)
+    assert few["banner"] == "6 of 5+ shown"
+    unreviewed = f"/jobs/{job_id}?review=unreviewed&after=3"
+    assert _counts_shown(client.get(unreviewed).text)["banner"] == "5+ of 5+ shown"
+    post(client, f"/jobs/{job_id}/decide", status="failed", decision="rejected")
+    monkeypatch.setattr(listing, "COUNT_BOUND", 24)  # the job's size: exact again
+    assert _counts_shown(client.get(unreviewed).text)["banner"] == "12 of 24 shown"
