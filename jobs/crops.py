@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from jobs.db import Item
 from jobs.errors import RequestError
 from jobs.kinds.registry import get_kind
-from jobs.paging import items_after
+from jobs.paging import items_after, walk
 from jobs.queries import find_job, iter_sources
 from jobs.sidecars import SUFFIX, SidecarNames, _Folders, _place, common_roots, sidecar_path
 from jobs.states import ItemStatus
@@ -134,11 +134,7 @@ def slug(expression: str) -> str:
 
 
 def _items(session: Session, job_id: str, chunk: int) -> Iterator[Any]:
-    after: int | None = -1
-    while after is not None:
-        page = items_after(session, job_id, after, limit=chunk, columns=_COLUMNS)
-        yield from page.items
-        after = page.next_after
+    return walk(lambda after: items_after(session, job_id, after, limit=chunk, columns=_COLUMNS))
 
 
 def _write(folders: _Folders, relative: tuple[str, ...], crop: Any) -> bool:

@@ -17,7 +17,7 @@ rest of an export.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -197,3 +197,14 @@ def _first_after(session: Session, job_id: str, seq: int) -> int | None:
 def _any_between(session: Session, job_id: str, after: int, end: int) -> bool:
     probe = select(Item.seq).where(Item.job_id == job_id, Item.seq > after, Item.seq <= end)
     return session.scalar(probe.limit(1)) is not None
+
+
+def walk(read: Callable[[int], Page]) -> Iterator[ItemRecord]:
+    """Each row of a job's pages, in order: ``read(after)`` reads one (``items_after`` with the
+    caller's session and options), from after -1 and then from each ``next_after`` until it is
+    None. The caller's ``read`` decides whether a session stays open from page to page."""
+    after: int | None = -1
+    while after is not None:
+        page = read(after)
+        yield from page.items
+        after = page.next_after

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from jobs import progress
 from jobs.db import Item, Job, Review
 from jobs.errors import JobNotFoundError
-from jobs.paging import ItemRecord, ReviewedRecord, items_after
+from jobs.paging import ItemRecord, ReviewedRecord, items_after, walk
 from jobs.progress import JobProgress as JobProgress  # re-exported: callers holding a session
 from jobs.progress import JobRow, Usage, find_job_row
 from jobs.progress import iso as _iso
@@ -98,9 +98,8 @@ def iter_items(
     one query of at most ``chunk`` plain rows at a time (``jobs.paging``), so a 1M-item job
     never sits in memory, nor in the session. ``reviews``/``reviewed``: with each item's
     review, and only items so reviewed (``jobs.paging.items_after``)."""
-    after: int | None = -1
-    while after is not None:
-        page = items_after(
+    yield from walk(
+        lambda after: items_after(
             session,
             job_id,
             after,
@@ -109,8 +108,7 @@ def iter_items(
             reviews=reviews,
             reviewed=reviewed,
         )
-        yield from page.items
-        after = page.next_after
+    )
 
 
 def has_reviews(session: Session, job_id: str) -> bool:
@@ -122,11 +120,10 @@ def has_reviews(session: Session, job_id: str) -> bool:
 def iter_sources(session: Session, job_id: str, *, chunk: int = 1000) -> Iterator[str]:
     """Each item's ``source``, in submission order, paged like ``iter_items`` (and reading
     nothing else)."""
-    after: int | None = -1
-    while after is not None:
-        page = items_after(session, job_id, after, limit=chunk, columns=(Item.source,))
-        yield from (row.source for row in page.items)
-        after = page.next_after
+    rows = walk(
+        lambda after: items_after(session, job_id, after, limit=chunk, columns=(Item.source,))
+    )
+    yield from (row.source for row in rows)
 
 
 def iter_results(

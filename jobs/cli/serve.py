@@ -3,6 +3,8 @@ Jinja2, uvicorn) is imported in the command's body: the CLI starts without it.""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated
 
 import typer
@@ -16,8 +18,9 @@ def serve(
         str,
         typer.Option(
             "--host",
-            help="Address to listen on. Loopback by default; any other needs "
-            "LLAVA_BATCH_SERVE_TOKEN, and https (--ssl-certfile, or a proxy in front).",
+            help="Address or host name to listen on (an IPv6 address bare or in brackets: ::1, "
+            "[::1]). Loopback by default; any other needs LLAVA_BATCH_SERVE_TOKEN, and https "
+            "(--ssl-certfile, or a proxy in front).",
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any).")] = 8000,
@@ -43,6 +46,7 @@ def serve(
     from jobs.cli.context import open_context
     from jobs.web.security import is_loopback
 
+    host = listen_host(host)
     ctx = open_context()
     loopback = is_loopback(host)
     if not loopback and not ctx.settings.serve_token.get_secret_value():
@@ -87,6 +91,37 @@ def serve(
         server_header=False,
     )
     uvicorn.Server(config).run(sockets=[listener])
+
+
+# A host name's labels: letters, digits, hyphens inside, and underscores, which some private
+# names (container names among them) carry; dot-separated, with an optional final dot.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def listen_host(given: str) -> str:
+    """``--host`` as the socket takes it. Users write an IPv6 address in brackets as in a URL
+    (``[::1]``), which no socket call accepts; brackets hold an IPv6 address only. Anything but
+    an address or a host name is refused here: bound, it failed as a port taken."""
+    bracketed = given.startswith("[") and given.endswith("]")
+    bare = given[1:-1] if bracketed else given
+    address = _address(bare)
+    if address is not None and (address.version == 6 or not bracketed):
+        return bare
+    # A last label all digits is a mistyped address (127.0.0.256), never a name.
+    last = bare.rstrip(".").rsplit(".", 1)[-1]
+    if not bracketed and len(bare) <= 253 and _HOST_NAME.fullmatch(bare) and not last.isdigit():
+        return bare
+    raise RequestError(
+        f"--host {given!r} is neither an address (127.0.0.1, ::1 or [::1]) nor a host name.",
+        code="invalid_option",
+    )
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _check_certificate(certfile: str, keyfile: str | None) -> None:

@@ -41,7 +41,7 @@ from jobs.errors import RequestError
 from jobs.exports import JsonlWriter, OpenAIWriter, ResultFormat, ResultWriter, open_result_writer
 from jobs.hooks import reached
 from jobs.kinds.registry import get_kind
-from jobs.paging import ItemRecord, items_after
+from jobs.paging import RECORD_COLUMNS, ItemRecord, Page, items_after, walk
 from jobs.sidecars import name_sidecars, sidecar_text, write_named
 from jobs.states import TERMINAL_ITEM_STATES, ItemStatus, JobStatus
 from storage import Blobs, StorageError, atomic_file, is_s3_uri
@@ -181,24 +181,21 @@ def _write_sidecars(
     return counts
 
 
-def _items(sf: SessionFactory, job_id: str) -> Iterator[ItemRecord]:
+def _items(
+    sf: SessionFactory, job_id: str, columns: Sequence[Any] = RECORD_COLUMNS
+) -> Iterator[ItemRecord]:
     """The job's items in submission order, a page per short read (no transaction stays open
     while a page is written out)."""
-    after: int | None = -1
-    while after is not None:
+
+    def read(after: int) -> Page:
         with sf() as session:
-            page = items_after(session, job_id, after, limit=PAGE)
-        yield from page.items
-        after = page.next_after
+            return items_after(session, job_id, after, limit=PAGE, columns=columns)
+
+    return walk(read)
 
 
 def _sources(sf: SessionFactory, job_id: str) -> Iterator[str]:
-    after: int | None = -1
-    while after is not None:
-        with sf() as session:
-            page = items_after(session, job_id, after, limit=PAGE, columns=(Item.source,))
-        yield from (row.source for row in page.items)
-        after = page.next_after
+    return (row.source for row in _items(sf, job_id, columns=(Item.source,)))
 
 
 class _Target:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import migrated_session_factory
 from tests.services import free_port
 
 CLI = str(Path(sys.executable).parent / "llava-batch")
@@ -25,6 +26,39 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     # many at once on one host would take the ports from 9464 up, and warn once they are gone.
     env["LLAVA_BATCH_METRICS_PORT"] = "0"
     return env
+
+
+# Every CLI test that reads a database runs on both kinds.
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DATABASES)
+def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The CLI's database, migrated (a SQLite file, or PostgreSQL), and its blob store: what a
+    test that also opens them here (``migrated_session_factory``, ``open_blobs``) names."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+        migrated_session_factory(url)  # what `llava-batch db upgrade` does
+    else:
+        url = request.getfixturevalue("migrated_pg_url")
+    return {"LLAVA_BATCH_DATABASE_URL": url, "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs")}
+
+
+@pytest.fixture(params=DATABASES)
+def default_db_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """SQLite as a user gets it, the embedded default under LLAVA_BATCH_HOME (no URL set), or
+    a migrated PostgreSQL; the blob store is the default one."""
+    if request.param == "sqlite":
+        return {}
+    return {"LLAVA_BATCH_DATABASE_URL": request.getfixturevalue("migrated_pg_url")}
+
+
+@pytest.fixture(params=DATABASES)
+def unmigrated_db_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """As ``default_db_env``, but PostgreSQL empty: for a test that runs ``db upgrade`` first."""
+    if request.param == "sqlite":
+        return {}
+    return {"LLAVA_BATCH_DATABASE_URL": request.getfixturevalue("pg_url")}
 
 
 @pytest.fixture

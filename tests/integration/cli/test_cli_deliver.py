@@ -14,15 +14,8 @@ from tests.helpers import write_images
 from tests.integration.cli.conftest import RunCli, assert_one_line_error
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def env(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "postgresql":
-        return {"LLAVA_BATCH_DATABASE_URL": str(request.getfixturevalue("migrated_pg_url"))}
-    return {}
-
-
 def test_run_writes_sidecars_to_the_target_once_the_job_ends(
-    run_cli: RunCli, env: dict[str, str], tmp_path: Path
+    run_cli: RunCli, default_db_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Nested input folders, mirrored under the job's folder; an empty input in the errors
     file; the manifest last. ``run`` says where, and ``status`` (text and --json) after it."""
@@ -42,7 +35,7 @@ def test_run_writes_sidecars_to_the_target_once_the_job_ends(
         str(out),
         "--deliver-format",
         "txt",
-        env=env,
+        env=default_db_env,
         timeout=300,
     )
     assert ran.returncode == 0, ran.stderr
@@ -65,9 +58,9 @@ def test_run_writes_sidecars_to_the_target_once_the_job_ends(
     caption = rows[str(inputs / "summer" / "img000.png")]["result"]
     assert (job_folder / "summer" / "img000.txt").read_text() == caption
 
-    status = run_cli("status", job_id, env=env)
+    status = run_cli("status", job_id, env=default_db_env)
     assert f"results written to {out}/{job_id}/" in status.stdout, status.stdout
-    shown = json.loads(run_cli("status", job_id, "--json", env=env).stdout)["output"]
+    shown = json.loads(run_cli("status", job_id, "--json", env=default_db_env).stdout)["output"]
     assert shown["state"] == "written" and shown["format"] == "txt"
     assert shown["manifest"] == f"{out}/{job_id}/manifest.json"
 

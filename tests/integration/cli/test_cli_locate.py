@@ -10,10 +10,8 @@ import csv
 import io
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from model.engine import EngineSpec
@@ -22,16 +20,6 @@ from storage import open_blobs
 from tests.helpers import make_resources, migrated_session_factory, write_images
 from tests.integration.cli.conftest import RunCli, assert_one_line_error
 from workers.local import work_locally
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-        migrated_session_factory(url)
-    else:
-        url = request.getfixturevalue("migrated_pg_url")
-    yield {"LLAVA_BATCH_DATABASE_URL": url, "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs")}
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -23,14 +23,6 @@ from tests.integration.cli.conftest import CLI, RunCli, assert_one_line_error
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_env(request: pytest.FixtureRequest, cli_env: dict[str, str]) -> dict[str, str]:
-    """The CLI's environment on either database (SQLite: the embedded default in its home)."""
-    if request.param == "sqlite":
-        return dict(cli_env)
-    return {**cli_env, "LLAVA_BATCH_DATABASE_URL": request.getfixturevalue("pg_url")}
-
-
 def _metrics_env(env: dict[str, str]) -> tuple[dict[str, str], int]:
     port = free_ports(1)
     fixed = {"LLAVA_BATCH_METRICS_PORT": str(port), "LLAVA_BATCH_METRICS_PORT_FIXED": "true"}
@@ -94,7 +86,8 @@ def _sample(scrape: Scrape, name: str, **labels: str) -> float:
 
 
 def test_run_serves_its_model_items_and_failures_by_code(
-    db_env: dict[str, str],
+    cli_env: dict[str, str],
+    unmigrated_db_env: dict[str, str],
     run_cli: RunCli,
     started: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
@@ -102,7 +95,7 @@ def test_run_serves_its_model_items_and_failures_by_code(
     folder = tmp_path / "photos"
     images = write_images(folder, 5)
     images[0].write_bytes(images[0].read_bytes()[:60])  # the first item: image_decode_error
-    env, port = _metrics_env(db_env)
+    env, port = _metrics_env({**cli_env, **unmigrated_db_env})
     # Slow batches of one item: the run is still going when its first ones are recorded.
     env["LLAVA_BATCH_TEST_FAULTS"] = json.dumps({"generate_delay_s": 1.5})
     assert run_cli("db", "upgrade", env=env).returncode == 0
@@ -135,12 +128,13 @@ def test_run_serves_its_model_items_and_failures_by_code(
 
 
 def test_sweep_serves_the_backlog_it_reads_from_the_database(
-    db_env: dict[str, str],
+    cli_env: dict[str, str],
+    unmigrated_db_env: dict[str, str],
     run_cli: RunCli,
     started: Callable[..., subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
-    env, port = _metrics_env(db_env)
+    env, port = _metrics_env({**cli_env, **unmigrated_db_env})
     env["LLAVA_BATCH_SWEEP_INTERVAL_SECONDS"] = "1"
     assert run_cli("db", "upgrade", env=env).returncode == 0
     write_images(tmp_path / "urgent", 3)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from jobs.db import Item
@@ -27,17 +25,6 @@ from tests.integration.cli.conftest import (
     run_into_a_closed_pipe,
 )
 from workers.local import run_job_locally, submit_locally, work_locally
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The CLI's database (and blob store), one of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-        migrated_session_factory(url)  # what `llava-batch db upgrade` does
-    else:
-        url = request.getfixturevalue("migrated_pg_url")
-    yield {"LLAVA_BATCH_DATABASE_URL": url, "LLAVA_BATCH_STORAGE_URL": str(tmp_path / "blobs")}
 
 
 def _ok(result: subprocess.CompletedProcess[str]) -> str:

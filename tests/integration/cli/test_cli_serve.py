@@ -1,13 +1,20 @@
 """``llava-batch serve`` refuses what would be unsafe or cannot work, in one line with a stable
 code and exit 2, before it listens: another address than loopback without a token, a port
-already taken (docs/review.md#security, docs/errors.md)."""
+already taken, a host that is neither an address nor a name (docs/review.md#security,
+docs/errors.md); and it serves on IPv6 loopback, written bare or in brackets."""
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
-from tests.integration.cli.conftest import RunCli, assert_one_line_error
+import pytest
+
+from tests.integration.cli.conftest import CLI, RunCli, assert_one_line_error
 
 
 def test_binding_beyond_loopback_needs_a_token(run_cli: RunCli) -> None:
@@ -48,3 +55,64 @@ def test_a_certificate_that_cannot_be_loaded_is_refused_before_listening(
         )
         assert_one_line_error(result, 2, "[invalid_option]", "--ssl-certfile", cert)
         assert "serving on" not in result.stderr
+
+
+def _can_bind_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["[::1]", "::1"])
+def test_serves_on_ipv6_loopback_written_bare_or_in_brackets(
+    cli_env: dict[str, str], host: str
+) -> None:
+    """``[::1]`` as in a URL was bound as a name, and refused as a port taken."""
+    if not _can_bind_ipv6_loopback():
+        pytest.skip("this machine cannot bind ::1 (no IPv6 loopback in its OS or network stack)")
+    process = subprocess.Popen(
+        [CLI, "serve", "--host", host, "--port", "0"],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        said = ""
+        for line in process.stderr:  # ends when serve does, so an early exit is no hang
+            said += line
+            if "serving on" in line:
+                break
+        served = re.search(r"serving on (http://\[::1\]:\d+/) ", said)
+        assert served, said
+        assert _answers(served.group(1) + "fleet", process) == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answers(url: str, process: subprocess.Popen[str]) -> int:
+    """The status of ``url`` once serve answers: it says where it serves when bound, a moment
+    before uvicorn listens."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("host", ["[127.0.0.1]", "[localhost]", "[::1", "bad host", "127.0.0.256"])
+def test_a_host_neither_address_nor_name_is_refused(run_cli: RunCli, host: str) -> None:
+    result = run_cli("serve", "--host", host, "--port", "0")
+    assert_one_line_error(result, 2, "[invalid_option]", "--host")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import migrated_session_factory, write_images
+from tests.helpers import write_images
 from tests.integration.cli.conftest import RunCli
 
 HEAVY = ("alembic", "pypdfium2", "jsonschema", "llguidance", "torch", "transformers")
@@ -146,22 +145,10 @@ def test_a_mistyped_command_imports_no_database(cli_env: dict[str, str]) -> None
     assert report["heavy"] == []
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_cli_env(
-    request: pytest.FixtureRequest, cli_env: dict[str, str], tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    """``cli_env`` on a migrated database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-        migrated_session_factory(url)
-    else:
-        url = request.getfixturevalue("migrated_pg_url")
-    yield {**cli_env, "LLAVA_BATCH_DATABASE_URL": url}
-
-
 def test_jobs_and_status_import_no_sqlalchemy_and_nothing_of_the_worker_side(
-    run_cli: RunCli, db_cli_env: dict[str, str], tmp_path: Path
+    run_cli: RunCli, cli_env: dict[str, str], db_env: dict[str, str], tmp_path: Path
 ) -> None:
+    db_cli_env = {**cli_env, **db_env}
     write_images(tmp_path / "c", 1)
     submitted = run_cli(
         "submit", "caption", str(tmp_path / "c"), "--json", "--meta", "team=a", env=db_cli_env
