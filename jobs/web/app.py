@@ -72,6 +72,7 @@ def create_app(
         Route("/", pages.jobs_page),
         Route("/fleet", pages.fleet_page),
         Route("/login", pages.login_page, methods=["GET", "POST"]),
+        Route("/logout", pages.logout, methods=["POST"]),
         Route("/jobs/{job_id}", review_pages.job_page),
         Route("/jobs/{job_id}/cancel", pages.cancel, methods=["POST"]),
         Route("/jobs/{job_id}/retry", pages.retry, methods=["POST"]),
@@ -127,7 +128,12 @@ def _seconds(value: float | None) -> str:
 def render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
     deps: Deps = request.app.state.deps
     page = deps.templates.get_template(template).render(
-        csrf=request.state.csrf, reviewer=deps.reviewer, path=request.url.path, **values
+        csrf=request.state.csrf,
+        reviewer=deps.reviewer,
+        path=request.url.path,
+        # Without a token there is no session to end; on the login page none has begun.
+        sign_out=deps.token is not None and request.url.path != "/login",
+        **values,
     )
     return Response(page, status_code=status_code, media_type="text/html")
 

@@ -1,4 +1,5 @@
-"""The jobs page (with cancel and retry, as the CLI does them), the fleet page, the login page."""
+"""The jobs page (with cancel and retry, as the CLI does them), the fleet page, signing in and
+out."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jobs.web.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
     check_csrf,
+    clear_cookie,
     session_value,
     set_cookie,
     token_matches,
@@ -157,4 +159,13 @@ async def login_page(request: Request) -> Response:
         return render(request, "login.html", 401, wrong=True)
     response = RedirectResponse("/", status_code=303)
     set_cookie(response, SESSION_COOKIE, session_value(deps.token), max_age=SESSION_SECONDS)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """Forgets the session in this browser. A POST with the CSRF field, never a GET: a page of
+    another site could otherwise sign a reviewer out with an image tag."""
+    await check_csrf(request)
+    response = RedirectResponse("/login", status_code=303)
+    clear_cookie(response, SESSION_COOKIE)
     return response

@@ -3,6 +3,7 @@
 - **Who**: with a token (``LLAVA_BATCH_SERVE_TOKEN``), every page but the login page wants the
   session cookie the login page sets once the token is given: ``HttpOnly``, ``Secure``,
   ``SameSite=Strict``, holding an HMAC of the token (never the token itself).
+  Signing out (a POST, so a page of another site cannot do it) expires that cookie.
 - **Forged requests**: every state-changing request (POST) carries the per-browser CSRF token
   (a form field or the ``X-CSRF-Token`` header) equal to its CSRF cookie, and an ``Origin`` (or,
   lacking one, a ``Referer``) of this very site.
@@ -69,6 +70,13 @@ def set_cookie(response: Response, name: str, value: str, *, max_age: int | None
     response.set_cookie(
         name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="strict"
     )
+
+
+def clear_cookie(response: Response, name: str) -> None:
+    # A browser replaces (here: expires) a cookie only when name, path and domain match, and
+    # some refuse to touch a Secure cookie from a response that is not Secure: hence
+    # set_cookie's very attributes.
+    response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="strict")
 
 
 class Guard(BaseHTTPMiddleware):

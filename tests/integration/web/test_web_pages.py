@@ -240,6 +240,46 @@ def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
         assert client.get("/fleet").status_code == 200
 
 
+@SQLITE_ONLY
+def test_signing_out_ends_the_session_and_wants_the_csrf_field(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    from jobs.web.app import create_app
+
+    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
+    app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
+    site = "https://review.example.com"
+    with TestClient(app, base_url=site) as client:
+        client.get("/login")
+        csrf = client.cookies.get("llava_batch_csrf") or ""
+        origin = {"origin": site}
+        client.post("/login", data={"csrf": csrf, "token": "s3cret-token"}, headers=origin)
+        page = client.get("/fleet")
+        assert page.status_code == 200
+        # on every page, as a form (a GET link could be followed by another site's page)
+        assert '<form class="sign-out" method="post" action="/logout">' in page.text
+        assert 'action="/logout"' not in client.get("/login").text
+        for refused in (
+            client.post("/logout", data={}, headers=origin),
+            client.post("/logout", data={"csrf": csrf}, headers={"origin": "https://evil.example"}),
+        ):
+            assert refused.status_code == 403
+        assert client.get("/", follow_redirects=False).status_code == 200  # still signed in
+        out = client.post("/logout", data={"csrf": csrf}, headers=origin, follow_redirects=False)
+        assert (out.status_code, out.headers["location"]) == (303, "/login")
+        cookie = out.headers["set-cookie"]
+        assert cookie.startswith('llava_batch_session="";') and "Max-Age=0" in cookie, cookie
+        for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+            assert attribute in cookie, cookie
+        again = client.get("/", follow_redirects=False)
+        assert (again.status_code, again.headers["location"]) == (303, "/login")
+
+
+@SQLITE_ONLY
+def test_without_a_token_no_page_offers_to_sign_out(client: TestClient) -> None:
+    assert "/logout" not in client.get("/").text
+
+
 def test_bulk_decisions_touch_the_filtered_view_only(
     session_factory: SessionFactory, client: TestClient, review_job: ReviewJob
 ) -> None:
