@@ -24,6 +24,7 @@ from jobs.settings import Settings
 from jobs.web import pages, review_pages
 from jobs.web.images import Budgets, ThumbnailCache
 from jobs.web.security import Guard
+from jobs.web.throttle import LoginThrottle
 from storage import Blobs
 
 STATIC = Path(__file__).parent / "static"
@@ -40,6 +41,7 @@ class Deps:
     token: str | None
     templates: Environment
     thumbnails: ThumbnailCache
+    login_throttle: LoginThrottle
 
     @property
     def budgets(self) -> Budgets:
@@ -57,6 +59,7 @@ def create_app(
     *,
     reviewer: str,
     loopback_only: bool = True,
+    login_throttle: LoginThrottle | None = None,
 ) -> Starlette:
     token = settings.serve_token.get_secret_value() or None
     deps = Deps(
@@ -67,6 +70,7 @@ def create_app(
         token=token,
         templates=_templates(),
         thumbnails=ThumbnailCache(settings.home / "thumbnails"),
+        login_throttle=LoginThrottle() if login_throttle is None else login_throttle,
     )
     routes = [
         Route("/", pages.jobs_page),

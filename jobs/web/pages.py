@@ -152,11 +152,20 @@ async def login_page(request: Request) -> Response:
     if deps.token is None:
         return RedirectResponse("/", status_code=303)
     if request.method == "GET":
-        return render(request, "login.html", wrong=False)
+        return render(request, "login.html", wrong=False, wait=0)
     await check_csrf(request)
+    # Behind a proxy on this host, uvicorn gives the address the proxy forwarded.
+    host = request.client.host if request.client else ""
+    wait = deps.login_throttle.wait_seconds(host)
+    if wait:
+        # The token is not even read: a guess made while waiting can never be the lucky one.
+        response = render(request, "login.html", 429, wrong=False, wait=wait)
+        response.headers["Retry-After"] = str(wait)
+        return response
     given = (await request.form()).get("token")
     if not isinstance(given, str) or not token_matches(given, deps.token):
-        return render(request, "login.html", 401, wrong=True)
+        deps.login_throttle.failed(host)
+        return render(request, "login.html", 401, wrong=True, wait=0)
     response = RedirectResponse("/", status_code=303)
     set_cookie(response, SESSION_COOKIE, session_value(deps.token), max_age=SESSION_SECONDS)
     return response

@@ -275,6 +275,100 @@ def test_signing_out_ends_the_session_and_wants_the_csrf_field(
         assert (again.status_code, again.headers["location"]) == (303, "/login")
 
 
+class Clock:
+    """A monotonic clock the test moves: the throttle's window passes without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@SQLITE_ONLY
+def test_wrong_tokens_are_throttled_per_address_without_checking_the_token(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    from jobs.web.app import create_app
+    from jobs.web.throttle import LoginThrottle
+
+    clock = Clock()
+    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
+    app = create_app(
+        settings,
+        session_factory,
+        blobs,
+        reviewer="ada",
+        loopback_only=False,
+        login_throttle=LoginThrottle(clock=clock),
+    )
+    site = "https://review.example.com"
+
+    def sign_in(client: TestClient, token: str) -> Any:
+        csrf = client.cookies.get("llava_batch_csrf") or ""
+        return client.post(
+            "/login",
+            data={"csrf": csrf, "token": token},
+            headers={"origin": site},
+            follow_redirects=False,
+        )
+
+    guesser = TestClient(app, base_url=site, client=("203.0.113.7", 40000))
+    colleague = TestClient(app, base_url=site, client=("198.51.100.2", 40000))
+    for client in (guesser, colleague):
+        client.get("/login")
+    for _ in range(5):
+        assert sign_in(guesser, "guess").status_code == 401
+        clock.now += 1
+    # a colleague signing in meanwhile neither suffers from it nor resets the guesser's count
+    assert sign_in(colleague, "s3cret-token").status_code == 303
+    refused = sign_in(guesser, "s3cret-token")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "55"  # the first failure is 5 s old
+    assert "wait 55 seconds" in refused.text
+    assert "llava_batch_session" not in guesser.cookies
+    clock.now += 54
+    assert sign_in(guesser, "s3cret-token").status_code == 429
+    clock.now += 1  # the first failure is 60 s old: one guess more is allowed, not five
+    assert sign_in(guesser, "guess").status_code == 401
+    assert sign_in(guesser, "guess").status_code == 429
+    clock.now += 60
+    assert sign_in(guesser, "s3cret-token").status_code == 303
+    assert guesser.get("/", follow_redirects=False).status_code == 200
+
+
+def test_the_throttles_table_of_addresses_is_bounded() -> None:
+    from jobs.web.throttle import MAX_ADDRESSES, LoginThrottle
+
+    clock = Clock()
+    throttle = LoginThrottle(clock=clock)
+    for _ in range(5):
+        throttle.failed("192.0.2.1")
+    # a flood of addresses, each failing once: the table stays at its bound, dropping the
+    # least recently failed first
+    for n in range(MAX_ADDRESSES + 500):
+        throttle.failed(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+        if n == MAX_ADDRESSES // 2:
+            assert throttle.wait_seconds("192.0.2.1") == 60
+    assert throttle.addresses() == MAX_ADDRESSES
+    assert throttle.wait_seconds("192.0.2.1") == 0
+    assert throttle.wait_seconds("10.0.0.0") == 0
+
+
+def test_an_ipv6_host_is_counted_by_its_64() -> None:
+    """One host commonly holds a whole /64: a fresh address per guess must not help it."""
+    from jobs.web.throttle import LoginThrottle
+
+    throttle = LoginThrottle(clock=Clock())
+    for n in range(5):
+        throttle.failed(f"2001:db8:1:2::{n + 1:x}")
+    assert throttle.wait_seconds("2001:db8:1:2:ffff::9") == 60
+    assert throttle.wait_seconds("2001:db8:1:3::1") == 0
+    for _ in range(5):
+        throttle.failed("::ffff:192.0.2.9")  # an IPv4 client of a dual-stack socket
+    assert throttle.wait_seconds("192.0.2.9") == 60
+
+
 @SQLITE_ONLY
 def test_without_a_token_no_page_offers_to_sign_out(client: TestClient) -> None:
     assert "/logout" not in client.get("/").text
