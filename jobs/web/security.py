@@ -3,7 +3,8 @@
 - **Who**: with a token (``LLAVA_BATCH_SERVE_TOKEN``), every page but the login page wants the
   session cookie the login page sets once the token is given: ``HttpOnly``, ``Secure``,
   ``SameSite=Strict``, holding an HMAC of the token (never the token itself).
-  Signing out (a POST, so a page of another site cannot do it) expires that cookie.
+  Signing out (a POST, so a page of another site cannot do it) expires that cookie; wrong
+  tokens are throttled per address (``jobs.web.throttle``).
 - **Forged requests**: every state-changing request (POST) carries the per-browser CSRF token
   (a form field or the ``X-CSRF-Token`` header) equal to its CSRF cookie, and an ``Origin`` (or,
   lacking one, a ``Referer``) of this very site.
