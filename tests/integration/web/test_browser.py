@@ -291,6 +291,12 @@ def test_with_a_token_the_page_asks_for_it_once(
             "Strict",
         )
         assert browser.execute_script("return document.cookie") == ""  # no script reads them
+        # Sign out: a form the browser posts with its CSRF field and Origin; the session ends
+        browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
+        wait.until(lambda b: b.current_url == base + "/login")
+        assert browser.get_cookie("llava_batch_session") is None
+        browser.get(base + "/fleet")
+        assert browser.current_url == base + "/login"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
