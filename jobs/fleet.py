@@ -15,7 +15,6 @@ from sqlalchemy import delete, select, update
 
 from jobs import progress
 from jobs.db import SessionFactory, WorkerRow, utcnow
-from jobs.progress import LIVE_PERIODS as LIVE_PERIODS  # re-exported: jobs.fleet_report
 from jobs.sqlread import session_reader
 
 # Rows of workers not seen this long are deleted by the sweeper (LLAVA_BATCH_WORKER_ROWS_KEPT_FOR),

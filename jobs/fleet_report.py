@@ -1,7 +1,7 @@
 """The fleet as the review page shows it (``serve``'s fleet page): per model, its live workers
 (from the registry, ``jobs.fleet``), its backlog, its recent rate and its recent failures by
-code. Reads only; the backlog and the rate are the ones ``status`` and the metrics use
-(``jobs.shares``)."""
+code. Reads only; the backlog is the one the metrics use (``jobs.shares``), the rate and the
+live period the ones ``status`` uses (``jobs.progress``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from jobs.db import Item, Job, WorkerRow, utcnow
-from jobs.fleet import LIVE_PERIODS
 from jobs.lifecycle.common import UNFINISHED_JOB_STATES
-from jobs.shares import RATE_WINDOW, backlog, fleet_rate
+from jobs.progress import LIVE_PERIODS, RATE_WINDOW, fleet_rate
+from jobs.shares import backlog
+from jobs.sqlread import session_reader
 from jobs.states import ItemStatus
 
 # Failures are counted over this much of the recent past.
@@ -61,8 +62,9 @@ def fleet_report(
         of(model).backlog += queued
     for model, code, count in _recent_failures(session, now=now):
         of(model).failures[code] = count
+    reader = session_reader(session)
     for entry in models.values():
-        entry.items_per_second = fleet_rate(session, entry.model, now=now)
+        entry.items_per_second = fleet_rate(reader, entry.model, now=now)
     return [models[name] for name in sorted(models)]
 
 

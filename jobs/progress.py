@@ -258,10 +258,9 @@ def active_jobs(reader: Reader, model: str, *, now: datetime) -> list[tuple[str,
     ]
 
 
-def read_turn(reader: Reader, job: JobRow, *, now: datetime) -> Turn:
-    """Its place in the claim order, its share of the fleet, what higher priorities queued
-    ahead of it and the model's recent rate."""
-    active = active_jobs(reader, job.model, now=now)
+def read_turn(reader: Reader, job: JobRow, active: list[tuple[str, int]], *, now: datetime) -> Turn:
+    """Its place in the claim order (``active``: ``active_jobs`` of its model), its share of
+    the fleet, what higher priorities queued ahead of it and the model's recent rate."""
     ids = [job_id for job_id, _ in active]
     position = ids.index(job.id) + 1 if job.id in ids else None
     higher = [job_id for job_id, priority in active if priority > job.priority]
@@ -272,7 +271,7 @@ def read_turn(reader: Reader, job: JobRow, *, now: datetime) -> Turn:
 
 
 def eta_seconds(
-    reader: Reader, job: JobRow, turn: Turn, remaining: int, *, now: datetime
+    reader: Reader, job: JobRow, turn: Turn, active: list[tuple[str, int]], remaining: int
 ) -> float | None:
     """Seconds until ``job``'s ``remaining`` items are done at the model's recent rate: first
     what higher priorities have queued, then its share beside the jobs of its own priority,
@@ -283,7 +282,6 @@ def eta_seconds(
         return 0.0
     if not rate:
         return None
-    active = active_jobs(reader, job.model, now=now)
     peers = [i for i, priority in active if priority == job.priority and i != job.id]
     shared = sum(queued_items(reader, peer, cap=remaining) for peer in peers)
     return (turn.ahead + remaining + shared) / rate
@@ -409,8 +407,9 @@ def read_progress(
             eta = remaining / rate
     place = None
     if turn and job.status in (JobStatus.queued, JobStatus.in_progress):
-        place = read_turn(reader, job, now=now)
-        shared_eta = eta_seconds(reader, job, place, remaining, now=now)
+        active = active_jobs(reader, job.model, now=now)
+        place = read_turn(reader, job, active, now=now)
+        shared_eta = eta_seconds(reader, job, place, active, remaining)
         eta = shared_eta if shared_eta is not None else eta
     return JobProgress(
         id=job.id,

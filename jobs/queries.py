@@ -47,7 +47,10 @@ def job_row(job: Job) -> JobRow:
 
 def find_job(session: Session, job_ref: str) -> Job:
     """The job with this id or unique id prefix (``jobs.progress.find_job_row``), not one
-    being deleted."""
+    being deleted. A whole id is one read of the primary key."""
+    found = session.get(Job, job_ref)
+    if found is not None and found.status != JobStatus.deleting:
+        return found
     found = session.get(Job, find_job_row(session_reader(session), job_ref).id)
     if found is None:  # deleted in between
         raise JobNotFoundError(f"No job matches {job_ref!r}.")
@@ -66,10 +69,6 @@ def read_progress(
     return progress.read_progress(
         session_reader(session), job_row(job), now=now, usage=usage, turn=turn
     )
-
-
-def read_usage(session: Session, job_id: str) -> Usage:
-    return progress.read_usage(session_reader(session), job_id)
 
 
 def list_recent_jobs(
