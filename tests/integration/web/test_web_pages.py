@@ -205,6 +205,22 @@ def test_every_response_carries_a_strict_content_security_policy(client: TestCli
         assert "|safe" not in text and "autoescape false" not in text, template
 
 
+SITE = "https://review.example.com"
+STRICT_COOKIE = ("HttpOnly", "Secure", "SameSite=strict", "Path=/")
+
+
+def _sign_in(client: TestClient, token: str) -> Any:
+    """POSTs ``token`` to the login page as a browser of ``SITE`` does: its CSRF field, its
+    Origin."""
+    csrf = client.cookies.get("llava_batch_csrf") or ""
+    return client.post(
+        "/login",
+        data={"csrf": csrf, "token": token},
+        headers={"origin": SITE},
+        follow_redirects=False,
+    )
+
+
 @SQLITE_ONLY
 def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
@@ -213,27 +229,21 @@ def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
 
     settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
     app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
-    with TestClient(app, base_url="https://review.example.com") as client:
+    with TestClient(app, base_url=SITE) as client:
         first = client.get("/", follow_redirects=False)
         assert (first.status_code, first.headers["location"]) == (303, "/login")
         assert client.get("/fleet", follow_redirects=False).status_code == 303
         assert client.get("/items/x/thumb", follow_redirects=False).status_code == 303
         csrf = client.cookies.get("llava_batch_csrf") or ""
-        origin = {"origin": "https://review.example.com"}
+        origin = {"origin": SITE}
         assert client.post("/jobs/x/cancel", data={"csrf": csrf}, headers=origin).status_code == 401
-        wrong = client.post("/login", data={"csrf": csrf, "token": "guess"}, headers=origin)
-        assert wrong.status_code == 401
-        right = client.post(
-            "/login",
-            data={"csrf": csrf, "token": "s3cret-token"},
-            headers=origin,
-            follow_redirects=False,
-        )
+        assert _sign_in(client, "guess").status_code == 401
+        right = _sign_in(client, "s3cret-token")
         assert right.status_code == 303
         cookie = right.headers["set-cookie"]
         assert cookie.startswith(f"llava_batch_session={session_value('s3cret-token')};")
         assert "s3cret-token" not in cookie
-        for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+        for attribute in STRICT_COOKIE:
             assert attribute in cookie, cookie
         assert client.get("/").status_code == 200
         # any host name: off loopback the token is the guard
@@ -248,12 +258,11 @@ def test_signing_out_ends_the_session_and_wants_the_csrf_field(
 
     settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
     app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
-    site = "https://review.example.com"
-    with TestClient(app, base_url=site) as client:
+    with TestClient(app, base_url=SITE) as client:
         client.get("/login")
         csrf = client.cookies.get("llava_batch_csrf") or ""
-        origin = {"origin": site}
-        client.post("/login", data={"csrf": csrf, "token": "s3cret-token"}, headers=origin)
+        origin = {"origin": SITE}
+        assert _sign_in(client, "s3cret-token").status_code == 303
         page = client.get("/fleet")
         assert page.status_code == 200
         # on every page, as a form (a GET link could be followed by another site's page)
@@ -269,7 +278,7 @@ def test_signing_out_ends_the_session_and_wants_the_csrf_field(
         assert (out.status_code, out.headers["location"]) == (303, "/login")
         cookie = out.headers["set-cookie"]
         assert cookie.startswith('llava_batch_session="";') and "Max-Age=0" in cookie, cookie
-        for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+        for attribute in STRICT_COOKIE:
             assert attribute in cookie, cookie
         again = client.get("/", follow_redirects=False)
         assert (again.status_code, again.headers["location"]) == (303, "/login")
@@ -302,38 +311,27 @@ def test_wrong_tokens_are_throttled_per_address_without_checking_the_token(
         loopback_only=False,
         login_throttle=LoginThrottle(clock=clock),
     )
-    site = "https://review.example.com"
-
-    def sign_in(client: TestClient, token: str) -> Any:
-        csrf = client.cookies.get("llava_batch_csrf") or ""
-        return client.post(
-            "/login",
-            data={"csrf": csrf, "token": token},
-            headers={"origin": site},
-            follow_redirects=False,
-        )
-
-    guesser = TestClient(app, base_url=site, client=("203.0.113.7", 40000))
-    colleague = TestClient(app, base_url=site, client=("198.51.100.2", 40000))
+    guesser = TestClient(app, base_url=SITE, client=("203.0.113.7", 40000))
+    colleague = TestClient(app, base_url=SITE, client=("198.51.100.2", 40000))
     for client in (guesser, colleague):
         client.get("/login")
     for _ in range(5):
-        assert sign_in(guesser, "guess").status_code == 401
+        assert _sign_in(guesser, "guess").status_code == 401
         clock.now += 1
     # a colleague signing in meanwhile neither suffers from it nor resets the guesser's count
-    assert sign_in(colleague, "s3cret-token").status_code == 303
-    refused = sign_in(guesser, "s3cret-token")
+    assert _sign_in(colleague, "s3cret-token").status_code == 303
+    refused = _sign_in(guesser, "s3cret-token")
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "55"  # the first failure is 5 s old
     assert "wait 55 seconds" in refused.text
     assert "llava_batch_session" not in guesser.cookies
     clock.now += 54
-    assert sign_in(guesser, "s3cret-token").status_code == 429
+    assert _sign_in(guesser, "s3cret-token").status_code == 429
     clock.now += 1  # the first failure is 60 s old: one guess more is allowed, not five
-    assert sign_in(guesser, "guess").status_code == 401
-    assert sign_in(guesser, "guess").status_code == 429
+    assert _sign_in(guesser, "guess").status_code == 401
+    assert _sign_in(guesser, "guess").status_code == 429
     clock.now += 60
-    assert sign_in(guesser, "s3cret-token").status_code == 303
+    assert _sign_in(guesser, "s3cret-token").status_code == 303
     assert guesser.get("/", follow_redirects=False).status_code == 200
 
 
