@@ -186,11 +186,12 @@ def test_a_slow_upload_does_not_let_the_submit_lease_lapse(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Invariant I9: a live producer's submit lease is renewed by a heartbeat while it stores
-    the next chunk's inputs, not only when a chunk commits. Here the lease is 1.5 s and the
-    producer is held inside an upload until the lease its last chunk wrote has run out; the
-    sweeper (at the real time) then abandons nothing, the submit completes, and its key returns
-    the whole job (not ``submit_incomplete``)."""
-    monkeypatch.setattr(submit_rows, "SUBMIT_LEASE", timedelta(seconds=1.5))
+    the next chunk's inputs, not only when a chunk commits. Here the lease is 3 s (a loaded
+    machine once delayed a heartbeat past a 1.5 s one) and the producer is held inside an
+    upload until the lease its last chunk wrote has run out; the sweeper (at the real time)
+    then abandons nothing, the submit completes, and its key returns the whole job (not
+    ``submit_incomplete``)."""
+    monkeypatch.setattr(submit_rows, "SUBMIT_LEASE", timedelta(seconds=3))
     folder = tmp_path / "c"
     write_images(folder, 11)
     swept: list[Any] = []
