@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Protocol
 
-from jobs.submit.input_store import UPLOAD_THREADS, sha256_of
+from jobs.submit.input_store import local_threads, sha256_of
 from jobs.submit.sources import InputSpec
 
 
@@ -79,5 +79,5 @@ def describe_inputs(inputs: Sequence[InputSpec], *, hashed: bool) -> list[Any]:
 
     if not hashed:
         return [describe(spec) for spec in inputs]
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=local_threads()) as pool:
         return list(pool.map(describe, inputs))

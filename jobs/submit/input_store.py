@@ -4,6 +4,7 @@ budget; objects already in a user's bucket are referenced in place, never copied
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -11,12 +12,12 @@ from contextlib import contextmanager
 
 from jobs.errors import RequestError
 from jobs.submit.sources import NO_INPUT, InputSpec
-from storage import Blobs, StorageError
+from storage import Blobs, LocalStore, StorageError
 
 
 def store_inputs(inputs: Sequence[InputSpec], blobs: Blobs) -> list[tuple[str, str | None]]:
     """Uploads local files content-addressed; objects in a user's bucket are read in place."""
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=upload_threads(blobs)) as pool:
         return store_with(pool, inputs, blobs)
 
 
@@ -80,6 +81,23 @@ def _uploads(spec: InputSpec) -> bool:
 
 # Uploads are I/O bound; a few threads hide S3 round trips for large catalogues.
 UPLOAD_THREADS = 8
+
+
+def upload_threads(blobs: Blobs) -> int:
+    """How many inputs to store at once. S3's round trips want several in flight; storing
+    into a local folder is reading, hashing and copying on this machine's own cores, where
+    threads past the cores only take turns (1,152 catalogue photos already stored, on 2 cores:
+    0.95 s with 8 threads, 0.64 s with 2; written afresh, the same either way)."""
+    if isinstance(blobs.store, LocalStore):
+        return local_threads()
+    return UPLOAD_THREADS
+
+
+def local_threads() -> int:
+    """Threads for work on local files (reading and hashing): no more than the cores this
+    process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(UPLOAD_THREADS, cores or 1))
 
 
 # Bytes of input held in memory by concurrent uploads; one larger input goes alone.

@@ -39,7 +39,7 @@ from jobs.lifecycle import (
 )
 from jobs.states import ItemStatus
 from jobs.submit.in_flight import InFlight
-from jobs.submit.input_store import UPLOAD_THREADS, store_all_with
+from jobs.submit.input_store import store_all_with, upload_threads
 from jobs.submit.reuse_key import job_basis, reuse_key
 from jobs.submit.sources import INPUT_ERROR, MORE_IMAGES, InputSpec
 from storage import Blobs
@@ -83,7 +83,7 @@ def prepare_rows(
     """The item rows of a small job, every input stored first: nothing here touches the
     database, so the transaction that writes them never waits on storage."""
     rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=upload_threads(blobs)) as pool:
         for chunk in chunks(inputs, _CHUNK):
             rows += item_rows(
                 pool,
@@ -155,7 +155,7 @@ def write_in_chunks(
     written, failed, dispatching, committed = 0, 0, True, False
     keeper = SubmitLeaseKeeper(session_factory, job.id, flight)
     try:
-        with keeper, ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        with keeper, ThreadPoolExecutor(max_workers=upload_threads(blobs)) as pool:
             for chunk, last in _with_last(_sized(inputs, batch_size, rest)):
                 rows = item_rows(
                     pool,

@@ -423,7 +423,6 @@ def test_rows_whose_upload_outlasts_the_redispatch_age_are_never_sent_again(
     slow = HeldBlobs(blobs.store, slow_put)
     bell = SweepFirst(session_factory, redispatch_after=timedelta(seconds=0.5), bell_limit=3)
     monkeypatch.setattr("jobs.submit.input_store.UPLOAD_THREADS", 1)
-    monkeypatch.setattr("jobs.submit.rows.UPLOAD_THREADS", 1)
     result = _submit(session_factory, slow, folder, bell)
     assert result.complete and result.dispatched
     items = _items(session_factory)
