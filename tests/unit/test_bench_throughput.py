@@ -119,3 +119,18 @@ def test_the_system_column_runs_end_to_end_with_a_fake_engine(
     busy = throughput_columns.BusyEngine(FakeEngine())
     seconds = throughput_columns.run_embedded(images, busy, _args(), "test")
     assert busy.items == 8 and 0 < busy.busy_seconds < seconds
+
+
+def test_the_celery_mode_refuses_a_database_with_unfinished_jobs_of_its_model(
+    tmp_path: Path,
+) -> None:
+    """The worker would take batches from such a job in turn with the timed ones."""
+    from storage import open_blobs
+    from tests.helpers import migrated_session_factory, submit_captions
+
+    sf = migrated_session_factory(f"sqlite:///{tmp_path / 'bench.sqlite3'}")
+    throughput_columns.refuse_unfinished_jobs(sf, "fake")  # empty: the run goes on
+    submit_captions(sf, open_blobs(str(tmp_path / "blobs")), tmp_path, n=2)
+    throughput_columns.refuse_unfinished_jobs(sf, "another-model")  # not this model's
+    with pytest.raises(SystemExit, match="1 unfinished job"):
+        throughput_columns.refuse_unfinished_jobs(sf, "fake")
