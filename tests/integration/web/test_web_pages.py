@@ -221,15 +221,23 @@ def _sign_in(client: TestClient, token: str) -> Any:
     )
 
 
+def _token_app(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path, **options: Any
+) -> Any:
+    """The review page off loopback, guarded by the token ``s3cret-token``."""
+    from jobs.web.app import create_app
+
+    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
+    return create_app(
+        settings, session_factory, blobs, reviewer="ada", loopback_only=False, **options
+    )
+
+
 @SQLITE_ONLY
 def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    from jobs.web.app import create_app
-
-    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
-    app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
-    with TestClient(app, base_url=SITE) as client:
+    with TestClient(_token_app(session_factory, blobs, tmp_path), base_url=SITE) as client:
         first = client.get("/", follow_redirects=False)
         assert (first.status_code, first.headers["location"]) == (303, "/login")
         assert client.get("/fleet", follow_redirects=False).status_code == 303
@@ -254,11 +262,7 @@ def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
 def test_signing_out_ends_the_session_and_wants_the_csrf_field(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    from jobs.web.app import create_app
-
-    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
-    app = create_app(settings, session_factory, blobs, reviewer="ada", loopback_only=False)
-    with TestClient(app, base_url=SITE) as client:
+    with TestClient(_token_app(session_factory, blobs, tmp_path), base_url=SITE) as client:
         client.get("/login")
         csrf = client.cookies.get("llava_batch_csrf") or ""
         origin = {"origin": SITE}
@@ -298,19 +302,10 @@ class Clock:
 def test_wrong_tokens_are_throttled_per_address_without_checking_the_token(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
-    from jobs.web.app import create_app
     from jobs.web.throttle import LoginThrottle
 
     clock = Clock()
-    settings = make_settings(home=tmp_path / "home", serve_token="s3cret-token")
-    app = create_app(
-        settings,
-        session_factory,
-        blobs,
-        reviewer="ada",
-        loopback_only=False,
-        login_throttle=LoginThrottle(clock=clock),
-    )
+    app = _token_app(session_factory, blobs, tmp_path, login_throttle=LoginThrottle(clock=clock))
     guesser = TestClient(app, base_url=SITE, client=("203.0.113.7", 40000))
     colleague = TestClient(app, base_url=SITE, client=("198.51.100.2", 40000))
     for client in (guesser, colleague):
