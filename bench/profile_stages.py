@@ -324,8 +324,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from throughput import warm_up
     from throughput_columns import StubEngine, run_embedded
 
+    from jobs.cores import usable_cores
     from jobs.settings import Settings
-    from workers.helpers import usable_cores
     from workers.resources import build_engine_spec, load_transformers_engine
 
     engine = load_transformers_engine(build_engine_spec(Settings(model=args.model)))

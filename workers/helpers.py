@@ -18,6 +18,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from jobs.cores import usable_cores
+
 log = logging.getLogger(__name__)
 
 # Added to a helper thread's nice value: on Linux a weight of about a tenth of the model's.
@@ -48,13 +50,6 @@ def lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, now + HELPER_NICENESS)  # the kernel caps it at 19
     except OSError as exc:  # a sandbox may forbid it: decoding works, only less politely
         log.debug("could not lower a helper thread's priority: %s", exc)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, as a container's cpuset sets it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def decode_threads_per_slot(configured: int, slots: int, cores: int | None = None) -> int:

@@ -4,12 +4,12 @@ budget; objects already in a user's bucket are referenced in place, never copied
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from jobs.cores import usable_cores
 from jobs.errors import RequestError
 from jobs.submit.sources import NO_INPUT, InputSpec
 from storage import Blobs, LocalStore, StorageError
@@ -96,8 +96,7 @@ def upload_threads(blobs: Blobs) -> int:
 def local_threads() -> int:
     """Threads for work on local files (reading and hashing): no more than the cores this
     process may run on."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(UPLOAD_THREADS, cores or 1))
+    return max(1, min(UPLOAD_THREADS, usable_cores()))
 
 
 # Bytes of input held in memory by concurrent uploads; one larger input goes alone.

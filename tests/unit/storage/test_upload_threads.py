@@ -11,22 +11,23 @@ from jobs.submit import input_store
 from storage import Blobs, LocalStore, S3Store
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _cores(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(count)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: count)
 
 
-def test_a_local_store_takes_no_more_threads_than_cores(tmp_path: Path) -> None:
-    threads = input_store.upload_threads(Blobs(LocalStore(tmp_path)))
-    assert threads == min(input_store.UPLOAD_THREADS, _cores())
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 2), (3, 3), (16, 8)])
+def test_a_local_store_takes_no_more_threads_than_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    _cores(monkeypatch, cores)
+    assert input_store.upload_threads(Blobs(LocalStore(tmp_path))) == threads
     assert input_store.local_threads() == threads
 
 
-def test_s3_keeps_several_uploads_in_flight_whatever_the_cores() -> None:
+def test_s3_keeps_several_uploads_in_flight_whatever_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _cores(monkeypatch, 1)
     store = S3Store(cast(Any, None), "bucket", "inputs")  # no call is made: only its kind counts
     assert input_store.upload_threads(Blobs(store)) == input_store.UPLOAD_THREADS == 8
-
-
-def test_one_core_stores_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert input_store.upload_threads(Blobs(LocalStore(tmp_path))) == 1
