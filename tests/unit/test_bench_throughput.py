@@ -134,3 +134,27 @@ def test_the_celery_mode_refuses_a_database_with_unfinished_jobs_of_its_model(
     throughput_columns.refuse_unfinished_jobs(sf, "another-model")  # not this model's
     with pytest.raises(SystemExit, match="1 unfinished job"):
         throughput_columns.refuse_unfinished_jobs(sf, "fake")
+
+
+def test_a_job_s_stored_inputs_are_forgotten_so_the_next_submit_stores_them_afresh(
+    tmp_path: Path,
+) -> None:
+    """Both timed submits of the celery mode send the same photos: without this, the second
+    would find them stored by the first and skip writing them."""
+    from sqlalchemy import select
+
+    from jobs.db import Item
+    from storage import open_blobs
+    from tests.helpers import migrated_session_factory, submit_captions
+
+    sf = migrated_session_factory(f"sqlite:///{tmp_path / 'bench.sqlite3'}")
+    blobs = open_blobs(str(tmp_path / "blobs"))
+    job_id, _ = submit_captions(sf, blobs, tmp_path, n=3)
+    stored = sorted((tmp_path / "blobs").rglob("*.png"))
+    assert len(stored) == 3
+    throughput_columns.forget_stored_inputs(sf, blobs, job_id)
+    assert not any(path.exists() for path in stored)
+    with sf() as session:  # the job and its rows stay: only the copies are gone
+        assert len(session.scalars(select(Item.id).where(Item.job_id == job_id)).all()) == 3
+    submit_captions(sf, blobs, tmp_path, n=3)  # the same photos again: written again
+    assert all(path.exists() for path in stored)
