@@ -10,6 +10,11 @@ page cache, then ``--runs`` times, the trees and commands taking turns, so check
 one run (``--trees``, each put first on ``PYTHONPATH``; default: this one) share the machine's
 load. Prints the median and the spread in seconds, bare ``python -c pass`` for scale, and the
 load average before and after. The design target: every median ≤ 0.3 s.
+
+``--instructions`` counts instead of timing: each (tree, command) runs once under valgrind's
+callgrind, and the table gives the instructions the process ran, in millions. A count is the
+same for the same code and inputs however loaded the machine is, where a median of wall times
+moves by a tenth or more from run to run on a shared machine: it compares trees to the percent.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -31,6 +37,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "llava-batch")
+CALLGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 
 HELP = {"--help": ["--help"], "submit --help": ["submit", "--help"]}
 
@@ -73,6 +80,27 @@ def _timed(env: dict[str, str], args: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
+def _counted(env: dict[str, str], args: list[str]) -> float:
+    """Millions of instructions the process ran, counted by callgrind (no profile written)."""
+    result = subprocess.run(
+        [*CALLGRIND, sys.executable, CLI, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return collected(result.stderr) / 1e6
+
+
+def collected(report: str) -> int:
+    """The instruction count in callgrind's closing report (``==PID== Collected : N``)."""
+    found = re.search(r"^==\d+== Collected : (\d+)$", report, re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"callgrind reported no count:\n{report[-2000:]}")
+    return int(found.group(1))
+
+
 def _one_job(env: dict[str, str], work: Path) -> str:
     """Migrates the database and submits one caption job; returns its id."""
     images = work / "images"
@@ -87,6 +115,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--trees", default=str(ROOT), help="checkouts to compare, by commas")
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (valgrind) instead"
+    )
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     load_before = os.getloadavg()
@@ -108,6 +139,9 @@ def main() -> None:
             for tree in trees:
                 envs[tree, "-"] = envs[tree, "sqlite"]
 
+            if args.instructions:
+                _show_counts(trees, cases, envs)
+                return
             timings: dict[tuple[Path, str, str], list[tuple[float, float]]] = {}
             bare = [_timed_bare() for _ in range(args.runs)]
             for warm in (True, False):
@@ -133,6 +167,32 @@ def main() -> None:
             cpu = statistics.median(c for _, c in timings[tree, database, command])
             spread = f"({min(wall):.3f} to {max(wall):.3f})"
             cells += f"  {statistics.median(wall):6.3f} {spread} cpu {cpu:.3f}"
+        print(f"{command:<14} {database:<7}{cells}")
+
+
+def _show_counts(
+    trees: list[Path],
+    cases: list[tuple[str, str, list[str]]],
+    envs: dict[tuple[Path, str], dict[str, str]],
+) -> None:
+    for database, _, argv in cases:  # once each first: our bytecode written, the cache warm
+        for tree in trees:
+            _timed(envs[tree, database], argv)
+    bare = subprocess.run(
+        [*CALLGRIND, sys.executable, "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print(f"bare python -c pass: {collected(bare.stderr) / 1e6:.0f} M instructions")
+    print("millions of instructions the process ran (callgrind), against the first tree")
+    header = "".join(f"  {tree.name:>20}" for tree in trees)
+    print(f"{'command':<14} {'db':<7}{header}")
+    for database, command, argv in cases:
+        counts = [_counted(envs[tree, database], argv) for tree in trees]
+        cells = f"  {counts[0]:>20.0f}"
+        for count in counts[1:]:
+            cells += f"  {count:>10.0f} ({count / counts[0] - 1:+.1%})"
         print(f"{command:<14} {database:<7}{cells}")
 
 
