@@ -158,6 +158,9 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     blobs = open_blobs(settings.resolved_storage_url)
     refuse_unfinished_jobs(session_factory, args.model)
 
+    def forget(job_id: str) -> None:
+        forget_stored_inputs(session_factory, blobs, job_id, batch=settings.purge_batch)
+
     def until_done(job_id: str) -> str:
         with session_factory() as session:
             while True:
@@ -195,14 +198,14 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         for path in sorted(images_dir.iterdir())[: 2 * args.batch_size]:
             shutil.copy(path, warm / path.name)
         # Each timed submit stores its photos afresh, as a catalogue's first submit does: the
-        # inputs an earlier submit of the same photos stored are deleted first, or the store
+        # job that stored the same photos before is deleted with them first, or the store
         # would find them there and skip writing them.
-        forget_stored_inputs(session_factory, blobs, until_done(submit(warm)))
+        forget(until_done(submit(warm)))
         shutil.rmtree(warm)
         start = time.perf_counter()
         job_id = until_done(submit(images_dir))
         seconds["system"] = time.perf_counter() - start
-        forget_stored_inputs(session_factory, blobs, job_id)
+        forget(job_id)
 
         start = time.perf_counter()
         out = subprocess.run(
@@ -215,7 +218,7 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
         submitted = json.loads(out.stdout.splitlines()[0])
         until_done(submitted["job_id"])
         seconds["cli"] = time.perf_counter() - start
-        forget_stored_inputs(session_factory, blobs, submitted["job_id"])  # for the next run
+        forget(submitted["job_id"])  # for the next run
         assert submitted["items"] == args.items, submitted
     finally:
         worker.terminate()
@@ -225,18 +228,20 @@ def run_celery(images_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     return seconds
 
 
-def forget_stored_inputs(session_factory: Any, blobs: Any, job_id: str) -> None:
-    """Deletes the inputs a job stored (its items' content-addressed copies) from the store, so
-    that the next submit of the same photos writes them again instead of finding them there."""
-    from sqlalchemy import select
+def forget_stored_inputs(session_factory: Any, blobs: Any, job_id: str, *, batch: int) -> None:
+    """Deletes an ended job by the product's own deletion (``delete_jobs``: its rows, then the
+    stored inputs no other job references), so that the next submit of the same photos writes
+    them again instead of finding them stored. Stops the run when some of its photos stay, still
+    referenced by another job of the database: the next submit would be timed on the shortcut."""
+    from jobs.retention.purge import delete_jobs
 
-    from jobs.db import Item
-
-    with session_factory() as session:
-        uris = session.scalars(
-            select(Item.input_uri).where(Item.job_id == job_id, Item.input_sha256.is_not(None))
-        ).all()
-    blobs.delete_stored(sorted({uri for uri in uris if blobs.holds(uri)}))
+    report = delete_jobs(session_factory, blobs, [job_id], batch=batch)
+    if not report.finished or report.inputs_deleted < report.items_deleted:
+        raise SystemExit(
+            f"{report.items_deleted - report.inputs_deleted} of job {job_id}'s photos stay "
+            "stored: another job of this database uses them, and the next submit would find "
+            "them there. Point LLAVA_BATCH_DATABASE_URL at a database of the bench's own."
+        )
 
 
 def refuse_unfinished_jobs(session_factory: Any, model: str) -> None:

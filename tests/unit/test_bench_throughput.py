@@ -141,20 +141,29 @@ def test_a_job_s_stored_inputs_are_forgotten_so_the_next_submit_stores_them_afre
 ) -> None:
     """Both timed submits of the celery mode send the same photos: without this, the second
     would find them stored by the first and skip writing them."""
-    from sqlalchemy import select
-
-    from jobs.db import Item
+    from jobs.db import Job
+    from jobs.lifecycle.requests import cancel_job
     from storage import open_blobs
     from tests.helpers import migrated_session_factory, submit_captions
 
     sf = migrated_session_factory(f"sqlite:///{tmp_path / 'bench.sqlite3'}")
     blobs = open_blobs(str(tmp_path / "blobs"))
     job_id, _ = submit_captions(sf, blobs, tmp_path, n=3)
+    cancel_job(sf, job_id)  # ended: only an ended job is deleted
     stored = sorted((tmp_path / "blobs").rglob("*.png"))
     assert len(stored) == 3
-    throughput_columns.forget_stored_inputs(sf, blobs, job_id)
+    throughput_columns.forget_stored_inputs(sf, blobs, job_id, batch=2)
     assert not any(path.exists() for path in stored)
-    with sf() as session:  # the job and its rows stay: only the copies are gone
-        assert len(session.scalars(select(Item.id).where(Item.job_id == job_id)).all()) == 3
-    submit_captions(sf, blobs, tmp_path, n=3)  # the same photos again: written again
+    with sf() as session:  # by the product's deletion: the job goes with its photos
+        assert session.get(Job, job_id) is None
+    again, _ = submit_captions(sf, blobs, tmp_path, n=3)  # the same photos: written again
     assert all(path.exists() for path in stored)
+
+    # Photos another job still uses stay stored: the run stops rather than time the shortcut.
+    cancel_job(sf, again)
+    other, _ = submit_captions(sf, blobs, tmp_path, n=3)
+    with pytest.raises(SystemExit, match=r"3 of job .*photos stay stored"):
+        throughput_columns.forget_stored_inputs(sf, blobs, again, batch=2)
+    assert all(path.exists() for path in stored)
+    with sf() as session:
+        assert session.get(Job, other) is not None
