@@ -80,10 +80,10 @@ def _timed(env: dict[str, str], args: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def _counted(env: dict[str, str], args: list[str]) -> float:
-    """Millions of instructions the process ran, counted by callgrind (no profile written)."""
+def _counted(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Millions of instructions ``command`` ran, counted by callgrind (no profile written)."""
     result = subprocess.run(
-        [*CALLGRIND, sys.executable, CLI, *args],
+        [*CALLGRIND, *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -178,18 +178,13 @@ def _show_counts(
     for database, _, argv in cases:  # once each first: our bytecode written, the cache warm
         for tree in trees:
             _timed(envs[tree, database], argv)
-    bare = subprocess.run(
-        [*CALLGRIND, sys.executable, "-c", "pass"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    print(f"bare python -c pass: {collected(bare.stderr) / 1e6:.0f} M instructions")
+    bare = _counted([sys.executable, "-c", "pass"])
+    print(f"bare python -c pass: {bare:.0f} M instructions")
     print("millions of instructions the process ran (callgrind), against the first tree")
     header = "".join(f"  {tree.name:>20}" for tree in trees)
     print(f"{'command':<14} {'db':<7}{header}")
     for database, command, argv in cases:
-        counts = [_counted(envs[tree, database], argv) for tree in trees]
+        counts = [_counted([sys.executable, CLI, *argv], envs[tree, database]) for tree in trees]
         cells = f"  {counts[0]:>20.0f}"
         for count in counts[1:]:
             cells += f"  {count:>10.0f} ({count / counts[0] - 1:+.1%})"
