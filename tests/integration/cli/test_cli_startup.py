@@ -8,6 +8,7 @@ it, once per schema; submit checks it structurally). bench/startup.py times the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,43 @@ def test_help_imports_no_database_and_no_settings(
     report = _probe(cli_env, *args, watch=NOT_FOR_HELP)
     assert report["code"] in (0, None)
     assert report["heavy"] == []
+
+
+# An installed distribution that declares a pydantic plugin; importing it leaves a mark.
+PLUGIN = """
+import os, pathlib
+pathlib.Path(os.environ["PLUGIN_MARK"]).write_text("loaded")
+class Plugin:
+    def new_schema_validator(self, *args, **kwargs):
+        return None, None, None
+plugin = Plugin()
+"""
+
+
+def test_the_cli_skips_pydantic_s_plugin_search_unless_the_user_asks(
+    run_cli: RunCli, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """pydantic reads every installed distribution's entry points for plugins when it builds a
+    first model, 2-3 % of a ``jobs``: the CLI turns the search off, as typer does for its own
+    validators, and keeps a PYDANTIC_DISABLE_PLUGINS the user set (here empty: load them all)."""
+    site = tmp_path / "site"
+    dist = site / "probe_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: probe-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nprobe = probe_plugin:plugin\n")
+    (site / "probe_plugin.py").write_text(PLUGIN)
+    mark = tmp_path / "loaded"
+    env = {k: v for k, v in cli_env.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env["PLUGIN_MARK"] = str(mark)
+
+    skipped = run_cli("jobs", env=env)
+    assert skipped.returncode == 0, skipped.stderr
+    assert not mark.exists()
+
+    asked = run_cli("jobs", env=env, PYDANTIC_DISABLE_PLUGINS="")
+    assert asked.returncode == 0, asked.stderr
+    assert mark.read_text() == "loaded"
 
 
 def test_a_mistyped_command_imports_no_database(cli_env: dict[str, str]) -> None:
