@@ -258,6 +258,8 @@ def main() -> None:
     args.max_new_tokens = args.max_new_tokens or defaults[2]
     if args.check and not args.gpu:
         parser.error("--check goes with --gpu")
+    if args.batch_sizes and not args.gpu:
+        parser.error("--batch-sizes goes with --gpu")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.gpu:

@@ -2,6 +2,7 @@
 
     python bench/throughput.py --gpu [--flavour llava-1.5-7b] [--precisions bfloat16,4bit]
                                [--items 256] [--batch-size 32] [--max-new-tokens 60]
+                               [--batch-sizes 16,32,64]
     python bench/throughput.py --gpu --check     # the same plumbing on CPU, scaled down
 
 Builds (once, in ``--checkpoint-cache``) a checkpoint with the published shapes and random
@@ -10,9 +11,10 @@ weights (``bench/fullsize.py``), loads it for each precision through the project
 (a) the system path (submit → claim → fetch → decode → generate → record, embedded) and (b) the
 plain batched script (``generate`` over pre-decoded images), as in the CPU mode. It prints
 items/s, generated tokens/s and the share of the physical limit (``bench/fullsize_limits.py``) for
-the prompt and output lengths measured. ``--check`` runs everything up to the CUDA call on the
-CPU with a scaled-down checkpoint (same tokenizer, image size and token counts), so CI can test
-this path; its figures are not GPU figures.
+the prompt and output lengths measured. ``--batch-sizes`` measures each micro-batch size in turn
+and names the one that wins: the most system items/s for each precision. ``--check`` runs
+everything up to the CUDA call on the CPU with a scaled-down checkpoint (same tokenizer, image
+size and token counts), so CI can test this path; its figures are not GPU figures.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
         default="bfloat16,4bit",
         help=f"comma-separated, from {', '.join(PRECISIONS)} (and float32 with --check)",
     )
+    group.add_argument(
+        "--batch-sizes",
+        help="comma-separated micro-batch sizes, each measured in turn (default: --batch-size)",
+    )
     group.add_argument("--checkpoint-cache", type=Path, help="where full-size checkpoints live")
     group.add_argument("--gpu-model", choices=sorted(GPUS), help="the limit's GPU if unknown")
     group.add_argument("--json-out", type=Path, help="also write the results here as JSON")
@@ -65,6 +71,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class Measured:
     precision: str
+    batch_size: int
     path: str  # "system" or "raw"
     items: int
     seconds: float
@@ -124,6 +131,10 @@ def run_gpu_mode(
     if unknown or not precisions:
         print(f"--precisions: choose from {', '.join(allowed)}, not {unknown}", file=sys.stderr)
         return 2
+    batch_sizes = parse_batch_sizes(args.batch_sizes, args.batch_size)
+    if batch_sizes is None:
+        print(f"--batch-sizes: positive whole numbers, not {args.batch_sizes!r}", file=sys.stderr)
+        return 2
     gpu = _limit_gpu(args, torch)
     arch = FLAVOURS[args.flavour]
     try:
@@ -146,40 +157,71 @@ def run_gpu_mode(
                 quantization="4bit" if precision == "4bit" else "none",
             )
             engine = CountingEngine(load_transformers_engine(spec))
-            warm = [GenerationRequest(_first_image(paths), "warm up")] * args.batch_size
-            engine.generate(warm, max_new_tokens=args.max_new_tokens)
-            for path in ("raw", "system"):
-                engine.reset()
-                if path == "raw":
-                    seconds = run_raw(paths, engine, args)
-                else:
-                    seconds = run_embedded(images_dir, engine, args, f"gpu-{precision}")
-                limit = None
-                if gpu is not None and engine.items:
-                    limit = physical_limit(
-                        arch,
-                        gpu,
-                        prompt_tokens=round(engine.tokens_in / engine.items),
-                        new_tokens=max(1, round(engine.tokens_out / engine.items)),
-                        precision="bfloat16" if precision == "float32" else precision,
-                    ).items_per_s
-                measured.append(
-                    Measured(
-                        precision,
-                        path,
-                        args.items,
-                        seconds,
-                        engine.tokens_in,
-                        engine.tokens_out,
-                        limit,
+            for batch_size in batch_sizes:
+                sized = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
+                # Each size warmed on its own: the kernels a batch shape picks, and the
+                # allocator's blocks for it, are paid before its clock starts.
+                warm = [GenerationRequest(_first_image(paths), "warm up")] * batch_size
+                engine.generate(warm, max_new_tokens=args.max_new_tokens)
+                for path in ("raw", "system"):
+                    engine.reset()
+                    if path == "raw":
+                        seconds = run_raw(paths, engine, sized)
+                    else:
+                        tag = f"gpu-{precision}-{batch_size}"
+                        seconds = run_embedded(images_dir, engine, sized, tag)
+                    limit = None
+                    if gpu is not None and engine.items:
+                        limit = physical_limit(
+                            arch,
+                            gpu,
+                            prompt_tokens=round(engine.tokens_in / engine.items),
+                            new_tokens=max(1, round(engine.tokens_out / engine.items)),
+                            precision="bfloat16" if precision == "float32" else precision,
+                        ).items_per_s
+                    measured.append(
+                        Measured(
+                            precision,
+                            batch_size,
+                            path,
+                            args.items,
+                            seconds,
+                            engine.tokens_in,
+                            engine.tokens_out,
+                            limit,
+                        )
                     )
-                )
             del engine
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     _report(args, gpu, measured, device=_device_name(args, torch))
     return 0
+
+
+def parse_batch_sizes(listed: str | None, default: int) -> list[int] | None:
+    """The micro-batch sizes to measure, in the order given (duplicates dropped); None for a
+    list that is not of positive whole numbers."""
+    if listed is None:
+        return [default]
+    try:
+        sizes = [int(part) for part in listed.split(",") if part.strip()]
+    except ValueError:
+        return None
+    if not sizes or min(sizes) < 1:
+        return None
+    return list(dict.fromkeys(sizes))
+
+
+def best_batch_sizes(measured: Sequence[Measured]) -> dict[str, int]:
+    """For each precision, the micro-batch size whose system path ran the most items/s."""
+    best: dict[str, Measured] = {}
+    for m in measured:
+        if m.path == "system" and (
+            m.precision not in best or m.items_per_s > best[m.precision].items_per_s
+        ):
+            best[m.precision] = m
+    return {precision: m.batch_size for precision, m in best.items()}
 
 
 def _checkpoint(args: argparse.Namespace, torch: Any) -> Path:
@@ -216,9 +258,10 @@ def _first_image(paths: list[Path]) -> Any:
 def _report(
     args: argparse.Namespace, gpu: Gpu | None, measured: list[Measured], *, device: str
 ) -> None:
+    sizes = ",".join(str(size) for size in dict.fromkeys(m.batch_size for m in measured))
     print(
         f"model={args.flavour} (random weights, published shapes) device={device} "
-        f"items={args.items} batch_size={args.batch_size} max_new_tokens={args.max_new_tokens}"
+        f"items={args.items} batch_size={sizes} max_new_tokens={args.max_new_tokens}"
     )
     limit_name = gpu.name if gpu else "unknown GPU: pass --gpu-model"
     print(f"physical limit on {limit_name} (prefill and decode overlapped; fullsize_limits)")
@@ -227,13 +270,17 @@ def _report(
         share_text = f"{100 * share:5.1f} % of {m.limit_items_per_s:.1f}" if share else "n/a"
         label = "(a) system" if m.path == "system" else "(b) raw   "
         print(
-            f"{m.precision:>9} {label} {m.items_per_s:8.2f} items/s "
+            f"{m.precision:>9} b={m.batch_size:<3} {label} {m.items_per_s:8.2f} items/s "
             f"{m.tokens_out / m.seconds:9.1f} out tok/s {m.tokens_in / m.seconds:10.1f} "
             f"prompt tok/s  {share_text} img/s limit"
         )
+    best = best_batch_sizes(measured)
+    for precision, size in best.items():
+        print(f"{precision:>9} micro-batch that wins (system items/s): {size}")
     if args.json_out:
         rows = [
             {**asdict(m), "items_per_s": m.items_per_s, "share_of_limit": m.share_of_limit}
             for m in measured
         ]
-        args.json_out.write_text(json.dumps({"device": device, "results": rows}, indent=2))
+        document = {"device": device, "results": rows, "best_batch_size": best}
+        args.json_out.write_text(json.dumps(document, indent=2))

@@ -31,6 +31,7 @@ try:
     from fullsize import build_fullsize_config, build_meta_model, ensure_fullsize_checkpoint, main
     from fullsize_arch import FLAVOURS, count_parameters, scale_architecture
     from fullsize_limits import GPUS, find_gpu, image_cost, physical_limit
+    from throughput_gpu import Measured, best_batch_sizes, parse_batch_sizes
 finally:
     sys.path.remove(str(ROOT / "bench"))
 
@@ -234,7 +235,7 @@ def test_bench_gpu_check_runs_the_gpu_path_on_cpu(
 ) -> None:
     _scaled(fullsize_cache, "llava-1.5-7b")  # reused from the cache, not rebuilt
     results = tmp_path / "results.json"
-    argv = ["--gpu", "--check", "--items", "2", "--batch-size", "2", "--max-new-tokens", "1"]
+    argv = ["--gpu", "--check", "--items", "2", "--batch-sizes", "1,2", "--max-new-tokens", "1"]
     argv += ["--precisions", "float32", "--checkpoint-cache", str(fullsize_cache)]
     argv += ["--json-out", str(results)]
     monkeypatch.setattr(sys, "argv", ["bench/throughput.py", *argv])
@@ -246,9 +247,45 @@ def test_bench_gpu_check_runs_the_gpu_path_on_cpu(
     out = capsys.readouterr().out
     assert "not a GPU figure" in out
     assert "(a) system" in out and "(b) raw" in out and "% of" in out
-    rows = json.loads(results.read_text())["results"]
-    assert {row["path"] for row in rows} == {"system", "raw"}
+    document = json.loads(results.read_text())
+    rows = document["results"]
+    assert {(row["path"], row["batch_size"]) for row in rows} == {
+        (path, size) for path in ("system", "raw") for size in (1, 2)
+    }
+    assert document["best_batch_size"]["float32"] in (1, 2)
+    assert "float32 micro-batch that wins (system items/s): " in out
     for row in rows:
         assert row["items"] == 2 and row["tokens_out"] == 2
         assert row["tokens_in"] > 2 * 576
         assert 0 < row["share_of_limit"] < 1
+
+
+def test_the_winning_micro_batch_is_the_system_path_s_fastest_for_each_precision() -> None:
+    def row(precision: str, size: int, path: str, seconds: float) -> Measured:
+        return Measured(precision, size, path, 64, seconds, 0, 0, None)
+
+    measured = [
+        row("bfloat16", 16, "system", 4.0),
+        row("bfloat16", 32, "system", 2.0),
+        row("bfloat16", 64, "system", 3.0),
+        row("bfloat16", 64, "raw", 1.0),  # the raw path's speed does not choose
+        row("4bit", 16, "system", 5.0),
+        row("4bit", 32, "system", 6.0),
+    ]
+    assert best_batch_sizes(measured) == {"bfloat16": 32, "4bit": 16}
+
+
+def test_bench_gpu_refuses_a_batch_size_list_that_is_not_of_positive_numbers() -> None:
+    assert parse_batch_sizes(None, 32) == [32]
+    assert parse_batch_sizes("16, 32,16,64", 32) == [16, 32, 64]
+    for listed in ("8,x", "0,8", ",", "-1"):
+        assert parse_batch_sizes(listed, 32) is None, listed
+    result = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--gpu", "--check", "--batch-sizes", "8,x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "--batch-sizes: positive whole numbers, not '8,x'"
