@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack
 from enum import StrEnum
 from functools import partial
@@ -264,13 +264,15 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
 
     Meanwhile its progress goes to stderr (``RunProgress``): a bar on a terminal, otherwise a
     line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
-    seconds; when they pass first, ``WaitTimeoutError`` (the job goes on)."""
+    seconds; when they pass first, ``WaitTimeoutError`` (the job goes on). The polls come
+    quickly at first and then once a second (``poll_delays``)."""
     from jobs.cli.fleet import is_served, with_waiting
     from jobs.cli.progress import RunCounts, RunProgress
     from jobs.durations import written_period
     from jobs.queries import find_job, read_progress
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    delays = poll_delays()
     progress = _poll(ctx, job_id)
     counts = RunCounts(progress.total, progress.done, progress.counts.get(ItemStatus.failed, 0))
     with RunProgress(err, counts, label=job_id[:8]) as shown:
@@ -287,13 +289,24 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
                     f"({progress.done}/{progress.total} done, {progress.status}); it goes on: "
                     f"llava-batch status {job_id}"
                 )
-            time.sleep(POLL_SECONDS)
+            time.sleep(next(delays))
             progress = _poll(ctx, job_id)
     with ctx.session_factory() as session:  # once more, with the token totals
         return read_progress(session, find_job(session, job_id))
 
 
+FIRST_POLL_SECONDS = 0.1
 POLL_SECONDS = 1.0
+
+
+def poll_delays() -> Iterator[float]:
+    """The waits between a watch's polls: a tenth of a second, doubling up to a second. A small
+    job that ends within a second (a pipeline's ``submit --wait``) is seen ending a tenth or so
+    after it, not up to a second later; a long watch still reads the database once a second."""
+    delay = FIRST_POLL_SECONDS
+    while True:
+        yield delay
+        delay = min(delay * 2, POLL_SECONDS)
 
 
 def _poll(ctx: Context, job_id: str) -> JobProgress:
