@@ -265,7 +265,7 @@ def watch(ctx: Context, job_id: str, *, timeout: int | None = None) -> JobProgre
     Meanwhile its progress goes to stderr (``RunProgress``): a bar on a terminal, otherwise a
     line at once and one every few seconds, so a log or a CI job shows it moving. ``timeout``:
     seconds; when they pass first, ``WaitTimeoutError`` (the job goes on). The polls come
-    quickly at first and then once a second (``poll_delays``)."""
+    ten a second through the first second, then one a second (``poll_delays``)."""
     from jobs.cli.fleet import is_served, with_waiting
     from jobs.cli.progress import RunCounts, RunProgress
     from jobs.durations import written_period
@@ -300,13 +300,14 @@ POLL_SECONDS = 1.0
 
 
 def poll_delays() -> Iterator[float]:
-    """The waits between a watch's polls: a tenth of a second, doubling up to a second. A small
-    job that ends within a second (a pipeline's ``submit --wait``) is seen ending a tenth or so
-    after it, not up to a second later; a long watch still reads the database once a second."""
-    delay = FIRST_POLL_SECONDS
+    """The waits between a watch's polls: a tenth of a second through the first second, then a
+    second. A small job that ends within a second (a pipeline's ``submit --wait``) is seen
+    ending within a tenth of a second, not up to a second later; after the first second the
+    polls fall where they fell before, once a second, so no job is seen later than it was."""
+    for _ in range(round(POLL_SECONDS / FIRST_POLL_SECONDS)):
+        yield FIRST_POLL_SECONDS
     while True:
-        yield delay
-        delay = min(delay * 2, POLL_SECONDS)
+        yield POLL_SECONDS
 
 
 def _poll(ctx: Context, job_id: str) -> JobProgress:
