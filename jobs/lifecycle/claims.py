@@ -115,18 +115,7 @@ def _claim_statements(postgres: bool, *, routed: bool) -> tuple[Update, Select[A
         # Strict priority holds for a message that names its items too (an item that lost a
         # worker, sent alone): it waits while a job of higher priority has work to claim, and
         # the sweeper sends it again (docs/design.md#fair-share-and-priority).
-        higher = job_table.alias()
-        job_open = job_open.where(
-            ~select(higher.c.id)
-            .where(
-                higher.c.model == jobs.model,
-                higher.c.status.in_(OPEN_JOB_STATES),
-                higher.c.priority > jobs.priority,
-                within_window(higher.c, now),
-                has_claimable(higher.c.id, now),
-            )
-            .exists()
-        )
+        job_open = job_open.where(~higher_priority_has_work(jobs, now))
     claim = (
         update(item_table)
         .where(
@@ -194,6 +183,24 @@ def has_claimable(job_id: Any, now: Any) -> ColumnElement[bool]:
     )
 
 
+def higher_priority_has_work(jobs: Any, now: Any) -> ColumnElement[bool]:
+    """Whether an open job of the same model and a higher priority than ``jobs``' row has a
+    claimable item: while one has, strict priority claims nothing of this job (I13)."""
+    job_table: Table = Job.__table__  # type: ignore[assignment]
+    higher = job_table.alias()
+    return (
+        select(higher.c.id)
+        .where(
+            higher.c.model == jobs.model,
+            higher.c.status.in_(OPEN_JOB_STATES),
+            higher.c.priority > jobs.priority,
+            within_window(higher.c, now),
+            has_claimable(higher.c.id, now),
+        )
+        .exists()
+    )
+
+
 def claim_next(
     session_factory: SessionFactory,
     *,
@@ -230,32 +237,62 @@ def claim_next(
             held = session.execute(_claimed_rows(), {"c_token": token}).all()
         if held:
             return [_claimed_item(row, token) for row in held]
+    params: dict[str, Any] = {"p_now": now}
+    if serving is not None:
+        params["p_model"] = serving.model
+    if job_id is not None:
+        params["p_job"] = job_id
+    claim_params = _lease_params(
+        token, now, lease_seconds=lease_seconds, worker=worker, serving=serving
+    )
+    for _ in range(_PICKS):
+        picked, rows, waited = _claim_next_once(
+            session_factory, params, claim_params, routed=serving is not None
+        )
+        # A claim that waited for a job's row can find its items gone: the claim it waited
+        # behind took the last of them. Pick again, so this doorbell takes the next job in
+        # order (a lower priority one, say) instead of nothing; a doorbell that finds nothing
+        # is not rung again (docs/design.md#I14), and the fleet would lose a slot's work.
+        if not (waited and picked is not None and not rows):
+            break
+    reached("claim_next:committed")
+    if picked is None:
+        return []
+    job = {"kind": picked.kind, "job_prompt": picked.prompt, "params": picked.params}
+    return [
+        _claimed_item(SimpleNamespace(**row._mapping, **job), token)
+        for row in sorted(rows, key=lambda row: row.seq)
+    ]
+
+
+_PICKS = 3  # a claim that waited and found the job spent picks again, this many times in all
+
+
+def _claim_next_once(
+    session_factory: SessionFactory,
+    params: dict[str, Any],
+    claim_params: dict[str, Any],
+    *,
+    routed: bool,
+) -> tuple[Any, list[Any], bool]:
+    """One transaction of ``claim_next``: the job picked (None: no job has work), the items
+    claimed of it, and whether the pick waited for the job's row."""
+    scoped = "p_job" in params
     with session_factory.begin() as session:
         postgres = is_postgres(session)
-        params: dict[str, Any] = {"p_now": now}
-        if serving is not None:
-            params["p_model"] = serving.model
-        if job_id is not None:
-            params["p_job"] = job_id
         reached("claim_next:begin")
-        shape = (serving is not None, job_id is not None)
+        shape = (routed, scoped)
         picked = session.execute(_pick_statement(postgres, *shape, skip=postgres), params).first()
-        if picked is None and postgres:  # the only jobs with work are held: wait for one
+        waited = picked is None and postgres
+        if waited:  # the jobs next in order are held: wait for the first of them
             picked = session.execute(_pick_statement(True, *shape, skip=False), params).first()
         if picked is None:
-            return []
+            return None, [], waited
         reached("claim_next:picked")
-        claim_params = {
-            "c_job": picked.id,
-            "c_limit": _batch_size_of(picked.params),
-            **_lease_params(
-                token, now, lease_seconds=lease_seconds, worker=worker, serving=serving
-            ),
-        }
-        routed = serving is not None
+        job_params = {**claim_params, "c_job": picked.id, "c_limit": _batch_size_of(picked.params)}
         # The claimed rows come back with the UPDATE (RETURNING): no read after it, which would
         # find them among every running item of the fleet by their token.
-        rows = session.execute(_next_items_statement(postgres, routed=routed), claim_params).all()
+        rows = session.execute(_next_items_statement(postgres, routed=routed), job_params).all()
         if postgres and not rows:
             # Every claimable item of the job was skipped as held. Not by another doorbell
             # (claims of one job queue on its row, taken above): by a writer holding them for
@@ -263,14 +300,9 @@ def claim_next(
             # those, as a named claim does (docs/design.md#I3): skipped, this doorbell would
             # claim nothing and the job would lose its turn, the first-batch drop again.
             rows = session.execute(
-                _next_items_statement(True, routed=routed, wait=True), claim_params
+                _next_items_statement(True, routed=routed, wait=True), job_params
             ).all()
-    reached("claim_next:committed")
-    job = {"kind": picked.kind, "job_prompt": picked.prompt, "params": picked.params}
-    return [
-        _claimed_item(SimpleNamespace(**row._mapping, **job), token)
-        for row in sorted(rows, key=lambda row: row.seq)
-    ]
+    return picked, list(rows), waited
 
 
 _DEFAULT_BATCH_SIZE = 8  # a job written before its params held one (jobs.kinds.KindParams)
@@ -303,6 +335,11 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
     pick = pick.order_by(
         inner.c.priority.desc(), inner.c.turn_at, inner.c.created_at, inner.c.id
     ).limit(1)
+    if skip and not scoped:
+        # Skipping a held row must not skip past a higher priority: a job of lower priority
+        # is taken only while no job above it has work (I13). Without this, a claim beside
+        # one holding the urgent job's row took the running job's next batch instead.
+        pick = pick.where(~higher_priority_has_work(inner.c, now))
     if postgres:
         pick = pick.with_for_update(skip_locked=skip)
     return (

@@ -122,6 +122,38 @@ def test_a_higher_priority_is_claimed_before_any_lower_item(
     assert _order(session_factory, 4) == [high, high, low, None]
 
 
+def test_a_claim_beside_one_holding_the_urgent_job_waits_for_it(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I13 between two claims at once: while one claim holds the urgent job's row, a
+    second claim waits for it and takes the urgent job's next batch, not a batch of the
+    running job of lower priority. (On PostgreSQL the second skipped the held row to the
+    lower job: a real worker's two slots let the running job overtake the urgent one.)"""
+    low, _ = _job(session_factory, blobs, tmp_path, "low", 6)
+    assert _order(session_factory, 1) == [low]  # the low job runs
+    high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
+    both = Interleaving("claim_next:picked")
+    first, second = both.run(lambda: _next(session_factory), lambda: _next(session_factory))
+    assert both.second_blocked
+    assert [{c.job_id for c in first}, {c.job_id for c in second}] == [{high}, {high}]
+    assert _order(session_factory, 3) == [low, low, None]
+
+
+def test_a_claim_that_waited_for_a_spent_job_takes_the_next_one(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """Invariant I13 with I14: the claim waited for behind took the urgent job's last items; the
+    waiting claim then takes the next job in order instead of nothing (a doorbell that finds
+    nothing is not rung again)."""
+    low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
+    assert _order(session_factory, 1) == [low]
+    high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=5)
+    first, second = Interleaving("claim_next:picked").run(
+        lambda: _next(session_factory), lambda: _next(session_factory)
+    )
+    assert [{c.job_id for c in first}, {c.job_id for c in second}] == [{high}, {low}]
+
+
 def test_a_named_message_waits_while_a_higher_priority_has_work(
     session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
 ) -> None:
