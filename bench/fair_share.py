@@ -1,10 +1,11 @@
 """Fair share on the real services: a small job behind a big one, two big jobs side by side,
 the cost of one claim at scale, and what a queued million items costs Redis.
 
-    python bench/fair_share.py [--parts small,two,claim,redis] [--big 3000] [--small 8]
+    python bench/fair_share.py [--parts small,two,claim,held,redis] [--big 3000] [--small 8]
                                [--small-repeat 3] [--two-items 600] [--sample-interval 1]
                                [--claims 200] [--claim-jobs 100] [--claim-items 1000000]
-                               [--explained 21] [--redis-items 1000000] [--bell-limit 64]
+                               [--explained 21] [--held-jobs 3000] [--held-claims 20]
+                               [--redis-items 1000000] [--bell-limit 64]
                                [--skip-old] [--json PATH]
 
 Against the local PostgreSQL (LLAVA_BATCH_BENCH_POSTGRES, default postgresql://postgres@
@@ -40,6 +41,14 @@ claim  ``--claim-jobs`` queued caption jobs of model tiny-llava ({"batch_size": 
        each statement's median time in the database, and the EXPLAIN ANALYZE of the
        statements of the claim whose database time is the median, as run: the pick (UPDATE
        jobs), the item claim (UPDATE items) and the read of what was claimed.
+held   ``--held-jobs`` open jobs of one queued item each, written as for claim, and one job of
+       priority 5 with a batch for each claim. ``--held-claims`` times, while another
+       connection holds the urgent job's row (as a claim beside does, for an instant; released
+       here after 0.2 s): a doorbell's ``claim_next``, which must not skip the held row for a
+       job of lower priority (I13) and so waits for it; and as many with the row free. Each
+       claim's first statement, the pick that skips held rows, timed at the driver: median
+       and p95 ms, held against free. Both must take the urgent job's batch. Information: it
+       shows whether a held urgent row makes the pick test every job below it.
 redis  ``jobs.dispatch.dispatch_items`` for a job of ``--redis-items`` item ids in batches of 8,
        with a real ``CeleryPublisher`` (``--bell-limit``): the queue's LLEN, Redis ``MEMORY
        USAGE`` of its list key (SAMPLES 0: every element) and ``used_memory`` before and after.
@@ -66,6 +75,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -78,7 +88,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODEL = "tiny-llava"
-PARTS = ("small", "two", "claim", "redis")
+PARTS = ("small", "two", "claim", "held", "redis")
 CLI = str(Path(sys.executable).parent / "llava-batch")
 TARGET_CLAIM_MS = 5.0
 CLAIM_PARAMS = {"batch_size": 8, "max_new_tokens": 8}
@@ -107,6 +117,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--explained", type=int, default=21, help="claims run under auto_explain (claim)"
     )
+    parser.add_argument("--held-jobs", type=int, default=3000, help="open jobs (held)")
+    parser.add_argument("--held-claims", type=int, default=20, help="timed claims, each way")
     parser.add_argument("--redis-items", type=int, default=1_000_000)
     parser.add_argument("--bell-limit", type=int, default=64)
     parser.add_argument("--skip-old", action="store_true", help="redis: no named messages")
@@ -119,7 +131,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown or not args.parts:
         parser.error(f"--parts takes some of {', '.join(PARTS)}; not {', '.join(unknown)}")
-    for name in ("big", "small", "small_repeat", "two_items", "claims", "claim_jobs", "explained"):
+    for name in (
+        "big",
+        "small",
+        "small_repeat",
+        "two_items",
+        "claims",
+        "claim_jobs",
+        "explained",
+        "held_jobs",
+        "held_claims",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.claim_items < args.claim_jobs:
@@ -326,6 +348,16 @@ def rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
         out.append(("claim: rows written in (bulk INSERT, ANALYZE)", _fmt(c.get("build_s"), " s")))
+    if "held" in parts:
+        h = parts["held"]
+        for way in ("held", "free"):
+            out.append(
+                (
+                    f"held: the skipping pick, urgent row {way}, {h['jobs']:,} open jobs, "
+                    f"median / p95 ms ({h['claims']} claims)",
+                    f"{_fmt(h.get(way + '_median_ms'))} / {_fmt(h.get(way + '_p95_ms'))}",
+                )
+            )
     if "redis" in parts:
         r = parts["redis"]
         for key, label in (("doorbells", "doorbells"), ("old", "named messages (the old way)")):
@@ -978,6 +1010,82 @@ def part_claim(run: Run) -> dict[str, Any]:
         engine.dispose()
 
 
+def _is_pick(statement: str) -> bool:
+    """Whether the SQL is claim_next's pick: the UPDATE of jobs that stamps a turn."""
+    return statement.startswith("UPDATE jobs SET") and "turn_at=" in statement
+
+
+def part_held(run: Run) -> dict[str, Any]:
+    from sqlalchemy import event, text
+
+    from jobs.db import make_engine, make_session_factory
+    from jobs.fleet import Serving
+    from jobs.lifecycle import claim_next
+
+    args = run.args
+    db_url = run.create_database("held")
+    engine = make_engine(db_url)
+    batch = int(CLAIM_PARAMS["batch_size"])
+    try:
+        sf = make_session_factory(engine)
+        # One item for each job but the newest, which takes the rest: a batch per claim.
+        urgent_items = batch * (2 * args.held_claims + 2)
+        build_claim_rows(sf, args.held_jobs, args.held_jobs - 1 + urgent_items)
+        with sf.begin() as session:
+            urgent = session.scalar(text("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 1"))
+            session.execute(text("UPDATE jobs SET priority = 5 WHERE id = :u"), {"u": urgent})
+        serving = Serving(MODEL, None, "none")
+        picks: list[float] = []
+        started: list[float] = []
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _before(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+            if _is_pick(statement):
+                started.append(time.perf_counter())
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _after(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+            if _is_pick(statement):
+                picks.append((time.perf_counter() - started[-1]) * 1000)
+
+        timings: dict[str, list[float]] = {"held": [], "free": []}
+        for i in range(2 * args.held_claims + 2):
+            way = ("held", "free")[i % 2]
+            holder = engine.connect()
+            held = holder.begin()
+            if way == "held":
+                holder.execute(text("SELECT id FROM jobs WHERE id = :u FOR UPDATE"), {"u": urgent})
+            release = threading.Timer(0.2, held.rollback)
+            release.start()
+            picks.clear()
+            claimed = claim_next(sf, worker="bench-held", lease_seconds=600, serving=serving)
+            release.join()
+            holder.close()
+            if {c.job_id for c in claimed} != {urgent}:
+                raise RuntimeError(f"claim {i} ({way}) did not take the urgent job's batch")
+            with sf.begin() as session:  # recorded, untimed: the next claim takes the next batch
+                session.execute(
+                    text("UPDATE items SET status = 'succeeded' WHERE lease_token = :t"),
+                    {"t": claimed[0].lease_token},
+                )
+            if i >= 2:
+                timings[way].append(picks[0])
+        return {
+            "jobs": args.held_jobs,
+            "claims": args.held_claims,
+            **{
+                f"{way}_{name}": round(value, 3)
+                for way, ms in timings.items()
+                for name, value in (
+                    ("median_ms", statistics.median(ms)),
+                    ("p95_ms", percentile(ms, 0.95)),
+                )
+            },
+        }
+    finally:
+        engine.dispose()
+
+
 class SyntheticIds(Sequence[str]):
     """``count`` item ids of a real id's length (36 characters), made when asked for."""
 
@@ -1070,7 +1178,13 @@ def part_redis(run: Run) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    runners = {"small": part_small, "two": part_two, "claim": part_claim, "redis": part_redis}
+    runners = {
+        "small": part_small,
+        "two": part_two,
+        "claim": part_claim,
+        "held": part_held,
+        "redis": part_redis,
+    }
     load_before = [round(load, 2) for load in os.getloadavg()]
     parts: dict[str, Any] = {}
     with bench_run(args) as run:

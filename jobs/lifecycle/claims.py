@@ -223,9 +223,11 @@ def claim_next(
     only that job (the one-process runner's own).
 
     The job row is taken first, then its items: the order a cancel takes them in. On
-    PostgreSQL a job whose row another claim holds is skipped for the next one in turn, and
-    waited for only when no other job has work. A ``retry`` under the same ``lease_token``
-    returns what an earlier try holds under it, if any (docs/design.md#I3).
+    PostgreSQL a job whose row another claim holds is skipped for the next one in turn of the
+    same priority, never for a lower one; when no job it may take is free, the first in order
+    is waited for. A claim that finds the job it took spent (the claim ahead took its last
+    items) picks again. A ``retry`` under the same ``lease_token`` returns what an earlier try
+    holds under it, if any (docs/design.md#I3).
     """
     now = now or utcnow()
     token = lease_token or new_id()
@@ -246,14 +248,15 @@ def claim_next(
         token, now, lease_seconds=lease_seconds, worker=worker, serving=serving
     )
     for _ in range(_PICKS):
-        picked, rows, waited = _claim_next_once(
+        picked, rows = _claim_next_once(
             session_factory, params, claim_params, routed=serving is not None
         )
-        # A claim that waited for a job's row can find its items gone: the claim it waited
-        # behind took the last of them. Pick again, so this doorbell takes the next job in
-        # order (a lower priority one, say) instead of nothing; a doorbell that finds nothing
-        # is not rung again (docs/design.md#I14), and the fleet would lose a slot's work.
-        if not (waited and picked is not None and not rows):
+        # On PostgreSQL a claim can find the job it took spent: the claim whose row lock it
+        # waited out, or one that committed between its snapshot and its lock, took the last
+        # items (the pick's test for work reads the snapshot). Pick again, so this doorbell
+        # takes the next job in order (a lower priority one, say) instead of nothing: a
+        # doorbell that finds nothing is not rung again (docs/design.md#I14).
+        if picked is None or rows:
             break
     reached("claim_next:committed")
     if picked is None:
@@ -265,7 +268,7 @@ def claim_next(
     ]
 
 
-_PICKS = 3  # a claim that waited and found the job spent picks again, this many times in all
+_PICKS = 3  # a claim that found the job it took spent picks again, this many times in all
 
 
 def _claim_next_once(
@@ -274,20 +277,19 @@ def _claim_next_once(
     claim_params: dict[str, Any],
     *,
     routed: bool,
-) -> tuple[Any, list[Any], bool]:
-    """One transaction of ``claim_next``: the job picked (None: no job has work), the items
-    claimed of it, and whether the pick waited for the job's row."""
+) -> tuple[Any, list[Any]]:
+    """One transaction of ``claim_next``: the job picked (None: no job has work) and the items
+    claimed of it."""
     scoped = "p_job" in params
     with session_factory.begin() as session:
         postgres = is_postgres(session)
         reached("claim_next:begin")
         shape = (routed, scoped)
         picked = session.execute(_pick_statement(postgres, *shape, skip=postgres), params).first()
-        waited = picked is None and postgres
-        if waited:  # the jobs next in order are held: wait for the first of them
+        if picked is None and postgres:  # the jobs it may take are held: wait for the first
             picked = session.execute(_pick_statement(True, *shape, skip=False), params).first()
         if picked is None:
-            return None, [], waited
+            return None, []
         reached("claim_next:picked")
         job_params = {**claim_params, "c_job": picked.id, "c_limit": _batch_size_of(picked.params)}
         # The claimed rows come back with the UPDATE (RETURNING): no read after it, which would
@@ -302,7 +304,7 @@ def _claim_next_once(
             rows = session.execute(
                 _next_items_statement(True, routed=routed, wait=True), job_params
             ).all()
-    return picked, list(rows), waited
+    return picked, list(rows)
 
 
 _DEFAULT_BATCH_SIZE = 8  # a job written before its params held one (jobs.kinds.KindParams)
@@ -336,10 +338,15 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
         inner.c.priority.desc(), inner.c.turn_at, inner.c.created_at, inner.c.id
     ).limit(1)
     if skip and not scoped:
-        # Skipping a held row must not skip past a higher priority: a job of lower priority
-        # is taken only while no job above it has work (I13). Without this, a claim beside
-        # one holding the urgent job's row took the running job's next batch instead.
-        pick = pick.where(~higher_priority_has_work(inner.c, now))
+        # Skipping a held row must not skip past a higher priority: only a job of the highest
+        # priority with work may be taken (I13). Without this, a claim beside one holding the
+        # urgent job's row took the running job's next batch instead.
+        if routed:
+            # That priority found once, by the same backward walk of ix_jobs_open_turn, so the
+            # pick stops at the held row's priority instead of testing every job below it.
+            pick = pick.where(inner.c.priority >= _top_priority_with_work(job_table, now))
+        else:
+            pick = pick.where(~higher_priority_has_work(inner.c, now))
     if postgres:
         pick = pick.with_for_update(skip_locked=skip)
     return (
@@ -353,6 +360,23 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
             started_at=func.coalesce(jobs.started_at, now),
         )
         .returning(jobs.id, jobs.params, jobs.kind, jobs.prompt)
+    )
+
+
+def _top_priority_with_work(job_table: Table, now: ColumnElement[datetime]) -> Any:
+    """The highest priority of the model's open jobs with a claimable item (NULL: none)."""
+    top = job_table.alias()
+    return (
+        select(top.c.priority)
+        .where(
+            top.c.model == bindparam("p_model", type_=top.c.model.type),
+            top.c.status.in_(OPEN_JOB_STATES),
+            within_window(top.c, now),
+            has_claimable(top.c.id, now),
+        )
+        .order_by(top.c.priority.desc())
+        .limit(1)
+        .scalar_subquery()
     )
 
 

@@ -22,9 +22,10 @@ finally:
 
 def test_arguments_default_to_the_sizes_the_benchmark_is_specified_at() -> None:
     args = fair_share.parse_args([])
-    assert args.parts == ["small", "two", "claim", "redis"]
+    assert args.parts == ["small", "two", "claim", "held", "redis"]
     assert (args.big, args.small, args.two_items) == (3000, 8, 600)
     assert (args.claims, args.claim_jobs, args.claim_items) == (200, 100, 1_000_000)
+    assert (args.held_jobs, args.held_claims) == (3000, 20)
     assert (args.redis_items, args.bell_limit, args.skip_old) == (1_000_000, 64, False)
     assert args.json is None
     args = fair_share.parse_args(["--parts", " claim,redis ", "--skip-old", "--json", "x.json"])
@@ -37,6 +38,7 @@ def test_arguments_default_to_the_sizes_the_benchmark_is_specified_at() -> None:
         ["--parts", "claim,nope"],
         ["--parts", ","],
         ["--big", "0"],
+        ["--held-jobs", "0"],
         ["--claim-jobs", "10", "--claim-items", "5"],
         ["--sample-interval", "0"],
     ],
@@ -134,6 +136,14 @@ CLAIM = {
     "build_s": 60.0,
     "plans": [{"statement": "the pick (UPDATE jobs)", "duration_ms": 1.5, "plan": "Update on"}],
 }
+HELD = {
+    "jobs": 3000,
+    "claims": 20,
+    "held_median_ms": 1.0,
+    "held_p95_ms": 1.5,
+    "free_median_ms": 0.9,
+    "free_p95_ms": 1.25,
+}
 REDIS = {
     "items": 1_000_000,
     "bell_limit": 64,
@@ -164,7 +174,7 @@ def test_targets_check_each_part_that_ran() -> None:
 
 
 def test_the_table_and_json_carry_every_part(tmp_path: Path) -> None:
-    summary = _summary(small=SMALL, two=TWO, claim=CLAIM, redis=REDIS)
+    summary = _summary(small=SMALL, two=TWO, claim=CLAIM, held=HELD, redis=REDIS)
     table = fair_share.render(summary)
     assert "| small: 8-image job alone, s (median; runs) | 1.10 (1.00 / 1.20) |" in table
     assert "| small: behind ÷ alone | 10.45 |" in table
@@ -179,6 +189,8 @@ def test_the_table_and_json_carry_every_part(tmp_path: Path) -> None:
         "| claim: the pick (UPDATE jobs), in the database (auto_explain; median of 21) | 1.250 ms |"
         in (table)
     )
+    assert "urgent row held, 3,000 open jobs, median / p95 ms (20 claims) | 1.00 / 1.50 |" in table
+    assert "urgent row free, 3,000 open jobs, median / p95 ms (20 claims) | 0.90 / 1.25 |" in table
     assert "LLEN / MEMORY USAGE | 64 / 2.0 KiB |" in table
     assert "named messages (the old way): LLEN / MEMORY USAGE | 125,000 / 10.0 KiB |" in table
     assert "✗ two big jobs: faster ÷ slower rate: 1.33 (target ≤ 1.25)" in table

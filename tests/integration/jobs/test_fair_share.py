@@ -148,9 +148,9 @@ def test_a_claim_that_waited_for_a_spent_job_takes_the_next_one(
     low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
     assert _order(session_factory, 1) == [low]
     high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=5)
-    first, second = Interleaving("claim_next:picked").run(
-        lambda: _next(session_factory), lambda: _next(session_factory)
-    )
+    both = Interleaving("claim_next:picked")
+    first, second = both.run(lambda: _next(session_factory), lambda: _next(session_factory))
+    assert both.second_blocked  # it waited behind the claim of the high job's last batch
     assert [{c.job_id for c in first}, {c.job_id for c in second}] == [{high}, {low}]
 
 
