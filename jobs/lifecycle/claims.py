@@ -21,8 +21,10 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from jobs.db import Item, Job, SessionFactory, new_id, utcnow
 from jobs.fleet import Serving
@@ -286,8 +288,8 @@ def _claim_next_once(
         reached("claim_next:begin")
         shape = (routed, scoped)
         picked = session.execute(_pick_statement(postgres, *shape, skip=postgres), params).first()
-        if picked is None and postgres:  # the jobs it may take are held: wait for the first
-            picked = session.execute(_pick_statement(True, *shape, skip=False), params).first()
+        if picked is None and postgres:  # the jobs it may take are held
+            picked = _pick_past_held(session, shape, params)
         if picked is None:
             return None, []
         reached("claim_next:picked")
@@ -307,6 +309,41 @@ def _claim_next_once(
     return picked, list(rows)
 
 
+# How long a doorbell's claim waits for a held row of the highest priority with work before it
+# takes the next job in order instead: longer than another claim holds a row, far shorter than
+# a retry does (its whole transaction: 74 s for a million items, docs/benchmarks.md).
+HELD_WAIT_MS = 1000
+
+
+def _pick_past_held(session: Any, shape: tuple[bool, bool], params: dict[str, Any]) -> Any:
+    """PostgreSQL's pick when every job it may take is held. Another claim holds a job row for
+    an instant: wait for it, so a job of higher priority keeps its place (I13). A retry holds
+    its job's row for its whole transaction: after ``HELD_WAIT_MS``, take the next free job in
+    order, of any priority, so that no holder stalls the model's fleet. When every job with
+    work is held, wait for the first as long as any lock."""
+    scoped = shape[1]
+    if not scoped:  # the runner's own job has no other to take: it only waits
+        session.execute(text(f"SET LOCAL lock_timeout = {HELD_WAIT_MS}"))
+        try:
+            with session.begin_nested():
+                return session.execute(_pick_statement(True, *shape, skip=False), params).first()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+        finally:  # the connection's own timeout again (set at connect: jobs.db.make_engine)
+            session.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+        log.info("a job of higher priority is held past %d ms: taking the next", HELD_WAIT_MS)
+        picked = session.execute(
+            _pick_statement(True, *shape, skip=True, strict=False), params
+        ).first()
+        if picked is not None:
+            return picked
+    return session.execute(_pick_statement(True, *shape, skip=False), params).first()
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
+
+
 _DEFAULT_BATCH_SIZE = 8  # a job written before its params held one (jobs.kinds.KindParams)
 
 
@@ -316,9 +353,12 @@ def _batch_size_of(params: Any) -> int:
 
 
 @cache
-def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -> Update:
+def _pick_statement(
+    postgres: bool, routed: bool, scoped: bool, *, skip: bool, strict: bool = True
+) -> Update:
     """Takes the turn of the next job in priority and turn order: stamps ``turn_at`` and
-    starts it, returning its id and params."""
+    starts it, returning its id and params. ``skip``: past rows others hold (PostgreSQL), and
+    with ``strict`` only to a job of the highest priority with work."""
     job_table: Table = Job.__table__  # type: ignore[assignment]
     jobs = job_table.c
     now: ColumnElement[datetime] = bindparam("p_now", type_=jobs.turn_at.type)
@@ -337,7 +377,7 @@ def _pick_statement(postgres: bool, routed: bool, scoped: bool, *, skip: bool) -
     pick = pick.order_by(
         inner.c.priority.desc(), inner.c.turn_at, inner.c.created_at, inner.c.id
     ).limit(1)
-    if skip and not scoped:
+    if skip and strict and not scoped:
         # Skipping a held row must not skip past a higher priority: only a job of the highest
         # priority with work may be taken (I13). Without this, a claim beside one holding the
         # urgent job's row took the running job's next batch instead.

@@ -159,7 +159,9 @@ def _requeue_job(
     # at once or not at all. Reopened in one transaction and requeued in later ones, the job
     # could be finalised between two of them (nothing queued yet) and then get queued items
     # while finished, or be left half-retried by a crash, with no one to finish it. The job
-    # row is held meanwhile: a doorbell's claim skips the job, a finalise or cancel of it waits.
+    # row is held meanwhile: a doorbell's claim passes the job over (after waiting a second for
+    # it, if it is the highest priority with work: claims.HELD_WAIT_MS), a finalise or cancel
+    # of it waits.
     requeued: list[str] = []
     with session_factory.begin() as session:
         reopened = session.scalar(

@@ -25,6 +25,7 @@ from jobs.lifecycle import (
     cancel_job,
     claim_items,
     claim_next,
+    claims,
     expire_windows,
     finalise_jobs,
     record_results,
@@ -122,36 +123,97 @@ def test_a_higher_priority_is_claimed_before_any_lower_item(
     assert _order(session_factory, 4) == [high, high, low, None]
 
 
+FAKE = Serving(model="fake", revision=None, quantization="none")
+# A doorbell's claim as a worker makes it (routed: the model it serves) and for any model.
+ROUTED = pytest.mark.parametrize("routed", [True, False], ids=["routed", "any model"])
+
+
+def _claim(sf: SessionFactory, routed: bool) -> list[ClaimedItem]:
+    return claim_next(sf, worker="w", lease_seconds=60, serving=FAKE if routed else None)
+
+
+def _jobs_of(*claims: list[ClaimedItem]) -> list[set[str]]:
+    return [{c.job_id for c in claim} for claim in claims]
+
+
+@ROUTED
 def test_a_claim_beside_one_holding_the_urgent_job_waits_for_it(
-    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    routed: bool,
 ) -> None:
     """Invariant I13 between two claims at once: while one claim holds the urgent job's row, a
     second claim waits for it and takes the urgent job's next batch, not a batch of the
     running job of lower priority. (On PostgreSQL the second skipped the held row to the
     lower job: a real worker's two slots let the running job overtake the urgent one.)"""
+    monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)  # a claim's instant, however slow
     low, _ = _job(session_factory, blobs, tmp_path, "low", 6)
-    assert _order(session_factory, 1) == [low]  # the low job runs
+    assert _jobs_of(_claim(session_factory, routed)) == [{low}]  # the low job runs
     high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
     both = Interleaving("claim_next:picked")
-    first, second = both.run(lambda: _next(session_factory), lambda: _next(session_factory))
+    first, second = both.run(
+        lambda: _claim(session_factory, routed), lambda: _claim(session_factory, routed)
+    )
     assert both.second_blocked
-    assert [{c.job_id for c in first}, {c.job_id for c in second}] == [{high}, {high}]
+    assert _jobs_of(first, second) == [{high}, {high}]
     assert _order(session_factory, 3) == [low, low, None]
 
 
+@ROUTED
 def test_a_claim_that_waited_for_a_spent_job_takes_the_next_one(
-    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    routed: bool,
 ) -> None:
     """Invariant I13 with I14: the claim waited for behind took the urgent job's last items; the
     waiting claim then takes the next job in order instead of nothing (a doorbell that finds
     nothing is not rung again)."""
+    monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)
     low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
-    assert _order(session_factory, 1) == [low]
+    assert _jobs_of(_claim(session_factory, routed)) == [{low}]
     high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=5)
     both = Interleaving("claim_next:picked")
-    first, second = both.run(lambda: _next(session_factory), lambda: _next(session_factory))
+    first, second = both.run(
+        lambda: _claim(session_factory, routed), lambda: _claim(session_factory, routed)
+    )
     assert both.second_blocked  # it waited behind the claim of the high job's last batch
-    assert [{c.job_id for c in first}, {c.job_id for c in second}] == [{high}, {low}]
+    assert _jobs_of(first, second) == [{high}, {low}]
+
+
+@ROUTED
+def test_a_job_row_held_past_the_wait_is_passed_for_the_next_job(
+    session_factory: SessionFactory,
+    blobs: Blobs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    routed: bool,
+) -> None:
+    """No holder stalls the fleet (docs/design.md#locks-on-postgresql): a retry holds its job's
+    row for its whole transaction (74 s for a million items). On PostgreSQL a claim waits
+    ``HELD_WAIT_MS`` for the urgent job's row, then takes the next job in order, of lower
+    priority, instead of waiting out the lock timeout and losing its doorbell. On SQLite one
+    writer at a time: the claim waits for the retry, then takes the urgent job's batch."""
+    monkeypatch.setattr(claims, "HELD_WAIT_MS", 200)
+    low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
+    assert _jobs_of(_claim(session_factory, routed)) == [{low}]
+    high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
+    failing = _claim(session_factory, routed)
+    assert _jobs_of(failing) == [{high}]
+    bad = Outcome(error_code="image_decode_error", error_message="x")
+    record_results(session_factory, [ItemOutcome(c.id, c.lease_token, bad) for c in failing])
+    retry = Interleaving("retry:reopened", window=2.0)  # the retry holds the high job's row
+    requeued, claimed = retry.run(
+        lambda: requeue_failed(session_factory, high), lambda: _claim(session_factory, routed)
+    )
+    assert len(requeued) == 2
+    if session_factory.kw["bind"].dialect.name == "postgresql":
+        assert not retry.second_blocked and _jobs_of(claimed) == [{low}]
+    else:
+        assert retry.second_blocked and _jobs_of(claimed) == [{high}]
 
 
 def test_a_named_message_waits_while_a_higher_priority_has_work(
