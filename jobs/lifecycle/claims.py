@@ -326,12 +326,17 @@ def _pick_past_held(session: Any, shape: tuple[bool, bool], params: dict[str, An
         session.execute(text(f"SET LOCAL lock_timeout = {HELD_WAIT_MS}"))
         try:
             with session.begin_nested():
-                return session.execute(_pick_statement(True, *shape, skip=False), params).first()
+                picked = session.execute(_pick_statement(True, *shape, skip=False), params).first()
         except DBAPIError as exc:
+            # Any other error ends the transaction, and its SET LOCAL with it: raised as it
+            # came, so that a lost connection stays an error the caller retries.
             if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
-        finally:  # the connection's own timeout again (set at connect: jobs.db.make_engine)
-            session.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+            picked = None
+        # The connection's own timeout again (set at connect: jobs.db.make_engine).
+        session.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+        if picked is not None:
+            return picked
         log.info("a job of higher priority is held past %d ms: taking the next", HELD_WAIT_MS)
         picked = session.execute(
             _pick_statement(True, *shape, skip=True, strict=False), params

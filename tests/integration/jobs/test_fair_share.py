@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from jobs.db import Item, Job, SessionFactory, utcnow
+from jobs.db import Item, Job, SessionFactory, is_retryable, utcnow
 from jobs.dispatch import dispatch_items
 from jobs.errors import JobsError, RequestError
 from jobs.exports import OpenAIWriter
@@ -36,7 +38,7 @@ from jobs.outcome import Outcome
 from jobs.states import JobStatus
 from jobs.sweeper import sweep
 from storage import Blobs
-from tests.helpers import ListPublisher, statuses, submit_captions
+from tests.helpers import ListPublisher, migrated_session_factory, statuses, submit_captions
 from tests.interleaving import Interleaving
 
 WINDOW = 60
@@ -214,6 +216,51 @@ def test_a_job_row_held_past_the_wait_is_passed_for_the_next_job(
         assert not retry.second_blocked and _jobs_of(claimed) == [{low}]
     else:
         assert retry.second_blocked and _jobs_of(claimed) == [{high}]
+
+
+def test_a_claim_whose_connection_ends_while_it_waits_can_be_retried(
+    migrated_pg_url: str, blobs: Blobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant I3 (a claim that failed on the database is tried again): the server ends the
+    connection of a claim waiting for a held urgent row (PostgreSQL's row lock; SQLite has
+    none to wait on). The claim fails with the error ``claim_with_retry`` retries, not one
+    left by work done on the dead transaction after it."""
+    sf = migrated_session_factory(migrated_pg_url)
+    monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)
+    low, _ = _job(sf, blobs, tmp_path, "low", 4)
+    assert _jobs_of(_claim(sf, True)) == [{low}]
+    high, _ = _job(sf, blobs, tmp_path, "high", 4, priority=5)
+    engine = sf.kw["bind"]
+    failed: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            _claim(sf, True)
+        except BaseException as exc:
+            failed.append(exc)
+
+    with engine.connect() as holder, engine.connect() as watcher:
+        held = holder.begin()
+        holder.execute(text("SELECT id FROM jobs WHERE id = :j FOR UPDATE"), {"j": high})
+        waiting = threading.Thread(target=claim)
+        waiting.start()
+        deadline = time.monotonic() + 30
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            watcher.rollback()  # pg_stat_activity is read once per transaction
+            pid = watcher.scalar(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            )
+            time.sleep(0.02)
+        assert pid is not None, "the claim never waited for the held row"
+        watcher.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        waiting.join(30)
+        held.rollback()
+    assert not waiting.is_alive() and len(failed) == 1
+    assert is_retryable(failed[0]), repr(failed[0])
 
 
 def test_a_named_message_waits_while_a_higher_priority_has_work(
