@@ -332,11 +332,13 @@ def _pick_past_held(session: Any, shape: tuple[bool, bool], params: dict[str, An
             # came, so that a lost connection stays an error the caller retries.
             if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
-            picked = None
+            waited_out = True
+        else:
+            waited_out = False
         # The connection's own timeout again (set at connect: jobs.db.make_engine).
         session.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
-        if picked is not None:
-            return picked
+        if not waited_out:
+            return picked  # the held job, waited for; or None: no job has work at all
         log.info("a job of higher priority is held past %d ms: taking the next", HELD_WAIT_MS)
         picked = session.execute(
             _pick_statement(True, *shape, skip=True, strict=False), params
