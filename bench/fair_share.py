@@ -844,6 +844,21 @@ def build_claim_rows(sf: Any, jobs: int, items: int) -> None:
         session.execute(text("ANALYZE items"))
 
 
+def record_batch(sf: Any, token: str) -> None:
+    """Marks a claimed batch succeeded, untimed, as a worker records it: the items running stay
+    one batch (a fleet's in flight), not every item claimed so far."""
+    from sqlalchemy import text
+
+    with sf.begin() as session:
+        session.execute(
+            text(
+                "UPDATE items SET status = 'succeeded', finished_at = now(), "
+                "lease_expires_at = NULL WHERE lease_token = :t AND status = 'running'"
+            ),
+            {"t": token},
+        )
+
+
 def classify(plan: str) -> str:
     """Which of claim_next's statements an auto_explain plan is of."""
     head = plan.split("\n  ->", 1)[0]  # the query text and the plan's top node
@@ -944,16 +959,7 @@ def part_claim(run: Run) -> dict[str, Any]:
         timings: dict[str, list[float]] = {"any": [], "scoped": [], "floor": []}
 
         def finish(token: str) -> None:
-            # Untimed: the batch is recorded, as a worker would, so the items running stay
-            # one batch (a fleet's in flight), not every item claimed so far.
-            with sf.begin() as session:
-                session.execute(
-                    text(
-                        "UPDATE items SET status = 'succeeded', finished_at = now(), "
-                        "lease_expires_at = NULL WHERE lease_token = :t AND status = 'running'"
-                    ),
-                    {"t": token},
-                )
+            record_batch(sf, token)
 
         def floor() -> None:
             with sf.begin() as session:
@@ -1063,11 +1069,7 @@ def part_held(run: Run) -> dict[str, Any]:
             holder.close()
             if {c.job_id for c in claimed} != {urgent}:
                 raise RuntimeError(f"claim {i} ({way}) did not take the urgent job's batch")
-            with sf.begin() as session:  # recorded, untimed: the next claim takes the next batch
-                session.execute(
-                    text("UPDATE items SET status = 'succeeded' WHERE lease_token = :t"),
-                    {"t": claimed[0].lease_token},
-                )
+            record_batch(sf, claimed[0].lease_token)
             if i >= 2:
                 timings[way].append(picks[0])
         return {

@@ -42,6 +42,7 @@ from tests.helpers import ListPublisher, migrated_session_factory, statuses, sub
 from tests.interleaving import Interleaving
 
 WINDOW = 60
+FAKE = Serving(model="fake", revision=None, quantization="none")  # what a worker serves
 
 
 def _job(
@@ -106,7 +107,7 @@ def test_a_claim_takes_only_jobs_of_the_model_it_serves(
     """Invariant I10, for a doorbell: it picks among its own model's jobs only."""
     other, _ = _job(session_factory, blobs, tmp_path, "other", 2, model="other-model")
     mine, _ = _job(session_factory, blobs, tmp_path, "mine", 2)
-    serving = Serving(model="fake", revision=None, quantization="none")
+    serving = FAKE
     got = claim_next(session_factory, worker="w", lease_seconds=60, serving=serving)
     assert {c.job_id for c in got} == {mine}
     assert claim_next(session_factory, worker="w", lease_seconds=60, serving=serving) == []
@@ -125,7 +126,6 @@ def test_a_higher_priority_is_claimed_before_any_lower_item(
     assert _order(session_factory, 4) == [high, high, low, None]
 
 
-FAKE = Serving(model="fake", revision=None, quantization="none")
 # A doorbell's claim as a worker makes it (routed: the model it serves) and for any model.
 ROUTED = pytest.mark.parametrize("routed", [True, False], ids=["routed", "any model"])
 
@@ -136,6 +136,27 @@ def _claim(sf: SessionFactory, routed: bool) -> list[ClaimedItem]:
 
 def _jobs_of(*claims: list[ClaimedItem]) -> list[set[str]]:
     return [{c.job_id for c in claim} for claim in claims]
+
+
+def _urgent_beside_running(
+    sf: SessionFactory, blobs: Blobs, tmp_path: Path, routed: bool, *, low: int, high: int
+) -> tuple[str, str]:
+    """A job of ``low`` items running (one batch claimed), then one of ``high`` items and
+    priority 5: their ids."""
+    low_id, _ = _job(sf, blobs, tmp_path, "low", low)
+    assert _jobs_of(_claim(sf, routed)) == [{low_id}]
+    high_id, _ = _job(sf, blobs, tmp_path, "high", high, priority=5)
+    return low_id, high_id
+
+
+def _two_claims_at_once(
+    sf: SessionFactory, routed: bool
+) -> tuple[bool | None, list[ClaimedItem], list[ClaimedItem]]:
+    """Two claims, the second made while the first holds the job row it picked: whether the
+    second was blocked, and what each took."""
+    both = Interleaving("claim_next:picked")
+    first, second = both.run(lambda: _claim(sf, routed), lambda: _claim(sf, routed))
+    return both.second_blocked, first, second
 
 
 @ROUTED
@@ -151,14 +172,9 @@ def test_a_claim_beside_one_holding_the_urgent_job_waits_for_it(
     running job of lower priority. (On PostgreSQL the second skipped the held row to the
     lower job: a real worker's two slots let the running job overtake the urgent one.)"""
     monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)  # a claim's instant, however slow
-    low, _ = _job(session_factory, blobs, tmp_path, "low", 6)
-    assert _jobs_of(_claim(session_factory, routed)) == [{low}]  # the low job runs
-    high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
-    both = Interleaving("claim_next:picked")
-    first, second = both.run(
-        lambda: _claim(session_factory, routed), lambda: _claim(session_factory, routed)
-    )
-    assert both.second_blocked
+    low, high = _urgent_beside_running(session_factory, blobs, tmp_path, routed, low=6, high=4)
+    blocked, first, second = _two_claims_at_once(session_factory, routed)
+    assert blocked
     assert _jobs_of(first, second) == [{high}, {high}]
     assert _order(session_factory, 3) == [low, low, None]
 
@@ -175,14 +191,9 @@ def test_a_claim_that_waited_for_a_spent_job_takes_the_next_one(
     waiting claim then takes the next job in order instead of nothing (a doorbell that finds
     nothing is not rung again)."""
     monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)
-    low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
-    assert _jobs_of(_claim(session_factory, routed)) == [{low}]
-    high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=5)
-    both = Interleaving("claim_next:picked")
-    first, second = both.run(
-        lambda: _claim(session_factory, routed), lambda: _claim(session_factory, routed)
-    )
-    assert both.second_blocked  # it waited behind the claim of the high job's last batch
+    low, high = _urgent_beside_running(session_factory, blobs, tmp_path, routed, low=4, high=2)
+    blocked, first, second = _two_claims_at_once(session_factory, routed)
+    assert blocked  # it waited behind the claim of the high job's last batch
     assert _jobs_of(first, second) == [{high}, {low}]
 
 
@@ -200,9 +211,7 @@ def test_a_job_row_held_past_the_wait_is_passed_for_the_next_job(
     priority, instead of waiting out the lock timeout and losing its doorbell. On SQLite one
     writer at a time: the claim waits for the retry, then takes the urgent job's batch."""
     monkeypatch.setattr(claims, "HELD_WAIT_MS", 200)
-    low, _ = _job(session_factory, blobs, tmp_path, "low", 4)
-    assert _jobs_of(_claim(session_factory, routed)) == [{low}]
-    high, _ = _job(session_factory, blobs, tmp_path, "high", 4, priority=5)
+    low, high = _urgent_beside_running(session_factory, blobs, tmp_path, routed, low=4, high=4)
     failing = _claim(session_factory, routed)
     assert _jobs_of(failing) == [{high}]
     bad = Outcome(error_code="image_decode_error", error_message="x")
@@ -227,9 +236,7 @@ def test_a_claim_whose_connection_ends_while_it_waits_can_be_retried(
     left by work done on the dead transaction after it."""
     sf = migrated_session_factory(migrated_pg_url)
     monkeypatch.setattr(claims, "HELD_WAIT_MS", 60_000)
-    low, _ = _job(sf, blobs, tmp_path, "low", 4)
-    assert _jobs_of(_claim(sf, True)) == [{low}]
-    high, _ = _job(sf, blobs, tmp_path, "high", 4, priority=5)
+    _, high = _urgent_beside_running(sf, blobs, tmp_path, True, low=4, high=4)
     engine = sf.kw["bind"]
     failed: list[BaseException] = []
 
@@ -269,7 +276,7 @@ def test_a_named_message_waits_while_a_higher_priority_has_work(
     """Strict priority holds for an item sent by name (one that lost a worker) too: it claims
     nothing while a job of higher priority of its model has work, and runs once that is
     done."""
-    serving = Serving(model="fake", revision=None, quantization="none")
+    serving = FAKE
     _, low_ids = _job(session_factory, blobs, tmp_path, "low", 1)
     high, _ = _job(session_factory, blobs, tmp_path, "high", 2, priority=1)
     named = claim_items(session_factory, low_ids, worker="w", lease_seconds=60, serving=serving)
