@@ -111,11 +111,23 @@ def work_locally(
     except BaseException:
         # Ctrl-C twice, SIGTERM twice, a dead engine: what this process holds goes back now,
         # not when its lease runs out. Recorded results are already committed.
-        try:
-            hand_back_claims(res.session_factory, job_id, worker=res.worker_name)
-        except Exception as exc:  # the lease is the safety net: the sweeper takes them back
-            log.warning("could not hand back the items of job=%s: %s", job_id, exc)
+        hand_back(res, job_id)
         raise
+
+
+# A claim takes milliseconds; one still under way after this is riding out a database blip.
+_CLAIM_WAIT_S = 5.0
+
+
+def hand_back(res: WorkerResources, job_id: str) -> None:
+    """Stops this process's slots from claiming, waits out the claims under way (a slot thread
+    may be inside one), then queues again every item the process holds."""
+    if not res.claims.close(_CLAIM_WAIT_S):
+        log.warning("a claim of job=%s was still under way when its items were handed back", job_id)
+    try:
+        hand_back_claims(res.session_factory, job_id, worker=res.worker_name)
+    except Exception as exc:  # the lease is the safety net: the sweeper takes them back
+        log.warning("could not hand back the items of job=%s: %s", job_id, exc)
 
 
 def _bell_limit(res: WorkerResources) -> int:

@@ -95,7 +95,8 @@ def _process_batch(
     lease_token = new_id()
     started = time.monotonic()
     with LeaseKeeper(res.session_factory, lease_token, res.settings.lease_seconds):
-        claimed = claim_with_retry(res, item_ids, lease_token, job_id=job_id)
+        with res.claims.claim() as allowed:
+            claimed = claim_with_retry(res, item_ids, lease_token, job_id=job_id) if allowed else []
         if not claimed:
             log.info("nothing to claim (no work, or a duplicate message) items=%d", len(item_ids))
             return BatchReport()

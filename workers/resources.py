@@ -22,6 +22,7 @@ from jobs.settings import Settings
 from model.engine import Engine, EngineSpec
 from storage import Blobs, open_blobs
 from workers import metrics
+from workers.claim_gate import ClaimGate
 from workers.helpers import decode_threads_per_slot as split_decode_threads
 from workers.isolation import Isolation
 from workers.malloc import cap_arenas
@@ -45,6 +46,8 @@ class WorkerResources:
     serves_model: bool = False
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     isolation: Isolation = field(default_factory=Isolation)
+    # Closed by the one-process runner before it hands back what it holds (``workers.local``).
+    claims: ClaimGate = field(default_factory=ClaimGate)
     # Derived from the settings. The GPU micro-batch: LLAVA_BATCH_GPU_BATCH_SIZE (0: the
     # engine's suggestion for its device), halved after an out-of-memory error.
     micro_batch: MicroBatch = field(init=False)

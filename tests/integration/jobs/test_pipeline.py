@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
+from jobs.hooks import pause_at
 from jobs.states import ItemStatus, JobStatus
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
 from storage import Blobs, TransientStorageError
 from tests.helpers import make_resources, statuses, write_images
-from workers.local import run_job_locally
-from workers.pipeline import process_batch
+from workers.local import hand_back, run_job_locally
+from workers.pipeline import BatchReport, process_batch
 
 
 def _request(sources: list[str], **kw: object) -> SubmitRequest:
@@ -182,3 +185,44 @@ def test_the_gpu_batch_is_the_workers_and_an_oom_limit_is_remembered(
     assert statuses(session_factory, result.job_id) == ["succeeded"] * 16
     assert tight.calls == [8, 4, 4, 4, 4]  # one OOM at 8, then 4 from the start
     assert res.micro_batch.size_for(tight) == 4
+
+
+def test_a_stopped_run_hands_back_the_claim_a_slot_had_under_way(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A stopped run leaves nothing ``running`` (``workers.local``): a slot paused inside its
+    claim when the runner hands back commits that claim first, and its items are handed back
+    with the rest; a slot that comes to claim afterwards takes nothing."""
+    result, _ = _submit_images(session_factory, blobs, tmp_path / "imgs", 4)
+    in_claim, go_on = threading.Event(), threading.Event()
+    generating, finish = threading.Event(), threading.Event()
+
+    class Held(FakeEngine):  # the slot goes on with its batch; the real process has ended
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            generating.set()
+            assert finish.wait(30)
+            return super().generate(*args, **kwargs)
+
+    def inside_claim() -> None:
+        in_claim.set()
+        assert go_on.wait(30)
+
+    res = make_resources(session_factory, blobs, Held())
+    slot = threading.Thread(target=process_batch, args=([], res), kwargs={"job_id": result.job_id})
+    stopping = threading.Thread(target=hand_back, args=(res, result.job_id))
+    with pause_at("claim_next:begin", inside_claim):
+        slot.start()
+        assert in_claim.wait(30)
+        stopping.start()
+        stopping.join(1.0)
+        waited_for_the_claim = stopping.is_alive()
+        go_on.set()
+        stopping.join(30)
+        assert generating.wait(30)
+    left = statuses(session_factory, result.job_id)
+    finish.set()
+    slot.join(30)
+    assert left == ["queued"] * 4, left
+    assert waited_for_the_claim
+    assert statuses(session_factory, result.job_id) == ["queued"] * 4  # its record came too late
+    assert process_batch([], res, job_id=result.job_id) == BatchReport()
