@@ -122,7 +122,11 @@ _CLAIM_WAIT_S = 5.0
 def hand_back(res: WorkerResources, job_id: str) -> None:
     """Stops this process's slots from claiming, waits out the claims under way (a slot thread
     may be inside one), then queues again every item the process holds."""
-    if not res.claims.close(_CLAIM_WAIT_S):
+    try:
+        closed = res.claims.close(_CLAIM_WAIT_S)
+    except KeyboardInterrupt:  # yet another Ctrl-C: hand back what is committed, at once
+        closed = False
+    if not closed:
         log.warning("a claim of job=%s was still under way when its items were handed back", job_id)
     try:
         hand_back_claims(res.session_factory, job_id, worker=res.worker_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from jobs.db import Item, Job, SessionFactory
 from jobs.dispatch import CallbackPublisher
 from jobs.hooks import pause_at
+from jobs.lifecycle import claim_items
 from jobs.states import ItemStatus, JobStatus
 from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
@@ -208,21 +210,71 @@ def test_a_stopped_run_hands_back_the_claim_a_slot_had_under_way(
         assert go_on.wait(30)
 
     res = make_resources(session_factory, blobs, Held())
-    slot = threading.Thread(target=process_batch, args=([], res), kwargs={"job_id": result.job_id})
-    stopping = threading.Thread(target=hand_back, args=(res, result.job_id))
-    with pause_at("claim_next:begin", inside_claim):
-        slot.start()
-        assert in_claim.wait(30)
-        stopping.start()
-        stopping.join(1.0)
-        waited_for_the_claim = stopping.is_alive()
+    slot = threading.Thread(
+        target=process_batch, args=([], res), kwargs={"job_id": result.job_id}, daemon=True
+    )
+    stopping = threading.Thread(target=hand_back, args=(res, result.job_id), daemon=True)
+    try:
+        with pause_at("claim_next:begin", inside_claim):
+            slot.start()
+            assert in_claim.wait(30)
+            stopping.start()
+            stopping.join(1.0)
+            waited_for_the_claim = stopping.is_alive()
+            go_on.set()
+            stopping.join(30)
+            assert generating.wait(30)
+        left = statuses(session_factory, result.job_id)
+    finally:
         go_on.set()
-        stopping.join(30)
-        assert generating.wait(30)
-    left = statuses(session_factory, result.job_id)
-    finish.set()
+        finish.set()
     slot.join(30)
     assert left == ["queued"] * 4, left
     assert waited_for_the_claim
     assert statuses(session_factory, result.job_id) == ["queued"] * 4  # its record came too late
     assert process_batch([], res, job_id=result.job_id) == BatchReport()
+
+
+def test_a_ctrl_c_during_the_wait_for_a_claim_still_hands_back(
+    session_factory: SessionFactory, blobs: Blobs, tmp_path: Path
+) -> None:
+    """A stopped run leaves nothing ``running``, even when yet another Ctrl-C lands while the
+    runner waits out a slot's claim: it hands back at once instead of leaving with nothing
+    handed back."""
+    result, _ = _submit_images(session_factory, blobs, tmp_path / "imgs", 4)
+    res = make_resources(session_factory, blobs, FakeEngine())
+    with session_factory() as session:
+        ids = list(session.scalars(select(Item.id).where(Item.job_id == result.job_id)))
+    claim_items(session_factory, ids, worker=res.worker_name, lease_seconds=600)
+    assert statuses(session_factory, result.job_id) == ["running"] * 4
+    under_way, release = threading.Event(), threading.Event()
+
+    def claiming() -> None:  # a slot inside its claim, for longer than the runner waits
+        with res.claims.claim():
+            under_way.set()
+            release.wait(30)
+
+    def interrupt(main: int) -> None:
+        time.sleep(0.3)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    slot = threading.Thread(target=claiming, daemon=True)
+    slot.start()
+    assert under_way.wait(30)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, args=(threading.get_ident(),), daemon=True).start()
+        started = time.monotonic()
+        try:
+            hand_back(res, result.job_id)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+        took = time.monotonic() - started
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        release.set()
+    assert statuses(session_factory, result.job_id) == ["queued"] * 4
+    assert not interrupted  # the Ctrl-C ended the wait, not the hand-back
+    assert took < 3, took  # not the whole wait (5 s)
