@@ -8,6 +8,7 @@ usage first and exit ``invalid_request`` (2). Only a genuine bug exits ``interna
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -136,7 +137,16 @@ def run_cli(app: typer.Typer, args: Sequence[str] | None = None) -> NoReturn:
         fail(exc)
     if code == ExitCode.interrupted:  # typer turns Ctrl-C into Exit(130), silently
         fail(KeyboardInterrupt())
-    sys.exit(code if isinstance(code, int) else ExitCode.ok)
+    _exit(code if isinstance(code, int) else ExitCode.ok)
+
+
+def _exit(code: int) -> NoReturn:
+    # The interpreter's shutdown runs the cyclic collector over every object start-up made
+    # (typer's, pydantic's, rich's commands and schemas): 50 to 60 ms of a 0.3 s ``jobs`` here.
+    # Frozen, they are left for the process's end to free; exit handlers, the last flushes and
+    # the wait for worker threads still run as before.
+    gc.freeze()
+    sys.exit(code)
 
 
 def narrowed(app: typer.Typer, argv: Sequence[str]) -> typer.Typer:
@@ -173,7 +183,7 @@ def fail(exc: BaseException, *, now: bool = False) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(failure.exit_code))
-    sys.exit(int(failure.exit_code))
+    _exit(int(failure.exit_code))
 
 
 def _silence_stdout() -> None:
