@@ -5,7 +5,9 @@ Change them only through an Alembic migration that runs on PostgreSQL and SQLite
 
 from __future__ import annotations
 
+import logging
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,8 @@ from jobs.limits import (
     MAX_NAME_CHARS,
 )
 from jobs.states import ItemStatus, JobStatus
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
@@ -475,12 +479,30 @@ def make_engine(
         event.listen(
             engine, "connect", lambda conn, _record: _sqlite_pragmas(conn, busy_seconds=busy)
         )
-        return engine
-    options = (
-        f"-c lock_timeout={int(lock_timeout_seconds * 1000)} "
-        f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_seconds * 1000)}"
-    )
-    return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+    else:
+        options = (
+            f"-c lock_timeout={int(lock_timeout_seconds * 1000)} "
+            f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_seconds * 1000)}"
+        )
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+    _engines.add(engine)
+    return engine
+
+
+# The engines this process made that are still in use, for ``dispose_engines``.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def dispose_engines() -> None:
+    """Closes the pooled connections of every engine this process made, for a process about
+    to end (the CLI). An engine's pool lives in reference cycles, so without this only the
+    interpreter's last collection closes them; closing SQLite's last connection is what moves
+    its write-ahead log into the database file and removes the ``-wal`` file beside it."""
+    for engine in list(_engines):
+        try:
+            engine.dispose()
+        except Exception as exc:  # the process is ending: its connections end with it
+            log.debug("could not close the connections of %s: %s", engine.url, exc)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, *, busy_seconds: float) -> None:

@@ -144,7 +144,11 @@ def _exit(code: int) -> NoReturn:
     # The interpreter's shutdown runs the cyclic collector over every object start-up made
     # (typer's, pydantic's, rich's commands and schemas): 50 to 60 ms of a 0.3 s ``jobs`` here.
     # Frozen, they are left for the process's end to free; exit handlers, the last flushes and
-    # the wait for worker threads still run as before.
+    # the wait for worker threads still run as before. What that last collection also did, and
+    # must still be done, is close the database's pooled connections (they live in cycles).
+    db = sys.modules.get("jobs.db")  # loaded only by a command that opened the database
+    if db is not None:
+        db.dispose_engines()
     gc.freeze()
     sys.exit(code)
 

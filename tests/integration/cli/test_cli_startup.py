@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +223,28 @@ def test_the_embedded_database_is_set_up_by_a_first_jobs_then_read_without_sqlal
     assert first["code"] in (0, None) and first["heavy"] == ["alembic"]
     again = _probe(embedded, "jobs", watch=NOT_FOR_READS)
     assert again["code"] in (0, None) and again["heavy"] == []
+
+
+def test_a_command_leaves_the_embedded_database_whole_in_its_file(
+    run_cli: RunCli, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The CLI closes its database connections as it exits (start-up's objects are frozen for
+    the exit, so the last collection no longer does it): SQLite then moves its write-ahead log
+    into the database file, which holds every table on its own, with no ``-wal`` beside it."""
+    embedded = {k: v for k, v in cli_env.items() if k != "LLAVA_BATCH_DATABASE_URL"}
+    database = Path(embedded["LLAVA_BATCH_HOME"]) / "llava-batch.sqlite3"
+    write_images(tmp_path / "c", 1)
+    for args in (("jobs",), ("submit", "caption", str(tmp_path / "c"), "--json")):
+        done = run_cli(*args, env=embedded)
+        assert done.returncode == 0, done.stderr
+        assert not database.with_name(database.name + "-wal").exists(), args
+        alone = tmp_path / "alone.sqlite3"  # the file as a backup would copy it
+        shutil.copy(database, alone)
+        with sqlite3.connect(alone) as copy:
+            tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master")}
+            jobs = copy.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        assert {"jobs", "items"} <= tables, args
+        assert jobs == (1 if args[0] == "submit" else 0), args
 
 
 def test_extract_submit_compiles_no_schema_in_a_subprocess(
