@@ -34,6 +34,11 @@ class ClaimGate:
                     self._claiming -= 1
                     self._changed.notify_all()
 
+    @property
+    def is_open(self) -> bool:
+        with self._changed:
+            return self._open
+
     def close(self, timeout: float) -> bool:
         """Lets no claim begin, and waits up to ``timeout`` for those under way to end; False
         when one was still under way (retrying a database blip, say) at the timeout."""
