@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from jobs.db import Item, Job, SessionFactory
+from jobs.db import Item, Job, SessionFactory, utcnow
 from jobs.dispatch import CallbackPublisher
 from jobs.hooks import pause_at
 from jobs.lifecycle import claim_items
@@ -131,11 +132,18 @@ def test_transient_storage_error_hands_the_item_back_then_gives_up_at_the_limit(
 ) -> None:
     result, batches = _submit_images(session_factory, blobs, tmp_path / "cat", 1)
     flaky = FlakyBlobs(blobs, failures=1)
-    res = make_resources(session_factory, flaky, FakeEngine(), storage_retry_base_seconds=0.2)
+    # A backoff of a minute: "not due yet" holds however slowly a loaded machine gets to the
+    # next claim (0.2 s did not, in one full run); the minute is then made to pass.
+    res = make_resources(session_factory, flaky, FakeEngine(), storage_retry_base_seconds=60)
+    handed_back_at = utcnow()
     assert process_batch(batches[0], res).released == 1
     assert statuses(session_factory, result.job_id) == ["queued"]
     assert process_batch(batches[0], res).claimed == 0  # backing off: not due yet
-    time.sleep(0.3)
+    with session_factory.begin() as session:
+        item = session.scalars(select(Item).where(Item.job_id == result.job_id)).one()
+        assert item.not_before is not None
+        assert item.not_before >= handed_back_at + timedelta(seconds=60)
+        item.not_before = utcnow() - timedelta(seconds=1)
     assert process_batch(batches[0], res).succeeded == 1  # due again, and reads fine
     with session_factory() as session:
         item = session.scalars(select(Item).where(Item.job_id == result.job_id)).one()
