@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import random
 import socket
+import threading
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,30 @@ def scrape_metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
+
+
+# Seconds any one step of a paused test may take on a slow, shared machine.
+GATE_WAIT = 60
+
+
+class Gate:
+    """Pauses the n-th call of a function until the test opens it; says when it is reached."""
+
+    def __init__(self, pause_call: int = 1) -> None:
+        self.pause_call = pause_call
+        self.calls = 0
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls += 1
+                mine = self.calls
+            if mine == self.pause_call:
+                self.reached.set()
+                assert self.opened.wait(GATE_WAIT), "the test never opened the gate"
+            return fn(*args, **kwargs)
+
+        return gated

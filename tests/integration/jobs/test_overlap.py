@@ -28,40 +28,16 @@ from jobs.submit.request import SubmitRequest
 from model.engine import EngineSpec
 from model.transformers_engine import TransformersEngine, load_engine
 from storage import Blobs
-from tests.helpers import make_resources, queued_ids, write_images
+from tests.helpers import GATE_WAIT as WAIT
+from tests.helpers import Gate, make_resources, queued_ids, write_images
 from workers.local import run_job_locally, submit_locally, work_locally
 from workers.resources import WorkerResources
-
-WAIT = 60  # seconds any one step may take on a slow, shared machine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
     spec = EngineSpec(model="tiny-llava", cache_dir=tmp_path_factory.mktemp("m"), device="cpu")
     return load_engine(spec)
-
-
-class Gate:
-    """Pauses the n-th call of a function until the test opens it; says when it is reached."""
-
-    def __init__(self, pause_call: int) -> None:
-        self.pause_call = pause_call
-        self.calls = 0
-        self.reached = threading.Event()
-        self.opened = threading.Event()
-        self._lock = threading.Lock()
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def gated(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls += 1
-                mine = self.calls
-            if mine == self.pause_call:
-                self.reached.set()
-                assert self.opened.wait(WAIT), "the test never opened the gate"
-            return fn(*args, **kwargs)
-
-        return gated
 
 
 @pytest.fixture

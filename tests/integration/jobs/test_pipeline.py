@@ -7,7 +7,6 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
@@ -20,7 +19,7 @@ from jobs.submit.job import submit_job
 from jobs.submit.request import SubmitRequest, SubmitResult
 from model.fake import FakeEngine
 from storage import Blobs, TransientStorageError
-from tests.helpers import make_resources, statuses, write_images
+from tests.helpers import Gate, make_resources, statuses, write_images
 from workers.local import hand_back, run_job_locally
 from workers.pipeline import BatchReport, process_batch
 
@@ -204,38 +203,29 @@ def test_a_stopped_run_hands_back_the_claim_a_slot_had_under_way(
     claim when the runner hands back commits that claim first, and its items are handed back
     with the rest; a slot that comes to claim afterwards takes nothing."""
     result, _ = _submit_images(session_factory, blobs, tmp_path / "imgs", 4)
-    in_claim, go_on = threading.Event(), threading.Event()
-    generating, finish = threading.Event(), threading.Event()
-
-    class Held(FakeEngine):  # the slot goes on with its batch; the real process has ended
-        def generate(self, *args: Any, **kwargs: Any) -> Any:
-            generating.set()
-            assert finish.wait(30)
-            return super().generate(*args, **kwargs)
-
-    def inside_claim() -> None:
-        in_claim.set()
-        assert go_on.wait(30)
-
-    res = make_resources(session_factory, blobs, Held())
+    inside_claim = Gate()
+    generating = Gate()  # the slot goes on with its batch; the real process has ended
+    engine = FakeEngine()
+    engine.generate = generating.wrap(engine.generate)  # type: ignore[method-assign]
+    res = make_resources(session_factory, blobs, engine)
     slot = threading.Thread(
         target=process_batch, args=([], res), kwargs={"job_id": result.job_id}, daemon=True
     )
     stopping = threading.Thread(target=hand_back, args=(res, result.job_id), daemon=True)
     try:
-        with pause_at("claim_next:begin", inside_claim):
+        with pause_at("claim_next:begin", inside_claim.wrap(lambda: None)):
             slot.start()
-            assert in_claim.wait(30)
+            assert inside_claim.reached.wait(30)
             stopping.start()
             stopping.join(1.0)
             waited_for_the_claim = stopping.is_alive()
-            go_on.set()
+            inside_claim.opened.set()
             stopping.join(30)
-            assert generating.wait(30)
+            assert generating.reached.wait(30)
         left = statuses(session_factory, result.job_id)
     finally:
-        go_on.set()
-        finish.set()
+        inside_claim.opened.set()
+        generating.opened.set()
     slot.join(30)
     assert left == ["queued"] * 4, left
     assert waited_for_the_claim
